@@ -1,0 +1,336 @@
+//! Data-driven configuration tests: each case is a config text and the exact errors it must give.
+
+use std::collections::HashMap;
+
+use super::*;
+
+const SERVER: &str = r#"
+[[servers]]
+name = "ex1"
+ews_url = "https://mail.example.com/EWS/Exchange.asmx"
+auth = "basic"
+[servers.service_account]
+username = "svc"
+password = { env = "PW" }
+"#;
+
+fn env() -> HashMap<&'static str, &'static str> {
+    [("PW", "secret"), ("TOKEN", "0123456789abcdef0123")].into()
+}
+
+fn mailbox(smtp: &str, operator: &str) -> String {
+    format!("[[mailboxes]]\nsmtp = \"{smtp}\"\noperator = \"{operator}\"\nserver = \"ex1\"\n")
+}
+
+fn valid() -> String {
+    format!("{SERVER}{}", mailbox("a@example.com", "1"))
+}
+
+/// Parses `text` and compares the rendered errors with `expected` (all of them, in order).
+#[track_caller]
+fn check(text: &str, expected: &[&str]) {
+    let got: Vec<String> = match parse(text, &env()) {
+        Ok(_) => vec![],
+        Err(errors) => errors.iter().map(ToString::to_string).collect(),
+    };
+    assert_eq!(got, expected, "config:\n{text}");
+}
+
+#[test]
+fn minimal_config_is_valid() {
+    check(&valid(), &[]);
+    let cfg = parse(&valid(), &env()).unwrap();
+    assert_eq!(cfg.mailboxes[0].areas.len(), 4, "all areas by default");
+    assert_eq!(cfg.admin.listen.to_string(), DEFAULT_ADMIN_LISTEN);
+    assert_eq!(cfg.state.kind, DbKind::Sqlite);
+    assert!(cfg.servers[0].impersonation());
+    assert_eq!(cfg.servers[0].streaming.group_size, 200);
+}
+
+#[test]
+fn broken_configs_report_their_errors() {
+    let cases: Vec<(&str, String, Vec<&str>)> = vec![
+        (
+            "mailbox names an unknown server",
+            format!("{SERVER}[[mailboxes]]\nsmtp = \"a@example.com\"\noperator = \"1\"\nserver = \"nope\"\n"),
+            vec![r#"mailboxes[0].server: unknown server "nope" (configured: ex1)"#],
+        ),
+        (
+            "duplicate smtp address, case-insensitive",
+            format!("{}{}", valid(), mailbox("A@Example.com", "2")),
+            vec![r#"mailboxes[1].smtp: "a@example.com" is already used by mailboxes[0]"#],
+        ),
+        (
+            "two mailboxes for one operator",
+            format!("{}{}", valid(), mailbox("b@example.com", "1")),
+            vec![r#"mailboxes[1].operator: operator "1" already has a mailbox (mailboxes[0]); one operator has exactly one mailbox"#],
+        ),
+        (
+            "invalid address",
+            format!("{SERVER}{}", mailbox("bob@", "1")),
+            vec![r#"mailboxes[0].smtp: "bob@" is not an e-mail address"#],
+        ),
+        (
+            "group size of 500",
+            format!("{}[servers.streaming]\ngroup_size = 500\n{}", SERVER, mailbox("a@example.com", "1")),
+            vec!["servers[0].streaming.group_size: 500 is out of range, allowed 1 to 200"],
+        ),
+        (
+            "connection timeout of 0",
+            format!("{}[servers.streaming]\nconnection_timeout_minutes = 0\n{}", SERVER, mailbox("a@example.com", "1")),
+            vec!["servers[0].streaming.connection_timeout_minutes: 0 is out of range, allowed 1 to 30"],
+        ),
+        (
+            "unknown key",
+            format!("{}colour = \"blue\"\n", valid()),
+            vec!["mailboxes[0].colour: line 13, column 1: unknown field `colour`, expected one of `smtp`, `operator`, `server`, `tenant`, `credentials`, `areas`, `leading`, `filters`, `initial_sync`, `mail`"],
+        ),
+        (
+            "malformed toml, with its line",
+            "[[servers]]\nname = \"ex1\"\nauth = basic\n".to_string(),
+            vec!["line 3, column 8: invalid string\nexpected `\"`, `'`"],
+        ),
+        (
+            "secret file that does not exist",
+            SERVER.replace(r#"{ env = "PW" }"#, r#"{ file = "/nonexistent/mailsync/pw" }"#) + &mailbox("a@example.com", "1"),
+            vec!["servers[0].service_account.password: secret file /nonexistent/mailsync/pw cannot be read: No such file or directory (os error 2)"],
+        ),
+        (
+            "secret env var not set",
+            SERVER.replace(r#"{ env = "PW" }"#, r#"{ env = "UNSET_PW" }"#) + &mailbox("a@example.com", "1"),
+            vec!["servers[0].service_account.password: environment variable UNSET_PW is not set"],
+        ),
+        (
+            "secret with an unknown form",
+            SERVER.replace(r#"{ env = "PW" }"#, r#"{ vault = "PW" }"#) + &mailbox("a@example.com", "1"),
+            vec!["servers[0].service_account.password: line 8, column 12: unknown field `vault`, expected `env` or `file`"],
+        ),
+        (
+            "no servers at all",
+            mailbox("a@example.com", "1"),
+            vec![
+                "servers: no Exchange server configured; add a [[servers]] table",
+                r#"mailboxes[0].server: unknown server "ex1" (configured: none)"#,
+            ],
+        ),
+        (
+            "plain http without allow_http",
+            SERVER.replace("https://", "http://") + &mailbox("a@example.com", "1"),
+            vec![r#"servers[0].ews_url: "http://mail.example.com/EWS/Exchange.asmx" is plain http; credentials would travel unencrypted (set allow_http = true for a test set-up)"#],
+        ),
+        (
+            "both ews_url and autodiscover",
+            SERVER.replace("auth = \"basic\"", "auth = \"basic\"\nautodiscover = true") + &mailbox("a@example.com", "1"),
+            vec!["servers[0]: set either ews_url or autodiscover = true, not both"],
+        ),
+        (
+            "unknown auth method",
+            SERVER.replace("auth = \"basic\"", "auth = \"kerberos\"") + &mailbox("a@example.com", "1"),
+            vec![r#"servers[0].auth: "kerberos" is not an auth method, expected basic, ntlm or oauth2"#],
+        ),
+        (
+            "oauth2 without its table, and a service account that does not apply",
+            SERVER.replace("auth = \"basic\"", "auth = \"oauth2\"") + &mailbox("a@example.com", "1"),
+            vec![
+                r#"servers[0].oauth2: is required when auth = "oauth2""#,
+                r#"servers[0].service_account: does not apply with auth = "oauth2": the app-only token acts for every mailbox"#,
+            ],
+        ),
+        (
+            "oauth2 with neither secret nor certificate",
+            "[[servers]]\nname = \"ex1\"\nautodiscover = true\nauth = \"oauth2\"\n[servers.oauth2]\ntenant_id = \"t\"\nclient_id = \"c\"\n".to_string() + &mailbox("a@example.com", "1"),
+            vec![
+                "servers[0].oauth2: no client credential: set client_secret or certificate_file",
+            ],
+        ),
+        (
+            "no service account and no mailbox credentials",
+            "[[servers]]\nname = \"ex1\"\news_url = \"https://mail.example.com/EWS/Exchange.asmx\"\nauth = \"ntlm\"\n".to_string() + &mailbox("a@example.com", "1"),
+            vec![r#"mailboxes[0].credentials: are required: server "ex1" has no service_account"#],
+        ),
+        (
+            "unknown version",
+            SERVER.replace("auth = \"basic\"", "auth = \"basic\"\nversion = \"Exchange2007\"") + &mailbox("a@example.com", "1"),
+            vec![r#"servers[0].version: "Exchange2007" is not a supported version, expected one of Exchange2010_SP2, Exchange2013, Exchange2013_SP1, Exchange2016"#],
+        ),
+        (
+            "unknown area, leading system and initial sync direction",
+            format!("{}areas = [\"contacts\", \"notes\"]\nleading = {{ contacts = \"erp\" }}\ninitial_sync = \"both\"\n", valid()),
+            vec![
+                r#"mailboxes[0].areas[1]: "notes" is not a data area, expected contacts, calendar, tasks or mail"#,
+                r#"mailboxes[0].leading.contacts: "erp" is not a leading system, expected crm or exchange"#,
+                r#"mailboxes[0].initial_sync: "both" is not a direction, expected crm-to-exchange, exchange-to-crm or none"#,
+            ],
+        ),
+        (
+            "unknown tenant, and tenant missing where tenants exist",
+            format!("[[tenants]]\nid = \"10\"\nname = \"A\"\n{}tenant = \"99\"\n{}", valid(), mailbox("b@example.com", "2")),
+            vec![
+                r#"mailboxes[0].tenant: unknown tenant "99""#,
+                "mailboxes[1].tenant: is required because [[tenants]] are configured",
+            ],
+        ),
+        (
+            "mail settings without the mail area, and a folder both excluded and dated",
+            format!("{}areas = [\"contacts\"]\n[mailboxes.mail]\nexcluded_folders = [\"inbox/x\"]\nfolders = [{{ path = \"Inbox/X/\", sync_from = 2024-01-01 }}]\n", valid()),
+            vec![
+                r#"mailboxes[0].mail.folders[0].path: "Inbox/X/" is also in excluded_folders"#,
+                "mailboxes[0].mail: is set but the mail area is not enabled",
+            ],
+        ),
+        (
+            "a date-time where a date belongs",
+            format!("{}[mailboxes.mail]\nsync_from = 2024-01-01T10:00:00Z\n", valid()),
+            vec!["mailboxes[0].mail.sync_from: 2024-01-01T10:00:00Z is not a plain date such as 2025-01-31"],
+        ),
+        (
+            "bad database URL and admin address, and a short token",
+            format!("[database]\nurl = \"oracle://db/x\"\n[admin]\nlisten = \"localhost\"\ntoken = \"short\"\n{}", valid()),
+            vec![
+                r#"admin.listen: "localhost" is not a socket address such as 127.0.0.1:9898"#,
+                "admin.token: is shorter than 16 characters; use a long random token",
+                r#"database.url: "oracle://db/x" is not a supported database URL, expected sqlite:, postgres:// or mysql://"#,
+            ],
+        ),
+        (
+            "admin on a public address without a token",
+            format!("[admin]\nlisten = \"0.0.0.0:9898\"\n{}", valid()),
+            vec!["admin.token: is required when admin.listen (0.0.0.0:9898) is not a loopback address"],
+        ),
+        (
+            "a mysql state store",
+            format!("[state]\nurl = \"mysql://root@localhost/x\"\n{}", valid()),
+            vec![r#"state.url: "mysql://root@localhost/x" is not a supported database URL, expected sqlite: or postgres://"#],
+        ),
+        (
+            "several problems at once are all reported",
+            format!("{SERVER}{}{}", mailbox("x", "1"), mailbox("y@example.com", "1")),
+            vec![
+                r#"mailboxes[0].smtp: "x" is not an e-mail address"#,
+                r#"mailboxes[1].operator: operator "1" already has a mailbox (mailboxes[0]); one operator has exactly one mailbox"#,
+            ],
+        ),
+    ];
+    let mut mismatches = Vec::new();
+    for (name, text, expected) in &cases {
+        let got: Vec<String> = match parse(text, &env()) {
+            Ok(_) => vec![],
+            Err(errors) => errors.iter().map(ToString::to_string).collect(),
+        };
+        if got != *expected {
+            mismatches.push(format!(
+                "case {name:?}\n  expected: {expected:#?}\n  got:      {got:#?}"
+            ));
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} of {} cases differ:\n{}",
+        mismatches.len(),
+        cases.len(),
+        mismatches.join("\n")
+    );
+}
+
+#[test]
+fn defaults_merge_key_by_key() {
+    let text = format!(
+        "[mailbox_defaults]\nareas = [\"contacts\", \"calendar\"]\nleading = {{ contacts = \"exchange\", calendar = \"exchange\" }}\nfilters = {{ contacts = [\"Kunde\"] }}\n{}leading = {{ calendar = \"crm\" }}\n",
+        valid()
+    );
+    let cfg = parse(&text, &env()).unwrap();
+    let mb = &cfg.mailboxes[0];
+    assert_eq!(
+        mb.areas.keys().copied().collect::<Vec<_>>(),
+        vec![Area::Contacts, Area::Calendar]
+    );
+    assert_eq!(mb.areas[&Area::Contacts].leading, Leading::Exchange);
+    assert_eq!(mb.areas[&Area::Calendar].leading, Leading::Crm);
+    assert_eq!(
+        mb.areas[&Area::Contacts].categories,
+        vec!["Kunde".to_string()]
+    );
+}
+
+#[test]
+fn environment_overrides_apply() {
+    let mut e = env();
+    e.insert(overrides::DATABASE_URL, "postgres://u:pw@db/crm");
+    e.insert(overrides::ADMIN_LISTEN, "127.0.0.1:9999");
+    e.insert(overrides::LOG_FORMAT, "json");
+    e.insert(overrides::ADMIN_TOKEN, "from-the-environment-0001");
+    let cfg = parse(
+        &format!("[database]\nurl = \"sqlite:x.db\"\n{}", valid()),
+        &e,
+    )
+    .unwrap();
+    let db = cfg.database.unwrap();
+    assert_eq!(db.kind, DbKind::Postgres);
+    assert_eq!(db.url.expose(), "postgres://u:pw@db/crm");
+    assert_eq!(cfg.admin.listen.port(), 9999);
+    assert_eq!(cfg.logging.format, LogFormat::Json);
+    assert_eq!(
+        cfg.admin.token.unwrap().expose(),
+        "from-the-environment-0001"
+    );
+
+    e.insert(overrides::LOG_FORMAT, "xml");
+    check_env(
+        &valid(),
+        &e,
+        &[r#"MAILSYNC_LOG_FORMAT: "xml" is not a log format, expected text or json"#],
+    );
+}
+
+#[track_caller]
+fn check_env(text: &str, e: &HashMap<&str, &str>, expected: &[&str]) {
+    let got: Vec<String> = parse(text, e)
+        .err()
+        .unwrap_or_default()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(got, expected);
+}
+
+#[test]
+fn debug_output_never_shows_secrets() {
+    let mut e = env();
+    e.insert("PW", "very-secret-password");
+    e.insert(overrides::DATABASE_URL, "postgres://u:db-password@db/crm");
+    let cfg = parse(&valid(), &e).unwrap();
+    let dump = format!("{cfg:?}");
+    assert!(!dump.contains("very-secret-password"), "{dump}");
+    assert!(!dump.contains("db-password"), "{dump}");
+}
+
+#[test]
+fn example_file_is_valid() {
+    let e: HashMap<&str, &str> = [
+        ("MAILSYNC_ADMIN_TOKEN", "example-token-0123456789"),
+        (
+            "MAILSYNC_CRM_DATABASE_URL",
+            "postgres://mailsync@localhost/crm",
+        ),
+        ("MAILSYNC_ONPREM_PASSWORD", "x"),
+        ("MAILSYNC_ONLINE_CLIENT_SECRET", "y"),
+    ]
+    .into();
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/mailsync.example.toml");
+    let cfg = load(&path, &e).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.servers.len(), 2);
+    assert_eq!(cfg.mailboxes.len(), 3);
+    assert_eq!(cfg.tenants.len(), 2);
+    let bernd = cfg.mailbox("Bernd.Meyer@example.com").unwrap();
+    assert_eq!(bernd.initial_sync, InitialSync::ExchangeToCrm);
+    assert_eq!(bernd.mail.sync_from, NaiveDate::from_ymd_opt(2024, 6, 1));
+    assert_eq!(
+        bernd.mail.excluded_folders,
+        vec!["junkemail", "inbox/Newsletter"],
+        "inherited from the defaults"
+    );
+    assert_eq!(bernd.areas[&Area::Calendar].leading, Leading::Crm);
+    assert!(matches!(cfg.servers[1].auth, AuthConfig::OAuth2(_)));
+    assert!(cfg.servers[1].impersonation());
+}

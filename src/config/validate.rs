@@ -1,0 +1,982 @@
+//! From [`RawConfig`] to [`Config`]: environment overrides, secret resolution and every check,
+//! collecting all problems instead of stopping at the first.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chrono::NaiveDate;
+
+use super::raw::*;
+use super::*;
+use crate::secret::SecretSource;
+
+/// Parses the TOML text; a syntax or type error is reported with its line and key path.
+pub(super) fn parse_toml(text: &str) -> Result<RawConfig, Vec<ConfigError>> {
+    let de = toml::Deserializer::new(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let at = inner
+            .span()
+            .map(|span| {
+                let (line, col) = line_col(text, span.start);
+                format!("line {line}, column {col}: ")
+            })
+            .unwrap_or_default();
+        vec![ConfigError {
+            path: if path == "." { String::new() } else { path },
+            message: format!("{at}{}", inner.message().trim_end()),
+        }]
+    })
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
+    (line, col)
+}
+
+/// Collects problems while the typed config is built.
+struct Checker<'a> {
+    env: &'a dyn Environment,
+    errors: Vec<ConfigError>,
+}
+
+impl Checker<'_> {
+    fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn secret(&mut self, path: &str, source: &SecretSource) -> Option<SecretString> {
+        match source.resolve(self.env) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.err(path, e);
+                None
+            }
+        }
+    }
+
+    /// A non-negative value within `range`, else an error naming the bounds.
+    fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
+        &mut self,
+        path: &str,
+        value: Option<T>,
+        default: T,
+        min: T,
+        max: T,
+    ) -> T {
+        let v = value.unwrap_or(default);
+        if v < min || v > max {
+            self.err(path, format!("{v} is out of range, allowed {min} to {max}"));
+        }
+        v
+    }
+}
+
+pub(super) fn validate(raw: RawConfig, env: &dyn Environment) -> Result<Config, Vec<ConfigError>> {
+    let mut c = Checker {
+        env,
+        errors: Vec::new(),
+    };
+    let admin = admin(&mut c, raw.admin);
+    let logging = logging(&mut c, raw.logging);
+    let database = database_config(
+        &mut c,
+        "database",
+        raw.database,
+        overrides::DATABASE_URL,
+        true,
+    );
+    let state = database_config(&mut c, "state", raw.state, overrides::STATE_URL, false).unwrap_or(
+        DatabaseConfig {
+            url: SecretString::new(DEFAULT_STATE_URL),
+            kind: DbKind::Sqlite,
+            max_connections: 5,
+        },
+    );
+    let tenants = tenants(&mut c, raw.tenants);
+    // Mailboxes are checked against the servers as declared, so a server with a bad field
+    // does not also make every mailbox on it "unknown".
+    let declared: Vec<DeclaredServer> = raw
+        .servers
+        .iter()
+        .map(|s| DeclaredServer {
+            name: s.name.clone(),
+            oauth2: s.auth == "oauth2",
+            service_account: s.service_account.is_some(),
+        })
+        .collect();
+    let servers = servers(&mut c, raw.servers);
+    let mailboxes = mailboxes(
+        &mut c,
+        &raw.mailbox_defaults,
+        raw.mailboxes,
+        &declared,
+        &tenants,
+    );
+    if c.errors.is_empty() {
+        Ok(Config {
+            admin,
+            logging,
+            database,
+            state,
+            tenants,
+            servers,
+            mailboxes,
+        })
+    } else {
+        Err(c.errors)
+    }
+}
+
+fn admin(c: &mut Checker, raw: RawAdmin) -> AdminConfig {
+    let (listen_path, listen_text) = match c.env.var(overrides::ADMIN_LISTEN) {
+        Some(v) => (overrides::ADMIN_LISTEN.to_string(), v),
+        None => (
+            "admin.listen".to_string(),
+            raw.listen
+                .unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.to_string()),
+        ),
+    };
+    let listen = match listen_text.parse::<SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => {
+            c.err(
+                listen_path,
+                format!("{listen_text:?} is not a socket address such as 127.0.0.1:9898"),
+            );
+            DEFAULT_ADMIN_LISTEN
+                .parse()
+                .expect("default admin address parses")
+        }
+    };
+    let token = match c.env.var(overrides::ADMIN_TOKEN) {
+        Some(v) if !v.is_empty() => Some(SecretString::new(v)),
+        Some(_) => {
+            c.err(overrides::ADMIN_TOKEN, "is set but empty");
+            None
+        }
+        None => raw.token.and_then(|s| c.secret("admin.token", &s)),
+    };
+    if let Some(t) = &token {
+        if t.expose().len() < 16 {
+            c.err(
+                "admin.token",
+                "is shorter than 16 characters; use a long random token",
+            );
+        }
+    }
+    if token.is_none() && !listen.ip().is_loopback() {
+        c.err(
+            "admin.token",
+            format!("is required when admin.listen ({listen}) is not a loopback address"),
+        );
+    }
+    AdminConfig { listen, token }
+}
+
+fn logging(c: &mut Checker, raw: RawLogging) -> LoggingConfig {
+    let (fpath, ftext) = match c.env.var(overrides::LOG_FORMAT) {
+        Some(v) => (overrides::LOG_FORMAT.to_string(), Some(v)),
+        None => ("logging.format".to_string(), raw.format),
+    };
+    let format = match ftext.as_deref() {
+        None => LogFormat::Text,
+        Some(f) => LogFormat::parse(f).unwrap_or_else(|| {
+            c.err(
+                fpath,
+                format!("{f:?} is not a log format, expected text or json"),
+            );
+            LogFormat::Text
+        }),
+    };
+    let (lpath, level) = match c.env.var(overrides::LOG_LEVEL) {
+        Some(v) => (overrides::LOG_LEVEL.to_string(), v),
+        None => (
+            "logging.level".to_string(),
+            raw.level.unwrap_or_else(|| "info".to_string()),
+        ),
+    };
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&level) {
+        c.err(lpath, format!("{level:?} is not a valid log filter: {e}"));
+    }
+    LoggingConfig { format, level }
+}
+
+fn database_config(
+    c: &mut Checker,
+    key: &str,
+    raw: Option<RawDatabase>,
+    override_var: &str,
+    business: bool,
+) -> Option<DatabaseConfig> {
+    let (path, url) = match (c.env.var(override_var), &raw) {
+        (Some(v), _) => (override_var.to_string(), Some(SecretString::new(v))),
+        (None, Some(r)) => {
+            let p = format!("{key}.url");
+            let v = c.secret(&p, &r.url);
+            (p, v)
+        }
+        (None, None) => return None,
+    };
+    let url = url?;
+    let scheme = url.expose().split(':').next().unwrap_or_default();
+    let kind = match scheme {
+        "sqlite" => DbKind::Sqlite,
+        "postgres" | "postgresql" => DbKind::Postgres,
+        "mysql" | "mariadb" if business => DbKind::MySql,
+        _ => {
+            let allowed = if business {
+                "sqlite:, postgres:// or mysql://"
+            } else {
+                "sqlite: or postgres://"
+            };
+            c.err(
+                path,
+                format!(
+                    "{:?} is not a supported database URL, expected {allowed}",
+                    crate::secret::mask_url(url.expose())
+                ),
+            );
+            return None;
+        }
+    };
+    let max_connections = c.in_range(
+        &format!("{key}.max_connections"),
+        raw.and_then(|r| r.max_connections),
+        if kind == DbKind::Sqlite { 5 } else { 10 },
+        1,
+        1000,
+    );
+    Some(DatabaseConfig {
+        url,
+        kind,
+        max_connections,
+    })
+}
+
+fn tenants(c: &mut Checker, raw: Vec<RawTenant>) -> Vec<TenantConfig> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for (i, t) in raw.into_iter().enumerate() {
+        if t.id.trim().is_empty() {
+            c.err(format!("tenants[{i}].id"), "is empty");
+        } else if !seen.insert(t.id.clone()) {
+            c.err(
+                format!("tenants[{i}].id"),
+                format!("duplicate tenant id {:?}", t.id),
+            );
+        }
+        if t.name.trim().is_empty() {
+            c.err(format!("tenants[{i}].name"), "is empty");
+        }
+        out.push(TenantConfig {
+            id: t.id,
+            name: t.name,
+        });
+    }
+    out
+}
+
+fn servers(c: &mut Checker, raw: Vec<RawServer>) -> Vec<ServerConfig> {
+    if raw.is_empty() {
+        c.err(
+            "servers",
+            "no Exchange server configured; add a [[servers]] table",
+        );
+    }
+    let mut seen = HashSet::new();
+    raw.into_iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            let p = format!("servers[{i}]");
+            if s.name.trim().is_empty() {
+                c.err(format!("{p}.name"), "is empty");
+            } else if !seen.insert(s.name.clone()) {
+                c.err(
+                    format!("{p}.name"),
+                    format!("duplicate server name {:?}", s.name),
+                );
+            }
+            server(c, &p, s)
+        })
+        .collect()
+}
+
+fn server(c: &mut Checker, p: &str, s: RawServer) -> Option<ServerConfig> {
+    let allow_http = s.allow_http.unwrap_or(false);
+    let endpoint = match (s.ews_url.as_deref(), s.autodiscover.unwrap_or(false)) {
+        (Some(_), true) => {
+            c.err(p, "set either ews_url or autodiscover = true, not both");
+            None
+        }
+        (None, false) => {
+            c.err(p, "no EWS endpoint: set ews_url or autodiscover = true");
+            None
+        }
+        (None, true) => {
+            if let Some(d) = &s.autodiscover_domain {
+                if !is_domain(d) {
+                    c.err(
+                        format!("{p}.autodiscover_domain"),
+                        format!("{d:?} is not a domain name"),
+                    );
+                }
+            }
+            Some(Endpoint::Autodiscover {
+                domain: s.autodiscover_domain.clone(),
+            })
+        }
+        (Some(u), false) => {
+            if s.autodiscover_domain.is_some() {
+                c.err(
+                    format!("{p}.autodiscover_domain"),
+                    "only applies with autodiscover = true",
+                );
+            }
+            match url::Url::parse(u) {
+                Ok(url) if url.scheme() == "https" || (url.scheme() == "http" && allow_http) => {
+                    if url.host_str().is_none() {
+                        c.err(format!("{p}.ews_url"), format!("{u:?} has no host"));
+                    }
+                    Some(Endpoint::Url(url))
+                }
+                Ok(url) if url.scheme() == "http" => {
+                    c.err(
+                        format!("{p}.ews_url"),
+                        format!("{u:?} is plain http; credentials would travel unencrypted (set allow_http = true for a test set-up)"),
+                    );
+                    None
+                }
+                Ok(_) => {
+                    c.err(
+                        format!("{p}.ews_url"),
+                        format!("{u:?} is not an https:// URL"),
+                    );
+                    None
+                }
+                Err(e) => {
+                    c.err(format!("{p}.ews_url"), format!("{u:?} is not a URL: {e}"));
+                    None
+                }
+            }
+        }
+    };
+
+    let version = match s.version.as_deref() {
+        None => ExchangeVersion::Exchange2010Sp2,
+        Some(v) => match ExchangeVersion::ALL.iter().find(|(_, n)| *n == v) {
+            Some((ver, _)) => *ver,
+            None => {
+                let names: Vec<_> = ExchangeVersion::ALL.iter().map(|(_, n)| *n).collect();
+                c.err(
+                    format!("{p}.version"),
+                    format!(
+                        "{v:?} is not a supported version, expected one of {}",
+                        names.join(", ")
+                    ),
+                );
+                ExchangeVersion::Exchange2010Sp2
+            }
+        },
+    };
+
+    if let Some(ca) = &s.ca_file {
+        if !ca.is_file() {
+            c.err(
+                format!("{p}.ca_file"),
+                format!("{} does not exist or is not a file", ca.display()),
+            );
+        }
+    }
+
+    let service_account = s
+        .service_account
+        .as_ref()
+        .and_then(|sa| credentials(c, &format!("{p}.service_account"), sa));
+    let auth = match s.auth.as_str() {
+        "basic" => Some(AuthConfig::Basic),
+        "ntlm" => Some(AuthConfig::Ntlm),
+        "oauth2" => match &s.oauth2 {
+            None => {
+                c.err(format!("{p}.oauth2"), "is required when auth = \"oauth2\"");
+                None
+            }
+            Some(o) => {
+                oauth2(c, &format!("{p}.oauth2"), o).map(|o| AuthConfig::OAuth2(Box::new(o)))
+            }
+        },
+        other => {
+            c.err(
+                format!("{p}.auth"),
+                format!("{other:?} is not an auth method, expected basic, ntlm or oauth2"),
+            );
+            None
+        }
+    };
+    if s.auth != "oauth2" && s.oauth2.is_some() {
+        c.err(
+            format!("{p}.oauth2"),
+            format!("only applies with auth = \"oauth2\" (auth is {:?})", s.auth),
+        );
+    }
+    if s.auth == "oauth2" && s.service_account.is_some() {
+        c.err(
+            format!("{p}.service_account"),
+            "does not apply with auth = \"oauth2\": the app-only token acts for every mailbox",
+        );
+    }
+
+    let throttle = ThrottleConfig {
+        requests_per_second: {
+            let v = s.throttle.requests_per_second.unwrap_or(20.0);
+            if !(v > 0.0 && v <= 10_000.0) {
+                c.err(
+                    format!("{p}.throttle.requests_per_second"),
+                    format!("{v} is out of range, allowed more than 0 up to 10000"),
+                );
+            }
+            v
+        },
+        burst: c.in_range(
+            &format!("{p}.throttle.burst"),
+            s.throttle.burst,
+            40,
+            1,
+            100_000,
+        ),
+        max_concurrent_requests: c.in_range(
+            &format!("{p}.throttle.max_concurrent_requests"),
+            s.throttle.max_concurrent_requests,
+            10,
+            1,
+            1000,
+        ),
+    };
+    let streaming = StreamingConfig {
+        enabled: s.streaming.enabled.unwrap_or(true),
+        group_size: c.in_range(
+            &format!("{p}.streaming.group_size"),
+            s.streaming.group_size,
+            200,
+            1,
+            200,
+        ),
+        connection_timeout: Duration::from_secs(
+            60 * u64::from(c.in_range(
+                &format!("{p}.streaming.connection_timeout_minutes"),
+                s.streaming.connection_timeout_minutes,
+                30,
+                1,
+                30,
+            )),
+        ),
+        polling_interval: Duration::from_secs(c.in_range(
+            &format!("{p}.streaming.polling_interval_seconds"),
+            s.streaming.polling_interval_seconds,
+            60,
+            5,
+            86_400,
+        )),
+    };
+    let request_timeout = Duration::from_secs(c.in_range(
+        &format!("{p}.request_timeout_seconds"),
+        s.request_timeout_seconds,
+        100,
+        1,
+        3600,
+    ));
+
+    Some(ServerConfig {
+        name: s.name,
+        endpoint: endpoint?,
+        auth: auth?,
+        version,
+        ca_file: s.ca_file,
+        allow_http,
+        request_timeout,
+        service_account,
+        throttle,
+        streaming,
+    })
+}
+
+fn credentials(c: &mut Checker, p: &str, raw: &RawCredentials) -> Option<Credentials> {
+    if raw.username.trim().is_empty() {
+        c.err(format!("{p}.username"), "is empty");
+    }
+    let password = c.secret(&format!("{p}.password"), &raw.password)?;
+    Some(Credentials {
+        username: raw.username.clone(),
+        password,
+    })
+}
+
+fn oauth2(c: &mut Checker, p: &str, o: &RawOAuth2) -> Option<OAuth2Config> {
+    if o.tenant_id.trim().is_empty() {
+        c.err(format!("{p}.tenant_id"), "is empty");
+    }
+    if o.client_id.trim().is_empty() {
+        c.err(format!("{p}.client_id"), "is empty");
+    }
+    let credential = match (&o.client_secret, &o.certificate_file) {
+        (Some(_), Some(_)) => {
+            c.err(p, "set either client_secret or certificate_file, not both");
+            None
+        }
+        (None, None) => {
+            c.err(
+                p,
+                "no client credential: set client_secret or certificate_file",
+            );
+            None
+        }
+        (Some(s), None) => c
+            .secret(&format!("{p}.client_secret"), s)
+            .map(OAuth2Credential::Secret),
+        (None, Some(cert)) => {
+            let mut ok = true;
+            if !cert.is_file() {
+                c.err(
+                    format!("{p}.certificate_file"),
+                    format!("{} does not exist or is not a file", cert.display()),
+                );
+                ok = false;
+            }
+            match &o.private_key_file {
+                None => {
+                    c.err(
+                        format!("{p}.private_key_file"),
+                        "is required with certificate_file",
+                    );
+                    ok = false;
+                }
+                Some(k) if !k.is_file() => {
+                    c.err(
+                        format!("{p}.private_key_file"),
+                        format!("{} does not exist or is not a file", k.display()),
+                    );
+                    ok = false;
+                }
+                Some(_) => {}
+            }
+            ok.then(|| OAuth2Credential::Certificate {
+                certificate_file: cert.clone(),
+                private_key_file: o.private_key_file.clone().unwrap_or_default(),
+            })
+        }
+    };
+    let token_url_text = o.token_url.clone().unwrap_or_else(|| {
+        format!(
+            "https://login.microsoftonline.com/{}/oauth2/v2.0/token",
+            o.tenant_id
+        )
+    });
+    let token_url = match url::Url::parse(&token_url_text) {
+        Ok(u) if u.scheme() == "https" || u.scheme() == "http" => Some(u),
+        _ => {
+            c.err(
+                format!("{p}.token_url"),
+                format!("{token_url_text:?} is not an http(s) URL"),
+            );
+            None
+        }
+    };
+    Some(OAuth2Config {
+        tenant_id: o.tenant_id.clone(),
+        client_id: o.client_id.clone(),
+        credential: credential?,
+        scope: o
+            .scope
+            .clone()
+            .unwrap_or_else(|| DEFAULT_OAUTH2_SCOPE.to_string()),
+        token_url: token_url?,
+    })
+}
+
+/// What mailbox checks need to know of a server, valid or not.
+struct DeclaredServer {
+    name: String,
+    oauth2: bool,
+    service_account: bool,
+}
+
+fn mailboxes(
+    c: &mut Checker,
+    defaults: &RawMailboxSettings,
+    raw: Vec<RawMailbox>,
+    servers: &[DeclaredServer],
+    tenants: &[TenantConfig],
+) -> Vec<MailboxConfig> {
+    // Checked once, so a bad default is reported once and not per mailbox.
+    check_settings(c, "mailbox_defaults", defaults);
+
+    let mut by_smtp: HashMap<String, usize> = HashMap::new();
+    let mut by_operator: HashMap<(Option<String>, String), usize> = HashMap::new();
+    let mut out = Vec::new();
+    for (i, m) in raw.into_iter().enumerate() {
+        let p = format!("mailboxes[{i}]");
+        let smtp = m.smtp.trim().to_ascii_lowercase();
+        if !is_email(&smtp) {
+            c.err(
+                format!("{p}.smtp"),
+                format!("{:?} is not an e-mail address", m.smtp),
+            );
+        } else if let Some(first) = by_smtp.insert(smtp.clone(), i) {
+            c.err(
+                format!("{p}.smtp"),
+                format!("{smtp:?} is already used by mailboxes[{first}]"),
+            );
+        }
+        if m.operator.trim().is_empty() {
+            c.err(
+                format!("{p}.operator"),
+                "is empty: every mailbox belongs to an operator (personnel number)",
+            );
+        } else if let Some(first) = by_operator.insert((m.tenant.clone(), m.operator.clone()), i) {
+            c.err(
+                format!("{p}.operator"),
+                format!("operator {:?} already has a mailbox (mailboxes[{first}]); one operator has exactly one mailbox", m.operator),
+            );
+        }
+        let server = servers.iter().find(|s| s.name == m.server);
+        if server.is_none() {
+            let names: Vec<_> = servers.iter().map(|s| s.name.as_str()).collect();
+            c.err(
+                format!("{p}.server"),
+                format!(
+                    "unknown server {:?} (configured: {})",
+                    m.server,
+                    if names.is_empty() {
+                        "none".to_string()
+                    } else {
+                        names.join(", ")
+                    }
+                ),
+            );
+        }
+        match (&m.tenant, tenants.is_empty()) {
+            (Some(t), _) if !tenants.iter().any(|x| &x.id == t) => {
+                c.err(format!("{p}.tenant"), format!("unknown tenant {t:?}"));
+            }
+            (None, false) => c.err(
+                format!("{p}.tenant"),
+                "is required because [[tenants]] are configured",
+            ),
+            _ => {}
+        }
+        let credentials = m
+            .credentials
+            .as_ref()
+            .and_then(|cr| credentials(c, &format!("{p}.credentials"), cr));
+        if let Some(s) = server {
+            match (s.oauth2, s.service_account, m.credentials.is_some()) {
+                (true, _, true) => c.err(
+                    format!("{p}.credentials"),
+                    format!(
+                        "server {:?} uses oauth2; mailbox credentials do not apply",
+                        s.name
+                    ),
+                ),
+                (false, false, false) => c.err(
+                    format!("{p}.credentials"),
+                    format!("are required: server {:?} has no service_account", s.name),
+                ),
+                _ => {}
+            }
+        }
+
+        let own = RawMailboxSettings {
+            areas: m.areas,
+            leading: m.leading,
+            filters: m.filters,
+            initial_sync: m.initial_sync,
+            mail: m.mail,
+        };
+        check_settings(c, &p, &own);
+        let areas = effective_areas(defaults, &own);
+        if areas.is_empty() {
+            c.err(format!("{p}.areas"), "no data area enabled");
+        }
+        let initial_sync = own
+            .initial_sync
+            .as_deref()
+            .or(defaults.initial_sync.as_deref())
+            .and_then(parse_initial_sync)
+            .unwrap_or(InitialSync::None);
+        let mail = effective_mail(defaults.mail.as_ref(), own.mail.as_ref());
+        if own.mail.is_some() && !areas.contains_key(&Area::Mail) {
+            c.err(
+                format!("{p}.mail"),
+                "is set but the mail area is not enabled",
+            );
+        }
+        out.push(MailboxConfig {
+            smtp,
+            operator: m.operator,
+            server: m.server,
+            tenant: m.tenant,
+            credentials,
+            areas,
+            initial_sync,
+            mail,
+        });
+    }
+    out
+}
+
+/// Checks the values of a settings table (defaults or one mailbox's overrides).
+fn check_settings(c: &mut Checker, p: &str, s: &RawMailboxSettings) {
+    if let Some(areas) = &s.areas {
+        let mut seen = HashSet::new();
+        for (j, a) in areas.iter().enumerate() {
+            if Area::parse(a).is_none() {
+                c.err(
+                    format!("{p}.areas[{j}]"),
+                    format!("{a:?} is not a data area, expected contacts, calendar, tasks or mail"),
+                );
+            } else if !seen.insert(a) {
+                c.err(format!("{p}.areas[{j}]"), format!("{a:?} is listed twice"));
+            }
+        }
+    }
+    for (area, leading) in s.leading.iter().flatten() {
+        if Area::parse(area).is_none() {
+            c.err(
+                format!("{p}.leading.{area}"),
+                "is not a data area, expected contacts, calendar, tasks or mail",
+            );
+        }
+        if parse_leading(leading).is_none() {
+            c.err(
+                format!("{p}.leading.{area}"),
+                format!("{leading:?} is not a leading system, expected crm or exchange"),
+            );
+        }
+    }
+    for (area, cats) in s.filters.iter().flatten() {
+        if Area::parse(area).is_none() {
+            c.err(
+                format!("{p}.filters.{area}"),
+                "is not a data area, expected contacts, calendar, tasks or mail",
+            );
+        }
+        for (j, cat) in cats.iter().enumerate() {
+            if cat.trim().is_empty() {
+                c.err(format!("{p}.filters.{area}[{j}]"), "is an empty category");
+            }
+        }
+    }
+    if let Some(is) = &s.initial_sync {
+        if parse_initial_sync(is).is_none() {
+            c.err(
+                format!("{p}.initial_sync"),
+                format!(
+                    "{is:?} is not a direction, expected crm-to-exchange, exchange-to-crm or none"
+                ),
+            );
+        }
+    }
+    if let Some(mail) = &s.mail {
+        let mp = format!("{p}.mail");
+        if let Some(d) = &mail.sync_from {
+            date_only(c, &format!("{mp}.sync_from"), d);
+        }
+        if let Some(mode) = &mail.delete_mode {
+            if parse_delete_mode(mode).is_none() {
+                c.err(format!("{mp}.delete_mode"), format!("{mode:?} is not a delete mode, expected move-to-deleted-items, soft-delete or hard-delete"));
+            }
+        }
+        let mut excluded = HashSet::new();
+        for (j, f) in mail.excluded_folders.iter().flatten().enumerate() {
+            let fp = format!("{mp}.excluded_folders[{j}]");
+            if let Err(e) = check_folder_path(f) {
+                c.err(fp, e);
+            } else if !excluded.insert(normalize_path(f)) {
+                c.err(fp, format!("{f:?} is listed twice"));
+            }
+        }
+        let mut folders = HashSet::new();
+        for (j, f) in mail.folders.iter().flatten().enumerate() {
+            let fp = format!("{mp}.folders[{j}]");
+            if let Err(e) = check_folder_path(&f.path) {
+                c.err(format!("{fp}.path"), e);
+                continue;
+            }
+            let norm = normalize_path(&f.path);
+            if !folders.insert(norm.clone()) {
+                c.err(
+                    format!("{fp}.path"),
+                    format!("{:?} is configured twice", f.path),
+                );
+            }
+            if excluded.contains(&norm) {
+                c.err(
+                    format!("{fp}.path"),
+                    format!("{:?} is also in excluded_folders", f.path),
+                );
+            }
+            if let Some(d) = &f.sync_from {
+                date_only(c, &format!("{fp}.sync_from"), d);
+            }
+        }
+    }
+}
+
+fn effective_areas(
+    defaults: &RawMailboxSettings,
+    own: &RawMailboxSettings,
+) -> BTreeMap<Area, AreaConfig> {
+    let names = own.areas.as_ref().or(defaults.areas.as_ref());
+    let list: Vec<Area> = match names {
+        Some(n) => n.iter().filter_map(|a| Area::parse(a)).collect(),
+        None => Area::ALL.to_vec(),
+    };
+    list.into_iter()
+        .map(|area| {
+            let key = area.as_str();
+            let leading = own
+                .leading
+                .as_ref()
+                .and_then(|l| l.get(key))
+                .or_else(|| defaults.leading.as_ref().and_then(|l| l.get(key)))
+                .and_then(|s| parse_leading(s))
+                .unwrap_or(Leading::Crm);
+            let categories = own
+                .filters
+                .as_ref()
+                .and_then(|f| f.get(key))
+                .or_else(|| defaults.filters.as_ref().and_then(|f| f.get(key)))
+                .cloned()
+                .unwrap_or_default();
+            (
+                area,
+                AreaConfig {
+                    leading,
+                    categories,
+                },
+            )
+        })
+        .collect()
+}
+
+fn effective_mail(defaults: Option<&RawMailSettings>, own: Option<&RawMailSettings>) -> MailConfig {
+    let pick = |f: fn(&RawMailSettings) -> bool| own.filter(|o| f(o)).or(defaults);
+    let sync_from = pick(|m| m.sync_from.is_some())
+        .and_then(|m| m.sync_from.as_ref())
+        .and_then(toml_date);
+    let excluded_folders = pick(|m| m.excluded_folders.is_some())
+        .and_then(|m| m.excluded_folders.clone())
+        .unwrap_or_default();
+    let folder_sync_from = pick(|m| m.folders.is_some())
+        .and_then(|m| m.folders.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|f| Some((normalize_path(&f.path), toml_date(f.sync_from.as_ref()?)?)))
+        .collect();
+    let delete_mode = pick(|m| m.delete_mode.is_some())
+        .and_then(|m| m.delete_mode.as_deref())
+        .and_then(parse_delete_mode);
+    MailConfig {
+        sync_from,
+        excluded_folders,
+        folder_sync_from,
+        delete_mode,
+    }
+}
+
+fn parse_leading(s: &str) -> Option<Leading> {
+    match s {
+        "crm" => Some(Leading::Crm),
+        "exchange" => Some(Leading::Exchange),
+        _ => None,
+    }
+}
+
+fn parse_initial_sync(s: &str) -> Option<InitialSync> {
+    match s {
+        "crm-to-exchange" => Some(InitialSync::CrmToExchange),
+        "exchange-to-crm" => Some(InitialSync::ExchangeToCrm),
+        "none" => Some(InitialSync::None),
+        _ => None,
+    }
+}
+
+fn parse_delete_mode(s: &str) -> Option<MailDeleteMode> {
+    match s {
+        "move-to-deleted-items" => Some(MailDeleteMode::MoveToDeletedItems),
+        "soft-delete" => Some(MailDeleteMode::SoftDelete),
+        "hard-delete" => Some(MailDeleteMode::HardDelete),
+        _ => None,
+    }
+}
+
+fn toml_date(d: &toml::value::Datetime) -> Option<NaiveDate> {
+    match (d.date, d.time) {
+        (Some(date), None) => NaiveDate::from_ymd_opt(
+            i32::from(date.year),
+            u32::from(date.month),
+            u32::from(date.day),
+        ),
+        _ => None,
+    }
+}
+
+fn date_only(c: &mut Checker, p: &str, d: &toml::value::Datetime) {
+    if toml_date(d).is_none() {
+        c.err(p, format!("{d} is not a plain date such as 2025-01-31"));
+    }
+}
+
+/// Folder paths compare without surrounding slashes and case-insensitively, as Exchange does.
+pub(crate) fn normalize_path(p: &str) -> String {
+    p.trim_matches('/').to_lowercase()
+}
+
+fn check_folder_path(p: &str) -> Result<(), String> {
+    let t = p.trim_matches('/');
+    if t.is_empty() {
+        return Err("is an empty folder path".to_string());
+    }
+    if t.split('/').any(|seg| seg.trim().is_empty()) {
+        return Err(format!("{p:?} has an empty path segment"));
+    }
+    Ok(())
+}
+
+/// A pragmatic address check: what Exchange accepts as a primary SMTP address.
+pub(crate) fn is_email(s: &str) -> bool {
+    let Some((local, domain)) = s.rsplit_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && local.len() <= 64
+        && !local.contains(['@', ' ', '"', '<', '>', ',', ';'])
+        && !local.starts_with('.')
+        && !local.ends_with('.')
+        && !local.contains("..")
+        && is_domain(domain)
+}
+
+fn is_domain(d: &str) -> bool {
+    d.len() <= 253
+        && d.contains('.')
+        && d.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-')
+        })
+}

@@ -1,0 +1,12 @@
+//! mailsync: two-way sync between a business application's SQL database (an ERP/CRM) and
+//! Microsoft Exchange mailboxes over Exchange Web Services.
+//!
+//! This crate is the service: the CLI (`main.rs`), configuration ([`config`]), logging
+//! ([`logging`]) and, as the issues land, the adapters that implement the ports of
+//! `mailsync-actors` with the `ews` client and sqlx. Layout and invariants: docs/ARCHITECTURE.md.
+
+pub mod config;
+pub mod environment;
+pub mod logging;
+pub mod secret;
+pub mod summary;
