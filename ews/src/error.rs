@@ -1,0 +1,176 @@
+//! What can go wrong talking to Exchange, sorted by what the caller does about it.
+
+use std::time::Duration;
+
+/// An EWS failure. The variants are the decisions a caller makes: wait, retry, start the
+/// folder over, resubscribe, re-read and merge, forget the item, stop the mailbox, or report
+/// a broken response.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The server is over budget: send nothing to it for `back_off`.
+    #[error("throttled by exchange ({code}), back off {back_off:?}")]
+    Throttled {
+        /// How long to stay away (BackOffMilliseconds, or a default for HTTP 503).
+        back_off: Duration,
+        /// ErrorServerBusy, ErrorExceededConnectionCount, HTTP 503, ...
+        code: String,
+    },
+    /// Worth retrying as it is: 5xx, timeouts, resets, ErrorInternalServerTransientError.
+    #[error("transient failure: {0}")]
+    Transient(String),
+    /// The SyncState is not usable: sync the folder again from no state.
+    #[error("invalid sync state ({0})")]
+    InvalidSyncState(String),
+    /// The subscription is gone (expired, not found, missed events): resubscribe and resync.
+    #[error("subscription gone ({0})")]
+    SubscriptionGone(String),
+    /// The item changed since the change key we held: re-read and merge.
+    #[error("conflict ({0})")]
+    Conflict(String),
+    /// The item or folder does not exist (any more).
+    #[error("not found ({0})")]
+    NotFound(String),
+    /// HTTP 401: the credentials were refused.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// Authenticated but not allowed: impersonation denied, access denied, mailbox unknown.
+    #[error("denied ({code}): {message}")]
+    Denied {
+        /// The EWS response code.
+        code: String,
+        /// The server's message text.
+        message: String,
+    },
+    /// The response could not be understood. Never a panic.
+    #[error("malformed response: {0}")]
+    Malformed(String),
+    /// Any other EWS error code, with the server's message.
+    #[error("{code}: {message}")]
+    Response {
+        /// The EWS response code.
+        code: String,
+        /// The server's message text.
+        message: String,
+    },
+    /// The request could not be built or sent for a local reason (bad URL, TLS set-up).
+    #[error("request failed: {0}")]
+    Request(String),
+}
+
+/// Back-off used when Exchange says "busy" without saying for how long (HTTP 503).
+pub const DEFAULT_BACK_OFF: Duration = Duration::from_secs(30);
+
+impl Error {
+    /// Maps an EWS response code (from a response message or a SOAP fault) to the error a
+    /// caller acts on. `back_off` is BackOffMilliseconds where the server sent it.
+    pub fn from_code(code: &str, message: &str, back_off: Option<Duration>) -> Error {
+        let m = || message.to_string();
+        match code {
+            "ErrorServerBusy"
+            | "ErrorExceededConnectionCount"
+            | "ErrorExceededSubscriptionCount"
+            | "ErrorExceededFindCountLimit"
+            | "ErrorTooManyObjectsOpened" => Error::Throttled {
+                back_off: back_off.unwrap_or(DEFAULT_BACK_OFF),
+                code: code.to_string(),
+            },
+            "ErrorInternalServerTransientError"
+            | "ErrorTimeoutExpired"
+            | "ErrorMailboxMoveInProgress"
+            | "ErrorMailboxStoreUnavailable"
+            | "ErrorConnectionFailed"
+            | "ErrorInternalServerError"
+            | "ErrorBatchProcessingStopped" => Error::Transient(format!("{code}: {message}")),
+            "ErrorInvalidSyncStateData" | "ErrorSyncFolderNotFound" => {
+                Error::InvalidSyncState(code.to_string())
+            }
+            "ErrorSubscriptionNotFound"
+            | "ErrorExpiredSubscription"
+            | "ErrorMissedNotificationEvents"
+            | "ErrorInvalidSubscription"
+            | "ErrorSubscriptionAccessDenied"
+            | "ErrorSubscriptionDelegateAccessNotSupported" => {
+                Error::SubscriptionGone(code.to_string())
+            }
+            "ErrorIrresolvableConflict"
+            | "ErrorInvalidChangeKey"
+            | "ErrorChangeKeyRequiredForWriteOperations"
+            | "ErrorStaleObject" => Error::Conflict(code.to_string()),
+            "ErrorItemNotFound"
+            | "ErrorFolderNotFound"
+            | "ErrorInvalidIdNotAnItemAttachmentId"
+            | "ErrorInvalidIdMalformed"
+            | "ErrorInvalidId" => Error::NotFound(code.to_string()),
+            "ErrorImpersonateUserDenied"
+            | "ErrorImpersonationDenied"
+            | "ErrorAccessDenied"
+            | "ErrorNonExistentMailbox"
+            | "ErrorMailboxLogonFailed"
+            | "ErrorInvalidUserSid"
+            | "ErrorNotDelegate"
+            | "ErrorInvalidImpersonationHeader"
+            | "ErrorAccountDisabled" => Error::Denied {
+                code: code.to_string(),
+                message: m(),
+            },
+            _ => Error::Response {
+                code: code.to_string(),
+                message: m(),
+            },
+        }
+    }
+
+    /// Whether retrying the same request later can succeed without any other action.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Throttled { .. } | Error::Transient(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_map_to_actions() {
+        type IsExpected = fn(&Error) -> bool;
+        let cases: &[(&str, IsExpected)] = &[
+            ("ErrorServerBusy", |e| matches!(e, Error::Throttled { .. })),
+            ("ErrorExceededConnectionCount", |e| {
+                matches!(e, Error::Throttled { .. })
+            }),
+            ("ErrorInternalServerTransientError", |e| {
+                matches!(e, Error::Transient(_))
+            }),
+            ("ErrorInvalidSyncStateData", |e| {
+                matches!(e, Error::InvalidSyncState(_))
+            }),
+            ("ErrorSubscriptionNotFound", |e| {
+                matches!(e, Error::SubscriptionGone(_))
+            }),
+            ("ErrorMissedNotificationEvents", |e| {
+                matches!(e, Error::SubscriptionGone(_))
+            }),
+            ("ErrorIrresolvableConflict", |e| {
+                matches!(e, Error::Conflict(_))
+            }),
+            ("ErrorInvalidChangeKey", |e| matches!(e, Error::Conflict(_))),
+            ("ErrorItemNotFound", |e| matches!(e, Error::NotFound(_))),
+            ("ErrorImpersonateUserDenied", |e| {
+                matches!(e, Error::Denied { .. })
+            }),
+            ("ErrorAccessDenied", |e| matches!(e, Error::Denied { .. })),
+            ("ErrorSomethingNew", |e| matches!(e, Error::Response { .. })),
+        ];
+        for (code, ok) in cases {
+            let e = Error::from_code(code, "msg", None);
+            assert!(ok(&e), "{code} -> {e:?}");
+        }
+        assert_eq!(
+            Error::from_code("ErrorServerBusy", "", Some(Duration::from_millis(297_749))),
+            Error::Throttled {
+                back_off: Duration::from_millis(297_749),
+                code: "ErrorServerBusy".into()
+            }
+        );
+    }
+}
