@@ -178,7 +178,7 @@ impl BaseShape {
 /// A custom MAPI named property: mailsync stamps its CRM id with one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ExtendedFieldUri {
-    /// Property set GUID, e.g. `{6c7d6b06-…}`.
+    /// Property set GUID, bare and lowercase, e.g. `6c7d6b06-…`.
     pub property_set_id: String,
     /// Property name.
     pub property_name: String,
@@ -187,10 +187,13 @@ pub struct ExtendedFieldUri {
 }
 
 impl ExtendedFieldUri {
-    /// A string property in a property set.
+    /// A string property in a property set. The GUID may be given with or without braces;
+    /// the schema wants it bare.
     pub fn string(property_set_id: &str, property_name: &str) -> Self {
         ExtendedFieldUri {
-            property_set_id: property_set_id.to_string(),
+            property_set_id: property_set_id
+                .trim_matches(|c| c == '{' || c == '}')
+                .to_ascii_lowercase(),
             property_name: property_name.to_string(),
             property_type: "String".to_string(),
         }
