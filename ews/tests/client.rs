@@ -1,0 +1,507 @@
+//! The HTTP side of the client against a scripted fake server on 127.0.0.1:0: headers, auth,
+//! the mapping of HTTP failures, subscription-group affinity, OAuth2 token caching, and
+//! streaming over a chunked body. The server answers a fixed script and fails the test on any
+//! request it did not expect.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ews::client::{Affinity, Auth, Client, ClientConfig, OAuth2Tokens, Target};
+use ews::ops::*;
+use ews::streaming::StreamEvent;
+use ews::types::*;
+use ews::Error;
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A request as the fake server saw it.
+#[derive(Debug, Clone)]
+struct Seen {
+    path: String,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Seen {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A scripted answer.
+enum Answer {
+    /// Status, extra headers, body.
+    Plain(u16, Vec<(&'static str, String)>, Vec<u8>),
+    /// A chunked 200 response: each chunk written after the given pause.
+    Chunked(Vec<(Duration, Vec<u8>)>),
+}
+
+struct FakeServer {
+    url: url::Url,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    script: Arc<Mutex<VecDeque<Answer>>>,
+}
+
+impl FakeServer {
+    async fn start(script: Vec<Answer>) -> FakeServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = url::Url::parse(&format!(
+            "http://{}/EWS/Exchange.asmx",
+            listener.local_addr().unwrap()
+        ))
+        .unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let script = Arc::new(Mutex::new(VecDeque::from(script)));
+        let (s2, sc2) = (seen.clone(), script.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let (s3, sc3) = (s2.clone(), sc2.clone());
+                tokio::spawn(async move { serve(sock, s3, sc3).await });
+            }
+        });
+        FakeServer { url, seen, script }
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    fn assert_script_done(&self) {
+        assert!(
+            self.script.lock().unwrap().is_empty(),
+            "not every scripted answer was asked for"
+        );
+    }
+}
+
+async fn serve(
+    mut sock: TcpStream,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    script: Arc<Mutex<VecDeque<Answer>>>,
+) {
+    loop {
+        let mut buf = Vec::new();
+        let head_end = loop {
+            let mut chunk = [0u8; 4096];
+            let n = match sock.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+        let mut lines = head.split("\r\n");
+        let path = lines
+            .next()
+            .unwrap_or_default()
+            .split(' ')
+            .nth(1)
+            .unwrap_or_default()
+            .to_string();
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect();
+        let len: usize = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        while buf.len() < head_end + len {
+            let mut chunk = [0u8; 4096];
+            match sock.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let body = String::from_utf8_lossy(&buf[head_end..head_end + len]).to_string();
+        seen.lock().unwrap().push(Seen {
+            path: path.clone(),
+            headers,
+            body: body.clone(),
+        });
+        let answer = script.lock().unwrap().pop_front();
+        let Some(answer) = answer else {
+            panic!("fake server: unexpected request to {path}:\n{body}");
+        };
+        match answer {
+            Answer::Plain(status, extra, body) => {
+                let mut resp = format!("HTTP/1.1 {status} X\r\nContent-Type: text/xml; charset=utf-8\r\nContent-Length: {}\r\n", body.len());
+                for (k, v) in extra {
+                    resp.push_str(&format!("{k}: {v}\r\n"));
+                }
+                resp.push_str("\r\n");
+                let mut bytes = resp.into_bytes();
+                bytes.extend(body);
+                if sock.write_all(&bytes).await.is_err() {
+                    return;
+                }
+            }
+            Answer::Chunked(chunks) => {
+                let _ = sock.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/xml; charset=utf-8\r\nTransfer-Encoding: chunked\r\n\r\n").await;
+                for (pause, data) in chunks {
+                    tokio::time::sleep(pause).await;
+                    let mut c = format!("{:x}\r\n", data.len()).into_bytes();
+                    c.extend(data);
+                    c.extend(b"\r\n");
+                    if sock.write_all(&c).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = sock.write_all(b"0\r\n\r\n").await;
+            }
+        }
+    }
+}
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name),
+    )
+    .unwrap()
+}
+
+fn client(url: &url::Url, auth: Auth) -> Client {
+    let mut cfg = ClientConfig::new(url.clone(), auth);
+    cfg.allow_http = true;
+    cfg.version = "Exchange2013_SP1".into();
+    cfg.timeout = Duration::from_secs(5);
+    Client::new(cfg).unwrap()
+}
+
+fn basic() -> Auth {
+    Auth::Basic {
+        username: "svc".into(),
+        password: "secret".into(),
+    }
+}
+
+fn sync_op() -> SyncFolderItems {
+    SyncFolderItems {
+        folder: FolderRef::well_known(DistinguishedFolder::Inbox),
+        shape: Shape::id_only(),
+        sync_state: None,
+        ignore: vec![],
+        max_changes: 512,
+    }
+}
+
+#[tokio::test]
+async fn sends_the_ews_headers_and_reads_the_answer() {
+    let server = FakeServer::start(vec![Answer::Plain(
+        200,
+        vec![],
+        fixture("SyncFolderItems-full.xml"),
+    )])
+    .await;
+    let reply = client(&server.url, basic())
+        .call(&Target::impersonating("user7@example.com"), &sync_op())
+        .await
+        .unwrap();
+    assert_eq!(reply.output.sync_state, "STATE-2");
+    assert_eq!(reply.server_version.unwrap().minor_version, 1);
+    let seen = &server.seen()[0];
+    assert_eq!(seen.path, "/EWS/Exchange.asmx");
+    assert_eq!(seen.header("X-AnchorMailbox"), Some("user7@example.com"));
+    assert_eq!(seen.header("Authorization"), Some("Basic c3ZjOnNlY3JldA=="));
+    assert_eq!(seen.header("Content-Type"), Some("text/xml; charset=utf-8"));
+    assert!(seen.header("X-PreferServerAffinity").is_none());
+    assert!(
+        seen.body
+            .contains("<t:PrimarySmtpAddress>user7@example.com</t:PrimarySmtpAddress>"),
+        "{}",
+        seen.body
+    );
+    assert!(seen
+        .body
+        .contains(r#"<t:RequestServerVersion Version="Exchange2013_SP1"/>"#));
+    server.assert_script_done();
+}
+
+#[tokio::test]
+async fn http_failures_map_to_actions() {
+    let busy = fixture("fault-ErrorServerBusy.xml");
+    let server = FakeServer::start(vec![
+        Answer::Plain(
+            401,
+            vec![("WWW-Authenticate", "Basic realm=\"x\"".into())],
+            vec![],
+        ),
+        Answer::Plain(503, vec![], b"Service Unavailable".to_vec()),
+        Answer::Plain(500, vec![], busy),
+        Answer::Plain(500, vec![], b"<html>oops</html>".to_vec()),
+        Answer::Plain(502, vec![], vec![]),
+        Answer::Plain(200, vec![], b"<not-soap/>".to_vec()),
+        Answer::Plain(200, vec![], fixture("DeleteItem.xml")),
+    ])
+    .await;
+    let c = client(&server.url, basic());
+    let t = Target::own("user1@example.com");
+    assert!(matches!(
+        c.call(&t, &sync_op()).await,
+        Err(Error::Unauthorized(_))
+    ));
+    assert!(
+        matches!(c.call(&t, &sync_op()).await, Err(Error::Throttled { back_off, .. }) if back_off == ews::error::DEFAULT_BACK_OFF)
+    );
+    assert_eq!(
+        c.call(&t, &sync_op()).await.unwrap_err(),
+        Error::Throttled {
+            back_off: Duration::from_millis(297_749),
+            code: "ErrorServerBusy".into()
+        }
+    );
+    assert!(matches!(
+        c.call(&t, &sync_op()).await,
+        Err(Error::Transient(_))
+    ));
+    assert!(matches!(
+        c.call(&t, &sync_op()).await,
+        Err(Error::Transient(_))
+    ));
+    assert!(matches!(
+        c.call(&t, &sync_op()).await,
+        Err(Error::Malformed(_))
+    ));
+    assert!(
+        matches!(c.call(&t, &sync_op()).await, Err(Error::Malformed(m)) if m.contains("expected SyncFolderItemsResponse")),
+        "a response to another operation is refused"
+    );
+    assert!(
+        server.seen()[0].body.contains("m:SyncFolderItems")
+            && !server.seen()[0].body.contains("ExchangeImpersonation")
+    );
+    server.assert_script_done();
+}
+
+#[tokio::test]
+async fn unreachable_server_is_transient() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = url::Url::parse(&format!(
+        "http://{}/EWS/Exchange.asmx",
+        listener.local_addr().unwrap()
+    ))
+    .unwrap();
+    drop(listener);
+    assert!(matches!(
+        client(&url, basic())
+            .call(&Target::own("a@example.com"), &sync_op())
+            .await,
+        Err(Error::Transient(_))
+    ));
+}
+
+#[test]
+fn credentials_only_go_to_https_unless_allowed() {
+    let url = url::Url::parse("http://mail.example.com/EWS/Exchange.asmx").unwrap();
+    let err = Client::new(ClientConfig::new(url, basic())).unwrap_err();
+    assert!(
+        matches!(&err, Error::Request(m) if m.contains("only sent over https")),
+        "{err:?}"
+    );
+    let https = url::Url::parse("https://mail.example.com/EWS/Exchange.asmx").unwrap();
+    assert!(Client::new(ClientConfig::new(https, basic())).is_ok());
+}
+
+#[tokio::test]
+async fn subscription_group_affinity_and_back_end_cookie() {
+    let sub = fixture("Unsubscribe.xml");
+    let mut subscribe_ok = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/Subscribe-denied.xml"),
+    )
+    .unwrap();
+    subscribe_ok = subscribe_ok
+        .replace(r#"ResponseClass="Error""#, r#"ResponseClass="Success""#)
+        .replace("<m:MessageText>The account does not have permission to impersonate the requested user.</m:MessageText><m:ResponseCode>ErrorImpersonateUserDenied</m:ResponseCode><m:DescriptiveLinkKey>0</m:DescriptiveLinkKey>", "<m:ResponseCode>NoError</m:ResponseCode><m:SubscriptionId>SUB-1</m:SubscriptionId>");
+    let server = FakeServer::start(vec![
+        Answer::Plain(
+            200,
+            vec![(
+                "Set-Cookie",
+                "X-BackEndOverrideCookie=BE01~1941962753; path=/; secure".into(),
+            )],
+            subscribe_ok.into_bytes(),
+        ),
+        Answer::Plain(200, vec![], sub),
+    ])
+    .await;
+    let c = client(&server.url, basic());
+    let affinity = Affinity::new("anchor@example.com");
+    let target = Target {
+        mailbox: "user9@example.com".into(),
+        impersonate: true,
+        affinity: Some(affinity.clone()),
+    };
+    let id = c
+        .call(
+            &target,
+            &Subscribe {
+                folders: vec![FolderRef::well_known(DistinguishedFolder::Inbox)],
+                event_types: vec![],
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(id.output, "SUB-1");
+    assert_eq!(affinity.cookie().as_deref(), Some("BE01~1941962753"));
+    c.call(
+        &target,
+        &Unsubscribe {
+            subscription_id: "SUB-1".into(),
+        },
+    )
+    .await
+    .unwrap();
+    let seen = server.seen();
+    assert_eq!(
+        seen[0].header("X-AnchorMailbox"),
+        Some("anchor@example.com")
+    );
+    assert_eq!(seen[0].header("X-PreferServerAffinity"), Some("true"));
+    assert!(seen[0].header("Cookie").is_none());
+    assert_eq!(
+        seen[1].header("Cookie"),
+        Some("X-BackEndOverrideCookie=BE01~1941962753")
+    );
+    assert!(
+        seen[1]
+            .body
+            .contains("<t:PrimarySmtpAddress>user9@example.com</t:PrimarySmtpAddress>"),
+        "impersonates the member, anchors on the group"
+    );
+}
+
+#[tokio::test]
+async fn oauth2_tokens_are_cached_and_refreshed_before_expiry() {
+    let token = |t: &str, exp: u64| {
+        Answer::Plain(
+            200,
+            vec![("Content-Type", "application/json".into())],
+            format!(r#"{{"token_type":"Bearer","expires_in":{exp},"access_token":"{t}"}}"#)
+                .into_bytes(),
+        )
+    };
+    let ok = || Answer::Plain(200, vec![], fixture("Unsubscribe.xml"));
+    let server = FakeServer::start(vec![token("tok-1", 3600), ok(), ok(), ok()]).await;
+    let mut token_url = server.url.clone();
+    token_url.set_path("/tenant/oauth2/v2.0/token");
+    let tokens = Arc::new(OAuth2Tokens::new(
+        token_url.clone(),
+        "app-id",
+        "app-secret",
+        "https://outlook.office365.com/.default",
+    ));
+    let c = client(&server.url, Auth::OAuth2(tokens));
+    let op = Unsubscribe {
+        subscription_id: "s".into(),
+    };
+    for _ in 0..3 {
+        c.call(&Target::impersonating("u@example.com"), &op)
+            .await
+            .unwrap();
+    }
+    let seen = server.seen();
+    assert_eq!(seen.len(), 4, "one token request for three calls");
+    assert_eq!(seen[0].path, "/tenant/oauth2/v2.0/token");
+    assert!(
+        seen[0].body.contains("grant_type=client_credentials")
+            && seen[0].body.contains("client_secret=app-secret"),
+        "{}",
+        seen[0].body
+    );
+    assert!(
+        seen[0]
+            .body
+            .contains("scope=https%3A%2F%2Foutlook.office365.com%2F.default"),
+        "{}",
+        seen[0].body
+    );
+    for s in &seen[1..] {
+        assert_eq!(s.header("Authorization"), Some("Bearer tok-1"));
+    }
+
+    // A token that expires within the refresh margin is fetched again on the next call.
+    let server =
+        FakeServer::start(vec![token("short-1", 60), ok(), token("short-2", 60), ok()]).await;
+    let mut token_url = server.url.clone();
+    token_url.set_path("/t");
+    let c = client(
+        &server.url,
+        Auth::OAuth2(Arc::new(OAuth2Tokens::new(token_url, "a", "b", "s"))),
+    );
+    c.call(&Target::impersonating("u@example.com"), &op)
+        .await
+        .unwrap();
+    c.call(&Target::impersonating("u@example.com"), &op)
+        .await
+        .unwrap();
+    let seen = server.seen();
+    assert_eq!(seen[3].header("Authorization"), Some("Bearer short-2"));
+    server.assert_script_done();
+
+    // Refused client credentials are Unauthorized.
+    let server = FakeServer::start(vec![Answer::Plain(
+        401,
+        vec![],
+        br#"{"error":"invalid_client"}"#.to_vec(),
+    )])
+    .await;
+    let mut token_url = server.url.clone();
+    token_url.set_path("/t");
+    let c = client(
+        &server.url,
+        Auth::OAuth2(Arc::new(OAuth2Tokens::new(token_url, "a", "bad", "s"))),
+    );
+    assert!(matches!(
+        c.call(&Target::impersonating("u@example.com"), &op).await,
+        Err(Error::Unauthorized(_))
+    ));
+}
+
+#[tokio::test]
+async fn streaming_events_arrive_while_the_connection_is_open() {
+    let ok = fixture("GetStreamingEvents-ok.xml");
+    let errs = fixture("GetStreamingEvents-errors.xml");
+    let (a, b) = errs.split_at(errs.len() / 2);
+    let server = FakeServer::start(vec![Answer::Chunked(vec![
+        (Duration::ZERO, ok.clone()),
+        (Duration::from_millis(50), a.to_vec()),
+        (Duration::from_millis(50), b.to_vec()),
+        (Duration::from_millis(50), ok),
+    ])])
+    .await;
+    let c = client(&server.url, basic());
+    let op = GetStreamingEvents {
+        subscription_ids: vec!["sub-a".into(), "sub-b".into()],
+        connection_timeout_minutes: 1,
+    };
+    let events: Vec<StreamEvent> = c
+        .stream(&Target::own("u@example.com"), &op)
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert_eq!(events[0], StreamEvent::ConnectionOk);
+    assert!(
+        matches!(&events[1], StreamEvent::Error { error: Error::SubscriptionGone(_), subscription_ids } if subscription_ids.len() == 2)
+    );
+    assert_eq!(events[2], StreamEvent::ConnectionOk);
+    assert!(server.seen()[0]
+        .body
+        .contains("<m:ConnectionTimeout>1</m:ConnectionTimeout>"));
+}
