@@ -10,6 +10,7 @@
 //! [`ops`] the operations, each a request type that writes its body and parses its response;
 //! [`streaming`] reads GetStreamingEvents incrementally; [`client`] sends it all over HTTP.
 
+pub mod autodiscover;
 pub mod client;
 pub mod error;
 pub mod items;

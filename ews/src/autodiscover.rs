@@ -1,0 +1,566 @@
+//! Autodiscover: finding a mailbox's EWS URL (and, for streaming groups, its
+//! GroupingInformation) from its e-mail address.
+//!
+//! Two protocols: SOAP `GetUserSettings` (autodiscover.svc: ExternalEwsUrl, InternalEwsUrl,
+//! GroupingInformation) and POX (autodiscover.xml: `Account/Protocol[Type=EXCH]/EwsUrl`). The
+//! candidates are tried in the documented order — `https://DOMAIN/autodiscover/…`, then
+//! `https://autodiscover.DOMAIN/…`, then an unauthenticated GET of
+//! `http://autodiscover.DOMAIN/autodiscover/autodiscover.xml` whose 302 is followed to an https
+//! URL — and the redirects both protocols answer with (another address, another URL) are
+//! followed up to [`MAX_REDIRECTS`]. Credentials only ever go to https endpoints, unless a test
+//! allows http explicitly. DNS SRV lookup (`_autodiscover._tcp.DOMAIN`) is not done: see
+//! [`Autodiscover::discover`].
+
+use std::time::Duration;
+
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, LOCATION};
+use reqwest::StatusCode;
+
+use crate::xml::{self, Element, Ns, XmlWriter};
+use crate::Error;
+
+/// Redirects followed before giving up (Microsoft's clients use 10).
+pub const MAX_REDIRECTS: usize = 10;
+
+const NS_POX_REQUEST: &str =
+    "http://schemas.microsoft.com/exchange/autodiscover/outlook/requestschema/2006";
+const NS_POX_RESPONSE_A: &str =
+    "http://schemas.microsoft.com/exchange/autodiscover/outlook/responseschema/2006a";
+const NS_SOAP_AD: &str = "http://schemas.microsoft.com/exchange/2010/Autodiscover";
+
+/// What Autodiscover found for a mailbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discovered {
+    /// The EWS URL to use (external preferred, as a service outside the LAN would).
+    pub ews_url: url::Url,
+    /// The internal EWS URL, when the server gave one.
+    pub internal_ews_url: Option<url::Url>,
+    /// GroupingInformation (SOAP only): mailboxes with the same value share a streaming group.
+    pub grouping_information: Option<String>,
+    /// The address the answer is for (after address redirects).
+    pub mailbox: String,
+    /// The Autodiscover endpoint that answered.
+    pub endpoint: url::Url,
+}
+
+/// One step's outcome.
+enum Step {
+    Found(Discovered),
+    RedirectAddress(String),
+    RedirectUrl(url::Url),
+}
+
+/// An Autodiscover client.
+#[derive(Clone)]
+pub struct Autodiscover {
+    http: reqwest::Client,
+    username: String,
+    password: String,
+    allow_http: bool,
+}
+
+impl std::fmt::Debug for Autodiscover {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Autodiscover({}, ***)", self.username)
+    }
+}
+
+impl Autodiscover {
+    /// A client authenticating with Basic credentials. `allow_http` lets credentials go to
+    /// http:// endpoints (tests against a local simulator only).
+    pub fn new(username: &str, password: &str, allow_http: bool) -> Result<Self, Error> {
+        // Redirects are never followed silently: each one is a decision (https only, counted).
+        let http = reqwest::Client::builder()
+            .use_rustls_tls()
+            .timeout(Duration::from_secs(30))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| Error::Request(format!("http client: {e}")))?;
+        Ok(Autodiscover {
+            http,
+            username: username.to_string(),
+            password: password.to_string(),
+            allow_http,
+        })
+    }
+
+    /// The documented candidate endpoints for `domain`, in order: each host with the SOAP
+    /// endpoint first, then POX.
+    pub fn candidates(domain: &str) -> Vec<url::Url> {
+        let mut out = Vec::new();
+        for host in [domain.to_string(), format!("autodiscover.{domain}")] {
+            for file in ["autodiscover.svc", "autodiscover.xml"] {
+                if let Ok(u) = url::Url::parse(&format!("https://{host}/autodiscover/{file}")) {
+                    out.push(u);
+                }
+            }
+        }
+        out
+    }
+
+    /// Finds the EWS URL of `email`: the standard candidates of its domain (or of `domain`
+    /// when given), then the unauthenticated http redirect of `autodiscover.DOMAIN`.
+    /// DNS SRV records are not consulted; installations that rely on them set `ews_url` or
+    /// `autodiscover_domain` instead.
+    pub async fn discover(&self, email: &str, domain: Option<&str>) -> Result<Discovered, Error> {
+        let domain = match domain {
+            Some(d) => d.to_string(),
+            None => email
+                .rsplit_once('@')
+                .map(|(_, d)| d.to_string())
+                .ok_or_else(|| Error::Request(format!("{email:?} is not an e-mail address")))?,
+        };
+        let mut candidates = Self::candidates(&domain);
+        if let Ok(u) = url::Url::parse(&format!(
+            "http://autodiscover.{domain}/autodiscover/autodiscover.xml"
+        )) {
+            candidates.push(u);
+        }
+        self.discover_at(email, &candidates).await
+    }
+
+    /// Tries `candidates` in order for `email`, following redirects. A candidate with an
+    /// `http` scheme is the unauthenticated redirect probe (GET, no credentials) unless http is
+    /// allowed, in which case it is asked like any other endpoint.
+    pub async fn discover_at(
+        &self,
+        email: &str,
+        candidates: &[url::Url],
+    ) -> Result<Discovered, Error> {
+        let mut email = email.to_string();
+        let mut queue: Vec<url::Url> = candidates.to_vec();
+        let mut redirects = 0;
+        let mut errors = Vec::new();
+        let mut i = 0;
+        while i < queue.len() {
+            let url = queue[i].clone();
+            i += 1;
+            let step = if url.scheme() == "http" && !self.allow_http {
+                match self.http_redirect_probe(&url).await {
+                    Ok(target) => Ok(Step::RedirectUrl(target)),
+                    Err(e) => Err(e),
+                }
+            } else if url.path().ends_with(".svc") {
+                self.soap(&url, &email).await
+            } else {
+                self.pox(&url, &email).await
+            };
+            if matches!(step, Ok(Step::RedirectAddress(_) | Step::RedirectUrl(_)))
+                && redirects >= MAX_REDIRECTS
+            {
+                return Err(Error::Request(format!(
+                    "autodiscover for {email}: more than {MAX_REDIRECTS} redirects"
+                )));
+            }
+            match step {
+                Ok(Step::Found(d)) => return Ok(d),
+                Ok(Step::RedirectAddress(addr)) => {
+                    redirects += 1;
+                    email = addr;
+                    // A new address starts the candidate list over for its domain.
+                    let domain = email
+                        .rsplit_once('@')
+                        .map(|(_, d)| d.to_string())
+                        .unwrap_or_default();
+                    queue = Self::candidates(&domain);
+                    if self.allow_http {
+                        // Tests map every host to a local server; keep the caller's list.
+                        queue = candidates.to_vec();
+                    }
+                    i = 0;
+                }
+                Ok(Step::RedirectUrl(u)) => {
+                    redirects += 1;
+                    if u.scheme() != "https" && !self.allow_http {
+                        errors.push(format!("{url}: redirect to non-https {u} refused"));
+                        continue;
+                    }
+                    queue.insert(i, u);
+                }
+                Err(Error::Unauthorized(m)) => {
+                    return Err(Error::Unauthorized(format!("autodiscover at {url}: {m}")))
+                }
+                Err(e) => errors.push(format!("{url}: {e}")),
+            }
+        }
+        Err(Error::Transient(format!(
+            "autodiscover for {email} failed at every endpoint: {}",
+            errors.join("; ")
+        )))
+    }
+
+    async fn http_redirect_probe(&self, url: &url::Url) -> Result<url::Url, Error> {
+        let resp = self
+            .http
+            .get(url.clone())
+            .send()
+            .await
+            .map_err(|e| Error::Transient(e.to_string()))?;
+        if resp.status() != StatusCode::FOUND && resp.status() != StatusCode::MOVED_PERMANENTLY {
+            return Err(Error::NotFound(format!(
+                "no redirect (HTTP {})",
+                resp.status().as_u16()
+            )));
+        }
+        let loc = resp
+            .headers()
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| Error::Malformed("redirect without Location".into()))?;
+        url.join(loc)
+            .map_err(|e| Error::Malformed(format!("redirect Location {loc:?}: {e}")))
+    }
+
+    async fn post(
+        &self,
+        url: &url::Url,
+        body: Vec<u8>,
+    ) -> Result<(StatusCode, reqwest::header::HeaderMap, Vec<u8>), Error> {
+        use base64::Engine;
+        let auth = base64::engine::general_purpose::STANDARD
+            .encode(format!("{}:{}", self.username, self.password));
+        let resp = self
+            .http
+            .post(url.clone())
+            .header(CONTENT_TYPE, "text/xml; charset=utf-8")
+            .header(AUTHORIZATION, format!("Basic {auth}"))
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| Error::Transient(e.to_string()))?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| Error::Transient(e.to_string()))?;
+        Ok((status, headers, bytes.to_vec()))
+    }
+
+    fn check(
+        status: StatusCode,
+        headers: &reqwest::header::HeaderMap,
+        url: &url::Url,
+    ) -> Result<Option<Step>, Error> {
+        match status {
+            s if s.is_success() => Ok(None),
+            StatusCode::UNAUTHORIZED => Err(Error::Unauthorized("HTTP 401".into())),
+            StatusCode::FOUND | StatusCode::MOVED_PERMANENTLY | StatusCode::TEMPORARY_REDIRECT => {
+                let loc = headers
+                    .get(LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                    .ok_or_else(|| Error::Malformed("redirect without Location".into()))?;
+                Ok(Some(Step::RedirectUrl(
+                    url.join(loc).map_err(|e| Error::Malformed(e.to_string()))?,
+                )))
+            }
+            s => Err(Error::Transient(format!("HTTP {}", s.as_u16()))),
+        }
+    }
+
+    async fn pox(&self, url: &url::Url, email: &str) -> Result<Step, Error> {
+        let (status, headers, body) = self.post(url, pox_request(email)).await?;
+        if let Some(step) = Self::check(status, &headers, url)? {
+            return Ok(step);
+        }
+        parse_pox(&body, email, url)
+    }
+
+    async fn soap(&self, url: &url::Url, email: &str) -> Result<Step, Error> {
+        let (status, headers, body) = self.post(url, soap_request(email, url)).await?;
+        if let Some(step) = Self::check(status, &headers, url)? {
+            return Ok(step);
+        }
+        parse_soap(&body, email, url)
+    }
+}
+
+/// The POX request body.
+pub fn pox_request(email: &str) -> Vec<u8> {
+    let mut w = XmlWriter::new();
+    w.raw(br#"<?xml version="1.0" encoding="utf-8"?>"#);
+    w.start("Autodiscover", &[("xmlns", NS_POX_REQUEST)])
+        .start("Request", &[])
+        .leaf("EMailAddress", email)
+        .leaf("AcceptableResponseSchema", NS_POX_RESPONSE_A)
+        .end("Request")
+        .end("Autodiscover");
+    w.into_bytes()
+}
+
+/// The SOAP GetUserSettings request body.
+pub fn soap_request(email: &str, to: &url::Url) -> Vec<u8> {
+    let mut w = XmlWriter::new();
+    w.raw(br#"<?xml version="1.0" encoding="utf-8"?>"#);
+    w.start(
+        "soap:Envelope",
+        &[
+            ("xmlns:soap", crate::xml::NS_SOAP),
+            ("xmlns:a", NS_SOAP_AD),
+            ("xmlns:wsa", "http://www.w3.org/2005/08/addressing"),
+        ],
+    );
+    w.start("soap:Header", &[])
+        .leaf("a:RequestedServerVersion", "Exchange2013")
+        .leaf(
+            "wsa:Action",
+            "http://schemas.microsoft.com/exchange/2010/Autodiscover/Autodiscover/GetUserSettings",
+        )
+        .leaf("wsa:To", to.as_str())
+        .end("soap:Header");
+    w.start("soap:Body", &[])
+        .start("a:GetUserSettingsRequestMessage", &[])
+        .start("a:Request", &[]);
+    w.start("a:Users", &[])
+        .start("a:User", &[])
+        .leaf("a:Mailbox", email)
+        .end("a:User")
+        .end("a:Users");
+    w.start("a:RequestedSettings", &[]);
+    for s in ["ExternalEwsUrl", "InternalEwsUrl", "GroupingInformation"] {
+        w.leaf("a:Setting", s);
+    }
+    w.end("a:RequestedSettings")
+        .end("a:Request")
+        .end("a:GetUserSettingsRequestMessage")
+        .end("soap:Body")
+        .end("soap:Envelope");
+    w.into_bytes()
+}
+
+fn parse_url(s: &str) -> Result<url::Url, Error> {
+    url::Url::parse(s.trim()).map_err(|e| Error::Malformed(format!("autodiscover URL {s:?}: {e}")))
+}
+
+fn parse_pox(body: &[u8], email: &str, endpoint: &url::Url) -> Result<Step, Error> {
+    let root = xml::parse(body)?;
+    let resp = root
+        .child("Response")
+        .ok_or_else(|| Error::Malformed("POX answer without Response".into()))?;
+    if let Some(err) = resp.child("Error") {
+        let code = err
+            .child_text("ErrorCode")
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let msg = err
+            .child_text("Message")
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        return Err(if code == "500" {
+            Error::NotFound(format!("autodiscover: {msg}"))
+        } else {
+            Error::Response { code, message: msg }
+        });
+    }
+    let account = resp
+        .child("Account")
+        .ok_or_else(|| Error::Malformed("POX answer without Account".into()))?;
+    match account.child_text("Action").map(str::trim) {
+        Some("redirectAddr") => {
+            return account
+                .child_text("RedirectAddr")
+                .map(|a| Step::RedirectAddress(a.trim().to_string()))
+                .ok_or_else(|| Error::Malformed("redirectAddr without RedirectAddr".into()))
+        }
+        Some("redirectUrl") => {
+            return account
+                .child_text("RedirectUrl")
+                .map(parse_url)
+                .transpose()?
+                .map(Step::RedirectUrl)
+                .ok_or_else(|| Error::Malformed("redirectUrl without RedirectUrl".into()))
+        }
+        _ => {}
+    }
+    let protocol = |t: &str| {
+        account
+            .children_named("Protocol")
+            .find(|p| p.child_text("Type").map(str::trim) == Some(t))
+    };
+    let ews = |p: Option<&Element>| {
+        p.and_then(|p| p.child_text("EwsUrl"))
+            .map(parse_url)
+            .transpose()
+    };
+    let external = ews(protocol("EXPR"))?;
+    let internal = ews(protocol("EXCH"))?;
+    let ews_url = external
+        .clone()
+        .or(internal.clone())
+        .ok_or_else(|| Error::NotFound("autodiscover: no EwsUrl in the answer".into()))?;
+    Ok(Step::Found(Discovered {
+        ews_url,
+        internal_ews_url: internal,
+        grouping_information: None,
+        mailbox: email.to_string(),
+        endpoint: endpoint.clone(),
+    }))
+}
+
+fn parse_soap(body: &[u8], email: &str, endpoint: &url::Url) -> Result<Step, Error> {
+    let root = xml::parse(body)?;
+    if root.ns != Ns::Soap {
+        return Err(Error::Malformed(
+            "autodiscover SOAP answer is not an envelope".into(),
+        ));
+    }
+    let msg = root
+        .child("Body")
+        .and_then(|b| b.children.first())
+        .ok_or_else(|| Error::Malformed("empty SOAP body".into()))?;
+    if msg.name == "Fault" {
+        return Err(crate::soap::fault(msg));
+    }
+    let resp = msg
+        .child("Response")
+        .ok_or_else(|| Error::Malformed("GetUserSettings answer without Response".into()))?;
+    let top = resp.child_text("ErrorCode").unwrap_or("NoError").trim();
+    if top != "NoError" {
+        return Err(Error::Response {
+            code: top.to_string(),
+            message: resp
+                .child_text("ErrorMessage")
+                .unwrap_or_default()
+                .to_string(),
+        });
+    }
+    let user = resp
+        .child("UserResponses")
+        .and_then(|u| u.children.first())
+        .ok_or_else(|| Error::Malformed("GetUserSettings answer without UserResponse".into()))?;
+    let code = user.child_text("ErrorCode").unwrap_or("NoError").trim();
+    let target = || {
+        user.child_text("RedirectTarget")
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+    };
+    match code {
+        "NoError" => {}
+        "RedirectAddress" => {
+            return target()
+                .map(Step::RedirectAddress)
+                .ok_or_else(|| Error::Malformed("RedirectAddress without target".into()))
+        }
+        "RedirectUrl" => {
+            return target()
+                .map(|t| parse_url(&t))
+                .transpose()?
+                .map(Step::RedirectUrl)
+                .ok_or_else(|| Error::Malformed("RedirectUrl without target".into()))
+        }
+        "InvalidUser" => {
+            return Err(Error::NotFound(format!(
+                "autodiscover: {email} is not known"
+            )))
+        }
+        other => {
+            return Err(Error::Response {
+                code: other.to_string(),
+                message: user
+                    .child_text("ErrorMessage")
+                    .unwrap_or_default()
+                    .to_string(),
+            })
+        }
+    }
+    let setting = |name: &str| {
+        user.child("UserSettings")?
+            .children
+            .iter()
+            .find(|s| s.child_text("Name").map(str::trim) == Some(name))
+            .and_then(|s| s.child_text("Value"))
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    let external = setting("ExternalEwsUrl")
+        .map(|u| parse_url(&u))
+        .transpose()?;
+    let internal = setting("InternalEwsUrl")
+        .map(|u| parse_url(&u))
+        .transpose()?;
+    let ews_url = external
+        .or(internal.clone())
+        .ok_or_else(|| Error::NotFound("autodiscover: no EWS URL in the user settings".into()))?;
+    Ok(Step::Found(Discovered {
+        ews_url,
+        internal_ews_url: internal,
+        grouping_information: setting("GroupingInformation"),
+        mailbox: email.to_string(),
+        endpoint: endpoint.clone(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidates_follow_the_documented_order() {
+        let c: Vec<String> = Autodiscover::candidates("contoso.com")
+            .iter()
+            .map(|u| u.to_string())
+            .collect();
+        assert_eq!(
+            c,
+            vec![
+                "https://contoso.com/autodiscover/autodiscover.svc",
+                "https://contoso.com/autodiscover/autodiscover.xml",
+                "https://autodiscover.contoso.com/autodiscover/autodiscover.svc",
+                "https://autodiscover.contoso.com/autodiscover/autodiscover.xml",
+            ]
+        );
+    }
+
+    fn ep() -> url::Url {
+        url::Url::parse("https://x/autodiscover/autodiscover.xml").unwrap()
+    }
+
+    #[test]
+    fn pox_answers() {
+        let ok = br#"<?xml version="1.0" encoding="utf-8"?><Autodiscover xmlns="http://schemas.microsoft.com/exchange/autodiscover/responseschema/2006"><Response xmlns="http://schemas.microsoft.com/exchange/autodiscover/outlook/responseschema/2006a"><Account><AccountType>email</AccountType><Action>settings</Action><Protocol><Type>EXCH</Type><EwsUrl>https://int.contoso.com/EWS/Exchange.asmx</EwsUrl></Protocol><Protocol><Type>EXPR</Type><EwsUrl>https://mail.contoso.com/EWS/Exchange.asmx</EwsUrl></Protocol></Account></Response></Autodiscover>"#;
+        let Step::Found(d) = parse_pox(ok, "a@contoso.com", &ep()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            d.ews_url.as_str(),
+            "https://mail.contoso.com/EWS/Exchange.asmx"
+        );
+        assert_eq!(
+            d.internal_ews_url.unwrap().as_str(),
+            "https://int.contoso.com/EWS/Exchange.asmx"
+        );
+        let redirect = br#"<Autodiscover xmlns="http://schemas.microsoft.com/exchange/autodiscover/responseschema/2006"><Response xmlns="http://schemas.microsoft.com/exchange/autodiscover/outlook/responseschema/2006a"><Account><Action>redirectAddr</Action><RedirectAddr>a@fabrikam.com</RedirectAddr></Account></Response></Autodiscover>"#;
+        assert!(
+            matches!(parse_pox(redirect, "a@contoso.com", &ep()).unwrap(), Step::RedirectAddress(a) if a == "a@fabrikam.com")
+        );
+        let err = br#"<Autodiscover xmlns="http://schemas.microsoft.com/exchange/autodiscover/responseschema/2006"><Response><Error Time="1" Id="2"><ErrorCode>500</ErrorCode><Message>The e-mail address cannot be found.</Message></Error></Response></Autodiscover>"#;
+        assert!(matches!(
+            parse_pox(err, "a@contoso.com", &ep()),
+            Err(Error::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn soap_answers() {
+        let ok = br#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><GetUserSettingsResponseMessage xmlns="http://schemas.microsoft.com/exchange/2010/Autodiscover"><Response xmlns:i="http://www.w3.org/2001/XMLSchema-instance"><ErrorCode>NoError</ErrorCode><ErrorMessage/><UserResponses><UserResponse><ErrorCode>NoError</ErrorCode><ErrorMessage>No error.</ErrorMessage><RedirectTarget i:nil="true"/><UserSettingErrors/><UserSettings><UserSetting i:type="StringSetting"><Name>GroupingInformation</Name><Value>PRDEU01</Value></UserSetting><UserSetting i:type="StringSetting"><Name>ExternalEwsUrl</Name><Value>https://outlook.office365.com/EWS/Exchange.asmx</Value></UserSetting></UserSettings></UserResponse></UserResponses></Response></GetUserSettingsResponseMessage></s:Body></s:Envelope>"#;
+        let Step::Found(d) = parse_soap(ok, "a@contoso.com", &ep()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            d.ews_url.as_str(),
+            "https://outlook.office365.com/EWS/Exchange.asmx"
+        );
+        assert_eq!(d.grouping_information.as_deref(), Some("PRDEU01"));
+        let redirect = br#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><GetUserSettingsResponseMessage xmlns="http://schemas.microsoft.com/exchange/2010/Autodiscover"><Response><ErrorCode>NoError</ErrorCode><UserResponses><UserResponse><ErrorCode>RedirectUrl</ErrorCode><RedirectTarget>https://ad.fabrikam.com/autodiscover/autodiscover.svc</RedirectTarget></UserResponse></UserResponses></Response></GetUserSettingsResponseMessage></s:Body></s:Envelope>"#;
+        assert!(
+            matches!(parse_soap(redirect, "a@contoso.com", &ep()).unwrap(), Step::RedirectUrl(u) if u.host_str() == Some("ad.fabrikam.com"))
+        );
+        let invalid = br#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><GetUserSettingsResponseMessage xmlns="http://schemas.microsoft.com/exchange/2010/Autodiscover"><Response><ErrorCode>NoError</ErrorCode><UserResponses><UserResponse><ErrorCode>InvalidUser</ErrorCode></UserResponse></UserResponses></Response></GetUserSettingsResponseMessage></s:Body></s:Envelope>"#;
+        assert!(matches!(
+            parse_soap(invalid, "a@contoso.com", &ep()),
+            Err(Error::NotFound(_))
+        ));
+    }
+}
