@@ -45,7 +45,7 @@ pub struct Discovered {
 
 /// One step's outcome.
 enum Step {
-    Found(Discovered),
+    Found(Box<Discovered>),
     RedirectAddress(String),
     RedirectUrl(url::Url),
 }
@@ -153,7 +153,7 @@ impl Autodiscover {
                 )));
             }
             match step {
-                Ok(Step::Found(d)) => return Ok(d),
+                Ok(Step::Found(d)) => return Ok(*d),
                 Ok(Step::RedirectAddress(addr)) => {
                     redirects += 1;
                     email = addr;
@@ -390,13 +390,13 @@ fn parse_pox(body: &[u8], email: &str, endpoint: &url::Url) -> Result<Step, Erro
         .clone()
         .or(internal.clone())
         .ok_or_else(|| Error::NotFound("autodiscover: no EwsUrl in the answer".into()))?;
-    Ok(Step::Found(Discovered {
+    Ok(Step::Found(Box::new(Discovered {
         ews_url,
         internal_ews_url: internal,
         grouping_information: None,
         mailbox: email.to_string(),
         endpoint: endpoint.clone(),
-    }))
+    })))
 }
 
 fn parse_soap(body: &[u8], email: &str, endpoint: &url::Url) -> Result<Step, Error> {
@@ -483,13 +483,13 @@ fn parse_soap(body: &[u8], email: &str, endpoint: &url::Url) -> Result<Step, Err
     let ews_url = external
         .or(internal.clone())
         .ok_or_else(|| Error::NotFound("autodiscover: no EWS URL in the user settings".into()))?;
-    Ok(Step::Found(Discovered {
+    Ok(Step::Found(Box::new(Discovered {
         ews_url,
         internal_ews_url: internal,
         grouping_information: setting("GroupingInformation"),
         mailbox: email.to_string(),
         endpoint: endpoint.clone(),
-    }))
+    })))
 }
 
 #[cfg(test)]
