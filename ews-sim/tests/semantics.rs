@@ -1,0 +1,784 @@
+//! Exchange semantics of the simulator, driven with hand-written SOAP (no `ews` code): auth,
+//! impersonation, sync states, change keys and conflicts, batches, extended properties, MIME,
+//! throttling, streaming, paging, calendar views and Autodiscover.
+
+use std::time::Duration;
+
+use base64::Engine;
+use ews_sim::server::{self, Running, SimConfig};
+use ews_sim::xml::{parse, Node};
+use serde_json::json;
+
+const NS: &str = r#"xmlns:s="http://schemas.xmlsoap.org/soap/envelope/" xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages" xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types""#;
+
+struct T {
+    sim: Running,
+    http: reqwest::Client,
+}
+
+impl T {
+    async fn new() -> T {
+        T::with(SimConfig {
+            mailboxes: 3,
+            ..SimConfig::default()
+        })
+        .await
+    }
+
+    async fn with(cfg: SimConfig) -> T {
+        T {
+            sim: server::start(cfg).await.unwrap(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Posts an envelope as `user` (impersonating `imp`), returning status and parsed body.
+    async fn call_as(&self, user: (&str, &str), imp: Option<&str>, body: &str) -> (u16, Node) {
+        let imp = imp
+            .map(|m| format!("<t:ExchangeImpersonation><t:ConnectingSID><t:PrimarySmtpAddress>{m}</t:PrimarySmtpAddress></t:ConnectingSID></t:ExchangeImpersonation>"))
+            .unwrap_or_default();
+        let env = format!(
+            r#"<?xml version="1.0" encoding="utf-8"?><s:Envelope {NS}><s:Header><t:RequestServerVersion Version="Exchange2013_SP1"/>{imp}</s:Header><s:Body>{body}</s:Body></s:Envelope>"#
+        );
+        let r = self
+            .http
+            .post(self.sim.ews_url())
+            .basic_auth(user.0, Some(user.1))
+            .header("Content-Type", "text/xml")
+            .body(env)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let text = r.bytes().await.unwrap();
+        (status, parse(&text).unwrap_or_default())
+    }
+
+    /// As svc impersonating user1.
+    async fn call(&self, body: &str) -> Node {
+        let (status, n) = self
+            .call_as(("svc", "secret"), Some("user1@example.com"), body)
+            .await;
+        assert_eq!(status, 200, "{n:?}");
+        n
+    }
+
+    async fn control(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: serde_json::Value,
+    ) -> serde_json::Value {
+        let r = self
+            .http
+            .request(method, format!("{}{path}", self.sim.base_url()))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        r.json().await.unwrap_or(serde_json::Value::Null)
+    }
+
+    async fn create(&self, mailbox: &str, folder: &str, kind: &str, subject: &str) -> String {
+        let v = self
+            .control(
+                reqwest::Method::POST,
+                &format!("/sim/mailboxes/{mailbox}/items"),
+                json!({"folder": folder, "type": kind, "fields": {"Subject": subject}}),
+            )
+            .await;
+        v["id"].as_str().unwrap().to_string()
+    }
+}
+
+/// The response messages of a response envelope.
+fn messages(env: &Node) -> Vec<Node> {
+    env.get("Body")
+        .and_then(|b| b.children.first())
+        .and_then(|r| r.get("ResponseMessages"))
+        .map(|m| m.children.clone())
+        .unwrap_or_default()
+}
+
+fn code(m: &Node) -> String {
+    m.text_of("ResponseCode").unwrap_or_default().to_string()
+}
+
+fn fault_code(env: &Node) -> String {
+    env.get("Body")
+        .and_then(|b| b.get("Fault"))
+        .and_then(|f| f.get("detail"))
+        .and_then(|d| d.text_of("ResponseCode"))
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn sync(folder: &str, state: Option<&str>, max: u32) -> String {
+    let state = state
+        .map(|s| format!("<m:SyncState>{s}</m:SyncState>"))
+        .unwrap_or_default();
+    format!(
+        r#"<m:SyncFolderItems><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape><t:AdditionalProperties><t:FieldURI FieldURI="item:Subject"/></t:AdditionalProperties></m:ItemShape><m:SyncFolderId><t:DistinguishedFolderId Id="{folder}"/></m:SyncFolderId>{state}<m:MaxChangesReturned>{max}</m:MaxChangesReturned></m:SyncFolderItems>"#
+    )
+}
+
+fn changes(m: &Node) -> Vec<String> {
+    m.get("Changes")
+        .map(|c| c.children.iter().map(|x| x.name.clone()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_and_impersonation_rules() {
+    let t = T::new().await;
+    let r = t
+        .http
+        .post(t.sim.ews_url())
+        .body("<x/>")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r
+        .headers()
+        .get_all("WWW-Authenticate")
+        .iter()
+        .any(|v| v.to_str().unwrap().starts_with("Basic")));
+    let get_inbox = r#"<m:GetFolder><m:FolderShape><t:BaseShape>Default</t:BaseShape></m:FolderShape><m:FolderIds><t:DistinguishedFolderId Id="inbox"/></m:FolderIds></m:GetFolder>"#;
+    assert_eq!(
+        t.call_as(("user1@example.com", "wrong"), None, get_inbox)
+            .await
+            .0,
+        401
+    );
+    // A user reaches its own mailbox, also by its short login name.
+    let (s, env) = t.call_as(("user1", "password"), None, get_inbox).await;
+    assert_eq!((s, code(&messages(&env)[0])), (200, "NoError".to_string()));
+    // ... but not another's, neither by impersonation nor by naming it.
+    let (s, env) = t
+        .call_as(
+            ("user1@example.com", "password"),
+            Some("user2@example.com"),
+            get_inbox,
+        )
+        .await;
+    assert_eq!(
+        (s, fault_code(&env)),
+        (500, "ErrorImpersonateUserDenied".to_string())
+    );
+    let other = r#"<m:GetFolder><m:FolderShape><t:BaseShape>IdOnly</t:BaseShape></m:FolderShape><m:FolderIds><t:DistinguishedFolderId Id="inbox"><t:Mailbox><t:EmailAddress>user2@example.com</t:EmailAddress></t:Mailbox></t:DistinguishedFolderId></m:FolderIds></m:GetFolder>"#;
+    let (_, env) = t
+        .call_as(("user1@example.com", "password"), None, other)
+        .await;
+    assert_eq!(code(&messages(&env)[0]), "ErrorAccessDenied");
+    // The service account impersonates anyone; an unknown target does not exist.
+    let (_, env) = t
+        .call_as(("svc", "secret"), Some("user2@example.com"), get_inbox)
+        .await;
+    assert_eq!(code(&messages(&env)[0]), "NoError");
+    let (_, env) = t
+        .call_as(("svc", "secret"), Some("nobody@example.com"), get_inbox)
+        .await;
+    assert_eq!(fault_code(&env), "ErrorNonExistentMailbox");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_states_page_collapse_and_refuse_forgeries() {
+    let t = T::new().await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(
+            t.create("user1@example.com", "inbox", "Message", &format!("m{i}"))
+                .await,
+        );
+    }
+    let mut state: Option<String> = None;
+    let mut pages = Vec::new();
+    loop {
+        let env = t.call(&sync("inbox", state.as_deref(), 2)).await;
+        let m = &messages(&env)[0];
+        assert_eq!(code(m), "NoError");
+        pages.push(changes(m).len());
+        state = m.text_of("SyncState").map(str::to_string);
+        if m.text_of("IncludesLastItemInRange") == Some("true") {
+            break;
+        }
+    }
+    assert_eq!(pages, vec![2, 2, 1]);
+    let env = t.call(&sync("inbox", state.as_deref(), 512)).await;
+    assert!(changes(&messages(&env)[0]).is_empty(), "nothing new");
+
+    // An update, a delete and a read-flag change, each reported once, as such.
+    t.control(
+        reqwest::Method::PATCH,
+        &format!("/sim/mailboxes/user1@example.com/items/{}", ids[0]),
+        json!({"fields": {"Subject": "changed"}}),
+    )
+    .await;
+    t.control(
+        reqwest::Method::PATCH,
+        &format!("/sim/mailboxes/user1@example.com/items/{}", ids[0]),
+        json!({"fields": {"Subject": "changed again"}}),
+    )
+    .await;
+    let del = t
+        .http
+        .delete(format!(
+            "{}/sim/mailboxes/user1@example.com/items/{}",
+            t.sim.base_url(),
+            ids[1]
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), 204);
+    t.control(
+        reqwest::Method::POST,
+        &format!("/sim/mailboxes/user1@example.com/items/{}/read", ids[2]),
+        json!({"is_read": true}),
+    )
+    .await;
+    let env = t.call(&sync("inbox", state.as_deref(), 512)).await;
+    let m = &messages(&env)[0];
+    let mut got = changes(m);
+    got.sort();
+    assert_eq!(got, vec!["Delete", "ReadFlagChange", "Update"]);
+    let good = m.text_of("SyncState").unwrap().to_string();
+
+    // A forged state, another folder's state, and an invalidated state are all refused.
+    let mut raw = base64::engine::general_purpose::STANDARD
+        .decode(&good)
+        .unwrap();
+    raw[39] ^= 1;
+    let forged = base64::engine::general_purpose::STANDARD.encode(raw);
+    for (folder, st) in [
+        ("inbox", forged.as_str()),
+        ("calendar", good.as_str()),
+        ("inbox", "bm90IGEgc3RhdGU="),
+    ] {
+        let env = t.call(&sync(folder, Some(st), 10)).await;
+        assert_eq!(
+            code(&messages(&env)[0]),
+            "ErrorInvalidSyncStateData",
+            "{folder} {st}"
+        );
+    }
+    t.control(
+        reqwest::Method::POST,
+        "/sim/syncstates/invalidate",
+        json!({"mailbox": "user1@example.com", "folder": "inbox"}),
+    )
+    .await;
+    let env = t.call(&sync("inbox", Some(&good), 10)).await;
+    assert_eq!(code(&messages(&env)[0]), "ErrorInvalidSyncStateData");
+    let env = t.call(&sync("inbox", None, 512)).await;
+    assert_eq!(
+        changes(&messages(&env)[0]).len(),
+        4,
+        "a full resync sees what is there now"
+    );
+    // MaxChangesReturned outside 1..=512 fails the request, as the schema does.
+    assert_eq!(
+        fault_code(
+            &t.call_as(
+                ("svc", "secret"),
+                Some("user1@example.com"),
+                &sync("inbox", None, 513)
+            )
+            .await
+            .1
+        ),
+        "ErrorSchemaValidation"
+    );
+}
+
+fn update(id: &str, ck: &str, mode: &str, field: &str, value: &str) -> String {
+    format!(
+        r#"<m:UpdateItem ConflictResolution="{mode}" MessageDisposition="SaveOnly"><m:ItemChanges><t:ItemChange><t:ItemId Id="{id}" ChangeKey="{ck}"/><t:Updates><t:SetItemField><t:FieldURI FieldURI="item:{field}"/><t:Message><t:{field}>{value}</t:{field}></t:Message></t:SetItemField></t:Updates></t:ItemChange></m:ItemChanges></m:UpdateItem>"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_keys_and_conflict_resolution() {
+    let t = T::new().await;
+    let v = t.control(reqwest::Method::POST, "/sim/mailboxes/user1@example.com/items", json!({"folder": "drafts", "type": "Message", "fields": {"Subject": "a", "Importance": "Low"}})).await;
+    let (id, ck0) = (
+        v["id"].as_str().unwrap().to_string(),
+        v["change_key"].as_str().unwrap().to_string(),
+    );
+    let env = t
+        .call(&update(&id, &ck0, "NeverOverwrite", "Subject", "b"))
+        .await;
+    let m = &messages(&env)[0];
+    assert_eq!(code(m), "NoError");
+    let ck1 = m.get("Items").unwrap().children[0]
+        .get("ItemId")
+        .unwrap()
+        .attr("ChangeKey")
+        .unwrap()
+        .to_string();
+    assert_ne!(ck1, ck0, "every change gives a new change key");
+    // Stale key: NeverOverwrite refuses; AutoResolve accepts a field nobody else changed,
+    // refuses one that changed since; AlwaysOverwrite writes regardless.
+    assert_eq!(
+        code(
+            &messages(
+                &t.call(&update(&id, &ck0, "NeverOverwrite", "Importance", "High"))
+                    .await
+            )[0]
+        ),
+        "ErrorIrresolvableConflict"
+    );
+    assert_eq!(
+        code(
+            &messages(
+                &t.call(&update(&id, &ck0, "AutoResolve", "Importance", "High"))
+                    .await
+            )[0]
+        ),
+        "NoError"
+    );
+    assert_eq!(
+        code(
+            &messages(
+                &t.call(&update(&id, &ck0, "AutoResolve", "Subject", "c"))
+                    .await
+            )[0]
+        ),
+        "ErrorIrresolvableConflict"
+    );
+    assert_eq!(
+        code(
+            &messages(
+                &t.call(&update(&id, &ck0, "AlwaysOverwrite", "Subject", "d"))
+                    .await
+            )[0]
+        ),
+        "NoError"
+    );
+    let items = t
+        .control(
+            reqwest::Method::GET,
+            "/sim/mailboxes/user1@example.com/folders/drafts/items",
+            json!(null),
+        )
+        .await;
+    assert_eq!(items[0]["properties"]["Subject"], "d");
+    assert_eq!(items[0]["properties"]["Importance"], "High");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_answer_per_item_in_order() {
+    let t = T::new().await;
+    let a = t.create("user1@example.com", "inbox", "Message", "a").await;
+    let b = t.create("user1@example.com", "inbox", "Message", "b").await;
+    let other = t
+        .create("user2@example.com", "inbox", "Message", "not yours")
+        .await;
+    let body = format!(
+        r#"<m:GetItem><m:ItemShape><t:BaseShape>Default</t:BaseShape></m:ItemShape><m:ItemIds><t:ItemId Id="{a}"/><t:ItemId Id="AAAA"/><t:ItemId Id="{other}"/><t:ItemId Id="{b}"/></m:ItemIds></m:GetItem>"#
+    );
+    let msgs = messages(&t.call(&body).await);
+    let codes: Vec<String> = msgs.iter().map(code).collect();
+    assert_eq!(
+        codes,
+        vec![
+            "NoError",
+            "ErrorInvalidIdMalformed",
+            "ErrorAccessDenied",
+            "NoError"
+        ]
+    );
+    assert_eq!(
+        msgs[3].get("Items").unwrap().children[0].text_of("Subject"),
+        Some("b")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_properties_are_stored_and_searchable_and_mime_is_byte_exact() {
+    let t = T::new().await;
+    let ext = r#"<t:ExtendedFieldURI PropertySetId="6c7d6b06-4a4b-4c11-9d4b-6d61696c7379" PropertyName="CrmId" PropertyType="String"/>"#;
+    let mime = b"From: A <a@example.com>\r\nTo: user2@example.com\r\nSubject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\nMessage-ID: <x1@example.com>\r\nContent-Type: text/plain; charset=iso-8859-1\r\n\r\nGr\xfc\xdfe\r\n.\r\n";
+    let b64 = base64::engine::general_purpose::STANDARD.encode(mime);
+    let mut create = String::from(
+        r#"<m:CreateItem MessageDisposition="SaveOnly"><m:SavedItemFolderId><t:DistinguishedFolderId Id="inbox"/></m:SavedItemFolderId><m:Items>"#,
+    );
+    for i in 0..3 {
+        create.push_str(&format!(r#"<t:Message><t:MimeContent CharacterSet="UTF-8">{b64}</t:MimeContent><t:ExtendedProperty>{ext}<t:Value>mail:{i}</t:Value></t:ExtendedProperty></t:Message>"#));
+    }
+    create.push_str("</m:Items></m:CreateItem>");
+    assert!(messages(&t.call(&create).await)
+        .iter()
+        .all(|m| code(m) == "NoError"));
+    let find = format!(
+        r#"<m:FindItem Traversal="Shallow"><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape><t:AdditionalProperties>{ext}<t:FieldURI FieldURI="item:MimeContent"/></t:AdditionalProperties></m:ItemShape><m:IndexedPageItemView MaxEntriesReturned="10" Offset="0" BasePoint="Beginning"/><m:Restriction><t:IsEqualTo>{ext}<t:FieldURIOrConstant><t:Constant Value="mail:1"/></t:FieldURIOrConstant></t:IsEqualTo></m:Restriction><m:ParentFolderIds><t:DistinguishedFolderId Id="inbox"/></m:ParentFolderIds></m:FindItem>"#
+    );
+    let env = t.call(&find).await;
+    let items = messages(&env)[0]
+        .get("RootFolder")
+        .unwrap()
+        .get("Items")
+        .unwrap()
+        .children
+        .clone();
+    assert_eq!(items.len(), 1);
+    assert_eq!(
+        items[0].get("ExtendedProperty").unwrap().text_of("Value"),
+        Some("mail:1")
+    );
+    let got = base64::engine::general_purpose::STANDARD
+        .decode(items[0].text_of("MimeContent").unwrap())
+        .unwrap();
+    assert_eq!(got, mime, "MIME comes back byte for byte");
+    // Without asking, neither the extended property nor the MIME is returned.
+    let id = items[0].get("ItemId").unwrap().attr("Id").unwrap();
+    let env = t.call(&format!(r#"<m:GetItem><m:ItemShape><t:BaseShape>AllProperties</t:BaseShape></m:ItemShape><m:ItemIds><t:ItemId Id="{id}"/></m:ItemIds></m:GetItem>"#)).await;
+    let msgs = messages(&env);
+    let item = &msgs[0].get("Items").unwrap().children[0];
+    assert!(item.get("ExtendedProperty").is_none() && item.get("MimeContent").is_none());
+    assert_eq!(
+        item.text_of("InternetMessageId"),
+        Some("<x1@example.com>"),
+        "envelope properties come from the MIME headers"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budgets_throttle_per_target_mailbox() {
+    let t = T::new().await;
+    t.control(
+        reqwest::Method::PUT,
+        "/sim/throttle",
+        json!({"enabled": true, "burst": 3.0, "recharge_per_second": 0.5, "use_503": false}),
+    )
+    .await;
+    let get = r#"<m:GetFolder><m:FolderShape><t:BaseShape>IdOnly</t:BaseShape></m:FolderShape><m:FolderIds><t:DistinguishedFolderId Id="inbox"/></m:FolderIds></m:GetFolder>"#;
+    for _ in 0..3 {
+        assert_eq!(
+            t.call_as(("svc", "secret"), Some("user2@example.com"), get)
+                .await
+                .0,
+            200
+        );
+    }
+    let (status, env) = t
+        .call_as(("svc", "secret"), Some("user2@example.com"), get)
+        .await;
+    assert_eq!(
+        (status, fault_code(&env)),
+        (500, "ErrorServerBusy".to_string())
+    );
+    let fault = env.get("Body").unwrap().get("Fault").unwrap();
+    assert_eq!(fault.text_of("faultcode"), Some("a:ErrorServerBusy"));
+    let back_off: u64 = fault
+        .get("detail")
+        .unwrap()
+        .get("MessageXml")
+        .unwrap()
+        .get("Value")
+        .unwrap()
+        .text
+        .parse()
+        .unwrap();
+    assert!((1..=2000).contains(&back_off), "{back_off}");
+    // Under impersonation the budget is the target's: another mailbox is unaffected.
+    assert_eq!(
+        t.call_as(("svc", "secret"), Some("user3@example.com"), get)
+            .await
+            .0,
+        200
+    );
+    let stats = t
+        .control(reqwest::Method::GET, "/sim/stats", json!(null))
+        .await;
+    assert_eq!(stats["throttled"], 1);
+    // 503 instead of the fault, when asked for.
+    t.control(
+        reqwest::Method::PUT,
+        "/sim/throttle",
+        json!({"enabled": true, "burst": 1.0, "recharge_per_second": 0.01, "use_503": true}),
+    )
+    .await;
+    assert_eq!(
+        t.call_as(("svc", "secret"), Some("user3@example.com"), get)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        t.call_as(("svc", "secret"), Some("user3@example.com"), get)
+            .await
+            .0,
+        503
+    );
+}
+
+async fn subscribe(t: &T, mailbox: &str, folder: &str) -> String {
+    let body = format!(
+        r#"<m:Subscribe><m:StreamingSubscriptionRequest><t:FolderIds><t:DistinguishedFolderId Id="{folder}"/></t:FolderIds><t:EventTypes><t:EventType>CreatedEvent</t:EventType><t:EventType>NewMailEvent</t:EventType></t:EventTypes></m:StreamingSubscriptionRequest></m:Subscribe>"#
+    );
+    let (_, env) = t.call_as(("svc", "secret"), Some(mailbox), &body).await;
+    let m = &messages(&env)[0];
+    assert_eq!(code(m), "NoError");
+    m.text_of("SubscriptionId").unwrap().to_string()
+}
+
+/// Opens a stream and returns the response to read envelopes from.
+async fn open_stream(t: &T, ids: &[&str], minutes: u32) -> reqwest::Response {
+    let list: String = ids
+        .iter()
+        .map(|i| format!("<t:SubscriptionId>{i}</t:SubscriptionId>"))
+        .collect();
+    let env = format!(
+        r#"<s:Envelope {NS}><s:Header><t:RequestServerVersion Version="Exchange2013_SP1"/></s:Header><s:Body><m:GetStreamingEvents><m:SubscriptionIds>{list}</m:SubscriptionIds><m:ConnectionTimeout>{minutes}</m:ConnectionTimeout></m:GetStreamingEvents></s:Body></s:Envelope>"#
+    );
+    t.http
+        .post(t.sim.ews_url())
+        .basic_auth("svc", Some("secret"))
+        .body(env)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Reads from the stream until `pred` holds for the text so far (or 10 s pass).
+async fn read_until(
+    resp: &mut reqwest::Response,
+    buf: &mut String,
+    pred: impl Fn(&str) -> bool,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !pred(buf) {
+        match tokio::time::timeout_at(deadline, resp.chunk()).await {
+            Ok(Ok(Some(c))) => buf.push_str(&String::from_utf8_lossy(&c)),
+            _ => return false,
+        }
+    }
+    true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_notifications_heartbeats_and_losses() {
+    let t = T::new().await;
+    t.control(
+        reqwest::Method::PUT,
+        "/sim/streaming",
+        json!({"heartbeat_ms": 100}),
+    )
+    .await;
+    let sub = subscribe(&t, "user1@example.com", "inbox").await;
+    let mut stream = open_stream(&t, &[&sub, "bm8tc3VjaA=="], 1).await;
+    assert_eq!(stream.status(), 200);
+    let mut buf = String::new();
+    assert!(
+        read_until(&mut stream, &mut buf, |b| b
+            .contains("ErrorSubscriptionNotFound")
+            && b.matches("<m:ConnectionStatus>OK").count() >= 2)
+        .await,
+        "{buf}"
+    );
+    assert!(
+        buf.contains("<t:SubscriptionId>bm8tc3VjaA==</t:SubscriptionId>"),
+        "the unknown id is named: {buf}"
+    );
+    // A change made as the user arrives as events, in an envelope of its own.
+    let before = buf.len();
+    t.create("user1@example.com", "inbox", "Message", "push me")
+        .await;
+    assert!(
+        read_until(&mut stream, &mut buf, |b| b[before..]
+            .contains("NewMailEvent"))
+        .await,
+        "{buf}"
+    );
+    assert!(buf[before..].contains("<m:Notification><t:SubscriptionId>"));
+    // Changes elsewhere are not reported to an inbox subscription.
+    let before = buf.len();
+    t.create("user1@example.com", "drafts", "Message", "not here")
+        .await;
+    t.create("user2@example.com", "inbox", "Message", "nor here")
+        .await;
+    assert!(
+        read_until(&mut stream, &mut buf, |b| b[before..]
+            .matches("ConnectionStatus>OK")
+            .count()
+            >= 2)
+        .await
+    );
+    assert!(
+        !buf[before..].contains("<m:Notification>"),
+        "{}",
+        &buf[before..]
+    );
+    // A lost subscription ends the stream with ErrorSubscriptionNotFound.
+    let expired = t
+        .control(
+            reqwest::Method::POST,
+            "/sim/subscriptions/expire",
+            json!({"mailbox": "user1@example.com"}),
+        )
+        .await;
+    assert_eq!(expired["expired"], 1);
+    let before = buf.len();
+    assert!(
+        read_until(&mut stream, &mut buf, |b| b[before..]
+            .contains("ErrorSubscriptionNotFound"))
+        .await,
+        "{buf}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_limits() {
+    let t = T::new().await;
+    let sub = subscribe(&t, "user1@example.com", "inbox").await;
+    // ConnectionTimeout must be 1..=30.
+    let r = open_stream(&t, &[&sub], 31).await;
+    assert_eq!(r.status(), 500);
+    // At most 3 open streams per account on-premises.
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(open_stream(&t, &[&sub], 1).await);
+    }
+    let fourth = open_stream(&t, &[&sub], 1).await;
+    assert_eq!(fourth.status(), 500);
+    let text = fourth.text().await.unwrap();
+    assert!(text.contains("ErrorExceededConnectionCount"), "{text}");
+    // One mailbox per subscription.
+    let both = r#"<m:Subscribe><m:StreamingSubscriptionRequest><t:FolderIds><t:DistinguishedFolderId Id="inbox"/><t:DistinguishedFolderId Id="inbox"><t:Mailbox><t:EmailAddress>user2@example.com</t:EmailAddress></t:Mailbox></t:DistinguishedFolderId></t:FolderIds><t:EventTypes><t:EventType>CreatedEvent</t:EventType></t:EventTypes></m:StreamingSubscriptionRequest></m:Subscribe>"#;
+    assert_eq!(
+        code(&messages(&t.call(both).await)[0]),
+        "ErrorInvalidSubscriptionRequest"
+    );
+    drop(open);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paging_and_calendar_view() {
+    let t = T::new().await;
+    for i in 0..25 {
+        t.create(
+            "user1@example.com",
+            "tasks",
+            "Task",
+            &format!("task {i:02}"),
+        )
+        .await;
+    }
+    let page = |offset: u32| {
+        format!(
+            r#"<m:FindItem Traversal="Shallow"><m:ItemShape><t:BaseShape>IdOnly</t:BaseShape></m:ItemShape><m:IndexedPageItemView MaxEntriesReturned="10" Offset="{offset}" BasePoint="Beginning"/><m:ParentFolderIds><t:DistinguishedFolderId Id="tasks"/></m:ParentFolderIds></m:FindItem>"#
+        )
+    };
+    let mut offset = 0;
+    let mut seen = 0;
+    loop {
+        let env = t.call(&page(offset)).await;
+        let root = messages(&env)[0].get("RootFolder").unwrap().clone();
+        seen += root.get("Items").unwrap().children.len();
+        assert_eq!(root.attr("TotalItemsInView"), Some("25"));
+        offset = root.attr("IndexedPagingOffset").unwrap().parse().unwrap();
+        if root.attr("IncludesLastItemInRange") == Some("true") {
+            break;
+        }
+    }
+    assert_eq!((seen, offset), (25, 25));
+
+    let weekly = r#"<t:Subject>Jour fixe</t:Subject><t:Start>2026-01-05T08:00:00Z</t:Start><t:End>2026-01-05T09:00:00Z</t:End><t:Recurrence><t:WeeklyRecurrence><t:Interval>1</t:Interval><t:DaysOfWeek>Monday</t:DaysOfWeek></t:WeeklyRecurrence><t:NumberedRecurrence><t:StartDate>2026-01-05</t:StartDate><t:NumberOfOccurrences>10</t:NumberOfOccurrences></t:NumberedRecurrence></t:Recurrence>"#;
+    t.control(
+        reqwest::Method::POST,
+        "/sim/mailboxes/user1@example.com/items",
+        json!({"folder": "calendar", "type": "CalendarItem", "xml": weekly}),
+    )
+    .await;
+    t.control(reqwest::Method::POST, "/sim/mailboxes/user1@example.com/items", json!({"folder": "calendar", "type": "CalendarItem", "fields": {"Subject": "single", "Start": "2026-01-14T10:00:00Z", "End": "2026-01-14T11:00:00Z"}})).await;
+    let view = r#"<m:FindItem Traversal="Shallow"><m:ItemShape><t:BaseShape>Default</t:BaseShape></m:ItemShape><m:CalendarView StartDate="2026-01-10T00:00:00Z" EndDate="2026-02-01T00:00:00Z"/><m:ParentFolderIds><t:DistinguishedFolderId Id="calendar"/></m:ParentFolderIds></m:FindItem>"#;
+    let env = t.call(view).await;
+    let items = messages(&env)[0]
+        .get("RootFolder")
+        .unwrap()
+        .get("Items")
+        .unwrap()
+        .children
+        .clone();
+    let got: Vec<(String, String)> = items
+        .iter()
+        .map(|i| {
+            (
+                i.text_of("Start").unwrap().to_string(),
+                i.text_of("CalendarItemType").unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("2026-01-12T08:00:00Z".into(), "Occurrence".into()),
+            ("2026-01-14T10:00:00Z".into(), "Single".into()),
+            ("2026-01-19T08:00:00Z".into(), "Occurrence".into()),
+            ("2026-01-26T08:00:00Z".into(), "Occurrence".into()),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_faults_and_autodiscover() {
+    let t = T::new().await;
+    let get = r#"<m:GetFolder><m:FolderShape><t:BaseShape>IdOnly</t:BaseShape></m:FolderShape><m:FolderIds><t:DistinguishedFolderId Id="inbox"/></m:FolderIds></m:GetFolder>"#;
+    t.control(
+        reqwest::Method::POST,
+        "/sim/faults",
+        json!({"operation": "GetFolder", "http_503": true, "count": 1}),
+    )
+    .await;
+    t.control(reqwest::Method::POST, "/sim/faults", json!({"operation": "GetFolder", "error_code": "ErrorServerBusy", "back_off_ms": 45000, "count": 1})).await;
+    assert_eq!(
+        t.call_as(("svc", "secret"), Some("user1@example.com"), get)
+            .await
+            .0,
+        503
+    );
+    let (s, env) = t
+        .call_as(("svc", "secret"), Some("user1@example.com"), get)
+        .await;
+    assert_eq!((s, fault_code(&env)), (500, "ErrorServerBusy".to_string()));
+    assert!(format!("{env:?}").contains("45000"));
+    assert_eq!(
+        t.call_as(("svc", "secret"), Some("user1@example.com"), get)
+            .await
+            .0,
+        200,
+        "counted faults run out"
+    );
+
+    let pox = r#"<?xml version="1.0" encoding="utf-8"?><Autodiscover xmlns="http://schemas.microsoft.com/exchange/autodiscover/outlook/requestschema/2006"><Request><EMailAddress>user2@example.com</EMailAddress><AcceptableResponseSchema>http://schemas.microsoft.com/exchange/autodiscover/outlook/responseschema/2006a</AcceptableResponseSchema></Request></Autodiscover>"#;
+    let r = t
+        .http
+        .post(format!(
+            "{}/autodiscover/autodiscover.xml",
+            t.sim.base_url()
+        ))
+        .basic_auth("user2@example.com", Some("password"))
+        .body(pox)
+        .send()
+        .await
+        .unwrap();
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains(&format!("<EwsUrl>{}</EwsUrl>", t.sim.ews_url())),
+        "{text}"
+    );
+    let r = t
+        .http
+        .post(format!(
+            "{}/autodiscover/autodiscover.xml",
+            t.sim.base_url()
+        ))
+        .body(pox)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
