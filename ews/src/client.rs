@@ -27,6 +27,13 @@ pub enum Auth {
     },
     /// OAuth2 bearer tokens from a client-credentials grant, cached and refreshed.
     OAuth2(Arc<OAuth2Tokens>),
+    /// NTLM (connection-based): `DOMAIN\user` or `user@domain`, with a password.
+    Ntlm {
+        /// User name.
+        username: String,
+        /// Password.
+        password: String,
+    },
     /// No credentials (tests of the 401 path).
     None,
 }
@@ -36,6 +43,7 @@ impl std::fmt::Debug for Auth {
         match self {
             Auth::Basic { username, .. } => write!(f, "Basic({username}, ***)"),
             Auth::OAuth2(_) => f.write_str("OAuth2(***)"),
+            Auth::Ntlm { username, .. } => write!(f, "Ntlm({username}, ***)"),
             Auth::None => f.write_str("None"),
         }
     }
@@ -146,7 +154,22 @@ pub struct Client {
     http: reqwest::Client,
     streaming_http: reqwest::Client,
     cfg: Arc<ClientConfig>,
+    /// NTLM authenticates a connection, not a request: each slot is a client with a single
+    /// keep-alive connection, used by one request at a time.
+    ntlm_slots: Arc<Vec<tokio::sync::Mutex<NtlmSlot>>>,
+    next_slot: Arc<std::sync::atomic::AtomicUsize>,
 }
+
+/// One NTLM connection.
+#[derive(Debug)]
+struct NtlmSlot {
+    http: reqwest::Client,
+    /// The connection has completed a handshake (the server may still ask again).
+    authenticated: bool,
+}
+
+/// NTLM connections per client (requests beyond wait for a free one).
+pub const NTLM_CONNECTIONS: usize = 8;
 
 const COOKIE_NAME: &str = "X-BackEndOverrideCookie";
 
@@ -163,29 +186,26 @@ impl Client {
                 )))
             }
         }
-        let builder = |timeout: Option<Duration>| -> Result<reqwest::Client, Error> {
-            let mut b = reqwest::Client::builder()
-                .use_rustls_tls()
-                .pool_max_idle_per_host(32)
-                .connect_timeout(Duration::from_secs(15))
-                .user_agent(concat!("mailsync-ews/", env!("CARGO_PKG_VERSION")));
-            if let Some(t) = timeout {
-                b = b.timeout(t);
-            }
-            if let Some(pem) = &cfg.ca_pem {
-                for cert in reqwest::Certificate::from_pem_bundle(pem)
-                    .map_err(|e| Error::Request(format!("custom CA: {e}")))?
-                {
-                    b = b.add_root_certificate(cert);
-                }
-            }
-            b.build()
-                .map_err(|e| Error::Request(format!("http client: {e}")))
+        let ntlm_slots = if matches!(cfg.auth, Auth::Ntlm { .. }) {
+            (0..NTLM_CONNECTIONS)
+                .map(|_| {
+                    http_client(&cfg, Some(cfg.timeout), true).map(|http| {
+                        tokio::sync::Mutex::new(NtlmSlot {
+                            http,
+                            authenticated: false,
+                        })
+                    })
+                })
+                .collect::<Result<Vec<_>, Error>>()?
+        } else {
+            Vec::new()
         };
         Ok(Client {
-            http: builder(Some(cfg.timeout))?,
-            streaming_http: builder(None)?,
+            http: http_client(&cfg, Some(cfg.timeout), false)?,
+            streaming_http: http_client(&cfg, None, false)?,
             cfg: Arc::new(cfg),
+            ntlm_slots: Arc::new(ntlm_slots),
+            next_slot: Arc::default(),
         })
     }
 
@@ -232,9 +252,84 @@ impl Client {
                 let t = tokens.token(&self.http).await?;
                 h.insert(AUTHORIZATION, header_value(&format!("Bearer {t}"))?);
             }
-            Auth::None => {}
+            // NTLM headers are per connection, added by `send_ntlm`.
+            Auth::Ntlm { .. } | Auth::None => {}
         }
         Ok(h)
+    }
+
+    /// Sends an envelope for `target`, authenticated; streaming requests get no timeout.
+    async fn send(
+        &self,
+        target: &Target,
+        body: Vec<u8>,
+        streaming: bool,
+    ) -> Result<reqwest::Response, Error> {
+        let headers = self.headers(target).await?;
+        if let Auth::Ntlm { username, password } = &self.cfg.auth {
+            return self
+                .send_ntlm(username, password, headers, body, streaming)
+                .await;
+        }
+        let http = if streaming {
+            &self.streaming_http
+        } else {
+            &self.http
+        };
+        http.post(self.cfg.endpoint.clone())
+            .headers(headers)
+            .body(body)
+            .send()
+            .await
+            .map_err(transport_error)
+    }
+
+    async fn send_ntlm(
+        &self,
+        username: &str,
+        password: &str,
+        headers: HeaderMap,
+        body: Vec<u8>,
+        streaming: bool,
+    ) -> Result<reqwest::Response, Error> {
+        let post = |http: &reqwest::Client, auth: Option<String>| {
+            let mut req = http
+                .post(self.cfg.endpoint.clone())
+                .headers(headers.clone())
+                .body(body.clone());
+            if let Some(a) = auth {
+                req = req.header(AUTHORIZATION, a);
+            }
+            req.send()
+        };
+        if streaming {
+            // A stream holds its connection for minutes: it gets a connection of its own.
+            let http = http_client(&self.cfg, None, true)?;
+            return ntlm_handshake(username, password, |a| post(&http, Some(a))).await;
+        }
+        // A free connection first (authenticated ones are found first as they are reused);
+        // when all are busy, queue on one in turn.
+        let mut slot = match self.ntlm_slots.iter().find_map(|s| s.try_lock().ok()) {
+            Some(free) => free,
+            None => {
+                let n = self
+                    .next_slot
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    % self.ntlm_slots.len().max(1);
+                self.ntlm_slots[n].lock().await
+            }
+        };
+        if slot.authenticated {
+            let resp = post(&slot.http, None).await.map_err(transport_error)?;
+            if resp.status() != StatusCode::UNAUTHORIZED {
+                return Ok(resp);
+            }
+            slot.authenticated = false;
+        }
+        let http = slot.http.clone();
+        let resp = ntlm_handshake(username, password, |a| post(&http, Some(a))).await?;
+        slot.authenticated = resp.status() != StatusCode::UNAUTHORIZED;
+        Ok(resp)
     }
 
     /// Sends `op` for `target` and parses the answer.
@@ -244,14 +339,7 @@ impl Client {
         op: &O,
     ) -> Result<Reply<O::Output>, Error> {
         let body = self.envelope(target, op);
-        let resp = self
-            .http
-            .post(self.cfg.endpoint.clone())
-            .headers(self.headers(target).await?)
-            .body(body)
-            .send()
-            .await
-            .map_err(transport_error)?;
+        let resp = self.send(target, body, false).await?;
         remember_cookie(target, resp.headers());
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(transport_error)?;
@@ -279,14 +367,7 @@ impl Client {
         op: &GetStreamingEvents,
     ) -> Result<impl futures_util::Stream<Item = StreamEvent> + Send + 'static, Error> {
         let body = self.envelope(target, op);
-        let resp = self
-            .streaming_http
-            .post(self.cfg.endpoint.clone())
-            .headers(self.headers(target).await?)
-            .body(body)
-            .send()
-            .await
-            .map_err(transport_error)?;
+        let resp = self.send(target, body, true).await?;
         remember_cookie(target, resp.headers());
         let status = resp.status();
         if !status.is_success() {
@@ -307,6 +388,132 @@ impl Client {
             })
             .flat_map(futures_util::stream::iter))
     }
+}
+
+/// A reqwest client for `cfg`: rustls, the extra CA, timeouts. With `single` its requests
+/// share one keep-alive HTTP/1.1 connection, as NTLM needs (it authenticates the connection,
+/// so the handshake and the request must travel on the same one).
+fn http_client(
+    cfg: &ClientConfig,
+    timeout: Option<Duration>,
+    single: bool,
+) -> Result<reqwest::Client, Error> {
+    let mut b = reqwest::Client::builder()
+        .use_rustls_tls()
+        .pool_max_idle_per_host(if single { 1 } else { 32 })
+        .connect_timeout(Duration::from_secs(15))
+        .user_agent(concat!("mailsync-ews/", env!("CARGO_PKG_VERSION")));
+    if single {
+        b = b.http1_only();
+    }
+    if let Some(t) = timeout {
+        b = b.timeout(t);
+    }
+    if let Some(pem) = &cfg.ca_pem {
+        for cert in reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| Error::Request(format!("custom CA: {e}")))?
+        {
+            b = b.add_root_certificate(cert);
+        }
+    }
+    b.build()
+        .map_err(|e| Error::Request(format!("http client: {e}")))
+}
+
+/// The NTLM handshake (MS-NLMP: Negotiate, Challenge, Authenticate with NTLMv2) around a
+/// request: `post` sends the request with the given Authorization header. The crypto is
+/// ntlmclient's (RustCrypto md4, hmac, md-5).
+async fn ntlm_handshake<F, Fut>(
+    username: &str,
+    password: &str,
+    post: F,
+) -> Result<reqwest::Response, Error>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<reqwest::Response, reqwest::Error>>,
+{
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let (domain, user) = match username.split_once('\\') {
+        Some((d, u)) => (d.to_string(), u.to_string()),
+        None => (String::new(), username.to_string()),
+    };
+    let workstation = "MAILSYNC".to_string();
+    let negotiate = ntlmclient::Message::Negotiate(ntlmclient::NegotiateMessage {
+        flags: ntlmclient::Flags::NEGOTIATE_UNICODE
+            | ntlmclient::Flags::REQUEST_TARGET
+            | ntlmclient::Flags::NEGOTIATE_NTLM
+            | ntlmclient::Flags::NEGOTIATE_WORKSTATION_SUPPLIED,
+        supplied_domain: String::new(),
+        supplied_workstation: workstation.clone(),
+        os_version: Default::default(),
+    });
+    let nego = negotiate
+        .to_bytes()
+        .map_err(|e| Error::Request(format!("ntlm negotiate: {e:?}")))?;
+    let first = post(format!("NTLM {}", b64.encode(nego)))
+        .await
+        .map_err(transport_error)?;
+    if first.status() != StatusCode::UNAUTHORIZED {
+        // The connection was authenticated already, or the server does not do NTLM.
+        return Ok(first);
+    }
+    let challenge_b64 = first
+        .headers()
+        .get_all(reqwest::header::WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.strip_prefix("NTLM ").map(|c| c.trim().to_string()))
+        .ok_or_else(|| {
+            Error::Unauthorized(
+                "HTTP 401: the server offers no NTLM challenge (is NTLM enabled for EWS?)".into(),
+            )
+        })?;
+    // Drain the 401 body so the connection can carry the next request.
+    let _ = first.bytes().await;
+    let bytes = b64
+        .decode(challenge_b64)
+        .map_err(|e| Error::Malformed(format!("NTLM challenge is not base64: {e}")))?;
+    let ntlmclient::Message::Challenge(challenge) = ntlmclient::Message::try_from(bytes.as_slice())
+        .map_err(|e| Error::Malformed(format!("NTLM challenge: {e:?}")))?
+    else {
+        return Err(Error::Malformed(
+            "NTLM: expected a challenge message".into(),
+        ));
+    };
+    let target_info: Vec<u8> = challenge
+        .target_information
+        .iter()
+        .flat_map(|e| e.to_bytes())
+        .collect();
+    let creds = ntlmclient::Credentials {
+        username: user,
+        password: password.to_string(),
+        domain,
+    };
+    let response = ntlmclient::respond_challenge_ntlm_v2(
+        challenge.challenge,
+        &target_info,
+        ntlmclient::get_ntlm_time(),
+        &creds,
+    );
+    let auth = response.to_message(
+        &creds,
+        &workstation,
+        ntlmclient::Flags::NEGOTIATE_UNICODE | ntlmclient::Flags::NEGOTIATE_NTLM,
+    );
+    let auth = auth
+        .to_bytes()
+        .map_err(|e| Error::Request(format!("ntlm authenticate: {e:?}")))?;
+    let resp = post(format!("NTLM {}", b64.encode(auth)))
+        .await
+        .map_err(transport_error)?;
+    if resp.status() == StatusCode::UNAUTHORIZED {
+        return Err(Error::Unauthorized(
+            "HTTP 401: the server refused the NTLM credentials".into(),
+        ));
+    }
+    Ok(resp)
 }
 
 fn header_value(s: &str) -> Result<HeaderValue, Error> {

@@ -20,6 +20,8 @@ use tokio::net::{TcpListener, TcpStream};
 /// A request as the fake server saw it.
 #[derive(Debug, Clone)]
 struct Seen {
+    /// Which TCP connection (in accept order) carried the request.
+    conn: usize,
     path: String,
     headers: Vec<(String, String)>,
     body: String,
@@ -60,12 +62,12 @@ impl FakeServer {
         let script = Arc::new(Mutex::new(VecDeque::from(script)));
         let (s2, sc2) = (seen.clone(), script.clone());
         tokio::spawn(async move {
-            loop {
+            for conn in 0.. {
                 let Ok((sock, _)) = listener.accept().await else {
                     return;
                 };
                 let (s3, sc3) = (s2.clone(), sc2.clone());
-                tokio::spawn(async move { serve(sock, s3, sc3).await });
+                tokio::spawn(async move { serve(conn, sock, s3, sc3).await });
             }
         });
         FakeServer { url, seen, script }
@@ -84,6 +86,7 @@ impl FakeServer {
 }
 
 async fn serve(
+    conn: usize,
     mut sock: TcpStream,
     seen: Arc<Mutex<Vec<Seen>>>,
     script: Arc<Mutex<VecDeque<Answer>>>,
@@ -128,6 +131,7 @@ async fn serve(
         }
         let body = String::from_utf8_lossy(&buf[head_end..head_end + len]).to_string();
         seen.lock().unwrap().push(Seen {
+            conn,
             path: path.clone(),
             headers,
             body: body.clone(),
@@ -504,4 +508,123 @@ async fn streaming_events_arrive_while_the_connection_is_open() {
     assert!(server.seen()[0]
         .body
         .contains("<m:ConnectionTimeout>1</m:ConnectionTimeout>"));
+}
+
+fn ntlm_message(header: Option<&str>) -> ntlmclient::Message {
+    use base64::Engine;
+    let b64 = header
+        .and_then(|h| h.strip_prefix("NTLM "))
+        .unwrap_or_else(|| panic!("not an NTLM header: {header:?}"));
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
+    ntlmclient::Message::try_from(bytes.as_slice()).unwrap()
+}
+
+fn challenge() -> String {
+    use base64::Engine;
+    let msg = ntlmclient::Message::Challenge(ntlmclient::ChallengeMessage {
+        target_name: "CONTOSO".into(),
+        flags: ntlmclient::Flags::NEGOTIATE_UNICODE
+            | ntlmclient::Flags::NEGOTIATE_NTLM
+            | ntlmclient::Flags::REQUEST_TARGET,
+        challenge: [1, 2, 3, 4, 5, 6, 7, 8],
+        context: (0, 0),
+        target_information: vec![],
+        os_version: Default::default(),
+    });
+    format!(
+        "NTLM {}",
+        base64::engine::general_purpose::STANDARD.encode(msg.to_bytes().unwrap())
+    )
+}
+
+#[tokio::test]
+async fn ntlm_handshake_on_one_connection_then_reuse() {
+    let ok = || Answer::Plain(200, vec![], fixture("Unsubscribe.xml"));
+    let server = FakeServer::start(vec![
+        Answer::Plain(
+            401,
+            vec![("WWW-Authenticate", challenge())],
+            b"unauthorized".to_vec(),
+        ),
+        ok(),
+        ok(),
+    ])
+    .await;
+    let c = client(
+        &server.url,
+        Auth::Ntlm {
+            username: r"CONTOSO\alice".into(),
+            password: "pw".into(),
+        },
+    );
+    let op = Unsubscribe {
+        subscription_id: "s".into(),
+    };
+    c.call(&Target::impersonating("u@example.com"), &op)
+        .await
+        .unwrap();
+    c.call(&Target::impersonating("u@example.com"), &op)
+        .await
+        .unwrap();
+    let seen = server.seen();
+    assert!(matches!(
+        ntlm_message(seen[0].header("Authorization")),
+        ntlmclient::Message::Negotiate(_)
+    ));
+    let ntlmclient::Message::Authenticate(auth) = ntlm_message(seen[1].header("Authorization"))
+    else {
+        panic!("{:?}", seen[1])
+    };
+    assert_eq!(
+        (auth.user_name.as_str(), auth.domain_name.as_str()),
+        ("alice", "CONTOSO")
+    );
+    assert!(auth.ntlm_response.len() > 24, "an NTLMv2 response");
+    assert_eq!(
+        seen[0].conn, seen[1].conn,
+        "the handshake stays on one connection"
+    );
+    assert!(
+        seen[2].header("Authorization").is_none(),
+        "the authenticated connection is reused without a new handshake"
+    );
+    assert_eq!(seen[2].conn, seen[0].conn);
+    assert!(
+        seen.iter().all(|s| s.body.contains("m:Unsubscribe")),
+        "every leg carries the request"
+    );
+    server.assert_script_done();
+}
+
+#[tokio::test]
+async fn ntlm_refusals_are_unauthorized() {
+    let server = FakeServer::start(vec![
+        Answer::Plain(401, vec![("WWW-Authenticate", challenge())], vec![]),
+        Answer::Plain(401, vec![], vec![]),
+        Answer::Plain(
+            401,
+            vec![("WWW-Authenticate", "Basic realm=\"x\"".into())],
+            vec![],
+        ),
+    ])
+    .await;
+    let c = client(
+        &server.url,
+        Auth::Ntlm {
+            username: "alice@contoso.com".into(),
+            password: "wrong".into(),
+        },
+    );
+    let op = Unsubscribe {
+        subscription_id: "s".into(),
+    };
+    assert!(
+        matches!(c.call(&Target::own("alice@contoso.com"), &op).await, Err(Error::Unauthorized(m)) if m.contains("refused the NTLM credentials"))
+    );
+    assert!(
+        matches!(c.call(&Target::own("alice@contoso.com"), &op).await, Err(Error::Unauthorized(m)) if m.contains("no NTLM challenge"))
+    );
+    server.assert_script_done();
 }
