@@ -72,7 +72,7 @@ pub fn resolve_occurrence_id(
     m: &Mailbox,
     n: &Node,
 ) -> Result<(u64, Option<Occurrence>), &'static str> {
-    let (master_attr, index) = match n.name.as_str() {
+    let (master_attr, index) = match n.name.as_ref() {
         "OccurrenceItemId" => (
             n.attr("RecurringMasterId"),
             n.attr("InstanceIndex")
@@ -225,7 +225,7 @@ pub fn expand(rec: &Node, s: DateTime<Utc>) -> Vec<DateTime<Utc>> {
         }
         true
     };
-    match pattern.name.as_str() {
+    match pattern.name.as_ref() {
         "DailyRecurrence" => {
             let mut d = first_day;
             while push(d, &mut days) {

@@ -52,7 +52,7 @@ pub struct Ctx<'a> {
 
 /// Runs the operation named by `body`'s element. Unknown operations are a fault.
 pub fn dispatch(ctx: &Ctx<'_>, body: &Node) -> Result<String, Fault> {
-    let name = body.name.as_str();
+    let name = body.name.as_ref();
     let messages = match name {
         "GetFolder" => get_folder(ctx, body),
         "FindFolder" => find_folder(ctx, body),
@@ -200,7 +200,7 @@ fn write_item_as(
     let kind = if it.kind.starts_with("Meeting") {
         "Message"
     } else {
-        it.kind.as_str()
+        it.kind.as_ref()
     };
     out.push_str("<t:");
     out.push_str(kind);
@@ -330,7 +330,7 @@ fn write_folder(m: &Mailbox, key: u64, sh: &Shape, out: &mut String) {
 
 /// Resolves a FolderId / DistinguishedFolderId to a folder of the context mailbox.
 fn folder_key(ctx: &Ctx<'_>, m: &mut Mailbox, n: &Node) -> Result<u64, &'static str> {
-    match n.name.as_str() {
+    match n.name.as_ref() {
         "DistinguishedFolderId" => {
             if let Some(other) = n.get("Mailbox").and_then(|mb| mb.text_of("EmailAddress")) {
                 if !other.eq_ignore_ascii_case(&ctx.smtp) {
@@ -472,7 +472,7 @@ fn create_folder(ctx: &Ctx<'_>, body: &Node) -> Result<Vec<String>, Fault> {
                     .text_of("FolderClass")
                     .map(str::to_string)
                     .unwrap_or_else(|| {
-                        match f.name.as_str() {
+                        match f.name.as_ref() {
                             "CalendarFolder" => "IPF.Appointment",
                             "ContactsFolder" => "IPF.Contact",
                             "TasksFolder" => "IPF.Task",
@@ -762,7 +762,7 @@ fn matches(it: &Item, r: &Node) -> bool {
         _ => false,
     };
     use std::cmp::Ordering::*;
-    match r.name.as_str() {
+    match r.name.as_ref() {
         "And" => r.children.iter().all(|c| matches(it, c)),
         "Or" => r.children.iter().any(|c| matches(it, c)),
         "Not" => r.children.first().is_some_and(|c| !matches(it, c)),
@@ -1094,7 +1094,7 @@ fn update_item(ctx: &Ctx<'_>, body: &Node) -> Result<Vec<String>, Fault> {
                 let mut delete = Vec::new();
                 for u in c.get("Updates").map(|u| u.children.as_slice()).unwrap_or_default() {
                     let path = u.children.iter().find_map(PropPath::from_node).ok_or("ErrorInvalidPropertyRequest")?;
-                    match u.name.as_str() {
+                    match u.name.as_ref() {
                         "SetItemField" | "AppendToItemField" => {
                             let wrapper = u.children.iter().find(|n| PropPath::from_node(n).is_none()).ok_or("ErrorInvalidPropertySet")?;
                             let value = wrapper.children.first().ok_or("ErrorInvalidPropertySet")?.clone();

@@ -341,12 +341,20 @@ impl Sim {
     }
 
     fn record(&self, op: &str, request: &[u8], response: &[u8]) {
-        let Some(dir) = self.config.lock().record.clone() else {
-            return;
-        };
+        if let Some(path) = self.record_start(op, request) {
+            let _ = std::fs::write(path, response);
+        }
+    }
+
+    /// Writes the request file and returns the response file's path, for a response that is
+    /// appended as it is sent (a stream of envelopes, recorded even if the stream is cut).
+    fn record_start(&self, op: &str, request: &[u8]) -> Option<PathBuf> {
+        let dir = self.config.lock().record.clone()?;
         let n = self.record_seq.fetch_add(1, Ordering::Relaxed) + 1;
         let _ = std::fs::write(dir.join(format!("{n:06}-{op}-request.xml")), request);
-        let _ = std::fs::write(dir.join(format!("{n:06}-{op}-response.xml")), response);
+        let path = dir.join(format!("{n:06}-{op}-response.xml"));
+        let _ = std::fs::write(&path, b"");
+        Some(path)
     }
 
     /// Takes a budget token for `key`; the back-off when there is none.
@@ -803,39 +811,43 @@ async fn get_streaming_events(
     let heartbeat = cfg.heartbeat;
     let deadline = Instant::now() + Duration::from_secs(timeout * 60);
     let sim2 = sim.clone();
+    let record = sim.record_start("GetStreamingEvents", &request);
     actix_web::rt::spawn(async move {
         let _guard = guard;
-        let mut recorded = String::new();
-        let send = |text: String, recorded: &mut String| {
-            recorded.push_str(&text);
+        let send = |text: String| {
+            if let Some(path) = &record {
+                use std::io::Write;
+                if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(path) {
+                    let _ = f.write_all(text.as_bytes());
+                }
+            }
             tx.try_send(Ok(Bytes::from(text))).is_ok() || !tx.is_closed()
         };
         if !missing.is_empty() {
             let text = stream_message(profile, "", Some(("ErrorSubscriptionNotFound", &missing)));
-            send(text, &mut recorded);
+            send(text);
         }
         let mut ok = !live.is_empty();
         if ok {
-            ok = send(
-                stream_message(profile, "<m:ConnectionStatus>OK</m:ConnectionStatus>", None),
-                &mut recorded,
-            );
+            ok = send(stream_message(
+                profile,
+                "<m:ConnectionStatus>OK</m:ConnectionStatus>",
+                None,
+            ));
         }
         let mut next_beat = Instant::now() + heartbeat;
         while ok {
             let (events, gone) = sim2.store.subscriptions.take(&live);
             if !gone.is_empty() {
-                send(
-                    stream_message(profile, "", Some(("ErrorSubscriptionNotFound", &gone))),
-                    &mut recorded,
-                );
+                send(stream_message(
+                    profile,
+                    "",
+                    Some(("ErrorSubscriptionNotFound", &gone)),
+                ));
                 break;
             }
             if !events.is_empty() {
-                ok = send(
-                    stream_message(profile, &notifications(&events), None),
-                    &mut recorded,
-                );
+                ok = send(stream_message(profile, &notifications(&events), None));
                 continue;
             }
             let now = Instant::now();
@@ -843,10 +855,11 @@ async fn get_streaming_events(
                 break;
             }
             if now >= next_beat {
-                ok = send(
-                    stream_message(profile, "<m:ConnectionStatus>OK</m:ConnectionStatus>", None),
-                    &mut recorded,
-                );
+                ok = send(stream_message(
+                    profile,
+                    "<m:ConnectionStatus>OK</m:ConnectionStatus>",
+                    None,
+                ));
                 next_beat = now + heartbeat;
                 continue;
             }
@@ -856,23 +869,18 @@ async fn get_streaming_events(
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {}
                 _ = sim2.drop_streams.notified() => {
                     // Dropped connection (fault injection): end without Closed, as a network cut does.
-                    sim2.record("GetStreamingEvents", &request, recorded.as_bytes());
                     return;
                 }
                 _ = tx.closed() => break,
             }
         }
         if !tx.is_closed() && !live.is_empty() {
-            send(
-                stream_message(
-                    profile,
-                    "<m:ConnectionStatus>Closed</m:ConnectionStatus>",
-                    None,
-                ),
-                &mut recorded,
-            );
+            send(stream_message(
+                profile,
+                "<m:ConnectionStatus>Closed</m:ConnectionStatus>",
+                None,
+            ));
         }
-        sim2.record("GetStreamingEvents", &request, recorded.as_bytes());
     });
     let body = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
@@ -1266,13 +1274,13 @@ async fn api_list_items(
                 ItemSummary {
                     id,
                     change_key,
-                    kind: i.kind.clone(),
+                    kind: i.kind.to_string(),
                     folder: folder.clone(),
                     properties: i
                         .props
-                        .iter()
-                        .filter(|(_, p)| p.node.children.is_empty())
-                        .map(|(k, p)| (k.clone(), p.node.text.clone()))
+                        .values()
+                        .filter(|p| p.node.children.is_empty())
+                        .map(|p| (p.node.name.to_string(), p.node.text.clone()))
                         .collect(),
                     extended: i
                         .ext

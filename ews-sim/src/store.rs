@@ -99,6 +99,46 @@ pub struct Prop {
     pub version: u64,
 }
 
+/// The properties of an item, by element name. A small vector: an item has a dozen or two,
+/// a linear search is as fast as a map and the memory is a fraction of a B-tree's.
+#[derive(Debug, Clone, Default)]
+pub struct Props(Vec<Prop>);
+
+impl Props {
+    /// The property named `name`.
+    pub fn get(&self, name: &str) -> Option<&Prop> {
+        self.0.iter().find(|p| p.node.name == name)
+    }
+
+    /// The property named `name`, mutable.
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut Prop> {
+        self.0.iter_mut().find(|p| p.node.name == name)
+    }
+
+    /// Whether it is set.
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// Sets a property (replacing one of the same name).
+    pub fn insert(&mut self, prop: Prop) {
+        match self.get_mut(&prop.node.name.clone()) {
+            Some(p) => *p = prop,
+            None => self.0.push(prop),
+        }
+    }
+
+    /// Removes a property.
+    pub fn remove(&mut self, name: &str) {
+        self.0.retain(|p| p.node.name != name);
+    }
+
+    /// All properties.
+    pub fn values(&self) -> impl Iterator<Item = &Prop> {
+        self.0.iter()
+    }
+}
+
 /// An item.
 #[derive(Debug, Clone)]
 pub struct Item {
@@ -107,9 +147,9 @@ pub struct Item {
     /// Folder holding it.
     pub folder: u64,
     /// Element name: Message, CalendarItem, Contact, Task, …
-    pub kind: String,
+    pub kind: crate::xml::Name,
     /// Properties by element name (ExtendedProperty excluded).
-    pub props: BTreeMap<String, Prop>,
+    pub props: Props,
     /// Extended properties: (lowercased set id or tag, name) → (ExtendedProperty node, version).
     pub ext: BTreeMap<(String, String), Prop>,
     /// Bumped on every change; the change key encodes it.
@@ -125,13 +165,10 @@ impl Item {
     /// Sets a plain text property.
     pub fn set_text(&mut self, name: &str, value: &str) {
         let version = self.version;
-        self.props.insert(
-            name.to_string(),
-            Prop {
-                node: Node::leaf(name, value),
-                version,
-            },
-        );
+        self.props.insert(Prop {
+            node: Node::leaf(name, value),
+            version,
+        });
     }
 }
 
@@ -514,8 +551,8 @@ impl Mailbox {
         let mut item = Item {
             key,
             folder,
-            kind: kind.to_string(),
-            props: BTreeMap::new(),
+            kind: crate::xml::name(kind),
+            props: Props::default(),
             ext: BTreeMap::new(),
             version: 1,
         };
@@ -523,6 +560,7 @@ impl Mailbox {
             put_prop(&mut item, n, 1);
         }
         server_props(&mut item, now, &self.smtp, &self.display_name);
+        item.props.0.shrink_to_fit();
         self.items.insert(key, item);
         self.journal(folder, key, JournalKind::Created);
         self.item_event("CreatedEvent", key, None);
@@ -555,13 +593,10 @@ impl Mailbox {
             only_read = false;
             delete_prop(it, &p);
         }
-        it.props.insert(
-            "LastModifiedTime".into(),
-            Prop {
-                node: Node::leaf("LastModifiedTime", &fmt_time(now)),
-                version: v,
-            },
-        );
+        it.props.insert(Prop {
+            node: Node::leaf("LastModifiedTime", &fmt_time(now)),
+            version: v,
+        });
         if it.kind == "CalendarItem" {
             let master = it.props.contains_key("Recurrence");
             it.set_text(
@@ -637,7 +672,7 @@ pub enum PropPath {
 impl PropPath {
     /// Reads FieldURI / IndexedFieldURI / ExtendedFieldURI.
     pub fn from_node(n: &Node) -> Option<PropPath> {
-        match n.name.as_str() {
+        match n.name.as_ref() {
             "FieldURI" => Some(PropPath::Field(
                 field_element(n.attr("FieldURI")?).to_string(),
             )),
@@ -710,13 +745,13 @@ fn put_prop(item: &mut Item, n: Node, version: u64) {
         }
         return;
     }
-    item.props.insert(n.name.clone(), Prop { node: n, version });
+    item.props.insert(Prop { node: n, version });
 }
 
 /// Dictionaries merge entry by entry (and address entries part by part) on SetItemField.
 fn merge_prop(item: &mut Item, n: Node, version: u64) {
     let dict = matches!(
-        n.name.as_str(),
+        n.name.as_ref(),
         "EmailAddresses" | "PhoneNumbers" | "ImAddresses" | "PhysicalAddresses"
     );
     if !dict || !item.props.contains_key(&n.name) {
@@ -800,7 +835,7 @@ pub fn fmt_time(t: DateTime<Utc>) -> String {
 
 /// Properties the server sets on every new item.
 fn server_props(item: &mut Item, now: DateTime<Utc>, owner_smtp: &str, owner_name: &str) {
-    let class = match item.kind.as_str() {
+    let class = match item.kind.as_ref() {
         "CalendarItem" => "IPM.Appointment",
         "Contact" => "IPM.Contact",
         "Task" => "IPM.Task",
@@ -832,7 +867,7 @@ fn server_props(item: &mut Item, now: DateTime<Utc>, owner_smtp: &str, owner_nam
             .sum::<usize>();
         item.set_text("Size", &size.to_string());
     }
-    match item.kind.as_str() {
+    match item.kind.as_ref() {
         "Message" => {
             if !item.props.contains_key("IsRead") {
                 item.set_text("IsRead", "false");
@@ -840,13 +875,10 @@ fn server_props(item: &mut Item, now: DateTime<Utc>, owner_smtp: &str, owner_nam
             if !item.props.contains_key("From") {
                 let mut from = Node::leaf("From", "");
                 from.children.push(mailbox_node(owner_name, owner_smtp));
-                item.props.insert(
-                    "From".into(),
-                    Prop {
-                        node: from,
-                        version: 1,
-                    },
-                );
+                item.props.insert(Prop {
+                    node: from,
+                    version: 1,
+                });
             }
             if !item.props.contains_key("InternetMessageId") {
                 item.set_text(
@@ -968,13 +1000,10 @@ fn fill_from_mime(item: &mut Item, mime: &[u8]) {
         if let Some(m) = addr_list(&f).into_iter().next() {
             let mut from = Node::leaf("From", "");
             from.children.push(m);
-            item.props.insert(
-                "From".into(),
-                Prop {
-                    node: from,
-                    version: 1,
-                },
-            );
+            item.props.insert(Prop {
+                node: from,
+                version: 1,
+            });
         }
     }
     for (hname, prop) in [("to", "ToRecipients"), ("cc", "CcRecipients")] {
@@ -982,13 +1011,10 @@ fn fill_from_mime(item: &mut Item, mime: &[u8]) {
             let mut n = Node::leaf(prop, "");
             n.children = addr_list(&v);
             if !n.children.is_empty() {
-                item.props.insert(
-                    prop.into(),
-                    Prop {
-                        node: n,
-                        version: 1,
-                    },
-                );
+                item.props.insert(Prop {
+                    node: n,
+                    version: 1,
+                });
             }
         }
     }

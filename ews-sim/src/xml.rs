@@ -4,18 +4,97 @@
 //! Written independently of the `ews` crate's XML code on purpose: a misreading of the
 //! protocol in one must not be mirrored by the other.
 
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::sync::OnceLock;
+
 use quick_xml::events::Event;
 use quick_xml::Reader;
+
+/// An element or attribute name: static for the names EWS uses (no allocation per element,
+/// which matters with millions of stored properties), owned for anything else.
+pub type Name = Cow<'static, str>;
+
+const OTHER_NAMES: &[&str] = &[
+    "Mailbox",
+    "EmailAddress",
+    "Name",
+    "RoutingType",
+    "MailboxType",
+    "String",
+    "Entry",
+    "Value",
+    "Values",
+    "ExtendedFieldURI",
+    "Id",
+    "ChangeKey",
+    "Key",
+    "BodyType",
+    "PropertySetId",
+    "PropertyName",
+    "PropertyType",
+    "PropertyTag",
+    "DistinguishedPropertySetId",
+    "PropertyId",
+    "CharacterSet",
+    "Street",
+    "City",
+    "State",
+    "CountryOrRegion",
+    "PostalCode",
+    "Interval",
+    "DaysOfWeek",
+    "DayOfWeekIndex",
+    "DayOfMonth",
+    "Month",
+    "StartDate",
+    "EndDate",
+    "NumberOfOccurrences",
+    "DailyRecurrence",
+    "WeeklyRecurrence",
+    "AbsoluteMonthlyRecurrence",
+    "RelativeMonthlyRecurrence",
+    "AbsoluteYearlyRecurrence",
+    "RelativeYearlyRecurrence",
+    "NoEndRecurrence",
+    "EndDateRecurrence",
+    "NumberedRecurrence",
+    "FirstDayOfWeek",
+];
+
+/// The name as a static string when it is one EWS uses.
+pub fn name(s: &str) -> Name {
+    static KNOWN: OnceLock<HashSet<&'static str>> = OnceLock::new();
+    let known = KNOWN.get_or_init(|| {
+        use crate::schema_order as o;
+        [
+            o::ITEM,
+            o::MESSAGE,
+            o::CALENDAR_ITEM,
+            o::CONTACT,
+            o::TASK,
+            o::POST_ITEM,
+            o::DISTRIBUTION_LIST,
+            o::FOLDER,
+            OTHER_NAMES,
+        ]
+        .iter()
+        .flat_map(|l| l.iter().copied())
+        .collect()
+    });
+    match known.get(s) {
+        Some(k) => Cow::Borrowed(*k),
+        None => Cow::Owned(s.to_string()),
+    }
+}
 
 /// One element of a request.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Node {
     /// Local name (prefix removed).
-    pub name: String,
-    /// The namespace prefix as written (kept to check m:/t: use in tests).
-    pub prefix: String,
+    pub name: Name,
     /// Attributes by local name, in document order.
-    pub attrs: Vec<(String, String)>,
+    pub attrs: Vec<(Name, String)>,
     /// Child elements.
     pub children: Vec<Node>,
     /// Text content, unescaped.
@@ -26,8 +105,7 @@ impl Node {
     /// A leaf element with text.
     pub fn leaf(name: &str, text: &str) -> Node {
         Node {
-            name: name.into(),
-            prefix: "t".into(),
+            name: self::name(name),
             text: text.into(),
             ..Default::default()
         }
@@ -93,11 +171,12 @@ impl Node {
 #[error("{0}")]
 pub struct ParseError(pub String);
 
-fn local(qname: &[u8]) -> (String, String) {
+/// Splits `prefix:local` into (is an xmlns declaration, local name).
+fn local(qname: &[u8]) -> (bool, Name) {
     let s = String::from_utf8_lossy(qname);
     match s.split_once(':') {
-        Some((p, l)) => (p.to_string(), l.to_string()),
-        None => (String::new(), s.into_owned()),
+        Some((p, l)) => (p == "xmlns", name(l)),
+        None => (s == "xmlns", name(&s)),
     }
 }
 
@@ -154,12 +233,12 @@ pub fn parse(doc: &[u8]) -> Result<Node, ParseError> {
 }
 
 fn start(e: &quick_xml::events::BytesStart<'_>) -> Result<Node, ParseError> {
-    let (prefix, name) = local(e.name().as_ref());
+    let (_, name) = local(e.name().as_ref());
     let mut attrs = Vec::new();
     for a in e.attributes() {
         let a = a.map_err(|e| ParseError(format!("bad attribute: {e}")))?;
-        let (p, k) = local(a.key.as_ref());
-        if p == "xmlns" || k == "xmlns" {
+        let (xmlns, k) = local(a.key.as_ref());
+        if xmlns {
             continue;
         }
         let v = a
@@ -169,7 +248,6 @@ fn start(e: &quick_xml::events::BytesStart<'_>) -> Result<Node, ParseError> {
     }
     Ok(Node {
         name,
-        prefix,
         attrs,
         ..Default::default()
     })
@@ -205,10 +283,7 @@ mod tests {
     fn reads_prefixed_and_plain() {
         let n = parse(br#"<?xml version="1.0"?><s:Envelope xmlns:s="x"><s:Body><m:A B="1 &amp; 2">t&lt;x<![CDATA[&]]></m:A></s:Body></s:Envelope>"#).unwrap();
         let a = n.get("Body").unwrap().get("A").unwrap();
-        assert_eq!(
-            (a.prefix.as_str(), a.attr("B"), a.text.as_str()),
-            ("m", Some("1 & 2"), "t<x&")
-        );
+        assert_eq!((a.attr("B"), a.text.as_str()), (Some("1 & 2"), "t<x&"));
         assert!(parse(b"<a><b></a>").is_err());
         assert!(parse(b"").is_err());
     }

@@ -125,7 +125,7 @@ fn sync(folder: &str, state: Option<&str>, max: u32) -> String {
 
 fn changes(m: &Node) -> Vec<String> {
     m.get("Changes")
-        .map(|c| c.children.iter().map(|x| x.name.clone()).collect())
+        .map(|c| c.children.iter().map(|x| x.name.to_string()).collect())
         .unwrap_or_default()
 }
 
