@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use ews_sim::server::{self, Profile, SimConfig, UserSpec};
+use ews_sim::server::{self, Profile, SimConfig};
 
 /// Serves /EWS/Exchange.asmx, Autodiscover and the /sim control API for simulated mailboxes.
 #[derive(Parser)]
@@ -37,24 +37,6 @@ struct Cli {
     workers: usize,
 }
 
-#[derive(serde::Deserialize)]
-struct UsersFile {
-    users: Vec<UserSpec>,
-}
-
-fn read_users(path: &PathBuf) -> anyhow::Result<Vec<UserSpec>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read users file {}", path.display()))?;
-    if path.extension().is_some_and(|e| e == "json") {
-        serde_json::from_str(&text)
-            .with_context(|| format!("{}: not a JSON array of users", path.display()))
-    } else {
-        Ok(toml::from_str::<UsersFile>(&text)
-            .with_context(|| format!("{}: not a TOML file of [[users]]", path.display()))?
-            .users)
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -84,7 +66,7 @@ async fn main() -> anyhow::Result<()> {
     };
     cfg.throttle.enabled = !cli.no_throttle;
     if let Some(p) = &cli.users {
-        cfg.users = read_users(p)?;
+        cfg.users = server::read_users(p).map_err(anyhow::Error::msg)?;
     }
     let running = server::start(cfg)
         .await

@@ -117,6 +117,7 @@ impl Default for ThrottleConfig {
 
 /// A login.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct UserSpec {
     /// Primary SMTP address (also a login name; so is its local part).
     pub smtp: String,
@@ -128,6 +129,35 @@ pub struct UserSpec {
     /// Holds the ApplicationImpersonation right.
     #[serde(default)]
     pub impersonation: bool,
+}
+
+/// Reads a users file: a JSON array of users, or TOML with `[[users]]` tables.
+pub fn read_users(path: &std::path::Path) -> Result<Vec<UserSpec>, String> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct UsersFile {
+        users: Vec<UserSpec>,
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read users file {}: {e}", path.display()))?;
+    let users = if path.extension().is_some_and(|e| e == "json") {
+        serde_json::from_str(&text)
+            .map_err(|e| format!("{}: not a JSON array of users: {e}", path.display()))?
+    } else {
+        toml::from_str::<UsersFile>(&text)
+            .map_err(|e| format!("{}: not a TOML file of [[users]]: {e}", path.display()))?
+            .users
+    };
+    for (i, u) in users.iter().enumerate() {
+        if !u.smtp.contains('@') {
+            return Err(format!(
+                "{}: users[{i}].smtp {:?} is not an e-mail address",
+                path.display(),
+                u.smtp
+            ));
+        }
+    }
+    Ok(users)
 }
 
 /// Simulator settings.
@@ -155,6 +185,8 @@ pub struct SimConfig {
     pub subscription_expiry: Duration,
     /// HTTP worker threads.
     pub workers: usize,
+    /// How long one minute of a GetStreamingEvents ConnectionTimeout lasts (tests shorten it).
+    pub minute: Duration,
 }
 
 impl Default for SimConfig {
@@ -171,6 +203,7 @@ impl Default for SimConfig {
             heartbeat: Duration::from_secs(15),
             subscription_expiry: Duration::from_secs(30 * 60),
             workers: 2,
+            minute: Duration::from_secs(60),
         }
     }
 }
@@ -585,9 +618,11 @@ async fn ews(sim: web::Data<Arc<Sim>>, req: HttpRequest, body: Bytes) -> HttpRes
     };
     sim.count(&op_name, &target);
 
-    if let Some(f) = sim.matching_fault(&op_name, &target) {
+    let fault = sim.matching_fault(&op_name, &target);
+    if let Some(f) = &fault {
         sim.stats.lock().faults_injected += 1;
-        if let Some(ms) = f.latency_ms {
+        let answers = f.http_503 || f.malformed || f.error_code.is_some();
+        if let (Some(ms), true) = (f.latency_ms, answers) {
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
         if f.http_503 {
@@ -634,6 +669,10 @@ async fn ews(sim: web::Data<Arc<Sim>>, req: HttpRequest, body: Bytes) -> HttpRes
             };
             return answer(StatusCode::INTERNAL_SERVER_ERROR, text);
         }
+    }
+    // A slow answer holds its concurrency slot while it is slow, as on Exchange.
+    if let Some(ms) = fault.as_ref().and_then(|f| f.latency_ms) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     if streaming {
         let stream_account = if account.smtp.is_empty() {
@@ -809,7 +848,7 @@ async fn get_streaming_events(
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     let profile = cfg.profile;
     let heartbeat = cfg.heartbeat;
-    let deadline = Instant::now() + Duration::from_secs(timeout * 60);
+    let deadline = Instant::now() + cfg.minute * timeout as u32;
     let sim2 = sim.clone();
     let record = sim.record_start("GetStreamingEvents", &request);
     actix_web::rt::spawn(async move {

@@ -782,3 +782,161 @@ async fn injected_faults_and_autodiscover() {
         .unwrap();
     assert_eq!(r.status(), 401);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_close_at_their_timeout_and_idle_subscriptions_expire() {
+    let t = T::with(SimConfig {
+        mailboxes: 1,
+        minute: Duration::from_millis(300),
+        ..SimConfig::default()
+    })
+    .await;
+    let sub = subscribe(&t, "user1@example.com", "inbox").await;
+    let mut stream = open_stream(&t, &[&sub], 1).await;
+    let mut buf = String::new();
+    assert!(
+        read_until(&mut stream, &mut buf, |b| b
+            .contains("<m:ConnectionStatus>Closed</m:ConnectionStatus>"))
+        .await,
+        "{buf}"
+    );
+    assert!(
+        stream.chunk().await.unwrap().is_none(),
+        "the response ends after Closed"
+    );
+
+    // Held by no connection for longer than the expiry, the subscription is gone.
+    t.control(
+        reqwest::Method::PUT,
+        "/sim/streaming",
+        json!({"subscription_expiry_ms": 100}),
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = t
+            .control(reqwest::Method::GET, "/sim/stats", json!(null))
+            .await;
+        if stats["subscriptions"] == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the subscription did not expire"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut stream = open_stream(&t, &[&sub], 1).await;
+    let mut buf = String::new();
+    assert!(
+        read_until(&mut stream, &mut buf, |b| b
+            .contains("ErrorSubscriptionNotFound"))
+        .await,
+        "{buf}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_streams_end_without_closed() {
+    let t = T::new().await;
+    let sub = subscribe(&t, "user1@example.com", "inbox").await;
+    let mut stream = open_stream(&t, &[&sub], 5).await;
+    let mut buf = String::new();
+    assert!(read_until(&mut stream, &mut buf, |b| b.contains("ConnectionStatus>OK")).await);
+    let dropped = t
+        .control(reqwest::Method::POST, "/sim/streams/drop", json!(null))
+        .await;
+    assert_eq!(dropped["dropped"], 1);
+    let rest = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut rest = String::new();
+        while let Ok(Some(c)) = stream.chunk().await {
+            rest.push_str(&String::from_utf8_lossy(&c));
+        }
+        rest
+    })
+    .await
+    .expect("the stream ends");
+    assert!(
+        !rest.contains("Closed"),
+        "a cut connection says nothing more: {rest}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_beyond_the_limit_is_refused() {
+    let t = T::new().await;
+    t.control(reqwest::Method::PUT, "/sim/throttle", json!({"enabled": true, "burst": 100.0, "recharge_per_second": 100.0, "max_concurrency": 1, "use_503": false})).await;
+    t.control(
+        reqwest::Method::POST,
+        "/sim/faults",
+        json!({"operation": "GetFolder", "latency_ms": 1000, "count": 1}),
+    )
+    .await;
+    let get = r#"<m:GetFolder><m:FolderShape><t:BaseShape>IdOnly</t:BaseShape></m:FolderShape><m:FolderIds><t:DistinguishedFolderId Id="inbox"/></m:FolderIds></m:GetFolder>"#;
+    let slow = t.call_as(("svc", "secret"), Some("user1@example.com"), get);
+    let fast = async {
+        // The slow request takes its slot right after its fault is counted (no await between).
+        loop {
+            let stats = t
+                .control(reqwest::Method::GET, "/sim/stats", json!(null))
+                .await;
+            if stats["faults_injected"] == 1 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        t.call_as(("svc", "secret"), Some("user1@example.com"), get)
+            .await
+    };
+    let ((s1, _), (s2, env2)) = tokio::join!(slow, fast);
+    assert_eq!(s1, 200);
+    assert_eq!(
+        (s2, fault_code(&env2)),
+        (500, "ErrorExceededConnectionCount".to_string())
+    );
+    assert_eq!(
+        t.call_as(("svc", "secret"), Some("user1@example.com"), get)
+            .await
+            .0,
+        200,
+        "the slot is free again"
+    );
+}
+
+#[test]
+fn users_files_in_json_and_toml() {
+    let dir = tempfile::tempdir().unwrap();
+    let json_path = dir.path().join("users.json");
+    std::fs::write(&json_path, r#"[{"smtp": "anna@contoso.com", "password": "pw", "display_name": "Anna"}, {"smtp": "svc2@contoso.com", "password": "x", "impersonation": true}]"#).unwrap();
+    let users = server::read_users(&json_path).unwrap();
+    assert_eq!(
+        (
+            users.len(),
+            users[1].impersonation,
+            users[0].display_name.as_deref()
+        ),
+        (2, true, Some("Anna"))
+    );
+    let toml_path = dir.path().join("users.toml");
+    std::fs::write(
+        &toml_path,
+        "[[users]]\nsmtp = \"bob@contoso.com\"\npassword = \"pw\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        server::read_users(&toml_path).unwrap()[0].smtp,
+        "bob@contoso.com"
+    );
+    std::fs::write(&toml_path, "[[users]]\nsmtp = \"bob\"\npassword = \"pw\"\n").unwrap();
+    assert!(server::read_users(&toml_path)
+        .unwrap_err()
+        .contains("users[0].smtp \"bob\" is not an e-mail address"));
+    std::fs::write(
+        &toml_path,
+        "[[users]]\nsmtp = \"bob@x.com\"\npasword = \"pw\"\n",
+    )
+    .unwrap();
+    assert!(server::read_users(&toml_path)
+        .unwrap_err()
+        .contains("pasword"));
+}
