@@ -35,6 +35,12 @@ struct Cli {
     /// HTTP worker threads.
     #[arg(long, default_value_t = 2)]
     workers: usize,
+    /// Serve https with this PEM certificate chain (with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -65,6 +71,14 @@ async fn main() -> anyhow::Result<()> {
         ..SimConfig::default()
     };
     cfg.throttle.enabled = !cli.no_throttle;
+    if let (Some(c), Some(k)) = (&cli.tls_cert, &cli.tls_key) {
+        let read =
+            |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+        cfg.tls = Some(server::TlsPem {
+            cert_chain: read(c)?,
+            key: read(k)?,
+        });
+    }
     if let Some(p) = &cli.users {
         cfg.users = server::read_users(p).map_err(anyhow::Error::msg)?;
     }

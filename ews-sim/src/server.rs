@@ -187,6 +187,34 @@ pub struct SimConfig {
     pub workers: usize,
     /// How long one minute of a GetStreamingEvents ConnectionTimeout lasts (tests shorten it).
     pub minute: Duration,
+    /// Serve https with this certificate chain and key (PEM) instead of http.
+    pub tls: Option<TlsPem>,
+}
+
+/// A certificate chain and its private key, PEM.
+#[derive(Debug, Clone)]
+pub struct TlsPem {
+    /// Certificate chain, leaf first.
+    pub cert_chain: Vec<u8>,
+    /// Private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Vec<u8>,
+}
+
+fn tls_config(pem: &TlsPem) -> std::io::Result<rustls::ServerConfig> {
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, what.to_string());
+    let certs =
+        rustls_pemfile::certs(&mut pem.cert_chain.as_slice()).collect::<Result<Vec<_>, _>>()?;
+    if certs.is_empty() {
+        return Err(bad("no certificate in the TLS certificate file"));
+    }
+    let key = rustls_pemfile::private_key(&mut pem.key.as_slice())?
+        .ok_or_else(|| bad("no private key in the TLS key file"))?;
+    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(&e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| bad(&format!("TLS certificate and key do not fit: {e}")))
 }
 
 impl Default for SimConfig {
@@ -204,6 +232,7 @@ impl Default for SimConfig {
             subscription_expiry: Duration::from_secs(30 * 60),
             workers: 2,
             minute: Duration::from_secs(60),
+            tls: None,
         }
     }
 }
@@ -1648,18 +1677,23 @@ pub struct Running {
     pub addr: SocketAddr,
     /// Shared state (tests reach the store directly through it).
     pub sim: Arc<Sim>,
+    tls: bool,
     handle: actix_web::dev::ServerHandle,
 }
 
 impl Running {
-    /// `http://ADDR/EWS/Exchange.asmx`.
+    /// `http://ADDR/EWS/Exchange.asmx` (https with TLS).
     pub fn ews_url(&self) -> String {
-        format!("http://{}/EWS/Exchange.asmx", self.addr)
+        format!("{}/EWS/Exchange.asmx", self.base_url())
     }
 
-    /// `http://ADDR`.
+    /// `http://ADDR` (https with TLS).
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!(
+            "{}://{}",
+            if self.tls { "https" } else { "http" },
+            self.addr
+        )
     }
 
     /// Stops the server.
@@ -1684,8 +1718,11 @@ pub async fn start(cfg: SimConfig) -> std::io::Result<Running> {
     })
     .workers(cfg.workers.max(1))
     .keep_alive(Duration::from_secs(120))
-    .disable_signals()
-    .bind(cfg.listen)?;
+    .disable_signals();
+    let server = match &cfg.tls {
+        Some(pem) => server.bind_rustls_0_23(cfg.listen, tls_config(pem)?)?,
+        None => server.bind(cfg.listen)?,
+    };
     let addr = server.addrs()[0];
     let server = server.run();
     let handle = server.handle();
@@ -1704,5 +1741,10 @@ pub async fn start(cfg: SimConfig) -> std::io::Result<Running> {
             sweeper.store.subscriptions.expire_idle(expiry);
         }
     });
-    Ok(Running { addr, sim, handle })
+    Ok(Running {
+        addr,
+        sim,
+        tls: cfg.tls.is_some(),
+        handle,
+    })
 }

@@ -7,11 +7,12 @@
 //! `https://autodiscover.DOMAIN/…`, then an unauthenticated GET of
 //! `http://autodiscover.DOMAIN/autodiscover/autodiscover.xml` whose 302 is followed to an https
 //! URL — and the redirects both protocols answer with (another address, another URL) are
-//! followed up to [`MAX_REDIRECTS`]. Credentials only ever go to https endpoints, unless a test
-//! allows http explicitly. DNS SRV lookup (`_autodiscover._tcp.DOMAIN`) is not done: see
-//! [`Autodiscover::discover`].
+//! followed up to [`MAX_REDIRECTS`], and last the DNS SRV record `_autodiscover._tcp.DOMAIN`.
+//! Credentials only ever go to https endpoints, unless a test allows http explicitly.
 
-use std::time::Duration;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, LOCATION};
 use reqwest::StatusCode;
@@ -50,6 +51,99 @@ enum Step {
     RedirectUrl(url::Url),
 }
 
+/// One DNS SRV record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SrvRecord {
+    /// Lower is tried first.
+    pub priority: u16,
+    /// Among equal priorities, higher is tried first.
+    pub weight: u16,
+    /// TCP port.
+    pub port: u16,
+    /// Host name.
+    pub target: String,
+}
+
+/// Looks up SRV records (injectable so tests need no DNS).
+pub trait SrvResolver: Send + Sync {
+    /// The SRV records of `name`; empty when there are none or the lookup fails.
+    fn lookup<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Vec<SrvRecord>> + Send + 'a>>;
+}
+
+/// SRV lookups through the system's DNS configuration (hickory-resolver).
+#[derive(Debug, Default)]
+pub struct SystemSrv;
+
+impl SrvResolver for SystemSrv {
+    fn lookup<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Vec<SrvRecord>> + Send + 'a>> {
+        Box::pin(async move {
+            let Ok(resolver) = hickory_resolver::TokioAsyncResolver::tokio_from_system_conf()
+            else {
+                return Vec::new();
+            };
+            match resolver.srv_lookup(name).await {
+                Ok(found) => found
+                    .iter()
+                    .map(|r| SrvRecord {
+                        priority: r.priority(),
+                        weight: r.weight(),
+                        port: r.port(),
+                        target: r.target().to_utf8().trim_end_matches('.').to_string(),
+                    })
+                    .collect(),
+                Err(_) => Vec::new(),
+            }
+        })
+    }
+}
+
+/// The Autodiscover endpoints an SRV answer points to, best first (priority ascending,
+/// weight descending).
+pub fn srv_candidates(mut records: Vec<SrvRecord>) -> Vec<url::Url> {
+    records.sort_by(|a, b| a.priority.cmp(&b.priority).then(b.weight.cmp(&a.weight)));
+    records
+        .into_iter()
+        .filter(|r| !r.target.is_empty())
+        .filter_map(|r| {
+            url::Url::parse(&format!(
+                "https://{}:{}/autodiscover/autodiscover.xml",
+                r.target, r.port
+            ))
+            .ok()
+        })
+        .collect()
+}
+
+/// Settings of an [`Autodiscover`] client beyond its credentials.
+#[derive(Clone)]
+pub struct AutodiscoverOptions {
+    /// Let credentials go to http:// endpoints (tests against a local simulator only).
+    pub allow_http: bool,
+    /// Extra trusted CA certificates, PEM.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Host names pinned to addresses (the port comes from the URL).
+    pub resolve: Vec<(String, std::net::SocketAddr)>,
+    /// SRV lookups.
+    pub srv: Arc<dyn SrvResolver>,
+}
+
+impl Default for AutodiscoverOptions {
+    fn default() -> Self {
+        AutodiscoverOptions {
+            allow_http: false,
+            ca_pem: None,
+            resolve: Vec::new(),
+            srv: Arc::new(SystemSrv),
+        }
+    }
+}
+
 /// An Autodiscover client.
 #[derive(Clone)]
 pub struct Autodiscover {
@@ -57,6 +151,7 @@ pub struct Autodiscover {
     username: String,
     password: String,
     allow_http: bool,
+    srv: Arc<dyn SrvResolver>,
 }
 
 impl std::fmt::Debug for Autodiscover {
@@ -69,18 +164,36 @@ impl Autodiscover {
     /// A client authenticating with Basic credentials. `allow_http` lets credentials go to
     /// http:// endpoints (tests against a local simulator only).
     pub fn new(username: &str, password: &str, allow_http: bool) -> Result<Self, Error> {
+        Self::with_options(
+            username,
+            password,
+            AutodiscoverOptions {
+                allow_http,
+                ..AutodiscoverOptions::default()
+            },
+        )
+    }
+
+    /// A client with explicit options.
+    pub fn with_options(
+        username: &str,
+        password: &str,
+        options: AutodiscoverOptions,
+    ) -> Result<Self, Error> {
         // Redirects are never followed silently: each one is a decision (https only, counted).
-        let http = reqwest::Client::builder()
-            .use_rustls_tls()
-            .timeout(Duration::from_secs(30))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| Error::Request(format!("http client: {e}")))?;
+        let http = crate::client::build_http(
+            options.ca_pem.as_deref(),
+            &options.resolve,
+            Some(std::time::Duration::from_secs(30)),
+            false,
+            false,
+        )?;
         Ok(Autodiscover {
             http,
             username: username.to_string(),
             password: password.to_string(),
-            allow_http,
+            allow_http: options.allow_http,
+            srv: options.srv,
         })
     }
 
@@ -99,9 +212,8 @@ impl Autodiscover {
     }
 
     /// Finds the EWS URL of `email`: the standard candidates of its domain (or of `domain`
-    /// when given), then the unauthenticated http redirect of `autodiscover.DOMAIN`.
-    /// DNS SRV records are not consulted; installations that rely on them set `ews_url` or
-    /// `autodiscover_domain` instead.
+    /// when given), then the unauthenticated http redirect of `autodiscover.DOMAIN`, then the
+    /// endpoints of the SRV record `_autodiscover._tcp.DOMAIN`.
     pub async fn discover(&self, email: &str, domain: Option<&str>) -> Result<Discovered, Error> {
         let domain = match domain {
             Some(d) => d.to_string(),
@@ -116,7 +228,24 @@ impl Autodiscover {
         )) {
             candidates.push(u);
         }
-        self.discover_at(email, &candidates).await
+        let first = match self.discover_at(email, &candidates).await {
+            Ok(d) => return Ok(d),
+            Err(e @ Error::Unauthorized(_)) => return Err(e),
+            Err(e) => e,
+        };
+        let srv = srv_candidates(
+            self.srv
+                .lookup(&format!("_autodiscover._tcp.{domain}"))
+                .await,
+        );
+        if srv.is_empty() {
+            return Err(first);
+        }
+        match self.discover_at(email, &srv).await {
+            Err(Error::Unauthorized(m)) => Err(Error::Unauthorized(m)),
+            Err(e) => Err(Error::Transient(format!("{first}; then via DNS SRV: {e}"))),
+            found => found,
+        }
     }
 
     /// Tries `candidates` in order for `email`, following redirects. A candidate with an
@@ -495,6 +624,26 @@ fn parse_soap(body: &[u8], email: &str, endpoint: &url::Url) -> Result<Step, Err
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn srv_records_are_tried_by_priority_then_weight() {
+        let r = |priority, weight, target: &str| SrvRecord {
+            priority,
+            weight,
+            port: 443,
+            target: target.into(),
+        };
+        let got: Vec<String> = srv_candidates(vec![
+            r(10, 5, "c.example"),
+            r(0, 1, "b.example"),
+            r(0, 50, "a.example"),
+            r(0, 0, ""),
+        ])
+        .iter()
+        .map(|u| u.host_str().unwrap_or_default().to_string())
+        .collect();
+        assert_eq!(got, vec!["a.example", "b.example", "c.example"]);
+    }
 
     #[test]
     fn candidates_follow_the_documented_order() {

@@ -66,6 +66,9 @@ pub struct ClientConfig {
     pub allow_http: bool,
     /// TimeZoneContext sent with every request.
     pub time_zone: Option<String>,
+    /// Host names pinned to addresses, like curl's --resolve (split DNS, tests); the port
+    /// always comes from the URL.
+    pub resolve: Vec<(String, std::net::SocketAddr)>,
 }
 
 impl ClientConfig {
@@ -79,6 +82,7 @@ impl ClientConfig {
             ca_pem: None,
             allow_http: false,
             time_zone: Some("UTC".to_string()),
+            resolve: Vec::new(),
         }
     }
 }
@@ -398,6 +402,18 @@ fn http_client(
     timeout: Option<Duration>,
     single: bool,
 ) -> Result<reqwest::Client, Error> {
+    build_http(cfg.ca_pem.as_deref(), &cfg.resolve, timeout, single, true)
+}
+
+/// A reqwest client: rustls, an extra CA, pinned host names, timeouts; `single` keeps one
+/// connection (NTLM); `redirects` false hands every redirect to the caller (Autodiscover).
+pub(crate) fn build_http(
+    ca_pem: Option<&[u8]>,
+    resolve: &[(String, std::net::SocketAddr)],
+    timeout: Option<Duration>,
+    single: bool,
+    redirects: bool,
+) -> Result<reqwest::Client, Error> {
     let mut b = reqwest::Client::builder()
         .use_rustls_tls()
         .pool_max_idle_per_host(if single { 1 } else { 32 })
@@ -409,12 +425,23 @@ fn http_client(
     if let Some(t) = timeout {
         b = b.timeout(t);
     }
-    if let Some(pem) = &cfg.ca_pem {
-        for cert in reqwest::Certificate::from_pem_bundle(pem)
-            .map_err(|e| Error::Request(format!("custom CA: {e}")))?
-        {
+    if let Some(pem) = ca_pem {
+        let certs = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| Error::Request(format!("custom CA: {e}")))?;
+        if certs.is_empty() {
+            return Err(Error::Request(
+                "custom CA: no certificate in the PEM data".into(),
+            ));
+        }
+        for cert in certs {
             b = b.add_root_certificate(cert);
         }
+    }
+    for (host, addr) in resolve {
+        b = b.resolve(host, *addr);
+    }
+    if !redirects {
+        b = b.redirect(reqwest::redirect::Policy::none());
     }
     b.build()
         .map_err(|e| Error::Request(format!("http client: {e}")))
