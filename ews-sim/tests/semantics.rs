@@ -940,3 +940,187 @@ fn users_files_in_json_and_toml() {
         .unwrap_err()
         .contains("pasword"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profiles_online_and_exchange2010() {
+    use ews_sim::server::Profile;
+    let t = T::with(SimConfig {
+        mailboxes: 1,
+        profile: Profile::Online,
+        ..SimConfig::default()
+    })
+    .await;
+    let get = r#"<m:GetFolder><m:FolderShape><t:BaseShape>IdOnly</t:BaseShape></m:FolderShape><m:FolderIds><t:DistinguishedFolderId Id="inbox"/></m:FolderIds></m:GetFolder>"#;
+    // Exchange Online refuses Basic; an app-only token works, with impersonation.
+    let (s, _) = t
+        .call_as(("user1@example.com", "password"), None, get)
+        .await;
+    assert_eq!(s, 401);
+    let token: serde_json::Value = t
+        .http
+        .post(format!("{}/sim/oauth2/token", t.sim.base_url()))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "mailsync-app"),
+            ("client_secret", "app-secret"),
+            ("scope", "https://outlook.office365.com/.default"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let env = format!(
+        r#"<s:Envelope {NS}><s:Header><t:RequestServerVersion Version="Exchange2016"/><t:ExchangeImpersonation><t:ConnectingSID><t:PrimarySmtpAddress>user1@example.com</t:PrimarySmtpAddress></t:ConnectingSID></t:ExchangeImpersonation></s:Header><s:Body>{get}</s:Body></s:Envelope>"#
+    );
+    let r = t
+        .http
+        .post(t.sim.ews_url())
+        .bearer_auth(token["access_token"].as_str().unwrap())
+        .body(env)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains(r#"MajorVersion="15" MinorVersion="20""#),
+        "{text}"
+    );
+    t.sim.stop().await;
+
+    let t = T::with(SimConfig {
+        mailboxes: 1,
+        profile: Profile::Exchange2010,
+        ..SimConfig::default()
+    })
+    .await;
+    let r = t.http.post(t.sim.ews_url()).basic_auth("user1@example.com", Some("password")).body(format!(r#"<s:Envelope {NS}><s:Header><t:RequestServerVersion Version="Exchange2010_SP2"/></s:Header><s:Body>{get}</s:Body></s:Envelope>"#)).send().await.unwrap();
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains(r#"Version="Exchange2010_SP2""#));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_api_folders_and_fault_variants() {
+    let t = T::new().await;
+    let base = t.sim.base_url();
+    t.control(
+        reqwest::Method::POST,
+        "/sim/mailboxes/user1@example.com/folders",
+        json!({"parent": "inbox", "name": "Projekte"}),
+    )
+    .await;
+    t.control(
+        reqwest::Method::POST,
+        "/sim/mailboxes/user1@example.com/folders",
+        json!({"parent": "inbox/Projekte", "name": "Alt"}),
+    )
+    .await;
+    t.control(
+        reqwest::Method::PATCH,
+        "/sim/mailboxes/user1@example.com/folders/inbox|Projekte|Alt",
+        json!({"name": "Archiv", "parent": "inbox"}),
+    )
+    .await;
+    let id = t
+        .create(
+            "user1@example.com",
+            "inbox/Archiv",
+            "Message",
+            "moved folder",
+        )
+        .await;
+    assert!(!id.is_empty());
+    let h = r#"<m:SyncFolderHierarchy><m:FolderShape><t:BaseShape>AllProperties</t:BaseShape></m:FolderShape><m:SyncFolderId><t:DistinguishedFolderId Id="inbox"/></m:SyncFolderId></m:SyncFolderHierarchy>"#;
+    let env = t.call(h).await;
+    let names: Vec<String> = messages(&env)[0]
+        .get("Changes")
+        .unwrap()
+        .children
+        .iter()
+        .filter_map(|c| c.children[0].text_of("DisplayName").map(str::to_string))
+        .collect();
+    assert_eq!(names, vec!["Projekte", "Archiv"]);
+    let del = t
+        .http
+        .delete(format!(
+            "{base}/sim/mailboxes/user1@example.com/folders/inbox|Projekte"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), 204);
+    let missing = t
+        .http
+        .delete(format!(
+            "{base}/sim/mailboxes/user1@example.com/folders/inbox|Projekte"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let refused = t
+        .http
+        .delete(format!(
+            "{base}/sim/mailboxes/user1@example.com/folders/inbox"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        refused.status(),
+        400,
+        "distinguished folders cannot be deleted"
+    );
+
+    let get = r#"<m:GetFolder><m:FolderShape><t:BaseShape>IdOnly</t:BaseShape></m:FolderShape><m:FolderIds><t:DistinguishedFolderId Id="inbox"/></m:FolderIds></m:GetFolder>"#;
+    // A malformed answer, then a rate of 0 that never fires and a rate of 1 that always does.
+    t.control(
+        reqwest::Method::POST,
+        "/sim/faults",
+        json!({"operation": "GetFolder", "malformed": true, "count": 1}),
+    )
+    .await;
+    let r = t
+        .http
+        .post(t.sim.ews_url())
+        .basic_auth("user1", Some("password"))
+        .body(format!(
+            r#"<s:Envelope {NS}><s:Body>{get}</s:Body></s:Envelope>"#
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(parse(&r.bytes().await.unwrap()).is_err(), "not XML");
+    t.control(
+        reqwest::Method::POST,
+        "/sim/faults",
+        json!({"operation": "GetFolder", "error_code": "ErrorInternalServerError", "rate": 0.0}),
+    )
+    .await;
+    for _ in 0..20 {
+        assert_eq!(t.call_as(("user1", "password"), None, get).await.0, 200);
+    }
+    t.http
+        .delete(format!("{base}/sim/faults"))
+        .send()
+        .await
+        .unwrap();
+    t.control(reqwest::Method::POST, "/sim/faults", json!({"operation": "GetFolder", "mailbox": "user1@example.com", "error_code": "ErrorInternalServerError", "rate": 1.0})).await;
+    for _ in 0..5 {
+        assert_eq!(
+            fault_code(&t.call_as(("user1", "password"), None, get).await.1),
+            "ErrorInternalServerError"
+        );
+    }
+    assert_eq!(
+        t.call_as(("user2", "password"), None, get).await.0,
+        200,
+        "another mailbox is not affected"
+    );
+}
