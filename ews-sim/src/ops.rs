@@ -386,6 +386,24 @@ fn item_key(m: &Mailbox, n: &Node) -> Result<(u64, Option<u64>), &'static str> {
     }
 }
 
+/// A success message carrying only the folder's (new) id: CreateFolder, UpdateFolder, MoveFolder.
+fn folder_id_ok(op: &str, m: &Mailbox, key: u64) -> String {
+    let el = &m.folders[&key].element;
+    let mut s = format!("<m:Folders><t:{el}>");
+    write_id(&mut s, "FolderId", &m.folder_id(key));
+    s.push_str(&format!("</t:{el}></m:Folders>"));
+    ok(op, &s)
+}
+
+/// A success message carrying only the item's (new) id, plus `extra` elements.
+fn item_id_ok(op: &str, m: &Mailbox, key: u64, extra: &str) -> String {
+    let it = &m.items[&key];
+    let mut s = format!("<m:Items><t:{}>", it.kind);
+    write_id(&mut s, "ItemId", &m.item_id(it));
+    s.push_str(&format!("</t:{}></m:Items>{extra}", it.kind));
+    ok(op, &s)
+}
+
 fn get_folder(ctx: &Ctx<'_>, body: &Node) -> Result<Vec<String>, Fault> {
     let sh = Shape::parse(body.get("FolderShape"));
     let ids = body
@@ -484,13 +502,7 @@ fn create_folder(ctx: &Ctx<'_>, body: &Node) -> Result<Vec<String>, Fault> {
                     return err("CreateFolder", "ErrorInvalidPropertySet", "<m:Folders/>");
                 }
                 match m.create_folder(parent, name, &class) {
-                    Ok(k) => {
-                        let el = m.folders[&k].element.clone();
-                        let mut s = format!("<m:Folders><t:{el}>");
-                        write_id(&mut s, "FolderId", &m.folder_id(k));
-                        s.push_str(&format!("</t:{el}></m:Folders>"));
-                        ok("CreateFolder", &s)
-                    }
+                    Ok(k) => folder_id_ok("CreateFolder", m, k),
                     Err(code) => err("CreateFolder", code, "<m:Folders/>"),
                 }
             })
@@ -530,13 +542,7 @@ fn update_folder(ctx: &Ctx<'_>, body: &Node) -> Result<Vec<String>, Fault> {
                     }
                 }
                 match m.update_folder(key, name.as_deref(), None) {
-                    Ok(()) => {
-                        let el = m.folders[&key].element.clone();
-                        let mut s = format!("<m:Folders><t:{el}>");
-                        write_id(&mut s, "FolderId", &m.folder_id(key));
-                        s.push_str(&format!("</t:{el}></m:Folders>"));
-                        ok("UpdateFolder", &s)
-                    }
+                    Ok(()) => folder_id_ok("UpdateFolder", m, key),
                     Err(code) => err("UpdateFolder", code, "<m:Folders/>"),
                 }
             })
@@ -577,13 +583,7 @@ fn move_folder(ctx: &Ctx<'_>, body: &Node) -> Result<Vec<String>, Fault> {
                         .and_then(|k| m.update_folder(k, None, Some(to)).map(|_| k))
                 });
                 match r {
-                    Ok(k) => {
-                        let el = m.folders[&k].element.clone();
-                        let mut s = format!("<m:Folders><t:{el}>");
-                        write_id(&mut s, "FolderId", &m.folder_id(k));
-                        s.push_str(&format!("</t:{el}></m:Folders>"));
-                        ok("MoveFolder", &s)
-                    }
+                    Ok(k) => folder_id_ok("MoveFolder", m, k),
                     Err(code) => err("MoveFolder", code, "<m:Folders/>"),
                 }
             })
@@ -991,26 +991,7 @@ fn create_item(ctx: &Ctx<'_>, body: &Node) -> Result<Vec<String>, Fault> {
                     .map(Some)
             });
             match result {
-                Ok(Some(k)) => {
-                    let mut s = format!(
-                        "<m:Items><t:{}>",
-                        if it.name.starts_with("Meeting") {
-                            "Message"
-                        } else {
-                            &it.name
-                        }
-                    );
-                    write_id(&mut s, "ItemId", &m.item_id(&m.items[&k]));
-                    s.push_str(&format!(
-                        "</t:{}></m:Items>",
-                        if it.name.starts_with("Meeting") {
-                            "Message"
-                        } else {
-                            &it.name
-                        }
-                    ));
-                    out.push(ok("CreateItem", &s));
-                }
+                Ok(Some(k)) => out.push(item_id_ok("CreateItem", m, k, "")),
                 Ok(None) => out.push(ok("CreateItem", "<m:Items/>")),
                 Err(code) => {
                     out.push(err("CreateItem", code, "<m:Items/>"));
@@ -1092,12 +1073,28 @@ fn update_item(ctx: &Ctx<'_>, body: &Node) -> Result<Vec<String>, Fault> {
                 let (key, seen_version) = item_key(m, id)?;
                 let mut set = Vec::new();
                 let mut delete = Vec::new();
-                for u in c.get("Updates").map(|u| u.children.as_slice()).unwrap_or_default() {
-                    let path = u.children.iter().find_map(PropPath::from_node).ok_or("ErrorInvalidPropertyRequest")?;
+                for u in c
+                    .get("Updates")
+                    .map(|u| u.children.as_slice())
+                    .unwrap_or_default()
+                {
+                    let path = u
+                        .children
+                        .iter()
+                        .find_map(PropPath::from_node)
+                        .ok_or("ErrorInvalidPropertyRequest")?;
                     match u.name.as_ref() {
                         "SetItemField" | "AppendToItemField" => {
-                            let wrapper = u.children.iter().find(|n| PropPath::from_node(n).is_none()).ok_or("ErrorInvalidPropertySet")?;
-                            let value = wrapper.children.first().ok_or("ErrorInvalidPropertySet")?.clone();
+                            let wrapper = u
+                                .children
+                                .iter()
+                                .find(|n| PropPath::from_node(n).is_none())
+                                .ok_or("ErrorInvalidPropertySet")?;
+                            let value = wrapper
+                                .children
+                                .first()
+                                .ok_or("ErrorInvalidPropertySet")?
+                                .clone();
                             set.push((path, value));
                         }
                         "DeleteItemField" => delete.push(path),
@@ -1105,37 +1102,54 @@ fn update_item(ctx: &Ctx<'_>, body: &Node) -> Result<Vec<String>, Fault> {
                     }
                 }
                 let it = &m.items[&key];
-                validate_item(&it.kind, &set.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>())?;
+                validate_item(
+                    &it.kind,
+                    &set.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>(),
+                )?;
                 if let Some(seen) = seen_version {
                     if seen < it.version {
                         let touched = |p: &PropPath| -> u64 {
                             match p {
                                 PropPath::Field(f) => it.props.get(f).map_or(0, |x| x.version),
-                                PropPath::Indexed { container, .. } => it.props.get(container).map_or(0, |x| x.version),
-                                PropPath::Extended(s, n) => it.ext.get(&(s.clone(), n.clone())).map_or(0, |x| x.version),
+                                PropPath::Indexed { container, .. } => {
+                                    it.props.get(container).map_or(0, |x| x.version)
+                                }
+                                PropPath::Extended(s, n) => {
+                                    it.ext.get(&(s.clone(), n.clone())).map_or(0, |x| x.version)
+                                }
                             }
                         };
                         let conflict = match resolution.as_str() {
                             "NeverOverwrite" => true,
                             "AlwaysOverwrite" => false,
                             // AutoResolve: only a property changed since the client's version conflicts.
-                            _ => set.iter().map(|(p, _)| p).chain(delete.iter()).any(|p| touched(p) > seen),
+                            _ => set
+                                .iter()
+                                .map(|(p, _)| p)
+                                .chain(delete.iter())
+                                .any(|p| touched(p) > seen),
                         };
                         if conflict {
                             return Err("ErrorIrresolvableConflict");
                         }
                     }
                 }
-                m.update_item(key, set.into_iter().map(|(_, v)| v).collect(), delete, ctx.now)?;
+                m.update_item(
+                    key,
+                    set.into_iter().map(|(_, v)| v).collect(),
+                    delete,
+                    ctx.now,
+                )?;
                 Ok(key)
             })();
             match result {
                 Ok(k) => {
-                    let it = &m.items[&k];
-                    let mut s = format!("<m:Items><t:{}>", it.kind);
-                    write_id(&mut s, "ItemId", &m.item_id(it));
-                    s.push_str(&format!("</t:{}></m:Items><m:ConflictResults><t:Count>0</t:Count></m:ConflictResults>", it.kind));
-                    out.push(ok("UpdateItem", &s));
+                    out.push(item_id_ok(
+                        "UpdateItem",
+                        m,
+                        k,
+                        "<m:ConflictResults><t:Count>0</t:Count></m:ConflictResults>",
+                    ));
                 }
                 Err(code) => {
                     out.push(err("UpdateItem", code, "<m:Items/>"));
@@ -1195,13 +1209,7 @@ fn move_or_copy_item(ctx: &Ctx<'_>, body: &Node, copy: bool) -> Result<Vec<Strin
                     }
                 });
                 match r {
-                    Ok(k) => {
-                        let it = &m.items[&k];
-                        let mut s = format!("<m:Items><t:{}>", it.kind);
-                        write_id(&mut s, "ItemId", &m.item_id(it));
-                        s.push_str(&format!("</t:{}></m:Items>", it.kind));
-                        ok(op, &s)
-                    }
+                    Ok(k) => item_id_ok(op, m, k, ""),
                     Err(code) => err(op, code, "<m:Items/>"),
                 }
             })
