@@ -6,6 +6,7 @@
 //! `mailsync-actors` with the `ews` client and sqlx. Layout and invariants: docs/ARCHITECTURE.md.
 
 pub mod config;
+pub mod db;
 pub mod environment;
 pub mod logging;
 pub mod secret;

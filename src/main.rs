@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use mailsync::config::{self, LogFormat};
+use mailsync::db::{Db, MigrationSet};
 use mailsync::environment::ProcessEnv;
 use mailsync::{logging, summary};
 
@@ -28,6 +29,13 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Apply the database migrations: the reference schema to the business database and the
+    /// state store's tables (idempotent; says what it did).
+    Migrate {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -43,7 +51,64 @@ fn main() -> ExitCode {
     logging::init(format, "info");
     match cli.command {
         Command::CheckConfig { config: path } => check_config(&path),
+        Command::Migrate { config: path } => migrate(&path),
     }
+}
+
+fn migrate(path: &std::path::Path) -> ExitCode {
+    let cfg = match config::load(path, &ProcessEnv) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(database) = cfg.database.clone() else {
+        eprintln!(
+            "{}: database.url is required to migrate the business database",
+            path.display()
+        );
+        return ExitCode::from(2);
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let steps = [
+        ("business database", database, MigrationSet::Crm),
+        ("state store", cfg.state.clone(), MigrationSet::State),
+    ];
+    runtime.block_on(async {
+        for (what, db_cfg, set) in steps {
+            let url = mailsync::secret::mask_url(db_cfg.url.expose());
+            let result = async {
+                let db = Db::connect(db_cfg.url.expose(), 2).await?;
+                let report = db.migrate(set).await;
+                db.close().await;
+                report
+            }
+            .await;
+            match result {
+                Ok(r) if r.applied.is_empty() => println!(
+                    "{what} {url}: up to date ({} migration{} applied before)",
+                    r.already,
+                    if r.already == 1 { "" } else { "s" }
+                ),
+                Ok(r) => println!("{what} {url}: applied {}", r.applied.join(", ")),
+                Err(e) => {
+                    eprintln!("error: {what} {url}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        ExitCode::SUCCESS
+    })
 }
 
 fn check_config(path: &std::path::Path) -> ExitCode {

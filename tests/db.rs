@@ -1,0 +1,457 @@
+//! The SQL side against real databases: PostgreSQL on 127.0.0.1:5432 (a fresh database per
+//! test; under CI=true a missing server fails) and SQLite files.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use mailsync::db::changes::{ChangeOp, ChangeSignal, Cursor};
+use mailsync::db::{Db, MigrationSet};
+use sqlx::Connection;
+
+const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// A database that is dropped (PostgreSQL) or deleted (SQLite) at the end of the test.
+struct TestDb {
+    db: Db,
+    pg_name: Option<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    async fn drop_db(self) {
+        self.db.close().await;
+        if let Some(name) = self.pg_name {
+            if let Ok(mut admin) = sqlx::PgConnection::connect(PG_ADMIN).await {
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut admin)
+                    .await;
+            }
+        }
+    }
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A change as compared in the tests: table, row, op, owner, tenant.
+type Seen<'a> = (&'a str, i64, ChangeOp, Option<i64>, Option<i64>);
+
+async fn postgres() -> Option<TestDb> {
+    let mut admin = match sqlx::PgConnection::connect(PG_ADMIN).await {
+        Ok(c) => c,
+        Err(e) => {
+            mailsync_testkit::require::missing(&format!("PostgreSQL at 127.0.0.1:5432 ({e})"));
+            return None;
+        }
+    };
+    let name = format!(
+        "mailsync_test_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let db = Db::connect(&format!("postgres://postgres@127.0.0.1:5432/{name}"), 5)
+        .await
+        .unwrap();
+    Some(TestDb {
+        db,
+        pg_name: Some(name),
+        _dir: None,
+    })
+}
+
+async fn sqlite() -> TestDb {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("crm.db").display());
+    TestDb {
+        db: Db::connect(&url, 5).await.unwrap(),
+        pg_name: None,
+        _dir: Some(dir),
+    }
+}
+
+/// Both backends (PostgreSQL only when available), migrated.
+async fn backends() -> Vec<TestDb> {
+    let mut out = vec![sqlite().await];
+    if let Some(pg) = postgres().await {
+        out.push(pg);
+    }
+    for t in &out {
+        t.db.migrate(MigrationSet::Crm).await.unwrap();
+        t.db.migrate(MigrationSet::State).await.unwrap();
+    }
+    out
+}
+
+async fn exec(db: &Db, sql: &str) {
+    match db {
+        Db::Postgres(p) => sqlx::query(sql).execute(p).await.map(|_| ()),
+        Db::Sqlite(p) => sqlx::query(sql).execute(p).await.map(|_| ()),
+    }
+    .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+async fn scalar(db: &Db, sql: &str) -> i64 {
+    match db {
+        Db::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await,
+        Db::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await,
+    }
+    .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+async fn seed(db: &Db) {
+    exec(
+        db,
+        "INSERT INTO crm_tenants (id, name) VALUES (10, 'Musterfirma')",
+    )
+    .await;
+    exec(db, "INSERT INTO crm_operators (id, tenant_id, personnel_no, display_name, email) VALUES (1, 10, '1001', 'Anna', 'anna@example.com')").await;
+}
+
+#[tokio::test]
+async fn migrations_from_empty_then_rerun_and_sharing_one_database() {
+    for kind in ["sqlite", "postgres"] {
+        let t = if kind == "sqlite" {
+            sqlite().await
+        } else {
+            match postgres().await {
+                Some(t) => t,
+                None => continue,
+            }
+        };
+        let crm = t.db.migrate(MigrationSet::Crm).await.unwrap();
+        assert_eq!(
+            (crm.applied, crm.already),
+            (vec!["1001 reference schema".to_string()], 0),
+            "{kind}"
+        );
+        // The state store in the same database: its own versions, no clash.
+        let state = t.db.migrate(MigrationSet::State).await.unwrap();
+        assert_eq!(
+            state.applied,
+            vec!["2001 state store".to_string()],
+            "{kind}"
+        );
+        for set in [MigrationSet::Crm, MigrationSet::State] {
+            let again = t.db.migrate(set).await.unwrap();
+            assert!(
+                again.applied.is_empty() && again.already == 1,
+                "{kind}: {again:?}"
+            );
+        }
+        assert_eq!(scalar(&t.db, "SELECT COUNT(*) FROM crm_changes").await, 0);
+        t.drop_db().await;
+    }
+}
+
+#[tokio::test]
+async fn triggers_capture_every_change_and_bump_versions() {
+    for t in backends().await {
+        let db = &t.db;
+        seed(db).await;
+        exec(db, "INSERT INTO crm_contacts (id, tenant_id, owner_id, surname) VALUES (5, 10, 1, 'Schmidt')").await;
+        exec(db, "INSERT INTO crm_contacts (id, tenant_id, owner_id, surname) VALUES (6, 10, NULL, 'Shared')").await;
+        assert_eq!(
+            scalar(db, "SELECT version FROM crm_contacts WHERE id = 5").await,
+            1
+        );
+        exec(
+            db,
+            "UPDATE crm_contacts SET surname = 'Schmitt' WHERE id = 5",
+        )
+        .await;
+        exec(db, "UPDATE crm_contacts SET city = 'Berlin' WHERE id = 5").await;
+        assert_eq!(
+            scalar(db, "SELECT version FROM crm_contacts WHERE id = 5").await,
+            3,
+            "{:?}",
+            db.kind()
+        );
+        exec(db, "DELETE FROM crm_contacts WHERE id = 5").await;
+        let changes = db.changes_after(Cursor::default(), 100).await.unwrap();
+        let got: Vec<Seen> = changes
+            .iter()
+            .map(|c| (c.table.as_str(), c.row_id, c.op, c.owner_id, c.tenant_id))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("crm_operators", 1, ChangeOp::Insert, None, Some(10)),
+                ("crm_contacts", 5, ChangeOp::Insert, Some(1), Some(10)),
+                ("crm_contacts", 6, ChangeOp::Insert, None, Some(10)),
+                ("crm_contacts", 5, ChangeOp::Update, Some(1), Some(10)),
+                ("crm_contacts", 5, ChangeOp::Update, Some(1), Some(10)),
+                ("crm_contacts", 5, ChangeOp::Delete, Some(1), Some(10)),
+            ],
+            "{:?}",
+            db.kind()
+        );
+        // Every synced table is captured, mail and outbox included.
+        exec(db, "INSERT INTO crm_appointments (tenant_id, owner_id, subject, starts_at, ends_at) VALUES (10, 1, 'a', '2026-01-05T08:00:00Z', '2026-01-05T09:00:00Z')").await;
+        exec(
+            db,
+            "INSERT INTO crm_tasks (tenant_id, owner_id, subject) VALUES (10, 1, 't')",
+        )
+        .await;
+        exec(db, "INSERT INTO crm_mail_folders (id, owner_id, name, role) VALUES (1, 1, 'Posteingang', 'inbox')").await;
+        exec(
+            db,
+            "INSERT INTO crm_mails (owner_id, folder_id, subject) VALUES (1, 1, 'm')",
+        )
+        .await;
+        exec(db, "INSERT INTO crm_outbox (owner_id, sender, recipients, mime) VALUES (1, 'anna@example.com', 'b@example.com', 'x')").await;
+        let tables: Vec<String> = db
+            .changes_after(changes.last().unwrap().cursor, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| c.table)
+            .collect();
+        assert_eq!(
+            tables,
+            vec![
+                "crm_appointments",
+                "crm_tasks",
+                "crm_mail_folders",
+                "crm_mails",
+                "crm_outbox"
+            ]
+        );
+        t.drop_db().await;
+    }
+}
+
+#[tokio::test]
+async fn the_cursor_advances_only_forward_and_replays_after_a_crash() {
+    for t in backends().await {
+        let db = &t.db;
+        seed(db).await;
+        for i in 0..5 {
+            exec(db, &format!("INSERT INTO crm_tasks (tenant_id, owner_id, subject) VALUES (10, 1, 'task {i}')")).await;
+        }
+        // Batches of 2, the cursor advanced after each batch is "applied".
+        let mut seen = Vec::new();
+        loop {
+            let cur = db.cursor("crm").await.unwrap();
+            let batch = db.changes_after(cur, 2).await.unwrap();
+            let Some(last) = batch.last() else { break };
+            seen.extend(batch.iter().map(|c| c.row_id));
+            db.advance_cursor("crm", last.cursor).await.unwrap();
+        }
+        assert_eq!(
+            seen,
+            vec![1, 1, 2, 3, 4, 5],
+            "{:?}: the operator, then five tasks",
+            db.kind()
+        );
+        let end = db.cursor("crm").await.unwrap();
+        // A late, smaller advance (a replayed batch) does not move the cursor back.
+        db.advance_cursor("crm", Cursor { txid: 0, seq: 1 })
+            .await
+            .unwrap();
+        assert_eq!(db.cursor("crm").await.unwrap(), end);
+
+        // A crash between reading and applying: the cursor did not move, the change comes again.
+        exec(db, "UPDATE crm_tasks SET subject = 'changed' WHERE id = 3").await;
+        let first = db
+            .changes_after(db.cursor("crm").await.unwrap(), 10)
+            .await
+            .unwrap();
+        assert_eq!(first.len(), 1);
+        let after_restart = db
+            .changes_after(db.cursor("crm").await.unwrap(), 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            after_restart, first,
+            "at least once: nothing is lost when the process dies before applying"
+        );
+        t.drop_db().await;
+    }
+}
+
+#[tokio::test]
+async fn concurrent_writers_never_slip_behind_the_cursor() {
+    let Some(t) = postgres().await else { return };
+    t.db.migrate(MigrationSet::Crm).await.unwrap();
+    let Db::Postgres(pool) = &t.db else {
+        unreachable!()
+    };
+    seed(&t.db).await;
+    let start =
+        t.db.changes_after(Cursor::default(), 100)
+            .await
+            .unwrap()
+            .last()
+            .unwrap()
+            .cursor;
+
+    // B takes its transaction id first; A then takes a sequence number first; B commits while
+    // A is still open. A cursor on seq alone would move past A's change for good.
+    let mut b = pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO crm_tenants (id, name) VALUES (20, 'xid for B')")
+        .execute(&mut *b)
+        .await
+        .unwrap();
+    let mut a = pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO crm_tasks (tenant_id, owner_id, subject) VALUES (10, 1, 'A')")
+        .execute(&mut *a)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO crm_tasks (tenant_id, owner_id, subject) VALUES (10, 1, 'B')")
+        .execute(&mut *b)
+        .await
+        .unwrap();
+    b.commit().await.unwrap();
+
+    let first = t.db.changes_after(start, 100).await.unwrap();
+    assert_eq!(
+        first.len(),
+        1,
+        "only B's change is safe to hand out while A is open"
+    );
+    assert!(
+        first[0].cursor.seq > start.seq + 1,
+        "A holds the lower sequence number: the case a seq cursor loses"
+    );
+    let mut cursor = first[0].cursor;
+    a.commit().await.unwrap();
+    let second = t.db.changes_after(cursor, 100).await.unwrap();
+    cursor = second.last().map_or(cursor, |c| c.cursor);
+    let mut delivered: Vec<i64> = first.iter().chain(&second).map(|c| c.cursor.seq).collect();
+    delivered.sort();
+    let all: Vec<i64> =
+        t.db.changes_after(start, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| c.cursor.seq)
+            .collect();
+    let mut all_sorted = all.clone();
+    all_sorted.sort();
+    assert_eq!(delivered, all_sorted, "every change delivered exactly once");
+    assert_eq!(all.len(), 2);
+
+    // While a writer is open, nothing after its changes is handed out yet.
+    let mut open = pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO crm_tasks (tenant_id, owner_id, subject) VALUES (10, 1, 'open')")
+        .execute(&mut *open)
+        .await
+        .unwrap();
+    exec(
+        &t.db,
+        "INSERT INTO crm_tasks (tenant_id, owner_id, subject) VALUES (10, 1, 'later')",
+    )
+    .await;
+    assert!(t.db.changes_after(cursor, 100).await.unwrap().is_empty());
+    open.commit().await.unwrap();
+    let subjects = t.db.changes_after(cursor, 100).await.unwrap();
+    assert_eq!(subjects.len(), 2, "both, in commit-safe order");
+    t.drop_db().await;
+}
+
+#[tokio::test]
+async fn postgres_notifies_listeners() {
+    let Some(t) = postgres().await else { return };
+    t.db.migrate(MigrationSet::Crm).await.unwrap();
+    let mut signal = ChangeSignal::new(&t.db, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert!(!signal.wait(Duration::from_millis(50)).await, "nothing yet");
+    seed(&t.db).await;
+    assert!(
+        signal.wait(Duration::from_secs(10)).await,
+        "the insert notified"
+    );
+    t.drop_db().await;
+}
+
+#[tokio::test]
+async fn state_store_forbids_duplicate_mappings() {
+    for t in backends().await {
+        let db = &t.db;
+        exec(db, "INSERT INTO ms_item_map (mailbox, crm_table, crm_id, ews_item_id) VALUES ('a@example.com', 'crm_contacts', 1, 'AAMk1')").await;
+        let dup_crm = "INSERT INTO ms_item_map (mailbox, crm_table, crm_id, ews_item_id) VALUES ('a@example.com', 'crm_contacts', 1, 'AAMk2')";
+        let dup_ews = "INSERT INTO ms_item_map (mailbox, crm_table, crm_id, ews_item_id) VALUES ('a@example.com', 'crm_contacts', 2, 'AAMk1')";
+        for sql in [dup_crm, dup_ews] {
+            let r = match db {
+                Db::Postgres(p) => sqlx::query(sql).execute(p).await.map(|_| ()),
+                Db::Sqlite(p) => sqlx::query(sql).execute(p).await.map(|_| ()),
+            };
+            let err = r.expect_err("a duplicate mapping must be refused");
+            assert!(
+                err.as_database_error()
+                    .is_some_and(|e| e.is_unique_violation()),
+                "{err}"
+            );
+        }
+        // Another mailbox may map the same CRM row (a shared contact in every tenant mailbox).
+        exec(db, "INSERT INTO ms_item_map (mailbox, crm_table, crm_id, ews_item_id) VALUES ('b@example.com', 'crm_contacts', 1, 'AAMk1')").await;
+        t.drop_db().await;
+    }
+}
+
+#[test]
+fn migrate_command_applies_then_reports_up_to_date() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("m.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[database]\nurl = \"sqlite:{0}/crm.db\"\n[state]\nurl = \"sqlite:{0}/state.db\"\n[[servers]]\nname = \"s\"\news_url = \"https://x.example.com/EWS/Exchange.asmx\"\nauth = \"basic\"\nservice_account = {{ username = \"svc\", password = \"pw\" }}\n[[mailboxes]]\nsmtp = \"a@example.com\"\noperator = \"1\"\nserver = \"s\"\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let run = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_mailsync"))
+            .args(["migrate", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    let out = String::from_utf8_lossy(&first.stdout);
+    assert!(
+        first.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(
+        out.contains("business database sqlite:") && out.contains("applied 1001 reference schema"),
+        "{out}"
+    );
+    assert!(
+        out.contains("state store sqlite:") && out.contains("applied 2001 state store"),
+        "{out}"
+    );
+    let second = run();
+    let out = String::from_utf8_lossy(&second.stdout);
+    assert_eq!(
+        out.matches("up to date (1 migration applied before)")
+            .count(),
+        2,
+        "{out}"
+    );
+
+    // An unreachable database is a clear error naming it (password-free URL shown as given).
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(&cfg).unwrap().replacen(
+            "sqlite:",
+            "postgres://nobody@127.0.0.1:1/",
+            1,
+        ),
+    )
+    .unwrap();
+    let failed = run();
+    assert_eq!(failed.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&failed.stderr)
+            .contains("cannot connect to postgres://nobody@127.0.0.1:1/"),
+        "{}",
+        String::from_utf8_lossy(&failed.stderr)
+    );
+}
