@@ -455,3 +455,139 @@ fn migrate_command_applies_then_reports_up_to_date() {
         String::from_utf8_lossy(&failed.stderr)
     );
 }
+
+#[tokio::test]
+async fn state_store_round_trips() {
+    use mailsync::db::state::{Conflict, Failure, FolderState, ItemMapping, Winner};
+    for t in backends().await {
+        let db = &t.db;
+        let kind = db.kind();
+        // Folder states: nothing stored means "from scratch".
+        assert_eq!(
+            db.folder_state("a@example.com", "contacts").await.unwrap(),
+            FolderState::default()
+        );
+        let st = FolderState {
+            ews_folder_id: Some("AAMkF=".into()),
+            sync_state: Some("H4sI".into()),
+        };
+        db.set_folder_state("a@example.com", "contacts", &st)
+            .await
+            .unwrap();
+        let st2 = FolderState {
+            sync_state: Some("H4sJ".into()),
+            ..st.clone()
+        };
+        db.set_folder_state("a@example.com", "contacts", &st2)
+            .await
+            .unwrap();
+        assert_eq!(
+            db.folder_state("a@example.com", "contacts").await.unwrap(),
+            st2,
+            "{kind:?}"
+        );
+
+        // Mappings both ways; a move gives the item a new id, the mapping follows.
+        let mut m = ItemMapping {
+            mailbox: "a@example.com".into(),
+            crm_table: "crm_contacts".into(),
+            crm_id: 7,
+            ews_item_id: "AAMk7=".into(),
+            change_key: Some("CK1".into()),
+            crm_version: Some(3),
+            fields: serde_json::json!({"surname": "Schmidt", "email1": "a@b.example"}),
+        };
+        db.put_mapping(&m).await.unwrap();
+        assert_eq!(
+            db.mapping_by_crm("a@example.com", "crm_contacts", 7)
+                .await
+                .unwrap()
+                .as_ref(),
+            Some(&m)
+        );
+        m.ews_item_id = "AAMk7-moved=".into();
+        m.crm_version = Some(4);
+        db.put_mapping(&m).await.unwrap();
+        assert_eq!(
+            db.mapping_by_ews("a@example.com", "AAMk7-moved=")
+                .await
+                .unwrap()
+                .as_ref(),
+            Some(&m)
+        );
+        assert_eq!(
+            db.mapping_by_ews("a@example.com", "AAMk7=").await.unwrap(),
+            None
+        );
+        // The same Exchange item for another row of the mailbox is refused.
+        let other = ItemMapping {
+            crm_id: 8,
+            ..m.clone()
+        };
+        let err = db.put_mapping(&other).await.unwrap_err();
+        assert!(
+            err.to_string().starts_with("storing an item mapping:"),
+            "{err}"
+        );
+        assert!(db
+            .delete_mapping("a@example.com", "crm_contacts", 7)
+            .await
+            .unwrap());
+        assert!(!db
+            .delete_mapping("a@example.com", "crm_contacts", 7)
+            .await
+            .unwrap());
+
+        // Conflicts and failures.
+        let c = Conflict {
+            mailbox: "a@example.com".into(),
+            crm_table: "crm_appointments".into(),
+            crm_id: Some(3),
+            ews_item_id: Some("AAMk3=".into()),
+            fields: vec!["location".into(), "subject".into()],
+            winner: Winner::Exchange,
+        };
+        db.log_conflict(&c).await.unwrap();
+        assert_eq!(db.conflicts("a@example.com").await.unwrap(), vec![c]);
+        let f = Failure {
+            mailbox: "a@example.com".into(),
+            crm_table: "crm_appointments".into(),
+            crm_id: 9,
+            ews_item_id: String::new(),
+            error: "ends_at 2026-01-01T09:00:00Z is before starts_at 2026-01-01T10:00:00Z".into(),
+            attempts: 1,
+        };
+        let now = chrono::Utc::now();
+        db.record_failure(&f, Some(now + chrono::Duration::minutes(5)))
+            .await
+            .unwrap();
+        db.record_failure(&f, Some(now + chrono::Duration::minutes(10)))
+            .await
+            .unwrap();
+        let all = db.failures("a@example.com", None).await.unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(
+            all[0].attempts, 2,
+            "{kind:?}: a repeated failure counts, not duplicates"
+        );
+        assert!(
+            db.failures("a@example.com", Some(now))
+                .await
+                .unwrap()
+                .is_empty(),
+            "not due yet"
+        );
+        assert_eq!(
+            db.failures("a@example.com", Some(now + chrono::Duration::minutes(11)))
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        db.clear_failure("a@example.com", "crm_appointments", 9, "")
+            .await
+            .unwrap();
+        assert!(db.failures("a@example.com", None).await.unwrap().is_empty());
+        t.drop_db().await;
+    }
+}

@@ -1,57 +1,415 @@
-//! mailsync's state store: cursors over the change log (and, as the sync issues land, folder
-//! sync states, item mappings, conflicts and failures — the tables exist already).
+//! mailsync's state store: change-log cursors, EWS sync states per folder, the item mappings
+//! (with the last synced field values, the base of the three-way merge), the conflict log
+//! and the failure log.
+
+use chrono::{DateTime, Utc};
+use sqlx::Row;
 
 use super::changes::Cursor;
 use super::{q, Db, DbError};
 
+/// Runs the same query on either backend. The SQL is written once with `$N` placeholders
+/// (SQLite's `?N` is substituted); `$build` binds the parameters, `$finish` runs it and
+/// `$convert` turns the backend's rows into ours. A macro because the two pools and their row
+/// types differ: binding and decoding must be spelled out for each, and writing every query
+/// twice is how dialects drift apart.
+macro_rules! on_db {
+    ($db:expr, $sql:expr, $what:expr, |$query:ident| $build:expr, $finish:ident, |$out:ident| $convert:expr) => {
+        match $db {
+            Db::Postgres(p) => {
+                let $query = sqlx::query($sql);
+                $build.$finish(p).await.map(|$out| $convert)
+            }
+            Db::Sqlite(p) => {
+                let sql = sqlite_placeholders($sql);
+                let $query = sqlx::query(&sql);
+                $build.$finish(p).await.map(|$out| $convert)
+            }
+        }
+        .map_err(q($what))
+    };
+}
+
+/// `$1` → `?1`, and `now()` → SQLite's ISO timestamp.
+fn sqlite_placeholders(sql: &str) -> String {
+    sql.replace('$', "?")
+        .replace("now()", "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')")
+}
+
+/// The EWS sync state of one folder of one mailbox.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FolderState {
+    /// The Exchange folder id, once known.
+    pub ews_folder_id: Option<String>,
+    /// The SyncState of the last completed SyncFolderItems (or SyncFolderHierarchy).
+    pub sync_state: Option<String>,
+}
+
+/// One synced item: the CRM row and the Exchange item it is paired with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemMapping {
+    /// Mailbox (primary SMTP address).
+    pub mailbox: String,
+    /// CRM table, e.g. crm_contacts.
+    pub crm_table: String,
+    /// CRM row id.
+    pub crm_id: i64,
+    /// Exchange item id.
+    pub ews_item_id: String,
+    /// Change key last written or seen.
+    pub change_key: Option<String>,
+    /// CRM version last written or seen.
+    pub crm_version: Option<i64>,
+    /// Field values last synced, by field name: the base of the three-way merge.
+    pub fields: serde_json::Value,
+}
+
+/// The system whose value won a conflict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Winner {
+    /// The CRM's value was kept.
+    Crm,
+    /// Exchange's value was kept.
+    Exchange,
+}
+
+/// A logged conflict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// Mailbox.
+    pub mailbox: String,
+    /// CRM table.
+    pub crm_table: String,
+    /// CRM row.
+    pub crm_id: Option<i64>,
+    /// Exchange item.
+    pub ews_item_id: Option<String>,
+    /// Fields changed on both sides.
+    pub fields: Vec<String>,
+    /// Who won.
+    pub winner: Winner,
+}
+
+/// An item that failed to sync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// Mailbox.
+    pub mailbox: String,
+    /// CRM table.
+    pub crm_table: String,
+    /// CRM row (0 when the item is only known in Exchange).
+    pub crm_id: i64,
+    /// Exchange item ('' when only known in the CRM).
+    pub ews_item_id: String,
+    /// Why, in words an operator can act on.
+    pub error: String,
+    /// How often it failed.
+    pub attempts: i64,
+}
+
 impl Db {
     /// The cursor named `name` (start of the log when unknown).
     pub async fn cursor(&self, name: &str) -> Result<Cursor, DbError> {
-        let row: Option<(i64, i64)> = match self {
-            Db::Postgres(p) => {
-                sqlx::query_as("SELECT txid, seq FROM ms_cursor WHERE name = $1")
-                    .bind(name)
-                    .fetch_optional(p)
-                    .await
+        on_db!(
+            self,
+            "SELECT txid, seq FROM ms_cursor WHERE name = $1",
+            "reading a cursor",
+            |x| x.bind(name),
+            fetch_optional,
+            |row| {
+                row.map_or(Cursor::default(), |r| Cursor {
+                    txid: r.get(0),
+                    seq: r.get(1),
+                })
             }
-            Db::Sqlite(p) => {
-                sqlx::query_as("SELECT txid, seq FROM ms_cursor WHERE name = ?1")
-                    .bind(name)
-                    .fetch_optional(p)
-                    .await
-            }
-        }
-        .map_err(q("reading a cursor"))?;
-        Ok(row.map_or(Cursor::default(), |(txid, seq)| Cursor { txid, seq }))
+        )
     }
 
     /// Moves the cursor to `to`, and only forward: a replayed or late batch cannot move it
     /// back. Call it after the changes up to `to` are applied (at-least-once delivery).
     pub async fn advance_cursor(&self, name: &str, to: Cursor) -> Result<(), DbError> {
-        match self {
-            Db::Postgres(p) => sqlx::query(
-                "INSERT INTO ms_cursor (name, txid, seq) VALUES ($1, $2, $3) ON CONFLICT (name) DO UPDATE \
-                 SET txid = EXCLUDED.txid, seq = EXCLUDED.seq, updated_at = now() \
-                 WHERE (ms_cursor.txid, ms_cursor.seq) < (EXCLUDED.txid, EXCLUDED.seq)",
-            )
-            .bind(name)
-            .bind(to.txid)
-            .bind(to.seq)
-            .execute(p)
-            .await
-            .map(|_| ()),
-            Db::Sqlite(p) => sqlx::query(
-                "INSERT INTO ms_cursor (name, txid, seq) VALUES (?1, ?2, ?3) ON CONFLICT (name) DO UPDATE \
-                 SET txid = excluded.txid, seq = excluded.seq, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
-                 WHERE ms_cursor.seq < excluded.seq",
-            )
-            .bind(name)
-            .bind(to.txid)
-            .bind(to.seq)
-            .execute(p)
-            .await
-            .map(|_| ()),
-        }
-        .map_err(q("advancing a cursor"))
+        let sql = "INSERT INTO ms_cursor (name, txid, seq) VALUES ($1, $2, $3) ON CONFLICT (name) DO UPDATE \
+                   SET txid = excluded.txid, seq = excluded.seq, updated_at = now() \
+                   WHERE ms_cursor.txid < excluded.txid OR (ms_cursor.txid = excluded.txid AND ms_cursor.seq < excluded.seq)";
+        on_db!(
+            self,
+            sql,
+            "advancing a cursor",
+            |x| x.bind(name).bind(to.txid).bind(to.seq),
+            execute,
+            |_r| ()
+        )
     }
+
+    /// The sync state of a folder (`Default` when none is stored: sync from scratch).
+    pub async fn folder_state(
+        &self,
+        mailbox: &str,
+        folder_key: &str,
+    ) -> Result<FolderState, DbError> {
+        on_db!(
+            self,
+            "SELECT ews_folder_id, sync_state FROM ms_folder_state WHERE mailbox = $1 AND folder_key = $2",
+            "reading a folder state",
+            |x| x.bind(mailbox).bind(folder_key),
+            fetch_optional,
+            |row| row.map_or(FolderState::default(), |r| FolderState { ews_folder_id: r.get(0), sync_state: r.get(1) })
+        )
+    }
+
+    /// Stores the sync state of a folder (after the step that produced it committed).
+    pub async fn set_folder_state(
+        &self,
+        mailbox: &str,
+        folder_key: &str,
+        state: &FolderState,
+    ) -> Result<(), DbError> {
+        let sql = "INSERT INTO ms_folder_state (mailbox, folder_key, ews_folder_id, sync_state) VALUES ($1, $2, $3, $4) \
+                   ON CONFLICT (mailbox, folder_key) DO UPDATE SET ews_folder_id = excluded.ews_folder_id, \
+                   sync_state = excluded.sync_state, updated_at = now()";
+        on_db!(
+            self,
+            sql,
+            "storing a folder state",
+            |x| x
+                .bind(mailbox)
+                .bind(folder_key)
+                .bind(&state.ews_folder_id)
+                .bind(&state.sync_state),
+            execute,
+            |_r| ()
+        )
+    }
+
+    /// Stores or replaces the mapping of a CRM row. Mapping an Exchange item that is already
+    /// mapped to another row of the mailbox fails with a unique violation: one item, one row.
+    pub async fn put_mapping(&self, m: &ItemMapping) -> Result<(), DbError> {
+        let sql = "INSERT INTO ms_item_map (mailbox, crm_table, crm_id, ews_item_id, change_key, crm_version, fields) \
+                   VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (mailbox, crm_table, crm_id) DO UPDATE SET \
+                   ews_item_id = excluded.ews_item_id, change_key = excluded.change_key, crm_version = excluded.crm_version, \
+                   fields = excluded.fields, updated_at = now()";
+        let fields = m.fields.to_string();
+        on_db!(
+            self,
+            sql,
+            "storing an item mapping",
+            |x| x
+                .bind(&m.mailbox)
+                .bind(&m.crm_table)
+                .bind(m.crm_id)
+                .bind(&m.ews_item_id)
+                .bind(&m.change_key)
+                .bind(m.crm_version)
+                .bind(&fields),
+            execute,
+            |_r| ()
+        )
+    }
+
+    /// The mapping of a CRM row.
+    pub async fn mapping_by_crm(
+        &self,
+        mailbox: &str,
+        crm_table: &str,
+        crm_id: i64,
+    ) -> Result<Option<ItemMapping>, DbError> {
+        let sql = "SELECT mailbox, crm_table, crm_id, ews_item_id, change_key, crm_version, fields FROM ms_item_map \
+                   WHERE mailbox = $1 AND crm_table = $2 AND crm_id = $3";
+        on_db!(
+            self,
+            sql,
+            "reading an item mapping",
+            |x| x.bind(mailbox).bind(crm_table).bind(crm_id),
+            fetch_optional,
+            |row| { row.map(|r| mapping(&r)).transpose() }
+        )?
+    }
+
+    /// The mapping of an Exchange item.
+    pub async fn mapping_by_ews(
+        &self,
+        mailbox: &str,
+        ews_item_id: &str,
+    ) -> Result<Option<ItemMapping>, DbError> {
+        let sql = "SELECT mailbox, crm_table, crm_id, ews_item_id, change_key, crm_version, fields FROM ms_item_map \
+                   WHERE mailbox = $1 AND ews_item_id = $2";
+        on_db!(
+            self,
+            sql,
+            "reading an item mapping",
+            |x| x.bind(mailbox).bind(ews_item_id),
+            fetch_optional,
+            |row| { row.map(|r| mapping(&r)).transpose() }
+        )?
+    }
+
+    /// Forgets the mapping of a CRM row (after the pair was deleted on both sides).
+    pub async fn delete_mapping(
+        &self,
+        mailbox: &str,
+        crm_table: &str,
+        crm_id: i64,
+    ) -> Result<bool, DbError> {
+        let sql = "DELETE FROM ms_item_map WHERE mailbox = $1 AND crm_table = $2 AND crm_id = $3";
+        on_db!(
+            self,
+            sql,
+            "deleting an item mapping",
+            |x| x.bind(mailbox).bind(crm_table).bind(crm_id),
+            execute,
+            |r| r.rows_affected() > 0
+        )
+    }
+
+    /// Records a conflict.
+    pub async fn log_conflict(&self, c: &Conflict) -> Result<(), DbError> {
+        let sql = "INSERT INTO ms_conflicts (mailbox, crm_table, crm_id, ews_item_id, fields, winner) VALUES ($1, $2, $3, $4, $5, $6)";
+        let fields = serde_json::Value::from(c.fields.clone()).to_string();
+        let winner = match c.winner {
+            Winner::Crm => "crm",
+            Winner::Exchange => "exchange",
+        };
+        on_db!(
+            self,
+            sql,
+            "logging a conflict",
+            |x| x
+                .bind(&c.mailbox)
+                .bind(&c.crm_table)
+                .bind(c.crm_id)
+                .bind(&c.ews_item_id)
+                .bind(&fields)
+                .bind(winner),
+            execute,
+            |_r| ()
+        )
+    }
+
+    /// The conflicts of a mailbox, oldest first.
+    pub async fn conflicts(&self, mailbox: &str) -> Result<Vec<Conflict>, DbError> {
+        let sql = "SELECT mailbox, crm_table, crm_id, ews_item_id, fields, winner FROM ms_conflicts WHERE mailbox = $1 ORDER BY id";
+        on_db!(
+            self,
+            sql,
+            "reading conflicts",
+            |x| x.bind(mailbox),
+            fetch_all,
+            |rows| rows
+                .iter()
+                .map(|r| Conflict {
+                    mailbox: r.get(0),
+                    crm_table: r.get(1),
+                    crm_id: r.get(2),
+                    ews_item_id: r.get(3),
+                    fields: serde_json::from_str(&r.get::<String, _>(4)).unwrap_or_default(),
+                    winner: if r.get::<String, _>(5) == "crm" {
+                        Winner::Crm
+                    } else {
+                        Winner::Exchange
+                    },
+                })
+                .collect()
+        )
+    }
+
+    /// Records a failure of an item (counting attempts) and when to retry it.
+    pub async fn record_failure(
+        &self,
+        f: &Failure,
+        next_retry_at: Option<DateTime<Utc>>,
+    ) -> Result<(), DbError> {
+        let sql = "INSERT INTO ms_failures (mailbox, crm_table, crm_id, ews_item_id, error, next_retry_at) VALUES ($1, $2, $3, $4, $5, $6) \
+                   ON CONFLICT (mailbox, crm_table, crm_id, ews_item_id) DO UPDATE SET error = excluded.error, \
+                   attempts = ms_failures.attempts + 1, next_retry_at = excluded.next_retry_at, last_at = now()";
+        on_db!(
+            self,
+            sql,
+            "recording a failure",
+            |x| x
+                .bind(&f.mailbox)
+                .bind(&f.crm_table)
+                .bind(f.crm_id)
+                .bind(&f.ews_item_id)
+                .bind(&f.error)
+                .bind(next_retry_at),
+            execute,
+            |_r| ()
+        )
+    }
+
+    /// Removes an item from the failure log (it synced).
+    pub async fn clear_failure(
+        &self,
+        mailbox: &str,
+        crm_table: &str,
+        crm_id: i64,
+        ews_item_id: &str,
+    ) -> Result<(), DbError> {
+        let sql = "DELETE FROM ms_failures WHERE mailbox = $1 AND crm_table = $2 AND crm_id = $3 AND ews_item_id = $4";
+        on_db!(
+            self,
+            sql,
+            "clearing a failure",
+            |x| x
+                .bind(mailbox)
+                .bind(crm_table)
+                .bind(crm_id)
+                .bind(ews_item_id),
+            execute,
+            |_r| ()
+        )
+    }
+
+    /// Failures of a mailbox; with `due`, only those whose retry time has come.
+    pub async fn failures(
+        &self,
+        mailbox: &str,
+        due: Option<DateTime<Utc>>,
+    ) -> Result<Vec<Failure>, DbError> {
+        // Far future when no due time is asked for: every failure.
+        let until = due.unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let sql = "SELECT mailbox, crm_table, crm_id, ews_item_id, error, attempts FROM ms_failures \
+                   WHERE mailbox = $1 AND ($2 OR (next_retry_at IS NOT NULL AND next_retry_at <= $3)) ORDER BY id";
+        on_db!(
+            self,
+            sql,
+            "reading failures",
+            |x| x.bind(mailbox).bind(due.is_none()).bind(until),
+            fetch_all,
+            |rows| rows
+                .iter()
+                .map(|r| Failure {
+                    mailbox: r.get(0),
+                    crm_table: r.get(1),
+                    crm_id: r.get(2),
+                    ews_item_id: r.get(3),
+                    error: r.get(4),
+                    attempts: r.get::<i64, _>(5),
+                })
+                .collect()
+        )
+    }
+}
+
+fn mapping<R: Row>(r: &R) -> Result<ItemMapping, DbError>
+where
+    usize: sqlx::ColumnIndex<R>,
+    String: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    Option<String>: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    i64: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    Option<i64>: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    let fields: String = r.try_get(6).map_err(q("decoding an item mapping"))?;
+    Ok(ItemMapping {
+        mailbox: r.try_get(0).map_err(q("decoding an item mapping"))?,
+        crm_table: r.try_get(1).map_err(q("decoding an item mapping"))?,
+        crm_id: r.try_get(2).map_err(q("decoding an item mapping"))?,
+        ews_item_id: r.try_get(3).map_err(q("decoding an item mapping"))?,
+        change_key: r.try_get(4).map_err(q("decoding an item mapping"))?,
+        crm_version: r.try_get(5).map_err(q("decoding an item mapping"))?,
+        fields: serde_json::from_str(&fields).map_err(|e| DbError::Query {
+            what: "decoding mapped fields",
+            source: sqlx::Error::Decode(Box::new(e)),
+        })?,
+    })
 }

@@ -48,15 +48,16 @@ CREATE TABLE ms_conflicts (
     at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 
--- Items that could not be synced, with the reason and when to try again.
+-- Items that could not be synced, with the reason and when to try again. A side the item is
+-- not known on yet is 0 / '' (not NULL, so the unique key holds on every database).
 CREATE TABLE ms_failures (
     id BIGSERIAL PRIMARY KEY,
     mailbox TEXT NOT NULL,
     crm_table TEXT NOT NULL,
-    crm_id BIGINT,
-    ews_item_id TEXT,
+    crm_id BIGINT NOT NULL DEFAULT 0,
+    ews_item_id TEXT NOT NULL DEFAULT '',
     error TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 1,
+    attempts BIGINT NOT NULL DEFAULT 1,
     next_retry_at TIMESTAMPTZ,
     first_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     last_at TIMESTAMPTZ NOT NULL DEFAULT now()

@@ -48,13 +48,14 @@ CREATE TABLE ms_conflicts (
     at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 );
 
--- Items that could not be synced, with the reason and when to try again.
+-- Items that could not be synced, with the reason and when to try again. A side the item is
+-- not known on yet is 0 / '' (not NULL, so the unique key holds on every database).
 CREATE TABLE ms_failures (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     mailbox TEXT NOT NULL,
     crm_table TEXT NOT NULL,
-    crm_id INTEGER,
-    ews_item_id TEXT,
+    crm_id INTEGER NOT NULL DEFAULT 0,
+    ews_item_id TEXT NOT NULL DEFAULT '',
     error TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 1,
     next_retry_at TEXT,
