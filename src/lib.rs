@@ -9,5 +9,6 @@ pub mod config;
 pub mod db;
 pub mod environment;
 pub mod logging;
+pub mod rrule;
 pub mod secret;
 pub mod summary;

@@ -591,3 +591,159 @@ async fn state_store_round_trips() {
         t.drop_db().await;
     }
 }
+
+#[tokio::test]
+async fn rows_exchange_cannot_hold_go_to_the_failure_log_and_the_rest_sync() {
+    use mailsync::db::rows::CrmRow;
+    for t in backends().await {
+        let db = &t.db;
+        let kind = db.kind();
+        seed(db).await;
+        let appt = |id: i64, start: &str, end: &str, tz: &str, rrule: &str| {
+            let rrule = if rrule.is_empty() {
+                "NULL".to_string()
+            } else {
+                format!("'{rrule}'")
+            };
+            format!("INSERT INTO crm_appointments (id, tenant_id, owner_id, subject, starts_at, ends_at, time_zone, recurrence) VALUES ({id}, 10, 1, 'a{id}', '{start}', '{end}', '{tz}', {rrule})")
+        };
+        exec(
+            db,
+            &appt(
+                1,
+                "2026-01-05T10:00:00Z",
+                "2026-01-05T11:00:00Z",
+                "Europe/Berlin",
+                "FREQ=WEEKLY;BYDAY=MO",
+            ),
+        )
+        .await;
+        exec(
+            db,
+            &appt(
+                2,
+                "2026-01-05T10:00:00Z",
+                "2026-01-05T09:00:00Z",
+                "Europe/Berlin",
+                "",
+            ),
+        )
+        .await;
+        exec(
+            db,
+            &appt(
+                3,
+                "2026-01-05T10:00:00Z",
+                "2026-01-05T11:00:00Z",
+                "Mars/Olympus_Mons",
+                "FREQ=HOURLY",
+            ),
+        )
+        .await;
+        exec(
+            db,
+            &appt(4, "2026-01-06T10:00:00Z", "2026-01-06T11:00:00Z", "UTC", ""),
+        )
+        .await;
+        exec(db, &format!("INSERT INTO crm_appointments (id, tenant_id, owner_id, subject, starts_at, ends_at) VALUES (5, 10, 1, '{}', '2026-01-05T10:00:00Z', '2026-01-05T11:00:00Z')", "x".repeat(300))).await;
+        let ok = db
+            .load_syncable(
+                db,
+                "anna@example.com",
+                "crm_appointments",
+                &[1, 2, 3, 4, 5, 99],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            ok.iter().map(CrmRow::id).collect::<Vec<_>>(),
+            vec![1, 4],
+            "{kind:?}"
+        );
+        let failures = db.failures("anna@example.com", None).await.unwrap();
+        let errors: Vec<&str> = failures.iter().map(|f| f.error.as_str()).collect();
+        assert_eq!(
+            errors,
+            vec![
+                "crm_appointments 2: ends_at 2026-01-05T09:00:00Z is before starts_at 2026-01-05T10:00:00Z",
+                "crm_appointments 3: time_zone \"Mars/Olympus_Mons\" is not an IANA time zone; recurrence \"FREQ=HOURLY\" is not a supported RRULE: FREQ=HOURLY is not supported (DAILY, WEEKLY, MONTHLY, YEARLY)",
+                "crm_appointments 5: subject has 300 characters, at most 255 fit in Exchange",
+            ],
+            "{kind:?}"
+        );
+
+        exec(db, "INSERT INTO crm_contacts (id, tenant_id, owner_id, surname, email1, email2) VALUES (1, 10, 1, 'Ok', 'ok@example.com', NULL)").await;
+        exec(db, "INSERT INTO crm_contacts (id, tenant_id, owner_id, surname, email1, email2) VALUES (2, 10, 1, 'Bad', 'ok@example.com', 'bob@')").await;
+        exec(db, "INSERT INTO crm_tasks (id, tenant_id, owner_id, subject, start_date, due_date) VALUES (1, 10, 1, 'late', '2026-02-10', '2026-02-01')").await;
+        assert_eq!(
+            db.load_syncable(db, "anna@example.com", "crm_contacts", &[1, 2])
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(db
+            .load_syncable(db, "anna@example.com", "crm_tasks", &[1])
+            .await
+            .unwrap()
+            .is_empty());
+        let errors: Vec<String> = db
+            .failures("anna@example.com", None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|f| f.error)
+            .collect();
+        assert!(
+            errors
+                .contains(&"crm_contacts 2: email2 \"bob@\" is not an e-mail address".to_string()),
+            "{errors:?}"
+        );
+        assert!(
+            errors.contains(
+                &"crm_tasks 1: due_date 2026-02-01 is before start_date 2026-02-10".to_string()
+            ),
+            "{errors:?}"
+        );
+
+        // Fixed in the CRM, the row syncs and leaves the failure log.
+        exec(
+            db,
+            "UPDATE crm_appointments SET ends_at = starts_at WHERE id = 2",
+        )
+        .await;
+        assert_eq!(
+            db.load_syncable(db, "anna@example.com", "crm_appointments", &[2])
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(!db
+            .failures("anna@example.com", None)
+            .await
+            .unwrap()
+            .iter()
+            .any(|f| f.crm_table == "crm_appointments" && f.crm_id == 2));
+
+        if kind == mailsync::config::DbKind::Sqlite {
+            // SQLite accepts any text: a timestamp that cannot be read is a failure too.
+            exec(db, "INSERT INTO crm_appointments (id, tenant_id, owner_id, starts_at, ends_at) VALUES (7, 10, 1, 'tomorrow', 'later')").await;
+            assert!(
+                db.load_syncable(db, "anna@example.com", "crm_appointments", &[7, 1])
+                    .await
+                    .unwrap()
+                    .len()
+                    == 1
+            );
+            let f = db.failures("anna@example.com", None).await.unwrap();
+            assert!(
+                f.iter()
+                    .any(|f| f.crm_id == 7
+                        && f.error.starts_with("crm_appointments 7: cannot be read:")),
+                "{f:?}"
+            );
+        }
+        t.drop_db().await;
+    }
+}

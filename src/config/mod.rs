@@ -9,6 +9,8 @@
 pub mod raw;
 mod validate;
 
+pub use validate::is_email;
+
 #[cfg(test)]
 mod tests;
 

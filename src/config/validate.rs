@@ -954,7 +954,7 @@ fn check_folder_path(p: &str) -> Result<(), String> {
 }
 
 /// A pragmatic address check: what Exchange accepts as a primary SMTP address.
-pub(crate) fn is_email(s: &str) -> bool {
+pub fn is_email(s: &str) -> bool {
     let Some((local, domain)) = s.rsplit_once('@') else {
         return false;
     };

@@ -6,7 +6,36 @@
 //! clean build needs no database. Migrations are embedded: `migrations/{postgres,sqlite}/crm`
 //! (versions 1xxx) and `.../state` (2xxx), which can share one database.
 
+/// Runs the same query on either backend. The SQL is written once with `$N` placeholders
+/// (SQLite's `?N` is substituted); `$build` binds the parameters, `$finish` runs it and
+/// `$convert` turns the backend's rows into ours. A macro because the two pools and their row
+/// types differ: binding and decoding must be spelled out for each, and writing every query
+/// twice is how dialects drift apart.
+macro_rules! on_db {
+    ($db:expr, $sql:expr, $what:expr, |$query:ident| $build:expr, $finish:ident, |$out:ident| $convert:expr) => {
+        match $db {
+            $crate::db::Db::Postgres(p) => {
+                let $query = sqlx::query($sql);
+                $build.$finish(p).await.map(|$out| $convert)
+            }
+            $crate::db::Db::Sqlite(p) => {
+                let sql = $crate::db::sqlite_placeholders($sql);
+                let $query = sqlx::query(&sql);
+                $build.$finish(p).await.map(|$out| $convert)
+            }
+        }
+        .map_err($crate::db::q($what))
+    };
+}
+
+/// `$1` → `?1`, and `now()` → SQLite's ISO timestamp.
+pub(crate) fn sqlite_placeholders(sql: &str) -> String {
+    sql.replace('$', "?")
+        .replace("now()", "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')")
+}
+
 pub mod changes;
+pub mod rows;
 pub mod state;
 
 use std::str::FromStr;

@@ -8,34 +8,6 @@ use sqlx::Row;
 use super::changes::Cursor;
 use super::{q, Db, DbError};
 
-/// Runs the same query on either backend. The SQL is written once with `$N` placeholders
-/// (SQLite's `?N` is substituted); `$build` binds the parameters, `$finish` runs it and
-/// `$convert` turns the backend's rows into ours. A macro because the two pools and their row
-/// types differ: binding and decoding must be spelled out for each, and writing every query
-/// twice is how dialects drift apart.
-macro_rules! on_db {
-    ($db:expr, $sql:expr, $what:expr, |$query:ident| $build:expr, $finish:ident, |$out:ident| $convert:expr) => {
-        match $db {
-            Db::Postgres(p) => {
-                let $query = sqlx::query($sql);
-                $build.$finish(p).await.map(|$out| $convert)
-            }
-            Db::Sqlite(p) => {
-                let sql = sqlite_placeholders($sql);
-                let $query = sqlx::query(&sql);
-                $build.$finish(p).await.map(|$out| $convert)
-            }
-        }
-        .map_err(q($what))
-    };
-}
-
-/// `$1` → `?1`, and `now()` → SQLite's ISO timestamp.
-fn sqlite_placeholders(sql: &str) -> String {
-    sql.replace('$', "?")
-        .replace("now()", "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')")
-}
-
 /// The EWS sync state of one folder of one mailbox.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct FolderState {

@@ -1,0 +1,443 @@
+//! The synced CRM rows, typed, and the screening of rows Exchange cannot hold: those go to
+//! the failure log with a reason naming the column and the value, and the others sync on.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use sqlx::Row;
+
+use super::state::Failure;
+use super::{Db, DbError};
+
+/// The longest subject, location or name Exchange stores.
+pub const MAX_SHORT_TEXT: usize = 255;
+/// The longest body or notes mailsync writes to Exchange (characters).
+pub const MAX_BODY: usize = 1 << 20;
+/// The most categories on one item.
+pub const MAX_CATEGORIES: usize = 50;
+
+/// A contact row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContactRow {
+    /// Row id.
+    pub id: i64,
+    /// Tenant.
+    pub tenant_id: i64,
+    /// Operator, or `None` for a contact shared by the tenant.
+    pub owner_id: Option<i64>,
+    /// Names and company.
+    pub given_name: Option<String>,
+    /// Last name.
+    pub surname: Option<String>,
+    /// Company.
+    pub company: Option<String>,
+    /// Job title.
+    pub job_title: Option<String>,
+    /// E-mail addresses 1 to 3.
+    pub email: [Option<String>; 3],
+    /// Business, mobile and home phone.
+    pub phones: [Option<String>; 3],
+    /// Street, postal code, city, country.
+    pub address: [Option<String>; 4],
+    /// Notes.
+    pub notes: Option<String>,
+    /// Categories.
+    pub categories: Vec<String>,
+    /// Exchange id written by mailsync.
+    pub ews_id: Option<String>,
+    /// Row version.
+    pub version: i64,
+}
+
+/// An appointment row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppointmentRow {
+    /// Row id.
+    pub id: i64,
+    /// Tenant.
+    pub tenant_id: i64,
+    /// Operator.
+    pub owner_id: i64,
+    /// Subject.
+    pub subject: Option<String>,
+    /// Location.
+    pub location: Option<String>,
+    /// Body.
+    pub body: Option<String>,
+    /// Start, UTC.
+    pub starts_at: DateTime<Utc>,
+    /// End, UTC.
+    pub ends_at: DateTime<Utc>,
+    /// All day.
+    pub all_day: bool,
+    /// IANA time zone.
+    pub time_zone: String,
+    /// RRULE.
+    pub recurrence: Option<String>,
+    /// Reminder.
+    pub reminder_minutes: Option<i64>,
+    /// Free/busy.
+    pub show_as: String,
+    /// Categories.
+    pub categories: Vec<String>,
+    /// iCalendar UID.
+    pub uid: Option<String>,
+    /// Exchange id.
+    pub ews_id: Option<String>,
+    /// Row version.
+    pub version: i64,
+}
+
+/// A task row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskRow {
+    /// Row id.
+    pub id: i64,
+    /// Tenant.
+    pub tenant_id: i64,
+    /// Operator.
+    pub owner_id: i64,
+    /// Subject.
+    pub subject: Option<String>,
+    /// Body.
+    pub body: Option<String>,
+    /// Start.
+    pub start_date: Option<NaiveDate>,
+    /// Due.
+    pub due_date: Option<NaiveDate>,
+    /// Status.
+    pub status: String,
+    /// 0 to 100.
+    pub percent_complete: i64,
+    /// Importance.
+    pub importance: String,
+    /// Completion.
+    pub completed_at: Option<DateTime<Utc>>,
+    /// Categories.
+    pub categories: Vec<String>,
+    /// Exchange id.
+    pub ews_id: Option<String>,
+    /// Row version.
+    pub version: i64,
+}
+
+/// A synced row of any area.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CrmRow {
+    /// crm_contacts.
+    Contact(ContactRow),
+    /// crm_appointments.
+    Appointment(AppointmentRow),
+    /// crm_tasks.
+    Task(TaskRow),
+}
+
+impl CrmRow {
+    /// Its table.
+    pub fn table(&self) -> &'static str {
+        match self {
+            CrmRow::Contact(_) => "crm_contacts",
+            CrmRow::Appointment(_) => "crm_appointments",
+            CrmRow::Task(_) => "crm_tasks",
+        }
+    }
+
+    /// Its id.
+    pub fn id(&self) -> i64 {
+        match self {
+            CrmRow::Contact(r) => r.id,
+            CrmRow::Appointment(r) => r.id,
+            CrmRow::Task(r) => r.id,
+        }
+    }
+}
+
+/// Categories are `text[]` on PostgreSQL and a JSON array on SQLite.
+trait Categories {
+    fn categories(&self) -> Result<Vec<String>, sqlx::Error>;
+}
+
+impl Categories for sqlx::postgres::PgRow {
+    fn categories(&self) -> Result<Vec<String>, sqlx::Error> {
+        self.try_get("categories")
+    }
+}
+
+impl Categories for sqlx::sqlite::SqliteRow {
+    fn categories(&self) -> Result<Vec<String>, sqlx::Error> {
+        let text: String = self.try_get("categories")?;
+        serde_json::from_str(&text).map_err(|e| {
+            sqlx::Error::Decode(
+                format!("categories {text:?} is not a JSON array of strings: {e}").into(),
+            )
+        })
+    }
+}
+
+/// A row that could not be read, with the reason (a bad timestamp in SQLite, say).
+pub type Unreadable = String;
+
+/// Decoding a row into our types, for both backends' row types (one body, see `impl_decode`).
+trait DecodeCrmRow {
+    fn contact(&self) -> Result<CrmRow, sqlx::Error>;
+    fn appointment(&self) -> Result<CrmRow, sqlx::Error>;
+    fn task(&self) -> Result<CrmRow, sqlx::Error>;
+}
+
+macro_rules! impl_decode {
+    ($row:ty) => {
+        impl DecodeCrmRow for $row {
+            fn contact(&self) -> Result<CrmRow, sqlx::Error> {
+                let r = self;
+                Ok(CrmRow::Contact(ContactRow {
+                    id: r.try_get("id")?,
+                    tenant_id: r.try_get("tenant_id")?,
+                    owner_id: r.try_get("owner_id")?,
+                    given_name: r.try_get("given_name")?,
+                    surname: r.try_get("surname")?,
+                    company: r.try_get("company")?,
+                    job_title: r.try_get("job_title")?,
+                    email: [
+                        r.try_get("email1")?,
+                        r.try_get("email2")?,
+                        r.try_get("email3")?,
+                    ],
+                    phones: [
+                        r.try_get("business_phone")?,
+                        r.try_get("mobile_phone")?,
+                        r.try_get("home_phone")?,
+                    ],
+                    address: [
+                        r.try_get("street")?,
+                        r.try_get("postal_code")?,
+                        r.try_get("city")?,
+                        r.try_get("country")?,
+                    ],
+                    notes: r.try_get("notes")?,
+                    categories: r.categories()?,
+                    ews_id: r.try_get("ews_id")?,
+                    version: r.try_get("version")?,
+                }))
+            }
+
+            fn appointment(&self) -> Result<CrmRow, sqlx::Error> {
+                let r = self;
+                Ok(CrmRow::Appointment(AppointmentRow {
+                    id: r.try_get("id")?,
+                    tenant_id: r.try_get("tenant_id")?,
+                    owner_id: r.try_get("owner_id")?,
+                    subject: r.try_get("subject")?,
+                    location: r.try_get("location")?,
+                    body: r.try_get("body")?,
+                    starts_at: r.try_get("starts_at")?,
+                    ends_at: r.try_get("ends_at")?,
+                    all_day: r.try_get("all_day")?,
+                    time_zone: r.try_get("time_zone")?,
+                    recurrence: r.try_get("recurrence")?,
+                    reminder_minutes: r.try_get("reminder_minutes")?,
+                    show_as: r.try_get("show_as")?,
+                    categories: r.categories()?,
+                    uid: r.try_get("uid")?,
+                    ews_id: r.try_get("ews_id")?,
+                    version: r.try_get("version")?,
+                }))
+            }
+
+            fn task(&self) -> Result<CrmRow, sqlx::Error> {
+                let r = self;
+                Ok(CrmRow::Task(TaskRow {
+                    id: r.try_get("id")?,
+                    tenant_id: r.try_get("tenant_id")?,
+                    owner_id: r.try_get("owner_id")?,
+                    subject: r.try_get("subject")?,
+                    body: r.try_get("body")?,
+                    start_date: r.try_get("start_date")?,
+                    due_date: r.try_get("due_date")?,
+                    status: r.try_get("status")?,
+                    percent_complete: r.try_get("percent_complete")?,
+                    importance: r.try_get("importance")?,
+                    completed_at: r.try_get("completed_at")?,
+                    categories: r.categories()?,
+                    ews_id: r.try_get("ews_id")?,
+                    version: r.try_get("version")?,
+                }))
+            }
+        }
+    };
+}
+
+impl_decode!(sqlx::postgres::PgRow);
+impl_decode!(sqlx::sqlite::SqliteRow);
+
+impl Db {
+    /// Reads one synced row; `Ok(None)` when it is gone, `Ok(Some(Err(reason)))` when its
+    /// values cannot be read.
+    pub async fn crm_row(
+        &self,
+        table: &str,
+        id: i64,
+    ) -> Result<Option<Result<CrmRow, Unreadable>>, DbError> {
+        match table {
+            "crm_contacts" => on_db!(self, "SELECT id, tenant_id, owner_id, given_name, surname, company, job_title, email1, email2, email3, business_phone, mobile_phone, \
+                 home_phone, street, postal_code, city, country, notes, categories, ews_id, version FROM crm_contacts WHERE id = $1", "reading a CRM row", |x| x.bind(id), fetch_optional, |row| row.map(|r| r.contact().map_err(|e| e.to_string()))),
+            "crm_appointments" => on_db!(self, "SELECT id, tenant_id, owner_id, subject, location, body, starts_at, ends_at, all_day, time_zone, recurrence, \
+                 CAST(reminder_minutes AS BIGINT) AS reminder_minutes, show_as, categories, uid, ews_id, version FROM crm_appointments WHERE id = $1", "reading a CRM row", |x| x.bind(id), fetch_optional, |row| row.map(|r| r.appointment().map_err(|e| e.to_string()))),
+            "crm_tasks" => on_db!(self, "SELECT id, tenant_id, owner_id, subject, body, start_date, due_date, status, CAST(percent_complete AS BIGINT) AS percent_complete, \
+                 importance, completed_at, categories, ews_id, version FROM crm_tasks WHERE id = $1", "reading a CRM row", |x| x.bind(id), fetch_optional, |row| row.map(|r| r.task().map_err(|e| e.to_string()))),
+            other => Err(DbError::Url(format!("{other} is not a synced item table"))),
+        }
+    }
+}
+
+impl Db {
+    /// Reads the rows `ids` of `table` for `mailbox` and returns those Exchange can hold.
+    /// Every other row is written to the failure log of `state` (which may be this database)
+    /// with its reasons, and skipped: one bad row never stops the others. Rows that are gone
+    /// are skipped silently (their delete arrives as a change of its own).
+    pub async fn load_syncable(
+        &self,
+        state: &Db,
+        mailbox: &str,
+        table: &str,
+        ids: &[i64],
+    ) -> Result<Vec<CrmRow>, DbError> {
+        let mut ok = Vec::new();
+        for &id in ids {
+            let reasons = match self.crm_row(table, id).await? {
+                None => continue,
+                Some(Err(unreadable)) => vec![format!("cannot be read: {unreadable}")],
+                Some(Ok(row)) => {
+                    let p = problems(&row);
+                    if p.is_empty() {
+                        state.clear_failure(mailbox, table, id, "").await?;
+                        ok.push(row);
+                        continue;
+                    }
+                    p
+                }
+            };
+            let failure = Failure {
+                mailbox: mailbox.to_string(),
+                crm_table: table.to_string(),
+                crm_id: id,
+                ews_item_id: String::new(),
+                error: format!("{table} {id}: {}", reasons.join("; ")),
+                attempts: 1,
+            };
+            tracing::warn!(mailbox, table, id, error = %failure.error, "row cannot be synced to Exchange");
+            // No automatic retry: the row is retried when it changes (its change comes again).
+            state.record_failure(&failure, None).await?;
+        }
+        Ok(ok)
+    }
+}
+
+fn too_long(out: &mut Vec<String>, column: &str, value: &Option<String>, max: usize) {
+    if let Some(v) = value {
+        let n = v.chars().count();
+        if n > max {
+            out.push(format!(
+                "{column} has {n} characters, at most {max} fit in Exchange"
+            ));
+        }
+    }
+}
+
+fn check_categories(out: &mut Vec<String>, cats: &[String]) {
+    if cats.len() > MAX_CATEGORIES {
+        out.push(format!(
+            "categories has {} entries, at most {MAX_CATEGORIES} are synced",
+            cats.len()
+        ));
+    }
+    for c in cats {
+        if c.trim().is_empty() {
+            out.push("categories contains an empty category".to_string());
+        } else if c.chars().count() > MAX_SHORT_TEXT {
+            out.push(format!(
+                "category {:?}… is longer than {MAX_SHORT_TEXT} characters",
+                c.chars().take(20).collect::<String>()
+            ));
+        }
+    }
+}
+
+/// Everything about a row that Exchange cannot hold, each naming the column and value.
+pub fn problems(row: &CrmRow) -> Vec<String> {
+    let mut out = Vec::new();
+    match row {
+        CrmRow::Contact(c) => {
+            for (i, e) in c.email.iter().enumerate() {
+                if let Some(e) = e.as_deref().filter(|e| !e.trim().is_empty()) {
+                    if !crate::config::is_email(e.trim()) {
+                        out.push(format!("email{} {e:?} is not an e-mail address", i + 1));
+                    }
+                }
+            }
+            for (col, v) in [
+                ("given_name", &c.given_name),
+                ("surname", &c.surname),
+                ("company", &c.company),
+                ("job_title", &c.job_title),
+            ] {
+                too_long(&mut out, col, v, MAX_SHORT_TEXT);
+            }
+            for (col, v) in [
+                ("business_phone", &c.phones[0]),
+                ("mobile_phone", &c.phones[1]),
+                ("home_phone", &c.phones[2]),
+            ] {
+                too_long(&mut out, col, v, 64);
+            }
+            too_long(&mut out, "notes", &c.notes, MAX_BODY);
+            if [&c.given_name, &c.surname, &c.company]
+                .iter()
+                .all(|v| v.as_deref().is_none_or(|s| s.trim().is_empty()))
+                && c.email.iter().all(Option::is_none)
+            {
+                out.push("the contact has no name, company or e-mail address".to_string());
+            }
+            check_categories(&mut out, &c.categories);
+        }
+        CrmRow::Appointment(a) => {
+            if a.ends_at < a.starts_at {
+                out.push(format!(
+                    "ends_at {} is before starts_at {}",
+                    a.ends_at.format("%Y-%m-%dT%H:%M:%SZ"),
+                    a.starts_at.format("%Y-%m-%dT%H:%M:%SZ")
+                ));
+            }
+            if a.time_zone.parse::<chrono_tz::Tz>().is_err() {
+                out.push(format!(
+                    "time_zone {:?} is not an IANA time zone",
+                    a.time_zone
+                ));
+            }
+            if let Some(r) = &a.recurrence {
+                if let Err(e) = r.parse::<crate::rrule::Rrule>() {
+                    out.push(format!("recurrence {r:?} is not a supported RRULE: {e}"));
+                }
+            }
+            if let Some(m) = a.reminder_minutes {
+                if !(0..=2_628_000).contains(&m) {
+                    out.push(format!(
+                        "reminder_minutes {m} is out of range 0 to 2628000 (5 years)"
+                    ));
+                }
+            }
+            too_long(&mut out, "subject", &a.subject, MAX_SHORT_TEXT);
+            too_long(&mut out, "location", &a.location, MAX_SHORT_TEXT);
+            too_long(&mut out, "body", &a.body, MAX_BODY);
+            check_categories(&mut out, &a.categories);
+        }
+        CrmRow::Task(t) => {
+            if let (Some(s), Some(d)) = (t.start_date, t.due_date) {
+                if d < s {
+                    out.push(format!("due_date {d} is before start_date {s}"));
+                }
+            }
+            too_long(&mut out, "subject", &t.subject, MAX_SHORT_TEXT);
+            too_long(&mut out, "body", &t.body, MAX_BODY);
+            check_categories(&mut out, &t.categories);
+        }
+    }
+    out
+}
