@@ -83,16 +83,17 @@ impl std::str::FromStr for Rrule {
             };
             match k {
                 "FREQ" => {
-                    freq =
-                        Some(match v {
-                            "DAILY" => Freq::Daily,
-                            "WEEKLY" => Freq::Weekly,
-                            "MONTHLY" => Freq::Monthly,
-                            "YEARLY" => Freq::Yearly,
-                            other => return Err(format!(
+                    freq = Some(match v {
+                        "DAILY" => Freq::Daily,
+                        "WEEKLY" => Freq::Weekly,
+                        "MONTHLY" => Freq::Monthly,
+                        "YEARLY" => Freq::Yearly,
+                        other => {
+                            return Err(format!(
                                 "FREQ={other} is not supported (DAILY, WEEKLY, MONTHLY, YEARLY)"
-                            )),
-                        })
+                            ))
+                        }
+                    })
                 }
                 "INTERVAL" => {
                     r.interval = u32::try_from(num(v)?)
