@@ -15,7 +15,12 @@ struct TestDb {
     db: Db,
     pg_name: Option<String>,
     _dir: Option<tempfile::TempDir>,
+    /// PostgreSQL tests run one at a time: the change reader waits for the oldest writing
+    /// transaction of the whole cluster, and one test holds such transactions open on purpose.
+    _serial: Option<tokio::sync::MutexGuard<'static, ()>>,
 }
+
+static PG_SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 impl TestDb {
     async fn drop_db(self) {
@@ -36,6 +41,7 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 type Seen<'a> = (&'a str, i64, ChangeOp, Option<i64>, Option<i64>);
 
 async fn postgres() -> Option<TestDb> {
+    let serial = PG_SERIAL.lock().await;
     let mut admin = match sqlx::PgConnection::connect(PG_ADMIN).await {
         Ok(c) => c,
         Err(e) => {
@@ -59,6 +65,7 @@ async fn postgres() -> Option<TestDb> {
         db,
         pg_name: Some(name),
         _dir: None,
+        _serial: Some(serial),
     })
 }
 
@@ -69,6 +76,7 @@ async fn sqlite() -> TestDb {
         db: Db::connect(&url, 5).await.unwrap(),
         pg_name: None,
         _dir: Some(dir),
+        _serial: None,
     }
 }
 
@@ -744,6 +752,119 @@ async fn rows_exchange_cannot_hold_go_to_the_failure_log_and_the_rest_sync() {
                 "{f:?}"
             );
         }
+        t.drop_db().await;
+    }
+}
+
+#[tokio::test]
+async fn a_crm_write_and_its_mapping_commit_together_or_not_at_all() {
+    use mailsync::db::rows::{AppointmentRow, CrmRow};
+    use mailsync::db::state::ItemMapping;
+    for t in backends().await {
+        let db = &t.db;
+        let kind = db.kind();
+        seed(db).await;
+        let appt = |id: i64, subject: &str| {
+            CrmRow::Appointment(AppointmentRow {
+                id,
+                tenant_id: 10,
+                owner_id: 1,
+                subject: Some(subject.into()),
+                location: Some("Raum 1".into()),
+                body: None,
+                starts_at: "2026-01-05T10:00:00Z".parse().unwrap(),
+                ends_at: "2026-01-05T11:00:00Z".parse().unwrap(),
+                all_day: false,
+                time_zone: "Europe/Berlin".into(),
+                recurrence: Some("FREQ=WEEKLY;BYDAY=MO".into()),
+                reminder_minutes: Some(15),
+                show_as: "busy".into(),
+                categories: vec!["Kunde".into()],
+                uid: Some("UID-1".into()),
+                ews_id: None,
+                version: 0,
+            })
+        };
+        let mapping = |ews: &str| ItemMapping {
+            mailbox: "anna@example.com".into(),
+            crm_table: "crm_appointments".into(),
+            crm_id: 0,
+            ews_item_id: ews.into(),
+            change_key: Some("CK1".into()),
+            crm_version: None,
+            fields: serde_json::json!({"subject": "Jour fixe"}),
+        };
+        let (id, version) = db
+            .save_from_exchange(&appt(0, "Jour fixe"), "AAMk1=", Some(&mapping("AAMk1=")))
+            .await
+            .unwrap();
+        assert_eq!(version, 1, "{kind:?}");
+        let m = db
+            .mapping_by_crm("anna@example.com", "crm_appointments", id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((m.ews_item_id.as_str(), m.crm_version), ("AAMk1=", Some(1)));
+        let Some(Ok(CrmRow::Appointment(read))) = db.crm_row("crm_appointments", id).await.unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (
+                read.ews_id.as_deref(),
+                read.categories.clone(),
+                read.reminder_minutes
+            ),
+            (Some("AAMk1="), vec!["Kunde".to_string()], Some(15))
+        );
+
+        // An update bumps the version, and the mapping records it.
+        let (_, v2) = db
+            .save_from_exchange(
+                &appt(id, "Jour fixe (neu)"),
+                "AAMk1=",
+                Some(&mapping("AAMk1=")),
+            )
+            .await
+            .unwrap();
+        assert_eq!(v2, 2);
+        assert_eq!(
+            db.mapping_by_crm("anna@example.com", "crm_appointments", id)
+                .await
+                .unwrap()
+                .unwrap()
+                .crm_version,
+            Some(2)
+        );
+
+        // The mapping fails (that Exchange item is mapped already): the CRM insert is undone
+        // with it, change log entry included.
+        let rows_before = scalar(db, "SELECT COUNT(*) FROM crm_appointments").await;
+        let changes_before = scalar(db, "SELECT COUNT(*) FROM crm_changes").await;
+        let err = db
+            .save_from_exchange(&appt(0, "Duplikat"), "AAMk1=", Some(&mapping("AAMk1=")))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().starts_with("storing an item mapping:"),
+            "{err}"
+        );
+        assert_eq!(
+            scalar(db, "SELECT COUNT(*) FROM crm_appointments").await,
+            rows_before,
+            "{kind:?}: rolled back"
+        );
+        assert_eq!(
+            scalar(db, "SELECT COUNT(*) FROM crm_changes").await,
+            changes_before
+        );
+
+        // Updating a row that is gone says so.
+        let err = db
+            .save_from_exchange(&appt(999, "x"), "AAMk9=", None)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().starts_with("updating a CRM row:"), "{err}");
         t.drop_db().await;
     }
 }

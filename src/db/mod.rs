@@ -37,6 +37,7 @@ pub(crate) fn sqlite_placeholders(sql: &str) -> String {
 pub mod changes;
 pub mod rows;
 pub mod state;
+pub mod write;
 
 use std::str::FromStr;
 

@@ -1,0 +1,232 @@
+//! Writing CRM rows that came from Exchange, atomically with their mapping where the state
+//! store lives in the same database.
+//!
+//! A write is SQL plus typed [`Value`]s, bound per backend (categories become `text[]` on
+//! PostgreSQL and a JSON array on SQLite). [`Db::save_from_exchange`] inserts or updates the
+//! row with its `ews_id` stamped and, given a mapping, stores it in the same transaction: both
+//! or neither survive a crash. With a separate state store the caller stores the mapping
+//! afterwards; the stamped `ews_id` makes a crash in between harmless (docs/crm-schema.md).
+
+use chrono::{DateTime, NaiveDate, Utc};
+
+use super::rows::CrmRow;
+use super::state::ItemMapping;
+use super::{q, sqlite_placeholders, Db, DbError};
+
+/// A value bound into a CRM write.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// Text or NULL.
+    Text(Option<String>),
+    /// Integer or NULL.
+    Int(Option<i64>),
+    /// Boolean.
+    Bool(bool),
+    /// Timestamp or NULL.
+    Time(Option<DateTime<Utc>>),
+    /// Date or NULL.
+    Date(Option<NaiveDate>),
+    /// A list of categories.
+    Categories(Vec<String>),
+}
+
+macro_rules! bind_values {
+    ($query:expr, $values:expr, $categories:expr) => {{
+        let mut query = $query;
+        for v in $values {
+            query = match v {
+                Value::Text(t) => query.bind(t.clone()),
+                Value::Int(i) => query.bind(*i),
+                Value::Bool(b) => query.bind(*b),
+                Value::Time(t) => query.bind(*t),
+                Value::Date(d) => query.bind(*d),
+                Value::Categories(c) => query.bind($categories(c)),
+            };
+        }
+        query
+    }};
+}
+
+const MAPPING_UPSERT: &str = "INSERT INTO ms_item_map (mailbox, crm_table, crm_id, ews_item_id, change_key, crm_version, fields) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (mailbox, crm_table, crm_id) DO UPDATE SET \
+     ews_item_id = excluded.ews_item_id, change_key = excluded.change_key, crm_version = excluded.crm_version, \
+     fields = excluded.fields, updated_at = now()";
+
+/// The columns and values of a row, without id and version (those the database owns).
+fn columns(row: &CrmRow, ews_item_id: &str) -> (&'static str, Vec<(&'static str, Value)>) {
+    let t = |v: &Option<String>| Value::Text(v.clone());
+    let ews = ("ews_id", Value::Text(Some(ews_item_id.to_string())));
+    match row {
+        CrmRow::Contact(c) => (
+            "crm_contacts",
+            vec![
+                ("tenant_id", Value::Int(Some(c.tenant_id))),
+                ("owner_id", Value::Int(c.owner_id)),
+                ("given_name", t(&c.given_name)),
+                ("surname", t(&c.surname)),
+                ("company", t(&c.company)),
+                ("job_title", t(&c.job_title)),
+                ("email1", t(&c.email[0])),
+                ("email2", t(&c.email[1])),
+                ("email3", t(&c.email[2])),
+                ("business_phone", t(&c.phones[0])),
+                ("mobile_phone", t(&c.phones[1])),
+                ("home_phone", t(&c.phones[2])),
+                ("street", t(&c.address[0])),
+                ("postal_code", t(&c.address[1])),
+                ("city", t(&c.address[2])),
+                ("country", t(&c.address[3])),
+                ("notes", t(&c.notes)),
+                ("categories", Value::Categories(c.categories.clone())),
+                ews,
+            ],
+        ),
+        CrmRow::Appointment(a) => (
+            "crm_appointments",
+            vec![
+                ("tenant_id", Value::Int(Some(a.tenant_id))),
+                ("owner_id", Value::Int(Some(a.owner_id))),
+                ("subject", t(&a.subject)),
+                ("location", t(&a.location)),
+                ("body", t(&a.body)),
+                ("starts_at", Value::Time(Some(a.starts_at))),
+                ("ends_at", Value::Time(Some(a.ends_at))),
+                ("all_day", Value::Bool(a.all_day)),
+                ("time_zone", Value::Text(Some(a.time_zone.clone()))),
+                ("recurrence", t(&a.recurrence)),
+                ("reminder_minutes", Value::Int(a.reminder_minutes)),
+                ("show_as", Value::Text(Some(a.show_as.clone()))),
+                ("categories", Value::Categories(a.categories.clone())),
+                ("uid", t(&a.uid)),
+                ews,
+            ],
+        ),
+        CrmRow::Task(k) => (
+            "crm_tasks",
+            vec![
+                ("tenant_id", Value::Int(Some(k.tenant_id))),
+                ("owner_id", Value::Int(Some(k.owner_id))),
+                ("subject", t(&k.subject)),
+                ("body", t(&k.body)),
+                ("start_date", Value::Date(k.start_date)),
+                ("due_date", Value::Date(k.due_date)),
+                ("status", Value::Text(Some(k.status.clone()))),
+                ("percent_complete", Value::Int(Some(k.percent_complete))),
+                ("importance", Value::Text(Some(k.importance.clone()))),
+                ("completed_at", Value::Time(k.completed_at)),
+                ("categories", Value::Categories(k.categories.clone())),
+                ews,
+            ],
+        ),
+    }
+}
+
+/// INSERT (id 0) or UPDATE (by id) returning id and version.
+fn statement(table: &str, id: i64, cols: &[(&'static str, Value)]) -> String {
+    let names: Vec<&str> = cols.iter().map(|(n, _)| *n).collect();
+    if id == 0 {
+        let params: Vec<String> = (1..=cols.len()).map(|i| format!("${i}")).collect();
+        format!(
+            "INSERT INTO {table} ({}) VALUES ({}) RETURNING id, version",
+            names.join(", "),
+            params.join(", ")
+        )
+    } else {
+        let sets: Vec<String> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("{n} = ${}", i + 1))
+            .collect();
+        // The version is bumped here, not left to the trigger: on SQLite the bump trigger runs
+        // after RETURNING (which would report the old version) and stands aside when the
+        // statement bumps it itself; on PostgreSQL the BEFORE trigger sets the same value.
+        format!(
+            "UPDATE {table} SET {}, version = version + 1 WHERE id = ${} RETURNING id, version",
+            sets.join(", "),
+            cols.len() + 1
+        )
+    }
+}
+
+impl Db {
+    /// Writes `row` (inserted when its id is 0, else updated) with `ews_item_id` stamped, and
+    /// `mapping` — filled in with the row's id and new version — in the same transaction.
+    /// Returns (id, version). An update of a row that is gone is an error naming it.
+    pub async fn save_from_exchange(
+        &self,
+        row: &CrmRow,
+        ews_item_id: &str,
+        mapping: Option<&ItemMapping>,
+    ) -> Result<(i64, i64), DbError> {
+        let (table, mut cols) = columns(row, ews_item_id);
+        let id = row.id();
+        let sql = statement(table, id, &cols);
+        if id != 0 {
+            cols.push(("id", Value::Int(Some(id))));
+        }
+        let values: Vec<Value> = cols.into_iter().map(|(_, v)| v).collect();
+        let gone = || DbError::Query {
+            what: "updating a CRM row",
+            source: sqlx::Error::RowNotFound,
+        };
+        match self {
+            Db::Postgres(p) => {
+                let mut tx = p.begin().await.map_err(q("starting a transaction"))?;
+                let query = bind_values!(
+                    sqlx::query_as::<_, (i64, i64)>(&sql),
+                    &values,
+                    |c: &Vec<String>| c.clone()
+                );
+                let (new_id, version) = query
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(q("writing a CRM row"))?
+                    .ok_or_else(gone)?;
+                if let Some(m) = mapping {
+                    sqlx::query(MAPPING_UPSERT)
+                        .bind(&m.mailbox)
+                        .bind(table)
+                        .bind(new_id)
+                        .bind(ews_item_id)
+                        .bind(&m.change_key)
+                        .bind(version)
+                        .bind(m.fields.to_string())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(q("storing an item mapping"))?;
+                }
+                tx.commit().await.map_err(q("committing a CRM write"))?;
+                Ok((new_id, version))
+            }
+            Db::Sqlite(p) => {
+                let sql = sqlite_placeholders(&sql);
+                let mut tx = p.begin().await.map_err(q("starting a transaction"))?;
+                let query = bind_values!(
+                    sqlx::query_as::<_, (i64, i64)>(&sql),
+                    &values,
+                    |c: &Vec<String>| serde_json::Value::from(c.clone()).to_string()
+                );
+                let (new_id, version) = query
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(q("writing a CRM row"))?
+                    .ok_or_else(gone)?;
+                if let Some(m) = mapping {
+                    sqlx::query(&sqlite_placeholders(MAPPING_UPSERT))
+                        .bind(&m.mailbox)
+                        .bind(table)
+                        .bind(new_id)
+                        .bind(ews_item_id)
+                        .bind(&m.change_key)
+                        .bind(version)
+                        .bind(m.fields.to_string())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(q("storing an item mapping"))?;
+                }
+                tx.commit().await.map_err(q("committing a CRM write"))?;
+                Ok((new_id, version))
+            }
+        }
+    }
+}
