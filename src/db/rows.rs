@@ -5,7 +5,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::Row;
 
 use super::state::Failure;
-use super::{Db, DbError};
+use super::{q, Db, DbError};
 
 /// The longest subject, location or name Exchange stores.
 pub const MAX_SHORT_TEXT: usize = 255;
@@ -267,7 +267,81 @@ macro_rules! impl_decode {
 impl_decode!(sqlx::postgres::PgRow);
 impl_decode!(sqlx::sqlite::SqliteRow);
 
+/// The columns read for each synced table (integers widened to BIGINT for one decoder).
+fn select_list(table: &str) -> Option<&'static str> {
+    Some(match table {
+        "crm_contacts" => {
+            "id, tenant_id, owner_id, given_name, surname, company, job_title, email1, email2, email3, business_phone, \
+             mobile_phone, home_phone, street, postal_code, city, country, notes, categories, ews_id, version"
+        }
+        "crm_appointments" => {
+            "id, tenant_id, owner_id, subject, location, body, starts_at, ends_at, all_day, time_zone, recurrence, \
+             CAST(reminder_minutes AS BIGINT) AS reminder_minutes, show_as, categories, uid, ews_id, version"
+        }
+        "crm_tasks" => {
+            "id, tenant_id, owner_id, subject, body, start_date, due_date, status, \
+             CAST(percent_complete AS BIGINT) AS percent_complete, importance, completed_at, categories, ews_id, version"
+        }
+        _ => return None,
+    })
+}
+
+fn decode_as<R: DecodeCrmRow + Row>(table: &str, r: &R) -> (i64, Result<CrmRow, Unreadable>)
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    i64: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    let id = r.try_get("id").unwrap_or_default();
+    let row = match table {
+        "crm_contacts" => r.contact(),
+        "crm_appointments" => r.appointment(),
+        _ => r.task(),
+    };
+    (id, row.map_err(|e| e.to_string()))
+}
+
 impl Db {
+    /// Reads synced rows by id in one query, in the order of `ids`; rows that are gone are
+    /// left out, rows whose values cannot be read come as `Err(reason)`.
+    pub async fn crm_rows(
+        &self,
+        table: &str,
+        ids: &[i64],
+    ) -> Result<Vec<(i64, Result<CrmRow, Unreadable>)>, DbError> {
+        let cols = select_list(table)
+            .ok_or_else(|| DbError::Url(format!("{table} is not a synced item table")))?;
+        let mut found = match self {
+            Db::Postgres(p) => {
+                sqlx::query(&format!("SELECT {cols} FROM {table} WHERE id = ANY($1)"))
+                    .bind(ids)
+                    .fetch_all(p)
+                    .await
+                    .map_err(q("reading CRM rows"))?
+                    .iter()
+                    .map(|r| decode_as(table, r))
+                    .collect::<Vec<_>>()
+            }
+            Db::Sqlite(p) => sqlx::query(&format!(
+                "SELECT {cols} FROM {table} WHERE id IN (SELECT value FROM json_each(?1))"
+            ))
+            .bind(serde_json::Value::from(ids.to_vec()).to_string())
+            .fetch_all(p)
+            .await
+            .map_err(q("reading CRM rows"))?
+            .iter()
+            .map(|r| decode_as(table, r))
+            .collect::<Vec<_>>(),
+        };
+        let order: std::collections::HashMap<i64, usize> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (*id, i))
+            .rev()
+            .collect();
+        found.sort_by_key(|(id, _)| order.get(id).copied());
+        Ok(found)
+    }
+
     /// Reads one synced row; `Ok(None)` when it is gone, `Ok(Some(Err(reason)))` when its
     /// values cannot be read.
     pub async fn crm_row(
@@ -275,23 +349,18 @@ impl Db {
         table: &str,
         id: i64,
     ) -> Result<Option<Result<CrmRow, Unreadable>>, DbError> {
-        match table {
-            "crm_contacts" => on_db!(self, "SELECT id, tenant_id, owner_id, given_name, surname, company, job_title, email1, email2, email3, business_phone, mobile_phone, \
-                 home_phone, street, postal_code, city, country, notes, categories, ews_id, version FROM crm_contacts WHERE id = $1", "reading a CRM row", |x| x.bind(id), fetch_optional, |row| row.map(|r| r.contact().map_err(|e| e.to_string()))),
-            "crm_appointments" => on_db!(self, "SELECT id, tenant_id, owner_id, subject, location, body, starts_at, ends_at, all_day, time_zone, recurrence, \
-                 CAST(reminder_minutes AS BIGINT) AS reminder_minutes, show_as, categories, uid, ews_id, version FROM crm_appointments WHERE id = $1", "reading a CRM row", |x| x.bind(id), fetch_optional, |row| row.map(|r| r.appointment().map_err(|e| e.to_string()))),
-            "crm_tasks" => on_db!(self, "SELECT id, tenant_id, owner_id, subject, body, start_date, due_date, status, CAST(percent_complete AS BIGINT) AS percent_complete, \
-                 importance, completed_at, categories, ews_id, version FROM crm_tasks WHERE id = $1", "reading a CRM row", |x| x.bind(id), fetch_optional, |row| row.map(|r| r.task().map_err(|e| e.to_string()))),
-            other => Err(DbError::Url(format!("{other} is not a synced item table"))),
-        }
+        Ok(self
+            .crm_rows(table, &[id])
+            .await?
+            .into_iter()
+            .next()
+            .map(|(_, r)| r))
     }
-}
 
-impl Db {
-    /// Reads the rows `ids` of `table` for `mailbox` and returns those Exchange can hold.
-    /// Every other row is written to the failure log of `state` (which may be this database)
-    /// with its reasons, and skipped: one bad row never stops the others. Rows that are gone
-    /// are skipped silently (their delete arrives as a change of its own).
+    /// Reads the rows `ids` of `table` for `mailbox` and returns those Exchange can hold, in
+    /// one query. Every other row is written to the failure log of `state` (which may be this
+    /// database) with its reasons, and skipped: one bad row never stops the others. Rows that
+    /// are gone are skipped silently (their delete arrives as a change of its own).
     pub async fn load_syncable(
         &self,
         state: &Db,
@@ -300,14 +369,12 @@ impl Db {
         ids: &[i64],
     ) -> Result<Vec<CrmRow>, DbError> {
         let mut ok = Vec::new();
-        for &id in ids {
-            let reasons = match self.crm_row(table, id).await? {
-                None => continue,
-                Some(Err(unreadable)) => vec![format!("cannot be read: {unreadable}")],
-                Some(Ok(row)) => {
+        for (id, read) in self.crm_rows(table, ids).await? {
+            let reasons = match read {
+                Err(unreadable) => vec![format!("cannot be read: {unreadable}")],
+                Ok(row) => {
                     let p = problems(&row);
                     if p.is_empty() {
-                        state.clear_failure(mailbox, table, id, "").await?;
                         ok.push(row);
                         continue;
                     }
@@ -326,6 +393,8 @@ impl Db {
             // No automatic retry: the row is retried when it changes (its change comes again).
             state.record_failure(&failure, None).await?;
         }
+        let good: Vec<i64> = ok.iter().map(CrmRow::id).collect();
+        state.clear_failures(mailbox, table, &good).await?;
         Ok(ok)
     }
 }

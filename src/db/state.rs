@@ -332,6 +332,37 @@ impl Db {
         )
     }
 
+    /// Removes CRM rows that synced from the failure log, in one statement.
+    pub async fn clear_failures(
+        &self,
+        mailbox: &str,
+        crm_table: &str,
+        crm_ids: &[i64],
+    ) -> Result<(), DbError> {
+        if crm_ids.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Db::Postgres(p) => sqlx::query("DELETE FROM ms_failures WHERE mailbox = $1 AND crm_table = $2 AND ews_item_id = '' AND crm_id = ANY($3)")
+                .bind(mailbox)
+                .bind(crm_table)
+                .bind(crm_ids)
+                .execute(p)
+                .await
+                .map(|_| ()),
+            Db::Sqlite(p) => sqlx::query(
+                "DELETE FROM ms_failures WHERE mailbox = ?1 AND crm_table = ?2 AND ews_item_id = '' AND crm_id IN (SELECT value FROM json_each(?3))",
+            )
+            .bind(mailbox)
+            .bind(crm_table)
+            .bind(serde_json::Value::from(crm_ids.to_vec()).to_string())
+            .execute(p)
+            .await
+            .map(|_| ()),
+        }
+        .map_err(q("clearing failures"))
+    }
+
     /// Failures of a mailbox; with `due`, only those whose retry time has come.
     pub async fn failures(
         &self,
