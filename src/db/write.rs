@@ -47,6 +47,38 @@ macro_rules! bind_values {
     }};
 }
 
+/// The row write and the mapping upsert in one transaction, for either pool (the statement
+/// text and the categories encoding are the backend's).
+macro_rules! write_in_tx {
+    ($pool:expr, $sql:expr, $mapping_sql:expr, $categories:expr, $values:expr, $mapping:expr, $table:expr, $ews:expr) => {{
+        let mut tx = $pool.begin().await.map_err(q("starting a transaction"))?;
+        let query = bind_values!(sqlx::query_as::<_, (i64, i64)>($sql), &$values, $categories);
+        let (new_id, version) = query
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(q("writing a CRM row"))?
+            .ok_or(DbError::Query {
+                what: "updating a CRM row",
+                source: sqlx::Error::RowNotFound,
+            })?;
+        if let Some(m) = $mapping {
+            sqlx::query($mapping_sql)
+                .bind(&m.mailbox)
+                .bind($table)
+                .bind(new_id)
+                .bind($ews)
+                .bind(&m.change_key)
+                .bind(version)
+                .bind(m.fields.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(q("storing an item mapping"))?;
+        }
+        tx.commit().await.map_err(q("committing a CRM write"))?;
+        Ok((new_id, version))
+    }};
+}
+
 const MAPPING_UPSERT: &str = "INSERT INTO ms_item_map (mailbox, crm_table, crm_id, ews_item_id, change_key, crm_version, fields) \
      VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (mailbox, crm_table, crm_id) DO UPDATE SET \
      ews_item_id = excluded.ews_item_id, change_key = excluded.change_key, crm_version = excluded.crm_version, \
@@ -165,67 +197,32 @@ impl Db {
             cols.push(("id", Value::Int(Some(id))));
         }
         let values: Vec<Value> = cols.into_iter().map(|(_, v)| v).collect();
-        let gone = || DbError::Query {
-            what: "updating a CRM row",
-            source: sqlx::Error::RowNotFound,
-        };
         match self {
-            Db::Postgres(p) => {
-                let mut tx = p.begin().await.map_err(q("starting a transaction"))?;
-                let query = bind_values!(
-                    sqlx::query_as::<_, (i64, i64)>(&sql),
-                    &values,
-                    |c: &Vec<String>| c.clone()
-                );
-                let (new_id, version) = query
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(q("writing a CRM row"))?
-                    .ok_or_else(gone)?;
-                if let Some(m) = mapping {
-                    sqlx::query(MAPPING_UPSERT)
-                        .bind(&m.mailbox)
-                        .bind(table)
-                        .bind(new_id)
-                        .bind(ews_item_id)
-                        .bind(&m.change_key)
-                        .bind(version)
-                        .bind(m.fields.to_string())
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(q("storing an item mapping"))?;
-                }
-                tx.commit().await.map_err(q("committing a CRM write"))?;
-                Ok((new_id, version))
-            }
+            Db::Postgres(p) => write_in_tx!(
+                p,
+                &sql,
+                MAPPING_UPSERT,
+                |c: &Vec<String>| c.clone(),
+                values,
+                mapping,
+                table,
+                ews_item_id
+            ),
             Db::Sqlite(p) => {
-                let sql = sqlite_placeholders(&sql);
-                let mut tx = p.begin().await.map_err(q("starting a transaction"))?;
-                let query = bind_values!(
-                    sqlx::query_as::<_, (i64, i64)>(&sql),
-                    &values,
-                    |c: &Vec<String>| serde_json::Value::from(c.clone()).to_string()
+                let (sql, mapping_sql) = (
+                    sqlite_placeholders(&sql),
+                    sqlite_placeholders(MAPPING_UPSERT),
                 );
-                let (new_id, version) = query
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(q("writing a CRM row"))?
-                    .ok_or_else(gone)?;
-                if let Some(m) = mapping {
-                    sqlx::query(&sqlite_placeholders(MAPPING_UPSERT))
-                        .bind(&m.mailbox)
-                        .bind(table)
-                        .bind(new_id)
-                        .bind(ews_item_id)
-                        .bind(&m.change_key)
-                        .bind(version)
-                        .bind(m.fields.to_string())
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(q("storing an item mapping"))?;
-                }
-                tx.commit().await.map_err(q("committing a CRM write"))?;
-                Ok((new_id, version))
+                write_in_tx!(
+                    p,
+                    &sql,
+                    &mapping_sql,
+                    |c: &Vec<String>| serde_json::Value::from(c.clone()).to_string(),
+                    values,
+                    mapping,
+                    table,
+                    ews_item_id
+                )
             }
         }
     }
