@@ -406,10 +406,7 @@ fn item_id_ok(op: &str, m: &Mailbox, key: u64, extra: &str) -> String {
 
 fn get_folder(ctx: &Ctx<'_>, body: &Node) -> Result<Vec<String>, Fault> {
     let sh = Shape::parse(body.get("FolderShape"));
-    let ids = body
-        .get("FolderIds")
-        .map(|f| f.children.clone())
-        .unwrap_or_default();
+    let ids = body.children_of("FolderIds");
     ctx.store.with_mailbox(&ctx.mailbox, |m| {
         Ok(ids
             .iter()
@@ -452,7 +449,7 @@ fn find_folder(ctx: &Ctx<'_>, body: &Node) -> Result<Vec<String>, Fault> {
     let sh = Shape::parse(body.get("FolderShape"));
     let deep = body.attr("Traversal") == Some("Deep");
     ctx.store.with_mailbox(&ctx.mailbox, |m| {
-        let parents = body.get("ParentFolderIds").map(|p| p.children.clone()).unwrap_or_default();
+        let parents = body.children_of("ParentFolderIds");
         Ok(parents
             .iter()
             .map(|p| match folder_key(ctx, m, p) {
@@ -474,10 +471,7 @@ fn find_folder(ctx: &Ctx<'_>, body: &Node) -> Result<Vec<String>, Fault> {
 fn create_folder(ctx: &Ctx<'_>, body: &Node) -> Result<Vec<String>, Fault> {
     ctx.store.with_mailbox(&ctx.mailbox, |m| {
         let parent = first_folder_key(ctx, m, body.get("ParentFolderId"));
-        let folders = body
-            .get("Folders")
-            .map(|f| f.children.clone())
-            .unwrap_or_default();
+        let folders = body.children_of("Folders");
         Ok(folders
             .iter()
             .map(|f| {
@@ -512,10 +506,7 @@ fn create_folder(ctx: &Ctx<'_>, body: &Node) -> Result<Vec<String>, Fault> {
 
 fn update_folder(ctx: &Ctx<'_>, body: &Node) -> Result<Vec<String>, Fault> {
     ctx.store.with_mailbox(&ctx.mailbox, |m| {
-        let changes = body
-            .get("FolderChanges")
-            .map(|f| f.children.clone())
-            .unwrap_or_default();
+        let changes = body.children_of("FolderChanges");
         Ok(changes
             .iter()
             .map(|c| {
@@ -552,10 +543,7 @@ fn update_folder(ctx: &Ctx<'_>, body: &Node) -> Result<Vec<String>, Fault> {
 
 fn delete_folder(ctx: &Ctx<'_>, body: &Node) -> Result<Vec<String>, Fault> {
     ctx.store.with_mailbox(&ctx.mailbox, |m| {
-        let ids = body
-            .get("FolderIds")
-            .map(|f| f.children.clone())
-            .unwrap_or_default();
+        let ids = body.children_of("FolderIds");
         Ok(ids
             .iter()
             .map(
@@ -571,10 +559,7 @@ fn delete_folder(ctx: &Ctx<'_>, body: &Node) -> Result<Vec<String>, Fault> {
 fn move_folder(ctx: &Ctx<'_>, body: &Node) -> Result<Vec<String>, Fault> {
     ctx.store.with_mailbox(&ctx.mailbox, |m| {
         let to = first_folder_key(ctx, m, body.get("ToFolderId"));
-        let ids = body
-            .get("FolderIds")
-            .map(|f| f.children.clone())
-            .unwrap_or_default();
+        let ids = body.children_of("FolderIds");
         Ok(ids
             .iter()
             .map(|n| {
@@ -803,7 +788,7 @@ fn find_item(ctx: &Ctx<'_>, body: &Node) -> Result<Vec<String>, Fault> {
             )
         });
     ctx.store.with_mailbox(&ctx.mailbox, |m| {
-        let parents = body.get("ParentFolderIds").map(|p| p.children.clone()).unwrap_or_default();
+        let parents = body.children_of("ParentFolderIds");
         Ok(parents
             .iter()
             .map(|p| {
@@ -880,10 +865,7 @@ fn find_item(ctx: &Ctx<'_>, body: &Node) -> Result<Vec<String>, Fault> {
 
 fn get_item(ctx: &Ctx<'_>, body: &Node) -> Result<Vec<String>, Fault> {
     let sh = Shape::parse(body.get("ItemShape"));
-    let ids = body
-        .get("ItemIds")
-        .map(|f| f.children.clone())
-        .unwrap_or_default();
+    let ids = body.children_of("ItemIds");
     ctx.store.with_mailbox(&ctx.mailbox, |m| {
         Ok(ids
             .iter()
@@ -948,10 +930,7 @@ fn validate_item(kind: &str, props: &[Node]) -> Result<(), &'static str> {
 
 fn create_item(ctx: &Ctx<'_>, body: &Node) -> Result<Vec<String>, Fault> {
     let disposition = body.attr("MessageDisposition").map(str::to_string);
-    let items = body
-        .get("Items")
-        .map(|f| f.children.clone())
-        .unwrap_or_default();
+    let items = body.children_of("Items");
     let mut deliveries: Vec<(String, Vec<Node>)> = Vec::new();
     let out = ctx.store.with_mailbox(&ctx.mailbox, |m| {
         let target = body
@@ -959,7 +938,7 @@ fn create_item(ctx: &Ctx<'_>, body: &Node) -> Result<Vec<String>, Fault> {
             .map(|c| first_folder_key(ctx, m, Some(c)));
         let mut out = Vec::new();
         let mut stopped = false;
-        for it in &items {
+        for it in items {
             if stopped {
                 out.push(warn_stopped("CreateItem", "<m:Items/>"));
                 continue;
@@ -1056,14 +1035,11 @@ fn update_item(ctx: &Ctx<'_>, body: &Node) -> Result<Vec<String>, Fault> {
         .attr("ConflictResolution")
         .unwrap_or("AutoResolve")
         .to_string();
-    let changes = body
-        .get("ItemChanges")
-        .map(|f| f.children.clone())
-        .unwrap_or_default();
+    let changes = body.children_of("ItemChanges");
     ctx.store.with_mailbox(&ctx.mailbox, |m| {
         let mut out = Vec::new();
         let mut stopped = false;
-        for c in &changes {
+        for c in changes {
             if stopped {
                 out.push(warn_stopped("UpdateItem", "<m:Items/>"));
                 continue;
@@ -1163,10 +1139,7 @@ fn update_item(ctx: &Ctx<'_>, body: &Node) -> Result<Vec<String>, Fault> {
 
 fn delete_item(ctx: &Ctx<'_>, body: &Node) -> Result<Vec<String>, Fault> {
     let delete_type = body.attr("DeleteType").unwrap_or("HardDelete").to_string();
-    let ids = body
-        .get("ItemIds")
-        .map(|f| f.children.clone())
-        .unwrap_or_default();
+    let ids = body.children_of("ItemIds");
     ctx.store.with_mailbox(&ctx.mailbox, |m| {
         let trash = m.distinguished_folder("deleteditems");
         Ok(ids
@@ -1187,10 +1160,7 @@ fn delete_item(ctx: &Ctx<'_>, body: &Node) -> Result<Vec<String>, Fault> {
 
 fn move_or_copy_item(ctx: &Ctx<'_>, body: &Node, copy: bool) -> Result<Vec<String>, Fault> {
     let op = if copy { "CopyItem" } else { "MoveItem" };
-    let ids = body
-        .get("ItemIds")
-        .map(|f| f.children.clone())
-        .unwrap_or_default();
+    let ids = body.children_of("ItemIds");
     ctx.store.with_mailbox(&ctx.mailbox, |m| {
         let to = first_folder_key(ctx, m, body.get("ToFolderId"));
         Ok(ids

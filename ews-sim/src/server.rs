@@ -322,7 +322,11 @@ impl Sim {
         let store = Arc::new(Store::new(nanos));
         let sim = Arc::new(Sim {
             store,
-            config: Mutex::new(cfg.clone()),
+            // Users are consumed below; the stored config is cloned per request, so it keeps none.
+            config: Mutex::new(SimConfig {
+                users: Vec::new(),
+                ..cfg.clone()
+            }),
             accounts: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
             budgets: Mutex::new(HashMap::new()),
@@ -421,30 +425,32 @@ impl Sim {
 
     /// Takes a budget token for `key`; the back-off when there is none.
     fn acquire(&self, key: &str) -> Result<(), (Duration, bool)> {
-        let cfg = self.config.lock().clone();
-        if !cfg.throttle.enabled {
+        let (throttle, profile) = {
+            let c = self.config.lock();
+            (c.throttle.clone(), c.profile)
+        };
+        if !throttle.enabled {
             return Ok(());
         }
-        let max_conc = cfg
-            .throttle
+        let max_conc = throttle
             .max_concurrency
-            .unwrap_or(cfg.profile.max_concurrency());
+            .unwrap_or(profile.max_concurrency());
         let mut budgets = self.budgets.lock();
         let b = budgets.entry(key.to_string()).or_insert(Budget {
-            tokens: cfg.throttle.burst,
+            tokens: throttle.burst,
             last: Instant::now(),
             in_flight: 0,
         });
         let now = Instant::now();
         b.tokens = (b.tokens
-            + now.duration_since(b.last).as_secs_f64() * cfg.throttle.recharge_per_second)
-            .min(cfg.throttle.burst);
+            + now.duration_since(b.last).as_secs_f64() * throttle.recharge_per_second)
+            .min(throttle.burst);
         b.last = now;
         if b.in_flight >= max_conc {
             return Err((Duration::ZERO, true));
         }
         if b.tokens < 1.0 {
-            let wait = (1.0 - b.tokens) / cfg.throttle.recharge_per_second.max(0.001);
+            let wait = (1.0 - b.tokens) / throttle.recharge_per_second.max(0.001);
             return Err((
                 Duration::from_secs_f64(wait).max(Duration::from_millis(1)),
                 false,

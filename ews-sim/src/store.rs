@@ -1056,7 +1056,6 @@ pub fn decode_ck(s: &str) -> Option<u64> {
 /// The whole store: mailboxes by address.
 pub struct Store {
     mailboxes: RwLock<HashMap<String, Arc<Mutex<Mailbox>>>>,
-    by_index: RwLock<HashMap<u64, String>>,
     next_index: AtomicU64,
     /// Key of the sync-state checksums (per simulator instance).
     secret: u64,
@@ -1069,7 +1068,6 @@ impl Store {
     pub fn new(secret: u64) -> Store {
         Store {
             mailboxes: RwLock::new(HashMap::new()),
-            by_index: RwLock::new(HashMap::new()),
             next_index: AtomicU64::new(1),
             secret,
             subscriptions: crate::streaming::Hub::default(),
@@ -1084,8 +1082,7 @@ impl Store {
         }
         let index = self.next_index.fetch_add(1, Ordering::Relaxed);
         let m = Arc::new(Mutex::new(Mailbox::new(index, &smtp, display_name)));
-        self.mailboxes.write().insert(smtp.clone(), m.clone());
-        self.by_index.write().insert(index, smtp);
+        self.mailboxes.write().insert(smtp, m.clone());
         m
     }
 
@@ -1095,11 +1092,6 @@ impl Store {
             .read()
             .get(&smtp.to_ascii_lowercase())
             .cloned()
-    }
-
-    /// The address of the mailbox an id belongs to.
-    pub fn mailbox_of_index(&self, index: u64) -> Option<String> {
-        self.by_index.read().get(&index).cloned()
     }
 
     /// All addresses.

@@ -116,6 +116,13 @@ impl Node {
         self.children.iter().find(|c| c.name == name)
     }
 
+    /// The children of the first child named `name` (empty when there is none).
+    pub fn children_of(&self, name: &str) -> &[Node] {
+        self.get(name)
+            .map(|n| n.children.as_slice())
+            .unwrap_or_default()
+    }
+
     /// Mutable first child named `name`.
     pub fn get_mut(&mut self, name: &str) -> Option<&mut Node> {
         self.children.iter_mut().find(|c| c.name == name)

@@ -165,6 +165,17 @@ mod tests {
             let e = Error::from_code(code, "msg", None);
             assert!(ok(&e), "{code} -> {e:?}");
         }
+        let retryable: Vec<bool> = [
+            "ErrorServerBusy",
+            "ErrorInternalServerTransientError",
+            "ErrorInvalidSyncStateData",
+            "ErrorAccessDenied",
+            "ErrorItemNotFound",
+        ]
+        .iter()
+        .map(|c| Error::from_code(c, "", None).is_retryable())
+        .collect();
+        assert_eq!(retryable, vec![true, true, false, false, false]);
         assert_eq!(
             Error::from_code("ErrorServerBusy", "", Some(Duration::from_millis(297_749))),
             Error::Throttled {

@@ -881,8 +881,3 @@ impl Operation for GetStreamingEvents {
         single_message(body).map(|_| ())
     }
 }
-
-/// Results of a batch with the item errors turned into one error (for callers that need all).
-pub fn all_ok<T>(results: Vec<Result<T, Error>>) -> Result<Vec<T>, Error> {
-    results.into_iter().collect()
-}
