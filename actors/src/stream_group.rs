@@ -1,0 +1,599 @@
+//! StreamGroupActor: the streaming notifications of up to `group_size` mailboxes of one
+//! server over one GetStreamingEvents connection.
+//!
+//! It subscribes each member, holds one connection for the group, opens the next connection
+//! `renew_before` ahead of the agreed timeout (so renewal leaves no gap), and resubscribes
+//! members whose subscriptions were lost. A notification only says "look now": the folder's
+//! step reads what changed. So after any gap — a lost connection, a silent one, a lost
+//! subscription, a member that joined — every folder of the affected members syncs once the
+//! next connection is up. Members not covered by a live connection (streaming off, failing,
+//! or not yet subscribed) are polled every `polling_interval`; after
+//! `failures_before_polling` failed attempts in a row the group reports itself as polling and
+//! keeps retrying streaming with back-off, returning to it when a connection works again.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use futures_util::future::join_all;
+use futures_util::stream::{self, StreamExt};
+use tokio::sync::oneshot;
+
+use crate::mailbox::{MailboxActor, MailboxTrigger};
+use crate::ports::{Cause, FolderId, GroupInfo, MailboxId, StreamEvent, SubscriptionId, SyncError};
+use crate::throttle::Throttle;
+use crate::Shared;
+
+/// A mailbox joins (or, with a new generation, rejoins) the group; answered once its
+/// subscription exists (or could not be made: it is polled then).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct JoinGroup {
+    pub smtp: MailboxId,
+    pub generation: u64,
+    pub addr: Addr<MailboxActor>,
+    pub folders: Vec<FolderId>,
+}
+
+/// A mailbox leaves the group (removed from the configuration).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct LeaveGroup {
+    pub smtp: MailboxId,
+}
+
+/// Stops the group and closes its connection.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct StopGroup;
+
+/// Asks for a [`GroupStatus`].
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "GroupStatus")]
+pub struct GetStatus;
+
+/// A stream group's view of itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupStatus {
+    /// Member mailboxes.
+    pub members: usize,
+    /// Members with a subscription.
+    pub subscribed: usize,
+    /// Members whose subscription is on the live connection.
+    pub covered: usize,
+    /// A connection is open.
+    pub connected: bool,
+    /// `streaming` or `polling`.
+    pub mode: &'static str,
+    /// Connections opened so far.
+    pub connects: u64,
+    /// Failed connection attempts in a row.
+    pub failures: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Streaming,
+    Polling,
+}
+
+impl Mode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Streaming => "streaming",
+            Mode::Polling => "polling",
+        }
+    }
+}
+
+struct Member {
+    /// Incarnation of the mailbox actor that joined.
+    generation: u64,
+    /// Where its triggers go.
+    addr: Addr<MailboxActor>,
+    /// What it subscribes to.
+    folders: Vec<FolderId>,
+    /// Its subscription, once subscribed.
+    sub: Option<SubscriptionId>,
+    /// Its subscription is on the live connection: notifications reach it.
+    covered: bool,
+    /// It may have missed changes (a gap): sync all its folders once it is covered again.
+    resync_on_cover: bool,
+    /// Mailbox actors waiting for the subscription before their first steps.
+    waiters: Vec<oneshot::Sender<()>>,
+}
+
+struct Conn {
+    /// Tells this connection's events from an older one's.
+    id: u64,
+    /// The stream being read.
+    handle: SpawnHandle,
+    /// The timer that opens the next connection ahead of the timeout.
+    renew: SpawnHandle,
+    /// Fires when the connection has been silent too long.
+    heartbeat: Option<SpawnHandle>,
+}
+
+/// The streaming notifications of one group.
+pub struct StreamGroupActor {
+    /// Server, group number, anchor mailbox.
+    info: GroupInfo,
+    /// The server's throttle (subscribes pass it; open connections do not count).
+    throttle: Throttle,
+    /// Ports, settings, metrics.
+    shared: Arc<Shared>,
+    /// Streaming configured for the server; otherwise the group only polls.
+    enabled: bool,
+    /// Members by address.
+    members: BTreeMap<MailboxId, Member>,
+    /// Subscription to member.
+    by_sub: HashMap<SubscriptionId, MailboxId>,
+    /// The live connection.
+    live: Option<Conn>,
+    /// A subscribe-and-connect round is in flight.
+    opening: bool,
+    /// Another round was asked for while one was in flight, and why.
+    again: Option<&'static str>,
+    /// A scheduled round.
+    due: Option<SpawnHandle>,
+    /// Failed attempts in a row.
+    failures: u32,
+    /// What the group reports.
+    mode: Mode,
+    /// Connections opened so far (ids too).
+    connects: u64,
+}
+
+impl StreamGroupActor {
+    pub(crate) fn new(
+        info: GroupInfo,
+        throttle: Throttle,
+        shared: Arc<Shared>,
+        enabled: bool,
+    ) -> Self {
+        StreamGroupActor {
+            info,
+            throttle,
+            shared,
+            enabled,
+            members: BTreeMap::new(),
+            by_sub: HashMap::new(),
+            live: None,
+            opening: false,
+            again: None,
+            due: None,
+            failures: 0,
+            mode: if enabled {
+                Mode::Streaming
+            } else {
+                Mode::Polling
+            },
+            connects: 0,
+        }
+    }
+
+    fn server(&self) -> &str {
+        &self.info.server
+    }
+
+    fn set_mode(&mut self, mode: Mode) {
+        if self.mode != mode {
+            let groups = &self.shared.metrics.stream_groups;
+            groups
+                .with_label_values(&[self.server(), self.mode.as_str()])
+                .dec();
+            groups
+                .with_label_values(&[self.server(), mode.as_str()])
+                .inc();
+            tracing::info!(
+                server = self.server(),
+                group = self.info.group,
+                mode = mode.as_str(),
+                "stream group changed mode"
+            );
+            self.mode = mode;
+        }
+    }
+
+    fn schedule(
+        &mut self,
+        delay: std::time::Duration,
+        reason: &'static str,
+        ctx: &mut Context<Self>,
+    ) {
+        if !self.enabled || self.due.is_some() {
+            return;
+        }
+        self.due = Some(ctx.run_later(delay, move |act, ctx| {
+            act.due = None;
+            act.round(reason, ctx);
+        }));
+    }
+
+    /// Subscribes members that need it, then opens a connection for every subscription.
+    fn round(&mut self, reason: &'static str, ctx: &mut Context<Self>) {
+        if !self.enabled || self.members.is_empty() {
+            return;
+        }
+        if self.opening {
+            self.again.get_or_insert(reason);
+            return;
+        }
+        self.opening = true;
+        let todo: Vec<(MailboxId, Vec<FolderId>)> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.sub.is_none())
+            .map(|(smtp, m)| (smtp.clone(), m.folders.clone()))
+            .collect();
+        let port = self.shared.ports.stream.clone();
+        let info = self.info.clone();
+        let throttle = self.throttle.clone();
+        // In parallel: the throttle's concurrency cap is what limits them.
+        let subscribe = join_all(todo.into_iter().map(move |(smtp, folders)| {
+            let call = port.subscribe(&info, &smtp, &folders, throttle.clone());
+            async move { (smtp, call.await) }
+        }));
+        let timeout = self.shared.settings.stream.connection_timeout;
+        ctx.spawn(subscribe.into_actor(self).then(move |results, act, _ctx| {
+            for (smtp, result) in results {
+                let Some(member) = act.members.get_mut(&smtp) else { continue };
+                for waiter in member.waiters.drain(..) {
+                    let _ = waiter.send(());
+                }
+                match result {
+                    Ok(sub) => {
+                        act.by_sub.insert(sub.clone(), smtp.clone());
+                        member.sub = Some(sub);
+                    }
+                    Err(error) => {
+                        // Polled meanwhile; a poll can come late, so resync once covered.
+                        member.resync_on_cover = true;
+                        if let SyncError::Throttled { back_off } = error {
+                            act.throttle.pause(back_off);
+                        }
+                        tracing::warn!(server = act.server(), mailbox = %smtp, %error, "subscribing failed; the mailbox is polled until it works");
+                    }
+                }
+            }
+            let subs: Vec<SubscriptionId> = act.members.values().filter_map(|m| m.sub.clone()).collect();
+            let opening = if subs.is_empty() {
+                None
+            } else {
+                Some(act.shared.ports.stream.stream(&act.info, subs.clone(), timeout))
+            };
+            async move {
+                match opening {
+                    Some(fut) => (subs, Some(fut.await)),
+                    None => (subs, None),
+                }
+            }
+            .into_actor(act)
+            .map(move |(subs, result), act, ctx| act.opened(subs, result, reason, ctx))
+        }));
+    }
+
+    fn opened(
+        &mut self,
+        subs: Vec<SubscriptionId>,
+        result: Option<Result<futures_util::stream::BoxStream<'static, StreamEvent>, SyncError>>,
+        reason: &'static str,
+        ctx: &mut Context<Self>,
+    ) {
+        self.opening = false;
+        match result {
+            Some(Ok(events)) => {
+                self.failures = 0;
+                self.set_mode(Mode::Streaming);
+                let id = self.connects;
+                self.connects += 1;
+                let metrics = &self.shared.metrics;
+                if id > 0 {
+                    metrics
+                        .stream_reconnects
+                        .with_label_values(&[self.server(), reason])
+                        .inc();
+                }
+                let events = events
+                    .map(move |e| (id, Some(e)))
+                    .chain(stream::once(async move { (id, None) }));
+                let handle = ctx.add_stream(events);
+                let settings = &self.shared.settings.stream;
+                let renew_in = settings
+                    .connection_timeout
+                    .saturating_sub(settings.renew_before);
+                let renew = ctx.run_later(renew_in, |act, ctx| act.round("renewal", ctx));
+                match self.live.replace(Conn {
+                    id,
+                    handle,
+                    renew,
+                    heartbeat: None,
+                }) {
+                    Some(old) => self.cancel(old, ctx),
+                    None => metrics
+                        .stream_connections
+                        .with_label_values(&[self.server()])
+                        .inc(),
+                }
+                self.arm_heartbeat(ctx);
+                let on_connection: HashSet<&SubscriptionId> = subs.iter().collect();
+                for member in self.members.values_mut() {
+                    let covered = member
+                        .sub
+                        .as_ref()
+                        .is_some_and(|s| on_connection.contains(s));
+                    if covered && member.resync_on_cover {
+                        member.addr.do_send(MailboxTrigger {
+                            folder: None,
+                            cause: Cause::Notification,
+                            full: false,
+                        });
+                        member.resync_on_cover = false;
+                    }
+                    member.covered = covered;
+                }
+            }
+            Some(Err(error)) => {
+                if let SyncError::Throttled { back_off } = error {
+                    self.throttle.pause(back_off);
+                }
+                self.failed(&error.to_string(), ctx);
+            }
+            None => {
+                if self.members.values().any(|m| m.sub.is_none()) {
+                    self.failed("no member could subscribe", ctx);
+                }
+            }
+        }
+        if let Some(reason) = self.again.take() {
+            self.round(reason, ctx);
+        }
+    }
+
+    fn failed(&mut self, error: &str, ctx: &mut Context<Self>) {
+        self.failures += 1;
+        tracing::warn!(server = self.server(), group = self.info.group, failures = self.failures, %error, "streaming failed");
+        if self.failures >= self.shared.settings.stream.failures_before_polling {
+            self.set_mode(Mode::Polling);
+        }
+        let delay = self.shared.settings.stream.retry.delay(self.failures);
+        self.schedule(delay, "failed", ctx);
+    }
+
+    fn cancel(&mut self, conn: Conn, ctx: &mut Context<Self>) {
+        ctx.cancel_future(conn.handle);
+        ctx.cancel_future(conn.renew);
+        if let Some(heartbeat) = conn.heartbeat {
+            ctx.cancel_future(heartbeat);
+        }
+    }
+
+    fn arm_heartbeat(&mut self, ctx: &mut Context<Self>) {
+        let Some(live) = &mut self.live else { return };
+        if let Some(old) = live.heartbeat.take() {
+            ctx.cancel_future(old);
+        }
+        let id = live.id;
+        let timeout = self.shared.settings.stream.heartbeat_timeout;
+        let handle = ctx.run_later(timeout, move |act, ctx| {
+            if act.live.as_ref().is_some_and(|c| c.id == id) {
+                act.live.as_mut().expect("checked").heartbeat = None;
+                act.lost(true, "no heartbeat", ctx);
+            }
+        });
+        if let Some(live) = &mut self.live {
+            live.heartbeat = Some(handle);
+        }
+    }
+
+    /// The live connection ended: every member is uncovered until the next one is up.
+    fn lost(&mut self, failure: bool, why: &str, ctx: &mut Context<Self>) {
+        if let Some(conn) = self.live.take() {
+            self.cancel(conn, ctx);
+            self.shared
+                .metrics
+                .stream_connections
+                .with_label_values(&[self.server()])
+                .dec();
+        }
+        for member in self.members.values_mut() {
+            member.covered = false;
+            member.resync_on_cover = true;
+        }
+        if failure {
+            self.failed(why, ctx);
+        } else {
+            tracing::info!(
+                server = self.server(),
+                group = self.info.group,
+                why,
+                "stream ended; reconnecting"
+            );
+            self.round("lost", ctx);
+        }
+    }
+
+    fn poll(&mut self) {
+        for member in self.members.values().filter(|m| !m.covered) {
+            member.addr.do_send(MailboxTrigger {
+                folder: None,
+                cause: Cause::Timer,
+                full: false,
+            });
+        }
+    }
+}
+
+impl Actor for StreamGroupActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.shared
+            .metrics
+            .stream_groups
+            .with_label_values(&[self.server(), self.mode.as_str()])
+            .inc();
+        ctx.run_interval(self.shared.settings.stream.polling_interval, |act, _| {
+            act.poll()
+        });
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        let metrics = &self.shared.metrics;
+        metrics
+            .stream_groups
+            .with_label_values(&[self.server(), self.mode.as_str()])
+            .dec();
+        if self.live.take().is_some() {
+            metrics
+                .stream_connections
+                .with_label_values(&[self.server()])
+                .dec();
+        }
+    }
+}
+
+impl StreamHandler<(u64, Option<StreamEvent>)> for StreamGroupActor {
+    fn handle(&mut self, (id, event): (u64, Option<StreamEvent>), ctx: &mut Context<Self>) {
+        if self.live.as_ref().is_none_or(|c| c.id != id) {
+            return;
+        }
+        match event {
+            Some(StreamEvent::Changed {
+                subscription,
+                folder,
+            }) => {
+                self.shared
+                    .metrics
+                    .notifications
+                    .with_label_values(&[self.server()])
+                    .inc();
+                self.arm_heartbeat(ctx);
+                if let Some(member) = self
+                    .by_sub
+                    .get(&subscription)
+                    .and_then(|smtp| self.members.get(smtp))
+                {
+                    member.addr.do_send(MailboxTrigger {
+                        folder,
+                        cause: Cause::Notification,
+                        full: false,
+                    });
+                }
+            }
+            Some(StreamEvent::Heartbeat) => self.arm_heartbeat(ctx),
+            Some(StreamEvent::Lost(subs)) => {
+                self.arm_heartbeat(ctx);
+                for sub in subs {
+                    if let Some(smtp) = self.by_sub.remove(&sub) {
+                        if let Some(member) = self.members.get_mut(&smtp) {
+                            member.sub = None;
+                            member.covered = false;
+                            member.resync_on_cover = true;
+                        }
+                    }
+                }
+                self.round("resubscribe", ctx);
+            }
+            Some(StreamEvent::Closed) => self.lost(false, "closed by the server", ctx),
+            Some(StreamEvent::Failed(error)) => self.lost(true, &error.to_string(), ctx),
+            None => self.lost(true, "connection dropped", ctx),
+        }
+    }
+
+    fn finished(&mut self, _: &mut Context<Self>) {
+        // Each connection's end arrives as an item (`None`); the actor outlives its streams.
+    }
+}
+
+impl Handler<JoinGroup> for StreamGroupActor {
+    type Result = ResponseFuture<()>;
+    fn handle(&mut self, msg: JoinGroup, ctx: &mut Context<Self>) -> Self::Result {
+        let (sub, covered) = match self.members.get(&msg.smtp) {
+            Some(old) if old.generation == msg.generation => return Box::pin(async {}),
+            Some(old) if old.folders == msg.folders => (old.sub.clone(), old.covered),
+            Some(old) => {
+                if let Some(sub) = &old.sub {
+                    self.by_sub.remove(sub);
+                }
+                (None, false)
+            }
+            None => (None, false),
+        };
+        if self.info.anchor > msg.smtp {
+            self.info.anchor = msg.smtp.clone();
+        }
+        let needs_subscription = sub.is_none() && self.enabled;
+        let mut member = Member {
+            generation: msg.generation,
+            addr: msg.addr,
+            folders: msg.folders,
+            sub,
+            covered,
+            resync_on_cover: false,
+            waiters: Vec::new(),
+        };
+        let reply = if needs_subscription {
+            let (tx, rx) = oneshot::channel();
+            member.waiters.push(tx);
+            let delay = self.shared.settings.stream.join_delay;
+            self.members.insert(msg.smtp, member);
+            self.schedule(delay, "members", ctx);
+            Some(rx)
+        } else {
+            self.members.insert(msg.smtp, member);
+            None
+        };
+        Box::pin(async move {
+            if let Some(rx) = reply {
+                let _ = rx.await;
+            }
+        })
+    }
+}
+
+impl Handler<LeaveGroup> for StreamGroupActor {
+    type Result = ();
+    fn handle(&mut self, msg: LeaveGroup, _: &mut Context<Self>) {
+        if let Some(member) = self.members.remove(&msg.smtp) {
+            if let Some(sub) = member.sub {
+                self.by_sub.remove(&sub);
+            }
+        }
+        if self.info.anchor == msg.smtp {
+            if let Some(first) = self.members.keys().next() {
+                self.info.anchor = first.clone();
+            }
+        }
+    }
+}
+
+impl Handler<StopGroup> for StreamGroupActor {
+    type Result = ();
+    fn handle(&mut self, _: StopGroup, ctx: &mut Context<Self>) {
+        if let Some(conn) = self.live.take() {
+            self.cancel(conn, ctx);
+            self.shared
+                .metrics
+                .stream_connections
+                .with_label_values(&[self.server()])
+                .dec();
+        }
+        ctx.stop();
+    }
+}
+
+impl Handler<GetStatus> for StreamGroupActor {
+    type Result = MessageResult<GetStatus>;
+    fn handle(&mut self, _: GetStatus, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(GroupStatus {
+            members: self.members.len(),
+            subscribed: self.members.values().filter(|m| m.sub.is_some()).count(),
+            covered: self.members.values().filter(|m| m.covered).count(),
+            connected: self.live.is_some(),
+            mode: self.mode.as_str(),
+            connects: self.connects,
+            failures: self.failures,
+        })
+    }
+}

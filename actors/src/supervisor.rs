@@ -1,0 +1,844 @@
+//! Supervisor: starts, watches, restarts and stops the mailboxes; owns the throttles, the
+//! stream groups and the CRM feed; takes the admin commands.
+//!
+//! Mailbox actors are spread over arbiters (threads, one per core by default). A mailbox that
+//! goes down is restarted after a capped exponential back-off — slowly when its access was
+//! denied — and never disturbs its neighbours. Every incarnation of a mailbox actor has a
+//! generation number; messages from an older one are ignored, so a late report can never
+//! restart a mailbox twice.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use actix::prelude::*;
+use futures_util::future::join_all;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::crm_feed::{CrmFeedActor, StopFeed};
+use crate::mailbox::{MailboxActor, MailboxArgs, MailboxTrigger, PauseMailbox, StopMailbox};
+use crate::metrics::Metrics;
+use crate::ports::{Cause, GroupInfo, MailboxId, MailboxSpec, Ports, ServerId, ServerSpec};
+use crate::settings::RuntimeSettings;
+use crate::status::{Board, MailboxState, RestartCause};
+use crate::stream_group::{LeaveGroup, StopGroup, StreamGroupActor};
+use crate::throttle::Throttle;
+use crate::Shared;
+
+/// What an operator can ask of one mailbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Stop the mailbox's actors (running steps finish) and start new ones.
+    Restart,
+    /// Sync every folder from scratch (the stored sync states are not used).
+    Resync,
+    /// Run no steps until resumed; triggers are remembered.
+    Pause,
+    /// Undo a pause.
+    Resume,
+}
+
+impl Action {
+    /// The word used in the API path and the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Restart => "restart",
+            Action::Resync => "resync",
+            Action::Pause => "pause",
+            Action::Resume => "resume",
+        }
+    }
+
+    /// Parses the API path / CLI word.
+    pub fn parse(word: &str) -> Option<Self> {
+        [
+            Action::Restart,
+            Action::Resync,
+            Action::Pause,
+            Action::Resume,
+        ]
+        .into_iter()
+        .find(|a| a.as_str() == word)
+    }
+}
+
+/// An admin command for one mailbox.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<(), CommandError>")]
+pub struct Command {
+    /// The mailbox (lower case).
+    pub smtp: MailboxId,
+    /// What to do.
+    pub action: Action,
+}
+
+/// Why a command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    /// No such mailbox is configured.
+    #[error("mailbox {0} is not configured")]
+    NotFound(MailboxId),
+    /// The mailbox has no running actor (it waits to restart); only restart works then.
+    #[error("mailbox {smtp} is {state}; only restart works until it runs again")]
+    NotRunning {
+        /// The mailbox.
+        smtp: MailboxId,
+        /// Its state.
+        state: &'static str,
+    },
+    /// The service is shutting down.
+    #[error("the service is shutting down")]
+    ShuttingDown,
+}
+
+/// Replaces the configured servers and mailboxes: added ones start, removed ones stop,
+/// changed ones restart, the rest are not touched.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<ReloadReport, SpecError>")]
+pub struct Reload {
+    /// The servers now configured.
+    pub servers: Vec<ServerSpec>,
+    /// The mailboxes now configured.
+    pub mailboxes: Vec<MailboxSpec>,
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Mailboxes started.
+    pub added: Vec<MailboxId>,
+    /// Mailboxes stopped and forgotten.
+    pub removed: Vec<MailboxId>,
+    /// Mailboxes restarted with their new configuration.
+    pub changed: Vec<MailboxId>,
+    /// Mailboxes left alone.
+    pub unchanged: usize,
+}
+
+/// A set of servers and mailboxes the supervisor cannot run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// Two mailboxes with one address.
+    #[error("mailbox {0} is configured twice")]
+    DuplicateMailbox(MailboxId),
+    /// Two servers with one name.
+    #[error("server {0} is configured twice")]
+    DuplicateServer(ServerId),
+    /// A mailbox names a server that is not configured.
+    #[error("mailbox {smtp} uses server {server}, which is not configured")]
+    UnknownServer {
+        /// The mailbox.
+        smtp: MailboxId,
+        /// The server it names.
+        server: ServerId,
+    },
+}
+
+/// Stops everything gracefully: running steps finish (up to the stop timeout), then the
+/// actors and arbiters stop.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+/// Asks for a [`SupervisorStatus`].
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "SupervisorStatus")]
+pub struct GetStatus;
+
+/// The supervisor's view.
+#[derive(Debug, Clone)]
+pub struct SupervisorStatus {
+    /// Configured mailboxes.
+    pub mailboxes: usize,
+    /// Arbiters the mailboxes run on (0: the supervisor's own).
+    pub arbiters: usize,
+    /// Stream groups, with their server, number and member count.
+    pub groups: Vec<GroupRef>,
+    /// The service is shutting down.
+    pub shutting_down: bool,
+}
+
+/// A stream group, for status and tests.
+#[derive(Debug, Clone)]
+pub struct GroupRef {
+    /// Its server.
+    pub server: ServerId,
+    /// Its number within the server.
+    pub group: u32,
+    /// Its members.
+    pub members: Vec<MailboxId>,
+    /// The actor.
+    pub addr: Addr<StreamGroupActor>,
+}
+
+/// A mailbox finished its first steps.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub(crate) struct MailboxReady {
+    pub smtp: MailboxId,
+    pub generation: u64,
+}
+
+/// A mailbox actor went down.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub(crate) struct MailboxDown {
+    pub smtp: MailboxId,
+    pub generation: u64,
+    pub cause: RestartCause,
+    pub error: String,
+}
+
+/// What the service holds on to: the supervisor's address and the registry.
+#[derive(Clone)]
+pub struct SupervisorHandle {
+    /// Send [`Command`], [`Reload`], [`Shutdown`], [`GetStatus`] here.
+    pub addr: Addr<Supervisor>,
+    /// Every mailbox's status, readable without a message.
+    pub board: Board,
+    /// The runtime's metrics.
+    pub metrics: Metrics,
+}
+
+struct ServerRuntime {
+    /// As configured.
+    spec: ServerSpec,
+    /// Shared by every actor of the server.
+    throttle: Throttle,
+    /// Stream groups by number.
+    groups: BTreeMap<u32, GroupSlot>,
+    /// Next group number.
+    next_group: u32,
+}
+
+struct GroupSlot {
+    addr: Addr<StreamGroupActor>,
+    members: BTreeSet<MailboxId>,
+}
+
+struct Slot {
+    /// As configured.
+    spec: MailboxSpec,
+    /// Generation of the current (or retired) actor.
+    generation: u64,
+    /// Index of the arbiter it runs on.
+    arbiter: usize,
+    /// Its stream group (number within its server).
+    group: Option<u32>,
+    /// Restarts after errors in a row (reset once it ran `healthy_after`).
+    failures: u32,
+    /// Denied restarts in a row (reset when it runs).
+    denied: u32,
+    /// The pending restart.
+    restart: Option<SpawnHandle>,
+    /// When the current actor became ready.
+    ready_at: Option<Instant>,
+}
+
+/// The supervisor.
+pub struct Supervisor {
+    /// Ports, registry, metrics, settings, start slots.
+    shared: Arc<Shared>,
+    /// Servers by name.
+    servers: HashMap<ServerId, ServerRuntime>,
+    /// Mailboxes by address.
+    slots: HashMap<MailboxId, Slot>,
+    /// Arbiters the mailboxes run on (empty: the supervisor's own).
+    arbiters: Vec<Arbiter>,
+    /// Round-robin position for the next mailbox.
+    next_arbiter: usize,
+    /// The CRM feed, if the service has one.
+    feed: Option<Addr<CrmFeedActor>>,
+    /// No restarts, no commands.
+    shutting_down: bool,
+}
+
+fn check_specs(servers: &[ServerSpec], mailboxes: &[MailboxSpec]) -> Result<(), SpecError> {
+    let mut names = HashSet::new();
+    for server in servers {
+        if !names.insert(server.id.clone()) {
+            return Err(SpecError::DuplicateServer(server.id.clone()));
+        }
+    }
+    let mut seen = HashSet::new();
+    for mailbox in mailboxes {
+        if !seen.insert(mailbox.smtp.clone()) {
+            return Err(SpecError::DuplicateMailbox(mailbox.smtp.clone()));
+        }
+        if !names.contains(&mailbox.server) {
+            return Err(SpecError::UnknownServer {
+                smtp: mailbox.smtp.clone(),
+                server: mailbox.server.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+impl Supervisor {
+    /// Starts the supervisor and, through it, every mailbox. Must run inside an actix system.
+    pub fn launch(
+        settings: RuntimeSettings,
+        servers: Vec<ServerSpec>,
+        mailboxes: Vec<MailboxSpec>,
+        ports: Ports,
+        metrics: Metrics,
+    ) -> Result<SupervisorHandle, SpecError> {
+        check_specs(&servers, &mailboxes)?;
+        let board = Board::new(metrics.clone());
+        let shared = Arc::new(Shared {
+            start_slots: Arc::new(Semaphore::new(settings.max_concurrent_starts.max(1))),
+            ports,
+            board: board.clone(),
+            metrics: metrics.clone(),
+            settings,
+        });
+        let servers = servers
+            .into_iter()
+            .map(|spec| (spec.id.clone(), ServerRuntime::new(spec, &metrics)))
+            .collect();
+        let mut supervisor = Supervisor {
+            shared,
+            servers,
+            slots: HashMap::new(),
+            arbiters: Vec::new(),
+            next_arbiter: 0,
+            feed: None,
+            shutting_down: false,
+        };
+        // Registered before anything starts, so the registry (and /readyz) know every mailbox.
+        for spec in mailboxes {
+            supervisor.add(spec);
+        }
+        Ok(SupervisorHandle {
+            addr: supervisor.start(),
+            board,
+            metrics,
+        })
+    }
+
+    /// Registers a mailbox (not started yet).
+    fn add(&mut self, spec: MailboxSpec) {
+        let arbiters = self.shared.settings.arbiters;
+        let arbiter = if arbiters == 0 {
+            0
+        } else {
+            self.next_arbiter % arbiters
+        };
+        self.next_arbiter += 1;
+        self.shared.board.insert(spec.clone());
+        let smtp = spec.smtp.clone();
+        self.slots.insert(
+            smtp,
+            Slot {
+                spec,
+                generation: 0,
+                arbiter,
+                group: None,
+                failures: 0,
+                denied: 0,
+                restart: None,
+                ready_at: None,
+            },
+        );
+    }
+
+    /// Puts the mailbox into a stream group of its server with room left.
+    fn assign_group(&mut self, smtp: &MailboxId) {
+        let Some(slot) = self.slots.get_mut(smtp) else {
+            return;
+        };
+        if slot.group.is_some() {
+            return;
+        }
+        let Some(server) = self.servers.get_mut(&slot.spec.server) else {
+            return;
+        };
+        let size = self.shared.settings.stream.group_size.max(1);
+        let number = match server.groups.iter().find(|(_, g)| g.members.len() < size) {
+            Some((number, _)) => *number,
+            None => {
+                let number = server.next_group;
+                server.next_group += 1;
+                let info = GroupInfo {
+                    server: server.spec.id.clone(),
+                    group: number,
+                    anchor: smtp.clone(),
+                };
+                let addr = StreamGroupActor::new(
+                    info,
+                    server.throttle.clone(),
+                    self.shared.clone(),
+                    server.spec.streaming,
+                )
+                .start();
+                server.groups.insert(
+                    number,
+                    GroupSlot {
+                        addr,
+                        members: BTreeSet::new(),
+                    },
+                );
+                number
+            }
+        };
+        server
+            .groups
+            .get_mut(&number)
+            .expect("just found or made")
+            .members
+            .insert(smtp.clone());
+        slot.group = Some(number);
+    }
+
+    /// Takes the mailbox out of its stream group; a group left empty stops.
+    fn leave_group(&mut self, smtp: &MailboxId) {
+        let Some(slot) = self.slots.get_mut(smtp) else {
+            return;
+        };
+        let Some(number) = slot.group.take() else {
+            return;
+        };
+        let Some(server) = self.servers.get_mut(&slot.spec.server) else {
+            return;
+        };
+        if let Some(group) = server.groups.get_mut(&number) {
+            group.members.remove(smtp);
+            group.addr.do_send(LeaveGroup { smtp: smtp.clone() });
+            if group.members.is_empty() {
+                group.addr.do_send(StopGroup);
+                server.groups.remove(&number);
+            }
+        }
+    }
+
+    /// Starts a new incarnation of the mailbox actor.
+    fn spawn_mailbox(&mut self, smtp: &MailboxId, ctx: &mut Context<Self>) {
+        if self.shutting_down {
+            return;
+        }
+        self.assign_group(smtp);
+        let Some(slot) = self.slots.get_mut(smtp) else {
+            return;
+        };
+        let Some(server) = self.servers.get(&slot.spec.server) else {
+            return;
+        };
+        slot.generation += 1;
+        slot.restart = None;
+        slot.ready_at = None;
+        let generation = slot.generation;
+        let board = &self.shared.board;
+        let paused = board
+            .update(smtp, |e| {
+                e.generation = generation;
+                e.addr = None;
+                e.folders.clear();
+                e.next_retry = None;
+                e.paused
+            })
+            .unwrap_or(false);
+        board.set_state(smtp, MailboxState::Starting);
+        let args = MailboxArgs {
+            spec: slot.spec.clone(),
+            generation,
+            supervisor: ctx.address(),
+            group: slot
+                .group
+                .and_then(|g| server.groups.get(&g))
+                .map(|g| g.addr.clone()),
+            throttle: server.throttle.clone(),
+            shared: self.shared.clone(),
+            paused,
+        };
+        let arbiter = match self.arbiters.get(slot.arbiter) {
+            Some(arbiter) => arbiter.handle(),
+            None => Arbiter::current(),
+        };
+        let addr = MailboxActor::start_in_arbiter(&arbiter, move |_| MailboxActor::new(args));
+        board.update(smtp, |e| {
+            if e.generation == generation {
+                e.addr = Some(addr);
+            }
+        });
+    }
+
+    /// Retires the current actor (its later reports are ignored) and returns it for stopping.
+    fn retire(&mut self, smtp: &MailboxId, ctx: &mut Context<Self>) -> Option<Addr<MailboxActor>> {
+        let slot = self.slots.get_mut(smtp)?;
+        slot.generation += 1;
+        if let Some(restart) = slot.restart.take() {
+            ctx.cancel_future(restart);
+        }
+        let generation = slot.generation;
+        self.shared.board.update(smtp, |e| {
+            e.generation = generation;
+            e.addr.take()
+        })?
+    }
+
+    /// Stops mailbox actors gracefully, cancelling their steps after the stop timeout.
+    fn stop_all(
+        &self,
+        actors: Vec<Addr<MailboxActor>>,
+    ) -> impl std::future::Future<Output = ()> + 'static {
+        let timeout = self.shared.settings.stop_timeout;
+        async move {
+            let graceful = join_all(actors.iter().map(|a| a.send(StopMailbox { abort: false })));
+            if tokio::time::timeout(timeout, graceful).await.is_err() {
+                tracing::warn!(
+                    timeout_s = timeout.as_secs(),
+                    "steps still running after the stop timeout; cancelling them"
+                );
+                join_all(actors.iter().map(|a| a.send(StopMailbox { abort: true }))).await;
+            }
+        }
+    }
+}
+
+impl ServerRuntime {
+    fn new(spec: ServerSpec, metrics: &Metrics) -> Self {
+        let throttle = Throttle::new(spec.id.clone(), spec.throttle, metrics.clone());
+        ServerRuntime {
+            spec,
+            throttle,
+            groups: BTreeMap::new(),
+            next_group: 0,
+        }
+    }
+
+    fn stop_groups(&mut self) {
+        for group in std::mem::take(&mut self.groups).into_values() {
+            group.addr.do_send(StopGroup);
+        }
+    }
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(1024);
+        self.arbiters = (0..self.shared.settings.arbiters)
+            .map(|_| Arbiter::new())
+            .collect();
+        let all: Vec<MailboxId> = {
+            let mut all: Vec<MailboxId> = self.slots.keys().cloned().collect();
+            all.sort();
+            all
+        };
+        for smtp in &all {
+            self.spawn_mailbox(smtp, ctx);
+        }
+        if let Some(crm) = self.shared.ports.crm.clone() {
+            self.feed = Some(CrmFeedActor::new(crm, self.shared.clone()).start());
+        }
+        tracing::info!(
+            mailboxes = all.len(),
+            arbiters = self.arbiters.len(),
+            "supervisor started"
+        );
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        for arbiter in &self.arbiters {
+            arbiter.stop();
+        }
+    }
+}
+
+impl Handler<MailboxReady> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, msg: MailboxReady, _: &mut Context<Self>) {
+        let Some(slot) = self.slots.get_mut(&msg.smtp) else {
+            return;
+        };
+        if slot.generation != msg.generation {
+            return;
+        }
+        slot.ready_at = Some(Instant::now());
+        slot.denied = 0;
+        self.shared.board.update(&msg.smtp, |e| e.last_error = None);
+    }
+}
+
+impl Handler<MailboxDown> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, msg: MailboxDown, ctx: &mut Context<Self>) {
+        if self.shutting_down {
+            return;
+        }
+        let settings = &self.shared.settings;
+        let Some(slot) = self.slots.get_mut(&msg.smtp) else {
+            return;
+        };
+        if slot.generation != msg.generation {
+            return;
+        }
+        let (delay, state) = if msg.cause == RestartCause::Denied {
+            slot.denied += 1;
+            (
+                settings.denied_retry.delay(slot.denied),
+                MailboxState::Failed,
+            )
+        } else {
+            if slot
+                .ready_at
+                .is_some_and(|t| t.elapsed() >= settings.healthy_after)
+            {
+                slot.failures = 0;
+            }
+            slot.failures += 1;
+            (settings.restart.delay(slot.failures), MailboxState::Backoff)
+        };
+        slot.ready_at = None;
+        self.shared
+            .metrics
+            .restarts
+            .with_label_values(&["mailbox", msg.cause.as_str()])
+            .inc();
+        let board = &self.shared.board;
+        board.update(&msg.smtp, |e| {
+            e.addr = None;
+            e.restarts += 1;
+            e.last_error = Some(msg.error.clone());
+            e.next_retry = Some(SystemTime::now() + delay);
+            e.first_step_done = true;
+        });
+        board.set_state(&msg.smtp, state);
+        tracing::warn!(mailbox = %msg.smtp, cause = msg.cause.as_str(), retry_in_s = delay.as_secs(), error = %msg.error, "mailbox down; restart scheduled");
+        let smtp = msg.smtp.clone();
+        slot.restart = Some(ctx.run_later(delay, move |act, ctx| act.spawn_mailbox(&smtp, ctx)));
+    }
+}
+
+impl Handler<Command> for Supervisor {
+    type Result = ResponseActFuture<Self, Result<(), CommandError>>;
+    fn handle(&mut self, msg: Command, ctx: &mut Context<Self>) -> Self::Result {
+        let refuse = |e| -> Self::Result { Box::pin(actix::fut::ready(Err(e))) };
+        if self.shutting_down {
+            return refuse(CommandError::ShuttingDown);
+        }
+        if !self.slots.contains_key(&msg.smtp) {
+            return refuse(CommandError::NotFound(msg.smtp));
+        }
+        let board = self.shared.board.clone();
+        match msg.action {
+            Action::Restart => {
+                tracing::info!(mailbox = %msg.smtp, "restart requested");
+                self.shared
+                    .metrics
+                    .restarts
+                    .with_label_values(&["mailbox", RestartCause::Admin.as_str()])
+                    .inc();
+                board.update(&msg.smtp, |e| e.restarts += 1);
+                let old = self.retire(&msg.smtp, ctx);
+                let stop = self.stop_all(old.into_iter().collect());
+                let smtp = msg.smtp;
+                Box::pin(stop.into_actor(self).map(move |(), act, ctx| {
+                    act.spawn_mailbox(&smtp, ctx);
+                    Ok(())
+                }))
+            }
+            Action::Pause | Action::Resume => {
+                let paused = msg.action == Action::Pause;
+                let addr = board.update(&msg.smtp, |e| {
+                    e.paused = paused;
+                    e.addr.clone()
+                });
+                if let Some(addr) = addr.flatten() {
+                    addr.do_send(PauseMailbox(paused));
+                }
+                Box::pin(actix::fut::ready(Ok(())))
+            }
+            Action::Resync => match board.addr(&msg.smtp) {
+                Some(addr) => {
+                    addr.do_send(MailboxTrigger {
+                        folder: None,
+                        cause: Cause::Admin,
+                        full: true,
+                    });
+                    Box::pin(actix::fut::ready(Ok(())))
+                }
+                None => {
+                    let state = board
+                        .snapshot(&msg.smtp)
+                        .map_or("stopped", |s| s.state.as_str());
+                    refuse(CommandError::NotRunning {
+                        smtp: msg.smtp,
+                        state,
+                    })
+                }
+            },
+        }
+    }
+}
+
+impl Handler<Reload> for Supervisor {
+    type Result = ResponseActFuture<Self, Result<ReloadReport, SpecError>>;
+    fn handle(&mut self, msg: Reload, ctx: &mut Context<Self>) -> Self::Result {
+        if let Err(e) = check_specs(&msg.servers, &msg.mailboxes) {
+            return Box::pin(actix::fut::ready(Err(e)));
+        }
+        // Servers whose settings changed restart all their mailboxes with a new throttle.
+        let mut changed_servers = HashSet::new();
+        let wanted_servers: HashSet<ServerId> = msg.servers.iter().map(|s| s.id.clone()).collect();
+        for spec in &msg.servers {
+            match self.servers.get(&spec.id) {
+                Some(current) if current.spec == *spec => {}
+                Some(_) => {
+                    changed_servers.insert(spec.id.clone());
+                }
+                None => {
+                    self.servers.insert(
+                        spec.id.clone(),
+                        ServerRuntime::new(spec.clone(), &self.shared.metrics),
+                    );
+                }
+            }
+        }
+        let wanted: HashMap<MailboxId, MailboxSpec> = msg
+            .mailboxes
+            .into_iter()
+            .map(|m| (m.smtp.clone(), m))
+            .collect();
+        let mut report = ReloadReport::default();
+        let mut stopping = Vec::new();
+        let mut current: Vec<MailboxId> = self.slots.keys().cloned().collect();
+        current.sort();
+        for smtp in current {
+            let slot = &self.slots[&smtp];
+            match wanted.get(&smtp) {
+                None => {
+                    self.leave_group(&smtp);
+                    stopping.extend(self.retire(&smtp, ctx));
+                    self.slots.remove(&smtp);
+                    self.shared.board.remove(&smtp);
+                    report.removed.push(smtp);
+                }
+                Some(spec) if *spec != slot.spec || changed_servers.contains(&slot.spec.server) => {
+                    let spec = spec.clone();
+                    self.leave_group(&smtp);
+                    stopping.extend(self.retire(&smtp, ctx));
+                    let slot = self.slots.get_mut(&smtp).expect("listed above");
+                    slot.spec = spec.clone();
+                    slot.failures = 0;
+                    slot.denied = 0;
+                    self.shared.board.update(&smtp, |e| e.spec = spec);
+                    report.changed.push(smtp);
+                }
+                Some(_) => report.unchanged += 1,
+            }
+        }
+        let mut added: Vec<&MailboxSpec> = wanted
+            .values()
+            .filter(|m| !self.slots.contains_key(&m.smtp))
+            .collect();
+        added.sort_by(|a, b| a.smtp.cmp(&b.smtp));
+        for spec in added {
+            report.added.push(spec.smtp.clone());
+            self.add(spec.clone());
+        }
+        for id in &changed_servers {
+            let spec = msg
+                .servers
+                .iter()
+                .find(|s| &s.id == id)
+                .expect("changed servers come from msg")
+                .clone();
+            if let Some(mut old) = self
+                .servers
+                .insert(id.clone(), ServerRuntime::new(spec, &self.shared.metrics))
+            {
+                old.stop_groups();
+            }
+        }
+        let gone: Vec<ServerId> = self
+            .servers
+            .keys()
+            .filter(|s| !wanted_servers.contains(*s))
+            .cloned()
+            .collect();
+        for id in gone {
+            if let Some(mut server) = self.servers.remove(&id) {
+                server.stop_groups();
+            }
+        }
+        tracing::info!(
+            added = report.added.len(),
+            removed = report.removed.len(),
+            changed = report.changed.len(),
+            unchanged = report.unchanged,
+            "configuration reloaded"
+        );
+        let stop = self.stop_all(stopping);
+        Box::pin(stop.into_actor(self).map(move |(), act, ctx| {
+            for smtp in report.changed.iter().chain(&report.added) {
+                act.spawn_mailbox(smtp, ctx);
+            }
+            Ok(report)
+        }))
+    }
+}
+
+impl Handler<Shutdown> for Supervisor {
+    type Result = ResponseActFuture<Self, ()>;
+    fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) -> Self::Result {
+        self.shutting_down = true;
+        if let Some(feed) = self.feed.take() {
+            feed.do_send(StopFeed);
+        }
+        let mut actors = Vec::new();
+        let all: Vec<MailboxId> = self.slots.keys().cloned().collect();
+        for smtp in &all {
+            if let Some(slot) = self.slots.get_mut(smtp) {
+                if let Some(restart) = slot.restart.take() {
+                    ctx.cancel_future(restart);
+                }
+            }
+            actors.extend(self.shared.board.addr(smtp));
+        }
+        for server in self.servers.values_mut() {
+            server.stop_groups();
+        }
+        tracing::info!(
+            mailboxes = actors.len(),
+            "shutting down: letting running steps finish"
+        );
+        let stop = self.stop_all(actors);
+        Box::pin(stop.into_actor(self).map(move |(), act, ctx| {
+            for smtp in &all {
+                act.shared.board.update(smtp, |e| e.addr = None);
+                act.shared.board.set_state(smtp, MailboxState::Stopped);
+            }
+            tracing::info!("every mailbox stopped");
+            ctx.stop();
+        }))
+    }
+}
+
+impl Handler<GetStatus> for Supervisor {
+    type Result = MessageResult<GetStatus>;
+    fn handle(&mut self, _: GetStatus, _: &mut Context<Self>) -> Self::Result {
+        let mut groups: Vec<GroupRef> = self
+            .servers
+            .values()
+            .flat_map(|s| {
+                s.groups.iter().map(|(number, g)| GroupRef {
+                    server: s.spec.id.clone(),
+                    group: *number,
+                    members: g.members.iter().cloned().collect(),
+                    addr: g.addr.clone(),
+                })
+            })
+            .collect();
+        groups.sort_by(|a, b| (&a.server, a.group).cmp(&(&b.server, b.group)));
+        MessageResult(SupervisorStatus {
+            mailboxes: self.slots.len(),
+            arbiters: self.arbiters.len(),
+            groups,
+            shutting_down: self.shutting_down,
+        })
+    }
+}

@@ -1,0 +1,330 @@
+//! The per-server throttle every EWS request passes, and the step context that carries it.
+//!
+//! Three gates, in this order: a concurrency cap (a semaphore, so at most `max_concurrent`
+//! requests are in flight), a server-wide pause (set when Exchange answers ErrorServerBusy
+//! with BackOffMilliseconds), and a governor rate limit. Time comes from tokio's clock so
+//! that tests under paused time see the same behaviour as production.
+
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::clock::Clock;
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use parking_lot::Mutex;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use crate::metrics::Metrics;
+use crate::ports::{ServerId, ThrottleSettings};
+
+/// governor's clock, read from tokio so paused test time applies to the rate limit too.
+#[derive(Debug, Clone, Copy, Default)]
+struct TokioClock;
+
+impl Clock for TokioClock {
+    type Instant = std::time::Instant;
+    fn now(&self) -> std::time::Instant {
+        Instant::now().into_std()
+    }
+}
+
+type Limiter = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<std::time::Instant>>;
+
+/// The shared throttle of one Exchange server. Cheap to clone.
+#[derive(Clone)]
+pub struct Throttle(Arc<Inner>);
+
+struct Inner {
+    /// Metric label and log field.
+    server: ServerId,
+    /// The settings it was built from, so a reload can tell whether they changed.
+    settings: ThrottleSettings,
+    /// Sustained rate and burst.
+    limiter: Limiter,
+    /// Concurrency cap.
+    slots: Arc<Semaphore>,
+    /// End of the current server-wide pause, if any.
+    paused_until: Mutex<Option<Instant>>,
+    /// Where waits and pauses are counted.
+    metrics: Metrics,
+}
+
+impl Throttle {
+    /// A throttle for `server` with `settings`.
+    pub fn new(server: ServerId, settings: ThrottleSettings, metrics: Metrics) -> Self {
+        let rate = NonZeroU32::new(settings.requests_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(settings.burst.max(1)).unwrap_or(NonZeroU32::MIN);
+        metrics.register_server(&server);
+        Throttle(Arc::new(Inner {
+            limiter: RateLimiter::direct_with_clock(
+                Quota::per_second(rate).allow_burst(burst),
+                TokioClock,
+            ),
+            slots: Arc::new(Semaphore::new(settings.max_concurrent.max(1) as usize)),
+            paused_until: Mutex::new(None),
+            server,
+            settings,
+            metrics,
+        }))
+    }
+
+    /// The server this throttle meters.
+    pub fn server(&self) -> &ServerId {
+        &self.0.server
+    }
+
+    /// The settings it was built from.
+    pub fn settings(&self) -> ThrottleSettings {
+        self.0.settings
+    }
+
+    /// Waits until one more request may go to the server; the request runs while the permit
+    /// lives.
+    pub async fn acquire(&self) -> ThrottlePermit {
+        let started = Instant::now();
+        let slot = self
+            .0
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the throttle's semaphore is never closed");
+        loop {
+            if let Some(until) = self.paused_until() {
+                tokio::time::sleep_until(until).await;
+                continue;
+            }
+            match self.0.limiter.check() {
+                Ok(()) => break,
+                Err(not_until) => {
+                    tokio::time::sleep(not_until.wait_time_from(TokioClock.now())).await;
+                }
+            }
+        }
+        let server: &str = &self.0.server;
+        self.0
+            .metrics
+            .throttle_wait
+            .with_label_values(&[server])
+            .observe(started.elapsed().as_secs_f64());
+        self.0
+            .metrics
+            .throttle_in_flight
+            .with_label_values(&[server])
+            .inc();
+        ThrottlePermit {
+            _slot: slot,
+            throttle: self.clone(),
+        }
+    }
+
+    /// Stops every request to the server for `back_off` (extending a pause already running).
+    pub fn pause(&self, back_off: Duration) {
+        let until = Instant::now() + back_off;
+        let mut paused = self.0.paused_until.lock();
+        *paused = Some(paused.map_or(until, |current| current.max(until)));
+        drop(paused);
+        let server: &str = &self.0.server;
+        self.0
+            .metrics
+            .throttle_pauses
+            .with_label_values(&[server])
+            .inc();
+        self.0
+            .metrics
+            .throttle_paused_seconds
+            .with_label_values(&[server])
+            .inc_by(back_off.as_secs_f64());
+        tracing::warn!(
+            server,
+            back_off_ms = back_off.as_millis() as u64,
+            "server asked us to back off; pausing every request to it"
+        );
+    }
+
+    /// The end of the running pause, if one runs.
+    pub fn paused_until(&self) -> Option<Instant> {
+        let mut paused = self.0.paused_until.lock();
+        match *paused {
+            Some(until) if until > Instant::now() => Some(until),
+            Some(_) => {
+                *paused = None;
+                None
+            }
+            None => None,
+        }
+    }
+}
+
+/// A request's right to run; dropping it frees the concurrency slot.
+pub struct ThrottlePermit {
+    _slot: OwnedSemaphorePermit,
+    throttle: Throttle,
+}
+
+impl Drop for ThrottlePermit {
+    fn drop(&mut self) {
+        let server: &str = &self.throttle.0.server;
+        self.throttle
+            .0
+            .metrics
+            .throttle_in_flight
+            .with_label_values(&[server])
+            .dec();
+    }
+}
+
+/// A step's liveness, watched by the stall watchdog. Cheap to clone.
+#[derive(Clone)]
+pub struct Progress(Arc<ProgressInner>);
+
+struct ProgressInner {
+    /// Reference point for `last_ms`.
+    origin: Instant,
+    /// Milliseconds after `origin` of the last sign of life.
+    last_ms: AtomicU64,
+    /// Requests currently waiting for the throttle: waiting on the server is not a stall.
+    waiting: AtomicU32,
+}
+
+impl Progress {
+    pub(crate) fn new() -> Self {
+        Progress(Arc::new(ProgressInner {
+            origin: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            waiting: AtomicU32::new(0),
+        }))
+    }
+
+    /// Records a sign of life (a page fetched, a batch written).
+    pub fn tick(&self) {
+        let ms = self.0.origin.elapsed().as_millis() as u64;
+        self.0.last_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// How long the step has shown no sign of life (zero while it waits for the throttle).
+    pub(crate) fn idle(&self) -> Duration {
+        if self.0.waiting.load(Ordering::Relaxed) > 0 {
+            return Duration::ZERO;
+        }
+        let now = self.0.origin.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.0.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// What a port gets with every step: the server's throttle and the step's progress.
+#[derive(Clone)]
+pub struct StepContext {
+    progress: Progress,
+    throttle: Throttle,
+}
+
+impl StepContext {
+    /// A context for a step on `throttle`'s server.
+    pub fn new(throttle: Throttle) -> Self {
+        StepContext {
+            progress: Progress::new(),
+            throttle,
+        }
+    }
+
+    pub(crate) fn with_progress(throttle: Throttle, progress: Progress) -> Self {
+        StepContext { progress, throttle }
+    }
+
+    /// Waits for the throttle; the time spent waiting never counts as a stall.
+    pub async fn acquire(&self) -> ThrottlePermit {
+        self.progress.0.waiting.fetch_add(1, Ordering::Relaxed);
+        let permit = self.throttle.acquire().await;
+        self.progress.0.waiting.fetch_sub(1, Ordering::Relaxed);
+        self.progress.tick();
+        permit
+    }
+
+    /// Records a sign of life.
+    pub fn progress(&self) {
+        self.progress.tick();
+    }
+
+    /// The server's throttle.
+    pub fn throttle(&self) -> &Throttle {
+        &self.throttle
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn throttle(rps: u32, burst: u32, max_concurrent: u32) -> Throttle {
+        Throttle::new(
+            "ex1".into(),
+            ThrottleSettings {
+                requests_per_second: rps,
+                burst,
+                max_concurrent,
+            },
+            Metrics::unregistered(),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_limit_spaces_requests_after_the_burst() {
+        let t = throttle(10, 2, 100);
+        let start = Instant::now();
+        for _ in 0..4 {
+            drop(t.acquire().await);
+        }
+        // Two from the burst at once, then one every 100 ms.
+        assert_eq!(start.elapsed(), Duration::from_millis(200));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrency_cap_holds_requests_until_a_slot_frees() {
+        let t = throttle(1000, 1000, 2);
+        let a = t.acquire().await;
+        let _b = t.acquire().await;
+        let t2 = t.clone();
+        let waiter = tokio::spawn(async move {
+            let start = Instant::now();
+            drop(t2.acquire().await);
+            start.elapsed()
+        });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(
+            !waiter.is_finished(),
+            "a third request ran while two held the slots"
+        );
+        drop(a);
+        assert_eq!(waiter.await.unwrap(), Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pause_holds_every_request_and_extends_never_shortens() {
+        let t = throttle(1000, 1000, 10);
+        t.pause(Duration::from_secs(30));
+        t.pause(Duration::from_secs(10));
+        let start = Instant::now();
+        drop(t.acquire().await);
+        assert_eq!(start.elapsed(), Duration::from_secs(30));
+        assert!(t.paused_until().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_for_the_throttle_is_not_idle_time() {
+        let t = throttle(1000, 1000, 10);
+        let ctx = StepContext::new(t.clone());
+        t.pause(Duration::from_secs(60));
+        let ctx2 = ctx.clone();
+        let task = tokio::spawn(async move { drop(ctx2.acquire().await) });
+        tokio::time::sleep(Duration::from_secs(59)).await;
+        assert_eq!(ctx.progress.idle(), Duration::ZERO);
+        task.await.unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(ctx.progress.idle(), Duration::from_secs(3));
+    }
+}

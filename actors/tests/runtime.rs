@@ -1,0 +1,1003 @@
+//! The actor runtime against fake ports, under paused tokio time: isolation, restarts with
+//! back-off, admin commands, coalescing, throttling, streaming renewal and gaps, polling
+//! fallback, reload, graceful shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mailsync_actors::fakes::{within, Behaviour, FakeCrm, FakeStream, FakeSync};
+use mailsync_actors::mailbox::{self, MailboxTrigger};
+use mailsync_actors::stream_group;
+use mailsync_actors::supervisor::{self, GroupRef};
+use mailsync_actors::*;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+const FOLDERS: [&str; 4] = ["contacts", "calendar", "tasks", "mail/inbox"];
+
+fn settings() -> RuntimeSettings {
+    RuntimeSettings {
+        arbiters: 0,
+        max_concurrent_starts: 4,
+        step_retry: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
+        restart: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
+        denied_retry: Backoff::new(Duration::from_secs(300), Duration::from_secs(3600)),
+        healthy_after: Duration::from_secs(300),
+        stall_timeout: Duration::from_secs(60),
+        max_resyncs: 2,
+        stop_timeout: Duration::from_secs(30),
+        stream: StreamSettings {
+            group_size: 3,
+            connection_timeout: Duration::from_secs(600),
+            renew_before: Duration::from_secs(60),
+            heartbeat_timeout: Duration::from_secs(75),
+            polling_interval: Duration::from_secs(60),
+            failures_before_polling: 3,
+            retry: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
+            join_delay: Duration::from_millis(200),
+        },
+    }
+}
+
+fn server(id: &str, streaming: bool) -> ServerSpec {
+    ServerSpec {
+        id: id.into(),
+        throttle: ThrottleSettings {
+            requests_per_second: 10_000,
+            burst: 10_000,
+            max_concurrent: 100,
+        },
+        streaming,
+    }
+}
+
+fn mailbox(n: usize, server: &str) -> MailboxSpec {
+    MailboxSpec {
+        smtp: format!("user{n}@example.com").into(),
+        server: server.into(),
+        fingerprint: 0,
+    }
+}
+
+fn smtp(n: usize) -> String {
+    format!("user{n}@example.com")
+}
+
+struct Rig {
+    handle: SupervisorHandle,
+    sync: Arc<FakeSync>,
+    stream: Arc<FakeStream>,
+    crm: Arc<FakeCrm>,
+}
+
+impl Rig {
+    fn start(
+        settings: RuntimeSettings,
+        servers: Vec<ServerSpec>,
+        mailboxes: Vec<MailboxSpec>,
+    ) -> Rig {
+        Rig::start_with(settings, servers, mailboxes, FakeSync::new(&FOLDERS))
+    }
+
+    fn start_with(
+        settings: RuntimeSettings,
+        servers: Vec<ServerSpec>,
+        mailboxes: Vec<MailboxSpec>,
+        sync: Arc<FakeSync>,
+    ) -> Rig {
+        let stream = FakeStream::new();
+        let crm = FakeCrm::new();
+        let ports = Ports {
+            sync: sync.clone(),
+            stream: stream.clone(),
+            crm: Some(crm.clone()),
+        };
+        let handle =
+            Supervisor::launch(settings, servers, mailboxes, ports, Metrics::unregistered())
+                .unwrap();
+        Rig {
+            handle,
+            sync,
+            stream,
+            crm,
+        }
+    }
+
+    fn snapshot(&self, n: usize) -> MailboxSnapshot {
+        self.handle
+            .board
+            .snapshot(&smtp(n))
+            .expect("mailbox is registered")
+    }
+
+    async fn info(&self, n: usize) -> mailbox::MailboxInfo {
+        let addr = self.handle.board.addr(&smtp(n)).expect("mailbox runs");
+        addr.send(mailbox::GetStatus).await.unwrap()
+    }
+
+    async fn ready(&self) {
+        let board = self.handle.board.clone();
+        self.sync
+            .wait_until("every mailbox is ready", |_| board.ready())
+            .await;
+    }
+
+    async fn trigger(&self, n: usize, folder: Option<&str>, cause: Cause) {
+        let addr = self.handle.board.addr(&smtp(n)).expect("mailbox runs");
+        addr.send(MailboxTrigger {
+            folder: folder.map(Into::into),
+            cause,
+            full: false,
+        })
+        .await
+        .unwrap();
+    }
+
+    async fn groups(&self) -> Vec<GroupRef> {
+        self.handle
+            .addr
+            .send(supervisor::GetStatus)
+            .await
+            .unwrap()
+            .groups
+    }
+
+    async fn group_status(&self, index: usize) -> stream_group::GroupStatus {
+        let groups = self.groups().await;
+        groups[index]
+            .addr
+            .send(stream_group::GetStatus)
+            .await
+            .unwrap()
+    }
+
+    fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        let m = &self.handle.metrics;
+        match name {
+            "restarts" => m.restarts.with_label_values(labels).get() as f64,
+            "steps" => m.steps.with_label_values(labels).get() as f64,
+            "coalesced" => m.coalesced.with_label_values(labels).get() as f64,
+            "mailboxes" => m.mailboxes.with_label_values(labels).get() as f64,
+            "pauses" => m.throttle_pauses.with_label_values(labels).get() as f64,
+            "reconnects" => m.stream_reconnects.with_label_values(labels).get() as f64,
+            "groups" => m.stream_groups.with_label_values(labels).get() as f64,
+            other => panic!("unknown metric {other}"),
+        }
+    }
+}
+
+async fn sleep(secs: u64) {
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+}
+
+#[actix_rt::test]
+async fn every_mailbox_gets_its_folders_and_becomes_ready() {
+    tokio::time::pause();
+    let rig = Rig::start(
+        settings(),
+        vec![server("ex1", true)],
+        (1..=5).map(|n| mailbox(n, "ex1")).collect(),
+    );
+    rig.ready().await;
+    for n in 1..=5 {
+        let snap = rig.snapshot(n);
+        assert_eq!(snap.state, MailboxState::Running);
+        assert_eq!(snap.folders.len(), 4);
+        for folder in FOLDERS {
+            assert_eq!(
+                rig.sync.step_count(&smtp(n), folder),
+                1,
+                "{folder} of mailbox {n}"
+            );
+        }
+        assert!(snap.last_sync.is_some());
+    }
+    assert_eq!(rig.metric("mailboxes", &["running"]), 5.0);
+    assert_eq!(rig.metric("mailboxes", &["starting"]), 0.0);
+}
+
+#[actix_rt::test]
+async fn a_failing_or_stalled_mailbox_does_not_delay_the_others() {
+    tokio::time::pause();
+    let sync = FakeSync::new(&FOLDERS);
+    // Mailbox 1 cannot be opened; mailbox 2's opening hangs; mailbox 3's contacts step hangs.
+    sync.script_open(
+        &smtp(1),
+        std::iter::repeat_n(Behaviour::Fail(SyncError::Failed("boom".into())), 50),
+    );
+    sync.script_open(&smtp(2), [Behaviour::Hang]);
+    sync.script_step(&smtp(3), "contacts", [Behaviour::Hang]);
+    let start = Instant::now();
+    let rig = Rig::start_with(
+        settings(),
+        vec![server("ex1", true)],
+        (1..=8).map(|n| mailbox(n, "ex1")).collect(),
+        sync,
+    );
+    rig.sync
+        .wait_until("mailboxes 4..8 synced every folder", |f| {
+            (4..=8).all(|n| {
+                FOLDERS
+                    .iter()
+                    .all(|folder| f.step_count(&smtp(n), folder) >= 1)
+            })
+        })
+        .await;
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "the healthy mailboxes waited {:?}",
+        start.elapsed()
+    );
+    for n in 4..=8 {
+        assert_eq!(rig.snapshot(n).state, MailboxState::Running);
+    }
+    // The stalled opening and the stalled folder are cancelled at the stall timeout.
+    let board = rig.handle.board.clone();
+    rig.sync
+        .wait_until("mailbox 2 was reopened after its stall", |f| {
+            f.opens(&smtp(2)) >= 2
+        })
+        .await;
+    rig.sync
+        .wait_until("mailbox 3's contacts restarted", |f| {
+            f.step_count(&smtp(3), "contacts") >= 2
+        })
+        .await;
+    assert!(start.elapsed() >= Duration::from_secs(60));
+    assert_eq!(rig.metric("restarts", &["mailbox", "stall"]), 1.0);
+    assert_eq!(rig.metric("restarts", &["folder", "stall"]), 1.0);
+    assert!(board.snapshot(&smtp(1)).unwrap().restarts >= 1);
+    assert!(rig.metric("restarts", &["mailbox", "error"]) >= 1.0);
+    // Mailbox 3's other folders were never disturbed.
+    let info = rig.info(3).await;
+    let incarnations: Vec<Option<u64>> = info.folders.iter().map(|(_, i)| *i).collect();
+    assert_eq!(incarnations, vec![Some(2), Some(1), Some(1), Some(1)]);
+}
+
+#[actix_rt::test]
+async fn a_failed_mailbox_restarts_with_capped_exponential_back_off() {
+    tokio::time::pause();
+    let sync = FakeSync::new(&FOLDERS);
+    sync.script_open(
+        &smtp(1),
+        std::iter::repeat_n(Behaviour::Fail(SyncError::Failed("no".into())), 8),
+    );
+    let rig = Rig::start_with(
+        settings(),
+        vec![server("ex1", true)],
+        vec![mailbox(1, "ex1")],
+        sync,
+    );
+    let board = rig.handle.board.clone();
+    rig.sync
+        .wait_until("nine openings", |f| f.opens(&smtp(1)) >= 9)
+        .await;
+    let times = rig.sync.open_times(&smtp(1));
+    let gaps: Vec<u64> = times.windows(2).map(|w| (w[1] - w[0]).as_secs()).collect();
+    // 1, 2, 4 … doubling, capped at 60 s.
+    assert_eq!(gaps, vec![1, 2, 4, 8, 16, 32, 60, 60]);
+    rig.sync
+        .wait_until("running", |_| {
+            board.snapshot(&smtp(1)).unwrap().state == MailboxState::Running
+        })
+        .await;
+    let snap = rig.snapshot(1);
+    assert_eq!(snap.state, MailboxState::Running);
+    assert_eq!(snap.restarts, 8);
+    assert_eq!(rig.metric("restarts", &["mailbox", "error"]), 8.0);
+}
+
+#[actix_rt::test]
+async fn denied_access_fails_one_mailbox_and_retries_it_slowly() {
+    tokio::time::pause();
+    let sync = FakeSync::new(&FOLDERS);
+    sync.script_open(
+        &smtp(2),
+        [Behaviour::Fail(SyncError::Denied(
+            "ErrorImpersonateUserDenied".into(),
+        ))],
+    );
+    sync.script_step(
+        &smtp(3),
+        "tasks",
+        [Behaviour::Fail(SyncError::Denied("401".into()))],
+    );
+    let rig = Rig::start_with(
+        settings(),
+        vec![server("ex1", true)],
+        (1..=3).map(|n| mailbox(n, "ex1")).collect(),
+        sync,
+    );
+    rig.ready().await;
+    for n in [2, 3] {
+        let snap = rig.snapshot(n);
+        assert_eq!(snap.state, MailboxState::Failed, "mailbox {n}");
+        assert!(
+            snap.last_error
+                .as_deref()
+                .unwrap()
+                .contains("access denied"),
+            "{:?}",
+            snap.last_error
+        );
+        assert!(snap.next_retry.is_some());
+    }
+    assert_eq!(rig.snapshot(1).state, MailboxState::Running);
+    assert_eq!(rig.metric("restarts", &["mailbox", "denied"]), 2.0);
+    let opened = rig.sync.open_times(&smtp(2))[0];
+    rig.sync
+        .wait_until("mailbox 2 retried", |f| f.opens(&smtp(2)) >= 2)
+        .await;
+    assert_eq!((rig.sync.open_times(&smtp(2))[1] - opened).as_secs(), 300);
+    rig.ready().await;
+    let board = rig.handle.board.clone();
+    rig.sync
+        .wait_until("both recovered", |_| {
+            [2, 3]
+                .iter()
+                .all(|n| board.snapshot(&smtp(*n)).unwrap().state == MailboxState::Running)
+        })
+        .await;
+    // Mailbox 1 ran once and was never touched.
+    assert_eq!(rig.sync.opens(&smtp(1)), 1);
+    assert_eq!(rig.snapshot(1).restarts, 0);
+}
+
+#[actix_rt::test]
+async fn a_failing_folder_restarts_alone_and_a_panic_is_caught() {
+    tokio::time::pause();
+    let sync = FakeSync::new(&FOLDERS);
+    sync.script_step(
+        &smtp(1),
+        "calendar",
+        [
+            Behaviour::Fail(SyncError::Failed("bad row".into())),
+            Behaviour::Panic,
+        ],
+    );
+    let rig = Rig::start_with(
+        settings(),
+        vec![server("ex1", true)],
+        vec![mailbox(1, "ex1")],
+        sync,
+    );
+    rig.sync
+        .wait_until("calendar ran three times", |f| {
+            f.step_count(&smtp(1), "calendar") >= 3
+        })
+        .await;
+    rig.ready().await;
+    let info = rig.info(1).await;
+    assert_eq!(info.generation, 1, "the mailbox itself was not restarted");
+    let calendar = info
+        .folders
+        .iter()
+        .find(|(f, _)| &**f == "calendar")
+        .unwrap();
+    assert_eq!(calendar.1, Some(3));
+    for (folder, incarnation) in &info.folders {
+        if &**folder != "calendar" {
+            assert_eq!(*incarnation, Some(1), "{folder}");
+            assert_eq!(rig.sync.step_count(&smtp(1), folder), 1, "{folder}");
+        }
+    }
+    assert_eq!(rig.metric("restarts", &["folder", "error"]), 1.0);
+    assert_eq!(rig.metric("restarts", &["folder", "panic"]), 1.0);
+    assert_eq!(rig.metric("steps", &["panic"]), 1.0);
+    let snap = rig.snapshot(1);
+    assert_eq!(
+        snap.folders
+            .iter()
+            .find(|f| &*f.id == "calendar")
+            .unwrap()
+            .restarts,
+        2
+    );
+    assert_eq!(snap.restarts, 0);
+}
+
+#[actix_rt::test]
+async fn transient_errors_retry_with_back_off_and_invalid_state_resyncs() {
+    tokio::time::pause();
+    let sync = FakeSync::new(&["contacts"]);
+    let transient = Behaviour::Fail(SyncError::Transient("503".into()));
+    sync.script_step(
+        &smtp(1),
+        "contacts",
+        [transient.clone(), transient.clone(), transient],
+    );
+    let rig = Rig::start_with(
+        settings(),
+        vec![server("ex1", true)],
+        vec![mailbox(1, "ex1")],
+        sync,
+    );
+    rig.sync
+        .wait_until("four steps", |f| f.step_count(&smtp(1), "contacts") >= 4)
+        .await;
+    let steps = rig.sync.steps_of(&smtp(1), "contacts");
+    let gaps: Vec<u64> = steps
+        .windows(2)
+        .map(|w| (w[1].started - w[0].started).as_secs())
+        .collect();
+    assert_eq!(gaps, vec![1, 2, 4]);
+    assert!(steps[3].committed.is_some());
+    assert_eq!(rig.metric("steps", &["retry"]), 3.0);
+    assert_eq!(rig.snapshot(1).restarts, 0);
+
+    rig.sync.script_step(
+        &smtp(1),
+        "contacts",
+        [Behaviour::Fail(SyncError::InvalidState(
+            "ErrorInvalidSyncStateData".into(),
+        ))],
+    );
+    rig.trigger(1, Some("contacts"), Cause::Notification).await;
+    rig.sync
+        .wait_until("the resync ran", |f| {
+            f.step_count(&smtp(1), "contacts") >= 6
+        })
+        .await;
+    let steps = rig.sync.steps_of(&smtp(1), "contacts");
+    assert!(!steps[4].full);
+    assert!(
+        steps[5].full,
+        "after an invalid sync state the folder resyncs from scratch"
+    );
+    assert_eq!(rig.metric("steps", &["resync"]), 1.0);
+}
+
+#[actix_rt::test]
+async fn a_thousand_triggers_during_a_step_cause_exactly_one_more_step() {
+    tokio::time::pause();
+    let sync = FakeSync::new(&["contacts"]);
+    let gate = Arc::new(Notify::new());
+    let rig = Rig::start_with(
+        settings(),
+        vec![server("ex1", true)],
+        vec![mailbox(1, "ex1")],
+        sync,
+    );
+    rig.ready().await;
+    rig.sync
+        .script_step(&smtp(1), "contacts", [Behaviour::Gate(gate.clone())]);
+    rig.trigger(1, Some("contacts"), Cause::Notification).await;
+    rig.sync
+        .wait_until("the gated step started", |f| {
+            f.step_count(&smtp(1), "contacts") == 2
+        })
+        .await;
+    for i in 0..1000 {
+        let cause = if i % 2 == 0 {
+            Cause::Crm
+        } else {
+            Cause::Notification
+        };
+        rig.trigger(1, Some("contacts"), cause).await;
+    }
+    assert_eq!(
+        rig.sync.step_count(&smtp(1), "contacts"),
+        2,
+        "no step ran while the gated one did"
+    );
+    gate.notify_one();
+    rig.sync
+        .wait_until("one more step", |f| f.step_count(&smtp(1), "contacts") == 3)
+        .await;
+    sleep(600).await;
+    assert_eq!(
+        rig.sync.step_count(&smtp(1), "contacts"),
+        3,
+        "exactly one more step"
+    );
+    let coalesced = rig.metric("coalesced", &["crm"]) + rig.metric("coalesced", &["notification"]);
+    assert_eq!(coalesced, 999.0);
+}
+
+#[actix_rt::test]
+async fn a_server_busy_pause_holds_every_actor_of_that_server_only() {
+    tokio::time::pause();
+    let sync = FakeSync::new(&FOLDERS);
+    let rig = Rig::start_with(
+        settings(),
+        vec![server("ex1", true), server("ex2", true)],
+        vec![mailbox(1, "ex1"), mailbox(2, "ex1"), mailbox(3, "ex2")],
+        sync,
+    );
+    rig.ready().await;
+    rig.sync.script_step(
+        &smtp(1),
+        "contacts",
+        [Behaviour::Fail(SyncError::Throttled {
+            back_off: Duration::from_secs(30),
+        })],
+    );
+    rig.trigger(1, Some("contacts"), Cause::Notification).await;
+    rig.sync
+        .wait_until("the throttled step ran", |f| {
+            f.step_count(&smtp(1), "contacts") == 2
+        })
+        .await;
+    let paused_at = Instant::now();
+    for n in [1, 2, 3] {
+        rig.trigger(n, None, Cause::Crm).await;
+    }
+    rig.sync
+        .wait_until("every folder synced again", |f| {
+            [1, 2, 3].iter().all(|n| {
+                FOLDERS.iter().all(|folder| {
+                    f.steps_of(&smtp(*n), folder)
+                        .last()
+                        .is_some_and(|s| s.committed.is_some() && s.started >= paused_at)
+                })
+            })
+        })
+        .await;
+    for n in [1, 2, 3] {
+        for folder in FOLDERS {
+            let step = rig.sync.steps_of(&smtp(n), folder).last().cloned().unwrap();
+            let waited = step.sent.unwrap() - paused_at;
+            if n == 3 {
+                assert!(
+                    waited < Duration::from_secs(1),
+                    "ex2 was paused too: {waited:?}"
+                );
+            } else {
+                assert!(
+                    waited >= Duration::from_secs(30),
+                    "{folder} of mailbox {n} went out after {waited:?}"
+                );
+            }
+        }
+    }
+    assert_eq!(rig.metric("pauses", &["ex1"]), 1.0);
+    assert_eq!(rig.metric("pauses", &["ex2"]), 0.0);
+}
+
+#[actix_rt::test]
+async fn an_admin_restart_restarts_exactly_one_mailbox() {
+    tokio::time::pause();
+    let rig = Rig::start(
+        settings(),
+        vec![server("ex1", true)],
+        (1..=4).map(|n| mailbox(n, "ex1")).collect(),
+    );
+    rig.ready().await;
+    let before: Vec<_> = futures_util::future::join_all((1..=4).map(|n| rig.info(n))).await;
+    let command = Command {
+        smtp: smtp(2).into(),
+        action: Action::Restart,
+    };
+    rig.handle.addr.send(command).await.unwrap().unwrap();
+    rig.ready().await;
+    let after: Vec<_> = futures_util::future::join_all((1..=4).map(|n| rig.info(n))).await;
+    for n in [0, 2, 3] {
+        assert_eq!(before[n], after[n], "mailbox {} was disturbed", n + 1);
+        assert_eq!(rig.sync.opens(&smtp(n + 1)), 1);
+    }
+    assert!(after[1].generation > before[1].generation);
+    assert_eq!(rig.sync.opens(&smtp(2)), 2);
+    assert_eq!(rig.snapshot(2).restarts, 1);
+    assert_eq!(rig.metric("restarts", &["mailbox", "admin"]), 1.0);
+
+    let unknown = Command {
+        smtp: "nobody@example.com".into(),
+        action: Action::Restart,
+    };
+    let err = rig.handle.addr.send(unknown).await.unwrap().unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "mailbox nobody@example.com is not configured"
+    );
+}
+
+#[actix_rt::test]
+async fn pause_holds_steps_and_resume_runs_one_for_everything_missed() {
+    tokio::time::pause();
+    let rig = Rig::start(
+        settings(),
+        vec![server("ex1", true)],
+        vec![mailbox(1, "ex1")],
+    );
+    rig.ready().await;
+    let cmd = |action| Command {
+        smtp: smtp(1).into(),
+        action,
+    };
+    rig.handle
+        .addr
+        .send(cmd(Action::Pause))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rig.snapshot(1).state, MailboxState::Paused);
+    for _ in 0..10 {
+        rig.trigger(1, None, Cause::Crm).await;
+    }
+    sleep(60).await;
+    assert_eq!(rig.sync.total_steps(), 4, "no step while paused");
+    assert!(
+        rig.snapshot(1).lag >= Duration::from_secs(60),
+        "lag shows the waiting triggers"
+    );
+    rig.handle
+        .addr
+        .send(cmd(Action::Resume))
+        .await
+        .unwrap()
+        .unwrap();
+    rig.sync
+        .wait_until("one step per folder", |f| f.total_steps() == 8)
+        .await;
+    sleep(60).await;
+    assert_eq!(rig.sync.total_steps(), 8);
+    assert_eq!(rig.snapshot(1).state, MailboxState::Running);
+    assert_eq!(rig.snapshot(1).lag, Duration::ZERO);
+
+    rig.handle
+        .addr
+        .send(cmd(Action::Resync))
+        .await
+        .unwrap()
+        .unwrap();
+    rig.sync
+        .wait_until("a full resync of every folder", |f| f.total_steps() == 12)
+        .await;
+    assert!(rig.sync.steps().iter().skip(8).all(|s| s.full));
+}
+
+#[actix_rt::test]
+async fn crm_changes_trigger_the_folder_they_concern() {
+    tokio::time::pause();
+    let rig = Rig::start(
+        settings(),
+        vec![server("ex1", true)],
+        (1..=2).map(|n| mailbox(n, "ex1")).collect(),
+    );
+    rig.ready().await;
+    rig.crm.push(&smtp(2), "tasks");
+    rig.crm.push(&smtp(2), "tasks");
+    rig.sync
+        .wait_until("tasks of mailbox 2 synced", |f| {
+            f.step_count(&smtp(2), "tasks") == 2
+        })
+        .await;
+    sleep(10).await;
+    assert_eq!(rig.sync.total_steps(), 9, "only that folder, once");
+}
+
+#[actix_rt::test]
+async fn streams_renew_before_the_timeout_without_a_gap() {
+    tokio::time::pause();
+    let rig = Rig::start(
+        settings(),
+        vec![server("ex1", true)],
+        (1..=3).map(|n| mailbox(n, "ex1")).collect(),
+    );
+    rig.ready().await;
+    rig.stream
+        .wait_until("one connection", |s| s.open_connections() == 1)
+        .await;
+    let first = rig.stream.connections()[0].clone();
+    assert_eq!(first.subscriptions.len(), 3);
+    assert_eq!(first.timeout, Duration::from_secs(600));
+    // Notifications reach the folder they name.
+    assert!(rig.stream.notify(&smtp(2), "calendar"));
+    rig.sync
+        .wait_until("calendar synced", |f| {
+            f.step_count(&smtp(2), "calendar") == 2
+        })
+        .await;
+    let steps_before = rig.sync.total_steps();
+    rig.stream
+        .wait_until("a second connection", |s| s.connections().len() == 2)
+        .await;
+    let second = rig.stream.connections()[1].clone();
+    assert_eq!(
+        (second.opened - first.opened).as_secs(),
+        540,
+        "renewed a minute before the timeout"
+    );
+    sleep(3600).await;
+    assert_eq!(
+        rig.sync.total_steps(),
+        steps_before,
+        "renewal is not a gap: no resync"
+    );
+    assert_eq!(
+        rig.stream.subscribes(),
+        3,
+        "subscriptions are kept across renewals"
+    );
+    assert!(rig.metric("reconnects", &["ex1", "renewal"]) >= 6.0);
+    assert_eq!(rig.metric("reconnects", &["ex1", "lost"]), 0.0);
+}
+
+#[actix_rt::test]
+async fn a_stream_gap_resyncs_every_folder_of_the_group_and_lost_subscriptions_come_back() {
+    tokio::time::pause();
+    let rig = Rig::start(
+        settings(),
+        vec![server("ex1", true)],
+        (1..=5).map(|n| mailbox(n, "ex1")).collect(),
+    );
+    rig.ready().await;
+    // Group size 3: two groups, two connections.
+    rig.stream
+        .wait_until("two connections", |s| s.open_connections() == 2)
+        .await;
+    let groups = rig.groups().await;
+    assert_eq!(
+        groups.iter().map(|g| g.members.len()).collect::<Vec<_>>(),
+        vec![3, 2]
+    );
+    let before = rig.sync.total_steps();
+    rig.stream.drop_connection(); // the newest: the group of mailboxes 4 and 5
+    rig.sync
+        .wait_until("every folder of the group synced", |f| {
+            f.total_steps() == before + 8
+        })
+        .await;
+    for n in [4, 5] {
+        for folder in FOLDERS {
+            assert_eq!(
+                rig.sync.step_count(&smtp(n), folder),
+                2,
+                "{folder} of mailbox {n}"
+            );
+        }
+    }
+    for n in 1..=3 {
+        assert_eq!(
+            rig.sync.step_count(&smtp(n), "contacts"),
+            1,
+            "mailbox {n} is in the other group"
+        );
+    }
+    rig.stream
+        .wait_until("reconnected", |s| s.open_connections() == 2)
+        .await;
+    assert!(rig.metric("reconnects", &["ex1", "failed"]) >= 1.0);
+
+    // A lost subscription: resubscribed, and that mailbox resyncs.
+    let before = rig.sync.total_steps();
+    let subscribes = rig.stream.subscribes();
+    assert!(rig.stream.lose_subscription(&smtp(5)));
+    rig.sync
+        .wait_until("mailbox 5 resynced", |f| f.total_steps() == before + 4)
+        .await;
+    assert_eq!(rig.stream.subscribes(), subscribes + 1);
+    assert_eq!(rig.sync.step_count(&smtp(5), "contacts"), 3);
+    assert!(
+        rig.stream.notify(&smtp(5), "contacts"),
+        "the new subscription is on the live connection"
+    );
+    rig.sync
+        .wait_until("notification for the new subscription", |f| {
+            f.step_count(&smtp(5), "contacts") == 4
+        })
+        .await;
+}
+
+#[actix_rt::test]
+async fn a_silent_connection_counts_as_lost() {
+    tokio::time::pause();
+    let rig = Rig::start(
+        settings(),
+        vec![server("ex1", true)],
+        vec![mailbox(1, "ex1")],
+    );
+    rig.stream.silence_heartbeats();
+    rig.ready().await;
+    rig.stream
+        .wait_until("connected", |s| s.open_connections() == 1)
+        .await;
+    let before = rig.sync.total_steps();
+    // No heartbeat for 75 s: reconnect and resync.
+    rig.sync
+        .wait_until("resynced after the silence", |f| {
+            f.total_steps() == before + 4
+        })
+        .await;
+    assert!(rig.stream.connections().len() >= 2);
+}
+
+#[actix_rt::test]
+async fn streaming_that_keeps_failing_falls_back_to_polling_and_comes_back() {
+    tokio::time::pause();
+    let rig = Rig::start(
+        settings(),
+        vec![server("ex1", true)],
+        vec![mailbox(1, "ex1")],
+    );
+    rig.stream
+        .fail_next_connects(6, SyncError::Transient("connection refused".into()));
+    rig.ready().await;
+    rig.stream
+        .wait_until("three failed attempts", |s| s.connects_attempted() >= 3)
+        .await;
+    assert_eq!(rig.group_status(0).await.mode, "polling");
+    assert_eq!(rig.metric("groups", &["ex1", "polling"]), 1.0);
+    // Polled every 60 s while not streaming.
+    let steps = rig.sync.total_steps();
+    sleep(61).await;
+    assert!(
+        rig.sync.total_steps() >= steps + 4,
+        "polling ran every folder"
+    );
+    rig.stream
+        .wait_until("streaming again", |s| s.open_connections() == 1)
+        .await;
+    let status = rig.group_status(0).await;
+    assert_eq!(status.mode, "streaming");
+    assert_eq!(status.failures, 0);
+    assert_eq!(rig.metric("groups", &["ex1", "streaming"]), 1.0);
+    // Covered by a stream again: no more polling.
+    let steps = rig.sync.total_steps();
+    sleep(600).await;
+    assert_eq!(rig.sync.total_steps(), steps);
+}
+
+#[actix_rt::test]
+async fn with_streaming_off_every_folder_is_polled() {
+    tokio::time::pause();
+    let rig = Rig::start(
+        settings(),
+        vec![server("ex1", false)],
+        vec![mailbox(1, "ex1")],
+    );
+    rig.ready().await;
+    sleep(181).await;
+    assert_eq!(
+        rig.sync.step_count(&smtp(1), "contacts"),
+        4,
+        "start + three polls"
+    );
+    assert_eq!(rig.stream.subscribes(), 0);
+    assert_eq!(rig.stream.connects_attempted(), 0);
+}
+
+#[actix_rt::test]
+async fn reload_adds_removes_and_restarts_only_changed_mailboxes() {
+    tokio::time::pause();
+    let rig = Rig::start(
+        settings(),
+        vec![server("ex1", true)],
+        (1..=3).map(|n| mailbox(n, "ex1")).collect(),
+    );
+    rig.ready().await;
+    let kept = rig.info(1).await;
+    let mut changed = mailbox(2, "ex1");
+    changed.fingerprint = 42;
+    let reload = Reload {
+        servers: vec![server("ex1", true)],
+        mailboxes: vec![mailbox(1, "ex1"), changed, mailbox(4, "ex1")],
+    };
+    let report = rig.handle.addr.send(reload).await.unwrap().unwrap();
+    assert_eq!(report.added, vec![MailboxId::from(smtp(4))]);
+    assert_eq!(report.removed, vec![MailboxId::from(smtp(3))]);
+    assert_eq!(report.changed, vec![MailboxId::from(smtp(2))]);
+    assert_eq!(report.unchanged, 1);
+    rig.ready().await;
+    assert_eq!(
+        rig.info(1).await,
+        kept,
+        "an unchanged mailbox keeps its actors"
+    );
+    assert!(
+        rig.info(2).await.generation > 1,
+        "a changed mailbox restarts"
+    );
+    assert_eq!(rig.sync.opens(&smtp(4)), 1);
+    assert!(rig.handle.board.snapshot(&smtp(3)).is_none());
+    assert_eq!(rig.handle.board.len(), 3);
+    assert_eq!(rig.metric("mailboxes", &["running"]), 3.0);
+
+    let bad = Reload {
+        servers: vec![server("ex1", true)],
+        mailboxes: vec![mailbox(1, "nowhere")],
+    };
+    let err = rig.handle.addr.send(bad).await.unwrap().unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "mailbox user1@example.com uses server nowhere, which is not configured"
+    );
+    assert_eq!(
+        rig.handle.board.len(),
+        3,
+        "a rejected reload changes nothing"
+    );
+}
+
+#[actix_rt::test]
+async fn shutdown_lets_running_steps_commit() {
+    tokio::time::pause();
+    let rig = Rig::start(
+        settings(),
+        vec![server("ex1", true)],
+        (1..=2).map(|n| mailbox(n, "ex1")).collect(),
+    );
+    rig.ready().await;
+    rig.sync.script_step(
+        &smtp(1),
+        "contacts",
+        [Behaviour::Delay(Duration::from_secs(10))],
+    );
+    rig.trigger(1, Some("contacts"), Cause::Crm).await;
+    rig.sync
+        .wait_until("the slow step started", |f| {
+            f.step_count(&smtp(1), "contacts") == 2
+        })
+        .await;
+    let start = Instant::now();
+    within("shutdown", rig.handle.addr.send(Shutdown))
+        .await
+        .unwrap();
+    assert!(
+        start.elapsed() >= Duration::from_secs(9),
+        "shutdown waited for the step"
+    );
+    let step = rig
+        .sync
+        .steps_of(&smtp(1), "contacts")
+        .last()
+        .cloned()
+        .unwrap();
+    assert!(
+        step.committed.is_some(),
+        "the running step committed before shutdown finished"
+    );
+    for n in [1, 2] {
+        assert_eq!(rig.snapshot(n).state, MailboxState::Stopped);
+    }
+    assert_eq!(rig.metric("mailboxes", &["stopped"]), 2.0);
+}
+
+#[actix_rt::test]
+async fn shutdown_cancels_a_hung_step_after_the_stop_timeout() {
+    tokio::time::pause();
+    let rig = Rig::start(
+        settings(),
+        vec![server("ex1", true)],
+        vec![mailbox(1, "ex1")],
+    );
+    rig.ready().await;
+    rig.sync.script_step(
+        &smtp(1),
+        "contacts",
+        [Behaviour::Gate(Arc::new(Notify::new()))],
+    );
+    rig.trigger(1, Some("contacts"), Cause::Crm).await;
+    rig.sync
+        .wait_until("the gated step started", |f| {
+            f.step_count(&smtp(1), "contacts") == 2
+        })
+        .await;
+    let start = Instant::now();
+    within("shutdown", rig.handle.addr.send(Shutdown))
+        .await
+        .unwrap();
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_secs(30) && waited < Duration::from_secs(31),
+        "{waited:?}"
+    );
+}
+
+#[test]
+fn mailboxes_spread_over_arbiters_in_real_time() {
+    actix_rt::System::new().block_on(async {
+        let mut s = settings();
+        s.arbiters = 3;
+        let rig = Rig::start(
+            s,
+            vec![server("ex1", true)],
+            (1..=12).map(|n| mailbox(n, "ex1")).collect(),
+        );
+        rig.ready().await;
+        let status = rig.handle.addr.send(supervisor::GetStatus).await.unwrap();
+        assert_eq!(status.arbiters, 3);
+        assert_eq!(rig.sync.total_steps(), 48);
+        rig.handle.addr.send(Shutdown).await.unwrap();
+    });
+}
