@@ -5,10 +5,13 @@
 //! ([`logging`]) and, as the issues land, the adapters that implement the ports of
 //! `mailsync-actors` with the `ews` client and sqlx. Layout and invariants: docs/ARCHITECTURE.md.
 
+pub mod admin;
 pub mod config;
+pub mod ctl;
 pub mod db;
 pub mod environment;
 pub mod logging;
+pub mod metrics;
 pub mod rrule;
 pub mod secret;
 pub mod summary;

@@ -36,6 +36,24 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Talk to a running service's admin API: show status, restart, resync, pause or resume a
+    /// mailbox (every mailbox when none is named).
+    Ctl {
+        /// status, restart, resync, pause or resume.
+        #[arg(value_parser = ["status", "restart", "resync", "pause", "resume"])]
+        action: String,
+        /// The mailbox's SMTP address.
+        mailbox: Option<String>,
+        /// Read the admin address and token from this configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Admin API base URL (default: from --config, else http://127.0.0.1:9898).
+        #[arg(long)]
+        url: Option<String>,
+        /// Bearer token (default: MAILSYNC_ADMIN_TOKEN, else from --config).
+        #[arg(long, env = config::overrides::ADMIN_TOKEN, hide_env_values = true)]
+        token: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -52,6 +70,65 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { config: path } => check_config(&path),
         Command::Migrate { config: path } => migrate(&path),
+        Command::Ctl {
+            action,
+            mailbox,
+            config: path,
+            url,
+            token,
+        } => ctl(&action, mailbox.as_deref(), path.as_deref(), url, token),
+    }
+}
+
+fn ctl(
+    action: &str,
+    mailbox: Option<&str>,
+    path: Option<&std::path::Path>,
+    url: Option<String>,
+    token: Option<String>,
+) -> ExitCode {
+    let cfg = match path.map(|p| config::load(p, &ProcessEnv)) {
+        Some(Ok(cfg)) => Some(cfg),
+        Some(Err(errors)) => {
+            eprintln!("{errors}");
+            return ExitCode::from(2);
+        }
+        None => None,
+    };
+    let endpoint = mailsync::ctl::Endpoint {
+        url: url.unwrap_or_else(|| match &cfg {
+            Some(cfg) => format!("http://{}", cfg.admin.listen),
+            None => format!("http://{}", config::DEFAULT_ADMIN_LISTEN),
+        }),
+        token: token.or_else(|| {
+            cfg.as_ref()
+                .and_then(|c| c.admin.token.as_ref())
+                .map(|t| t.expose().to_owned())
+        }),
+    };
+    let command = match action {
+        "status" => mailsync::ctl::CtlCommand::Status,
+        other => mailsync::ctl::CtlCommand::Action(other.to_owned()),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(mailsync::ctl::run(&endpoint, &command, mailbox)) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

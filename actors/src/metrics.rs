@@ -158,6 +158,7 @@ impl Metrics {
         for cause in Cause::ALL {
             m.triggers.with_label_values(&[cause.as_str()]).inc_by(0);
             m.coalesced.with_label_values(&[cause.as_str()]).inc_by(0);
+            m.lag.with_label_values(&[cause.as_str()]);
         }
         for outcome in ["ok", "error"] {
             m.crm_batches.with_label_values(&[outcome]).inc_by(0);
@@ -212,6 +213,7 @@ impl Metrics {
             .with_label_values(&[server])
             .inc_by(0.0);
         self.throttle_in_flight.with_label_values(&[server]).set(0);
+        self.throttle_wait.with_label_values(&[server]);
         self.stream_connections.with_label_values(&[server]).set(0);
         self.notifications.with_label_values(&[server]).inc_by(0);
         for mode in ["streaming", "polling"] {

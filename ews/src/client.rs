@@ -69,6 +69,15 @@ pub struct ClientConfig {
     /// Host names pinned to addresses, like curl's --resolve (split DNS, tests); the port
     /// always comes from the URL.
     pub resolve: Vec<(String, std::net::SocketAddr)>,
+    /// Told about every finished request (the service counts them as metrics).
+    pub observer: Option<Arc<dyn Observer>>,
+}
+
+/// Watches requests as they finish, e.g. to count them; must be cheap and never block.
+pub trait Observer: Send + Sync + std::fmt::Debug {
+    /// `operation` (`SyncFolderItems` …) finished after `elapsed` with `outcome`: `ok` or an
+    /// [`Error::class`].
+    fn request_done(&self, operation: &'static str, outcome: &'static str, elapsed: Duration);
 }
 
 impl ClientConfig {
@@ -83,6 +92,7 @@ impl ClientConfig {
             allow_http: false,
             time_zone: Some("UTC".to_string()),
             resolve: Vec::new(),
+            observer: None,
         }
     }
 }
@@ -342,6 +352,20 @@ impl Client {
         target: &Target,
         op: &O,
     ) -> Result<Reply<O::Output>, Error> {
+        let started = Instant::now();
+        let result = self.call_inner(target, op).await;
+        if let Some(observer) = &self.cfg.observer {
+            let outcome = result.as_ref().map_or_else(Error::class, |_| "ok");
+            observer.request_done(O::NAME, outcome, started.elapsed());
+        }
+        result
+    }
+
+    async fn call_inner<O: Operation>(
+        &self,
+        target: &Target,
+        op: &O,
+    ) -> Result<Reply<O::Output>, Error> {
         let body = self.envelope(target, op);
         let resp = self.send(target, body, false).await?;
         remember_cookie(target, resp.headers());
@@ -371,7 +395,18 @@ impl Client {
         op: &GetStreamingEvents,
     ) -> Result<impl futures_util::Stream<Item = StreamEvent> + Send + 'static, Error> {
         let body = self.envelope(target, op);
-        let resp = self.send(target, body, true).await?;
+        let started = Instant::now();
+        let resp = self.send(target, body, true).await;
+        if let Some(observer) = &self.cfg.observer {
+            // The connection's establishment; its minutes-long life is not a request duration.
+            let outcome = match &resp {
+                Ok(r) if r.status().is_success() => "ok",
+                Ok(_) => "http_error",
+                Err(e) => e.class(),
+            };
+            observer.request_done(GetStreamingEvents::NAME, outcome, started.elapsed());
+        }
+        let resp = resp?;
         remember_cookie(target, resp.headers());
         let status = resp.status();
         if !status.is_success() {

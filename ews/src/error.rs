@@ -120,7 +120,24 @@ impl Error {
         }
     }
 
-    /// Whether retrying the same request later can succeed without any other action.
+    /// A short, fixed name for the kind of error (a metric label value).
+    pub fn class(&self) -> &'static str {
+        match self {
+            Error::Throttled { .. } => "throttled",
+            Error::Transient(_) => "transient",
+            Error::InvalidSyncState(_) => "invalid_sync_state",
+            Error::SubscriptionGone(_) => "subscription_gone",
+            Error::Conflict(_) => "conflict",
+            Error::NotFound(_) => "not_found",
+            Error::Unauthorized(_) => "unauthorized",
+            Error::Denied { .. } => "denied",
+            Error::Malformed(_) => "malformed",
+            Error::Response { .. } => "error",
+            Error::Request(_) => "request",
+        }
+    }
+
+    /// Whether the same request may succeed later unchanged.
     pub fn is_retryable(&self) -> bool {
         matches!(self, Error::Throttled { .. } | Error::Transient(_))
     }

@@ -20,5 +20,5 @@ pub mod streaming;
 pub mod types;
 pub mod xml;
 
-pub use client::{Auth, Client, ClientConfig, Target};
+pub use client::{Auth, Client, ClientConfig, Observer, Target};
 pub use error::Error;

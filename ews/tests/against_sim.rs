@@ -814,3 +814,56 @@ async fn streaming_oauth2_autodiscover_and_errors() {
     assert!(unknown.is_err());
     sim.stop().await;
 }
+
+/// Records what the client reports about each request.
+#[derive(Debug, Default)]
+struct Recorder(std::sync::Mutex<Vec<(&'static str, &'static str)>>);
+
+impl ews::Observer for Recorder {
+    fn request_done(&self, operation: &'static str, outcome: &'static str, _elapsed: Duration) {
+        self.0.lock().unwrap().push((operation, outcome));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_observer_hears_every_request_with_its_outcome() {
+    let sim = sim().await;
+    let recorder = Arc::new(Recorder::default());
+    let mut cfg = ClientConfig::new(
+        url::Url::parse(&sim.ews_url()).unwrap(),
+        Auth::Basic {
+            username: "svc".into(),
+            password: "secret".into(),
+        },
+    );
+    cfg.allow_http = true;
+    cfg.observer = Some(recorder.clone());
+    let c = Client::new(cfg).unwrap();
+    let op = GetFolder {
+        folders: vec![FolderRef::well_known(DistinguishedFolder::Inbox)],
+        shape: Shape::id_only(),
+    };
+    c.call(&Target::impersonating("user1@example.com"), &op)
+        .await
+        .unwrap();
+    reqwest::Client::new()
+        .post(format!("{}/sim/faults", sim.base_url()))
+        .json(
+            &serde_json::json!({"error_code": "ErrorServerBusy", "back_off_ms": 1000, "count": 1}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(c
+        .call(&Target::impersonating("user1@example.com"), &op)
+        .await
+        .is_err());
+    assert!(c
+        .call(&Target::impersonating("nobody@example.com"), &op)
+        .await
+        .is_err());
+    let seen = recorder.0.lock().unwrap().clone();
+    assert_eq!(seen[..2], [("GetFolder", "ok"), ("GetFolder", "throttled")]);
+    assert_eq!(seen.len(), 3);
+    assert_ne!(seen[2].1, "ok");
+}

@@ -1,0 +1,342 @@
+//! The admin HTTP API: metrics, health, readiness, and per-mailbox control.
+//!
+//! `GET /metrics`, `/healthz`, `/readyz` are open (they reveal no addresses or secrets);
+//! everything under `/api/v1` needs `Authorization: Bearer <admin.token>`, compared in
+//! constant time. Responses are JSON built from API types declared here, never from the
+//! runtime's internal structs. Errors are `{"error": "..."}` with a status that says what
+//! went wrong: 401 (no or wrong token), 403 (no token configured), 404 (unknown mailbox,
+//! action or path), 409 (mailbox not running), 422 (reload refused), 503 (shutting down).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use actix_web::http::header;
+use actix_web::http::StatusCode;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use chrono::{DateTime, SecondsFormat, Utc};
+use futures_util::future::BoxFuture;
+use mailsync_actors::{
+    Action, Command, CommandError, MailboxSnapshot, ReloadReport, SupervisorHandle,
+};
+use serde::Serialize;
+use subtle::ConstantTimeEq;
+
+use crate::metrics::Telemetry;
+use crate::secret::SecretString;
+
+/// Why a reload was refused; nothing changed.
+#[derive(Debug, Clone)]
+pub struct ReloadFailure {
+    /// One line.
+    pub message: String,
+    /// Every problem (e.g. each configuration error with its key path).
+    pub details: Vec<String>,
+}
+
+/// Re-reads the configuration and applies it (sends `Reload` to the supervisor).
+pub type Reloader =
+    Arc<dyn Fn() -> BoxFuture<'static, Result<ReloadReport, ReloadFailure>> + Send + Sync>;
+
+/// What the handlers need.
+#[derive(Clone)]
+pub struct AdminState {
+    /// The supervisor and the registry.
+    pub handle: SupervisorHandle,
+    /// Every metric, for /metrics.
+    pub telemetry: Telemetry,
+    /// The bearer token; `None` disables /api (allowed on loopback only).
+    pub token: Option<SecretString>,
+    /// What POST /api/v1/reload and SIGHUP run.
+    pub reload: Reloader,
+}
+
+/// A running admin server.
+pub struct AdminServer {
+    /// Where it listens (the real port when bound to port 0).
+    pub addr: SocketAddr,
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl AdminServer {
+    /// Stops accepting and finishes the requests in flight.
+    pub async fn stop(&self) {
+        self.handle.stop(true).await;
+    }
+}
+
+/// Binds `listen` and serves the admin API on its own worker thread.
+pub fn start(listen: SocketAddr, state: AdminState) -> std::io::Result<AdminServer> {
+    let data = web::Data::new(state);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .route("/metrics", web::get().to(metrics))
+            .route("/healthz", web::get().to(healthz))
+            .route("/readyz", web::get().to(readyz))
+            .service(
+                web::scope("/api/v1")
+                    .route("/mailboxes", web::get().to(list))
+                    .route("/mailboxes/{smtp}", web::get().to(one))
+                    .route("/mailboxes/{smtp}/{action}", web::post().to(command))
+                    .route("/reload", web::post().to(reload))
+                    .default_service(web::to(api_not_found)),
+            )
+            .default_service(web::to(not_found))
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(5)
+    .bind(listen)
+    .map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("admin API cannot listen on {listen}: {e}"),
+        )
+    })?;
+    let addr = server.addrs().first().copied().unwrap_or(listen);
+    let server = server.run();
+    let handle = server.handle();
+    actix_rt::spawn(async move {
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "admin API stopped with an error");
+        }
+    });
+    tracing::info!(%addr, "admin API listening");
+    Ok(AdminServer { addr, handle })
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> HttpResponse {
+    HttpResponse::build(status).json(serde_json::json!({ "error": message.into() }))
+}
+
+/// Checks the bearer token in constant time; the refusal to send when it does not match.
+fn authorize(req: &HttpRequest, state: &AdminState) -> Option<HttpResponse> {
+    let Some(token) = &state.token else {
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            "the API is disabled: admin.token is not configured",
+        ));
+    };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if bool::from(presented.as_bytes().ct_eq(token.expose().as_bytes())) {
+        return None;
+    }
+    let message = if presented.is_empty() {
+        "missing bearer token"
+    } else {
+        "wrong bearer token"
+    };
+    Some(
+        HttpResponse::Unauthorized()
+            .insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"mailsync\""))
+            .json(serde_json::json!({ "error": message })),
+    )
+}
+
+async fn metrics(state: web::Data<AdminState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(state.telemetry.render())
+}
+
+async fn healthz(state: web::Data<AdminState>) -> HttpResponse {
+    if state.handle.addr.connected() {
+        HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
+    } else {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the supervisor has stopped",
+        )
+    }
+}
+
+async fn readyz(state: web::Data<AdminState>) -> HttpResponse {
+    let board = &state.handle.board;
+    let waiting = board
+        .snapshots()
+        .iter()
+        .filter(|s| !s.first_step_done)
+        .count();
+    let body =
+        serde_json::json!({ "ready": waiting == 0, "mailboxes": board.len(), "waiting": waiting });
+    if waiting == 0 {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+/// A folder as the API shows it.
+#[derive(Serialize)]
+struct FolderDto {
+    folder: String,
+    state: &'static str,
+    steps: u64,
+    restarts: u32,
+    last_sync: Option<String>,
+    last_error: Option<String>,
+    lag_seconds: f64,
+}
+
+/// A mailbox as the API shows it.
+#[derive(Serialize)]
+struct MailboxDto {
+    smtp: String,
+    server: String,
+    state: &'static str,
+    restarts: u32,
+    last_sync: Option<String>,
+    last_error: Option<String>,
+    lag_seconds: f64,
+    next_retry: Option<String>,
+    first_step_done: bool,
+    folders: Vec<FolderDto>,
+}
+
+fn time(t: Option<SystemTime>) -> Option<String> {
+    t.map(|t| DateTime::<Utc>::from(t).to_rfc3339_opts(SecondsFormat::Secs, true))
+}
+
+fn dto(s: MailboxSnapshot) -> MailboxDto {
+    let now = tokio::time::Instant::now();
+    MailboxDto {
+        smtp: s.smtp.to_string(),
+        server: s.server.to_string(),
+        state: s.state.as_str(),
+        restarts: s.restarts,
+        last_sync: time(s.last_sync),
+        last_error: s.last_error,
+        lag_seconds: s.lag.as_secs_f64(),
+        next_retry: time(s.next_retry),
+        first_step_done: s.first_step_done,
+        folders: s
+            .folders
+            .into_iter()
+            .map(|f| FolderDto {
+                folder: f.id.to_string(),
+                state: f.state.as_str(),
+                steps: f.steps,
+                restarts: f.restarts,
+                last_sync: time(f.last_sync),
+                last_error: f.last_error,
+                lag_seconds: f
+                    .pending_since
+                    .map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64()),
+            })
+            .collect(),
+    }
+}
+
+async fn list(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
+    if let Some(denied) = authorize(&req, &state) {
+        return denied;
+    }
+    let board = &state.handle.board;
+    let states: serde_json::Map<String, serde_json::Value> = board
+        .states()
+        .into_iter()
+        .map(|(s, n)| (s.as_str().to_owned(), n.into()))
+        .collect();
+    let mailboxes: Vec<MailboxDto> = board.snapshots().into_iter().map(dto).collect();
+    HttpResponse::Ok().json(
+        serde_json::json!({ "count": mailboxes.len(), "states": states, "mailboxes": mailboxes }),
+    )
+}
+
+async fn one(
+    req: HttpRequest,
+    state: web::Data<AdminState>,
+    path: web::Path<String>,
+) -> HttpResponse {
+    if let Some(denied) = authorize(&req, &state) {
+        return denied;
+    }
+    let smtp = path.into_inner().to_lowercase();
+    match state.handle.board.snapshot(&smtp) {
+        Some(s) => HttpResponse::Ok().json(dto(s)),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("mailbox {smtp} is not configured"),
+        ),
+    }
+}
+
+async fn command(
+    req: HttpRequest,
+    state: web::Data<AdminState>,
+    path: web::Path<(String, String)>,
+) -> HttpResponse {
+    if let Some(denied) = authorize(&req, &state) {
+        return denied;
+    }
+    let (smtp, word) = path.into_inner();
+    let smtp = smtp.to_lowercase();
+    let Some(action) = Action::parse(&word) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("unknown action {word:?}; expected restart, resync, pause or resume"),
+        );
+    };
+    let sent = state
+        .handle
+        .addr
+        .send(Command {
+            smtp: smtp.as_str().into(),
+            action,
+        })
+        .await;
+    match sent {
+        Ok(Ok(())) => HttpResponse::Ok()
+            .json(serde_json::json!({ "mailbox": smtp, "action": action.as_str(), "ok": true })),
+        Ok(Err(e @ CommandError::NotFound(_))) => error(StatusCode::NOT_FOUND, e.to_string()),
+        Ok(Err(e @ CommandError::NotRunning { .. })) => error(StatusCode::CONFLICT, e.to_string()),
+        Ok(Err(e @ CommandError::ShuttingDown)) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the supervisor has stopped",
+        ),
+    }
+}
+
+async fn reload(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
+    if let Some(denied) = authorize(&req, &state) {
+        return denied;
+    }
+    match (state.reload)().await {
+        Ok(report) => HttpResponse::Ok().json(serde_json::json!({
+            "added": report.added.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            "removed": report.removed.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            "changed": report.changed.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            "unchanged": report.unchanged,
+        })),
+        Err(failure) => HttpResponse::UnprocessableEntity().json(serde_json::json!({
+            "error": failure.message,
+            "details": failure.details,
+        })),
+    }
+}
+
+async fn api_not_found(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
+    if let Some(denied) = authorize(&req, &state) {
+        return denied;
+    }
+    error(
+        StatusCode::NOT_FOUND,
+        format!("no such endpoint: {} {}", req.method(), req.path()),
+    )
+}
+
+async fn not_found(req: HttpRequest) -> HttpResponse {
+    error(
+        StatusCode::NOT_FOUND,
+        format!("no such endpoint: {} {}", req.method(), req.path()),
+    )
+}
