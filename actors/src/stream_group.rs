@@ -101,6 +101,8 @@ struct Member {
     resync_on_cover: bool,
     /// Mailbox actors waiting for the subscription before their first steps.
     waiters: Vec<oneshot::Sender<()>>,
+    /// A subscribe call for it is in flight.
+    subscribing: bool,
 }
 
 struct Conn {
@@ -222,9 +224,12 @@ impl StreamGroupActor {
         self.opening = true;
         let todo: Vec<(MailboxId, Vec<FolderId>)> = self
             .members
-            .iter()
-            .filter(|(_, m)| m.sub.is_none())
-            .map(|(smtp, m)| (smtp.clone(), m.folders.clone()))
+            .iter_mut()
+            .filter(|(_, m)| m.sub.is_none() && !m.subscribing)
+            .map(|(smtp, m)| {
+                m.subscribing = true;
+                (smtp.clone(), m.folders.clone())
+            })
             .collect();
         let port = self.shared.ports.stream.clone();
         let info = self.info.clone();
@@ -237,24 +242,7 @@ impl StreamGroupActor {
         let timeout = self.shared.settings.stream.connection_timeout;
         ctx.spawn(subscribe.into_actor(self).then(move |results, act, _ctx| {
             for (smtp, result) in results {
-                let Some(member) = act.members.get_mut(&smtp) else { continue };
-                for waiter in member.waiters.drain(..) {
-                    let _ = waiter.send(());
-                }
-                match result {
-                    Ok(sub) => {
-                        act.by_sub.insert(sub.clone(), smtp.clone());
-                        member.sub = Some(sub);
-                    }
-                    Err(error) => {
-                        // Polled meanwhile; a poll can come late, so resync once covered.
-                        member.resync_on_cover = true;
-                        if let SyncError::Throttled { back_off } = error {
-                            act.throttle.pause(back_off);
-                        }
-                        tracing::warn!(server = act.server(), mailbox = %smtp, %error, "subscribing failed; the mailbox is polled until it works");
-                    }
-                }
+                act.subscribed(&smtp, result);
             }
             let subs: Vec<SubscriptionId> = act.members.values().filter_map(|m| m.sub.clone()).collect();
             let opening = if subs.is_empty() {
@@ -271,6 +259,29 @@ impl StreamGroupActor {
             .into_actor(act)
             .map(move |(subs, result), act, ctx| act.opened(subs, result, reason, ctx))
         }));
+    }
+
+    /// Records a subscribe call's result and lets the waiting mailbox start its folders.
+    fn subscribed(&mut self, smtp: &MailboxId, result: Result<SubscriptionId, SyncError>) {
+        let Some(member) = self.members.get_mut(smtp) else { return };
+        member.subscribing = false;
+        for waiter in member.waiters.drain(..) {
+            let _ = waiter.send(());
+        }
+        match result {
+            Ok(sub) => {
+                self.by_sub.insert(sub.clone(), smtp.clone());
+                member.sub = Some(sub);
+            }
+            Err(error) => {
+                // Polled meanwhile; a poll can come late, so resync once covered.
+                member.resync_on_cover = true;
+                if let SyncError::Throttled { back_off } = error {
+                    self.throttle.pause(back_off);
+                }
+                tracing::warn!(server = %self.info.server, mailbox = %smtp, %error, "subscribing failed; the mailbox is polled until it works");
+            }
+        }
     }
 
     fn opened(
@@ -532,13 +543,22 @@ impl Handler<JoinGroup> for StreamGroupActor {
             covered,
             resync_on_cover: false,
             waiters: Vec::new(),
+            subscribing: false,
         };
         let reply = if needs_subscription {
+            // Subscribed at once (the mailbox waits for it); the connection that carries the
+            // new subscription is opened after `join_delay`, so joins arriving together share it.
             let (tx, rx) = oneshot::channel();
             member.waiters.push(tx);
-            let delay = self.shared.settings.stream.join_delay;
+            member.subscribing = true;
+            let call = self.shared.ports.stream.subscribe(&self.info, &msg.smtp, &member.folders, self.throttle.clone());
+            let smtp = msg.smtp.clone();
             self.members.insert(msg.smtp, member);
-            self.schedule(delay, "members", ctx);
+            ctx.spawn(call.into_actor(self).map(move |result, act, ctx| {
+                act.subscribed(&smtp, result);
+                let delay = act.shared.settings.stream.join_delay;
+                act.schedule(delay, "members", ctx);
+            }));
             Some(rx)
         } else {
             self.members.insert(msg.smtp, member);
