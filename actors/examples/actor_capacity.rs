@@ -23,7 +23,10 @@ fn arg(name: &str, default: u64) -> u64 {
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
-        .map(|v| v.parse().unwrap_or_else(|_| panic!("{name} needs a number, got {v:?}")))
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name} needs a number, got {v:?}"))
+        })
         .unwrap_or(default)
 }
 
@@ -56,33 +59,61 @@ fn main() {
         let sync = FakeSync::new(&folder_refs);
         sync.set_recording(false);
         let stream = FakeStream::new();
-        let settings = RuntimeSettings { max_concurrent_starts: 256, ..RuntimeSettings::default() };
+        let settings = RuntimeSettings {
+            max_concurrent_starts: 256,
+            ..RuntimeSettings::default()
+        };
         let arbiters = settings.arbiters;
         let server = ServerSpec {
             id: "ex1".into(),
-            throttle: ThrottleSettings { requests_per_second: 1_000_000, burst: 100_000, max_concurrent: 1000 },
+            throttle: ThrottleSettings {
+                requests_per_second: 1_000_000,
+                burst: 100_000,
+                max_concurrent: 1000,
+            },
             streaming: true,
         };
         let specs: Vec<MailboxSpec> = (0..mailboxes)
-            .map(|i| MailboxSpec { smtp: format!("user{i}@example.com").into(), server: "ex1".into(), fingerprint: 0 })
+            .map(|i| MailboxSpec {
+                smtp: format!("user{i}@example.com").into(),
+                server: "ex1".into(),
+                fingerprint: 0,
+            })
             .collect();
         let names: Vec<MailboxId> = specs.iter().map(|s| s.smtp.clone()).collect();
         let rss_before = rss_bytes();
 
         let started = Instant::now();
-        let ports = Ports { sync: sync.clone(), stream: stream.clone(), crm: None };
-        let handle = Supervisor::launch(settings, vec![server], specs, ports, Metrics::unregistered()).unwrap();
+        let ports = Ports {
+            sync: sync.clone(),
+            stream: stream.clone(),
+            crm: None,
+        };
+        let handle = Supervisor::launch(
+            settings,
+            vec![server],
+            specs,
+            ports,
+            Metrics::unregistered(),
+        )
+        .unwrap();
         let board = handle.board.clone();
-        sync.wait_until("every mailbox ready", |_| board.ready()).await;
+        sync.wait_until("every mailbox ready", |_| board.ready())
+            .await;
         let start_seconds = started.elapsed().as_secs_f64();
         // Let the stream groups subscribe and connect, then measure the idle footprint.
-        stream.wait_until("every group connected", |s| s.open_connections() == mailboxes.div_ceil(200)).await;
+        stream
+            .wait_until("every group connected", |s| {
+                s.open_connections() == mailboxes.div_ceil(200)
+            })
+            .await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let rss_idle = rss_bytes();
 
         // Trigger-to-step latency: a trigger's time is kept until its folder's next step starts.
         let pending: Arc<DashMap<(MailboxId, FolderId), Instant>> = Arc::new(DashMap::new());
-        let latencies: Arc<Mutex<Vec<Duration>>> = Arc::new(Mutex::new(Vec::with_capacity((rate * seconds) as usize)));
+        let latencies: Arc<Mutex<Vec<Duration>>> =
+            Arc::new(Mutex::new(Vec::with_capacity((rate * seconds) as usize)));
         {
             let (pending, latencies) = (pending.clone(), latencies.clone());
             sync.on_step(move |mailbox, folder| {
@@ -98,7 +129,10 @@ fn main() {
         let mut interval = tokio::time::interval(tick);
         let mut sent = 0u64;
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let folder_ids: Vec<FolderId> = folder_names.iter().map(|f| FolderId::from(f.as_str())).collect();
+        let folder_ids: Vec<FolderId> = folder_names
+            .iter()
+            .map(|f| FolderId::from(f.as_str()))
+            .collect();
         while sent < total {
             interval.tick().await;
             for _ in 0..per_tick.min(total - sent) {
@@ -114,7 +148,11 @@ fn main() {
                     pending.insert(key, Instant::now());
                 }
                 if let Some(addr) = board.addr(&mailbox) {
-                    addr.do_send(MailboxTrigger { folder: Some(folder), cause: Cause::Notification, full: false });
+                    addr.do_send(MailboxTrigger {
+                        folder: Some(folder),
+                        cause: Cause::Notification,
+                        full: false,
+                    });
                 }
                 sent += 1;
             }
@@ -132,7 +170,10 @@ fn main() {
             ("start_all_seconds", format!("{start_seconds:.2}")),
             ("rss_before_mb", format!("{:.1}", rss_before as f64 / 1e6)),
             ("rss_idle_mb", format!("{:.1}", rss_idle as f64 / 1e6)),
-            ("bytes_per_idle_mailbox", ((rss_idle.saturating_sub(rss_before)) / mailboxes as u64).to_string()),
+            (
+                "bytes_per_idle_mailbox",
+                ((rss_idle.saturating_sub(rss_before)) / mailboxes as u64).to_string(),
+            ),
             ("triggers_sent", sent.to_string()),
             ("trigger_rate_per_s", rate.to_string()),
             ("latencies_measured", lat.len().to_string()),
@@ -149,6 +190,9 @@ fn main() {
 
 /// A flat JSON object from pre-formatted values (numbers stay numbers).
 fn serde_json_like(fields: &[(&str, String)]) -> String {
-    let body: Vec<String> = fields.iter().map(|(k, v)| format!("  \"{k}\": {v}")).collect();
+    let body: Vec<String> = fields
+        .iter()
+        .map(|(k, v)| format!("  \"{k}\": {v}"))
+        .collect();
     format!("{{\n{}\n}}", body.join(",\n"))
 }

@@ -244,11 +244,17 @@ impl StreamGroupActor {
             for (smtp, result) in results {
                 act.subscribed(&smtp, result);
             }
-            let subs: Vec<SubscriptionId> = act.members.values().filter_map(|m| m.sub.clone()).collect();
+            let subs: Vec<SubscriptionId> =
+                act.members.values().filter_map(|m| m.sub.clone()).collect();
             let opening = if subs.is_empty() {
                 None
             } else {
-                Some(act.shared.ports.stream.stream(&act.info, subs.clone(), timeout))
+                Some(
+                    act.shared
+                        .ports
+                        .stream
+                        .stream(&act.info, subs.clone(), timeout),
+                )
             };
             async move {
                 match opening {
@@ -263,7 +269,9 @@ impl StreamGroupActor {
 
     /// Records a subscribe call's result and lets the waiting mailbox start its folders.
     fn subscribed(&mut self, smtp: &MailboxId, result: Result<SubscriptionId, SyncError>) {
-        let Some(member) = self.members.get_mut(smtp) else { return };
+        let Some(member) = self.members.get_mut(smtp) else {
+            return;
+        };
         member.subscribing = false;
         for waiter in member.waiters.drain(..) {
             let _ = waiter.send(());
@@ -551,7 +559,12 @@ impl Handler<JoinGroup> for StreamGroupActor {
             let (tx, rx) = oneshot::channel();
             member.waiters.push(tx);
             member.subscribing = true;
-            let call = self.shared.ports.stream.subscribe(&self.info, &msg.smtp, &member.folders, self.throttle.clone());
+            let call = self.shared.ports.stream.subscribe(
+                &self.info,
+                &msg.smtp,
+                &member.folders,
+                self.throttle.clone(),
+            );
             let smtp = msg.smtp.clone();
             self.members.insert(msg.smtp, member);
             ctx.spawn(call.into_actor(self).map(move |result, act, ctx| {
