@@ -15,3 +15,4 @@ pub mod metrics;
 pub mod rrule;
 pub mod secret;
 pub mod summary;
+pub mod sync;

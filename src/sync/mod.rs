@@ -1,0 +1,7 @@
+//! The sync engine: the field model both sides are compared in ([`fields`]), the three-way
+//! merge ([`merge`]), recurrences ([`recurrence`]) and time zones ([`timezones`]).
+
+pub mod fields;
+pub mod merge;
+pub mod recurrence;
+pub mod timezones;
