@@ -510,3 +510,21 @@ pub fn problems(row: &CrmRow) -> Vec<String> {
     }
     out
 }
+
+/// A row's version.
+pub fn version_of(row: &CrmRow) -> i64 {
+    match row {
+        CrmRow::Contact(r) => r.version,
+        CrmRow::Appointment(r) => r.version,
+        CrmRow::Task(r) => r.version,
+    }
+}
+
+/// A row's tenant and owner.
+pub fn tenant_owner(row: &CrmRow) -> (i64, Option<i64>) {
+    match row {
+        CrmRow::Contact(r) => (r.tenant_id, r.owner_id),
+        CrmRow::Appointment(r) => (r.tenant_id, Some(r.owner_id)),
+        CrmRow::Task(r) => (r.tenant_id, Some(r.owner_id)),
+    }
+}

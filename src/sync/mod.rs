@@ -1,6 +1,8 @@
 //! The sync engine: the field model both sides are compared in ([`fields`]), the three-way
 //! merge ([`merge`]), recurrences ([`recurrence`]) and time zones ([`timezones`]).
 
+pub mod engine;
+pub mod feed;
 pub mod fields;
 pub mod merge;
 pub mod recurrence;

@@ -1,0 +1,241 @@
+//! The CRM-to-Exchange work queue (ms_pending) and the few CRM statements the sync engine
+//! needs beyond reading and writing rows: operators, ids in a scope, stamping `ews_id`,
+//! deleting a row Exchange deleted.
+
+use sqlx::Row;
+
+use super::{q, Db, DbError};
+
+/// An operator (ERP user) of the CRM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operator {
+    /// crm_operators.id.
+    pub id: i64,
+    /// Tenant.
+    pub tenant_id: i64,
+    /// Personnel number.
+    pub personnel_no: String,
+    /// Name.
+    pub display_name: String,
+    /// E-mail address, if recorded.
+    pub email: Option<String>,
+}
+
+fn placeholders(from: usize, n: usize) -> String {
+    (from..from + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The tables the engine names in SQL; anything else is refused before it reaches a statement.
+fn checked(table: &str) -> Result<&str, DbError> {
+    match table {
+        "crm_contacts" | "crm_appointments" | "crm_tasks" | "crm_mails" | "crm_mail_folders" => {
+            Ok(table)
+        }
+        other => Err(DbError::Query {
+            what: "naming a CRM table",
+            source: sqlx::Error::Protocol(format!("{other:?} is not a synced table")),
+        }),
+    }
+}
+
+impl Db {
+    /// Queues CRM rows for mailboxes (duplicates are ignored).
+    pub async fn add_pending(&self, items: &[(String, String, i64)]) -> Result<(), DbError> {
+        for chunk in items.chunks(300) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
+                .collect();
+            let sql = format!(
+                "INSERT INTO ms_pending (mailbox, crm_table, crm_id) VALUES {} ON CONFLICT DO NOTHING",
+                values.join(", ")
+            );
+            on_db!(
+                self,
+                &sql,
+                "queueing CRM changes",
+                |x| chunk
+                    .iter()
+                    .fold(x, |x, (m, t, id)| x.bind(m).bind(t).bind(*id)),
+                execute,
+                |_r| ()
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Up to `limit` queued rows of a mailbox and table, oldest id first.
+    pub async fn pending(
+        &self,
+        mailbox: &str,
+        table: &str,
+        limit: i64,
+    ) -> Result<Vec<i64>, DbError> {
+        let sql = "SELECT crm_id FROM ms_pending WHERE mailbox = $1 AND crm_table = $2 ORDER BY crm_id LIMIT $3";
+        on_db!(
+            self,
+            sql,
+            "reading queued CRM changes",
+            |x| x.bind(mailbox).bind(table).bind(limit),
+            fetch_all,
+            |rows| rows
+                .iter()
+                .map(|r| r.try_get::<i64, _>(0))
+                .collect::<Result<Vec<_>, _>>()
+        )?
+        .map_err(q("reading queued CRM changes"))
+    }
+
+    /// Removes handled rows from the queue.
+    pub async fn clear_pending(
+        &self,
+        mailbox: &str,
+        table: &str,
+        ids: &[i64],
+    ) -> Result<(), DbError> {
+        for chunk in ids.chunks(500) {
+            let sql = format!(
+                "DELETE FROM ms_pending WHERE mailbox = $1 AND crm_table = $2 AND crm_id IN ({})",
+                placeholders(3, chunk.len())
+            );
+            on_db!(
+                self,
+                &sql,
+                "clearing queued CRM changes",
+                |x| chunk
+                    .iter()
+                    .fold(x.bind(mailbox).bind(table), |x, id| x.bind(*id)),
+                execute,
+                |_r| ()
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Which mailboxes hold a mapping for these rows (a row that moved to another owner, or
+    /// was deleted, must leave the mailbox it was in).
+    pub async fn mapped_mailboxes(
+        &self,
+        table: &str,
+        ids: &[i64],
+    ) -> Result<Vec<(String, i64)>, DbError> {
+        let mut out = Vec::new();
+        for chunk in ids.chunks(500) {
+            let sql = format!(
+                "SELECT mailbox, crm_id FROM ms_item_map WHERE crm_table = $1 AND crm_id IN ({})",
+                placeholders(2, chunk.len())
+            );
+            let rows = on_db!(
+                self,
+                &sql,
+                "reading mappings of changed rows",
+                |x| chunk.iter().fold(x.bind(table), |x, id| x.bind(*id)),
+                fetch_all,
+                |rows| rows
+                    .iter()
+                    .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<i64, _>(1)?)))
+                    .collect::<Result<Vec<_>, sqlx::Error>>()
+            )?
+            .map_err(q("reading mappings of changed rows"))?;
+            out.extend(rows);
+        }
+        Ok(out)
+    }
+
+    /// Every operator.
+    pub async fn operators(&self) -> Result<Vec<Operator>, DbError> {
+        let sql = "SELECT id, tenant_id, personnel_no, display_name, email FROM crm_operators ORDER BY id";
+        on_db!(
+            self,
+            sql,
+            "reading the operators",
+            |x| x,
+            fetch_all,
+            |rows| rows
+                .iter()
+                .map(|r| {
+                    Ok(Operator {
+                        id: r.try_get(0)?,
+                        tenant_id: r.try_get(1)?,
+                        personnel_no: r.try_get(2)?,
+                        display_name: r.try_get(3)?,
+                        email: r.try_get(4)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()
+        )?
+        .map_err(q("reading the operators"))
+    }
+
+    /// Ids of the rows of `table` owned by `owner` (or, with `None`, shared by `tenant`).
+    pub async fn ids_in_scope(
+        &self,
+        table: &str,
+        owner: Option<i64>,
+        tenant: i64,
+    ) -> Result<Vec<i64>, DbError> {
+        let table = checked(table)?;
+        let (sql, bind) = match owner {
+            Some(o) => (
+                format!("SELECT id FROM {table} WHERE owner_id = $1 ORDER BY id"),
+                o,
+            ),
+            None => (
+                format!(
+                    "SELECT id FROM {table} WHERE owner_id IS NULL AND tenant_id = $1 ORDER BY id"
+                ),
+                tenant,
+            ),
+        };
+        on_db!(
+            self,
+            &sql,
+            "listing CRM rows",
+            |x| x.bind(bind),
+            fetch_all,
+            |rows| rows
+                .iter()
+                .map(|r| r.try_get::<i64, _>(0))
+                .collect::<Result<Vec<_>, _>>()
+        )?
+        .map_err(q("listing CRM rows"))
+    }
+
+    /// Records the Exchange id on a CRM row; returns the row's new version (None: it is gone).
+    pub async fn set_ews_id(
+        &self,
+        table: &str,
+        id: i64,
+        ews_id: &str,
+    ) -> Result<Option<i64>, DbError> {
+        let table = checked(table)?;
+        let sql = format!(
+            "UPDATE {table} SET ews_id = $1, version = version + 1 WHERE id = $2 RETURNING version"
+        );
+        on_db!(
+            self,
+            &sql,
+            "recording the Exchange id on a CRM row",
+            |x| x.bind(ews_id).bind(id),
+            fetch_optional,
+            |row| row.map(|r| r.try_get::<i64, _>(0)).transpose()
+        )?
+        .map_err(q("recording the Exchange id on a CRM row"))
+    }
+
+    /// Deletes a CRM row (deleted in Exchange); false if it was already gone.
+    pub async fn delete_crm_row(&self, table: &str, id: i64) -> Result<bool, DbError> {
+        let table = checked(table)?;
+        let sql = format!("DELETE FROM {table} WHERE id = $1");
+        on_db!(
+            self,
+            &sql,
+            "deleting a CRM row",
+            |x| x.bind(id),
+            execute,
+            |r| r.rows_affected() > 0
+        )
+    }
+}

@@ -1,0 +1,1277 @@
+//! The sync engine for contacts, calendar and tasks: the service's implementation of the
+//! runtime's `SyncPort`.
+//!
+//! One step of a folder: (1) Exchange to CRM — SyncFolderItems (ids only) from the stored
+//! state, GetItem for what changed (skipping items whose ChangeKey is the one we wrote: echo
+//! suppression), three-way merge against the last synced base, write whichever side lost a
+//! change; deletes in Exchange delete the CRM row unless the CRM changed it and leads.
+//! (2) CRM to Exchange — the rows the change feed queued for the mailbox (ms_pending): rows
+//! whose version is the one we wrote are echoes; changed rows are merged and written with
+//! UpdateItem (only the changed fields), new rows are linked by their stamped CRM id if a
+//! crash left them in Exchange, else created (batched), rows deleted, moved to another owner or
+//! no longer matching the filter are deleted from Exchange. Every write is committed with its
+//! mapping before the step ends; a crash at any point repeats work but never duplicates it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use ews::items::Item;
+use ews::ops::{
+    ConflictResolution, CreateFolder, CreateItem, DeleteItem, DeleteType, FindFolder, FindItem,
+    GetFolder, GetItem, ItemUpdate, Operation, Restriction, SyncFolderItems, Traversal, UpdateItem,
+    View,
+};
+use ews::types::{DistinguishedFolder, FolderRef, ItemId, Shape};
+use futures_util::future::BoxFuture;
+use mailsync_actors::{
+    FolderId, MailboxSpec, StepContext, StepReport, StepRequest, SyncError, SyncPort,
+};
+use parking_lot::RwLock;
+
+use super::fields::{self, Fields};
+use super::merge::merge;
+use crate::config::{Area, AreaConfig, Leading};
+use crate::db::rows::{problems, CrmRow};
+use crate::db::state::{Conflict, Failure, FolderState, ItemMapping, Winner};
+use crate::db::{Db, DbError};
+use crate::metrics::ServiceMetrics;
+
+/// Rows handled per step from the queue; a fuller queue makes the step ask for another.
+const QUEUE_BATCH: i64 = 500;
+/// Items per GetItem / CreateItem / UpdateItem / DeleteItem request.
+const ITEM_BATCH: usize = 100;
+/// The base key that says a contact lives in the shared contacts folder.
+const SHARED_MARK: &str = "_folder";
+/// Folder key of the tenant's shared contacts in ms_folder_state.
+pub const SHARED_CONTACTS: &str = "contacts/shared";
+
+/// Everything the engine knows about one mailbox.
+#[derive(Debug, Clone)]
+pub struct MailboxSetup {
+    /// Primary SMTP address, lower case.
+    pub smtp: String,
+    /// The client to reach it with (the server's, or one with the mailbox's own credentials).
+    pub client: Arc<ews::Client>,
+    /// Impersonated or own.
+    pub target: ews::Target,
+    /// The operator's personnel number.
+    pub operator: String,
+    /// crm_tenants.id, when tenants are configured.
+    pub tenant: Option<i64>,
+    /// Name of the shared contacts subfolder.
+    pub shared_folder_name: String,
+    /// Enabled areas (mail is synced elsewhere).
+    pub areas: BTreeMap<Area, AreaConfig>,
+}
+
+/// A mailbox's operator, resolved in the CRM when the mailbox opens.
+#[derive(Debug, Clone, Copy)]
+struct Owner {
+    operator_id: i64,
+    tenant_id: i64,
+}
+
+struct Inner {
+    crm: Db,
+    state: Db,
+    /// The state store lives in the business database: rows and mappings commit together.
+    same_db: bool,
+    mailboxes: RwLock<HashMap<String, Arc<MailboxSetup>>>,
+    owners: RwLock<HashMap<String, Owner>>,
+    metrics: ServiceMetrics,
+}
+
+/// The engine; cheap to clone.
+#[derive(Clone)]
+pub struct Engine(Arc<Inner>);
+
+/// Maps a client error to what the runtime does about it.
+pub fn sync_error(e: ews::Error) -> SyncError {
+    match e {
+        ews::Error::Throttled { back_off, .. } => SyncError::Throttled { back_off },
+        ews::Error::Transient(m) | ews::Error::Request(m) | ews::Error::Malformed(m) => {
+            SyncError::Transient(m)
+        }
+        ews::Error::InvalidSyncState(m) => SyncError::InvalidState(m),
+        ews::Error::Unauthorized(m) => SyncError::Denied(m),
+        ews::Error::Denied { code, message } => SyncError::Denied(format!("{code}: {message}")),
+        other => SyncError::Failed(other.to_string()),
+    }
+}
+
+fn db_error(e: DbError) -> SyncError {
+    SyncError::Transient(e.to_string())
+}
+
+fn area_of(folder: &str) -> Result<Area, SyncError> {
+    match folder {
+        "contacts" => Ok(Area::Contacts),
+        "calendar" => Ok(Area::Calendar),
+        "tasks" => Ok(Area::Tasks),
+        other => Err(SyncError::Failed(format!(
+            "folder {other:?} is not a contacts, calendar or tasks folder"
+        ))),
+    }
+}
+
+fn distinguished(area: Area) -> DistinguishedFolder {
+    match area {
+        Area::Contacts => DistinguishedFolder::Contacts,
+        Area::Calendar => DistinguishedFolder::Calendar,
+        Area::Tasks => DistinguishedFolder::Tasks,
+        Area::Mail => DistinguishedFolder::Inbox,
+    }
+}
+
+fn base_of(m: &ItemMapping) -> (Fields, bool) {
+    let mut base: Fields = serde_json::from_value(m.fields.clone()).unwrap_or_default();
+    let shared = base.remove(SHARED_MARK).flatten().is_some();
+    (base, shared)
+}
+
+fn base_json(fields: &Fields, shared: bool) -> serde_json::Value {
+    let mut f = fields.clone();
+    if shared {
+        f.insert(SHARED_MARK.into(), Some("shared".into()));
+    }
+    serde_json::to_value(f).unwrap_or_default()
+}
+
+fn matches_filter(config: &AreaConfig, f: &Fields) -> bool {
+    config.categories.is_empty() || {
+        let have = fields::categories_of(f);
+        config
+            .categories
+            .iter()
+            .any(|c| have.iter().any(|h| h.eq_ignore_ascii_case(c)))
+    }
+}
+
+/// One step's working set.
+struct Step<'a> {
+    engine: &'a Inner,
+    setup: &'a MailboxSetup,
+    owner: Owner,
+    area: Area,
+    table: &'static str,
+    config: AreaConfig,
+    ctx: &'a StepContext,
+    items: u64,
+}
+
+impl Engine {
+    /// An engine over the business database and the state store.
+    pub fn new(crm: Db, state: Db, same_db: bool, metrics: ServiceMetrics) -> Self {
+        Engine(Arc::new(Inner {
+            crm,
+            state,
+            same_db,
+            mailboxes: RwLock::new(HashMap::new()),
+            owners: RwLock::new(HashMap::new()),
+            metrics,
+        }))
+    }
+
+    /// Replaces the set of mailboxes (startup and reload).
+    pub fn set_mailboxes(&self, setups: Vec<MailboxSetup>) {
+        let map = setups
+            .into_iter()
+            .map(|s| (s.smtp.clone(), Arc::new(s)))
+            .collect();
+        *self.0.mailboxes.write() = map;
+    }
+
+    /// The setup of a mailbox.
+    pub fn mailbox(&self, smtp: &str) -> Option<Arc<MailboxSetup>> {
+        self.0.mailboxes.read().get(smtp).cloned()
+    }
+
+    /// The business database.
+    pub fn crm(&self) -> &Db {
+        &self.0.crm
+    }
+
+    /// The state store.
+    pub fn state(&self) -> &Db {
+        &self.0.state
+    }
+}
+
+impl Inner {
+    async fn call<O: Operation>(
+        &self,
+        setup: &MailboxSetup,
+        ctx: &StepContext,
+        op: &O,
+    ) -> Result<O::Output, SyncError> {
+        let _permit = ctx.acquire().await;
+        let reply = setup
+            .client
+            .call(&setup.target, op)
+            .await
+            .map_err(sync_error)?;
+        ctx.progress();
+        Ok(reply.output)
+    }
+
+    async fn owner(&self, setup: &MailboxSetup) -> Result<Owner, SyncError> {
+        let operators = self.crm.operators().await.map_err(db_error)?;
+        let found: Vec<_> = operators
+            .iter()
+            .filter(|o| {
+                o.personnel_no == setup.operator && setup.tenant.is_none_or(|t| t == o.tenant_id)
+            })
+            .collect();
+        match found.as_slice() {
+            [one] => Ok(Owner {
+                operator_id: one.id,
+                tenant_id: one.tenant_id,
+            }),
+            [] => Err(SyncError::Failed(format!(
+                "operator with personnel number {:?}{} is not in crm_operators",
+                setup.operator,
+                setup
+                    .tenant
+                    .map(|t| format!(" in tenant {t}"))
+                    .unwrap_or_default()
+            ))),
+            _ => Err(SyncError::Failed(format!(
+                "personnel number {:?} exists in several tenants; configure the mailbox's tenant",
+                setup.operator
+            ))),
+        }
+    }
+
+    /// Finds (or creates) the folder of an area and records its id.
+    async fn open(&self, spec: &MailboxSpec, ctx: StepContext) -> Result<Vec<FolderId>, SyncError> {
+        let smtp: &str = &spec.smtp;
+        let setup = self
+            .mailboxes
+            .read()
+            .get(smtp)
+            .cloned()
+            .ok_or_else(|| SyncError::Failed(format!("mailbox {smtp} is not configured")))?;
+        let owner = self.owner(&setup).await?;
+        self.owners.write().insert(smtp.to_owned(), owner);
+        let mut folders = Vec::new();
+        for (area, _) in setup.areas.iter().filter(|(a, _)| **a != Area::Mail) {
+            let op = GetFolder {
+                folders: vec![FolderRef::well_known(distinguished(*area))],
+                shape: Shape::id_only(),
+            };
+            let found = self.call(&setup, &ctx, &op).await?;
+            let folder = found
+                .into_iter()
+                .next()
+                .ok_or_else(|| SyncError::Failed("GetFolder answered nothing".into()))?;
+            let folder = folder.map_err(sync_error)?;
+            let id = folder.id.ok_or_else(|| {
+                SyncError::Failed("GetFolder answered a folder without id".into())
+            })?;
+            self.remember_folder(smtp, area.as_str(), &id.id).await?;
+            if *area == Area::Contacts {
+                let shared = self.shared_contacts_folder(&setup, &ctx, &id).await?;
+                self.remember_folder(smtp, SHARED_CONTACTS, &shared.id)
+                    .await?;
+            }
+            folders.push(FolderId::from(area.as_str()));
+        }
+        Ok(folders)
+    }
+
+    async fn remember_folder(&self, smtp: &str, key: &str, ews_id: &str) -> Result<(), SyncError> {
+        let current = self.state.folder_state(smtp, key).await.map_err(db_error)?;
+        if current.ews_folder_id.as_deref() != Some(ews_id) {
+            // A different folder (first run, or recreated by the user): its old state is meaningless.
+            let fresh = FolderState {
+                ews_folder_id: Some(ews_id.to_owned()),
+                sync_state: None,
+            };
+            self.state
+                .set_folder_state(smtp, key, &fresh)
+                .await
+                .map_err(db_error)?;
+        }
+        Ok(())
+    }
+
+    async fn shared_contacts_folder(
+        &self,
+        setup: &MailboxSetup,
+        ctx: &StepContext,
+        parent: &ItemId,
+    ) -> Result<ItemId, SyncError> {
+        let find = FindFolder {
+            parent: FolderRef::Id(parent.clone()),
+            traversal: Traversal::Shallow,
+            shape: Shape::all_properties(vec![]),
+        };
+        let children = self.call(setup, ctx, &find).await?;
+        if let Some(id) = children
+            .into_iter()
+            .find(|f| f.display_name.as_deref() == Some(setup.shared_folder_name.as_str()))
+            .and_then(|f| f.id)
+        {
+            return Ok(id);
+        }
+        let create = CreateFolder {
+            parent: FolderRef::Id(parent.clone()),
+            folders: vec![ews::items::Folder {
+                display_name: Some(setup.shared_folder_name.clone()),
+                folder_class: Some("IPF.Contact".into()),
+                ..ews::items::Folder::default()
+            }],
+        };
+        let created = self.call(setup, ctx, &create).await?;
+        created
+            .into_iter()
+            .next()
+            .ok_or_else(|| SyncError::Failed("CreateFolder answered nothing".into()))?
+            .map_err(sync_error)
+    }
+}
+
+impl<'a> Step<'a> {
+    fn smtp(&self) -> &str {
+        &self.setup.smtp
+    }
+
+    async fn fail(&self, crm_id: i64, ews_id: &str, error: String) {
+        tracing::warn!(mailbox = self.smtp(), table = self.table, crm_id, ews_id, %error, "item not synced");
+        self.engine
+            .metrics
+            .failures
+            .with_label_values(&[self.area.as_str(), "invalid_row"])
+            .inc();
+        let failure = Failure {
+            mailbox: self.smtp().to_owned(),
+            crm_table: self.table.to_owned(),
+            crm_id,
+            ews_item_id: ews_id.to_owned(),
+            error,
+            attempts: 1,
+        };
+        if let Err(e) = self.engine.state.record_failure(&failure, None).await {
+            tracing::error!(error = %e, "recording a failure failed");
+        }
+    }
+
+    async fn conflict(
+        &self,
+        crm_id: Option<i64>,
+        ews_id: Option<&str>,
+        fields: Vec<String>,
+        winner: Winner,
+    ) -> Result<(), SyncError> {
+        let resolution = match winner {
+            Winner::Crm => "crm_wins",
+            Winner::Exchange => "exchange_wins",
+        };
+        self.engine
+            .metrics
+            .conflicts
+            .with_label_values(&[self.area.as_str(), resolution])
+            .inc();
+        let c = Conflict {
+            mailbox: self.smtp().to_owned(),
+            crm_table: self.table.to_owned(),
+            crm_id,
+            ews_item_id: ews_id.map(str::to_owned),
+            fields,
+            winner,
+        };
+        self.engine.state.log_conflict(&c).await.map_err(db_error)
+    }
+
+    fn counted(&mut self, direction: &str, action: &str) {
+        self.items += 1;
+        self.engine
+            .metrics
+            .items
+            .with_label_values(&[self.area.as_str(), direction, action])
+            .inc();
+    }
+
+    fn winner(&self) -> Winner {
+        match self.config.leading {
+            Leading::Crm => Winner::Crm,
+            Leading::Exchange => Winner::Exchange,
+        }
+    }
+
+    /// The Exchange folder of the step (own or the shared contacts subfolder).
+    async fn folder(&self, shared: bool) -> Result<FolderState, SyncError> {
+        let key = if shared {
+            SHARED_CONTACTS
+        } else {
+            self.area.as_str()
+        };
+        let state = self
+            .engine
+            .state
+            .folder_state(self.smtp(), key)
+            .await
+            .map_err(db_error)?;
+        if state.ews_folder_id.is_none() {
+            return Err(SyncError::Failed(format!(
+                "folder {key} of {} was never opened",
+                self.smtp()
+            )));
+        }
+        Ok(state)
+    }
+
+    fn scope_of(&self, row: &CrmRow) -> Option<bool> {
+        // Some(shared?) when the row belongs in this mailbox; None when it does not.
+        match row {
+            CrmRow::Contact(c) => match c.owner_id {
+                Some(o) if o == self.owner.operator_id => Some(false),
+                None if c.tenant_id == self.owner.tenant_id => Some(true),
+                _ => None,
+            },
+            CrmRow::Appointment(a) => (a.owner_id == self.owner.operator_id).then_some(false),
+            CrmRow::Task(t) => (t.owner_id == self.owner.operator_id).then_some(false),
+        }
+    }
+
+    /// Queues every CRM row of the scope, so the step reconciles all of them (full resync).
+    async fn queue_all(&self) -> Result<(), SyncError> {
+        let db = &self.engine.crm;
+        let mut ids = db
+            .ids_in_scope(
+                self.table,
+                Some(self.owner.operator_id),
+                self.owner.tenant_id,
+            )
+            .await
+            .map_err(db_error)?;
+        if self.area == Area::Contacts {
+            ids.extend(
+                db.ids_in_scope(self.table, None, self.owner.tenant_id)
+                    .await
+                    .map_err(db_error)?,
+            );
+        }
+        let items: Vec<(String, String, i64)> = ids
+            .into_iter()
+            .map(|id| (self.smtp().to_owned(), self.table.to_owned(), id))
+            .collect();
+        self.engine
+            .state
+            .add_pending(&items)
+            .await
+            .map_err(db_error)
+    }
+
+    /// Exchange to CRM for one Exchange folder; true when Exchange has more.
+    async fn pull_exchange(&mut self, shared: bool, full: bool) -> Result<bool, SyncError> {
+        let key = if shared {
+            SHARED_CONTACTS
+        } else {
+            self.area.as_str()
+        };
+        let folder_state = self.folder(shared).await?;
+        let folder_id = ItemId {
+            id: folder_state.ews_folder_id.clone().unwrap_or_default(),
+            change_key: None,
+        };
+        let sync = SyncFolderItems {
+            folder: FolderRef::Id(folder_id),
+            shape: Shape::id_only(),
+            sync_state: if full {
+                None
+            } else {
+                folder_state.sync_state.clone()
+            },
+            ignore: vec![],
+            max_changes: ews::ops::MAX_CHANGES_RETURNED,
+        };
+        let changes = self.engine.call(self.setup, self.ctx, &sync).await?;
+        let mut fetch = Vec::new();
+        let mut deletes = Vec::new();
+        for change in changes.changes {
+            match change {
+                ews::ops::ItemChange::Create(item) | ews::ops::ItemChange::Update(item) => {
+                    if let Some(id) = item.id() {
+                        fetch.push(id.clone());
+                    }
+                }
+                ews::ops::ItemChange::Delete(id) => deletes.push(id),
+                ews::ops::ItemChange::ReadFlagChange { .. } => {}
+            }
+        }
+        // Echo suppression: an item whose ChangeKey is the one we wrote or saw last needs nothing.
+        let mut wanted = Vec::new();
+        for id in fetch {
+            let known = self
+                .engine
+                .state
+                .mapping_by_ews(self.smtp(), &id.id)
+                .await
+                .map_err(db_error)?;
+            if known.is_none_or(|m| m.change_key.is_none() || m.change_key != id.change_key) {
+                wanted.push(id);
+            }
+        }
+        for chunk in wanted.chunks(ITEM_BATCH) {
+            let get = GetItem {
+                ids: chunk.to_vec(),
+                shape: Shape::all_properties(vec![fields::crm_id_path()]),
+            };
+            let items = self.engine.call(self.setup, self.ctx, &get).await?;
+            for (id, item) in chunk.iter().zip(items) {
+                match item {
+                    Ok(item) => self.exchange_item(item, shared).await?,
+                    Err(ews::Error::NotFound(_)) => {}
+                    Err(e)
+                        if matches!(e, ews::Error::Throttled { .. } | ews::Error::Transient(_)) =>
+                    {
+                        return Err(sync_error(e))
+                    }
+                    Err(e) => {
+                        self.fail(0, &id.id, format!("reading the item from Exchange: {e}"))
+                            .await
+                    }
+                }
+            }
+            self.ctx.progress();
+        }
+        for id in deletes {
+            self.exchange_delete(&id).await?;
+        }
+        let next = FolderState {
+            ews_folder_id: folder_state.ews_folder_id,
+            sync_state: Some(changes.sync_state),
+        };
+        self.engine
+            .state
+            .set_folder_state(self.smtp(), key, &next)
+            .await
+            .map_err(db_error)?;
+        Ok(!changes.includes_last)
+    }
+
+    async fn exchange_item(&mut self, item: Item, shared: bool) -> Result<(), SyncError> {
+        let Some(id) = item.id().cloned() else {
+            return Ok(());
+        };
+        let ews_fields = match fields::from_item(&item) {
+            Ok(f) => f,
+            Err(e) => {
+                self.fail(0, &id.id, e).await;
+                return Ok(());
+            }
+        };
+        let state = &self.engine.state;
+        let mut mapping = state
+            .mapping_by_ews(self.smtp(), &id.id)
+            .await
+            .map_err(db_error)?;
+        if mapping.is_none() {
+            if let Some(crm_id) = fields::stamped_id(&item, self.table) {
+                mapping = state
+                    .mapping_by_crm(self.smtp(), self.table, crm_id)
+                    .await
+                    .map_err(db_error)?;
+            }
+        }
+        match mapping {
+            Some(m) => self.exchange_changed(m, id, ews_fields, shared).await,
+            None => self.exchange_created(item, id, ews_fields, shared).await,
+        }
+    }
+
+    async fn exchange_created(
+        &mut self,
+        item: Item,
+        id: ItemId,
+        ews_fields: Fields,
+        shared: bool,
+    ) -> Result<(), SyncError> {
+        let stamped = fields::stamped_id(&item, self.table);
+        if !matches_filter(&self.config, &ews_fields) {
+            return Ok(());
+        }
+        // An item stamped with a CRM row of ours whose mapping was lost: link, do not copy.
+        let existing = match stamped {
+            Some(crm_id) => self
+                .engine
+                .crm
+                .crm_row(self.table, crm_id)
+                .await
+                .map_err(db_error)?
+                .and_then(Result::ok),
+            None => None,
+        };
+        let owner = if shared {
+            None
+        } else {
+            Some(self.owner.operator_id)
+        };
+        let (row_id, version) = match existing {
+            Some(row) => (row.id(), crate::db::rows::version_of(&row)),
+            None => {
+                let row =
+                    match fields::to_row(self.area, &ews_fields, 0, self.owner.tenant_id, owner, 0)
+                    {
+                        Ok(r) => r,
+                        Err(e) => {
+                            self.fail(0, &id.id, e).await;
+                            return Ok(());
+                        }
+                    };
+                let mut mapping = self.mapping(0, &id, None, &ews_fields, shared);
+                let saved = if self.engine.same_db {
+                    self.engine
+                        .crm
+                        .save_from_exchange(&row, &id.id, Some(&mapping))
+                        .await
+                } else {
+                    self.engine.crm.save_from_exchange(&row, &id.id, None).await
+                };
+                let (row_id, version) = saved.map_err(db_error)?;
+                if !self.engine.same_db {
+                    mapping.crm_id = row_id;
+                    mapping.crm_version = Some(version);
+                    self.engine
+                        .state
+                        .put_mapping(&mapping)
+                        .await
+                        .map_err(db_error)?;
+                }
+                self.counted("to_crm", "create");
+                (row_id, version)
+            }
+        };
+        // Stamp the CRM id on the item, so the pair is found again whatever happens to the state.
+        let mut change_key = id.change_key.clone();
+        if stamped != Some(row_id) {
+            let stamp = fields::crm_stamp(self.table, row_id);
+            change_key = self
+                .update_exchange(&id, &ews_fields, &[], &stamp)
+                .await?
+                .or(change_key);
+        }
+        let mapping = self.mapping(
+            row_id,
+            &ItemId {
+                id: id.id.clone(),
+                change_key,
+            },
+            Some(version),
+            &ews_fields,
+            shared,
+        );
+        self.engine
+            .state
+            .put_mapping(&mapping)
+            .await
+            .map_err(db_error)
+    }
+
+    fn mapping(
+        &self,
+        crm_id: i64,
+        id: &ItemId,
+        version: Option<i64>,
+        f: &Fields,
+        shared: bool,
+    ) -> ItemMapping {
+        ItemMapping {
+            mailbox: self.smtp().to_owned(),
+            crm_table: self.table.to_owned(),
+            crm_id,
+            ews_item_id: id.id.clone(),
+            change_key: id.change_key.clone(),
+            crm_version: version,
+            fields: base_json(f, shared),
+        }
+    }
+
+    async fn exchange_changed(
+        &mut self,
+        m: ItemMapping,
+        id: ItemId,
+        ews_fields: Fields,
+        shared: bool,
+    ) -> Result<(), SyncError> {
+        let row = self
+            .engine
+            .crm
+            .crm_row(self.table, m.crm_id)
+            .await
+            .map_err(db_error)?;
+        let row = match row {
+            None => {
+                // Deleted in the CRM while changed in Exchange: the leading system decides.
+                self.conflict(
+                    Some(m.crm_id),
+                    Some(&id.id),
+                    vec!["deleted".into()],
+                    self.winner(),
+                )
+                .await?;
+                self.engine
+                    .state
+                    .delete_mapping(self.smtp(), self.table, m.crm_id)
+                    .await
+                    .map_err(db_error)?;
+                match self.config.leading {
+                    // Recreated in the CRM as a new row, linked to the same item.
+                    Leading::Exchange => return self.recreate_in_crm(id, ews_fields, shared).await,
+                    Leading::Crm => {
+                        self.delete_in_exchange(std::slice::from_ref(&id)).await?;
+                        return Ok(());
+                    }
+                }
+            }
+            Some(Err(e)) => {
+                self.fail(m.crm_id, &id.id, e).await;
+                return Ok(());
+            }
+            Some(Ok(row)) => row,
+        };
+        let crm_fields = match fields::from_row(&row) {
+            Ok(f) => f,
+            Err(e) => {
+                self.fail(m.crm_id, &id.id, e).await;
+                return Ok(());
+            }
+        };
+        let (base, _) = base_of(&m);
+        let merged = merge(&base, &crm_fields, &ews_fields, self.config.leading);
+        if !merged.conflicts.is_empty() {
+            self.conflict(
+                Some(row.id()),
+                Some(&id.id),
+                merged.conflicts.clone(),
+                self.winner(),
+            )
+            .await?;
+        }
+        let mut change_key = id.change_key.clone();
+        let mut version = crate::db::rows::version_of(&row);
+        if !merged.to_crm.is_empty() {
+            let (tenant, owner) = crate::db::rows::tenant_owner(&row);
+            let updated =
+                fields::to_row(self.area, &merged.merged, row.id(), tenant, owner, version)
+                    .map_err(SyncError::Failed)?;
+            let (_, v) = self
+                .engine
+                .crm
+                .save_from_exchange(&updated, &id.id, None)
+                .await
+                .map_err(db_error)?;
+            version = v;
+            self.counted("to_crm", "update");
+        }
+        if !merged.to_exchange.is_empty() {
+            let stamp = fields::crm_stamp(self.table, row.id());
+            change_key = self
+                .update_exchange(&id, &merged.merged, &merged.to_exchange, &stamp)
+                .await?
+                .or(change_key);
+            self.counted("to_exchange", "update");
+        }
+        let mapping = self.mapping(
+            row.id(),
+            &ItemId {
+                id: id.id,
+                change_key,
+            },
+            Some(version),
+            &merged.merged,
+            shared,
+        );
+        self.engine
+            .state
+            .put_mapping(&mapping)
+            .await
+            .map_err(db_error)
+    }
+
+    async fn recreate_in_crm(
+        &mut self,
+        id: ItemId,
+        ews_fields: Fields,
+        shared: bool,
+    ) -> Result<(), SyncError> {
+        let owner = if shared {
+            None
+        } else {
+            Some(self.owner.operator_id)
+        };
+        let row = fields::to_row(self.area, &ews_fields, 0, self.owner.tenant_id, owner, 0)
+            .map_err(SyncError::Failed)?;
+        let (row_id, version) = self
+            .engine
+            .crm
+            .save_from_exchange(&row, &id.id, None)
+            .await
+            .map_err(db_error)?;
+        self.counted("to_crm", "create");
+        let stamp = fields::crm_stamp(self.table, row_id);
+        let change_key = self
+            .update_exchange(&id, &ews_fields, &[], &stamp)
+            .await?
+            .or(id.change_key.clone());
+        let mapping = self.mapping(
+            row_id,
+            &ItemId {
+                id: id.id,
+                change_key,
+            },
+            Some(version),
+            &ews_fields,
+            shared,
+        );
+        self.engine
+            .state
+            .put_mapping(&mapping)
+            .await
+            .map_err(db_error)
+    }
+
+    async fn exchange_delete(&mut self, id: &ItemId) -> Result<(), SyncError> {
+        let state = &self.engine.state;
+        let Some(m) = state
+            .mapping_by_ews(self.smtp(), &id.id)
+            .await
+            .map_err(db_error)?
+        else {
+            return Ok(());
+        };
+        let row = self
+            .engine
+            .crm
+            .crm_row(self.table, m.crm_id)
+            .await
+            .map_err(db_error)?
+            .and_then(Result::ok);
+        state
+            .delete_mapping(self.smtp(), self.table, m.crm_id)
+            .await
+            .map_err(db_error)?;
+        let Some(row) = row else { return Ok(()) };
+        let changed_in_crm = m
+            .crm_version
+            .is_some_and(|v| v != crate::db::rows::version_of(&row));
+        if changed_in_crm && self.config.leading == Leading::Crm {
+            // Deleted in Exchange, changed in the CRM, the CRM leads: it goes back to Exchange.
+            self.conflict(
+                Some(m.crm_id),
+                Some(&id.id),
+                vec!["deleted".into()],
+                Winner::Crm,
+            )
+            .await?;
+            let item = (self.smtp().to_owned(), self.table.to_owned(), m.crm_id);
+            return state.add_pending(&[item]).await.map_err(db_error);
+        }
+        if changed_in_crm {
+            self.conflict(
+                Some(m.crm_id),
+                Some(&id.id),
+                vec!["deleted".into()],
+                Winner::Exchange,
+            )
+            .await?;
+        }
+        self.engine
+            .crm
+            .delete_crm_row(self.table, m.crm_id)
+            .await
+            .map_err(db_error)?;
+        self.counted("to_crm", "delete");
+        Ok(())
+    }
+
+    /// Writes `names` of `merged` (and the stamp) to the item; returns the new ChangeKey.
+    async fn update_exchange(
+        &mut self,
+        id: &ItemId,
+        merged: &Fields,
+        names: &[String],
+        stamp: &str,
+    ) -> Result<Option<String>, SyncError> {
+        let item = fields::to_item(self.area, merged, stamp).map_err(SyncError::Failed)?;
+        let keys: HashSet<String> = names
+            .iter()
+            .flat_map(|n| fields::property_keys(self.area, n))
+            .collect();
+        let updates: Vec<_> = item
+            .updates()
+            .into_iter()
+            .filter(|u| keys.contains(&u.key()) || u.key().starts_with("ext:"))
+            .collect();
+        let op = UpdateItem {
+            changes: vec![ItemUpdate {
+                id: id.clone(),
+                updates,
+            }],
+            conflict: ConflictResolution::AutoResolve,
+            disposition: None,
+            calendar: self.area == Area::Calendar,
+        };
+        let mut results = self.engine.call(self.setup, self.ctx, &op).await?;
+        match results.pop() {
+            Some(Ok(new_id)) => Ok(new_id.change_key),
+            Some(Err(e)) => Err(sync_error(e)),
+            None => Err(SyncError::Failed("UpdateItem answered nothing".into())),
+        }
+    }
+
+    async fn delete_in_exchange(&mut self, ids: &[ItemId]) -> Result<(), SyncError> {
+        for chunk in ids.chunks(ITEM_BATCH) {
+            let op = DeleteItem {
+                ids: chunk
+                    .iter()
+                    .map(|i| ItemId {
+                        id: i.id.clone(),
+                        change_key: None,
+                    })
+                    .collect(),
+                delete_type: DeleteType::MoveToDeletedItems,
+            };
+            let results = self.engine.call(self.setup, self.ctx, &op).await?;
+            for r in results {
+                match r {
+                    Ok(()) | Err(ews::Error::NotFound(_)) => self.counted("to_exchange", "delete"),
+                    Err(e @ (ews::Error::Throttled { .. } | ews::Error::Transient(_))) => {
+                        return Err(sync_error(e))
+                    }
+                    Err(e) => {
+                        tracing::warn!(mailbox = self.smtp(), error = %e, "deleting an item in Exchange failed")
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// CRM to Exchange: the queued rows; true when more are queued.
+    async fn push_crm(&mut self) -> Result<bool, SyncError> {
+        let state = &self.engine.state;
+        let ids = state
+            .pending(self.smtp(), self.table, QUEUE_BATCH)
+            .await
+            .map_err(db_error)?;
+        if ids.is_empty() {
+            return Ok(false);
+        }
+        let rows: HashMap<i64, Result<CrmRow, String>> = self
+            .engine
+            .crm
+            .crm_rows(self.table, &ids)
+            .await
+            .map_err(db_error)?
+            .into_iter()
+            .collect();
+        let mut deletes: Vec<(i64, ItemId)> = Vec::new();
+        let mut creates: Vec<(CrmRow, Fields, bool)> = Vec::new();
+        let mut done: Vec<i64> = Vec::new();
+        for id in &ids {
+            let mapping = state
+                .mapping_by_crm(self.smtp(), self.table, *id)
+                .await
+                .map_err(db_error)?;
+            let row = match rows.get(id) {
+                Some(Ok(row)) => Some(row),
+                Some(Err(e)) => {
+                    self.fail(*id, "", e.clone()).await;
+                    done.push(*id);
+                    continue;
+                }
+                None => None,
+            };
+            let scope = row.and_then(|r| self.scope_of(r));
+            let row_fields = match row.filter(|_| scope.is_some()).map(fields::from_row) {
+                Some(Ok(f)) => Some(f),
+                Some(Err(e)) => {
+                    self.fail(*id, mapping.as_ref().map_or("", |m| &m.ews_item_id), e)
+                        .await;
+                    done.push(*id);
+                    continue;
+                }
+                None => None,
+            };
+            let wanted = row_fields
+                .as_ref()
+                .filter(|f| matches_filter(&self.config, f));
+            match (row, wanted, mapping) {
+                // Gone, moved to someone else, or no longer matching: out of this mailbox.
+                (_, None, Some(m)) => deletes.push((
+                    m.crm_id,
+                    ItemId {
+                        id: m.ews_item_id,
+                        change_key: None,
+                    },
+                )),
+                (_, None, None) => {}
+                (Some(row), Some(f), Some(m)) => {
+                    let (base, was_shared) = base_of(&m);
+                    let shared = scope == Some(true);
+                    if m.crm_version == Some(crate::db::rows::version_of(row))
+                        && was_shared == shared
+                    {
+                        // Our own write coming back, or nothing new.
+                    } else if was_shared != shared {
+                        // Between the own and the shared contacts folder: delete and create.
+                        deletes.push((
+                            m.crm_id,
+                            ItemId {
+                                id: m.ews_item_id.clone(),
+                                change_key: None,
+                            },
+                        ));
+                        creates.push((row.clone(), f.clone(), shared));
+                    } else {
+                        let problems = problems(row);
+                        if !problems.is_empty() {
+                            self.fail(*id, &m.ews_item_id, problems.join("; ")).await;
+                        } else {
+                            let merged = merge(&base, f, &base, self.config.leading);
+                            let item = ItemId {
+                                id: m.ews_item_id.clone(),
+                                change_key: m.change_key.clone(),
+                            };
+                            let mut change_key = m.change_key.clone();
+                            if !merged.to_exchange.is_empty() {
+                                let stamp = fields::crm_stamp(self.table, row.id());
+                                match self
+                                    .update_exchange(&item, f, &merged.to_exchange, &stamp)
+                                    .await
+                                {
+                                    Ok(ck) => {
+                                        change_key = ck.or(change_key);
+                                        self.counted("to_exchange", "update");
+                                    }
+                                    // Changed in Exchange meanwhile, or gone: the next step's
+                                    // SyncFolderItems brings that change; the row stays queued.
+                                    Err(SyncError::Failed(_)) => continue,
+                                    Err(e) => return Err(e),
+                                }
+                            }
+                            let version = Some(crate::db::rows::version_of(row));
+                            let mapping = self.mapping(
+                                row.id(),
+                                &ItemId {
+                                    id: m.ews_item_id,
+                                    change_key,
+                                },
+                                version,
+                                f,
+                                shared,
+                            );
+                            state.put_mapping(&mapping).await.map_err(db_error)?;
+                        }
+                    }
+                }
+                (Some(row), Some(f), None) => {
+                    let problems = problems(row);
+                    if problems.is_empty() {
+                        creates.push((row.clone(), f.clone(), scope == Some(true)));
+                    } else {
+                        self.fail(*id, "", problems.join("; ")).await;
+                    }
+                }
+                (None, Some(_), _) => {}
+            }
+            done.push(*id);
+        }
+        if !deletes.is_empty() {
+            let ids: Vec<ItemId> = deletes.iter().map(|(_, i)| i.clone()).collect();
+            self.delete_in_exchange(&ids).await?;
+            for (crm_id, _) in &deletes {
+                state
+                    .delete_mapping(self.smtp(), self.table, *crm_id)
+                    .await
+                    .map_err(db_error)?;
+            }
+        }
+        for shared in [false, true] {
+            let batch: Vec<(CrmRow, Fields)> = creates
+                .iter()
+                .filter(|(_, _, s)| *s == shared)
+                .map(|(r, f, _)| (r.clone(), f.clone()))
+                .collect();
+            if !batch.is_empty() {
+                self.create_in_exchange(batch, shared).await?;
+            }
+        }
+        state
+            .clear_pending(self.smtp(), self.table, &done)
+            .await
+            .map_err(db_error)?;
+        Ok(ids.len() as i64 == QUEUE_BATCH)
+    }
+
+    async fn create_in_exchange(
+        &mut self,
+        batch: Vec<(CrmRow, Fields)>,
+        shared: bool,
+    ) -> Result<(), SyncError> {
+        let folder = self.folder(shared).await?;
+        let folder_ref = FolderRef::Id(ItemId {
+            id: folder.ews_folder_id.unwrap_or_default(),
+            change_key: None,
+        });
+        // Items a crash left in Exchange after CreateItem but before the mapping: link them.
+        let mut existing: HashMap<String, ItemId> = HashMap::new();
+        for chunk in batch.chunks(50) {
+            let stamps: Vec<Restriction> = chunk
+                .iter()
+                .map(|(row, _)| {
+                    Restriction::IsEqualTo(
+                        fields::crm_id_path(),
+                        fields::crm_stamp(self.table, row.id()),
+                    )
+                })
+                .collect();
+            let find = FindItem {
+                folder: folder_ref.clone(),
+                shape: Shape {
+                    base: ews::types::BaseShape::IdOnly,
+                    additional: vec![fields::crm_id_path()],
+                },
+                view: View::IndexedPage {
+                    offset: 0,
+                    max: 1000,
+                },
+                restriction: Some(if stamps.len() == 1 {
+                    stamps.into_iter().next().expect("one")
+                } else {
+                    Restriction::Or(stamps)
+                }),
+            };
+            let found = self.engine.call(self.setup, self.ctx, &find).await?;
+            for item in found.items {
+                if let (Some(id), Some(crm_id)) =
+                    (item.id().cloned(), fields::stamped_id(&item, self.table))
+                {
+                    existing.insert(fields::crm_stamp(self.table, crm_id), id);
+                }
+            }
+        }
+        let mut to_create = Vec::new();
+        for (row, f) in batch {
+            let stamp = fields::crm_stamp(self.table, row.id());
+            match existing.remove(&stamp) {
+                Some(id) => self.created(&row, &f, id, shared).await?,
+                None => match fields::to_item(self.area, &f, &stamp) {
+                    Ok(item) => to_create.push((row, f, item)),
+                    Err(e) => self.fail(row.id(), "", e).await,
+                },
+            }
+        }
+        for chunk in to_create.chunks(ITEM_BATCH) {
+            let op = CreateItem {
+                folder: Some(folder_ref.clone()),
+                items: chunk.iter().map(|(_, _, item)| item.clone()).collect(),
+                disposition: None,
+            };
+            let results = self.engine.call(self.setup, self.ctx, &op).await?;
+            for ((row, f, _), result) in chunk.iter().zip(results) {
+                match result {
+                    Ok(id) => {
+                        self.created(row, f, id, shared).await?;
+                        self.counted("to_exchange", "create");
+                    }
+                    Err(e @ (ews::Error::Throttled { .. } | ews::Error::Transient(_))) => {
+                        return Err(sync_error(e))
+                    }
+                    Err(e) => {
+                        self.fail(row.id(), "", format!("Exchange refused the item: {e}"))
+                            .await
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a created (or found) item: ews_id on the row, then the mapping with the row's
+    /// version after that write, so the write is recognised as our own.
+    async fn created(
+        &mut self,
+        row: &CrmRow,
+        f: &Fields,
+        id: ItemId,
+        shared: bool,
+    ) -> Result<(), SyncError> {
+        let version = self
+            .engine
+            .crm
+            .set_ews_id(self.table, row.id(), &id.id)
+            .await
+            .map_err(db_error)?;
+        let mapping = self.mapping(row.id(), &id, version, f, shared);
+        self.engine
+            .state
+            .put_mapping(&mapping)
+            .await
+            .map_err(db_error)
+    }
+}
+
+impl Engine {
+    async fn step(self, req: StepRequest) -> Result<StepReport, SyncError> {
+        let inner = &*self.0;
+        let smtp: &str = &req.mailbox;
+        let setup = inner
+            .mailboxes
+            .read()
+            .get(smtp)
+            .cloned()
+            .ok_or_else(|| SyncError::Failed(format!("mailbox {smtp} is not configured")))?;
+        let owner = inner.owners.read().get(smtp).copied();
+        let owner = match owner {
+            Some(o) => o,
+            None => inner.owner(&setup).await?,
+        };
+        let area = area_of(&req.folder)?;
+        let config = setup
+            .areas
+            .get(&area)
+            .cloned()
+            .ok_or_else(|| SyncError::Failed(format!("{area:?} is not enabled")))?;
+        let mut step = Step {
+            engine: inner,
+            setup: &setup,
+            owner,
+            area,
+            table: fields::table(area),
+            config,
+            ctx: &req.ctx,
+            items: 0,
+        };
+        if req.full_resync {
+            step.queue_all().await?;
+        }
+        let mut more = step.pull_exchange(false, req.full_resync).await?;
+        if area == Area::Contacts {
+            more |= step.pull_exchange(true, req.full_resync).await?;
+        }
+        more |= step.push_crm().await?;
+        Ok(StepReport {
+            items: step.items,
+            more,
+        })
+    }
+}
+
+impl SyncPort for Engine {
+    fn open_mailbox(
+        &self,
+        mailbox: &MailboxSpec,
+        ctx: StepContext,
+    ) -> BoxFuture<'static, Result<Vec<FolderId>, SyncError>> {
+        let engine = self.clone();
+        let spec = mailbox.clone();
+        Box::pin(async move { engine.0.open(&spec, ctx).await })
+    }
+
+    fn sync_folder(&self, step: StepRequest) -> BoxFuture<'static, Result<StepReport, SyncError>> {
+        Box::pin(self.clone().step(step))
+    }
+}

@@ -1,0 +1,535 @@
+//! The contacts/calendar/tasks engine end to end: ews-sim as Exchange, the business database
+//! and the state store in SQLite and PostgreSQL, steps run directly (no actors), so each test
+//! says exactly which step moves what.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use ews::items::{Contact, Item, Task};
+use ews::ops::{
+    ConflictResolution, CreateItem, DeleteItem, DeleteType, FindItem, ItemUpdate, UpdateItem, View,
+};
+use ews::types::{DistinguishedFolder, FolderRef, Shape};
+use ews_sim::server::{self, Running, SimConfig};
+use mailsync::config::{Area, AreaConfig, Leading};
+use mailsync::db::{Db, MigrationSet};
+use mailsync::metrics::Telemetry;
+use mailsync::sync::engine::{Engine, MailboxSetup};
+use mailsync::sync::feed::{Feed, Routes};
+use mailsync_actors::{
+    Cause, Causes, MailboxSpec, StepContext, StepRequest, SyncPort, Throttle, ThrottleSettings,
+};
+use sqlx::Connection;
+
+const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+static PG_SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+struct Rig {
+    db: Db,
+    sim: Running,
+    engine: Engine,
+    feed: Feed,
+    client: ews::Client,
+    throttle: Throttle,
+    pg_name: Option<String>,
+    _dir: Option<tempfile::TempDir>,
+    _serial: Option<tokio::sync::MutexGuard<'static, ()>>,
+}
+
+const USER: &str = "user1@example.com";
+
+async fn exec(db: &Db, sql: &str) {
+    match db {
+        Db::Postgres(p) => sqlx::query(sql).execute(p).await.map(|_| ()),
+        Db::Sqlite(p) => sqlx::query(sql).execute(p).await.map(|_| ()),
+    }
+    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+async fn scalar(db: &Db, sql: &str) -> Option<String> {
+    let row: Option<(Option<String>,)> = match db {
+        Db::Postgres(p) => sqlx::query_as(sql).fetch_optional(p).await.unwrap(),
+        Db::Sqlite(p) => sqlx::query_as(sql).fetch_optional(p).await.unwrap(),
+    };
+    row.and_then(|r| r.0)
+}
+
+async fn count(db: &Db, sql: &str) -> i64 {
+    let row: (i64,) = match db {
+        Db::Postgres(p) => sqlx::query_as(sql).fetch_one(p).await.unwrap(),
+        Db::Sqlite(p) => sqlx::query_as(sql).fetch_one(p).await.unwrap(),
+    };
+    row.0
+}
+
+fn areas(leading: Leading) -> BTreeMap<Area, AreaConfig> {
+    [Area::Contacts, Area::Calendar, Area::Tasks]
+        .into_iter()
+        .map(|a| {
+            (
+                a,
+                AreaConfig {
+                    leading,
+                    categories: vec![],
+                },
+            )
+        })
+        .collect()
+}
+
+impl Rig {
+    async fn sqlite(leading: Leading) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("crm.db").display());
+        Rig::start(
+            Db::connect(&url, 5).await.unwrap(),
+            None,
+            Some(dir),
+            None,
+            leading,
+        )
+        .await
+    }
+
+    async fn postgres(leading: Leading) -> Option<Rig> {
+        let serial = PG_SERIAL.lock().await;
+        let mut admin = match sqlx::PgConnection::connect(PG_ADMIN).await {
+            Ok(c) => c,
+            Err(e) => {
+                mailsync_testkit::require::missing(&format!("PostgreSQL at 127.0.0.1:5432 ({e})"));
+                return None;
+            }
+        };
+        let name = format!(
+            "mailsync_sync_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let db = Db::connect(&format!("postgres://postgres@127.0.0.1:5432/{name}"), 5)
+            .await
+            .unwrap();
+        Some(Rig::start(db, Some(name), None, Some(serial), leading).await)
+    }
+
+    async fn start(
+        db: Db,
+        pg_name: Option<String>,
+        dir: Option<tempfile::TempDir>,
+        serial: Option<tokio::sync::MutexGuard<'static, ()>>,
+        leading: Leading,
+    ) -> Rig {
+        db.migrate(MigrationSet::Crm).await.unwrap();
+        db.migrate(MigrationSet::State).await.unwrap();
+        exec(
+            &db,
+            "INSERT INTO crm_tenants (id, name) VALUES (1, 'Muster GmbH')",
+        )
+        .await;
+        exec(&db, "INSERT INTO crm_operators (id, tenant_id, personnel_no, display_name, email) VALUES (1, 1, '1001', 'Anna', 'user1@example.com')").await;
+        exec(&db, "INSERT INTO crm_operators (id, tenant_id, personnel_no, display_name, email) VALUES (2, 1, '1002', 'Bernd', 'user2@example.com')").await;
+        let sim = server::start(SimConfig {
+            mailboxes: 2,
+            ..SimConfig::default()
+        })
+        .await
+        .unwrap();
+        let mut cfg = ews::ClientConfig::new(
+            url::Url::parse(&sim.ews_url()).unwrap(),
+            ews::Auth::Basic {
+                username: "svc".into(),
+                password: "secret".into(),
+            },
+        );
+        cfg.allow_http = true;
+        let client = ews::Client::new(cfg).unwrap();
+        let telemetry = Telemetry::new();
+        let engine = Engine::new(db.clone(), db.clone(), true, telemetry.service.clone());
+        engine.set_mailboxes(vec![MailboxSetup {
+            smtp: USER.into(),
+            client: std::sync::Arc::new(client.clone()),
+            target: ews::Target::impersonating(USER),
+            operator: "1001".into(),
+            tenant: Some(1),
+            shared_folder_name: "Muster GmbH (CRM)".into(),
+            areas: areas(leading),
+        }]);
+        let routes = Routes {
+            by_operator: [(1, USER.into())].into_iter().collect(),
+            shared_contacts: [(1, vec![USER.into()])].into_iter().collect(),
+            areas: [(
+                USER.into(),
+                [Area::Contacts, Area::Calendar, Area::Tasks]
+                    .into_iter()
+                    .collect(),
+            )]
+            .into_iter()
+            .collect(),
+        };
+        let feed = Feed::new(db.clone(), db.clone(), routes, Duration::from_millis(20));
+        feed.start_at_end_if_new().await.unwrap();
+        let throttle = Throttle::new(
+            "ex1".into(),
+            ThrottleSettings {
+                requests_per_second: 1000,
+                burst: 1000,
+                max_concurrent: 10,
+            },
+            telemetry.runtime.clone(),
+        );
+        let rig = Rig {
+            db,
+            sim,
+            engine,
+            feed,
+            client,
+            throttle,
+            pg_name,
+            _dir: dir,
+            _serial: serial,
+        };
+        let spec = MailboxSpec {
+            smtp: USER.into(),
+            server: "ex1".into(),
+            fingerprint: 0,
+        };
+        let folders = rig
+            .engine
+            .open_mailbox(&spec, StepContext::new(rig.throttle.clone()))
+            .await
+            .unwrap();
+        assert_eq!(
+            folders.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
+            vec!["contacts", "calendar", "tasks"]
+        );
+        rig
+    }
+
+    async fn finish(self) {
+        self.db.close().await;
+        self.sim.stop().await;
+        if let Some(name) = self.pg_name {
+            if let Ok(mut admin) = sqlx::PgConnection::connect(PG_ADMIN).await {
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut admin)
+                    .await;
+            }
+        }
+    }
+
+    /// Feeds the CRM changes, then runs steps of `folder` until it has nothing more to do.
+    async fn sync(&self, folder: &str) -> u64 {
+        self.feed.poll_once().await.unwrap();
+        let mut items = 0;
+        for _ in 0..10 {
+            let mut causes = Causes::default();
+            causes.insert(Cause::Crm);
+            let report = self
+                .engine
+                .sync_folder(StepRequest {
+                    mailbox: USER.into(),
+                    folder: folder.into(),
+                    full_resync: false,
+                    causes,
+                    ctx: StepContext::new(self.throttle.clone()),
+                })
+                .await
+                .unwrap_or_else(|e| panic!("step of {folder}: {e}"));
+            items += report.items;
+            if !report.more {
+                return items;
+            }
+        }
+        panic!("{folder} kept asking for more steps");
+    }
+
+    async fn exchange_items(&self, folder: DistinguishedFolder) -> Vec<Item> {
+        let op = FindItem {
+            folder: FolderRef::well_known(folder),
+            shape: Shape::all_properties(vec![mailsync::sync::fields::crm_id_path()]),
+            view: View::IndexedPage {
+                offset: 0,
+                max: 1000,
+            },
+            restriction: None,
+        };
+        let target = ews::Target::impersonating(USER);
+        let ids: Vec<_> = self
+            .client
+            .call(&target, &op)
+            .await
+            .unwrap()
+            .output
+            .items
+            .iter()
+            .filter_map(|i| i.id().cloned())
+            .collect();
+        if ids.is_empty() {
+            return vec![];
+        }
+        let get = ews::ops::GetItem {
+            ids,
+            shape: Shape::all_properties(vec![mailsync::sync::fields::crm_id_path()]),
+        };
+        self.client
+            .call(&target, &get)
+            .await
+            .unwrap()
+            .output
+            .into_iter()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    async fn user_creates(&self, item: Item, folder: DistinguishedFolder) -> ews::types::ItemId {
+        let op = CreateItem {
+            folder: Some(FolderRef::well_known(folder)),
+            items: vec![item],
+            disposition: None,
+        };
+        let target = ews::Target::own(USER);
+        let mut out = self
+            .client
+            .call(&ews::Target::impersonating(USER), &op)
+            .await
+            .unwrap()
+            .output;
+        let _ = target;
+        out.remove(0).unwrap()
+    }
+
+    async fn user_updates(&self, id: &ews::types::ItemId, item: Item, keys: &[&str]) {
+        let updates = item
+            .updates()
+            .into_iter()
+            .filter(|u| keys.contains(&u.key().as_str()))
+            .collect();
+        let op = UpdateItem {
+            changes: vec![ItemUpdate {
+                id: ews::types::ItemId {
+                    id: id.id.clone(),
+                    change_key: None,
+                },
+                updates,
+            }],
+            conflict: ConflictResolution::AlwaysOverwrite,
+            disposition: None,
+            calendar: false,
+        };
+        self.client
+            .call(&ews::Target::impersonating(USER), &op)
+            .await
+            .unwrap()
+            .output
+            .remove(0)
+            .unwrap();
+    }
+
+    async fn user_deletes(&self, id: &ews::types::ItemId) {
+        let op = DeleteItem {
+            ids: vec![ews::types::ItemId {
+                id: id.id.clone(),
+                change_key: None,
+            }],
+            delete_type: DeleteType::MoveToDeletedItems,
+        };
+        self.client
+            .call(&ews::Target::impersonating(USER), &op)
+            .await
+            .unwrap()
+            .output
+            .remove(0)
+            .unwrap();
+    }
+}
+
+fn contact_of(item: &Item) -> &Contact {
+    match item {
+        Item::Contact(c) => c,
+        other => panic!("not a contact: {other:?}"),
+    }
+}
+
+async fn contacts_both_ways(rig: Rig) {
+    // CRM -> Exchange.
+    exec(&rig.db, "INSERT INTO crm_contacts (tenant_id, owner_id, given_name, surname, company, email1) VALUES (1, 1, 'Clara', 'Meier', 'ACME', 'clara@acme.example')").await;
+    assert_eq!(rig.sync("contacts").await, 1);
+    let items = rig.exchange_items(DistinguishedFolder::Contacts).await;
+    assert_eq!(items.len(), 1);
+    let c = contact_of(&items[0]);
+    assert_eq!(
+        (
+            c.given_name.as_deref(),
+            c.surname.as_deref(),
+            c.email[0].as_deref()
+        ),
+        (Some("Clara"), Some("Meier"), Some("clara@acme.example"))
+    );
+    assert_eq!(
+        mailsync::sync::fields::stamped_id(&items[0], "crm_contacts"),
+        Some(1)
+    );
+    assert!(
+        scalar(&rig.db, "SELECT ews_id FROM crm_contacts WHERE id = 1")
+            .await
+            .is_some()
+    );
+    // Nothing comes back: our own writes are echoes.
+    assert_eq!(rig.sync("contacts").await, 0);
+
+    // Exchange -> CRM: a contact the user creates lands under the operator and tenant.
+    let created = rig
+        .user_creates(
+            Item::Contact(Contact {
+                given_name: Some("Dora".into()),
+                surname: Some("Dietz".into()),
+                ..Contact::default()
+            }),
+            DistinguishedFolder::Contacts,
+        )
+        .await;
+    assert_eq!(rig.sync("contacts").await, 1);
+    assert_eq!(count(&rig.db, "SELECT COUNT(*) FROM crm_contacts WHERE surname = 'Dietz' AND owner_id = 1 AND tenant_id = 1").await, 1);
+    assert_eq!(
+        rig.sync("contacts").await,
+        0,
+        "the stamp written back is not a change"
+    );
+
+    // Updates both ways.
+    exec(
+        &rig.db,
+        "UPDATE crm_contacts SET job_title = 'CTO' WHERE id = 1",
+    )
+    .await;
+    rig.sync("contacts").await;
+    let items = rig.exchange_items(DistinguishedFolder::Contacts).await;
+    let clara = items
+        .iter()
+        .map(contact_of)
+        .find(|c| c.surname.as_deref() == Some("Meier"))
+        .unwrap();
+    assert_eq!(clara.job_title.as_deref(), Some("CTO"));
+    rig.user_updates(
+        &created,
+        Item::Contact(Contact {
+            company_name: Some("Dietz KG".into()),
+            ..Contact::default()
+        }),
+        &["contacts:CompanyName"],
+    )
+    .await;
+    rig.sync("contacts").await;
+    assert_eq!(
+        scalar(
+            &rig.db,
+            "SELECT company FROM crm_contacts WHERE surname = 'Dietz'"
+        )
+        .await
+        .as_deref(),
+        Some("Dietz KG")
+    );
+
+    // Deletes both ways.
+    exec(&rig.db, "DELETE FROM crm_contacts WHERE id = 1").await;
+    rig.sync("contacts").await;
+    rig.user_deletes(&created).await;
+    rig.sync("contacts").await;
+    assert!(rig
+        .exchange_items(DistinguishedFolder::Contacts)
+        .await
+        .is_empty());
+    assert_eq!(count(&rig.db, "SELECT COUNT(*) FROM crm_contacts").await, 0);
+    assert_eq!(count(&rig.db, "SELECT COUNT(*) FROM ms_item_map").await, 0);
+    rig.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contacts_sync_both_ways_on_sqlite() {
+    contacts_both_ways(Rig::sqlite(Leading::Crm).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contacts_sync_both_ways_on_postgres() {
+    if let Some(rig) = Rig::postgres(Leading::Crm).await {
+        contacts_both_ways(rig).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_edits_merge_by_field_and_the_leader_wins_the_rest() {
+    for leading in [Leading::Crm, Leading::Exchange] {
+        let rig = Rig::sqlite(leading).await;
+        exec(&rig.db, "INSERT INTO crm_tasks (tenant_id, owner_id, subject, status, importance) VALUES (1, 1, 'Angebot', 'not_started', 'normal')").await;
+        rig.sync("tasks").await;
+        let id = rig.exchange_items(DistinguishedFolder::Tasks).await[0]
+            .id()
+            .cloned()
+            .unwrap();
+        // Both sides change the subject; the CRM also the importance, Exchange the status.
+        exec(
+            &rig.db,
+            "UPDATE crm_tasks SET subject = 'Angebot (CRM)', importance = 'high' WHERE id = 1",
+        )
+        .await;
+        rig.user_updates(
+            &id,
+            Item::Task(Task {
+                subject: Some("Angebot (Outlook)".into()),
+                status: ews::items::TaskStatus::InProgress,
+                ..Task::default()
+            }),
+            &["item:Subject", "task:Status"],
+        )
+        .await;
+        rig.sync("tasks").await;
+        let expected = match leading {
+            Leading::Crm => "Angebot (CRM)",
+            Leading::Exchange => "Angebot (Outlook)",
+        };
+        assert_eq!(
+            scalar(&rig.db, "SELECT subject FROM crm_tasks WHERE id = 1")
+                .await
+                .as_deref(),
+            Some(expected)
+        );
+        assert_eq!(
+            scalar(&rig.db, "SELECT status FROM crm_tasks WHERE id = 1")
+                .await
+                .as_deref(),
+            Some("in_progress")
+        );
+        assert_eq!(
+            scalar(&rig.db, "SELECT importance FROM crm_tasks WHERE id = 1")
+                .await
+                .as_deref(),
+            Some("high")
+        );
+        let task = match &rig.exchange_items(DistinguishedFolder::Tasks).await[0] {
+            Item::Task(t) => t.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(task.subject.as_deref(), Some(expected));
+        assert_eq!(task.importance, ews::items::Importance::High);
+        assert_eq!(task.status, ews::items::TaskStatus::InProgress);
+        assert_eq!(
+            count(
+                &rig.db,
+                "SELECT COUNT(*) FROM ms_conflicts WHERE fields LIKE '%subject%'"
+            )
+            .await,
+            1
+        );
+        assert_eq!(
+            rig.sync("tasks").await,
+            0,
+            "converged: nothing left to write"
+        );
+        rig.finish().await;
+    }
+}
