@@ -20,6 +20,7 @@ use mailsync::sync::feed::{Feed, Routes};
 use mailsync_actors::{
     Cause, Causes, MailboxSpec, StepContext, StepRequest, SyncPort, Throttle, ThrottleSettings,
 };
+use chrono::TimeZone;
 use sqlx::Connection;
 
 const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -532,4 +533,70 @@ async fn concurrent_edits_merge_by_field_and_the_leader_wins_the_rest() {
         );
         rig.finish().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appointments_keep_time_zones_all_day_and_recurrence_both_ways() {
+    let rig = Rig::sqlite(Leading::Crm).await;
+    exec(
+        &rig.db,
+        "INSERT INTO crm_appointments (tenant_id, owner_id, subject, starts_at, ends_at, time_zone, recurrence, reminder_minutes, show_as) \
+         VALUES (1, 1, 'Jour fixe', '2026-11-24T08:00:00Z', '2026-11-24T09:00:00Z', 'Europe/Berlin', 'FREQ=WEEKLY;BYDAY=TU;COUNT=10', 15, 'tentative')",
+    )
+    .await;
+    exec(
+        &rig.db,
+        "INSERT INTO crm_appointments (tenant_id, owner_id, subject, starts_at, ends_at, all_day, time_zone) \
+         VALUES (1, 1, 'Betriebsausflug', '2026-11-26T23:00:00Z', '2026-11-27T23:00:00Z', 1, 'Europe/Berlin')",
+    )
+    .await;
+    assert_eq!(rig.sync("calendar").await, 2);
+    let items = rig.exchange_items(DistinguishedFolder::Calendar).await;
+    let by_subject = |s: &str| match items.iter().find(|i| matches!(i, Item::CalendarItem(c) if c.subject.as_deref() == Some(s))) {
+        Some(Item::CalendarItem(c)) => c.clone(),
+        _ => panic!("{s} not in Exchange: {items:?}"),
+    };
+    let jf = by_subject("Jour fixe");
+    assert_eq!(jf.start_time_zone.as_deref(), Some("W. Europe Standard Time"));
+    assert_eq!(jf.reminder_minutes, Some(15));
+    assert_eq!(jf.free_busy, ews::items::FreeBusy::Tentative);
+    let rec = jf.recurrence.clone().expect("a series");
+    assert_eq!(mailsync::sync::recurrence::to_rrule(&rec).unwrap(), "FREQ=WEEKLY;INTERVAL=1;BYDAY=TU;COUNT=10");
+    assert!(by_subject("Betriebsausflug").is_all_day);
+    assert_eq!(rig.sync("calendar").await, 0, "no echo");
+
+    // Created in Outlook, in New York time: arrives with its zone and times.
+    let start = chrono::Utc.with_ymd_and_hms(2026, 12, 1, 15, 0, 0).unwrap();
+    rig.user_creates(
+        Item::CalendarItem(ews::items::CalendarItem {
+            subject: Some("Call NY".into()),
+            start: Some(start),
+            end: Some(start + chrono::Duration::minutes(30)),
+            start_time_zone: Some("Eastern Standard Time".into()),
+            end_time_zone: Some("Eastern Standard Time".into()),
+            ..Default::default()
+        }),
+        DistinguishedFolder::Calendar,
+    )
+    .await;
+    assert_eq!(rig.sync("calendar").await, 1);
+    assert_eq!(
+        scalar(&rig.db, "SELECT time_zone FROM crm_appointments WHERE subject = 'Call NY'").await.as_deref(),
+        Some("America/New_York")
+    );
+    assert_eq!(count(&rig.db, "SELECT COUNT(*) FROM crm_appointments WHERE owner_id = 1").await, 3);
+    assert_eq!(rig.sync("calendar").await, 0);
+
+    // A recurrence Exchange cannot hold goes to the failure log; the rest syncs on.
+    exec(
+        &rig.db,
+        "INSERT INTO crm_appointments (tenant_id, owner_id, subject, starts_at, ends_at, recurrence) \
+         VALUES (1, 1, 'Kaputt', '2026-11-24T08:00:00Z', '2026-11-24T09:00:00Z', 'FREQ=MONTHLY;BYDAY=MO,WE;BYSETPOS=2')",
+    )
+    .await;
+    exec(&rig.db, "INSERT INTO crm_appointments (tenant_id, owner_id, subject, starts_at, ends_at) VALUES (1, 1, 'Gut', '2026-11-25T08:00:00Z', '2026-11-25T09:00:00Z')").await;
+    assert_eq!(rig.sync("calendar").await, 1);
+    let error = scalar(&rig.db, "SELECT error FROM ms_failures WHERE crm_table = 'crm_appointments'").await.unwrap();
+    assert!(error.contains("BYSETPOS"), "{error}");
+    rig.finish().await;
 }
