@@ -14,5 +14,6 @@ pub mod logging;
 pub mod metrics;
 pub mod rrule;
 pub mod secret;
+pub mod service;
 pub mod summary;
 pub mod sync;

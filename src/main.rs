@@ -36,6 +36,14 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Run the service: two-way sync of every configured mailbox, with streaming
+    /// notifications, CRM change capture and the admin API, until SIGTERM or Ctrl-C
+    /// (SIGHUP reloads the configuration).
+    Run {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Talk to a running service's admin API: show status, restart, resync, pause or resume a
     /// mailbox (every mailbox when none is named).
     Ctl {
@@ -70,6 +78,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { config: path } => check_config(&path),
         Command::Migrate { config: path } => migrate(&path),
+        Command::Run { config: path } => run(path),
         Command::Ctl {
             action,
             mailbox,
@@ -77,6 +86,16 @@ fn main() -> ExitCode {
             url,
             token,
         } => ctl(&action, mailbox.as_deref(), path.as_deref(), url, token),
+    }
+}
+
+fn run(path: PathBuf) -> ExitCode {
+    match actix_rt::System::new().block_on(mailsync::service::run(path)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use chrono::TimeZone;
 use ews::items::{Contact, Item, Task};
 use ews::ops::{
     ConflictResolution, CreateItem, DeleteItem, DeleteType, FindItem, ItemUpdate, UpdateItem, View,
@@ -20,7 +21,6 @@ use mailsync::sync::feed::{Feed, Routes};
 use mailsync_actors::{
     Cause, Causes, MailboxSpec, StepContext, StepRequest, SyncPort, Throttle, ThrottleSettings,
 };
-use chrono::TimeZone;
 use sqlx::Connection;
 
 const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -552,16 +552,25 @@ async fn appointments_keep_time_zones_all_day_and_recurrence_both_ways() {
     .await;
     assert_eq!(rig.sync("calendar").await, 2);
     let items = rig.exchange_items(DistinguishedFolder::Calendar).await;
-    let by_subject = |s: &str| match items.iter().find(|i| matches!(i, Item::CalendarItem(c) if c.subject.as_deref() == Some(s))) {
+    let by_subject = |s: &str| match items
+        .iter()
+        .find(|i| matches!(i, Item::CalendarItem(c) if c.subject.as_deref() == Some(s)))
+    {
         Some(Item::CalendarItem(c)) => c.clone(),
         _ => panic!("{s} not in Exchange: {items:?}"),
     };
     let jf = by_subject("Jour fixe");
-    assert_eq!(jf.start_time_zone.as_deref(), Some("W. Europe Standard Time"));
+    assert_eq!(
+        jf.start_time_zone.as_deref(),
+        Some("W. Europe Standard Time")
+    );
     assert_eq!(jf.reminder_minutes, Some(15));
     assert_eq!(jf.free_busy, ews::items::FreeBusy::Tentative);
     let rec = jf.recurrence.clone().expect("a series");
-    assert_eq!(mailsync::sync::recurrence::to_rrule(&rec).unwrap(), "FREQ=WEEKLY;INTERVAL=1;BYDAY=TU;COUNT=10");
+    assert_eq!(
+        mailsync::sync::recurrence::to_rrule(&rec).unwrap(),
+        "FREQ=WEEKLY;INTERVAL=1;BYDAY=TU;COUNT=10"
+    );
     assert!(by_subject("Betriebsausflug").is_all_day);
     assert_eq!(rig.sync("calendar").await, 0, "no echo");
 
@@ -581,10 +590,22 @@ async fn appointments_keep_time_zones_all_day_and_recurrence_both_ways() {
     .await;
     assert_eq!(rig.sync("calendar").await, 1);
     assert_eq!(
-        scalar(&rig.db, "SELECT time_zone FROM crm_appointments WHERE subject = 'Call NY'").await.as_deref(),
+        scalar(
+            &rig.db,
+            "SELECT time_zone FROM crm_appointments WHERE subject = 'Call NY'"
+        )
+        .await
+        .as_deref(),
         Some("America/New_York")
     );
-    assert_eq!(count(&rig.db, "SELECT COUNT(*) FROM crm_appointments WHERE owner_id = 1").await, 3);
+    assert_eq!(
+        count(
+            &rig.db,
+            "SELECT COUNT(*) FROM crm_appointments WHERE owner_id = 1"
+        )
+        .await,
+        3
+    );
     assert_eq!(rig.sync("calendar").await, 0);
 
     // A recurrence Exchange cannot hold goes to the failure log; the rest syncs on.
@@ -596,7 +617,12 @@ async fn appointments_keep_time_zones_all_day_and_recurrence_both_ways() {
     .await;
     exec(&rig.db, "INSERT INTO crm_appointments (tenant_id, owner_id, subject, starts_at, ends_at) VALUES (1, 1, 'Gut', '2026-11-25T08:00:00Z', '2026-11-25T09:00:00Z')").await;
     assert_eq!(rig.sync("calendar").await, 1);
-    let error = scalar(&rig.db, "SELECT error FROM ms_failures WHERE crm_table = 'crm_appointments'").await.unwrap();
+    let error = scalar(
+        &rig.db,
+        "SELECT error FROM ms_failures WHERE crm_table = 'crm_appointments'",
+    )
+    .await
+    .unwrap();
     assert!(error.contains("BYSETPOS"), "{error}");
     rig.finish().await;
 }

@@ -6,4 +6,5 @@ pub mod feed;
 pub mod fields;
 pub mod merge;
 pub mod recurrence;
+pub mod stream;
 pub mod timezones;

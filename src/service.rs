@@ -1,0 +1,395 @@
+//! `mailsync run`: the configuration turned into the running service — databases, EWS
+//! clients, the sync engine, the CRM feed and streaming ports, the actor runtime, the admin
+//! API — and kept running until SIGTERM/Ctrl-C; SIGHUP or POST /api/v1/reload re-read the
+//! configuration file and apply it without disturbing unchanged mailboxes.
+
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context as _};
+use futures_util::future::{BoxFuture, LocalBoxFuture};
+use mailsync_actors::{
+    MailboxId, MailboxSpec, Ports, Reload, RuntimeSettings, ServerSpec, Supervisor,
+    SupervisorHandle, ThrottleSettings,
+};
+
+use crate::admin::{self, AdminState, ReloadFailure, Reloader};
+use crate::config::{self, Area, AuthConfig, Config, Endpoint, OAuth2Credential, ServerConfig};
+use crate::db::{Db, MigrationSet};
+use crate::environment::ProcessEnv;
+use crate::metrics::Telemetry;
+use crate::sync::engine::{Engine, MailboxSetup};
+use crate::sync::feed::{Feed, Routes};
+use crate::sync::stream::EwsStream;
+
+/// The EWS client of a server, with the given credentials (the service account's, or a
+/// mailbox's own).
+pub fn client_for(
+    server: &ServerConfig,
+    url: url::Url,
+    credentials: Option<&config::Credentials>,
+    telemetry: &Telemetry,
+) -> anyhow::Result<ews::Client> {
+    let creds = || {
+        credentials.ok_or_else(|| {
+            anyhow!(
+                "servers.{}: no credentials (service_account or the mailbox's own)",
+                server.name
+            )
+        })
+    };
+    let auth = match &server.auth {
+        AuthConfig::Basic => {
+            let c = creds()?;
+            ews::Auth::Basic { username: c.username.clone(), password: c.password.expose().to_owned() }
+        }
+        AuthConfig::Ntlm => {
+            let c = creds()?;
+            ews::Auth::Ntlm { username: c.username.clone(), password: c.password.expose().to_owned() }
+        }
+        AuthConfig::OAuth2(o) => match &o.credential {
+            OAuth2Credential::Secret(secret) => ews::Auth::OAuth2(Arc::new(ews::client::OAuth2Tokens::new(
+                o.token_url.clone(),
+                &o.client_id,
+                secret.expose(),
+                &o.scope,
+            ))),
+            OAuth2Credential::Certificate { .. } => bail!(
+                "servers.{}: OAuth2 with a certificate credential is not supported yet; use client_secret",
+                server.name
+            ),
+        },
+    };
+    let mut cfg = ews::ClientConfig::new(url, auth);
+    cfg.version = server.version.as_str().to_owned();
+    cfg.timeout = server.request_timeout;
+    cfg.allow_http = server.allow_http;
+    cfg.observer = Some(telemetry.ews_observer());
+    if let Some(ca) = &server.ca_file {
+        cfg.ca_pem = Some(
+            std::fs::read(ca)
+                .with_context(|| format!("servers.{}.ca_file: {}", server.name, ca.display()))?,
+        );
+    }
+    ews::Client::new(cfg)
+        .with_context(|| format!("servers.{}: building the EWS client", server.name))
+}
+
+/// The EWS URL of a server: set by hand, or by Autodiscover for `mailbox`.
+async fn ews_url(server: &ServerConfig, mailbox: &str) -> anyhow::Result<url::Url> {
+    match &server.endpoint {
+        Endpoint::Url(u) => Ok(u.clone()),
+        Endpoint::Autodiscover { domain } => {
+            let creds = server.service_account.as_ref().ok_or_else(|| {
+                anyhow!(
+                    "servers.{}: Autodiscover needs the service account",
+                    server.name
+                )
+            })?;
+            let ad = ews::autodiscover::Autodiscover::new(
+                &creds.username,
+                creds.password.expose(),
+                server.allow_http,
+            )
+            .with_context(|| format!("servers.{}: Autodiscover client", server.name))?;
+            let found = ad
+                .discover(mailbox, domain.as_deref())
+                .await
+                .with_context(|| format!("servers.{}: Autodiscover for {mailbox}", server.name))?;
+            Ok(found.ews_url)
+        }
+    }
+}
+
+fn fingerprint(m: &config::MailboxConfig, server: &ServerConfig) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    format!("{m:?}{server:?}").hash(&mut h);
+    h.finish()
+}
+
+/// Everything built from one configuration.
+pub struct Built {
+    /// Engine mailboxes.
+    pub setups: Vec<MailboxSetup>,
+    /// Feed routing.
+    pub routes: Routes,
+    /// Servers for the supervisor.
+    pub servers: Vec<ServerSpec>,
+    /// Mailboxes for the supervisor.
+    pub mailboxes: Vec<MailboxSpec>,
+}
+
+/// Builds clients, mailbox setups, routes and specs from `cfg` (Autodiscover runs here).
+pub async fn build(cfg: &Config, crm: &Db, telemetry: &Telemetry) -> anyhow::Result<Built> {
+    let operators = crm.operators().await.context("reading crm_operators")?;
+    let mut server_clients: HashMap<String, (Arc<ews::Client>, url::Url)> = HashMap::new();
+    let mut servers = Vec::new();
+    for server in &cfg.servers {
+        let first = cfg.mailboxes.iter().find(|m| m.server == server.name);
+        let Some(first) = first else { continue };
+        let url = ews_url(server, &first.smtp).await?;
+        let client = client_for(
+            server,
+            url.clone(),
+            server.service_account.as_ref(),
+            telemetry,
+        )?;
+        server_clients.insert(server.name.clone(), (Arc::new(client), url));
+        servers.push(ServerSpec {
+            id: server.name.as_str().into(),
+            throttle: ThrottleSettings {
+                requests_per_second: server.throttle.requests_per_second.ceil().max(1.0) as u32,
+                burst: server.throttle.burst.max(1),
+                max_concurrent: server.throttle.max_concurrent_requests.max(1),
+            },
+            streaming: server.streaming.enabled,
+        });
+    }
+    let tenant_names: HashMap<&str, &str> = cfg
+        .tenants
+        .iter()
+        .map(|t| (t.id.as_str(), t.name.as_str()))
+        .collect();
+    let mut setups = Vec::new();
+    let mut specs = Vec::new();
+    let mut routes = Routes::default();
+    for m in &cfg.mailboxes {
+        let server = cfg
+            .server(&m.server)
+            .ok_or_else(|| anyhow!("mailbox {}: unknown server {}", m.smtp, m.server))?;
+        let (shared_client, url) = server_clients
+            .get(&server.name)
+            .cloned()
+            .ok_or_else(|| anyhow!("server {} has no client", server.name))?;
+        let smtp = m.smtp.to_lowercase();
+        let (client, target) = match &m.credentials {
+            Some(own) => (
+                Arc::new(client_for(server, url, Some(own), telemetry)?),
+                ews::Target::own(&smtp),
+            ),
+            None => (shared_client, ews::Target::impersonating(&smtp)),
+        };
+        let tenant = match &m.tenant {
+            Some(t) => Some(
+                t.parse::<i64>()
+                    .map_err(|_| anyhow!("mailbox {smtp}: tenant {t:?} is not a crm_tenants.id"))?,
+            ),
+            None => None,
+        };
+        let shared_name = match m.tenant.as_deref().and_then(|t| tenant_names.get(t)) {
+            Some(name) => format!("{name} (CRM)"),
+            None => "Shared contacts (CRM)".to_owned(),
+        };
+        let areas: std::collections::BTreeMap<Area, config::AreaConfig> = m.areas.clone();
+        let id: MailboxId = smtp.as_str().into();
+        if let Some(op) = operators
+            .iter()
+            .find(|o| o.personnel_no == m.operator && tenant.is_none_or(|t| t == o.tenant_id))
+        {
+            routes.by_operator.insert(op.id, id.clone());
+            if areas.contains_key(&Area::Contacts) {
+                routes
+                    .shared_contacts
+                    .entry(op.tenant_id)
+                    .or_default()
+                    .push(id.clone());
+            }
+        } else {
+            tracing::warn!(mailbox = %smtp, operator = %m.operator, "the operator is not in crm_operators; the mailbox fails until it is");
+        }
+        routes
+            .areas
+            .insert(id.clone(), areas.keys().copied().collect::<BTreeSet<_>>());
+        specs.push(MailboxSpec {
+            smtp: id,
+            server: server.name.as_str().into(),
+            fingerprint: fingerprint(m, server),
+        });
+        setups.push(MailboxSetup {
+            smtp,
+            client,
+            target,
+            operator: m.operator.clone(),
+            tenant,
+            shared_folder_name: shared_name,
+            areas,
+        });
+    }
+    Ok(Built {
+        setups,
+        routes,
+        servers,
+        mailboxes: specs,
+    })
+}
+
+/// The runtime settings a configuration asks for.
+pub fn runtime_settings(cfg: &Config) -> RuntimeSettings {
+    let mut s = RuntimeSettings::default();
+    if let Some(server) = cfg.servers.first() {
+        s.stream.group_size = server.streaming.group_size.max(1) as usize;
+        s.stream.connection_timeout = server.streaming.connection_timeout;
+        s.stream.polling_interval = server.streaming.polling_interval;
+    }
+    s
+}
+
+/// Runs the service until a stop signal. Must run inside an actix system.
+pub async fn run(path: PathBuf) -> anyhow::Result<()> {
+    let cfg = config::load(&path, &ProcessEnv).map_err(|e| anyhow!("{e}"))?;
+    let database = cfg
+        .database
+        .clone()
+        .ok_or_else(|| anyhow!("{}: database.url is required to run", path.display()))?;
+    let crm = Db::connect(database.url.expose(), database.max_connections)
+        .await
+        .context("connecting the business database")?;
+    let same_db = database.url.expose() == cfg.state.url.expose();
+    let state = if same_db {
+        crm.clone()
+    } else {
+        Db::connect(cfg.state.url.expose(), cfg.state.max_connections)
+            .await
+            .context("connecting the state store")?
+    };
+    state
+        .migrate(MigrationSet::State)
+        .await
+        .context("migrating the state store")?;
+    let telemetry = Telemetry::new();
+    let built = build(&cfg, &crm, &telemetry).await?;
+    let engine = Engine::new(
+        crm.clone(),
+        state.clone(),
+        same_db,
+        telemetry.service.clone(),
+    );
+    engine.set_mailboxes(built.setups);
+    let feed = Feed::new(
+        crm.clone(),
+        state.clone(),
+        built.routes,
+        std::time::Duration::from_millis(200),
+    );
+    feed.start_at_end_if_new()
+        .await
+        .context("positioning the CRM change feed")?;
+    let ports = Ports {
+        sync: Arc::new(engine.clone()),
+        stream: Arc::new(EwsStream::new(engine.clone())),
+        crm: Some(Arc::new(feed.clone())),
+    };
+    let handle = Supervisor::launch(
+        runtime_settings(&cfg),
+        built.servers,
+        built.mailboxes,
+        ports,
+        telemetry.runtime.clone(),
+    )
+    .map_err(|e| anyhow!("{e}"))?;
+    let reload = reloader(
+        path.clone(),
+        crm.clone(),
+        engine.clone(),
+        feed.clone(),
+        telemetry.clone(),
+        handle.clone(),
+    );
+    let admin_state = AdminState {
+        handle: handle.clone(),
+        telemetry: telemetry.clone(),
+        token: cfg.admin.token.clone(),
+        reload: reload.clone(),
+    };
+    let admin = admin::start(cfg.admin.listen, admin_state)?;
+    tracing::info!(mailboxes = cfg.mailboxes.len(), admin = %admin.addr, "mailsync running");
+    let on_hup = move || -> LocalBoxFuture<'static, ()> {
+        let reload = reload.clone();
+        Box::pin(async move {
+            match reload().await {
+                Ok(r) => tracing::info!(
+                    added = r.added.len(),
+                    removed = r.removed.len(),
+                    changed = r.changed.len(),
+                    "reloaded"
+                ),
+                Err(e) => {
+                    tracing::error!(error = %e.message, details = ?e.details, "reload refused; nothing changed")
+                }
+            }
+        })
+    };
+    mailsync_actors::signals::run_until_stopped(handle, on_hup).await?;
+    admin.stop().await;
+    crm.close().await;
+    if !same_db {
+        state.close().await;
+    }
+    tracing::info!("mailsync stopped");
+    Ok(())
+}
+
+fn reloader(
+    path: PathBuf,
+    crm: Db,
+    engine: Engine,
+    feed: Feed,
+    telemetry: Telemetry,
+    handle: SupervisorHandle,
+) -> Reloader {
+    Arc::new(
+        move || -> BoxFuture<'static, Result<mailsync_actors::ReloadReport, ReloadFailure>> {
+            let (path, crm, engine, feed, telemetry, handle) = (
+                path.clone(),
+                crm.clone(),
+                engine.clone(),
+                feed.clone(),
+                telemetry.clone(),
+                handle.clone(),
+            );
+            Box::pin(async move { reload(&path, &crm, &engine, &feed, &telemetry, &handle).await })
+        },
+    )
+}
+
+async fn reload(
+    path: &Path,
+    crm: &Db,
+    engine: &Engine,
+    feed: &Feed,
+    telemetry: &Telemetry,
+    handle: &SupervisorHandle,
+) -> Result<mailsync_actors::ReloadReport, ReloadFailure> {
+    let cfg = config::load(path, &ProcessEnv).map_err(|e| ReloadFailure {
+        message: format!(
+            "{}: the configuration has errors; nothing changed",
+            path.display()
+        ),
+        details: e.errors.iter().map(|x| x.to_string()).collect(),
+    })?;
+    let built = build(&cfg, crm, telemetry)
+        .await
+        .map_err(|e| ReloadFailure {
+            message: format!("{e:#}"),
+            details: vec![],
+        })?;
+    engine.set_mailboxes(built.setups);
+    feed.set_routes(built.routes);
+    let report = handle
+        .addr
+        .send(Reload {
+            servers: built.servers,
+            mailboxes: built.mailboxes,
+        })
+        .await
+        .map_err(|e| ReloadFailure {
+            message: format!("the supervisor is gone: {e}"),
+            details: vec![],
+        })?;
+    report.map_err(|e| ReloadFailure {
+        message: e.to_string(),
+        details: vec![],
+    })
+}

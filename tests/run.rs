@@ -1,0 +1,248 @@
+//! `mailsync run` as a process: against ews-sim and a SQLite business database, it becomes
+//! ready, syncs both ways in real time (CRM change capture one way, streaming notifications
+//! the other), reports through the admin API, and stops cleanly on SIGTERM.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ews::items::{Contact, Item};
+use ews::ops::{CreateItem, FindItem, View};
+use ews::types::{DistinguishedFolder, FolderRef, Shape};
+use ews_sim::server::{self, SimConfig};
+use mailsync::db::{Db, MigrationSet};
+
+const TOKEN: &str = "run-test-token-0123456789";
+
+/// Polls `check` every 50 ms until it holds or `limit` passes; the other side is another
+/// process, so there is no event to await.
+async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what}: not within {limit:?}");
+}
+
+async fn exec(db: &Db, sql: &str) {
+    match db {
+        Db::Sqlite(p) => sqlx::query(sql).execute(p).await.map(|_| ()).unwrap(),
+        Db::Postgres(p) => sqlx::query(sql).execute(p).await.map(|_| ()).unwrap(),
+    }
+}
+
+async fn count(db: &Db, sql: &str) -> i64 {
+    match db {
+        Db::Sqlite(p) => {
+            sqlx::query_as::<_, (i64,)>(sql)
+                .fetch_one(p)
+                .await
+                .unwrap()
+                .0
+        }
+        Db::Postgres(p) => {
+            sqlx::query_as::<_, (i64,)>(sql)
+                .fetch_one(p)
+                .await
+                .unwrap()
+                .0
+        }
+    }
+}
+
+struct Killer(Child);
+
+impl Drop for Killer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_syncs_both_ways_and_stops_on_sigterm() {
+    let sim = server::start(SimConfig {
+        mailboxes: 2,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite:{}", dir.path().join("crm.db").display());
+    let db = Db::connect(&db_url, 2).await.unwrap();
+    db.migrate(MigrationSet::Crm).await.unwrap();
+    exec(
+        &db,
+        "INSERT INTO crm_tenants (id, name) VALUES (1, 'Muster GmbH')",
+    )
+    .await;
+    exec(&db, "INSERT INTO crm_operators (id, tenant_id, personnel_no, display_name, email) VALUES (1, 1, '1001', 'Anna', 'user1@example.com')").await;
+    exec(&db, "INSERT INTO crm_operators (id, tenant_id, personnel_no, display_name, email) VALUES (2, 1, '1002', 'Bernd', 'user2@example.com')").await;
+    let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.path().join("mailsync.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[admin]
+listen = "127.0.0.1:{admin_port}"
+token = "{TOKEN}"
+
+[database]
+url = "{db_url}"
+
+[state]
+url = "{db_url}"
+
+[[servers]]
+name = "sim"
+ews_url = "{ews}"
+allow_http = true
+auth = "basic"
+service_account = {{ username = "svc", password = "secret" }}
+
+[mailbox_defaults]
+areas = ["contacts", "calendar", "tasks"]
+
+[[mailboxes]]
+smtp = "user1@example.com"
+operator = "1001"
+server = "sim"
+
+[[mailboxes]]
+smtp = "user2@example.com"
+operator = "1002"
+server = "sim"
+"#,
+            ews = sim.ews_url()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.path().join("run.log")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_mailsync"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut child = Killer(child);
+    let http = reqwest::Client::new();
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    let log_text = || std::fs::read_to_string(dir.path().join("run.log")).unwrap_or_default();
+    eventually("ready", Duration::from_secs(60), || {
+        let req = http.get(format!("{admin}/readyz"));
+        async move { req.send().await.is_ok_and(|r| r.status().is_success()) }
+    })
+    .await;
+    let list: serde_json::Value = http
+        .get(format!("{admin}/api/v1/mailboxes"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let states: Vec<&str> = list["mailboxes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, vec!["running", "running"], "{list}\n{}", log_text());
+
+    // CRM -> Exchange through change capture.
+    exec(&db, "INSERT INTO crm_contacts (tenant_id, owner_id, given_name, surname) VALUES (1, 2, 'Clara', 'Meier')").await;
+    let mut cfg = ews::ClientConfig::new(
+        url::Url::parse(&sim.ews_url()).unwrap(),
+        ews::Auth::Basic {
+            username: "svc".into(),
+            password: "secret".into(),
+        },
+    );
+    cfg.allow_http = true;
+    let client = ews::Client::new(cfg).unwrap();
+    let user2 = ews::Target::impersonating("user2@example.com");
+    let find = FindItem {
+        folder: FolderRef::well_known(DistinguishedFolder::Contacts),
+        shape: Shape::id_only(),
+        view: View::IndexedPage {
+            offset: 0,
+            max: 100,
+        },
+        restriction: None,
+    };
+    eventually(
+        "the CRM contact in Exchange",
+        Duration::from_secs(30),
+        || {
+            let (client, user2, find) = (client.clone(), user2.clone(), find.clone());
+            async move {
+                client
+                    .call(&user2, &find)
+                    .await
+                    .is_ok_and(|r| r.output.items.len() == 1)
+            }
+        },
+    )
+    .await;
+
+    // Exchange -> CRM through a streaming notification.
+    let create = CreateItem {
+        folder: Some(FolderRef::well_known(DistinguishedFolder::Contacts)),
+        items: vec![Item::Contact(Contact {
+            given_name: Some("Dora".into()),
+            surname: Some("Dietz".into()),
+            ..Contact::default()
+        })],
+        disposition: None,
+    };
+    client
+        .call(&ews::Target::impersonating("user1@example.com"), &create)
+        .await
+        .unwrap();
+    eventually(
+        "the Outlook contact in the CRM",
+        Duration::from_secs(30),
+        || {
+            let db = db.clone();
+            async move {
+                count(
+                    &db,
+                    "SELECT COUNT(*) FROM crm_contacts WHERE surname = 'Dietz' AND owner_id = 1",
+                )
+                .await
+                    == 1
+            }
+        },
+    )
+    .await;
+
+    // SIGTERM: a clean stop.
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no stop after SIGTERM\n{}",
+            log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}\n{}", log_text());
+    assert!(log_text().contains("mailsync stopped"), "{}", log_text());
+    sim.stop().await;
+}
