@@ -82,6 +82,10 @@ fn areas(leading: Leading) -> BTreeMap<Area, AreaConfig> {
 
 impl Rig {
     async fn sqlite(leading: Leading) -> Rig {
+        Rig::sqlite_with(areas(leading)).await
+    }
+
+    async fn sqlite_with(areas: BTreeMap<Area, AreaConfig>) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite:{}", dir.path().join("crm.db").display());
         Rig::start(
@@ -89,7 +93,7 @@ impl Rig {
             None,
             Some(dir),
             None,
-            leading,
+            areas,
         )
         .await
     }
@@ -115,7 +119,7 @@ impl Rig {
         let db = Db::connect(&format!("postgres://postgres@127.0.0.1:5432/{name}"), 5)
             .await
             .unwrap();
-        Some(Rig::start(db, Some(name), None, Some(serial), leading).await)
+        Some(Rig::start(db, Some(name), None, Some(serial), areas(leading)).await)
     }
 
     async fn start(
@@ -123,7 +127,7 @@ impl Rig {
         pg_name: Option<String>,
         dir: Option<tempfile::TempDir>,
         serial: Option<tokio::sync::MutexGuard<'static, ()>>,
-        leading: Leading,
+        areas: BTreeMap<Area, AreaConfig>,
     ) -> Rig {
         db.migrate(MigrationSet::Crm).await.unwrap();
         db.migrate(MigrationSet::State).await.unwrap();
@@ -158,7 +162,7 @@ impl Rig {
             operator: "1001".into(),
             tenant: Some(1),
             shared_folder_name: "Muster GmbH (CRM)".into(),
-            areas: areas(leading),
+            areas,
         }]);
         let routes = Routes {
             by_operator: [(1, USER.into())].into_iter().collect(),
@@ -625,4 +629,248 @@ async fn appointments_keep_time_zones_all_day_and_recurrence_both_ways() {
     .unwrap();
     assert!(error.contains("BYSETPOS"), "{error}");
     rig.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_rows_with_the_filter_categories_sync_and_a_row_that_stops_matching_leaves_exchange_only(
+) {
+    let mut config = areas(Leading::Crm);
+    config.get_mut(&Area::Contacts).unwrap().categories = vec!["CRM".into()];
+    let rig = Rig::sqlite_with(config).await;
+    exec(&rig.db, r#"INSERT INTO crm_contacts (tenant_id, owner_id, surname, categories) VALUES (1, 1, 'Mit', '["CRM","VIP"]')"#).await;
+    exec(&rig.db, r#"INSERT INTO crm_contacts (tenant_id, owner_id, surname, categories) VALUES (1, 1, 'Ohne', '["VIP"]')"#).await;
+    rig.sync("contacts").await;
+    let names = |items: Vec<Item>| {
+        items
+            .iter()
+            .map(|i| contact_of(i).surname.clone().unwrap_or_default())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(rig.exchange_items(DistinguishedFolder::Contacts).await),
+        vec!["Mit"]
+    );
+
+    // Outlook: only items with the category are imported.
+    for (surname, categories) in [
+        ("Outlook ohne", vec![]),
+        ("Outlook mit", vec!["crm".to_string()]),
+    ] {
+        let contact = Contact {
+            surname: Some(surname.into()),
+            categories,
+            ..Contact::default()
+        };
+        rig.user_creates(Item::Contact(contact), DistinguishedFolder::Contacts)
+            .await;
+    }
+    rig.sync("contacts").await;
+    assert_eq!(
+        count(
+            &rig.db,
+            "SELECT COUNT(*) FROM crm_contacts WHERE surname LIKE 'Outlook%'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(
+            &rig.db,
+            "SELECT COUNT(*) FROM crm_contacts WHERE surname = 'Outlook mit'"
+        )
+        .await,
+        1
+    );
+
+    // The CRM row loses the category: gone from Exchange, kept in the CRM.
+    exec(
+        &rig.db,
+        r#"UPDATE crm_contacts SET categories = '["VIP"]' WHERE surname = 'Mit'"#,
+    )
+    .await;
+    rig.sync("contacts").await;
+    rig.sync("contacts").await;
+    let left = names(rig.exchange_items(DistinguishedFolder::Contacts).await);
+    assert!(!left.contains(&"Mit".to_string()), "{left:?}");
+    assert_eq!(
+        count(
+            &rig.db,
+            "SELECT COUNT(*) FROM crm_contacts WHERE surname = 'Mit'"
+        )
+        .await,
+        1
+    );
+    rig.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_contacts_go_to_the_tenant_subfolder_and_owner_changes_move_rows() {
+    let rig = Rig::sqlite(Leading::Crm).await;
+    exec(
+        &rig.db,
+        "INSERT INTO crm_contacts (tenant_id, owner_id, surname) VALUES (1, NULL, 'Geteilt')",
+    )
+    .await;
+    exec(
+        &rig.db,
+        "INSERT INTO crm_contacts (tenant_id, owner_id, surname) VALUES (1, 2, 'Fremd')",
+    )
+    .await;
+    rig.sync("contacts").await;
+    assert!(
+        rig.exchange_items(DistinguishedFolder::Contacts)
+            .await
+            .is_empty(),
+        "neither is in the own folder"
+    );
+    let target = ews::Target::impersonating(USER);
+    let find = ews::ops::FindFolder {
+        parent: FolderRef::well_known(DistinguishedFolder::Contacts),
+        traversal: ews::ops::Traversal::Shallow,
+        shape: Shape::all_properties(vec![]),
+    };
+    let folders = rig.client.call(&target, &find).await.unwrap().output;
+    let shared = folders
+        .iter()
+        .find(|f| f.display_name.as_deref() == Some("Muster GmbH (CRM)"))
+        .expect("the shared subfolder");
+    let in_shared = FindItem {
+        folder: FolderRef::Id(shared.id.clone().unwrap()),
+        shape: Shape::all_properties(vec![]),
+        view: View::IndexedPage {
+            offset: 0,
+            max: 100,
+        },
+        restriction: None,
+    };
+    let items = rig
+        .client
+        .call(&target, &in_shared)
+        .await
+        .unwrap()
+        .output
+        .items;
+    assert_eq!(items.len(), 1);
+
+    // Bernd's contact becomes Anna's: it arrives in her own folder.
+    exec(
+        &rig.db,
+        "UPDATE crm_contacts SET owner_id = 1 WHERE surname = 'Fremd'",
+    )
+    .await;
+    rig.sync("contacts").await;
+    let own = rig.exchange_items(DistinguishedFolder::Contacts).await;
+    assert_eq!(
+        own.iter()
+            .map(|i| contact_of(i).surname.clone().unwrap())
+            .collect::<Vec<_>>(),
+        vec!["Fremd"]
+    );
+    // And it leaves again when it goes back.
+    exec(
+        &rig.db,
+        "UPDATE crm_contacts SET owner_id = 2 WHERE surname = 'Fremd'",
+    )
+    .await;
+    rig.sync("contacts").await;
+    assert!(rig
+        .exchange_items(DistinguishedFolder::Contacts)
+        .await
+        .is_empty());
+    rig.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_against_a_concurrent_change_is_decided_by_the_leading_system() {
+    for leading in [Leading::Crm, Leading::Exchange] {
+        let rig = Rig::sqlite(leading).await;
+        // Deleted in Exchange while changed in the CRM.
+        exec(
+            &rig.db,
+            "INSERT INTO crm_tasks (tenant_id, owner_id, subject) VALUES (1, 1, 'Eins')",
+        )
+        .await;
+        rig.sync("tasks").await;
+        let id = rig.exchange_items(DistinguishedFolder::Tasks).await[0]
+            .id()
+            .cloned()
+            .unwrap();
+        exec(
+            &rig.db,
+            "UPDATE crm_tasks SET subject = 'Eins geändert' WHERE subject = 'Eins'",
+        )
+        .await;
+        rig.user_deletes(&id).await;
+        rig.sync("tasks").await;
+        rig.sync("tasks").await;
+        let rows = count(
+            &rig.db,
+            "SELECT COUNT(*) FROM crm_tasks WHERE subject = 'Eins geändert'",
+        )
+        .await;
+        let items = rig.exchange_items(DistinguishedFolder::Tasks).await;
+        match leading {
+            Leading::Crm => {
+                assert_eq!(rows, 1, "the CRM leads: the row stays");
+                assert_eq!(items.len(), 1, "and is recreated in Exchange");
+            }
+            Leading::Exchange => {
+                assert_eq!(rows, 0, "Exchange leads: the delete wins");
+                assert!(items.is_empty());
+            }
+        }
+
+        // Deleted in the CRM while changed in Exchange.
+        exec(
+            &rig.db,
+            "INSERT INTO crm_tasks (tenant_id, owner_id, subject) VALUES (1, 1, 'Zwei')",
+        )
+        .await;
+        rig.sync("tasks").await;
+        let zwei = rig
+            .exchange_items(DistinguishedFolder::Tasks)
+            .await
+            .into_iter()
+            .find(|i| matches!(i, Item::Task(t) if t.subject.as_deref() == Some("Zwei")))
+            .and_then(|i| i.id().cloned())
+            .unwrap();
+        exec(&rig.db, "DELETE FROM crm_tasks WHERE subject = 'Zwei'").await;
+        rig.user_updates(
+            &zwei,
+            Item::Task(Task {
+                subject: Some("Zwei (Outlook)".into()),
+                ..Task::default()
+            }),
+            &["item:Subject"],
+        )
+        .await;
+        rig.sync("tasks").await;
+        rig.sync("tasks").await;
+        let rows = count(
+            &rig.db,
+            "SELECT COUNT(*) FROM crm_tasks WHERE subject = 'Zwei (Outlook)'",
+        )
+        .await;
+        let in_exchange = rig
+            .exchange_items(DistinguishedFolder::Tasks)
+            .await
+            .iter()
+            .any(|i| matches!(i, Item::Task(t) if t.subject.as_deref() == Some("Zwei (Outlook)")));
+        match leading {
+            Leading::Crm => assert!(rows == 0 && !in_exchange, "the CRM's delete wins"),
+            Leading::Exchange => assert!(
+                rows == 1 && in_exchange,
+                "Exchange's change wins: the row comes back"
+            ),
+        }
+        assert!(
+            count(
+                &rig.db,
+                "SELECT COUNT(*) FROM ms_conflicts WHERE fields LIKE '%deleted%'"
+            )
+            .await
+                >= 2
+        );
+        rig.finish().await;
+    }
 }

@@ -42,6 +42,8 @@ const QUEUE_BATCH: i64 = 500;
 const ITEM_BATCH: usize = 100;
 /// The base key that says a contact lives in the shared contacts folder.
 const SHARED_MARK: &str = "_folder";
+/// How `update_exchange` says the item no longer exists.
+const GONE: &str = "the item is gone from Exchange";
 /// Folder key of the tenant's shared contacts in ms_folder_state.
 pub const SHARED_CONTACTS: &str = "contacts/shared";
 
@@ -916,6 +918,7 @@ impl<'a> Step<'a> {
         let mut results = self.engine.call(self.setup, self.ctx, &op).await?;
         match results.pop() {
             Some(Ok(new_id)) => Ok(new_id.change_key),
+            Some(Err(ews::Error::NotFound(e))) => Err(SyncError::Failed(format!("{GONE}: {e}"))),
             Some(Err(e)) => Err(sync_error(e)),
             None => Err(SyncError::Failed("UpdateItem answered nothing".into())),
         }
@@ -1045,6 +1048,36 @@ impl<'a> Step<'a> {
                                     Ok(ck) => {
                                         change_key = ck.or(change_key);
                                         self.counted("to_exchange", "update");
+                                    }
+                                    // Deleted in Exchange (perhaps before any SyncFolderItems
+                                    // could report it) while changed in the CRM.
+                                    Err(SyncError::Failed(e)) if e.starts_with(GONE) => {
+                                        self.conflict(
+                                            Some(row.id()),
+                                            Some(&m.ews_item_id),
+                                            vec!["deleted".into()],
+                                            self.winner(),
+                                        )
+                                        .await?;
+                                        state
+                                            .delete_mapping(self.smtp(), self.table, row.id())
+                                            .await
+                                            .map_err(db_error)?;
+                                        match self.config.leading {
+                                            Leading::Crm => {
+                                                creates.push((row.clone(), f.clone(), shared))
+                                            }
+                                            Leading::Exchange => {
+                                                self.engine
+                                                    .crm
+                                                    .delete_crm_row(self.table, row.id())
+                                                    .await
+                                                    .map_err(db_error)?;
+                                                self.counted("to_crm", "delete");
+                                            }
+                                        }
+                                        done.push(*id);
+                                        continue;
                                     }
                                     // Changed in Exchange meanwhile, or gone: the next step's
                                     // SyncFolderItems brings that change; the row stays queued.
