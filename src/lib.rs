@@ -17,3 +17,4 @@ pub mod secret;
 pub mod service;
 pub mod summary;
 pub mod sync;
+pub mod testconn;

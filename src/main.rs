@@ -44,6 +44,30 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// The initial sync of one mailbox: every item of the source side to the other, linking
+    /// instead of copying what exists on both; resumable after a crash; then the other side's
+    /// items, so both sides end equal and continuous sync can take over.
+    InitialSync {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The mailbox's SMTP address.
+        #[arg(long)]
+        mailbox: String,
+        /// Which side to start from.
+        #[arg(long, value_parser = ["crm-to-exchange", "exchange-to-crm"])]
+        direction: String,
+    },
+    /// Check everything a mailbox needs: the operator in the CRM, Autodiscover,
+    /// authentication, impersonation, each enabled folder; exit 1 when a check failed.
+    TestConnection {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only this mailbox.
+        #[arg(long)]
+        mailbox: Option<String>,
+    },
     /// Talk to a running service's admin API: show status, restart, resync, pause or resume a
     /// mailbox (every mailbox when none is named).
     Ctl {
@@ -79,6 +103,15 @@ fn main() -> ExitCode {
         Command::CheckConfig { config: path } => check_config(&path),
         Command::Migrate { config: path } => migrate(&path),
         Command::Run { config: path } => run(path),
+        Command::InitialSync {
+            config: path,
+            mailbox,
+            direction,
+        } => initial_sync(&path, &mailbox, &direction),
+        Command::TestConnection {
+            config: path,
+            mailbox,
+        } => test_connection(&path, mailbox.as_deref()),
         Command::Ctl {
             action,
             mailbox,
@@ -86,6 +119,77 @@ fn main() -> ExitCode {
             url,
             token,
         } => ctl(&action, mailbox.as_deref(), path.as_deref(), url, token),
+    }
+}
+
+fn initial_sync(path: &std::path::Path, mailbox: &str, direction: &str) -> ExitCode {
+    let cfg = match config::load(path, &ProcessEnv) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::from(2);
+        }
+    };
+    if cfg.mailbox(mailbox).is_none() {
+        eprintln!("error: mailbox {mailbox} is not in {}", path.display());
+        return ExitCode::from(2);
+    }
+    let direction = match direction {
+        "crm-to-exchange" => mailsync::sync::engine::Direction::CrmToExchange,
+        _ => mailsync::sync::engine::Direction::ExchangeToCrm,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(mailsync::service::initial_sync(cfg, mailbox, direction)) {
+        Ok(summary) => {
+            print!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn test_connection(path: &std::path::Path, mailbox: Option<&str>) -> ExitCode {
+    let cfg = match config::load(path, &ProcessEnv) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(m) = mailbox {
+        if cfg.mailbox(m).is_none() {
+            eprintln!("error: mailbox {m} is not in {}", path.display());
+            return ExitCode::from(2);
+        }
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let checks = runtime.block_on(mailsync::testconn::run(&cfg, mailbox));
+    print!("{}", mailsync::testconn::render(&checks));
+    if checks.iter().all(|c| c.result.is_ok()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -393,3 +393,119 @@ async fn reload(
         details: vec![],
     })
 }
+
+/// `mailsync initial-sync`: one mailbox, with a progress bar on a terminal; returns the summary.
+pub async fn initial_sync(
+    cfg: Config,
+    mailbox: &str,
+    direction: crate::sync::engine::Direction,
+) -> anyhow::Result<String> {
+    use std::fmt::Write as _;
+    let database = cfg
+        .database
+        .clone()
+        .ok_or_else(|| anyhow!("database.url is required"))?;
+    let crm = Db::connect(database.url.expose(), database.max_connections)
+        .await
+        .context("connecting the business database")?;
+    let same_db = database.url.expose() == cfg.state.url.expose();
+    let state = if same_db {
+        crm.clone()
+    } else {
+        Db::connect(cfg.state.url.expose(), cfg.state.max_connections)
+            .await
+            .context("connecting the state store")?
+    };
+    state
+        .migrate(MigrationSet::State)
+        .await
+        .context("migrating the state store")?;
+    let telemetry = Telemetry::new();
+    let built = build(&cfg, &crm, &telemetry).await?;
+    let smtp = mailbox.to_lowercase();
+    let spec = built
+        .mailboxes
+        .iter()
+        .find(|m| *m.smtp == *smtp)
+        .cloned()
+        .ok_or_else(|| anyhow!("mailbox {smtp} is not configured"))?;
+    let server = built
+        .servers
+        .iter()
+        .find(|s| s.id == spec.server)
+        .cloned()
+        .ok_or_else(|| anyhow!("no server for {smtp}"))?;
+    let engine = Engine::new(
+        crm.clone(),
+        state.clone(),
+        same_db,
+        telemetry.service.clone(),
+    );
+    engine.set_mailboxes(built.setups);
+    let throttle = mailsync_actors::Throttle::new(
+        server.id.clone(),
+        server.throttle,
+        telemetry.runtime.clone(),
+    );
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg:>9} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let progress_bar = bar.clone();
+    let progress = move |area: &str, seen: u64, total: u64| {
+        progress_bar.set_message(area.to_owned());
+        progress_bar.set_length(total.max(seen));
+        progress_bar.set_position(seen);
+    };
+    let started = std::time::Instant::now();
+    let result = engine
+        .initial_sync(&spec, direction, throttle, &progress)
+        .await;
+    bar.finish_and_clear();
+    crm.close().await;
+    if !same_db {
+        state.close().await;
+    }
+    let summaries = result.map_err(|e| anyhow!("initial sync of {smtp}: {e}"))?;
+    let name = match direction {
+        crate::sync::engine::Direction::CrmToExchange => "crm-to-exchange",
+        crate::sync::engine::Direction::ExchangeToCrm => "exchange-to-crm",
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "initial sync of {smtp} ({name}) done in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    for s in &summaries {
+        let side = |dir: &str| {
+            let parts: Vec<String> = s
+                .counts
+                .iter()
+                .filter(|((d, _), _)| d == dir)
+                .map(|((_, action), n)| format!("{n} {action}d"))
+                .collect();
+            if parts.is_empty() {
+                "nothing".to_owned()
+            } else {
+                parts.join(", ")
+            }
+        };
+        let written: u64 = s.counts.values().sum();
+        let _ = writeln!(
+            out,
+            "  {}: {} looked at; to Exchange: {}; to CRM: {}; {} failed; {:.1} s ({:.0} items/s)",
+            s.area,
+            s.seen,
+            side("to_exchange"),
+            side("to_crm"),
+            s.failures,
+            s.seconds,
+            written as f64 / s.seconds.max(0.001)
+        );
+    }
+    Ok(out)
+}

@@ -239,3 +239,19 @@ impl Db {
         )
     }
 }
+
+impl Db {
+    /// Items of a mailbox and table in the failure log.
+    pub async fn failures_count(&self, mailbox: &str, table: &str) -> Result<i64, DbError> {
+        let sql = "SELECT COUNT(*) FROM ms_failures WHERE mailbox = $1 AND crm_table = $2";
+        on_db!(
+            self,
+            sql,
+            "counting failures",
+            |x| x.bind(mailbox).bind(table),
+            fetch_one,
+            |row| row.try_get::<i64, _>(0)
+        )?
+        .map_err(q("counting failures"))
+    }
+}

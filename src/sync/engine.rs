@@ -159,6 +159,10 @@ struct Step<'a> {
     config: AreaConfig,
     ctx: &'a StepContext,
     items: u64,
+    /// Writes by (direction, action), for the initial sync's summary.
+    counts: BTreeMap<(String, String), u64>,
+    /// Changes and queued rows looked at (progress of an initial sync).
+    seen: u64,
 }
 
 impl Engine {
@@ -387,6 +391,10 @@ impl<'a> Step<'a> {
 
     fn counted(&mut self, direction: &str, action: &str) {
         self.items += 1;
+        *self
+            .counts
+            .entry((direction.to_owned(), action.to_owned()))
+            .or_default() += 1;
         self.engine
             .metrics
             .items
@@ -489,6 +497,7 @@ impl<'a> Step<'a> {
             max_changes: ews::ops::MAX_CHANGES_RETURNED,
         };
         let changes = self.engine.call(self.setup, self.ctx, &sync).await?;
+        self.seen += changes.changes.len() as u64;
         let mut fetch = Vec::new();
         let mut deletes = Vec::new();
         for change in changes.changes {
@@ -962,6 +971,7 @@ impl<'a> Step<'a> {
         if ids.is_empty() {
             return Ok(false);
         }
+        self.seen += ids.len() as u64;
         let rows: HashMap<i64, Result<CrmRow, String>> = self
             .engine
             .crm
@@ -1277,6 +1287,8 @@ impl Engine {
             config,
             ctx: &req.ctx,
             items: 0,
+            counts: BTreeMap::new(),
+            seen: 0,
         };
         if req.full_resync {
             step.queue_all().await?;
@@ -1306,5 +1318,151 @@ impl SyncPort for Engine {
 
     fn sync_folder(&self, step: StepRequest) -> BoxFuture<'static, Result<StepReport, SyncError>> {
         Box::pin(self.clone().step(step))
+    }
+}
+
+/// Which side an initial sync starts from: its items are created on the other side, and where
+/// an item exists on both (linked by the stamped CRM id), its values win.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// CRM rows are written to Exchange first.
+    CrmToExchange,
+    /// Exchange items are imported into the CRM first.
+    ExchangeToCrm,
+}
+
+/// What an initial sync did in one area.
+#[derive(Debug, Clone, Default)]
+pub struct AreaSummary {
+    /// The area.
+    pub area: String,
+    /// Items looked at.
+    pub seen: u64,
+    /// Writes by (direction, action).
+    pub counts: BTreeMap<(String, String), u64>,
+    /// Items that went to the failure log.
+    pub failures: i64,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+impl Engine {
+    /// The initial sync of one mailbox: every area from scratch, the source side first, then
+    /// the other side's items, so both sides end equal. Resumable: a restart after a crash links
+    /// what was already written (by the stamped CRM id and the mappings) instead of copying it.
+    /// `progress(area, seen, total)` is called as the work advances.
+    pub async fn initial_sync(
+        &self,
+        spec: &MailboxSpec,
+        direction: Direction,
+        throttle: mailsync_actors::Throttle,
+        progress: &(dyn Fn(&str, u64, u64) + Send + Sync),
+    ) -> Result<Vec<AreaSummary>, SyncError> {
+        let inner = &*self.0;
+        let ctx = StepContext::new(throttle);
+        let folders = inner.open(spec, ctx.clone()).await?;
+        let smtp: &str = &spec.smtp;
+        let setup = self
+            .mailbox(smtp)
+            .ok_or_else(|| SyncError::Failed(format!("mailbox {smtp} is not configured")))?;
+        let owner = inner.owner(&setup).await?;
+        let mut summaries = Vec::new();
+        for folder in folders {
+            let started = std::time::Instant::now();
+            let area = area_of(&folder)?;
+            let mut config = setup.areas.get(&area).cloned().unwrap_or(AreaConfig {
+                leading: Leading::Crm,
+                categories: vec![],
+            });
+            config.leading = match direction {
+                Direction::CrmToExchange => Leading::Crm,
+                Direction::ExchangeToCrm => Leading::Exchange,
+            };
+            let table = fields::table(area);
+            let crm_total = inner
+                .crm
+                .ids_in_scope(table, Some(owner.operator_id), owner.tenant_id)
+                .await
+                .map_err(db_error)?
+                .len()
+                + if area == Area::Contacts {
+                    inner
+                        .crm
+                        .ids_in_scope(table, None, owner.tenant_id)
+                        .await
+                        .map_err(db_error)?
+                        .len()
+                } else {
+                    0
+                };
+            let get = GetFolder {
+                folders: vec![FolderRef::well_known(distinguished(area))],
+                shape: Shape::all_properties(vec![]),
+            };
+            let ews_total = inner
+                .call(&setup, &ctx, &get)
+                .await?
+                .into_iter()
+                .next()
+                .and_then(Result::ok)
+                .and_then(|f| f.total_count)
+                .unwrap_or(0) as u64;
+            let total = crm_total as u64 + ews_total;
+            let failures_before = inner
+                .state
+                .failures_count(smtp, table)
+                .await
+                .map_err(db_error)?;
+            let mut step = Step {
+                engine: inner,
+                setup: &setup,
+                owner,
+                area,
+                table,
+                config,
+                ctx: &ctx,
+                items: 0,
+                counts: BTreeMap::new(),
+                seen: 0,
+            };
+            let shared_too = area == Area::Contacts;
+            let report = |step: &Step<'_>| progress(area.as_str(), step.seen.min(total), total);
+            if direction == Direction::CrmToExchange {
+                step.queue_all().await?;
+                while step.push_crm().await? {
+                    report(&step);
+                }
+                report(&step);
+            }
+            for shared in [false, true].into_iter().filter(|s| !*s || shared_too) {
+                let mut first = true;
+                while step.pull_exchange(shared, first).await? {
+                    first = false;
+                    report(&step);
+                }
+                report(&step);
+            }
+            if direction == Direction::ExchangeToCrm {
+                step.queue_all().await?;
+                while step.push_crm().await? {
+                    report(&step);
+                }
+            }
+            report(&step);
+            let failures = inner
+                .state
+                .failures_count(smtp, table)
+                .await
+                .map_err(db_error)?
+                - failures_before;
+            summaries.push(AreaSummary {
+                area: area.as_str().to_owned(),
+                seen: step.seen,
+                counts: step.counts,
+                failures,
+                seconds: started.elapsed().as_secs_f64(),
+            });
+        }
+        Ok(summaries)
     }
 }
