@@ -36,6 +36,35 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Everything on embedded defaults: ews-sim in-process, a seeded SQLite business
+    /// database, N mailboxes initial-synced, then continuous sync with simulated users and the
+    /// propagation latency of each change.
+    Demo {
+        /// Simulated mailboxes (user1@example.com …).
+        #[arg(long, default_value_t = 20)]
+        mailboxes: usize,
+        /// A business database URL (e.g. postgres://…) instead of a fresh SQLite file.
+        #[arg(long)]
+        database: Option<String>,
+        /// Serve the simulator on this address, so other EWS clients can use it.
+        #[arg(long)]
+        sim_listen: Option<std::net::SocketAddr>,
+        /// Write every EWS request and response into this directory.
+        #[arg(long)]
+        sim_record: Option<PathBuf>,
+        /// Admin API address.
+        #[arg(long, default_value = "127.0.0.1:9898")]
+        admin: std::net::SocketAddr,
+        /// Admin API bearer token (default: one made up and printed).
+        #[arg(long)]
+        admin_token: Option<String>,
+        /// No simulated users.
+        #[arg(long)]
+        no_activity: bool,
+        /// Stop after this many seconds (default: until Ctrl-C).
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
     /// Run the service: two-way sync of every configured mailbox, with streaming
     /// notifications, CRM change capture and the admin API, until SIGTERM or Ctrl-C
     /// (SIGHUP reloads the configuration).
@@ -98,11 +127,45 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    logging::init(format, "info");
+    // The demo prints its own story; the service's info lines would drown it.
+    let level = if matches!(cli.command, Command::Demo { .. }) {
+        "warn"
+    } else {
+        "info"
+    };
+    logging::init(format, level);
     match cli.command {
         Command::CheckConfig { config: path } => check_config(&path),
         Command::Migrate { config: path } => migrate(&path),
         Command::Run { config: path } => run(path),
+        Command::Demo {
+            mailboxes,
+            database,
+            sim_listen,
+            sim_record,
+            admin,
+            admin_token,
+            no_activity,
+            seconds,
+        } => {
+            let opts = mailsync::demo::DemoOptions {
+                mailboxes,
+                database,
+                sim_listen,
+                sim_record,
+                admin,
+                admin_token,
+                no_activity,
+                duration: seconds.map(std::time::Duration::from_secs),
+            };
+            match actix_rt::System::new().block_on(mailsync::demo::run(opts)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::InitialSync {
             config: path,
             mailbox,

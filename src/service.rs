@@ -239,6 +239,27 @@ pub fn runtime_settings(cfg: &Config) -> RuntimeSettings {
 /// Runs the service until a stop signal. Must run inside an actix system.
 pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     let cfg = config::load(&path, &ProcessEnv).map_err(|e| anyhow!("{e}"))?;
+    start(&cfg, path).await?.until_stopped().await
+}
+
+/// A started service.
+pub struct Service {
+    /// The supervisor and registry.
+    pub handle: SupervisorHandle,
+    /// The admin API.
+    pub admin: admin::AdminServer,
+    /// Every metric.
+    pub telemetry: Telemetry,
+    /// The business database.
+    pub crm: Db,
+    reload: Reloader,
+    state: Db,
+    same_db: bool,
+}
+
+/// Starts everything `cfg` describes; `path` is where reloads read the configuration again.
+/// Must run inside an actix system.
+pub async fn start(cfg: &Config, path: PathBuf) -> anyhow::Result<Service> {
     let database = cfg
         .database
         .clone()
@@ -259,7 +280,7 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
         .await
         .context("migrating the state store")?;
     let telemetry = Telemetry::new();
-    let built = build(&cfg, &crm, &telemetry).await?;
+    let built = build(cfg, &crm, &telemetry).await?;
     let engine = Engine::new(
         crm.clone(),
         state.clone(),
@@ -271,7 +292,7 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
         crm.clone(),
         state.clone(),
         built.routes,
-        std::time::Duration::from_millis(200),
+        std::time::Duration::from_millis(50),
     );
     feed.start_at_end_if_new()
         .await
@@ -282,7 +303,7 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
         crm: Some(Arc::new(feed.clone())),
     };
     let handle = Supervisor::launch(
-        runtime_settings(&cfg),
+        runtime_settings(cfg),
         built.servers,
         built.mailboxes,
         ports,
@@ -305,30 +326,70 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     };
     let admin = admin::start(cfg.admin.listen, admin_state)?;
     tracing::info!(mailboxes = cfg.mailboxes.len(), admin = %admin.addr, "mailsync running");
-    let on_hup = move || -> LocalBoxFuture<'static, ()> {
-        let reload = reload.clone();
-        Box::pin(async move {
-            match reload().await {
-                Ok(r) => tracing::info!(
-                    added = r.added.len(),
-                    removed = r.removed.len(),
-                    changed = r.changed.len(),
-                    "reloaded"
-                ),
-                Err(e) => {
-                    tracing::error!(error = %e.message, details = ?e.details, "reload refused; nothing changed")
+    Ok(Service {
+        handle,
+        admin,
+        telemetry,
+        crm,
+        reload,
+        state,
+        same_db,
+    })
+}
+
+impl Service {
+    /// Runs until SIGTERM or Ctrl-C (SIGHUP reloads), then stops gracefully.
+    pub async fn until_stopped(self) -> anyhow::Result<()> {
+        self.until_stopped_or(None).await
+    }
+
+    /// Like [`Service::until_stopped`], but stops by itself after `limit` if given.
+    pub async fn until_stopped_or(self, limit: Option<std::time::Duration>) -> anyhow::Result<()> {
+        let Service {
+            handle,
+            admin,
+            crm,
+            reload,
+            state,
+            same_db,
+            ..
+        } = self;
+        let on_hup = move || -> LocalBoxFuture<'static, ()> {
+            let reload = reload.clone();
+            Box::pin(async move {
+                match reload().await {
+                    Ok(r) => tracing::info!(
+                        added = r.added.len(),
+                        removed = r.removed.len(),
+                        changed = r.changed.len(),
+                        "reloaded"
+                    ),
+                    Err(e) => {
+                        tracing::error!(error = %e.message, details = ?e.details, "reload refused; nothing changed")
+                    }
+                }
+            })
+        };
+        let signals = mailsync_actors::signals::run_until_stopped(handle.clone(), on_hup);
+        match limit {
+            None => signals.await?,
+            Some(limit) => {
+                tokio::select! {
+                    r = signals => r?,
+                    _ = tokio::time::sleep(limit) => {
+                        let _ = handle.addr.send(mailsync_actors::Shutdown).await;
+                    }
                 }
             }
-        })
-    };
-    mailsync_actors::signals::run_until_stopped(handle, on_hup).await?;
-    admin.stop().await;
-    crm.close().await;
-    if !same_db {
-        state.close().await;
+        }
+        admin.stop().await;
+        crm.close().await;
+        if !same_db {
+            state.close().await;
+        }
+        tracing::info!("mailsync stopped");
+        Ok(())
     }
-    tracing::info!("mailsync stopped");
-    Ok(())
 }
 
 fn reloader(

@@ -1,0 +1,104 @@
+//! `mailsync demo` as README's first command runs it (shortened with --seconds): it starts the
+//! simulator, seeds and initial-syncs the mailboxes, propagates simulated users' changes both
+//! ways and prints their latencies; every request it sent validates against the official schema.
+
+use std::process::Command;
+
+#[test]
+fn the_demo_syncs_and_reports_latencies_and_its_requests_are_schema_valid() {
+    let record = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mailsync"))
+        .args([
+            "demo",
+            "--mailboxes",
+            "3",
+            "--seconds",
+            "7",
+            "--admin",
+            "127.0.0.1:0",
+            "--admin-token",
+            "demo-token-for-the-test",
+        ])
+        .arg("--sim-record")
+        .arg(record.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("seeded 3 operators"), "{stdout}");
+    for n in 1..=3 {
+        assert!(
+            stdout.contains(&format!(
+                "initial sync of user{n}@example.com (crm-to-exchange) done"
+            )),
+            "{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("contacts: ") && stdout.contains("to Exchange: 12 created"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("initial sync of 3 mailboxes done"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("(token demo-token-for-the-test)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("CRM → Exchange: ") && stdout.contains("Exchange → CRM: "),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("not arrived"), "{stdout}");
+
+    // The requests mailsync sent, against Microsoft's schema (strict: requests are ours).
+    let requests: Vec<std::path::PathBuf> = std::fs::read_dir(record.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with("-request.xml"))
+        .collect();
+    let operations: std::collections::BTreeSet<String> = requests
+        .iter()
+        .filter_map(|p| {
+            p.file_name()?
+                .to_str()?
+                .split('-')
+                .nth(1)
+                .map(str::to_owned)
+        })
+        .collect();
+    for op in [
+        "GetFolder",
+        "FindFolder",
+        "CreateFolder",
+        "SyncFolderItems",
+        "GetItem",
+        "CreateItem",
+        "UpdateItem",
+        "FindItem",
+        "Subscribe",
+        "GetStreamingEvents",
+    ] {
+        assert!(operations.contains(op), "no {op} among {operations:?}");
+    }
+    match mailsync_testkit::schema::validate(&requests, true) {
+        Ok(Some(report)) => {
+            assert_eq!(
+                report.lines().filter(|l| l.ends_with(": ok")).count(),
+                requests.len(),
+                "{report}"
+            )
+        }
+        Ok(None) => {}
+        Err(report) => panic!(
+            "requests that do not validate:\n{}",
+            report
+                .lines()
+                .filter(|l| !l.ends_with(": ok"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        ),
+    }
+}
