@@ -210,7 +210,7 @@ impl Rig {
             .unwrap();
         assert_eq!(
             folders.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
-            vec!["contacts", "calendar", "tasks"]
+            vec!["contacts", "contacts/shared", "calendar", "tasks"]
         );
         rig
     }
@@ -233,7 +233,7 @@ impl Rig {
         let mut items = 0;
         for _ in 0..10 {
             let mut causes = Causes::default();
-            causes.insert(Cause::Crm);
+            causes.insert(Cause::Notification);
             let report = self
                 .engine
                 .sync_folder(StepRequest {

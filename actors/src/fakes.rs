@@ -78,7 +78,12 @@ impl Changes {
                 if cond() {
                     return;
                 }
-                if rx.changed().await.is_err() {
+                // Also look again every 10 ms: a condition may depend on state the fake does
+                // not see change (the registry, updated by another arbiter after the fake's
+                // last event).
+                if let Ok(Err(_)) =
+                    tokio::time::timeout(Duration::from_millis(10), rx.changed()).await
+                {
                     return;
                 }
             }

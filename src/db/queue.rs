@@ -49,7 +49,8 @@ impl Db {
                 .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
                 .collect();
             let sql = format!(
-                "INSERT INTO ms_pending (mailbox, crm_table, crm_id) VALUES {} ON CONFLICT DO NOTHING",
+                "INSERT INTO ms_pending (mailbox, crm_table, crm_id) VALUES {} \
+                 ON CONFLICT (mailbox, crm_table, crm_id) DO UPDATE SET token = ms_pending.token + 1",
                 values.join(", ")
             );
             on_db!(
@@ -66,14 +67,15 @@ impl Db {
         Ok(())
     }
 
-    /// Up to `limit` queued rows of a mailbox and table, oldest id first.
+    /// Up to `limit` queued rows of a mailbox and table, oldest id first, with their tokens
+    /// (hand them back to [`Db::clear_pending`]).
     pub async fn pending(
         &self,
         mailbox: &str,
         table: &str,
         limit: i64,
-    ) -> Result<Vec<i64>, DbError> {
-        let sql = "SELECT crm_id FROM ms_pending WHERE mailbox = $1 AND crm_table = $2 ORDER BY crm_id LIMIT $3";
+    ) -> Result<Vec<(i64, i64)>, DbError> {
+        let sql = "SELECT crm_id, token FROM ms_pending WHERE mailbox = $1 AND crm_table = $2 ORDER BY crm_id LIMIT $3";
         on_db!(
             self,
             sql,
@@ -82,23 +84,27 @@ impl Db {
             fetch_all,
             |rows| rows
                 .iter()
-                .map(|r| r.try_get::<i64, _>(0))
-                .collect::<Result<Vec<_>, _>>()
+                .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<i64, _>(1)?)))
+                .collect::<Result<Vec<_>, sqlx::Error>>()
         )?
         .map_err(q("reading queued CRM changes"))
     }
 
-    /// Removes handled rows from the queue.
+    /// Removes handled rows from the queue — only where the token is still the one read, so
+    /// a row queued again meanwhile stays queued.
     pub async fn clear_pending(
         &self,
         mailbox: &str,
         table: &str,
-        ids: &[i64],
+        done: &[(i64, i64)],
     ) -> Result<(), DbError> {
-        for chunk in ids.chunks(500) {
+        for chunk in done.chunks(250) {
+            let pairs: Vec<String> = (0..chunk.len())
+                .map(|i| format!("(crm_id = ${} AND token = ${})", 3 + 2 * i, 4 + 2 * i))
+                .collect();
             let sql = format!(
-                "DELETE FROM ms_pending WHERE mailbox = $1 AND crm_table = $2 AND crm_id IN ({})",
-                placeholders(3, chunk.len())
+                "DELETE FROM ms_pending WHERE mailbox = $1 AND crm_table = $2 AND ({})",
+                pairs.join(" OR ")
             );
             on_db!(
                 self,
@@ -106,7 +112,9 @@ impl Db {
                 "clearing queued CRM changes",
                 |x| chunk
                     .iter()
-                    .fold(x.bind(mailbox).bind(table), |x, id| x.bind(*id)),
+                    .fold(x.bind(mailbox).bind(table), |x, (id, token)| x
+                        .bind(*id)
+                        .bind(*token)),
                 execute,
                 |_r| ()
             )?;
@@ -253,5 +261,28 @@ impl Db {
             |row| row.try_get::<i64, _>(0)
         )?
         .map_err(q("counting failures"))
+    }
+}
+
+impl Db {
+    /// Mappings of a mailbox and table whose item was never confirmed (no ChangeKey yet).
+    pub async fn unconfirmed_mappings(
+        &self,
+        mailbox: &str,
+        table: &str,
+    ) -> Result<Vec<(i64, String)>, DbError> {
+        let sql = "SELECT crm_id, ews_item_id FROM ms_item_map WHERE mailbox = $1 AND crm_table = $2 AND change_key IS NULL";
+        on_db!(
+            self,
+            sql,
+            "reading unconfirmed mappings",
+            |x| x.bind(mailbox).bind(table),
+            fetch_all,
+            |rows| rows
+                .iter()
+                .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<String, _>(1)?)))
+                .collect::<Result<Vec<_>, sqlx::Error>>()
+        )?
+        .map_err(q("reading unconfirmed mappings"))
     }
 }

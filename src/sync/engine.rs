@@ -107,7 +107,7 @@ fn db_error(e: DbError) -> SyncError {
 
 fn area_of(folder: &str) -> Result<Area, SyncError> {
     match folder {
-        "contacts" => Ok(Area::Contacts),
+        "contacts" | SHARED_CONTACTS => Ok(Area::Contacts),
         "calendar" => Ok(Area::Calendar),
         "tasks" => Ok(Area::Tasks),
         other => Err(SyncError::Failed(format!(
@@ -163,6 +163,8 @@ struct Step<'a> {
     counts: BTreeMap<(String, String), u64>,
     /// Changes and queued rows looked at (progress of an initial sync).
     seen: u64,
+    /// An update was refused as stale: another step, with SyncFolderItems, is due.
+    needs_pull: bool,
 }
 
 impl Engine {
@@ -281,6 +283,10 @@ impl Inner {
                     .await?;
             }
             folders.push(FolderId::from(area.as_str()));
+            if *area == Area::Contacts {
+                // Its own folder actor, so a notification there syncs only that folder.
+                folders.push(FolderId::from(SHARED_CONTACTS));
+            }
         }
         Ok(folders)
     }
@@ -550,6 +556,7 @@ impl<'a> Step<'a> {
         for id in deletes {
             self.exchange_delete(&id).await?;
         }
+        self.confirm_unstamped().await?;
         let next = FolderState {
             ews_folder_id: folder_state.ews_folder_id,
             sync_state: Some(changes.sync_state),
@@ -587,7 +594,11 @@ impl<'a> Step<'a> {
             }
         }
         match mapping {
-            Some(m) => self.exchange_changed(m, id, ews_fields, shared).await,
+            Some(m) => {
+                let stamped = fields::stamped_id(&item, self.table);
+                self.exchange_changed(m, id, ews_fields, shared, stamped)
+                    .await
+            }
             None => self.exchange_created(item, id, ews_fields, shared).await,
         }
     }
@@ -631,7 +642,12 @@ impl<'a> Step<'a> {
                             return Ok(());
                         }
                     };
-                let mut mapping = self.mapping(0, &id, None, &ews_fields, shared);
+                // No ChangeKey yet: until the stamp below is written, the item is not an echo.
+                let unstamped = ItemId {
+                    id: id.id.clone(),
+                    change_key: None,
+                };
+                let mut mapping = self.mapping(0, &unstamped, None, &ews_fields, shared);
                 let saved = if self.engine.same_db {
                     self.engine
                         .crm
@@ -680,6 +696,67 @@ impl<'a> Step<'a> {
             .map_err(db_error)
     }
 
+    /// Items imported but not yet stamped (the stamp failed, the step with it): if the item
+    /// is gone meanwhile — created and deleted between two SyncFolderItems, which then report
+    /// neither — the imported row is deleted too; otherwise the stamp is written now.
+    async fn confirm_unstamped(&mut self) -> Result<(), SyncError> {
+        let open = self
+            .engine
+            .state
+            .unconfirmed_mappings(self.smtp(), self.table)
+            .await
+            .map_err(db_error)?;
+        for chunk in open.chunks(ITEM_BATCH) {
+            let ids: Vec<ItemId> = chunk
+                .iter()
+                .map(|(_, ews)| ItemId {
+                    id: ews.clone(),
+                    change_key: None,
+                })
+                .collect();
+            let get = GetItem {
+                ids: ids.clone(),
+                shape: Shape::all_properties(vec![fields::crm_id_path()]),
+            };
+            let items = self.engine.call(self.setup, self.ctx, &get).await?;
+            for ((crm_id, ews_id), item) in chunk.iter().zip(items) {
+                match item {
+                    Ok(item) => {
+                        let mapping = self
+                            .engine
+                            .state
+                            .mapping_by_crm(self.smtp(), self.table, *crm_id)
+                            .await
+                            .map_err(db_error)?;
+                        let shared = mapping.as_ref().is_some_and(|m| base_of(m).1);
+                        self.exchange_item(item, shared).await?;
+                    }
+                    Err(ews::Error::NotFound(_)) => {
+                        self.engine
+                            .state
+                            .delete_mapping(self.smtp(), self.table, *crm_id)
+                            .await
+                            .map_err(db_error)?;
+                        self.engine
+                            .crm
+                            .delete_crm_row(self.table, *crm_id)
+                            .await
+                            .map_err(db_error)?;
+                        self.counted("to_crm", "delete");
+                        tracing::info!(
+                            mailbox = self.smtp(),
+                            crm_id,
+                            ews_id,
+                            "imported item vanished before it was stamped; row removed"
+                        );
+                    }
+                    Err(e) => return Err(sync_error(e)),
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn mapping(
         &self,
         crm_id: i64,
@@ -705,6 +782,7 @@ impl<'a> Step<'a> {
         id: ItemId,
         ews_fields: Fields,
         shared: bool,
+        stamped: Option<i64>,
     ) -> Result<(), SyncError> {
         let row = self
             .engine
@@ -713,6 +791,15 @@ impl<'a> Step<'a> {
             .await
             .map_err(db_error)?;
         let row = match row {
+            None if base_of(&m).0 == ews_fields => {
+                // Deleted in the CRM, unchanged in Exchange (a resync looks at every item).
+                self.engine
+                    .state
+                    .delete_mapping(self.smtp(), self.table, m.crm_id)
+                    .await
+                    .map_err(db_error)?;
+                return self.delete_in_exchange(std::slice::from_ref(&id)).await;
+            }
             None => {
                 // Deleted in the CRM while changed in Exchange: the leading system decides.
                 self.conflict(
@@ -776,13 +863,16 @@ impl<'a> Step<'a> {
             version = v;
             self.counted("to_crm", "update");
         }
-        if !merged.to_exchange.is_empty() {
+        // The stamp is (re)written when missing, e.g. after a stamping that was interrupted.
+        if !merged.to_exchange.is_empty() || stamped != Some(row.id()) {
             let stamp = fields::crm_stamp(self.table, row.id());
             change_key = self
                 .update_exchange(&id, &merged.merged, &merged.to_exchange, &stamp)
                 .await?
                 .or(change_key);
-            self.counted("to_exchange", "update");
+            if !merged.to_exchange.is_empty() {
+                self.counted("to_exchange", "update");
+            }
         }
         let mapping = self.mapping(
             row.id(),
@@ -920,7 +1010,7 @@ impl<'a> Step<'a> {
                 id: id.clone(),
                 updates,
             }],
-            conflict: ConflictResolution::AutoResolve,
+            conflict: ConflictResolution::NeverOverwrite,
             disposition: None,
             calendar: self.area == Area::Calendar,
         };
@@ -964,13 +1054,15 @@ impl<'a> Step<'a> {
     /// CRM to Exchange: the queued rows; true when more are queued.
     async fn push_crm(&mut self) -> Result<bool, SyncError> {
         let state = &self.engine.state;
-        let ids = state
+        let queued = state
             .pending(self.smtp(), self.table, QUEUE_BATCH)
             .await
             .map_err(db_error)?;
-        if ids.is_empty() {
+        if queued.is_empty() {
             return Ok(false);
         }
+        let tokens: HashMap<i64, i64> = queued.iter().copied().collect();
+        let ids: Vec<i64> = queued.iter().map(|(id, _)| *id).collect();
         self.seen += ids.len() as u64;
         let rows: HashMap<i64, Result<CrmRow, String>> = self
             .engine
@@ -1089,9 +1181,14 @@ impl<'a> Step<'a> {
                                         done.push(*id);
                                         continue;
                                     }
-                                    // Changed in Exchange meanwhile, or gone: the next step's
-                                    // SyncFolderItems brings that change; the row stays queued.
-                                    Err(SyncError::Failed(_)) => continue,
+                                    // Changed in Exchange since the ChangeKey we hold: the row
+                                    // stays queued and the next step (asked for at once) reads
+                                    // Exchange first and merges.
+                                    Err(SyncError::Failed(e)) => {
+                                        tracing::debug!(mailbox = self.smtp(), crm_id = row.id(), error = %e, "update refused; merging first");
+                                        self.needs_pull = true;
+                                        continue;
+                                    }
                                     Err(e) => return Err(e),
                                 }
                             }
@@ -1142,6 +1239,10 @@ impl<'a> Step<'a> {
                 self.create_in_exchange(batch, shared).await?;
             }
         }
+        let done: Vec<(i64, i64)> = done
+            .iter()
+            .map(|id| (*id, tokens.get(id).copied().unwrap_or(0)))
+            .collect();
         state
             .clear_pending(self.smtp(), self.table, &done)
             .await
@@ -1242,12 +1343,20 @@ impl<'a> Step<'a> {
         id: ItemId,
         shared: bool,
     ) -> Result<(), SyncError> {
-        let version = self
+        let read = crate::db::rows::version_of(row);
+        let written = self
             .engine
             .crm
             .set_ews_id(self.table, row.id(), &id.id)
             .await
             .map_err(db_error)?;
+        // Our write is the version right after the one we read; if the row changed in between,
+        // keep the version we read, so that change is still seen as new and written.
+        let version = match written {
+            Some(v) if v == read + 1 => Some(v),
+            Some(_) => Some(read),
+            None => None,
+        };
         let mapping = self.mapping(row.id(), &id, version, f, shared);
         self.engine
             .state
@@ -1289,15 +1398,30 @@ impl Engine {
             items: 0,
             counts: BTreeMap::new(),
             seen: 0,
+            needs_pull: false,
         };
+        if &*req.folder == SHARED_CONTACTS {
+            // Exchange -> CRM only: the "contacts" folder actor writes every queued contact,
+            // shared ones included, so no row is ever handled by two actors at once.
+            let more = step.pull_exchange(true, req.full_resync).await?;
+            return Ok(StepReport {
+                items: step.items,
+                more,
+            });
+        }
         if req.full_resync {
             step.queue_all().await?;
         }
-        let mut more = step.pull_exchange(false, req.full_resync).await?;
-        if area == Area::Contacts {
-            more |= step.pull_exchange(true, req.full_resync).await?;
+        // A step only for CRM changes needs no SyncFolderItems: updates carry the ChangeKey
+        // last seen and are refused if Exchange changed since (that change's notification then
+        // runs a full step), so an isolated CRM change costs its write (and a stamp lookup).
+        let pull = req.full_resync || req.causes.iter().any(|c| c != mailsync_actors::Cause::Crm);
+        let mut more = false;
+        if pull {
+            more |= step.pull_exchange(false, req.full_resync).await?;
         }
         more |= step.push_crm().await?;
+        more |= step.needs_pull;
         Ok(StepReport {
             items: step.items,
             more,
@@ -1367,7 +1491,7 @@ impl Engine {
             .ok_or_else(|| SyncError::Failed(format!("mailbox {smtp} is not configured")))?;
         let owner = inner.owner(&setup).await?;
         let mut summaries = Vec::new();
-        for folder in folders {
+        for folder in folders.into_iter().filter(|f| &**f != SHARED_CONTACTS) {
             let started = std::time::Instant::now();
             let area = area_of(&folder)?;
             let mut config = setup.areas.get(&area).cloned().unwrap_or(AreaConfig {
@@ -1424,6 +1548,7 @@ impl Engine {
                 items: 0,
                 counts: BTreeMap::new(),
                 seen: 0,
+                needs_pull: false,
             };
             let shared_too = area == Area::Contacts;
             let report = |step: &Step<'_>| progress(area.as_str(), step.seen.min(total), total);

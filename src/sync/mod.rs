@@ -1,6 +1,7 @@
 //! The sync engine: the field model both sides are compared in ([`fields`]), the three-way
 //! merge ([`merge`]), recurrences ([`recurrence`]) and time zones ([`timezones`]).
 
+pub mod converge;
 pub mod engine;
 pub mod feed;
 pub mod fields;

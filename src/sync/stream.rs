@@ -18,7 +18,7 @@ use mailsync_actors::{
 };
 use parking_lot::Mutex;
 
-use super::engine::{sync_error, Engine, SHARED_CONTACTS};
+use super::engine::{sync_error, Engine};
 
 struct Inner {
     engine: Engine,
@@ -120,11 +120,8 @@ impl StreamPort for EwsStream {
             let state = inner.engine.state();
             let mut refs = Vec::new();
             for folder in &folders {
-                let mut keys = vec![folder.to_string()];
-                if &**folder == "contacts" {
-                    keys.push(SHARED_CONTACTS.to_owned());
-                }
-                for key in keys {
+                {
+                    let key = folder.to_string();
                     let fs = state
                         .folder_state(&mailbox, &key)
                         .await

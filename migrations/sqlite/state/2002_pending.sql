@@ -5,5 +5,8 @@ CREATE TABLE ms_pending (
     mailbox TEXT NOT NULL,
     crm_table TEXT NOT NULL,
     crm_id BIGINT NOT NULL,
+    -- Bumped each time the row is queued again: a step removes only the entries it read, so
+    -- a change queued while the step ran is not lost.
+    token BIGINT NOT NULL DEFAULT 0,
     PRIMARY KEY (mailbox, crm_table, crm_id)
 );

@@ -1,0 +1,273 @@
+//! The service under faults: ErrorServerBusy storms, dropped streams, expired subscriptions and
+//! invalidated sync states, with changes on both sides throughout; the convergence checker
+//! then finds both sides equal, item by item, in every mailbox.
+
+use std::time::{Duration, Instant};
+
+use ews::items::{Contact, Item};
+use ews::ops::{CreateItem, DeleteItem, DeleteType};
+use ews::types::{DistinguishedFolder, FolderRef};
+use ews_sim::server::{self, SimConfig};
+use mailsync::config::Area;
+use mailsync::db::{Db, MigrationSet};
+use mailsync::environment::ProcessEnv;
+use mailsync::sync::converge::{compare, Difference};
+
+async fn exec(db: &Db, sql: &str) {
+    if let Db::Sqlite(p) = db {
+        sqlx::query(sql)
+            .execute(p)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+}
+
+async fn count(db: &Db, sql: &str) -> i64 {
+    match db {
+        Db::Sqlite(p) => {
+            sqlx::query_as::<_, (i64,)>(sql)
+                .fetch_one(p)
+                .await
+                .unwrap()
+                .0
+        }
+        Db::Postgres(p) => {
+            sqlx::query_as::<_, (i64,)>(sql)
+                .fetch_one(p)
+                .await
+                .unwrap()
+                .0
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn faults_on_every_path_end_with_both_sides_equal() {
+    let sim = server::start(SimConfig {
+        mailboxes: 3,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite:{}", dir.path().join("crm.db").display());
+    let db = Db::connect(&db_url, 3).await.unwrap();
+    db.migrate(MigrationSet::Crm).await.unwrap();
+    exec(
+        &db,
+        "INSERT INTO crm_tenants (id, name) VALUES (1, 'Muster GmbH')",
+    )
+    .await;
+    let mut config = format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[database]
+url = "{db_url}"
+
+[state]
+url = "{db_url}"
+
+[[servers]]
+name = "sim"
+ews_url = "{}"
+allow_http = true
+auth = "basic"
+service_account = {{ username = "svc", password = "secret" }}
+
+[mailbox_defaults]
+areas = ["contacts"]
+"#,
+        sim.ews_url()
+    );
+    for n in 1..=3 {
+        exec(&db, &format!("INSERT INTO crm_operators (id, tenant_id, personnel_no, display_name, email) VALUES ({n}, 1, '{n}', 'Op {n}', 'user{n}@example.com')")).await;
+        config.push_str(&format!("\n[[mailboxes]]\nsmtp = \"user{n}@example.com\"\noperator = \"{n}\"\nserver = \"sim\"\ntenant = \"1\"\n"));
+    }
+    config.push_str("\n[[tenants]]\nid = \"1\"\nname = \"Muster GmbH\"\n");
+    let path = dir.path().join("mailsync.toml");
+    std::fs::write(&path, config).unwrap();
+    let cfg = mailsync::config::load(&path, &ProcessEnv).unwrap();
+    let service = mailsync::service::start(&cfg, path.clone()).await.unwrap();
+    let board = service.handle.board.clone();
+    let start = Instant::now();
+    while !(board.ready() && board.len() == 3) {
+        assert!(start.elapsed() < Duration::from_secs(30), "not ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let mut cfg_client = ews::ClientConfig::new(
+        url::Url::parse(&sim.ews_url()).unwrap(),
+        ews::Auth::Basic {
+            username: "svc".into(),
+            password: "secret".into(),
+        },
+    );
+    cfg_client.allow_http = true;
+    let client = ews::Client::new(cfg_client).unwrap();
+    let http = reqwest::Client::new();
+    let sim_api = |path: &str| format!("{}/sim/{path}", sim.base_url());
+    let outlook = |n: usize, surname: String| {
+        let client = client.clone();
+        async move {
+            let item = Item::Contact(Contact {
+                surname: Some(surname),
+                ..Contact::default()
+            });
+            let op = CreateItem {
+                folder: Some(FolderRef::well_known(DistinguishedFolder::Contacts)),
+                items: vec![item],
+                disposition: None,
+            };
+            client
+                .call(
+                    &ews::Target::impersonating(&format!("user{n}@example.com")),
+                    &op,
+                )
+                .await
+                .unwrap()
+                .output
+                .remove(0)
+                .unwrap()
+        }
+    };
+
+    // Changes on both sides, then a storm of ErrorServerBusy.
+    for i in 0..6 {
+        exec(
+            &db,
+            &format!(
+                "INSERT INTO crm_contacts (tenant_id, owner_id, surname) VALUES (1, {}, 'crm{i}')",
+                i % 3 + 1
+            ),
+        )
+        .await;
+    }
+    let mut created = Vec::new();
+    for i in 0..6 {
+        created.push((i % 3 + 1, outlook(i % 3 + 1, format!("outlook{i}")).await));
+    }
+    // Storms on the requests the service's steps make (the test's own user calls are left alone).
+    for (operation, count) in [("SyncFolderItems", 15), ("UpdateItem", 5), ("GetItem", 5)] {
+        let storm = serde_json::json!({"operation": operation, "error_code": "ErrorServerBusy", "back_off_ms": 300, "count": count});
+        http.post(sim_api("faults"))
+            .json(&storm)
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap();
+    }
+    exec(
+        &db,
+        "UPDATE crm_contacts SET job_title = 'geändert' WHERE surname IN ('crm0', 'crm4')",
+    )
+    .await;
+    exec(
+        &db,
+        "INSERT INTO crm_contacts (tenant_id, owner_id, company) VALUES (1, NULL, 'Geteilt AG')",
+    )
+    .await;
+    created.push((2, outlook(2, "outlook-storm".into()).await));
+
+    // Streams cut, subscriptions lost, a mailbox's sync states invalid; changes go on.
+    http.post(sim_api("streams/drop"))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    http.post(sim_api("subscriptions/expire"))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    http.post(sim_api("syncstates/invalidate"))
+        .json(&serde_json::json!({"mailbox": "user2@example.com"}))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    exec(&db, "DELETE FROM crm_contacts WHERE surname = 'crm1'").await;
+    let (n, gone) = created.remove(0);
+    let delete = DeleteItem {
+        ids: vec![ews::types::ItemId {
+            id: gone.id.clone(),
+            change_key: None,
+        }],
+        delete_type: DeleteType::MoveToDeletedItems,
+    };
+    client
+        .call(
+            &ews::Target::impersonating(&format!("user{n}@example.com")),
+            &delete,
+        )
+        .await
+        .unwrap();
+    created.push((3, outlook(3, "outlook-after".into()).await));
+
+    // Converged: every mailbox equal on both sides, item by item.
+    let start = Instant::now();
+    let mut last = Vec::new();
+    loop {
+        let mut diffs = Vec::new();
+        for n in 1..=3i64 {
+            let target = ews::Target::impersonating(&format!("user{n}@example.com"));
+            // The checker's own requests may meet the storm too: then it looks again.
+            match compare(
+                &db,
+                &client,
+                &target,
+                Area::Contacts,
+                n,
+                1,
+                "Muster GmbH (CRM)",
+            )
+            .await
+            {
+                Ok(d) => diffs.extend(d.into_iter().map(|d: Difference| format!("user{n}: {d:?}"))),
+                Err(e) => diffs.push(format!("user{n}: checker: {e}")),
+            }
+        }
+        if diffs.is_empty() {
+            break;
+        }
+        last = diffs;
+        if start.elapsed() > Duration::from_secs(60) {
+            let status: Vec<_> = board
+                .snapshots()
+                .into_iter()
+                .map(|s| (s.smtp, s.state, s.last_error, s.folders))
+                .collect();
+            let pending = count(&db, "SELECT COUNT(*) FROM ms_pending").await;
+            let maps = count(&db, "SELECT COUNT(*) FROM ms_item_map").await;
+            panic!("not converged: {last:#?}\npending {pending} mappings {maps}\n{status:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // 6 + 1 shared from the CRM, 6 + 2 from Outlook, minus one deleted on each side.
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM crm_contacts").await,
+        6 + 1 + 8 - 2,
+        "{last:?}"
+    );
+    let stats: serde_json::Value = http
+        .get(sim_api("stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        stats.to_string().contains("ErrorServerBusy") || stats["faults"].as_u64().unwrap_or(1) > 0,
+        "{stats}"
+    );
+    let _ = service.handle.addr.send(mailsync_actors::Shutdown).await;
+    service.admin.stop().await;
+    sim.stop().await;
+}
