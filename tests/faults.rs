@@ -2,6 +2,9 @@
 //! invalidated sync states, with changes on both sides throughout; the convergence checker
 //! then finds both sides equal, item by item, in every mailbox.
 
+mod common;
+use common::{count, exec, sim_client};
+
 use std::time::{Duration, Instant};
 
 use ews::items::{Contact, Item};
@@ -12,34 +15,6 @@ use mailsync::config::Area;
 use mailsync::db::{Db, MigrationSet};
 use mailsync::environment::ProcessEnv;
 use mailsync::sync::converge::{compare, Difference};
-
-async fn exec(db: &Db, sql: &str) {
-    if let Db::Sqlite(p) = db {
-        sqlx::query(sql)
-            .execute(p)
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    }
-}
-
-async fn count(db: &Db, sql: &str) -> i64 {
-    match db {
-        Db::Sqlite(p) => {
-            sqlx::query_as::<_, (i64,)>(sql)
-                .fetch_one(p)
-                .await
-                .unwrap()
-                .0
-        }
-        Db::Postgres(p) => {
-            sqlx::query_as::<_, (i64,)>(sql)
-                .fetch_one(p)
-                .await
-                .unwrap()
-                .0
-        }
-    }
-}
 
 #[actix_rt::test]
 async fn faults_on_every_path_end_with_both_sides_equal() {
@@ -97,15 +72,7 @@ areas = ["contacts"]
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    let mut cfg_client = ews::ClientConfig::new(
-        url::Url::parse(&sim.ews_url()).unwrap(),
-        ews::Auth::Basic {
-            username: "svc".into(),
-            password: "secret".into(),
-        },
-    );
-    cfg_client.allow_http = true;
-    let client = ews::Client::new(cfg_client).unwrap();
+    let client = sim_client(&sim);
     let http = reqwest::Client::new();
     let sim_api = |path: &str| format!("{}/sim/{path}", sim.base_url());
     let outlook = |n: usize, surname: String| {

@@ -1,6 +1,9 @@
 //! `mailsync initial-sync` as a process against ews-sim and SQLite: both directions end with
 //! both sides equal, and a run killed halfway and started again neither duplicates nor loses.
 
+mod common;
+use common::{count, exec, sim_client};
+
 use std::collections::HashSet;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -10,46 +13,6 @@ use ews::ops::{CreateItem, FindItem, View};
 use ews::types::{DistinguishedFolder, FolderRef, Shape};
 use ews_sim::server::{self, Running, SimConfig};
 use mailsync::db::{Db, MigrationSet};
-
-async fn exec(db: &Db, sql: &str) {
-    if let Db::Sqlite(p) = db {
-        sqlx::query(sql)
-            .execute(p)
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    }
-}
-
-async fn count(db: &Db, sql: &str) -> i64 {
-    match db {
-        Db::Sqlite(p) => {
-            sqlx::query_as::<_, (i64,)>(sql)
-                .fetch_one(p)
-                .await
-                .unwrap()
-                .0
-        }
-        Db::Postgres(p) => {
-            sqlx::query_as::<_, (i64,)>(sql)
-                .fetch_one(p)
-                .await
-                .unwrap()
-                .0
-        }
-    }
-}
-
-fn client(sim: &Running) -> ews::Client {
-    let mut cfg = ews::ClientConfig::new(
-        url::Url::parse(&sim.ews_url()).unwrap(),
-        ews::Auth::Basic {
-            username: "svc".into(),
-            password: "secret".into(),
-        },
-    );
-    cfg.allow_http = true;
-    ews::Client::new(cfg).unwrap()
-}
 
 /// Every contact of a mailbox: (surname, stamped CRM id).
 async fn exchange_contacts(client: &ews::Client, mailbox: &str) -> Vec<(String, Option<i64>)> {
@@ -193,7 +156,7 @@ async fn initial_sync(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_directions_end_with_both_sides_equal() {
     let s = setup().await;
-    let client = client(&s.sim);
+    let client = sim_client(&s.sim);
     for i in 0..300 {
         exec(&s.db, &format!("INSERT INTO crm_contacts (tenant_id, owner_id, surname) VALUES (1, 1, 'crm{i:03}')")).await;
     }
@@ -303,7 +266,7 @@ async fn both_directions_end_with_both_sides_equal() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_killed_halfway_resumes_without_duplicates_or_loss() {
     let s = setup().await;
-    let client = client(&s.sim);
+    let client = sim_client(&s.sim);
     let values: Vec<String> = (0..3000).map(|i| format!("(1, 1, 'k{i:04}')")).collect();
     for chunk in values.chunks(500) {
         exec(

@@ -2,6 +2,9 @@
 //! ready, syncs both ways in real time (CRM change capture one way, streaming notifications
 //! the other), reports through the admin API, and stops cleanly on SIGTERM.
 
+mod common;
+use common::{count, exec, sim_client};
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -28,32 +31,6 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("{what}: not within {limit:?}");
-}
-
-async fn exec(db: &Db, sql: &str) {
-    match db {
-        Db::Sqlite(p) => sqlx::query(sql).execute(p).await.map(|_| ()).unwrap(),
-        Db::Postgres(p) => sqlx::query(sql).execute(p).await.map(|_| ()).unwrap(),
-    }
-}
-
-async fn count(db: &Db, sql: &str) -> i64 {
-    match db {
-        Db::Sqlite(p) => {
-            sqlx::query_as::<_, (i64,)>(sql)
-                .fetch_one(p)
-                .await
-                .unwrap()
-                .0
-        }
-        Db::Postgres(p) => {
-            sqlx::query_as::<_, (i64,)>(sql)
-                .fetch_one(p)
-                .await
-                .unwrap()
-                .0
-        }
-    }
 }
 
 struct Killer(Child);
@@ -163,15 +140,7 @@ server = "sim"
 
     // CRM -> Exchange through change capture.
     exec(&db, "INSERT INTO crm_contacts (tenant_id, owner_id, given_name, surname) VALUES (1, 2, 'Clara', 'Meier')").await;
-    let mut cfg = ews::ClientConfig::new(
-        url::Url::parse(&sim.ews_url()).unwrap(),
-        ews::Auth::Basic {
-            username: "svc".into(),
-            password: "secret".into(),
-        },
-    );
-    cfg.allow_http = true;
-    let client = ews::Client::new(cfg).unwrap();
+    let client = sim_client(&sim);
     let user2 = ews::Target::impersonating("user2@example.com");
     let find = FindItem {
         folder: FolderRef::well_known(DistinguishedFolder::Contacts),

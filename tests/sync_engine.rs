@@ -2,6 +2,9 @@
 //! and the state store in SQLite and PostgreSQL, steps run directly (no actors), so each test
 //! says exactly which step moves what.
 
+mod common;
+use common::{count, exec};
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -41,28 +44,12 @@ struct Rig {
 
 const USER: &str = "user1@example.com";
 
-async fn exec(db: &Db, sql: &str) {
-    match db {
-        Db::Postgres(p) => sqlx::query(sql).execute(p).await.map(|_| ()),
-        Db::Sqlite(p) => sqlx::query(sql).execute(p).await.map(|_| ()),
-    }
-    .unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
-
 async fn scalar(db: &Db, sql: &str) -> Option<String> {
     let row: Option<(Option<String>,)> = match db {
         Db::Postgres(p) => sqlx::query_as(sql).fetch_optional(p).await.unwrap(),
         Db::Sqlite(p) => sqlx::query_as(sql).fetch_optional(p).await.unwrap(),
     };
     row.and_then(|r| r.0)
-}
-
-async fn count(db: &Db, sql: &str) -> i64 {
-    let row: (i64,) = match db {
-        Db::Postgres(p) => sqlx::query_as(sql).fetch_one(p).await.unwrap(),
-        Db::Sqlite(p) => sqlx::query_as(sql).fetch_one(p).await.unwrap(),
-    };
-    row.0
 }
 
 fn areas(leading: Leading) -> BTreeMap<Area, AreaConfig> {

@@ -1,16 +1,13 @@
 //! `mailsync test-connection` against ews-sim and a SQLite business database: each check
 //! printed as ok or FAILED with the reason, exit status 1 when any failed.
 
+mod common;
+use common::exec;
+
 use std::process::Command;
 
 use ews_sim::server::{self, SimConfig};
 use mailsync::db::{Db, MigrationSet};
-
-async fn exec(db: &Db, sql: &str) {
-    if let Db::Sqlite(p) = db {
-        sqlx::query(sql).execute(p).await.unwrap();
-    }
-}
 
 fn config(db_url: &str, ews: &str, account: (&str, &str)) -> String {
     format!(
