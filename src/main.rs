@@ -201,15 +201,8 @@ fn initial_sync(path: &std::path::Path, mailbox: &str, direction: &str) -> ExitC
         "crm-to-exchange" => mailsync::sync::engine::Direction::CrmToExchange,
         _ => mailsync::sync::engine::Direction::ExchangeToCrm,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime(true) else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(mailsync::service::initial_sync(cfg, mailbox, direction)) {
         Ok(summary) => {
@@ -237,15 +230,8 @@ fn test_connection(path: &std::path::Path, mailbox: Option<&str>) -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime(false) else {
+        return ExitCode::FAILURE;
     };
     let checks = runtime.block_on(mailsync::testconn::run(&cfg, mailbox));
     print!("{}", mailsync::testconn::render(&checks));
@@ -296,15 +282,8 @@ fn ctl(
         "status" => mailsync::ctl::CtlCommand::Status,
         other => mailsync::ctl::CtlCommand::Action(other.to_owned()),
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime(false) else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(mailsync::ctl::run(&endpoint, &command, mailbox)) {
         Ok(out) => {
@@ -333,15 +312,8 @@ fn migrate(path: &std::path::Path) -> ExitCode {
         );
         return ExitCode::from(2);
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime(false) else {
+        return ExitCode::FAILURE;
     };
     let steps = [
         ("business database", database, MigrationSet::Crm),
@@ -392,6 +364,23 @@ fn check_config(path: &std::path::Path) -> ExitCode {
             tracing::error!(file = %path.display(), errors = errors.errors.len(), "configuration invalid");
             eprintln!("{errors}");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// The tokio runtime of a command (multi-threaded where the work is parallel); `None` after
+/// saying why it could not start.
+fn runtime(multi_thread: bool) -> Option<tokio::runtime::Runtime> {
+    let mut builder = if multi_thread {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    match builder.enable_all().build() {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            None
         }
     }
 }
