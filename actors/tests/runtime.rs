@@ -122,6 +122,27 @@ impl Rig {
             .await;
     }
 
+    /// Like `ready`, for tests on real time: gives up after `limit` and names the mailboxes
+    /// that are not ready, with their state, so a hang on a loaded machine explains itself.
+    async fn ready_within(&self, limit: Duration) {
+        let board = self.handle.board.clone();
+        let wait = self
+            .sync
+            .wait_until("every mailbox is ready", |_| board.ready());
+        if tokio::time::timeout(limit, wait).await.is_err() {
+            let stuck: Vec<String> = board
+                .snapshots()
+                .into_iter()
+                .filter(|m| !m.first_step_done)
+                .map(|m| format!("{m:?}"))
+                .collect();
+            panic!(
+                "not ready after {limit:?}; {} steps ran; not ready: {stuck:#?}",
+                self.sync.total_steps()
+            );
+        }
+    }
+
     async fn trigger(&self, n: usize, folder: Option<&str>, cause: Cause) {
         let addr = self.handle.board.addr(&smtp(n)).expect("mailbox runs");
         addr.send(MailboxTrigger {
@@ -994,7 +1015,7 @@ fn mailboxes_spread_over_arbiters_in_real_time() {
             vec![server("ex1", true)],
             (1..=12).map(|n| mailbox(n, "ex1")).collect(),
         );
-        rig.ready().await;
+        rig.ready_within(Duration::from_secs(120)).await;
         let status = rig.handle.addr.send(supervisor::GetStatus).await.unwrap();
         assert_eq!(status.arbiters, 3);
         assert_eq!(rig.sync.total_steps(), 48);
