@@ -2,11 +2,16 @@
 //!
 //! Supported: daily, weekly, absolute and relative monthly, absolute and relative yearly
 //! patterns with no-end, end-date and numbered ranges, computed in UTC from the master's start.
-//! Not simulated: modified or deleted single occurrences (exceptions) of a series.
+//! Exceptions: an occurrence deleted or modified on its own (UpdateItem / DeleteItem with an
+//! OccurrenceItemId or an occurrence's ItemId) is kept on the master, listed in its
+//! ModifiedOccurrences / DeletedOccurrences, left out of (or changed in) views, and dropped
+//! when the series is rebuilt (new Recurrence, Start or End on the master).
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc, Weekday};
 
-use crate::store::{decode_id, encode_id, Item, Mailbox};
+use std::collections::BTreeMap;
+
+use crate::store::{decode_id, encode_ck, encode_id, fmt_time, Exception, Item, Mailbox, Prop};
 use crate::xml::Node;
 
 /// An occurrence of a series.
@@ -18,6 +23,12 @@ pub struct Occurrence {
     pub start: DateTime<Utc>,
     /// End.
     pub end: DateTime<Utc>,
+    /// Instance index (1-based).
+    pub index: u64,
+    /// Start as the pattern has it.
+    pub original_start: DateTime<Utc>,
+    /// For an exception, the properties set on it (over the master's).
+    pub overrides: Option<BTreeMap<String, Node>>,
 }
 
 /// One hit of a calendar view: a single item, or an occurrence of a master.
@@ -51,20 +62,125 @@ pub fn occurrences(m: &Mailbox, it: &Item, start: DateTime<Utc>, end: DateTime<U
             vec![]
         };
     };
-    let duration = e - s;
     expand(&rec, s)
         .into_iter()
         .enumerate()
-        .filter(|(_, os)| *os < end && *os + duration > start)
-        .map(|(i, os)| Found {
-            start: os,
-            occurrence: Some(Occurrence {
-                id: encode_id(b'O', m.index, it.key, i as u64 + 1),
-                start: os,
-                end: os + duration,
-            }),
+        .filter_map(|(i, os)| occurrence_at(m.index, it, i as u64 + 1, os, e - s))
+        .filter(|o| o.start < end && o.end > start)
+        .map(|o| Found {
+            start: o.start,
+            occurrence: Some(o),
         })
         .collect()
+}
+
+/// Instance `index` of a series starting (by the pattern) at `original`; None when deleted.
+fn occurrence_at(
+    mbx: u64,
+    it: &Item,
+    index: u64,
+    original: DateTime<Utc>,
+    duration: Duration,
+) -> Option<Occurrence> {
+    let overrides = match it.exceptions.get(&index) {
+        Some(Exception::Deleted) => return None,
+        Some(Exception::Modified(props)) => Some(props.clone()),
+        None => None,
+    };
+    let at = |name: &str, default: DateTime<Utc>| {
+        overrides
+            .as_ref()
+            .and_then(|p| p.get(name))
+            .and_then(|n| DateTime::parse_from_rfc3339(n.text.trim()).ok())
+            .map_or(default, |d| d.with_timezone(&Utc))
+    };
+    Some(Occurrence {
+        id: encode_id(b'O', mbx, it.key, index),
+        start: at("Start", original),
+        end: at("End", original + duration),
+        index,
+        original_start: original,
+        overrides,
+    })
+}
+
+/// Rewrites a master's ModifiedOccurrences and DeletedOccurrences from its exceptions.
+pub fn refresh_exceptions(mbx: u64, it: &mut Item) {
+    let version = it.version;
+    let starts = match (
+        it.props.get("Recurrence"),
+        time(it, "Start"),
+        time(it, "End"),
+    ) {
+        (Some(rec), Some(s), Some(e)) => Some((expand(&rec.node, s), e - s)),
+        _ => None,
+    };
+    let mut modified = Node::leaf("ModifiedOccurrences", "");
+    let mut deleted = Node::leaf("DeletedOccurrences", "");
+    if let Some((starts, duration)) = starts {
+        for (&index, exception) in &it.exceptions {
+            let Some(&original) = starts.get(index as usize - 1) else {
+                continue;
+            };
+            match exception {
+                Exception::Deleted => {
+                    let mut d = Node::leaf("DeletedOccurrence", "");
+                    d.children.push(Node::leaf("Start", &fmt_time(original)));
+                    deleted.children.push(d);
+                }
+                Exception::Modified(_) => {
+                    let Some(o) = occurrence_at(mbx, it, index, original, duration) else {
+                        continue;
+                    };
+                    let mut id = Node::leaf("ItemId", "");
+                    id.attrs = vec![
+                        (crate::xml::name("Id"), o.id.clone()),
+                        (crate::xml::name("ChangeKey"), encode_ck(version)),
+                    ];
+                    let mut n = Node::leaf("Occurrence", "");
+                    n.children = vec![
+                        id,
+                        Node::leaf("Start", &fmt_time(o.start)),
+                        Node::leaf("End", &fmt_time(o.end)),
+                        Node::leaf("OriginalStart", &fmt_time(o.original_start)),
+                    ];
+                    modified.children.push(n);
+                }
+            }
+        }
+    }
+    for list in [modified, deleted] {
+        if list.children.is_empty() {
+            it.props.remove(&list.name);
+        } else {
+            it.props.insert(Prop {
+                node: list,
+                version,
+            });
+        }
+    }
+}
+
+/// Resolves an item reference that may name an occurrence: an OccurrenceItemId (master id +
+/// instance index), a RecurringMasterItemId, an occurrence's own ItemId, or a plain ItemId.
+/// Returns the item's key and, for an occurrence, the occurrence.
+pub fn resolve_ref(
+    m: &Mailbox,
+    n: &Node,
+    plain: impl Fn(&Mailbox, &Node) -> Result<u64, &'static str>,
+) -> Result<(u64, Option<Occurrence>), &'static str> {
+    match n.name.as_ref() {
+        "OccurrenceItemId" | "RecurringMasterItemId" => resolve_occurrence_id(m, n),
+        _ => match decode_id(n.attr("Id").unwrap_or_default()) {
+            Some((b'O', mbx, key, index)) => {
+                if mbx != m.index {
+                    return Err("ErrorAccessDenied");
+                }
+                occurrence_of(m, key, index as usize)
+            }
+            _ => plain(m, n).map(|k| (k, None)),
+        },
+    }
 }
 
 /// Resolves an OccurrenceItemId (master id + instance index) or a RecurringMasterItemId.
@@ -85,7 +201,9 @@ pub fn resolve_occurrence_id(
     if mbx != m.index {
         return Err("ErrorAccessDenied");
     }
-    let it = m.items.get(&key).ok_or("ErrorItemNotFound")?;
+    if !m.items.contains_key(&key) {
+        return Err("ErrorItemNotFound");
+    }
     let index = match (kind, index) {
         (b'O', None) => return Ok((key, None)),
         (b'I', Some(i)) => i,
@@ -93,6 +211,16 @@ pub fn resolve_occurrence_id(
         _ => return Err("ErrorInvalidIdMalformed"),
     };
     let _ = extra;
+    occurrence_of(m, key, index)
+}
+
+/// Instance `index` (1-based) of the series `key`.
+fn occurrence_of(
+    m: &Mailbox,
+    key: u64,
+    index: usize,
+) -> Result<(u64, Option<Occurrence>), &'static str> {
+    let it = m.items.get(&key).ok_or("ErrorItemNotFound")?;
     let rec = it
         .props
         .get("Recurrence")
@@ -104,14 +232,9 @@ pub fn resolve_occurrence_id(
     let os = *starts
         .get(index.wrapping_sub(1))
         .ok_or("ErrorCalendarOccurrenceIndexIsOutOfRecurrenceRange")?;
-    Ok((
-        key,
-        Some(Occurrence {
-            id: encode_id(b'O', m.index, key, index as u64),
-            start: os,
-            end: os + (e - s),
-        }),
-    ))
+    let o = occurrence_at(m.index, it, index as u64, os, e - s)
+        .ok_or("ErrorCalendarOccurrenceIsDeletedFromRecurrence")?;
+    Ok((key, Some(o)))
 }
 
 fn weekday(name: &str) -> Option<Weekday> {

@@ -235,10 +235,18 @@ fn write_item_as(
                     (Some(o), "Start") => Some(Node::leaf("Start", &fmt_time(o.start))),
                     (Some(o), "End") => Some(Node::leaf("End", &fmt_time(o.end))),
                     (Some(o), "OriginalStart") => {
-                        Some(Node::leaf("OriginalStart", &fmt_time(o.start)))
+                        Some(Node::leaf("OriginalStart", &fmt_time(o.original_start)))
                     }
-                    (Some(_), "CalendarItemType") => {
-                        Some(Node::leaf("CalendarItemType", "Occurrence"))
+                    (Some(o), "CalendarItemType") => Some(Node::leaf(
+                        "CalendarItemType",
+                        if o.overrides.is_some() {
+                            "Exception"
+                        } else {
+                            "Occurrence"
+                        },
+                    )),
+                    (Some(o), n) if o.overrides.as_ref().is_some_and(|p| p.contains_key(n)) => {
+                        o.overrides.as_ref().and_then(|p| p.get(n)).cloned()
                     }
                     (Some(_), "Recurrence" | "ModifiedOccurrences" | "DeletedOccurrences") => None,
                     _ => it.props.get(n).map(|p| p.node.clone()),
@@ -870,11 +878,7 @@ fn get_item(ctx: &Ctx<'_>, body: &Node) -> Result<Vec<String>, Fault> {
         Ok(ids
             .iter()
             .map(|n| {
-                let found = if n.name == "OccurrenceItemId" || n.name == "RecurringMasterItemId" {
-                    calendar::resolve_occurrence_id(m, n)
-                } else {
-                    item_key(m, n).map(|(k, _)| (k, None))
-                };
+                let found = calendar::resolve_ref(m, n, |m, n| item_key(m, n).map(|(k, _)| k));
                 match found {
                     Ok((k, occ)) => {
                         let mut s = String::from("<m:Items>");
@@ -1046,7 +1050,13 @@ fn update_item(ctx: &Ctx<'_>, body: &Node) -> Result<Vec<String>, Fault> {
             }
             let result = (|| {
                 let id = c.children.first().ok_or("ErrorInvalidIdMalformed")?;
-                let (key, seen_version) = item_key(m, id)?;
+                let (key, occurrence) =
+                    calendar::resolve_ref(m, id, |m, n| item_key(m, n).map(|(k, _)| k))?;
+                let seen_version = if occurrence.is_some() {
+                    None
+                } else {
+                    item_key(m, id)?.1
+                };
                 let mut set = Vec::new();
                 let mut delete = Vec::new();
                 for u in c
@@ -1110,12 +1120,23 @@ fn update_item(ctx: &Ctx<'_>, body: &Node) -> Result<Vec<String>, Fault> {
                         }
                     }
                 }
-                m.update_item(
-                    key,
-                    set.into_iter().map(|(_, v)| v).collect(),
-                    delete,
-                    ctx.now,
-                )?;
+                match occurrence {
+                    // An occurrence changed on its own becomes an exception of its series.
+                    Some(o) => m.change_occurrence(
+                        key,
+                        o.index,
+                        Some(set.into_iter().map(|(_, v)| v).collect()),
+                        ctx.now,
+                    )?,
+                    None => {
+                        m.update_item(
+                            key,
+                            set.into_iter().map(|(_, v)| v).collect(),
+                            delete,
+                            ctx.now,
+                        )?;
+                    }
+                }
                 Ok(key)
             })();
             match result {
@@ -1145,10 +1166,17 @@ fn delete_item(ctx: &Ctx<'_>, body: &Node) -> Result<Vec<String>, Fault> {
         Ok(ids
             .iter()
             .map(|n| {
-                let r = item_key(m, n).and_then(|(k, _)| match (delete_type.as_str(), trash) {
-                    ("MoveToDeletedItems", Some(t)) if m.items[&k].folder != t => m.move_item(k, t),
-                    _ => m.delete_item(k),
-                });
+                let r = calendar::resolve_ref(m, n, |m, n| item_key(m, n).map(|(k, _)| k))
+                    .and_then(
+                        |(k, occurrence)| match (occurrence, delete_type.as_str(), trash) {
+                            // Deleting an occurrence takes it out of its series.
+                            (Some(o), _, _) => m.change_occurrence(k, o.index, None, ctx.now),
+                            (None, "MoveToDeletedItems", Some(t)) if m.items[&k].folder != t => {
+                                m.move_item(k, t)
+                            }
+                            _ => m.delete_item(k),
+                        },
+                    );
                 match r {
                     Ok(()) => ok("DeleteItem", ""),
                     Err(code) => err("DeleteItem", code, ""),

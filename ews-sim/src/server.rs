@@ -187,6 +187,9 @@ pub struct SimConfig {
     pub workers: usize,
     /// How long one minute of a GetStreamingEvents ConnectionTimeout lasts (tests shorten it).
     pub minute: Duration,
+    /// Open streaming connections per account (HangingConnectionLimit of the throttling
+    /// policy); `None` takes the profile's default (3 on-premises, 10 online).
+    pub max_streams: Option<usize>,
     /// Serve https with this certificate chain and key (PEM) instead of http.
     pub tls: Option<TlsPem>,
 }
@@ -232,6 +235,7 @@ impl Default for SimConfig {
             subscription_expiry: Duration::from_secs(30 * 60),
             workers: 2,
             minute: Duration::from_secs(60),
+            max_streams: None,
             tls: None,
         }
     }
@@ -855,7 +859,7 @@ async fn get_streaming_events(
     {
         let mut open = sim.streams_by_account.lock();
         let n = open.entry(account.to_string()).or_default();
-        if *n >= cfg.profile.max_streams() {
+        if *n >= cfg.max_streams.unwrap_or(cfg.profile.max_streams()) {
             drop(open);
             sim.stats.lock().throttled += 1;
             return fail(

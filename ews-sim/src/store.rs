@@ -154,6 +154,17 @@ pub struct Item {
     pub ext: BTreeMap<(String, String), Prop>,
     /// Bumped on every change; the change key encodes it.
     pub version: u64,
+    /// A series' changed occurrences by instance index (1-based), as Outlook makes them.
+    pub exceptions: BTreeMap<u64, Exception>,
+}
+
+/// One occurrence of a series changed on its own.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Exception {
+    /// Removed from the series.
+    Deleted,
+    /// Modified: the properties set on the occurrence, over the master's.
+    Modified(BTreeMap<String, Node>),
 }
 
 impl Item {
@@ -555,6 +566,7 @@ impl Mailbox {
             props: Props::default(),
             ext: BTreeMap::new(),
             version: 1,
+            exceptions: BTreeMap::new(),
         };
         for n in props {
             put_prop(&mut item, n, 1);
@@ -583,6 +595,11 @@ impl Mailbox {
         it.version += 1;
         let v = it.version;
         let mut only_read = true;
+        let series = |name: &str| matches!(name, "Recurrence" | "Start" | "End");
+        let rebuilds_series = set.iter().any(|n| series(&n.name))
+            || delete
+                .iter()
+                .any(|p| matches!(p, PropPath::Field(f) if series(f)));
         for n in set {
             if n.name != "IsRead" {
                 only_read = false;
@@ -598,6 +615,11 @@ impl Mailbox {
             version: v,
         });
         if it.kind == "CalendarItem" {
+            // A new pattern or new times rebuild the series: its exceptions are gone, as in
+            // Exchange (Outlook warns about it).
+            if !it.exceptions.is_empty() && rebuilds_series {
+                it.exceptions.clear();
+            }
             let master = it.props.contains_key("Recurrence");
             it.set_text(
                 "CalendarItemType",
@@ -607,6 +629,12 @@ impl Mailbox {
         }
         let folder = it.folder;
         let read_changed = it.text("IsRead").map(str::to_string) != old_read;
+        if it.kind == "CalendarItem" {
+            let mbx = self.index;
+            if let Some(it) = self.items.get_mut(&key) {
+                crate::calendar::refresh_exceptions(mbx, it);
+            }
+        }
         let kind = if only_read && read_changed {
             JournalKind::ReadFlag
         } else {
@@ -615,6 +643,45 @@ impl Mailbox {
         self.journal(folder, key, kind);
         self.item_event("ModifiedEvent", key, None);
         Ok(v)
+    }
+
+    /// Changes one occurrence of a series (`None`: deletes it from the series). The master's
+    /// version moves on and sync reports the master as changed, as Exchange does.
+    pub fn change_occurrence(
+        &mut self,
+        key: u64,
+        index: u64,
+        set: Option<Vec<Node>>,
+        now: DateTime<Utc>,
+    ) -> Result<(), &'static str> {
+        let mbx = self.index;
+        let it = self.items.get_mut(&key).ok_or("ErrorItemNotFound")?;
+        let entry = it
+            .exceptions
+            .entry(index)
+            .or_insert_with(|| Exception::Modified(BTreeMap::new()));
+        match (entry, set) {
+            (Exception::Deleted, _) => {
+                return Err("ErrorCalendarOccurrenceIsDeletedFromRecurrence")
+            }
+            (e, None) => *e = Exception::Deleted,
+            (Exception::Modified(props), Some(set)) => {
+                for n in set {
+                    props.insert(n.name.to_string(), n);
+                }
+            }
+        }
+        it.version += 1;
+        let v = it.version;
+        it.props.insert(Prop {
+            node: Node::leaf("LastModifiedTime", &fmt_time(now)),
+            version: v,
+        });
+        crate::calendar::refresh_exceptions(mbx, it);
+        let folder = it.folder;
+        self.journal(folder, key, JournalKind::Modified);
+        self.item_event("ModifiedEvent", key, None);
+        Ok(())
     }
 
     /// Removes an item (any delete type: the simulator keeps no dumpster).

@@ -724,6 +724,153 @@ async fn paging_and_calendar_view() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn occurrences_changed_on_their_own_become_exceptions_of_the_series() {
+    let t = T::new().await;
+    let weekly = r#"<t:Subject>Jour fixe</t:Subject><t:Start>2026-01-05T08:00:00Z</t:Start><t:End>2026-01-05T09:00:00Z</t:End><t:Recurrence><t:WeeklyRecurrence><t:Interval>1</t:Interval><t:DaysOfWeek>Monday</t:DaysOfWeek></t:WeeklyRecurrence><t:NumberedRecurrence><t:StartDate>2026-01-05</t:StartDate><t:NumberOfOccurrences>10</t:NumberOfOccurrences></t:NumberedRecurrence></t:Recurrence>"#;
+    let master = t
+        .control(
+            reqwest::Method::POST,
+            "/sim/mailboxes/user1@example.com/items",
+            json!({"folder": "calendar", "type": "CalendarItem", "xml": weekly}),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let occurrence = |index: u32| {
+        format!(r#"<t:OccurrenceItemId RecurringMasterId="{master}" InstanceIndex="{index}"/>"#)
+    };
+    let set = |id: &str, field: &str, value: &str| {
+        format!(
+            r#"<m:UpdateItem ConflictResolution="AlwaysOverwrite" SendMeetingInvitationsOrCancellations="SendToNone"><m:ItemChanges><t:ItemChange>{id}<t:Updates><t:SetItemField><t:FieldURI FieldURI="{field}"/><t:CalendarItem>{value}</t:CalendarItem></t:SetItemField></t:Updates></t:ItemChange></m:ItemChanges></m:UpdateItem>"#
+        )
+    };
+    let delete = |id: &str| {
+        format!(
+            r#"<m:DeleteItem DeleteType="MoveToDeletedItems" SendMeetingCancellations="SendToNone"><m:ItemIds>{id}</m:ItemIds></m:DeleteItem>"#
+        )
+    };
+    let view = || async {
+        let env = t.call(r#"<m:FindItem Traversal="Shallow"><m:ItemShape><t:BaseShape>Default</t:BaseShape></m:ItemShape><m:CalendarView StartDate="2026-01-01T00:00:00Z" EndDate="2026-01-27T00:00:00Z"/><m:ParentFolderIds><t:DistinguishedFolderId Id="calendar"/></m:ParentFolderIds></m:FindItem>"#).await;
+        messages(&env)[0]
+            .get("RootFolder")
+            .unwrap()
+            .get("Items")
+            .unwrap()
+            .children
+            .iter()
+            .map(|i| {
+                format!(
+                    "{} {} {}",
+                    i.text_of("Start").unwrap(),
+                    i.text_of("CalendarItemType").unwrap(),
+                    i.text_of("Subject").unwrap()
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let get_master = || async {
+        let env = t.call(&format!(r#"<m:GetItem><m:ItemShape><t:BaseShape>AllProperties</t:BaseShape></m:ItemShape><m:ItemIds><t:ItemId Id="{master}"/></m:ItemIds></m:GetItem>"#)).await;
+        let m = messages(&env)[0].clone();
+        assert_eq!(code(&m), "NoError", "{m:?}");
+        m.get("Items").unwrap().children[0].clone()
+    };
+
+    // The user moves the second Monday to Tuesday 10:00 and renames it, and deletes the third.
+    let m = t
+        .call(&set(
+            &occurrence(2),
+            "item:Subject",
+            "<t:Subject>verschoben</t:Subject>",
+        ))
+        .await;
+    assert_eq!(code(&messages(&m)[0]), "NoError", "{m:?}");
+    let m = t
+        .call(&set(
+            &occurrence(2),
+            "calendar:Start",
+            "<t:Start>2026-01-13T10:00:00Z</t:Start>",
+        ))
+        .await;
+    assert_eq!(code(&messages(&m)[0]), "NoError", "{m:?}");
+    t.call(&set(
+        &occurrence(2),
+        "calendar:End",
+        "<t:End>2026-01-13T11:00:00Z</t:End>",
+    ))
+    .await;
+    let m = t.call(&delete(&occurrence(3))).await;
+    assert_eq!(code(&messages(&m)[0]), "NoError", "{m:?}");
+    let expected = vec![
+        "2026-01-05T08:00:00Z Occurrence Jour fixe".to_string(),
+        "2026-01-13T10:00:00Z Exception verschoben".into(),
+        "2026-01-26T08:00:00Z Occurrence Jour fixe".into(),
+    ];
+    assert_eq!(view().await, expected);
+    let it = get_master().await;
+    let modified = it.get("ModifiedOccurrences").expect("ModifiedOccurrences");
+    assert_eq!(modified.children.len(), 1);
+    assert_eq!(
+        (
+            modified.children[0].text_of("Start"),
+            modified.children[0].text_of("OriginalStart")
+        ),
+        (Some("2026-01-13T10:00:00Z"), Some("2026-01-12T08:00:00Z"))
+    );
+    let deleted = it.get("DeletedOccurrences").expect("DeletedOccurrences");
+    assert_eq!(
+        deleted.children[0].text_of("Start"),
+        Some("2026-01-19T08:00:00Z")
+    );
+    // The exception's own id reads it back; the deleted occurrence is gone for good.
+    let exception_id = modified.children[0]
+        .get("ItemId")
+        .unwrap()
+        .attr("Id")
+        .unwrap()
+        .to_string();
+    let env = t.call(&format!(r#"<m:GetItem><m:ItemShape><t:BaseShape>AllProperties</t:BaseShape></m:ItemShape><m:ItemIds><t:ItemId Id="{exception_id}"/></m:ItemIds></m:GetItem>"#)).await;
+    let got = messages(&env)[0].get("Items").unwrap().children[0].clone();
+    assert_eq!(
+        (got.text_of("Subject"), got.text_of("CalendarItemType")),
+        (Some("verschoben"), Some("Exception"))
+    );
+    let m = t.call(&delete(&occurrence(3))).await;
+    assert_eq!(
+        code(&messages(&m)[0]),
+        "ErrorCalendarOccurrenceIsDeletedFromRecurrence"
+    );
+
+    // A change of the master's other fields keeps the exceptions; the exception keeps its
+    // own subject.
+    t.call(&set(
+        &format!(r#"<t:ItemId Id="{master}"/>"#),
+        "item:Subject",
+        "<t:Subject>Jour fixe (neu)</t:Subject>",
+    ))
+    .await;
+    assert_eq!(
+        view().await,
+        vec![
+            "2026-01-05T08:00:00Z Occurrence Jour fixe (neu)".to_string(),
+            "2026-01-13T10:00:00Z Exception verschoben".into(),
+            "2026-01-26T08:00:00Z Occurrence Jour fixe (neu)".into(),
+        ]
+    );
+    // A new pattern rebuilds the series: the exceptions are gone.
+    let daily = r#"<t:Recurrence><t:DailyRecurrence><t:Interval>7</t:Interval></t:DailyRecurrence><t:NumberedRecurrence><t:StartDate>2026-01-05</t:StartDate><t:NumberOfOccurrences>10</t:NumberOfOccurrences></t:NumberedRecurrence></t:Recurrence>"#;
+    t.call(&set(
+        &format!(r#"<t:ItemId Id="{master}"/>"#),
+        "calendar:Recurrence",
+        daily,
+    ))
+    .await;
+    let it = get_master().await;
+    assert!(it.get("ModifiedOccurrences").is_none() && it.get("DeletedOccurrences").is_none());
+    assert_eq!(view().await.len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn injected_faults_and_autodiscover() {
     let t = T::new().await;
     let get = r#"<m:GetFolder><m:FolderShape><t:BaseShape>IdOnly</t:BaseShape></m:FolderShape><m:FolderIds><t:DistinguishedFolderId Id="inbox"/></m:FolderIds></m:GetFolder>"#;
