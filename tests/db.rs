@@ -768,7 +768,7 @@ async fn a_crm_write_and_its_mapping_commit_together_or_not_at_all() {
         let db = &t.db;
         let kind = db.kind();
         seed(db).await;
-        let appt = |id: i64, subject: &str| {
+        let appt_at = |id: i64, subject: &str, version: i64| {
             CrmRow::Appointment(AppointmentRow {
                 id,
                 tenant_id: 10,
@@ -786,9 +786,10 @@ async fn a_crm_write_and_its_mapping_commit_together_or_not_at_all() {
                 categories: vec!["Kunde".into()],
                 uid: Some("UID-1".into()),
                 ews_id: None,
-                version: 0,
+                version,
             })
         };
+        let appt = |id: i64, subject: &str| appt_at(id, subject, 0);
         let mapping = |ews: &str| ItemMapping {
             mailbox: "anna@example.com".into(),
             crm_table: "crm_appointments".into(),
@@ -825,7 +826,7 @@ async fn a_crm_write_and_its_mapping_commit_together_or_not_at_all() {
         // An update bumps the version, and the mapping records it.
         let (_, v2) = db
             .save_from_exchange(
-                &appt(id, "Jour fixe (neu)"),
+                &appt_at(id, "Jour fixe (neu)", 1),
                 "AAMk1=",
                 Some(&mapping("AAMk1=")),
             )
@@ -839,6 +840,26 @@ async fn a_crm_write_and_its_mapping_commit_together_or_not_at_all() {
                 .unwrap()
                 .crm_version,
             Some(2)
+        );
+
+        // A write based on a version the CRM has moved past (someone edited the row after it was
+        // read) is refused: the edit is not overwritten.
+        let err = db
+            .save_from_exchange(&appt_at(id, "veraltet", 1), "AAMk1=", None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, mailsync::db::DbError::Stale { table: "crm_appointments", id: i } if i == id),
+            "{err}"
+        );
+        let Some(Ok(CrmRow::Appointment(kept))) = db.crm_row("crm_appointments", id).await.unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (kept.subject.as_deref(), kept.version),
+            (Some("Jour fixe (neu)"), 2),
+            "{kind:?}: the newer edit survives"
         );
 
         // The mapping fails (that Exchange item is mapped already): the CRM insert is undone
@@ -868,7 +889,11 @@ async fn a_crm_write_and_its_mapping_commit_together_or_not_at_all() {
             .save_from_exchange(&appt(999, "x"), "AAMk9=", None)
             .await
             .unwrap_err();
-        assert!(err.to_string().starts_with("updating a CRM row:"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("crm_appointments row 999 was changed or deleted"),
+            "{err}"
+        );
         t.drop_db().await;
     }
 }

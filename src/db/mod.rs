@@ -79,6 +79,14 @@ pub enum DbError {
         /// Why.
         source: sqlx::Error,
     },
+    /// An update found the row gone or changed since it was read; nothing was written.
+    #[error("{table} row {id} was changed or deleted in the CRM while it was being synced; it is read again")]
+    Stale {
+        /// The table.
+        table: &'static str,
+        /// The row.
+        id: i64,
+    },
 }
 
 /// Wraps a query error with what was being done.

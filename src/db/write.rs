@@ -50,16 +50,16 @@ macro_rules! bind_values {
 /// The row write and the mapping upsert in one transaction, for either pool (the statement
 /// text and the categories encoding are the backend's).
 macro_rules! write_in_tx {
-    ($pool:expr, $sql:expr, $mapping_sql:expr, $categories:expr, $values:expr, $mapping:expr, $table:expr, $ews:expr) => {{
+    ($pool:expr, $sql:expr, $mapping_sql:expr, $categories:expr, $values:expr, $mapping:expr, $table:expr, $id:expr, $ews:expr) => {{
         let mut tx = $pool.begin().await.map_err(q("starting a transaction"))?;
         let query = bind_values!(sqlx::query_as::<_, (i64, i64)>($sql), &$values, $categories);
         let (new_id, version) = query
             .fetch_optional(&mut *tx)
             .await
             .map_err(q("writing a CRM row"))?
-            .ok_or(DbError::Query {
-                what: "updating a CRM row",
-                source: sqlx::Error::RowNotFound,
+            .ok_or_else(|| DbError::Stale {
+                table: $table,
+                id: $id,
             })?;
         if let Some(m) = $mapping {
             sqlx::query($mapping_sql)
@@ -153,7 +153,8 @@ fn columns(row: &CrmRow, ews_item_id: &str) -> (&'static str, Vec<(&'static str,
     }
 }
 
-/// INSERT (id 0) or UPDATE (by id) returning id and version.
+/// INSERT (id 0) or UPDATE (by id and the version the row was read at) returning id and
+/// version.
 fn statement(table: &str, id: i64, cols: &[(&'static str, Value)]) -> String {
     let names: Vec<&str> = cols.iter().map(|(n, _)| *n).collect();
     if id == 0 {
@@ -172,10 +173,13 @@ fn statement(table: &str, id: i64, cols: &[(&'static str, Value)]) -> String {
         // The version is bumped here, not left to the trigger: on SQLite the bump trigger runs
         // after RETURNING (which would report the old version) and stands aside when the
         // statement bumps it itself; on PostgreSQL the BEFORE trigger sets the same value.
+        // Optimistic: a row changed in the CRM since it was read is not overwritten (that
+        // change would be lost); the statement matches nothing and the caller reads again.
         format!(
-            "UPDATE {table} SET {}, version = version + 1 WHERE id = ${} RETURNING id, version",
+            "UPDATE {table} SET {}, version = version + 1 WHERE id = ${} AND version = ${} RETURNING id, version",
             sets.join(", "),
-            cols.len() + 1
+            cols.len() + 1,
+            cols.len() + 2
         )
     }
 }
@@ -183,7 +187,8 @@ fn statement(table: &str, id: i64, cols: &[(&'static str, Value)]) -> String {
 impl Db {
     /// Writes `row` (inserted when its id is 0, else updated) with `ews_item_id` stamped, and
     /// `mapping` — filled in with the row's id and new version — in the same transaction.
-    /// Returns (id, version). An update of a row that is gone is an error naming it.
+    /// Returns (id, version). An update of a row that is gone or changed since it was read
+    /// (its version differs from `row`'s) is [`DbError::Stale`]: nothing is written.
     pub async fn save_from_exchange(
         &self,
         row: &CrmRow,
@@ -195,6 +200,7 @@ impl Db {
         let sql = statement(table, id, &cols);
         if id != 0 {
             cols.push(("id", Value::Int(Some(id))));
+            cols.push(("version", Value::Int(Some(super::rows::version_of(row)))));
         }
         let values: Vec<Value> = cols.into_iter().map(|(_, v)| v).collect();
         match self {
@@ -206,6 +212,7 @@ impl Db {
                 values,
                 mapping,
                 table,
+                id,
                 ews_item_id
             ),
             Db::Sqlite(p) => {
@@ -221,6 +228,7 @@ impl Db {
                     values,
                     mapping,
                     table,
+                    id,
                     ews_item_id
                 )
             }
