@@ -51,6 +51,12 @@ pub struct StreamSettings {
     pub retry: Backoff,
     /// Joins and leaves within this window are applied with one new connection.
     pub join_delay: Duration,
+    /// A live connection is replaced for new members at most this often: while many
+    /// mailboxes start, their subscriptions gather and one connection carries them, instead
+    /// of a new connection per join wave (each one a hanging connection Exchange counts
+    /// until it notices the old one is gone). New members' events wait on their
+    /// subscription meanwhile; nothing is lost.
+    pub min_reopen: Duration,
 }
 
 impl Default for RuntimeSettings {
@@ -81,6 +87,7 @@ impl Default for StreamSettings {
             failures_before_polling: 3,
             retry: Backoff::new(Duration::from_secs(1), Duration::from_secs(300)),
             join_delay: Duration::from_millis(200),
+            min_reopen: Duration::from_secs(5),
         }
     }
 }

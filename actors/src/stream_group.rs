@@ -144,6 +144,8 @@ pub struct StreamGroupActor {
     mode: Mode,
     /// Connections opened so far (ids too).
     connects: u64,
+    /// When the live connection was opened.
+    opened_at: Option<tokio::time::Instant>,
 }
 
 impl StreamGroupActor {
@@ -171,7 +173,21 @@ impl StreamGroupActor {
                 Mode::Polling
             },
             connects: 0,
+            opened_at: None,
         }
+    }
+
+    /// How long new members wait for the connection that carries them: `join_delay`, and
+    /// while a connection is live, at least until it is `min_reopen` old.
+    fn join_wait(&self) -> std::time::Duration {
+        let settings = &self.shared.settings.stream;
+        let paced = match (&self.live, self.opened_at) {
+            (Some(_), Some(at)) => {
+                (at + settings.min_reopen).saturating_duration_since(tokio::time::Instant::now())
+            }
+            _ => std::time::Duration::ZERO,
+        };
+        settings.join_delay.max(paced)
     }
 
     fn server(&self) -> &str {
@@ -303,6 +319,7 @@ impl StreamGroupActor {
         match result {
             Some(Ok(events)) => {
                 self.failures = 0;
+                self.opened_at = Some(tokio::time::Instant::now());
                 self.set_mode(Mode::Streaming);
                 let id = self.connects;
                 self.connects += 1;
@@ -569,7 +586,7 @@ impl Handler<JoinGroup> for StreamGroupActor {
             self.members.insert(msg.smtp, member);
             ctx.spawn(call.into_actor(self).map(move |result, act, ctx| {
                 act.subscribed(&smtp, result);
-                let delay = act.shared.settings.stream.join_delay;
+                let delay = act.join_wait();
                 act.schedule(delay, "members", ctx);
             }));
             Some(rx)

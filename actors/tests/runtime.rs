@@ -35,6 +35,7 @@ fn settings() -> RuntimeSettings {
             failures_before_polling: 3,
             retry: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
             join_delay: Duration::from_millis(200),
+            min_reopen: Duration::ZERO,
         },
     }
 }
@@ -732,6 +733,45 @@ async fn streams_renew_before_the_timeout_without_a_gap() {
     );
     assert!(rig.metric("reconnects", &["ex1", "renewal"]) >= 6.0);
     assert_eq!(rig.metric("reconnects", &["ex1", "lost"]), 0.0);
+}
+
+#[actix_rt::test]
+async fn mailboxes_joining_a_live_connection_are_gathered_onto_one_new_connection() {
+    tokio::time::pause();
+    let mut s = settings();
+    s.stream.min_reopen = Duration::from_secs(5);
+    s.stream.group_size = 10;
+    let rig = Rig::start(
+        s,
+        vec![server("ex1", true)],
+        (1..=2).map(|n| mailbox(n, "ex1")).collect(),
+    );
+    rig.ready().await;
+    rig.stream
+        .wait_until("one connection", |s| s.open_connections() == 1)
+        .await;
+    let first = rig.stream.connections()[0].clone();
+    // Two more mailboxes join, a second apart, soon after the connection opened.
+    for n in 3..=4 {
+        let reload = Reload {
+            servers: vec![server("ex1", true)],
+            mailboxes: (1..=n).map(|m| mailbox(m, "ex1")).collect(),
+        };
+        rig.handle.addr.send(reload).await.unwrap().unwrap();
+        sleep(1).await;
+    }
+    rig.ready().await;
+    rig.stream
+        .wait_until("a second connection", |s| s.connections().len() >= 2)
+        .await;
+    sleep(30).await;
+    let all = rig.stream.connections();
+    assert_eq!(all.len(), 2, "one new connection for both joins: {all:?}");
+    assert_eq!(all[1].subscriptions.len(), 4);
+    assert!(
+        all[1].opened - first.opened >= Duration::from_secs(5),
+        "not replaced sooner than min_reopen"
+    );
 }
 
 #[actix_rt::test]
