@@ -4,7 +4,7 @@
 
 use sqlx::Row;
 
-use super::{q, Db, DbError};
+use super::{q, sqlite_placeholders, Db, DbError};
 
 /// An operator (ERP user) of the CRM.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -231,6 +231,41 @@ impl Db {
             |row| row.map(|r| r.try_get::<i64, _>(0)).transpose()
         )?
         .map_err(q("recording the Exchange id on a CRM row"))
+    }
+
+    /// [`Db::set_ews_id`] for many rows in one transaction (one commit for a whole CreateItem
+    /// batch instead of one per row); the new versions in the order given.
+    pub async fn set_ews_ids(
+        &self,
+        table: &str,
+        rows: &[(i64, String)],
+    ) -> Result<Vec<Option<i64>>, DbError> {
+        let table = checked(table)?;
+        let sql = format!(
+            "UPDATE {table} SET ews_id = $1, version = version + 1 WHERE id = $2 RETURNING version"
+        );
+        let what = "recording the Exchange id on a CRM row";
+        macro_rules! in_tx {
+            ($pool:expr, $sql:expr) => {{
+                let mut tx = $pool.begin().await.map_err(q("starting a transaction"))?;
+                let mut versions = Vec::with_capacity(rows.len());
+                for (id, ews_id) in rows {
+                    let v: Option<(i64,)> = sqlx::query_as($sql)
+                        .bind(ews_id)
+                        .bind(id)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(q(what))?;
+                    versions.push(v.map(|v| v.0));
+                }
+                tx.commit().await.map_err(q(what))?;
+                Ok(versions)
+            }};
+        }
+        match self {
+            Db::Postgres(p) => in_tx!(p, &sql),
+            Db::Sqlite(p) => in_tx!(p, &sqlite_placeholders(&sql)),
+        }
     }
 
     /// Deletes a CRM row (deleted in Exchange); false if it was already gone.

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 
 use super::changes::Cursor;
-use super::{q, Db, DbError};
+use super::{q, sqlite_placeholders, Db, DbError};
 
 /// The EWS sync state of one folder of one mailbox.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -156,26 +156,39 @@ impl Db {
     /// Stores or replaces the mapping of a CRM row. Mapping an Exchange item that is already
     /// mapped to another row of the mailbox fails with a unique violation: one item, one row.
     pub async fn put_mapping(&self, m: &ItemMapping) -> Result<(), DbError> {
+        self.put_mappings(std::slice::from_ref(m)).await
+    }
+
+    /// Stores many mappings in one transaction.
+    pub async fn put_mappings(&self, all: &[ItemMapping]) -> Result<(), DbError> {
         let sql = "INSERT INTO ms_item_map (mailbox, crm_table, crm_id, ews_item_id, change_key, crm_version, fields) \
                    VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (mailbox, crm_table, crm_id) DO UPDATE SET \
                    ews_item_id = excluded.ews_item_id, change_key = excluded.change_key, crm_version = excluded.crm_version, \
                    fields = excluded.fields, updated_at = now()";
-        let fields = m.fields.to_string();
-        on_db!(
-            self,
-            sql,
-            "storing an item mapping",
-            |x| x
-                .bind(&m.mailbox)
-                .bind(&m.crm_table)
-                .bind(m.crm_id)
-                .bind(&m.ews_item_id)
-                .bind(&m.change_key)
-                .bind(m.crm_version)
-                .bind(&fields),
-            execute,
-            |_r| ()
-        )
+        let what = "storing an item mapping";
+        macro_rules! in_tx {
+            ($pool:expr, $sql:expr) => {{
+                let mut tx = $pool.begin().await.map_err(q("starting a transaction"))?;
+                for m in all {
+                    sqlx::query($sql)
+                        .bind(&m.mailbox)
+                        .bind(&m.crm_table)
+                        .bind(m.crm_id)
+                        .bind(&m.ews_item_id)
+                        .bind(&m.change_key)
+                        .bind(m.crm_version)
+                        .bind(m.fields.to_string())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(q(what))?;
+                }
+                tx.commit().await.map_err(q(what))
+            }};
+        }
+        match self {
+            Db::Postgres(p) => in_tx!(p, sql),
+            Db::Sqlite(p) => in_tx!(p, &sqlite_placeholders(sql)),
+        }
     }
 
     /// The mapping of a CRM row.

@@ -81,7 +81,22 @@ struct Inner {
     mailboxes: RwLock<HashMap<String, Arc<MailboxSetup>>>,
     owners: RwLock<HashMap<String, Owner>>,
     metrics: ServiceMetrics,
+    /// Folders (mailbox, table, shared) whose last CreateItem round in this process finished
+    /// with every created item recorded: no item of theirs can be in Exchange unrecorded, so
+    /// the next round skips the stamp search (one FindItem per isolated CRM create). Empty
+    /// after a start, and a folder leaves it while a round runs, so a crash or a failed round
+    /// is always followed by a search.
+    clean: parking_lot::Mutex<std::collections::HashSet<(String, &'static str, bool)>>,
+    /// Exchange item id → the ChangeKey our last CreateItem/UpdateItem of it returned. The
+    /// notification of our own write carries that ChangeKey and wakes no folder (it would only
+    /// cost a SyncFolderItems that finds the echo). An event that comes before its entry is
+    /// recorded still runs a step, which suppresses the echo by ChangeKey as always.
+    own_writes: parking_lot::Mutex<HashMap<String, String>>,
 }
+
+/// Bound of [`Inner::own_writes`]: entries whose notification never came (no subscription at
+/// the time) are dropped wholesale beyond it; a dropped entry only costs one echo step.
+const OWN_WRITES_MAX: usize = 100_000;
 
 /// The engine; cheap to clone.
 #[derive(Clone)]
@@ -98,6 +113,17 @@ pub fn sync_error(e: ews::Error) -> SyncError {
         ews::Error::Unauthorized(m) => SyncError::Denied(m),
         ews::Error::Denied { code, message } => SyncError::Denied(format!("{code}: {message}")),
         other => SyncError::Failed(other.to_string()),
+    }
+}
+
+/// The version to record after stamping the ews_id on a row read at `read`: our write is the
+/// version right after the one we read; if the row changed in between, keep the version we
+/// read, so that change is still seen as new and written.
+fn own_version(read: i64, written: Option<i64>) -> Option<i64> {
+    match written {
+        Some(v) if v == read + 1 => Some(v),
+        Some(_) => Some(read),
+        None => None,
     }
 }
 
@@ -177,7 +203,23 @@ impl Engine {
             mailboxes: RwLock::new(HashMap::new()),
             owners: RwLock::new(HashMap::new()),
             metrics,
+            clean: parking_lot::Mutex::default(),
+            own_writes: parking_lot::Mutex::default(),
         }))
+    }
+
+    /// Whether a notification about `id` is the echo of our own last write of it (consumed).
+    pub(crate) fn is_own_write(&self, id: &ItemId) -> bool {
+        let Some(change_key) = &id.change_key else {
+            return false;
+        };
+        let mut own = self.0.own_writes.lock();
+        if own.get(&id.id) == Some(change_key) {
+            own.remove(&id.id);
+            true
+        } else {
+            false
+        }
     }
 
     /// Replaces the set of mailboxes (startup and reload).
@@ -206,6 +248,17 @@ impl Engine {
 }
 
 impl Inner {
+    /// Records the ChangeKey our write of an item produced (see `own_writes`).
+    fn note_own_write(&self, id: &ItemId) {
+        if let Some(change_key) = &id.change_key {
+            let mut own = self.own_writes.lock();
+            if own.len() >= OWN_WRITES_MAX {
+                own.clear();
+            }
+            own.insert(id.id.clone(), change_key.clone());
+        }
+    }
+
     async fn call<O: Operation>(
         &self,
         setup: &MailboxSetup,
@@ -1016,7 +1069,10 @@ impl<'a> Step<'a> {
         };
         let mut results = self.engine.call(self.setup, self.ctx, &op).await?;
         match results.pop() {
-            Some(Ok(new_id)) => Ok(new_id.change_key),
+            Some(Ok(new_id)) => {
+                self.engine.note_own_write(&new_id);
+                Ok(new_id.change_key)
+            }
             Some(Err(ews::Error::NotFound(e))) => Err(SyncError::Failed(format!("{GONE}: {e}"))),
             Some(Err(e)) => Err(sync_error(e)),
             None => Err(SyncError::Failed("UpdateItem answered nothing".into())),
@@ -1260,9 +1316,12 @@ impl<'a> Step<'a> {
             id: folder.ews_folder_id.unwrap_or_default(),
             change_key: None,
         });
-        // Items a crash left in Exchange after CreateItem but before the mapping: link them.
+        // Items a crash (or a failed round) left in Exchange after CreateItem but before the
+        // mapping: link them.
+        let key = (self.smtp().to_owned(), self.table, shared);
+        let verify = !self.engine.clean.lock().remove(&key);
         let mut existing: HashMap<String, ItemId> = HashMap::new();
-        for chunk in batch.chunks(50) {
+        for chunk in batch.chunks(50).filter(|_| verify) {
             let stamps: Vec<Restriction> = chunk
                 .iter()
                 .map(|(row, _)| {
@@ -1315,14 +1374,16 @@ impl<'a> Step<'a> {
                 disposition: None,
             };
             let results = self.engine.call(self.setup, self.ctx, &op).await?;
+            let mut made = Vec::new();
+            let mut retry = None;
             for ((row, f, _), result) in chunk.iter().zip(results) {
                 match result {
                     Ok(id) => {
-                        self.created(row, f, id, shared).await?;
-                        self.counted("to_exchange", "create");
+                        self.engine.note_own_write(&id);
+                        made.push((row, f, id))
                     }
                     Err(e @ (ews::Error::Throttled { .. } | ews::Error::Transient(_))) => {
-                        return Err(sync_error(e))
+                        retry.get_or_insert(sync_error(e));
                     }
                     Err(e) => {
                         self.fail(row.id(), "", format!("Exchange refused the item: {e}"))
@@ -1330,6 +1391,51 @@ impl<'a> Step<'a> {
                     }
                 }
             }
+            // What was created is recorded before a throttled rest is retried.
+            self.created_all(made, shared).await?;
+            if let Some(e) = retry {
+                return Err(e);
+            }
+        }
+        self.engine.clean.lock().insert(key);
+        Ok(())
+    }
+
+    /// [`Step::created`] for a batch, with one transaction for the rows' ews_ids and one for
+    /// the mappings (instead of two commits per item).
+    async fn created_all(
+        &mut self,
+        made: Vec<(&CrmRow, &Fields, ItemId)>,
+        shared: bool,
+    ) -> Result<(), SyncError> {
+        if made.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<(i64, String)> = made
+            .iter()
+            .map(|(row, _, id)| (row.id(), id.id.clone()))
+            .collect();
+        let written = self
+            .engine
+            .crm
+            .set_ews_ids(self.table, &ids)
+            .await
+            .map_err(db_error)?;
+        let mappings: Vec<ItemMapping> = made
+            .iter()
+            .zip(written)
+            .map(|((row, f, id), written)| {
+                let version = own_version(crate::db::rows::version_of(row), written);
+                self.mapping(row.id(), id, version, f, shared)
+            })
+            .collect();
+        self.engine
+            .state
+            .put_mappings(&mappings)
+            .await
+            .map_err(db_error)?;
+        for _ in &mappings {
+            self.counted("to_exchange", "create");
         }
         Ok(())
     }
@@ -1350,13 +1456,7 @@ impl<'a> Step<'a> {
             .set_ews_id(self.table, row.id(), &id.id)
             .await
             .map_err(db_error)?;
-        // Our write is the version right after the one we read; if the row changed in between,
-        // keep the version we read, so that change is still seen as new and written.
-        let version = match written {
-            Some(v) if v == read + 1 => Some(v),
-            Some(_) => Some(read),
-            None => None,
-        };
+        let version = own_version(read, written);
         let mapping = self.mapping(row.id(), &id, version, f, shared);
         self.engine
             .state

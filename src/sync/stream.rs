@@ -57,7 +57,58 @@ impl Inner {
     }
 }
 
-fn convert(event: EwsEvent, folders: &HashMap<String, FolderId>) -> Vec<StreamEvent> {
+/// The synced folders an event concerns. Item events: the folder holding the item and, for a
+/// move or copy, the one it left (a move out is a delete there). Folder events (Exchange sends
+/// a ModifiedEvent for a folder whenever its item count changes, next to the item's own event)
+/// concern item sync only when a synced folder itself was moved or deleted. Events about
+/// folders that are not synced concern none: they must not wake every folder of the mailbox
+/// (each wake-up is a SyncFolderItems request).
+fn affected(
+    e: &ews::streaming::NotificationEvent,
+    folders: &HashMap<String, FolderId>,
+    own_write: &dyn Fn(&ItemId) -> bool,
+) -> Vec<FolderId> {
+    use ews::streaming::EventKind;
+    let ours = |f: &Option<ews::types::FolderId>| f.as_ref().and_then(|f| folders.get(&f.id));
+    if let Some(item) = &e.item_id {
+        // The notification of our own CreateItem/UpdateItem: nothing new to sync.
+        if matches!(e.kind, EventKind::Created | EventKind::Modified) && own_write(item) {
+            return vec![];
+        }
+        return [ours(&e.parent_folder_id), ours(&e.old_parent_folder_id)]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+    }
+    match e.kind {
+        EventKind::Deleted | EventKind::Moved => ours(&e.folder_id).cloned().into_iter().collect(),
+        _ => vec![],
+    }
+}
+
+/// Opening a connection failed. Too many open streaming connections for the account
+/// (HangingConnectionLimit) is not server busyness: pausing every request of the server for
+/// it would stall all mailboxes, so it fails this group's connection only (the group retries
+/// with back-off and polls its mailboxes meanwhile).
+fn stream_error(e: ews::Error) -> SyncError {
+    match e {
+        ews::Error::Throttled { code, .. } if code == "ErrorExceededConnectionCount" => {
+            SyncError::Transient(format!(
+                "the account has as many streaming connections open as Exchange allows \
+                 ({code}; HangingConnectionLimit of its throttling policy): this group is polled \
+                 until a connection is free"
+            ))
+        }
+        other => sync_error(other),
+    }
+}
+
+fn convert(
+    event: EwsEvent,
+    folders: &HashMap<String, FolderId>,
+    own_write: &dyn Fn(&ItemId) -> bool,
+) -> Vec<StreamEvent> {
     match event {
         EwsEvent::Notification {
             subscription_id,
@@ -66,13 +117,10 @@ fn convert(event: EwsEvent, folders: &HashMap<String, FolderId>) -> Vec<StreamEv
             let subscription = SubscriptionId::from(subscription_id);
             let mut seen: Vec<Option<FolderId>> = Vec::new();
             for e in events {
-                let folder = e
-                    .parent_folder_id
-                    .as_ref()
-                    .or(e.folder_id.as_ref())
-                    .and_then(|f| folders.get(&f.id).cloned());
-                if !seen.contains(&folder) {
-                    seen.push(folder);
+                for folder in affected(&e, folders, own_write) {
+                    if !seen.contains(&Some(folder.clone())) {
+                        seen.push(Some(folder));
+                    }
                 }
             }
             seen.into_iter()
@@ -168,13 +216,122 @@ impl StreamPort for EwsStream {
                 .client
                 .stream(&target, &op)
                 .await
-                .map_err(sync_error)?;
+                .map_err(stream_error)?;
             let index = inner.clone();
             let events = events.flat_map(move |e| {
-                let converted = convert(e, &index.folders.lock());
+                let engine = &index.engine;
+                let converted = convert(e, &index.folders.lock(), &|id| engine.is_own_write(id));
                 futures_util::stream::iter(converted)
             });
             Ok(Box::pin(events) as BoxStream<'static, StreamEvent>)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ews::streaming::{EventKind, NotificationEvent};
+
+    fn id(s: &str) -> Option<ews::types::ItemId> {
+        Some(ews::types::ItemId {
+            id: s.into(),
+            change_key: None,
+        })
+    }
+
+    fn event(
+        kind: EventKind,
+        item: Option<&str>,
+        folder: Option<&str>,
+        parent: &str,
+    ) -> NotificationEvent {
+        NotificationEvent {
+            kind,
+            timestamp: None,
+            item_id: item.and_then(id),
+            folder_id: folder.and_then(id),
+            parent_folder_id: id(parent),
+            old_item_id: None,
+            old_parent_folder_id: None,
+        }
+    }
+
+    #[test]
+    fn the_connection_limit_fails_the_group_without_pausing_the_server() {
+        let limit = ews::Error::from_code("ErrorExceededConnectionCount", "too many", None);
+        assert!(
+            matches!(stream_error(limit), SyncError::Transient(m) if m.contains("HangingConnectionLimit"))
+        );
+        let busy = ews::Error::from_code("ErrorServerBusy", "busy", None);
+        assert!(matches!(stream_error(busy), SyncError::Throttled { .. }));
+    }
+
+    #[test]
+    fn events_wake_only_the_synced_folders_they_concern() {
+        let folders: HashMap<String, FolderId> = [
+            ("F-contacts".to_string(), FolderId::from("contacts")),
+            ("F-shared".to_string(), FolderId::from("contacts/shared")),
+        ]
+        .into_iter()
+        .collect();
+        let convert_all = |events: Vec<NotificationEvent>| {
+            convert(
+                EwsEvent::Notification {
+                    subscription_id: "S".into(),
+                    events,
+                },
+                &folders,
+                &|id: &ItemId| id.change_key.as_deref() == Some("OWN"),
+            )
+            .into_iter()
+            .map(|e| match e {
+                StreamEvent::Changed { folder, .. } => folder.map(|f| f.to_string()),
+                other => panic!("{other:?}"),
+            })
+            .collect::<Vec<_>>()
+        };
+        // An item created in Contacts, and the count change of Contacts (a folder event whose
+        // parent is the mailbox root): Contacts only, once.
+        assert_eq!(
+            convert_all(vec![
+                event(EventKind::Created, Some("I1"), None, "F-contacts"),
+                event(EventKind::Modified, None, Some("F-contacts"), "F-root"),
+                event(EventKind::Modified, Some("I2"), None, "F-contacts"),
+            ]),
+            vec![Some("contacts".to_string())]
+        );
+        // The notification of our own write: nothing to sync.
+        let mut own = event(EventKind::Modified, Some("I4"), None, "F-contacts");
+        own.item_id = Some(ews::types::ItemId {
+            id: "I4".into(),
+            change_key: Some("OWN".into()),
+        });
+        assert!(convert_all(vec![own]).is_empty());
+        // A folder event about the shared subfolder's count: nothing to sync.
+        assert!(convert_all(vec![event(
+            EventKind::Modified,
+            None,
+            Some("F-shared"),
+            "F-contacts"
+        )])
+        .is_empty());
+        // An item moved out of the shared folder into Deleted Items: the shared folder.
+        let mut moved = event(EventKind::Moved, Some("I3"), None, "F-trash");
+        moved.old_parent_folder_id = id("F-shared");
+        assert_eq!(
+            convert_all(vec![moved]),
+            vec![Some("contacts/shared".to_string())]
+        );
+        // A synced folder deleted: that folder syncs (and finds it gone).
+        assert_eq!(
+            convert_all(vec![event(
+                EventKind::Deleted,
+                None,
+                Some("F-shared"),
+                "F-contacts"
+            )]),
+            vec![Some("contacts/shared".to_string())]
+        );
     }
 }
