@@ -861,3 +861,157 @@ async fn a_delete_against_a_concurrent_change_is_decided_by_the_leading_system()
         rig.finish().await;
     }
 }
+
+/// What Outlook sends when a user changes (`set`: Some) or deletes one occurrence of a series:
+/// hand-written SOAP, since mailsync itself never touches single occurrences.
+async fn outlook_changes_occurrence(rig: &Rig, master: &str, index: u32, set: Option<&str>) {
+    let id =
+        format!(r#"<t:OccurrenceItemId RecurringMasterId="{master}" InstanceIndex="{index}"/>"#);
+    let body = match set {
+        Some(subject) => format!(
+            r#"<m:UpdateItem ConflictResolution="AlwaysOverwrite" SendMeetingInvitationsOrCancellations="SendToNone"><m:ItemChanges><t:ItemChange>{id}<t:Updates><t:SetItemField><t:FieldURI FieldURI="item:Subject"/><t:CalendarItem><t:Subject>{subject}</t:Subject></t:CalendarItem></t:SetItemField></t:Updates></t:ItemChange></m:ItemChanges></m:UpdateItem>"#
+        ),
+        None => format!(
+            r#"<m:DeleteItem DeleteType="MoveToDeletedItems" SendMeetingCancellations="SendToNone"><m:ItemIds>{id}</m:ItemIds></m:DeleteItem>"#
+        ),
+    };
+    let envelope = format!(
+        r#"<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/" xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages" xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types"><s:Header><t:RequestServerVersion Version="Exchange2013_SP1"/><t:ExchangeImpersonation><t:ConnectingSID><t:PrimarySmtpAddress>{USER}</t:PrimarySmtpAddress></t:ConnectingSID></t:ExchangeImpersonation></s:Header><s:Body>{body}</s:Body></s:Envelope>"#
+    );
+    let response = reqwest::Client::new()
+        .post(rig.sim.ews_url())
+        .basic_auth("svc", Some("secret"))
+        .header("Content-Type", "text/xml; charset=utf-8")
+        .body(envelope)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    assert!(
+        text.contains("ResponseClass=\"Success\""),
+        "the occurrence change failed: {text}"
+    );
+}
+
+fn calendar_item(items: &[Item], subject: &str) -> ews::items::CalendarItem {
+    match items
+        .iter()
+        .find(|i| matches!(i, Item::CalendarItem(c) if c.subject.as_deref() == Some(subject)))
+    {
+        Some(Item::CalendarItem(c)) => c.clone(),
+        _ => panic!("{subject} not in Exchange: {items:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outlook_exceptions_survive_crm_edits_and_appointments_update_and_delete_both_ways() {
+    let Some(rig) = Rig::postgres(Leading::Crm).await else {
+        return;
+    };
+    exec(
+        &rig.db,
+        "INSERT INTO crm_appointments (tenant_id, owner_id, subject, location, starts_at, ends_at, time_zone, recurrence) \
+         VALUES (1, 1, 'Jour fixe', 'Raum 1', '2026-11-24T08:00:00Z', '2026-11-24T09:00:00Z', 'Europe/Berlin', 'FREQ=WEEKLY;BYDAY=TU;COUNT=10')",
+    )
+    .await;
+    exec(
+        &rig.db,
+        "INSERT INTO crm_appointments (tenant_id, owner_id, subject, starts_at, ends_at) VALUES (1, 1, 'Einzeltermin', '2026-11-25T10:00:00Z', '2026-11-25T11:00:00Z')",
+    )
+    .await;
+    assert_eq!(rig.sync("calendar").await, 2);
+    let items = rig.exchange_items(DistinguishedFolder::Calendar).await;
+    let master = calendar_item(&items, "Jour fixe").id.unwrap();
+
+    let crm = |column: &str| {
+        let sql = format!("SELECT {column} FROM crm_appointments WHERE recurrence IS NOT NULL");
+        let db = rig.db.clone();
+        async move { scalar(&db, &sql).await }
+    };
+    let version = crm("CAST(version AS TEXT)").await;
+
+    // In Outlook the user renames the second Tuesday and cancels the third.
+    outlook_changes_occurrence(&rig, &master.id, 2, Some("Jour fixe (mit Kunde)")).await;
+    outlook_changes_occurrence(&rig, &master.id, 3, None).await;
+    rig.sync("calendar").await;
+    assert_eq!(
+        (crm("subject").await, crm("CAST(version AS TEXT)").await),
+        (Some("Jour fixe".to_string()), version),
+        "the series itself did not change: nothing is written to the CRM"
+    );
+    assert_eq!(
+        count(&rig.db, "SELECT COUNT(*) FROM crm_appointments").await,
+        2,
+        "an exception is never imported as an appointment of its own"
+    );
+
+    // The CRM renames and moves the series to another room: the exceptions stay.
+    exec(
+        &rig.db,
+        "UPDATE crm_appointments SET subject = 'Jour fixe Vertrieb', location = 'Raum 2' WHERE subject = 'Jour fixe'",
+    )
+    .await;
+    rig.sync("calendar").await;
+    let items = rig.exchange_items(DistinguishedFolder::Calendar).await;
+    let series = calendar_item(&items, "Jour fixe Vertrieb");
+    assert_eq!(series.location.as_deref(), Some("Raum 2"));
+    assert_eq!(
+        (
+            series.modified_occurrences.len(),
+            series.deleted_occurrences.len()
+        ),
+        (1, 1),
+        "Outlook's exceptions survive the CRM's update of the series"
+    );
+    assert_eq!(
+        series.deleted_occurrences[0].start,
+        Some(chrono::Utc.with_ymd_and_hms(2026, 12, 8, 8, 0, 0).unwrap())
+    );
+
+    // Updated in Outlook: arrives in the CRM.
+    let single = calendar_item(&items, "Einzeltermin").id.unwrap();
+    rig.user_updates(
+        &single,
+        Item::CalendarItem(ews::items::CalendarItem {
+            location: Some("Kantine".into()),
+            ..Default::default()
+        }),
+        &["calendar:Location"],
+    )
+    .await;
+    rig.sync("calendar").await;
+    assert_eq!(
+        scalar(
+            &rig.db,
+            "SELECT location FROM crm_appointments WHERE subject = 'Einzeltermin'"
+        )
+        .await
+        .as_deref(),
+        Some("Kantine")
+    );
+
+    // Deleted in Outlook: gone from the CRM; deleted in the CRM: gone from Exchange.
+    rig.user_deletes(&single).await;
+    rig.sync("calendar").await;
+    assert_eq!(
+        count(
+            &rig.db,
+            "SELECT COUNT(*) FROM crm_appointments WHERE subject = 'Einzeltermin'"
+        )
+        .await,
+        0
+    );
+    exec(
+        &rig.db,
+        "DELETE FROM crm_appointments WHERE subject = 'Jour fixe Vertrieb'",
+    )
+    .await;
+    rig.sync("calendar").await;
+    assert!(rig
+        .exchange_items(DistinguishedFolder::Calendar)
+        .await
+        .is_empty());
+    assert_eq!(rig.sync("calendar").await, 0, "and nothing echoes");
+    rig.finish().await;
+}
