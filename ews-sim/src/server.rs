@@ -873,7 +873,7 @@ async fn get_streaming_events(
     let conn = sim.conn_seq.fetch_add(1, Ordering::Relaxed) + 1;
     let notify = Arc::new(Notify::new());
     let missing = sim.store.subscriptions.attach(conn, &ids, &notify);
-    let live: Vec<String> = ids
+    let mut live: Vec<String> = ids
         .iter()
         .filter(|i| !missing.contains(i))
         .cloned()
@@ -905,7 +905,8 @@ async fn get_streaming_events(
             let text = stream_message(profile, "", Some(("ErrorSubscriptionNotFound", &missing)));
             send(text);
         }
-        let mut ok = !live.is_empty();
+        let served = !live.is_empty();
+        let mut ok = served;
         if ok {
             ok = send(stream_message(
                 profile,
@@ -915,7 +916,16 @@ async fn get_streaming_events(
         }
         let mut next_beat = Instant::now() + heartbeat;
         while ok {
-            let (events, gone) = sim2.store.subscriptions.take(&live);
+            let taken = sim2.store.subscriptions.take(conn, &live);
+            let (events, gone) = (taken.events, taken.gone);
+            if !taken.moved.is_empty() {
+                // Taken over by a newer connection: this one no longer serves them, and
+                // ends once it serves none.
+                live.retain(|id| !taken.moved.contains(id));
+                if live.is_empty() {
+                    break;
+                }
+            }
             if !gone.is_empty() {
                 send(stream_message(
                     profile,
@@ -952,7 +962,7 @@ async fn get_streaming_events(
                 _ = tx.closed() => break,
             }
         }
-        if !tx.is_closed() && !live.is_empty() {
+        if !tx.is_closed() && served {
             send(stream_message(
                 profile,
                 "<m:ConnectionStatus>Closed</m:ConnectionStatus>",

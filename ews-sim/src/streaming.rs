@@ -20,10 +20,23 @@ struct Sub {
     folders: Option<HashSet<u64>>,
     types: HashSet<String>,
     queue: Vec<Event>,
-    /// Connections currently holding it, each with the Notify that wakes it.
-    waiters: Vec<(u64, Arc<Notify>)>,
+    /// The connection holding it, with the Notify that wakes it. One at a time: a new
+    /// GetStreamingEvents naming the subscription takes it over, so no event goes to a
+    /// connection its client is about to drop.
+    holder: Option<(u64, Arc<Notify>)>,
     /// Last time a connection held it (or it was created).
     last_held: Instant,
+}
+
+/// What a connection's [`Hub::take`] found.
+#[derive(Default)]
+pub struct Taken {
+    /// Queued events by subscription.
+    pub events: Vec<(String, Vec<Event>)>,
+    /// Subscriptions that no longer exist.
+    pub gone: Vec<String>,
+    /// Subscriptions a newer connection holds now.
+    pub moved: Vec<String>,
 }
 
 /// All subscriptions of the simulator.
@@ -58,7 +71,7 @@ impl Hub {
                 folders,
                 types,
                 queue: Vec::new(),
-                waiters: Vec::new(),
+                holder: None,
                 last_held: Instant::now(),
             },
         );
@@ -88,7 +101,7 @@ impl Hub {
                 }
             }
             if woke {
-                for (_, n) in &s.waiters {
+                if let Some((_, n)) = &s.holder {
                     n.notify_one();
                 }
             }
@@ -102,7 +115,11 @@ impl Hub {
         for id in ids {
             match subs.get_mut(id) {
                 Some(s) => {
-                    s.waiters.push((conn, notify.clone()));
+                    // The previous holder wakes, finds the subscription gone from it and,
+                    // holding nothing any more, ends.
+                    if let Some((_, old)) = s.holder.replace((conn, notify.clone())) {
+                        old.notify_one();
+                    }
                     s.last_held = Instant::now();
                 }
                 None => missing.push(id.clone()),
@@ -116,37 +133,41 @@ impl Hub {
         let mut subs = self.subs.lock();
         for id in ids {
             if let Some(s) = subs.get_mut(id) {
-                s.waiters.retain(|(c, _)| *c != conn);
+                if s.holder.as_ref().is_some_and(|(c, _)| *c == conn) {
+                    s.holder = None;
+                }
                 s.last_held = Instant::now();
             }
         }
     }
 
-    /// Takes the queued events of the given subscriptions. Ids that disappeared meanwhile are
-    /// returned in the second list.
-    pub fn take(&self, ids: &[String]) -> (Vec<(String, Vec<Event>)>, Vec<String>) {
+    /// Takes the queued events of the subscriptions connection `conn` holds. Returns the
+    /// events, the ids that disappeared meanwhile, and the ids another connection took over.
+    pub fn take(&self, conn: u64, ids: &[String]) -> Taken {
         let mut subs = self.subs.lock();
-        let mut out = Vec::new();
-        let mut gone = Vec::new();
+        let mut taken = Taken::default();
         for id in ids {
             match subs.get_mut(id) {
-                Some(s) => {
+                Some(s) if s.holder.as_ref().is_some_and(|(c, _)| *c == conn) => {
                     s.last_held = Instant::now();
                     if !s.queue.is_empty() {
-                        out.push((id.clone(), std::mem::take(&mut s.queue)));
+                        taken
+                            .events
+                            .push((id.clone(), std::mem::take(&mut s.queue)));
                     }
                 }
-                None => gone.push(id.clone()),
+                Some(_) => taken.moved.push(id.clone()),
+                None => taken.gone.push(id.clone()),
             }
         }
-        (out, gone)
+        taken
     }
 
     /// Drops subscriptions no connection has held for `max_idle`.
     pub fn expire_idle(&self, max_idle: Duration) -> usize {
         let mut subs = self.subs.lock();
         let before = subs.len();
-        subs.retain(|_, s| !s.waiters.is_empty() || s.last_held.elapsed() < max_idle);
+        subs.retain(|_, s| s.holder.is_some() || s.last_held.elapsed() < max_idle);
         before - subs.len()
     }
 
@@ -161,7 +182,7 @@ impl Hub {
             .collect();
         for id in &doomed {
             if let Some(s) = subs.remove(id) {
-                for (_, n) in s.waiters {
+                if let Some((_, n)) = s.holder {
                     n.notify_one();
                 }
             }

@@ -631,16 +631,50 @@ async fn streaming_notifications_heartbeats_and_losses() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_connection_takes_a_subscription_over_and_the_old_one_ends() {
+    let t = T::new().await;
+    let sub = subscribe(&t, "user1@example.com", "inbox").await;
+    let mut old = open_stream(&t, &[&sub], 5).await;
+    let mut old_text = String::new();
+    assert!(
+        read_until(&mut old, &mut old_text, |b| b
+            .contains("<m:ConnectionStatus>OK"))
+        .await
+    );
+    let mut new = open_stream(&t, &[&sub], 5).await;
+    let mut new_text = String::new();
+    assert!(
+        read_until(&mut new, &mut new_text, |b| b
+            .contains("<m:ConnectionStatus>OK"))
+        .await
+    );
+    // The old connection serves nothing any more: it says so and ends.
+    assert!(
+        read_until(&mut old, &mut old_text, |b| b
+            .contains("<m:ConnectionStatus>Closed"))
+        .await,
+        "{old_text}"
+    );
+    // Events go to the newer connection only.
+    t.create("user1@example.com", "inbox", "Message", "for the new one")
+        .await;
+    assert!(read_until(&mut new, &mut new_text, |b| b.contains("NewMailEvent")).await);
+    assert!(!old_text.contains("NewMailEvent"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streaming_limits() {
     let t = T::new().await;
     let sub = subscribe(&t, "user1@example.com", "inbox").await;
     // ConnectionTimeout must be 1..=30.
     let r = open_stream(&t, &[&sub], 31).await;
     assert_eq!(r.status(), 500);
-    // At most 3 open streams per account on-premises.
+    // At most 3 open streams per account on-premises (each with a subscription of its own:
+    // a connection naming another's subscription takes it over and the other one ends).
     let mut open = Vec::new();
     for _ in 0..3 {
-        open.push(open_stream(&t, &[&sub], 1).await);
+        let own = subscribe(&t, "user1@example.com", "inbox").await;
+        open.push(open_stream(&t, &[&own], 1).await);
     }
     let fourth = open_stream(&t, &[&sub], 1).await;
     assert_eq!(fourth.status(), 500);
