@@ -353,6 +353,7 @@ struct StreamState {
     connects_attempted: u64,
     connections: Vec<(ConnectionRecord, Option<mpsc::UnboundedSender<StreamEvent>>)>,
     silent: bool,
+    take_over: bool,
 }
 
 struct StreamInner {
@@ -434,6 +435,37 @@ impl FakeStream {
                 .is_some_and(|tx| {
                     tx.send(StreamEvent::Changed {
                         subscription: sub.clone(),
+                        folder: Some(folder.into()),
+                    })
+                    .is_ok()
+                })
+        })
+    }
+
+    /// From now on a new connection ends the older ones whose subscriptions it names (with
+    /// `Closed`, just before it opens), as Exchange does.
+    pub fn take_over(&self) {
+        self.with(|s| s.take_over = true);
+    }
+
+    /// A change notification for `mailbox`'s folder on connection number `index` (in the
+    /// order they were opened), open or being drained; false if that one is not read any more.
+    pub fn notify_on(&self, index: usize, mailbox: &str, folder: &str) -> bool {
+        self.with(|s| {
+            let Some(sub) = s
+                .subs
+                .iter()
+                .find(|(_, m)| &***m == mailbox)
+                .map(|(sub, _)| sub.clone())
+            else {
+                return false;
+            };
+            s.connections
+                .get(index)
+                .and_then(|(_, tx)| tx.as_ref())
+                .is_some_and(|tx| {
+                    tx.send(StreamEvent::Changed {
+                        subscription: sub,
                         folder: Some(folder.into()),
                     })
                     .is_ok()
@@ -548,29 +580,57 @@ impl StreamPort for FakeStream {
     ) -> BoxFuture<'static, Result<BoxStream<'static, StreamEvent>, SyncError>> {
         let inner = self.inner.clone();
         Box::pin(async move {
-            let mut s = inner.state.lock();
-            s.connects_attempted += 1;
-            if let Some(error) = s.fail_connects.pop_front() {
-                drop(s);
-                inner.changes.bump();
-                return Err(error);
-            }
-            let (tx, rx) = mpsc::unbounded_channel();
-            let record = ConnectionRecord {
-                subscriptions,
-                opened: Instant::now(),
-                timeout,
-                open: true,
+            let opened = {
+                let mut s = inner.state.lock();
+                s.connects_attempted += 1;
+                if let Some(error) = s.fail_connects.pop_front() {
+                    Err(error)
+                } else {
+                    let take_over = s.take_over;
+                    if take_over {
+                        // As Exchange: a connection whose subscriptions the new request names ends
+                        // now, before the new response reaches the client.
+                        for (rec, tx) in s.connections.iter() {
+                            if rec.open
+                                && rec.subscriptions.iter().all(|x| subscriptions.contains(x))
+                            {
+                                if let Some(tx) = tx {
+                                    let _ = tx.send(StreamEvent::Closed);
+                                }
+                            }
+                        }
+                    }
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    let record = ConnectionRecord {
+                        subscriptions,
+                        opened: Instant::now(),
+                        timeout,
+                        open: true,
+                    };
+                    s.connections.push((record, Some(tx)));
+                    let index = s.connections.len() - 1;
+                    let heartbeat = if s.silent {
+                        Duration::MAX
+                    } else {
+                        Duration::from_secs(30)
+                    };
+                    Ok((rx, index, heartbeat, take_over))
+                }
             };
-            s.connections.push((record, Some(tx)));
-            let index = s.connections.len() - 1;
-            let heartbeat = if s.silent {
-                Duration::MAX
-            } else {
-                Duration::from_secs(30)
+            let (rx, index, heartbeat, take_over) = match opened {
+                Ok(o) => o,
+                Err(error) => {
+                    inner.changes.bump();
+                    return Err(error);
+                }
             };
-            drop(s);
             inner.changes.bump();
+            if take_over {
+                // Let the old connection's end arrive first, as it does over the network.
+                for _ in 0..10 {
+                    tokio::task::yield_now().await;
+                }
+            }
             let deadline = Instant::now() + timeout;
             let inner2 = inner.clone();
             let events = stream::unfold((rx, false), move |(mut rx, done)| {

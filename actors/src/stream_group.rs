@@ -146,7 +146,18 @@ pub struct StreamGroupActor {
     connects: u64,
     /// When the live connection was opened.
     opened_at: Option<tokio::time::Instant>,
+    /// Replaced connections still read for a moment (stream, timer ending it): events the
+    /// server sent on one before the new connection took its subscriptions over are not lost.
+    draining: HashMap<u64, (SpawnHandle, SpawnHandle)>,
+    /// The live connection ended because the connection being opened took its
+    /// subscriptions over (Exchange ends the old one as the new request arrives, before the
+    /// new response reaches us). If that opening fails, its members are uncovered.
+    handover: bool,
 }
+
+/// How long a replaced connection is still read (unless it ends first, as Exchange ends a
+/// connection whose subscriptions a newer one took over).
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl StreamGroupActor {
     pub(crate) fn new(
@@ -174,6 +185,8 @@ impl StreamGroupActor {
             },
             connects: 0,
             opened_at: None,
+            draining: HashMap::new(),
+            handover: false,
         }
     }
 
@@ -316,6 +329,13 @@ impl StreamGroupActor {
         ctx: &mut Context<Self>,
     ) {
         self.opening = false;
+        if std::mem::take(&mut self.handover) && !matches!(result, Some(Ok(_))) {
+            // The successor did not open: what the closed connection covered is a gap.
+            for member in self.members.values_mut() {
+                member.covered = false;
+                member.resync_on_cover = true;
+            }
+        }
         match result {
             Some(Ok(events)) => {
                 self.failures = 0;
@@ -345,7 +365,7 @@ impl StreamGroupActor {
                     renew,
                     heartbeat: None,
                 }) {
-                    Some(old) => self.cancel(old, ctx),
+                    Some(old) => self.drain(old, ctx),
                     None => metrics
                         .stream_connections
                         .with_label_values(&[self.server()])
@@ -394,6 +414,45 @@ impl StreamGroupActor {
         }
         let delay = self.shared.settings.stream.retry.delay(self.failures);
         self.schedule(delay, "failed", ctx);
+    }
+
+    /// Keeps reading a replaced connection for [`DRAIN`] (its timers stop: it is not the
+    /// live one any more).
+    fn drain(&mut self, conn: Conn, ctx: &mut Context<Self>) {
+        ctx.cancel_future(conn.renew);
+        if let Some(heartbeat) = conn.heartbeat {
+            ctx.cancel_future(heartbeat);
+        }
+        let id = conn.id;
+        let timer = ctx.run_later(DRAIN, move |act, ctx| act.end_drain(id, ctx));
+        self.draining.insert(id, (conn.handle, timer));
+    }
+
+    fn end_drain(&mut self, id: u64, ctx: &mut Context<Self>) {
+        if let Some((stream, timer)) = self.draining.remove(&id) {
+            ctx.cancel_future(stream);
+            ctx.cancel_future(timer);
+        }
+    }
+
+    /// A notification: the member's folder (or every folder) syncs.
+    fn notified(&self, subscription: &SubscriptionId, folder: Option<FolderId>) {
+        self.shared
+            .metrics
+            .notifications
+            .with_label_values(&[self.server()])
+            .inc();
+        if let Some(member) = self
+            .by_sub
+            .get(subscription)
+            .and_then(|smtp| self.members.get(smtp))
+        {
+            member.addr.do_send(MailboxTrigger {
+                folder,
+                cause: Cause::Notification,
+                full: false,
+            });
+        }
     }
 
     fn cancel(&mut self, conn: Conn, ctx: &mut Context<Self>) {
@@ -449,6 +508,25 @@ impl StreamGroupActor {
         }
     }
 
+    /// The live connection was closed while its successor is being opened: no gap, as long
+    /// as the successor opens (see `handover`).
+    fn handed_over(&mut self, ctx: &mut Context<Self>) {
+        if let Some(conn) = self.live.take() {
+            self.cancel(conn, ctx);
+            self.shared
+                .metrics
+                .stream_connections
+                .with_label_values(&[self.server()])
+                .dec();
+        }
+        self.handover = true;
+        tracing::debug!(
+            server = self.server(),
+            group = self.info.group,
+            "connection handed over to its successor"
+        );
+    }
+
     fn poll(&mut self) {
         for member in self.members.values().filter(|m| !m.covered) {
             member.addr.do_send(MailboxTrigger {
@@ -492,6 +570,19 @@ impl Actor for StreamGroupActor {
 impl StreamHandler<(u64, Option<StreamEvent>)> for StreamGroupActor {
     fn handle(&mut self, (id, event): (u64, Option<StreamEvent>), ctx: &mut Context<Self>) {
         if self.live.as_ref().is_none_or(|c| c.id != id) {
+            // A replaced connection: its notifications still count; its end is expected.
+            if self.draining.contains_key(&id) {
+                match event {
+                    Some(StreamEvent::Changed {
+                        subscription,
+                        folder,
+                    }) => self.notified(&subscription, folder),
+                    Some(StreamEvent::Heartbeat | StreamEvent::Lost(_)) => {}
+                    Some(StreamEvent::Closed | StreamEvent::Failed(_)) | None => {
+                        self.end_drain(id, ctx)
+                    }
+                }
+            }
             return;
         }
         match event {
@@ -499,23 +590,8 @@ impl StreamHandler<(u64, Option<StreamEvent>)> for StreamGroupActor {
                 subscription,
                 folder,
             }) => {
-                self.shared
-                    .metrics
-                    .notifications
-                    .with_label_values(&[self.server()])
-                    .inc();
                 self.arm_heartbeat(ctx);
-                if let Some(member) = self
-                    .by_sub
-                    .get(&subscription)
-                    .and_then(|smtp| self.members.get(smtp))
-                {
-                    member.addr.do_send(MailboxTrigger {
-                        folder,
-                        cause: Cause::Notification,
-                        full: false,
-                    });
-                }
+                self.notified(&subscription, folder);
             }
             Some(StreamEvent::Heartbeat) => self.arm_heartbeat(ctx),
             Some(StreamEvent::Lost(subs)) => {
@@ -531,6 +607,7 @@ impl StreamHandler<(u64, Option<StreamEvent>)> for StreamGroupActor {
                 }
                 self.round("resubscribe", ctx);
             }
+            Some(StreamEvent::Closed) if self.opening => self.handed_over(ctx),
             Some(StreamEvent::Closed) => self.lost(false, "closed by the server", ctx),
             Some(StreamEvent::Failed(error)) => self.lost(true, &error.to_string(), ctx),
             None => self.lost(true, "connection dropped", ctx),

@@ -736,6 +736,55 @@ async fn streams_renew_before_the_timeout_without_a_gap() {
 }
 
 #[actix_rt::test]
+async fn an_old_connection_closed_by_its_successor_is_no_gap() {
+    tokio::time::pause();
+    let rig = Rig::start(
+        settings(),
+        vec![server("ex1", true)],
+        (1..=3).map(|n| mailbox(n, "ex1")).collect(),
+    );
+    rig.ready().await;
+    rig.stream.take_over();
+    let steps = rig.sync.total_steps();
+    rig.stream
+        .wait_until("two renewals", |s| {
+            assert!(s.connections().len() < 10, "reconnect storm");
+            s.connections().len() >= 3
+        })
+        .await;
+    sleep(60).await;
+    assert_eq!(rig.sync.total_steps(), steps, "no resync");
+    assert_eq!(rig.metric("reconnects", &["ex1", "lost"]), 0.0);
+    assert_eq!(rig.stream.open_connections(), 1);
+}
+
+#[actix_rt::test]
+async fn a_replaced_connection_is_still_read_until_it_ends() {
+    tokio::time::pause();
+    let rig = Rig::start(
+        settings(),
+        vec![server("ex1", true)],
+        vec![mailbox(1, "ex1")],
+    );
+    rig.ready().await;
+    rig.stream
+        .wait_until("a renewal", |s| s.connections().len() == 2)
+        .await;
+    // Exchange sent this on the old connection before the new one took over.
+    let steps = rig.sync.step_count(&smtp(1), "calendar");
+    assert!(rig.stream.notify_on(0, &smtp(1), "calendar"));
+    rig.sync
+        .wait_until("the old connection's notification synced", |f| {
+            f.step_count(&smtp(1), "calendar") == steps + 1
+        })
+        .await;
+    // A while later the old connection is let go.
+    sleep(11).await;
+    assert!(!rig.stream.notify_on(0, &smtp(1), "calendar"));
+    assert_eq!(rig.stream.open_connections(), 1);
+}
+
+#[actix_rt::test]
 async fn mailboxes_joining_a_live_connection_are_gathered_onto_one_new_connection() {
     tokio::time::pause();
     let mut s = settings();
