@@ -897,3 +897,82 @@ async fn a_crm_write_and_its_mapping_commit_together_or_not_at_all() {
         t.drop_db().await;
     }
 }
+
+#[tokio::test]
+async fn batches_stamp_ews_ids_and_store_mappings_in_one_go() {
+    use mailsync::db::state::ItemMapping;
+    for t in backends().await {
+        let db = &t.db;
+        let kind = db.kind();
+        seed(db).await;
+        for name in ["Eins", "Zwei"] {
+            exec(db, &format!("INSERT INTO crm_contacts (tenant_id, owner_id, surname) VALUES (10, 1, '{name}')")).await;
+        }
+        let id = |name: &str| {
+            let sql = format!("SELECT id FROM crm_contacts WHERE surname = '{name}'");
+            async move { scalar(db, &sql).await }
+        };
+        let (one, two) = (id("Eins").await, id("Zwei").await);
+        let versions = db
+            .set_ews_ids(
+                "crm_contacts",
+                &[
+                    (two, "AAMk2=".into()),
+                    (999, "AAMk9=".into()),
+                    (one, "AAMk1=".into()),
+                ],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            versions,
+            vec![Some(2), None, Some(2)],
+            "{kind:?}: in the order given"
+        );
+        assert_eq!(
+            scalar(
+                db,
+                &format!(
+                    "SELECT COUNT(*) FROM crm_contacts WHERE ews_id = 'AAMk1=' AND id = {one}"
+                )
+            )
+            .await,
+            1
+        );
+        let mapping = |crm_id: i64, ews: &str, version: i64| ItemMapping {
+            mailbox: "anna@example.com".into(),
+            crm_table: "crm_contacts".into(),
+            crm_id,
+            ews_item_id: ews.into(),
+            change_key: Some(format!("CK{version}")),
+            crm_version: Some(version),
+            fields: serde_json::json!({"surname": ews}),
+        };
+        db.put_mappings(&[mapping(one, "AAMk1=", 2), mapping(two, "AAMk2=", 2)])
+            .await
+            .unwrap();
+        // Again, changed: an upsert, not a second row.
+        db.put_mappings(&[mapping(one, "AAMk1=", 3), mapping(two, "AAMk2=", 3)])
+            .await
+            .unwrap();
+        for crm_id in [one, two] {
+            let m = db
+                .mapping_by_crm("anna@example.com", "crm_contacts", crm_id)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                (m.crm_version, m.change_key.as_deref()),
+                (Some(3), Some("CK3")),
+                "{kind:?}"
+            );
+        }
+        assert_eq!(scalar(db, "SELECT COUNT(*) FROM ms_item_map").await, 2);
+        // An Exchange item mapped to two rows is refused as a whole.
+        assert!(db
+            .put_mappings(&[mapping(one, "AAMk1=", 4), mapping(999, "AAMk1=", 1)])
+            .await
+            .is_err());
+        t.drop_db().await;
+    }
+}

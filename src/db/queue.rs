@@ -263,7 +263,26 @@ impl Db {
             }};
         }
         match self {
-            Db::Postgres(p) => in_tx!(p, &sql),
+            // One statement for the whole batch on PostgreSQL (a round trip per row cost
+            // a third of the initial sync's time).
+            Db::Postgres(p) => {
+                let bulk = format!(
+                    "UPDATE {table} AS t SET ews_id = v.ews_id, version = t.version + 1 \
+                     FROM (SELECT unnest($1::bigint[]) AS id, unnest($2::text[]) AS ews_id) AS v \
+                     WHERE t.id = v.id RETURNING t.id, t.version"
+                );
+                let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
+                let ews: Vec<&str> = rows.iter().map(|(_, e)| e.as_str()).collect();
+                let written: std::collections::HashMap<i64, i64> = sqlx::query_as(&bulk)
+                    .bind(&ids)
+                    .bind(&ews)
+                    .fetch_all(p)
+                    .await
+                    .map_err(q(what))?
+                    .into_iter()
+                    .collect();
+                Ok(ids.iter().map(|id| written.get(id).copied()).collect())
+            }
             Db::Sqlite(p) => in_tx!(p, &sqlite_placeholders(&sql)),
         }
     }

@@ -186,6 +186,27 @@ impl Db {
             }};
         }
         match self {
+            // One statement for the whole batch on PostgreSQL.
+            Db::Postgres(p) if all.len() > 1 => {
+                let bulk = "INSERT INTO ms_item_map (mailbox, crm_table, crm_id, ews_item_id, change_key, crm_version, fields) \
+                   SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::bigint[], $7::text[]) \
+                   ON CONFLICT (mailbox, crm_table, crm_id) DO UPDATE SET \
+                   ews_item_id = excluded.ews_item_id, change_key = excluded.change_key, crm_version = excluded.crm_version, \
+                   fields = excluded.fields, updated_at = now()";
+                let col = |f: fn(&ItemMapping) -> String| all.iter().map(f).collect::<Vec<_>>();
+                sqlx::query(bulk)
+                    .bind(col(|m| m.mailbox.clone()))
+                    .bind(col(|m| m.crm_table.clone()))
+                    .bind(all.iter().map(|m| m.crm_id).collect::<Vec<_>>())
+                    .bind(col(|m| m.ews_item_id.clone()))
+                    .bind(all.iter().map(|m| m.change_key.clone()).collect::<Vec<_>>())
+                    .bind(all.iter().map(|m| m.crm_version).collect::<Vec<_>>())
+                    .bind(col(|m| m.fields.to_string()))
+                    .execute(p)
+                    .await
+                    .map(|_| ())
+                    .map_err(q(what))
+            }
             Db::Postgres(p) => in_tx!(p, sql),
             Db::Sqlite(p) => in_tx!(p, &sqlite_placeholders(sql)),
         }
