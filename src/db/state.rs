@@ -231,6 +231,40 @@ impl Db {
         )?
     }
 
+    /// The mappings of many CRM rows of one mailbox and table, by CRM id (one query per
+    /// 500 ids instead of one per row).
+    pub async fn mappings_by_crm(
+        &self,
+        mailbox: &str,
+        crm_table: &str,
+        crm_ids: &[i64],
+    ) -> Result<std::collections::HashMap<i64, ItemMapping>, DbError> {
+        let mut out = std::collections::HashMap::new();
+        for chunk in crm_ids.chunks(500) {
+            let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
+            let sql = format!(
+                "SELECT mailbox, crm_table, crm_id, ews_item_id, change_key, crm_version, fields FROM ms_item_map \
+                 WHERE mailbox = $1 AND crm_table = $2 AND crm_id IN ({})",
+                list.join(", ")
+            );
+            let found: Vec<ItemMapping> = on_db!(
+                self,
+                &sql,
+                "reading item mappings",
+                |x| chunk
+                    .iter()
+                    .fold(x.bind(mailbox).bind(crm_table), |x, id| x.bind(*id)),
+                fetch_all,
+                |rows| rows
+                    .iter()
+                    .map(|r| mapping(r))
+                    .collect::<Result<Vec<_>, _>>()
+            )??;
+            out.extend(found.into_iter().map(|m| (m.crm_id, m)));
+        }
+        Ok(out)
+    }
+
     /// The mapping of an Exchange item.
     pub async fn mapping_by_ews(
         &self,

@@ -1128,14 +1128,15 @@ impl<'a> Step<'a> {
             .map_err(db_error)?
             .into_iter()
             .collect();
+        let mut mappings = state
+            .mappings_by_crm(self.smtp(), self.table, &ids)
+            .await
+            .map_err(db_error)?;
         let mut deletes: Vec<(i64, ItemId)> = Vec::new();
         let mut creates: Vec<(CrmRow, Fields, bool)> = Vec::new();
         let mut done: Vec<i64> = Vec::new();
         for id in &ids {
-            let mapping = state
-                .mapping_by_crm(self.smtp(), self.table, *id)
-                .await
-                .map_err(db_error)?;
+            let mapping = mappings.remove(id);
             let row = match rows.get(id) {
                 Some(Ok(row)) => Some(row),
                 Some(Err(e)) => {
