@@ -2,7 +2,7 @@
 //! propagation latency both ways under a steady change load, EWS requests per change, RSS.
 //!
 //! ```sh
-//! cargo run --release --example sync_bench -- [--mailboxes 1000] [--contacts 20] \
+//! cargo run --release --example sync_bench -- [--mailboxes 1000] [--contacts 100] \
 //!     [--rate 20] [--seconds 30] [--database postgres://postgres@127.0.0.1:5432/postgres]
 //! ```
 //!
@@ -89,6 +89,18 @@ fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>, skip: &[
         .sum()
 }
 
+/// Requests per operation between two snapshots.
+fn by_operation(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .map(|(op, n)| (op.clone(), n - before.get(op).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
 fn pct(v: &[Duration], p: f64) -> f64 {
     let mut s = v.to_vec();
     s.sort();
@@ -98,12 +110,25 @@ fn pct(v: &[Duration], p: f64) -> f64 {
 
 fn main() {
     let mailboxes: usize = arg("--mailboxes", "1000").parse().unwrap();
-    let contacts: usize = arg("--contacts", "20").parse().unwrap();
+    let contacts: usize = arg("--contacts", "100").parse().unwrap();
     let rate: u64 = arg("--rate", "20").parse().unwrap();
     let seconds: u64 = arg("--seconds", "30").parse().unwrap();
     let admin_url = arg("--database", "postgres://postgres@127.0.0.1:5432/postgres");
+    // Logs (stderr) only when asked for: MAILSYNC_BENCH_LOG=info.
+    if let Ok(level) = std::env::var("MAILSYNC_BENCH_LOG") {
+        mailsync::logging::init(mailsync::config::LogFormat::Text, &level);
+    }
     actix_rt::System::new().block_on(async move {
-        let sim = ews_sim::server::start(ews_sim::server::SimConfig { mailboxes, workers: 2, ..Default::default() }).await.unwrap();
+        let sim = ews_sim::server::start(ews_sim::server::SimConfig {
+            mailboxes,
+            workers: 2,
+            // The service account's throttling policy allows 16 open streaming connections
+            // (HangingConnectionLimit; Exchange's default is 3 on-premises, 10 online): 1,000
+            // mailboxes stream in 5 groups of 200, and a renewal opens the next connection
+            // before it closes the old one.
+            max_streams: Some(16),
+            ..Default::default()
+        }).await.unwrap();
         let name = format!("mailsync_bench_{}", std::process::id());
         let mut admin = sqlx::PgConnection::connect(&admin_url).await.expect("PostgreSQL for the bench");
         sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
@@ -117,7 +142,7 @@ fn main() {
         exec(&db, &format!("INSERT INTO crm_contacts (tenant_id, owner_id, given_name, surname, company, email1) SELECT 1, o, 'Given' || c, 'Surname' || o || '-' || c, 'Company ' || c, 'c' || c || '.o' || o || '@example.com' FROM generate_series(1, {mailboxes}) o, generate_series(1, {contacts}) c")).await;
         let dir = tempfile::tempdir().unwrap();
         let mut config = format!(
-            "[admin]\nlisten = \"127.0.0.1:0\"\n[database]\nurl = \"{db_url}\"\nmax_connections = 20\n[state]\nurl = \"{db_url}\"\nmax_connections = 20\n\
+            "[admin]\nlisten = \"127.0.0.1:0\"\n[database]\nurl = \"{db_url}\"\nmax_connections = 20\n[state]\nurl = \"{db_url}\"\nmax_connections = 20\n[[tenants]]\nid = \"1\"\nname = \"Bench\"\n\
              [[servers]]\nname = \"sim\"\news_url = \"{}\"\nallow_http = true\nauth = \"basic\"\nservice_account = {{ username = \"svc\", password = \"secret\" }}\n\
              throttle = {{ requests_per_second = 5000, burst = 5000, max_concurrent_requests = 64 }}\n[mailbox_defaults]\nareas = [\"contacts\"]\n",
             sim.ews_url()
@@ -152,13 +177,20 @@ fn main() {
         let items = scalar(&db, "SELECT COUNT(*) FROM ms_item_map").await as f64;
         let after = requests(&http, &sim.base_url()).await;
         let initial_requests = delta(&before, &after, &[]) as f64;
+        let initial_by_op = by_operation(&before, &after);
 
         // The service, then a steady change load both ways.
         let service = mailsync::service::start(&cfg, path.clone()).await.unwrap();
         let board = service.handle.board.clone();
         let ready_start = Instant::now();
+        let mut last_report = Instant::now();
         while !(board.ready() && board.len() == mailboxes) {
             tokio::time::sleep(Duration::from_millis(50)).await;
+            if last_report.elapsed() > Duration::from_secs(10) {
+                last_report = Instant::now();
+                let ready = board.snapshots().iter().filter(|m| m.first_step_done).count();
+                eprintln!("{:>5.0} s: {ready} of {mailboxes} mailboxes ready; {:?}", ready_start.elapsed().as_secs_f64(), board.states());
+            }
         }
         let ready_seconds = ready_start.elapsed().as_secs_f64();
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -172,6 +204,7 @@ fn main() {
         let mut tick = tokio::time::interval(Duration::from_millis(1000 / rate.max(1)));
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
         let mut watchers = Vec::new();
+        let missing = Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
         for k in 0..rate * seconds {
             tick.tick().await;
             seed ^= seed << 13;
@@ -197,9 +230,14 @@ fn main() {
             } else {
                 let item = Item::Contact(Contact { surname: Some(surname.clone()), ..Contact::default() });
                 let op = CreateItem { folder: Some(FolderRef::well_known(DistinguishedFolder::Contacts)), items: vec![item], disposition: None };
-                client.call(&ews::Target::impersonating(&format!("user{user}@example.com")), &op).await.unwrap();
+                let created = client.call(&ews::Target::impersonating(&format!("user{user}@example.com")), &op).await.unwrap();
+                if let Some(Err(e)) = created.output.first() {
+                    eprintln!("the simulated user's CreateItem in user{user} failed: {e}");
+                    continue;
+                }
                 let t0 = Instant::now();
                 let sink = to_crm.clone();
+                let missing = missing.clone();
                 watchers.push(actix_rt::spawn(async move {
                     while t0.elapsed() < Duration::from_secs(30) {
                         if scalar(&db, &format!("SELECT COUNT(*) FROM crm_contacts WHERE surname = '{surname}'")).await > 0 {
@@ -208,11 +246,16 @@ fn main() {
                         }
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
+                    missing.lock().push(format!("{surname} (user{user})"));
                 }));
             }
         }
         for w in watchers {
             let _ = w.await;
+        }
+        let missing = missing.lock().clone();
+        if !missing.is_empty() {
+            eprintln!("not in the CRM after 30 s: {missing:?}");
         }
         let after = requests(&http, &sim.base_url()).await;
         let changes = (rate * seconds) as f64;
@@ -220,6 +263,7 @@ fn main() {
         // per-change requests.
         let user_creates = (rate * seconds / 2) as f64;
         let service_requests = delta(&before, &after, &["GetStreamingEvents"]) as f64 - user_creates;
+        let steady_by_op = by_operation(&before, &after);
         let (te, tc) = (to_exchange.lock().clone(), to_crm.lock().clone());
         println!(
             "{}",
@@ -235,6 +279,8 @@ fn main() {
                 "crm_to_exchange": { "propagated": te.len(), "p50_ms": pct(&te, 0.5).round(), "p99_ms": pct(&te, 0.99).round() },
                 "exchange_to_crm": { "propagated": tc.len(), "p50_ms": pct(&tc, 0.5).round(), "p99_ms": pct(&tc, 0.99).round() },
                 "ews_requests_per_change": ((service_requests / changes) * 100.0).round() / 100.0,
+                "initial_requests_by_operation": initial_by_op,
+                "steady_requests_by_operation (users' CreateItem included)": steady_by_op,
                 "rss_mb_end": rss_mb_round(rss_mb()),
             })
         );
