@@ -1015,3 +1015,107 @@ async fn outlook_exceptions_survive_crm_edits_and_appointments_update_and_delete
     assert_eq!(rig.sync("calendar").await, 0, "and nothing echoes");
     rig.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appointments_link_by_uid_instead_of_duplicating() {
+    let rig = Rig::sqlite(Leading::Crm).await;
+    let start = chrono::Utc.with_ymd_and_hms(2026, 12, 3, 9, 0, 0).unwrap();
+    let invitation = |subject: &str, uid: &str, location: &str| {
+        Item::CalendarItem(ews::items::CalendarItem {
+            subject: Some(subject.into()),
+            location: Some(location.into()),
+            start: Some(start),
+            end: Some(start + chrono::Duration::hours(1)),
+            uid: Some(uid.into()),
+            ..Default::default()
+        })
+    };
+    // The same meeting in Outlook (an invitation) and in the CRM (recorded with its UID),
+    // the room differing.
+    rig.user_creates(
+        invitation("Kick-off", "INVITE-42", "Raum A"),
+        DistinguishedFolder::Calendar,
+    )
+    .await;
+    exec(
+        &rig.db,
+        "INSERT INTO crm_appointments (tenant_id, owner_id, subject, location, starts_at, ends_at, uid) \
+         VALUES (1, 1, 'Kick-off', 'Raum B', '2026-12-03T09:00:00Z', '2026-12-03T10:00:00Z', 'INVITE-42')",
+    )
+    .await;
+    let spec = MailboxSpec {
+        smtp: USER.into(),
+        server: "ex1".into(),
+        fingerprint: 0,
+    };
+    rig.engine
+        .initial_sync(
+            &spec,
+            mailsync::sync::engine::Direction::CrmToExchange,
+            rig.throttle.clone(),
+            &|_, _, _| {},
+        )
+        .await
+        .unwrap();
+    let items = rig.exchange_items(DistinguishedFolder::Calendar).await;
+    assert_eq!(items.len(), 1, "linked, not copied: {items:?}");
+    let row_id = count(
+        &rig.db,
+        "SELECT id FROM crm_appointments WHERE uid = 'INVITE-42'",
+    )
+    .await;
+    assert_eq!(
+        mailsync::sync::fields::stamped_id(&items[0], "crm_appointments"),
+        Some(row_id),
+        "the Exchange item now carries the CRM id"
+    );
+    assert_eq!(
+        calendar_item(&items, "Kick-off").location.as_deref(),
+        Some("Raum B"),
+        "the leading system's value"
+    );
+    assert_eq!(
+        count(&rig.db, "SELECT COUNT(*) FROM crm_appointments").await,
+        1
+    );
+
+    // In continuous sync too; and a row created from Exchange keeps the item's UID.
+    exec(
+        &rig.db,
+        "INSERT INTO crm_appointments (tenant_id, owner_id, subject, starts_at, ends_at, uid) \
+         VALUES (1, 1, 'Review', '2026-12-03T09:00:00Z', '2026-12-03T10:00:00Z', 'INVITE-43')",
+    )
+    .await;
+    rig.user_creates(
+        invitation("Review", "INVITE-43", "Raum C"),
+        DistinguishedFolder::Calendar,
+    )
+    .await;
+    rig.user_creates(
+        invitation("Neu aus Outlook", "INVITE-44", "Raum D"),
+        DistinguishedFolder::Calendar,
+    )
+    .await;
+    rig.sync("calendar").await;
+    rig.sync("calendar").await;
+    assert_eq!(
+        rig.exchange_items(DistinguishedFolder::Calendar)
+            .await
+            .len(),
+        3
+    );
+    assert_eq!(
+        count(&rig.db, "SELECT COUNT(*) FROM crm_appointments").await,
+        3
+    );
+    assert_eq!(
+        scalar(
+            &rig.db,
+            "SELECT uid FROM crm_appointments WHERE subject = 'Neu aus Outlook'"
+        )
+        .await
+        .as_deref(),
+        Some("INVITE-44")
+    );
+    rig.finish().await;
+}

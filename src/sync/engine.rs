@@ -127,6 +127,24 @@ fn own_version(read: i64, written: Option<i64>) -> Option<i64> {
     }
 }
 
+/// An appointment row with `uid` set (other rows unchanged).
+fn with_uid(row: CrmRow, uid: Option<String>) -> CrmRow {
+    match row {
+        CrmRow::Appointment(mut a) => {
+            a.uid = uid;
+            CrmRow::Appointment(a)
+        }
+        other => other,
+    }
+}
+
+fn uid_of(row: &CrmRow) -> Option<String> {
+    match row {
+        CrmRow::Appointment(a) => a.uid.clone(),
+        _ => None,
+    }
+}
+
 fn db_error(e: DbError) -> SyncError {
     SyncError::Transient(e.to_string())
 }
@@ -656,6 +674,30 @@ impl<'a> Step<'a> {
         }
     }
 
+    /// The oldest appointment of this operator with `uid` that no item of this mailbox is
+    /// mapped to yet.
+    async fn unmapped_by_uid(&self, uid: Option<&str>) -> Result<Option<i64>, SyncError> {
+        let Some(uid) = uid.filter(|_| self.area == Area::Calendar) else {
+            return Ok(None);
+        };
+        let ids = self
+            .engine
+            .crm
+            .appointments_by_uid(self.owner.operator_id, uid)
+            .await
+            .map_err(db_error)?;
+        if ids.is_empty() {
+            return Ok(None);
+        }
+        let mapped = self
+            .engine
+            .state
+            .mappings_by_crm(self.smtp(), self.table, &ids)
+            .await
+            .map_err(db_error)?;
+        Ok(ids.into_iter().find(|id| !mapped.contains_key(id)))
+    }
+
     async fn exchange_created(
         &mut self,
         item: Item,
@@ -683,13 +725,32 @@ impl<'a> Step<'a> {
         } else {
             Some(self.owner.operator_id)
         };
+        let uid = match &item {
+            Item::CalendarItem(c) => c.uid.clone(),
+            _ => None,
+        };
+        // An appointment the CRM already has under the same UID (an invitation both sides
+        // hold, or a row from an earlier sync product): link it and merge, do not copy.
+        if existing.is_none() {
+            if let Some(row_id) = self.unmapped_by_uid(uid.as_deref()).await? {
+                let link = ItemMapping {
+                    crm_id: row_id,
+                    crm_version: None,
+                    fields: serde_json::json!({}),
+                    ..self.mapping(row_id, &id, None, &Fields::new(), shared)
+                };
+                return self
+                    .exchange_changed(link, id, ews_fields, shared, None)
+                    .await;
+            }
+        }
         let (row_id, version) = match existing {
             Some(row) => (row.id(), crate::db::rows::version_of(&row)),
             None => {
                 let row =
                     match fields::to_row(self.area, &ews_fields, 0, self.owner.tenant_id, owner, 0)
                     {
-                        Ok(r) => r,
+                        Ok(r) => with_uid(r, uid.clone()),
                         Err(e) => {
                             self.fail(0, &id.id, e).await;
                             return Ok(());
@@ -907,6 +968,8 @@ impl<'a> Step<'a> {
             let updated =
                 fields::to_row(self.area, &merged.merged, row.id(), tenant, owner, version)
                     .map_err(SyncError::Failed)?;
+            // The UID is not a synced field: the row keeps its own.
+            let updated = with_uid(updated, uid_of(&row));
             let (_, v) = self
                 .engine
                 .crm
@@ -1653,7 +1716,10 @@ impl Engine {
             };
             let shared_too = area == Area::Contacts;
             let report = |step: &Step<'_>| progress(area.as_str(), step.seen.min(total), total);
-            if direction == Direction::CrmToExchange {
+            // Appointments are linked by UID when Exchange items are read, so the calendar
+            // reads Exchange first whatever the direction (the leading side still wins).
+            let pull_first = area == Area::Calendar;
+            if direction == Direction::CrmToExchange && !pull_first {
                 step.queue_all().await?;
                 while step.push_crm().await? {
                     report(&step);
@@ -1668,7 +1734,7 @@ impl Engine {
                 }
                 report(&step);
             }
-            if direction == Direction::ExchangeToCrm {
+            if direction == Direction::ExchangeToCrm || pull_first {
                 step.queue_all().await?;
                 while step.push_crm().await? {
                     report(&step);
