@@ -255,10 +255,7 @@ impl Db {
                     .iter()
                     .fold(x.bind(mailbox).bind(crm_table), |x, id| x.bind(*id)),
                 fetch_all,
-                |rows| rows
-                    .iter()
-                    .map(|r| mapping(r))
-                    .collect::<Result<Vec<_>, _>>()
+                |rows| rows.iter().map(mapping).collect::<Result<Vec<_>, _>>()
             )??;
             out.extend(found.into_iter().map(|m| (m.crm_id, m)));
         }
