@@ -17,16 +17,34 @@ use mailsync::environment::ProcessEnv;
 use mailsync::sync::converge::{compare, Difference};
 
 #[actix_rt::test]
-async fn faults_on_every_path_end_with_both_sides_equal() {
+async fn faults_on_every_path_end_with_both_sides_equal_on_postgres() {
+    let Some((name, url)) = common::postgres_db("faults").await else {
+        return;
+    };
+    faults_on_every_path_end_with_both_sides_equal(&url).await;
+    common::drop_postgres(&name).await;
+}
+
+#[actix_rt::test]
+async fn faults_on_every_path_end_with_both_sides_equal_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite:{}", dir.path().join("crm.db").display());
+    faults_on_every_path_end_with_both_sides_equal(&db_url).await;
+}
+
+/// The scenario on the business database at `db_url` (the state store in it too). Every
+/// request the service sent, storms and retries included, is checked against the schema.
+async fn faults_on_every_path_end_with_both_sides_equal(db_url: &str) {
+    let record = tempfile::tempdir().unwrap();
     let sim = server::start(SimConfig {
         mailboxes: 3,
+        record: Some(record.path().to_path_buf()),
         ..SimConfig::default()
     })
     .await
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let db_url = format!("sqlite:{}", dir.path().join("crm.db").display());
-    let db = Db::connect(&db_url, 3).await.unwrap();
+    let db = Db::connect(db_url, 3).await.unwrap();
     db.migrate(MigrationSet::Crm).await.unwrap();
     exec(
         &db,
@@ -237,4 +255,16 @@ areas = ["contacts"]
     let _ = service.handle.addr.send(mailsync_actors::Shutdown).await;
     service.admin.stop().await;
     sim.stop().await;
+    db.close().await;
+    // The test's own user calls are recorded too; they come from the same `ews` client.
+    let operations = common::validate_recorded_requests(record.path());
+    for op in [
+        "SyncFolderItems",
+        "GetItem",
+        "CreateItem",
+        "UpdateItem",
+        "Subscribe",
+    ] {
+        assert!(operations.contains(op), "no {op} among {operations:?}");
+    }
 }

@@ -53,3 +53,82 @@ pub fn sim_client(sim: &Running) -> ews::Client {
     cfg.allow_http = true;
     ews::Client::new(cfg).expect("a client for the simulator")
 }
+
+const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// A fresh PostgreSQL database for one test: (name, URL). None when no server runs (after
+/// `require::missing`, which fails the test under CI=true).
+pub async fn postgres_db(prefix: &str) -> Option<(String, String)> {
+    use sqlx::Connection;
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let mut admin = match sqlx::PgConnection::connect(PG_ADMIN).await {
+        Ok(c) => c,
+        Err(e) => {
+            mailsync_testkit::require::missing(&format!("PostgreSQL at 127.0.0.1:5432 ({e})"));
+            return None;
+        }
+    };
+    let name = format!(
+        "mailsync_{prefix}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .expect("creating a test database");
+    let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+    Some((name, url))
+}
+
+/// Drops a database made by [`postgres_db`].
+pub async fn drop_postgres(name: &str) {
+    use sqlx::Connection;
+    if let Ok(mut admin) = sqlx::PgConnection::connect(PG_ADMIN).await {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut admin)
+            .await;
+    }
+}
+
+/// Validates the requests the simulator recorded in `dir` strictly against Microsoft's
+/// schema (they are ours), panicking with those that do not validate; returns the
+/// operations seen.
+pub fn validate_recorded_requests(dir: &std::path::Path) -> std::collections::BTreeSet<String> {
+    let requests: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .expect("the record directory")
+        .map(|e| e.expect("a recorded file").path())
+        .filter(|p| p.to_string_lossy().ends_with("-request.xml"))
+        .collect();
+    assert!(
+        !requests.is_empty(),
+        "nothing recorded in {}",
+        dir.display()
+    );
+    match mailsync_testkit::schema::validate(&requests, true) {
+        Ok(Some(report)) => assert_eq!(
+            report.lines().filter(|l| l.ends_with(": ok")).count(),
+            requests.len(),
+            "{report}"
+        ),
+        Ok(None) => {}
+        Err(report) => panic!(
+            "requests that do not validate:\n{}",
+            report
+                .lines()
+                .filter(|l| !l.ends_with(": ok"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        ),
+    }
+    requests
+        .iter()
+        .filter_map(|p| {
+            p.file_name()?
+                .to_str()?
+                .split('-')
+                .nth(1)
+                .map(str::to_owned)
+        })
+        .collect()
+}
