@@ -1,14 +1,12 @@
 //! The SQL side against real databases: PostgreSQL on 127.0.0.1:5432 (a fresh database per
 //! test; under CI=true a missing server fails) and SQLite files.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+mod common;
+
 use std::time::Duration;
 
 use mailsync::db::changes::{ChangeOp, ChangeSignal, Cursor};
 use mailsync::db::{Db, MigrationSet};
-use sqlx::Connection;
-
-const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 /// A database that is dropped (PostgreSQL) or deleted (SQLite) at the end of the test.
 struct TestDb {
@@ -26,41 +24,18 @@ impl TestDb {
     async fn drop_db(self) {
         self.db.close().await;
         if let Some(name) = self.pg_name {
-            if let Ok(mut admin) = sqlx::PgConnection::connect(PG_ADMIN).await {
-                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .execute(&mut admin)
-                    .await;
-            }
+            common::drop_postgres(&name).await;
         }
     }
 }
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A change as compared in the tests: table, row, op, owner, tenant.
 type Seen<'a> = (&'a str, i64, ChangeOp, Option<i64>, Option<i64>);
 
 async fn postgres() -> Option<TestDb> {
     let serial = PG_SERIAL.lock().await;
-    let mut admin = match sqlx::PgConnection::connect(PG_ADMIN).await {
-        Ok(c) => c,
-        Err(e) => {
-            mailsync_testkit::require::missing(&format!("PostgreSQL at 127.0.0.1:5432 ({e})"));
-            return None;
-        }
-    };
-    let name = format!(
-        "mailsync_test_{}_{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    );
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let db = Db::connect(&format!("postgres://postgres@127.0.0.1:5432/{name}"), 5)
-        .await
-        .unwrap();
+    let (name, url) = common::postgres_db("test").await?;
+    let db = Db::connect(&url, 5).await.unwrap();
     Some(TestDb {
         db,
         pg_name: Some(name),

@@ -6,7 +6,6 @@ mod common;
 use common::{count, exec};
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use chrono::TimeZone;
@@ -24,10 +23,7 @@ use mailsync::sync::feed::{Feed, Routes};
 use mailsync_actors::{
     Cause, Causes, MailboxSpec, StepContext, StepRequest, SyncPort, Throttle, ThrottleSettings,
 };
-use sqlx::Connection;
 
-const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-static COUNTER: AtomicU32 = AtomicU32::new(0);
 static PG_SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 struct Rig {
@@ -87,25 +83,8 @@ impl Rig {
 
     async fn postgres(leading: Leading) -> Option<Rig> {
         let serial = PG_SERIAL.lock().await;
-        let mut admin = match sqlx::PgConnection::connect(PG_ADMIN).await {
-            Ok(c) => c,
-            Err(e) => {
-                mailsync_testkit::require::missing(&format!("PostgreSQL at 127.0.0.1:5432 ({e})"));
-                return None;
-            }
-        };
-        let name = format!(
-            "mailsync_sync_{}_{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        let db = Db::connect(&format!("postgres://postgres@127.0.0.1:5432/{name}"), 5)
-            .await
-            .unwrap();
+        let (name, url) = common::postgres_db("sync").await?;
+        let db = Db::connect(&url, 5).await.unwrap();
         Some(Rig::start(db, Some(name), None, Some(serial), areas(leading)).await)
     }
 
@@ -206,11 +185,7 @@ impl Rig {
         self.db.close().await;
         self.sim.stop().await;
         if let Some(name) = self.pg_name {
-            if let Ok(mut admin) = sqlx::PgConnection::connect(PG_ADMIN).await {
-                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .execute(&mut admin)
-                    .await;
-            }
+            common::drop_postgres(&name).await;
         }
     }
 

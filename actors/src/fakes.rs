@@ -356,6 +356,16 @@ struct StreamState {
     take_over: bool,
 }
 
+impl StreamState {
+    /// The subscription of a mailbox.
+    fn sub_of(&self, mailbox: &str) -> Option<SubscriptionId> {
+        self.subs
+            .iter()
+            .find(|(_, m)| &***m == mailbox)
+            .map(|(sub, _)| sub.clone())
+    }
+}
+
 struct StreamInner {
     state: Mutex<StreamState>,
     changes: Changes,
@@ -419,12 +429,7 @@ impl FakeStream {
     /// subscription; false if none does.
     pub fn notify(&self, mailbox: &str, folder: &str) -> bool {
         self.with(|s| {
-            let Some(sub) = s
-                .subs
-                .iter()
-                .find(|(_, m)| &***m == mailbox)
-                .map(|(sub, _)| sub.clone())
-            else {
+            let Some(sub) = s.sub_of(mailbox) else {
                 return false;
             };
             s.connections
@@ -452,12 +457,7 @@ impl FakeStream {
     /// order they were opened), open or being drained; false if that one is not read any more.
     pub fn notify_on(&self, index: usize, mailbox: &str, folder: &str) -> bool {
         self.with(|s| {
-            let Some(sub) = s
-                .subs
-                .iter()
-                .find(|(_, m)| &***m == mailbox)
-                .map(|(sub, _)| sub.clone())
-            else {
+            let Some(sub) = s.sub_of(mailbox) else {
                 return false;
             };
             s.connections
@@ -487,11 +487,7 @@ impl FakeStream {
     /// with ErrorSubscriptionNotFound), and forgets it.
     pub fn lose_subscription(&self, mailbox: &str) -> bool {
         let sub = self.with(|s| {
-            let sub = s
-                .subs
-                .iter()
-                .find(|(_, m)| &***m == mailbox)
-                .map(|(sub, _)| sub.clone())?;
+            let sub = s.sub_of(mailbox)?;
             s.subs.remove(&sub);
             Some(sub)
         });

@@ -483,14 +483,7 @@ impl StreamGroupActor {
 
     /// The live connection ended: every member is uncovered until the next one is up.
     fn lost(&mut self, failure: bool, why: &str, ctx: &mut Context<Self>) {
-        if let Some(conn) = self.live.take() {
-            self.cancel(conn, ctx);
-            self.shared
-                .metrics
-                .stream_connections
-                .with_label_values(&[self.server()])
-                .dec();
-        }
+        self.drop_live(ctx);
         for member in self.members.values_mut() {
             member.covered = false;
             member.resync_on_cover = true;
@@ -508,9 +501,8 @@ impl StreamGroupActor {
         }
     }
 
-    /// The live connection was closed while its successor is being opened: no gap, as long
-    /// as the successor opens (see `handover`).
-    fn handed_over(&mut self, ctx: &mut Context<Self>) {
+    /// Stops reading the live connection.
+    fn drop_live(&mut self, ctx: &mut Context<Self>) {
         if let Some(conn) = self.live.take() {
             self.cancel(conn, ctx);
             self.shared
@@ -519,6 +511,12 @@ impl StreamGroupActor {
                 .with_label_values(&[self.server()])
                 .dec();
         }
+    }
+
+    /// The live connection was closed while its successor is being opened: no gap, as long
+    /// as the successor opens (see `handover`).
+    fn handed_over(&mut self, ctx: &mut Context<Self>) {
+        self.drop_live(ctx);
         self.handover = true;
         tracing::debug!(
             server = self.server(),
