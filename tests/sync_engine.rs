@@ -1094,3 +1094,65 @@ async fn appointments_link_by_uid_instead_of_duplicating() {
     );
     rig.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_created_in_outlook_arrive_in_the_crm_and_crm_edits_go_back() {
+    let Some(rig) = Rig::postgres(Leading::Crm).await else {
+        return;
+    };
+    let due = chrono::Utc.with_ymd_and_hms(2026, 12, 10, 0, 0, 0).unwrap();
+    let id = rig
+        .user_creates(
+            Item::Task(Task {
+                subject: Some("Rückruf Kunde".into()),
+                due_date: Some(due),
+                status: ews::items::TaskStatus::InProgress,
+                importance: ews::items::Importance::High,
+                ..Task::default()
+            }),
+            DistinguishedFolder::Tasks,
+        )
+        .await;
+    rig.sync("tasks").await;
+    let row = |column: &str| {
+        let sql =
+            format!("SELECT CAST({column} AS TEXT) FROM crm_tasks WHERE subject LIKE 'Rückruf%'");
+        let db = rig.db.clone();
+        async move { scalar(&db, &sql).await }
+    };
+    assert_eq!(
+        (
+            row("owner_id").await.as_deref(),
+            row("tenant_id").await.as_deref(),
+            row("status").await.as_deref(),
+            row("importance").await.as_deref(),
+            row("due_date").await.as_deref()
+        ),
+        (
+            Some("1"),
+            Some("1"),
+            Some("in_progress"),
+            Some("high"),
+            Some("2026-12-10")
+        ),
+        "under the mailbox's operator and tenant, field by field"
+    );
+    // Edited in the CRM: the same Exchange item changes, nothing is duplicated.
+    exec(
+        &rig.db,
+        "UPDATE crm_tasks SET status = 'completed', percent_complete = 100 WHERE subject LIKE 'Rückruf%'",
+    )
+    .await;
+    rig.sync("tasks").await;
+    let items = rig.exchange_items(DistinguishedFolder::Tasks).await;
+    assert_eq!(items.len(), 1);
+    match &items[0] {
+        Item::Task(t) => {
+            assert_eq!(t.id.as_ref().map(|i| i.id.as_str()), Some(id.id.as_str()));
+            assert_eq!(t.status, ews::items::TaskStatus::Completed);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(rig.sync("tasks").await, 0, "no echo");
+    rig.finish().await;
+}
