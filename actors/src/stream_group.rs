@@ -696,14 +696,7 @@ impl Handler<LeaveGroup> for StreamGroupActor {
 impl Handler<StopGroup> for StreamGroupActor {
     type Result = ();
     fn handle(&mut self, _: StopGroup, ctx: &mut Context<Self>) {
-        if let Some(conn) = self.live.take() {
-            self.cancel(conn, ctx);
-            self.shared
-                .metrics
-                .stream_connections
-                .with_label_values(&[self.server()])
-                .dec();
-        }
+        self.drop_live(ctx);
         ctx.stop();
     }
 }
