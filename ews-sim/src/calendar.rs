@@ -106,6 +106,12 @@ fn occurrence_at(
 
 /// Rewrites a master's ModifiedOccurrences and DeletedOccurrences from its exceptions.
 pub fn refresh_exceptions(mbx: u64, it: &mut Item) {
+    if it.exceptions.is_empty() {
+        // The common case: no expansion of the series needed.
+        it.props.remove("ModifiedOccurrences");
+        it.props.remove("DeletedOccurrences");
+        return;
+    }
     let version = it.version;
     let starts = match (
         it.props.get("Recurrence"),
@@ -196,7 +202,7 @@ pub fn resolve_occurrence_id(
         ),
         _ => (n.attr("OccurrenceId"), None),
     };
-    let (kind, mbx, key, extra) =
+    let (kind, mbx, key, _) =
         decode_id(master_attr.unwrap_or_default()).ok_or("ErrorInvalidIdMalformed")?;
     if mbx != m.index {
         return Err("ErrorAccessDenied");
@@ -210,7 +216,6 @@ pub fn resolve_occurrence_id(
         (b'O', Some(_)) | (_, None) => return Err("ErrorInvalidIdMalformed"),
         _ => return Err("ErrorInvalidIdMalformed"),
     };
-    let _ = extra;
     occurrence_of(m, key, index)
 }
 

@@ -211,30 +211,9 @@ impl Db {
         .map_err(q("listing CRM rows"))
     }
 
-    /// Records the Exchange id on a CRM row; returns the row's new version (None: it is gone).
-    pub async fn set_ews_id(
-        &self,
-        table: &str,
-        id: i64,
-        ews_id: &str,
-    ) -> Result<Option<i64>, DbError> {
-        let table = checked(table)?;
-        let sql = format!(
-            "UPDATE {table} SET ews_id = $1, version = version + 1 WHERE id = $2 RETURNING version"
-        );
-        on_db!(
-            self,
-            &sql,
-            "recording the Exchange id on a CRM row",
-            |x| x.bind(ews_id).bind(id),
-            fetch_optional,
-            |row| row.map(|r| r.try_get::<i64, _>(0)).transpose()
-        )?
-        .map_err(q("recording the Exchange id on a CRM row"))
-    }
-
-    /// [`Db::set_ews_id`] for many rows in one transaction (one commit for a whole CreateItem
-    /// batch instead of one per row); the new versions in the order given.
+    /// Records the Exchange ids on CRM rows, in one statement on PostgreSQL and one
+    /// transaction on SQLite (not a commit per row); each row's new version in the order
+    /// given (None: the row is gone).
     pub async fn set_ews_ids(
         &self,
         table: &str,

@@ -1421,16 +1421,18 @@ impl<'a> Step<'a> {
             }
         }
         let mut to_create = Vec::new();
-        for (row, f) in batch {
+        let mut found = Vec::new();
+        for (row, f) in &batch {
             let stamp = fields::crm_stamp(self.table, row.id());
             match existing.remove(&stamp) {
-                Some(id) => self.created(&row, &f, id, shared).await?,
-                None => match fields::to_item(self.area, &f, &stamp) {
+                Some(id) => found.push((row, f, id)),
+                None => match fields::to_item(self.area, f, &stamp) {
                     Ok(item) => to_create.push((row, f, item)),
                     Err(e) => self.fail(row.id(), "", e).await,
                 },
             }
         }
+        self.created_all(found, shared).await?;
         for chunk in to_create.chunks(ITEM_BATCH) {
             let op = CreateItem {
                 folder: Some(folder_ref.clone()),
@@ -1444,7 +1446,7 @@ impl<'a> Step<'a> {
                 match result {
                     Ok(id) => {
                         self.engine.note_own_write(&id);
-                        made.push((row, f, id))
+                        made.push((*row, *f, id))
                     }
                     Err(e @ (ews::Error::Throttled { .. } | ews::Error::Transient(_))) => {
                         retry.get_or_insert(sync_error(e));
@@ -1456,7 +1458,11 @@ impl<'a> Step<'a> {
                 }
             }
             // What was created is recorded before a throttled rest is retried.
+            let created = made.len();
             self.created_all(made, shared).await?;
+            for _ in 0..created {
+                self.counted("to_exchange", "create");
+            }
             if let Some(e) = retry {
                 return Err(e);
             }
@@ -1465,8 +1471,9 @@ impl<'a> Step<'a> {
         Ok(())
     }
 
-    /// [`Step::created`] for a batch, with one transaction for the rows' ews_ids and one for
-    /// the mappings (instead of two commits per item).
+    /// Records created (or found) items: ews_id on each row, then the mappings with the rows'
+    /// versions after that write, so the write is recognised as our own. One statement (or
+    /// transaction) for the ews_ids and one for the mappings, not two commits per item.
     async fn created_all(
         &mut self,
         made: Vec<(&CrmRow, &Fields, ItemId)>,
@@ -1496,35 +1503,6 @@ impl<'a> Step<'a> {
         self.engine
             .state
             .put_mappings(&mappings)
-            .await
-            .map_err(db_error)?;
-        for _ in &mappings {
-            self.counted("to_exchange", "create");
-        }
-        Ok(())
-    }
-
-    /// Records a created (or found) item: ews_id on the row, then the mapping with the row's
-    /// version after that write, so the write is recognised as our own.
-    async fn created(
-        &mut self,
-        row: &CrmRow,
-        f: &Fields,
-        id: ItemId,
-        shared: bool,
-    ) -> Result<(), SyncError> {
-        let read = crate::db::rows::version_of(row);
-        let written = self
-            .engine
-            .crm
-            .set_ews_id(self.table, row.id(), &id.id)
-            .await
-            .map_err(db_error)?;
-        let version = own_version(read, written);
-        let mapping = self.mapping(row.id(), &id, version, f, shared);
-        self.engine
-            .state
-            .put_mapping(&mapping)
             .await
             .map_err(db_error)
     }
