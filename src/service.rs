@@ -123,6 +123,7 @@ pub struct Built {
 
 /// Builds clients, mailbox setups, routes and specs from `cfg` (Autodiscover runs here).
 pub async fn build(cfg: &Config, crm: &Db, telemetry: &Telemetry) -> anyhow::Result<Built> {
+    let smtp_relay = cfg.smtp.clone().map(Arc::new);
     let operators = crm.operators().await.context("reading crm_operators")?;
     let mut server_clients: HashMap<String, (Arc<ews::Client>, url::Url)> = HashMap::new();
     let mut servers = Vec::new();
@@ -215,6 +216,8 @@ pub async fn build(cfg: &Config, crm: &Db, telemetry: &Telemetry) -> anyhow::Res
             tenant,
             shared_folder_name: shared_name,
             areas,
+            mail: m.mail.clone(),
+            smtp_relay: smtp_relay.clone(),
         });
     }
     Ok(Built {

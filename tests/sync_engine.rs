@@ -129,6 +129,8 @@ impl Rig {
             tenant: Some(1),
             shared_folder_name: "Muster GmbH (CRM)".into(),
             areas,
+            mail: Default::default(),
+            smtp_relay: None,
         }]);
         let routes = Routes {
             by_operator: [(1, USER.into())].into_iter().collect(),

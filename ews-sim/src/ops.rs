@@ -549,17 +549,44 @@ fn update_folder(ctx: &Ctx<'_>, body: &Node) -> Result<Vec<String>, Fault> {
     })
 }
 
+/// DeleteFolder. MoveToDeletedItems moves the folder (with its subtree) into Deleted Items,
+/// as Exchange does; a folder already there, and the other delete types, are deleted.
 fn delete_folder(ctx: &Ctx<'_>, body: &Node) -> Result<Vec<String>, Fault> {
+    let to_trash = body.attr("DeleteType") == Some("MoveToDeletedItems");
     ctx.store.with_mailbox(&ctx.mailbox, |m| {
         let ids = body.children_of("FolderIds");
+        let trash = m.distinguished_folder("deleteditems");
         Ok(ids
             .iter()
-            .map(
-                |n| match folder_key(ctx, m, n).and_then(|k| m.delete_folder(k)) {
+            .map(|n| {
+                let r = folder_key(ctx, m, n).and_then(|k| {
+                    let in_trash = {
+                        let mut cur = m.folders.get(&k).and_then(|f| f.parent);
+                        let mut found = false;
+                        while let Some(c) = cur {
+                            if Some(c) == trash {
+                                found = true;
+                                break;
+                            }
+                            cur = m.folders.get(&c).and_then(|f| f.parent);
+                        }
+                        found
+                    };
+                    match trash {
+                        Some(t) if to_trash && !in_trash => {
+                            if m.folders.get(&k).is_some_and(|f| f.distinguished.is_some()) {
+                                return Err("ErrorDeleteDistinguishedFolder");
+                            }
+                            m.update_folder(k, None, Some(t))
+                        }
+                        _ => m.delete_folder(k),
+                    }
+                });
+                match r {
                     Ok(()) => ok("DeleteFolder", ""),
                     Err(code) => err("DeleteFolder", code, ""),
-                },
-            )
+                }
+            })
             .collect())
     })
 }

@@ -678,6 +678,8 @@ pub struct Message {
     pub internet_message_id: Option<String>,
     /// When received.
     pub received: Option<DateTime<Utc>>,
+    /// When sent (DateTimeSent).
+    pub sent: Option<DateTime<Utc>>,
     /// Size in bytes.
     pub size: Option<u64>,
     /// Extended properties.
@@ -1347,6 +1349,7 @@ impl Message {
             is_read: e.child_bool("IsRead"),
             internet_message_id: text(e, "InternetMessageId"),
             received: e.child_text("DateTimeReceived").and_then(parse_datetime),
+            sent: e.child_text("DateTimeSent").and_then(parse_datetime),
             size: e.child_num("Size"),
             extended: ExtendedProperty::all_from(e),
         }

@@ -165,6 +165,101 @@ impl Operation for CreateFolder {
     }
 }
 
+/// UpdateFolder: renames a folder (the one property mailsync changes).
+#[derive(Debug, Clone)]
+pub struct UpdateFolder {
+    /// The folder.
+    pub folder: FolderId,
+    /// Its new display name.
+    pub display_name: String,
+}
+
+impl Operation for UpdateFolder {
+    const NAME: &'static str = "UpdateFolder";
+    type Output = FolderId;
+    fn write_body(&self, w: &mut XmlWriter) {
+        w.start("m:UpdateFolder", &[])
+            .start("m:FolderChanges", &[])
+            .start("t:FolderChange", &[]);
+        self.folder.write(w, "t:FolderId");
+        w.start("t:Updates", &[])
+            .start("t:SetFolderField", &[])
+            .start("t:FieldURI", &[("FieldURI", "folder:DisplayName")])
+            .end("t:FieldURI")
+            .start("t:Folder", &[])
+            .leaf("t:DisplayName", &self.display_name)
+            .end("t:Folder")
+            .end("t:SetFolderField")
+            .end("t:Updates")
+            .end("t:FolderChange")
+            .end("m:FolderChanges")
+            .end("m:UpdateFolder");
+    }
+    fn parse(&self, body: &Element) -> Result<Self::Output, Error> {
+        let m = single_message(body)?;
+        first_folder_id(m, "UpdateFolder")
+    }
+}
+
+/// MoveFolder: a folder (with its subtree) under another parent.
+#[derive(Debug, Clone)]
+pub struct MoveFolder {
+    /// The folder.
+    pub folder: FolderId,
+    /// The new parent.
+    pub to: FolderRef,
+}
+
+impl Operation for MoveFolder {
+    const NAME: &'static str = "MoveFolder";
+    type Output = FolderId;
+    fn write_body(&self, w: &mut XmlWriter) {
+        w.start("m:MoveFolder", &[]);
+        write_folder_refs(w, "m:ToFolderId", std::slice::from_ref(&self.to));
+        w.start("m:FolderIds", &[]);
+        self.folder.write(w, "t:FolderId");
+        w.end("m:FolderIds").end("m:MoveFolder");
+    }
+    fn parse(&self, body: &Element) -> Result<Self::Output, Error> {
+        let m = single_message(body)?;
+        first_folder_id(m, "MoveFolder")
+    }
+}
+
+/// DeleteFolder: a folder with its subtree and items.
+#[derive(Debug, Clone)]
+pub struct DeleteFolder {
+    /// The folder.
+    pub folder: FolderId,
+    /// How.
+    pub delete_type: DeleteType,
+}
+
+impl Operation for DeleteFolder {
+    const NAME: &'static str = "DeleteFolder";
+    type Output = ();
+    fn write_body(&self, w: &mut XmlWriter) {
+        w.start(
+            "m:DeleteFolder",
+            &[("DeleteType", self.delete_type.as_str())],
+        )
+        .start("m:FolderIds", &[]);
+        self.folder.write(w, "t:FolderId");
+        w.end("m:FolderIds").end("m:DeleteFolder");
+    }
+    fn parse(&self, body: &Element) -> Result<Self::Output, Error> {
+        single_message(body).map(|_| ())
+    }
+}
+
+fn first_folder_id(m: &Element, op: &str) -> Result<FolderId, Error> {
+    m.child("Folders")
+        .and_then(|l| l.children.first())
+        .and_then(|f| f.child("FolderId"))
+        .and_then(ItemId::from_element)
+        .ok_or_else(|| Error::Malformed(format!("{op} response without a FolderId")))
+}
+
 /// A change of the folder hierarchy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FolderChange {
@@ -718,6 +813,16 @@ pub enum DeleteType {
     MoveToDeletedItems,
 }
 
+impl DeleteType {
+    fn as_str(self) -> &'static str {
+        match self {
+            DeleteType::HardDelete => "HardDelete",
+            DeleteType::SoftDelete => "SoftDelete",
+            DeleteType::MoveToDeletedItems => "MoveToDeletedItems",
+        }
+    }
+}
+
 /// DeleteItem: items by id, batched; never sends meeting cancellations.
 #[derive(Debug, Clone)]
 pub struct DeleteItem {
@@ -731,15 +836,10 @@ impl Operation for DeleteItem {
     const NAME: &'static str = "DeleteItem";
     type Output = Vec<Result<(), Error>>;
     fn write_body(&self, w: &mut XmlWriter) {
-        let t = match self.delete_type {
-            DeleteType::HardDelete => "HardDelete",
-            DeleteType::SoftDelete => "SoftDelete",
-            DeleteType::MoveToDeletedItems => "MoveToDeletedItems",
-        };
         w.start(
             "m:DeleteItem",
             &[
-                ("DeleteType", t),
+                ("DeleteType", self.delete_type.as_str()),
                 ("SendMeetingCancellations", "SendToNone"),
                 ("AffectedTaskOccurrences", "AllOccurrences"),
             ],
@@ -795,7 +895,8 @@ pub const ALL_EVENT_TYPES: [&str; 6] = [
 /// Subscribe: a streaming subscription on folders of one mailbox.
 #[derive(Debug, Clone)]
 pub struct Subscribe {
-    /// Folders to watch.
+    /// Folders to watch; empty watches every folder of the mailbox (SubscribeToAllFolders),
+    /// which is how a mail folder tree that grows and shrinks is followed.
     pub folders: Vec<FolderRef>,
     /// Event types; empty means [`ALL_EVENT_TYPES`].
     pub event_types: Vec<String>,
@@ -805,9 +906,16 @@ impl Operation for Subscribe {
     const NAME: &'static str = "Subscribe";
     type Output = String;
     fn write_body(&self, w: &mut XmlWriter) {
-        w.start("m:Subscribe", &[])
-            .start("m:StreamingSubscriptionRequest", &[]);
-        write_folder_refs(w, "t:FolderIds", &self.folders);
+        w.start("m:Subscribe", &[]);
+        if self.folders.is_empty() {
+            w.start(
+                "m:StreamingSubscriptionRequest",
+                &[("SubscribeToAllFolders", "true")],
+            );
+        } else {
+            w.start("m:StreamingSubscriptionRequest", &[]);
+            write_folder_refs(w, "t:FolderIds", &self.folders);
+        }
         w.start("t:EventTypes", &[]);
         if self.event_types.is_empty() {
             for t in ALL_EVENT_TYPES {

@@ -540,6 +540,38 @@ fn requests() -> Vec<(String, Vec<u8>)> {
         },
     );
     r.add(
+        "Subscribe-all",
+        true,
+        &Subscribe {
+            folders: vec![],
+            event_types: vec![],
+        },
+    );
+    r.add(
+        "UpdateFolder",
+        true,
+        &UpdateFolder {
+            folder: id(3),
+            display_name: "Kunden & Partner".into(),
+        },
+    );
+    r.add(
+        "MoveFolder",
+        true,
+        &MoveFolder {
+            folder: id(3),
+            to: FolderRef::well_known(DistinguishedFolder::Inbox),
+        },
+    );
+    r.add(
+        "DeleteFolder",
+        true,
+        &DeleteFolder {
+            folder: id(3),
+            delete_type: DeleteType::MoveToDeletedItems,
+        },
+    );
+    r.add(
         "Subscribe-one",
         false,
         &Subscribe {

@@ -121,6 +121,32 @@ pub struct Config {
     pub servers: Vec<ServerConfig>,
     /// Mailboxes, with `[mailbox_defaults]` already applied.
     pub mailboxes: Vec<MailboxConfig>,
+    /// SMTP server for outbox mails with an alternative sender address.
+    pub smtp: Option<SmtpConfig>,
+}
+
+/// How the SMTP connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// STARTTLS after connecting (required, never downgraded).
+    StartTls,
+    /// TLS from the first byte (SMTPS).
+    Tls,
+    /// None: a relay on the same host or network only.
+    None,
+}
+
+/// The SMTP server outbox mails with an alternative sender go through.
+#[derive(Debug, Clone)]
+pub struct SmtpConfig {
+    /// Host name.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Transport security.
+    pub tls: SmtpTls,
+    /// User name and password, when the server wants them.
+    pub credentials: Option<(String, SecretString)>,
 }
 
 impl Config {

@@ -38,6 +38,23 @@ pub struct RawConfig {
     /// One entry per synced mailbox (one per operator).
     #[serde(default)]
     pub mailboxes: Vec<RawMailbox>,
+    /// SMTP server for outbox mails whose sender is not the mailbox's own address.
+    pub smtp: Option<RawSmtp>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSmtp {
+    /// Host name of the SMTP server.
+    pub host: String,
+    /// Port; default 587 for starttls, 465 for tls, 25 for none.
+    pub port: Option<u16>,
+    /// `starttls` (default), `tls` (implicit TLS) or `none` (local relays only).
+    pub tls: Option<String>,
+    /// User name, with `password`; none for an open relay.
+    pub username: Option<String>,
+    /// Password.
+    pub password: Option<SecretSource>,
 }
 
 #[derive(Debug, Default, Deserialize)]

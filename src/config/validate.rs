@@ -123,6 +123,7 @@ pub(super) fn validate(raw: RawConfig, env: &dyn Environment) -> Result<Config, 
         &declared,
         &tenants,
     );
+    let smtp = raw.smtp.and_then(|r| smtp(&mut c, r));
     if c.errors.is_empty() {
         Ok(Config {
             admin,
@@ -132,6 +133,7 @@ pub(super) fn validate(raw: RawConfig, env: &dyn Environment) -> Result<Config, 
             tenants,
             servers,
             mailboxes,
+            smtp,
         })
     } else {
         Err(c.errors)
@@ -979,4 +981,61 @@ fn is_domain(d: &str) -> bool {
                     .chars()
                     .all(|ch| ch.is_ascii_alphanumeric() || ch == '-')
         })
+}
+
+fn smtp(c: &mut Checker<'_>, raw: super::raw::RawSmtp) -> Option<SmtpConfig> {
+    let before = c.errors.len();
+    if raw.host.trim().is_empty() || raw.host.contains(char::is_whitespace) {
+        c.err("smtp.host", format!("{:?} is not a host name", raw.host));
+    }
+    let tls = match raw.tls.as_deref().unwrap_or("starttls") {
+        "starttls" => SmtpTls::StartTls,
+        "tls" => SmtpTls::Tls,
+        "none" => SmtpTls::None,
+        other => {
+            c.err(
+                "smtp.tls",
+                format!("{other:?} is not a TLS mode, expected starttls, tls or none"),
+            );
+            SmtpTls::StartTls
+        }
+    };
+    let port = raw.port.unwrap_or(match tls {
+        SmtpTls::StartTls => 587,
+        SmtpTls::Tls => 465,
+        SmtpTls::None => 25,
+    });
+    if port == 0 {
+        c.err("smtp.port", "0 is not a port");
+    }
+    let credentials = match (raw.username, raw.password) {
+        (Some(u), Some(p)) => c.secret("smtp.password", &p).map(|p| (u, p)),
+        (None, None) => None,
+        (Some(_), None) => {
+            c.err(
+                "smtp.password",
+                "is missing: username and password go together",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            c.err(
+                "smtp.username",
+                "is missing: username and password go together",
+            );
+            None
+        }
+    };
+    if credentials.is_some() && tls == SmtpTls::None {
+        c.err(
+            "smtp.tls",
+            "is \"none\" but credentials are set: they would travel unencrypted",
+        );
+    }
+    (c.errors.len() == before).then(|| SmtpConfig {
+        host: raw.host,
+        port,
+        tls,
+        credentials,
+    })
 }

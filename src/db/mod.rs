@@ -35,6 +35,7 @@ pub(crate) fn sqlite_placeholders(sql: &str) -> String {
 }
 
 pub mod changes;
+pub mod mail;
 pub mod queue;
 pub mod rows;
 pub mod state;

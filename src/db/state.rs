@@ -262,6 +262,24 @@ impl Db {
         Ok(out)
     }
 
+    /// Every mapping of a mailbox and table.
+    pub async fn mappings_of(
+        &self,
+        mailbox: &str,
+        crm_table: &str,
+    ) -> Result<Vec<ItemMapping>, DbError> {
+        let sql = "SELECT mailbox, crm_table, crm_id, ews_item_id, change_key, crm_version, fields FROM ms_item_map \
+                   WHERE mailbox = $1 AND crm_table = $2 ORDER BY crm_id";
+        on_db!(
+            self,
+            sql,
+            "reading item mappings",
+            |x| x.bind(mailbox).bind(crm_table),
+            fetch_all,
+            |rows| rows.iter().map(mapping).collect::<Result<Vec<_>, _>>()
+        )?
+    }
+
     /// The mapping of an Exchange item.
     pub async fn mapping_by_ews(
         &self,

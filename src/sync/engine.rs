@@ -62,36 +62,42 @@ pub struct MailboxSetup {
     pub tenant: Option<i64>,
     /// Name of the shared contacts subfolder.
     pub shared_folder_name: String,
-    /// Enabled areas (mail is synced elsewhere).
+    /// Enabled areas.
     pub areas: BTreeMap<Area, AreaConfig>,
+    /// Mail folder rules (start dates, exclusions, delete mode).
+    pub mail: crate::config::MailConfig,
+    /// The SMTP server for outbox mails with an alternative sender.
+    pub smtp_relay: Option<Arc<crate::config::SmtpConfig>>,
 }
 
 /// A mailbox's operator, resolved in the CRM when the mailbox opens.
 #[derive(Debug, Clone, Copy)]
-struct Owner {
-    operator_id: i64,
-    tenant_id: i64,
+pub(super) struct Owner {
+    pub(super) operator_id: i64,
+    pub(super) tenant_id: i64,
 }
 
-struct Inner {
-    crm: Db,
-    state: Db,
+pub(super) struct Inner {
+    pub(super) crm: Db,
+    pub(super) state: Db,
     /// The state store lives in the business database: rows and mappings commit together.
     same_db: bool,
     mailboxes: RwLock<HashMap<String, Arc<MailboxSetup>>>,
     owners: RwLock<HashMap<String, Owner>>,
-    metrics: ServiceMetrics,
+    pub(super) metrics: ServiceMetrics,
     /// Folders (mailbox, table, shared) whose last CreateItem round in this process finished
     /// with every created item recorded: no item of theirs can be in Exchange unrecorded, so
     /// the next round skips the stamp search (one FindItem per isolated CRM create). Empty
     /// after a start, and a folder leaves it while a round runs, so a crash or a failed round
     /// is always followed by a search.
-    clean: parking_lot::Mutex<std::collections::HashSet<(String, &'static str, bool)>>,
+    pub(super) clean: parking_lot::Mutex<std::collections::HashSet<(String, &'static str, bool)>>,
     /// Exchange item id → the ChangeKey our last CreateItem/UpdateItem of it returned. The
     /// notification of our own write carries that ChangeKey and wakes no folder (it would only
     /// cost a SyncFolderItems that finds the echo). An event that comes before its entry is
     /// recorded still runs a step, which suppresses the echo by ChangeKey as always.
     own_writes: parking_lot::Mutex<HashMap<String, String>>,
+    /// The mail side of each mailbox (distinguished folders, folders with news).
+    pub(super) mail: super::mail::MailState,
 }
 
 /// Bound of [`Inner::own_writes`]: entries whose notification never came (no subscription at
@@ -145,7 +151,7 @@ fn uid_of(row: &CrmRow) -> Option<String> {
     }
 }
 
-fn db_error(e: DbError) -> SyncError {
+pub(super) fn db_error(e: DbError) -> SyncError {
     SyncError::Transient(e.to_string())
 }
 
@@ -223,6 +229,7 @@ impl Engine {
             metrics,
             clean: parking_lot::Mutex::default(),
             own_writes: parking_lot::Mutex::default(),
+            mail: super::mail::MailState::default(),
         }))
     }
 
@@ -238,6 +245,18 @@ impl Engine {
         } else {
             false
         }
+    }
+
+    /// Whether an Exchange folder is a synced mail folder or a mail root; an item event there
+    /// (`item`) is noted for the mailbox's next mail step.
+    pub(crate) fn mail_folder_event(&self, folder: &str, item: bool) -> bool {
+        let Some(mailbox) = self.0.mail.mailbox_of(folder) else {
+            return false;
+        };
+        if item {
+            self.0.mail.mark_dirty(&mailbox, folder);
+        }
+        true
     }
 
     /// Replaces the set of mailboxes (startup and reload).
@@ -267,7 +286,7 @@ impl Engine {
 
 impl Inner {
     /// Records the ChangeKey our write of an item produced (see `own_writes`).
-    fn note_own_write(&self, id: &ItemId) {
+    pub(super) fn note_own_write(&self, id: &ItemId) {
         if let Some(change_key) = &id.change_key {
             let mut own = self.own_writes.lock();
             if own.len() >= OWN_WRITES_MAX {
@@ -277,7 +296,7 @@ impl Inner {
         }
     }
 
-    async fn call<O: Operation>(
+    pub(super) async fn call<O: Operation>(
         &self,
         setup: &MailboxSetup,
         ctx: &StepContext,
@@ -293,7 +312,7 @@ impl Inner {
         Ok(reply.output)
     }
 
-    async fn owner(&self, setup: &MailboxSetup) -> Result<Owner, SyncError> {
+    pub(super) async fn owner(&self, setup: &MailboxSetup) -> Result<Owner, SyncError> {
         let operators = self.crm.operators().await.map_err(db_error)?;
         let found: Vec<_> = operators
             .iter()
@@ -358,6 +377,11 @@ impl Inner {
                 // Its own folder actor, so a notification there syncs only that folder.
                 folders.push(FolderId::from(SHARED_CONTACTS));
             }
+        }
+        if setup.areas.contains_key(&Area::Mail) {
+            // One actor for the whole mail tree: it follows a tree that grows and shrinks, and
+            // sees a move between two folders in one step.
+            folders.push(FolderId::from(super::mail::MAIL));
         }
         Ok(folders)
     }
@@ -1523,6 +1547,38 @@ impl Engine {
             Some(o) => o,
             None => inner.owner(&setup).await?,
         };
+        if &*req.folder == super::mail::MAIL {
+            let leading = setup
+                .areas
+                .get(&Area::Mail)
+                .map_or(Leading::Crm, |c| c.leading);
+            let mut step = super::mail::MailStep {
+                engine: inner,
+                setup: &setup,
+                owner,
+                ctx: &req.ctx,
+                leading,
+                items: 0,
+                seen: 0,
+                counts: BTreeMap::new(),
+            };
+            // Only notifications, CRM changes or a previous "more": read only the folders that
+            // were named; a start, a timer or an operator reads every synced folder.
+            let only_dirty = !req.full_resync
+                && req.causes.iter().all(|c| {
+                    matches!(
+                        c,
+                        mailsync_actors::Cause::Notification
+                            | mailsync_actors::Cause::Crm
+                            | mailsync_actors::Cause::More
+                    )
+                });
+            let more = step.run(req.full_resync, only_dirty).await?;
+            return Ok(StepReport {
+                items: step.items,
+                more,
+            });
+        }
         let area = area_of(&req.folder)?;
         let config = setup
             .areas
@@ -1567,6 +1623,69 @@ impl Engine {
         Ok(StepReport {
             items: step.items,
             more,
+        })
+    }
+}
+
+impl Engine {
+    /// The initial sync of a mailbox's mail: the folder tree and every message of the synced
+    /// folders from scratch, steps repeated until nothing is left. Direction decides which side
+    /// wins where both changed; the same message on both sides is linked, not copied.
+    async fn initial_mail(
+        &self,
+        setup: &MailboxSetup,
+        owner: Owner,
+        ctx: &StepContext,
+        direction: Direction,
+        progress: &(dyn Fn(&str, u64, u64) + Send + Sync),
+    ) -> Result<AreaSummary, SyncError> {
+        let inner = &*self.0;
+        let started = std::time::Instant::now();
+        let failures_before = inner
+            .state
+            .failures_count(&setup.smtp, "crm_mails")
+            .await
+            .map_err(db_error)?;
+        let crm_total = inner
+            .crm
+            .ids_in_scope("crm_mails", Some(owner.operator_id), owner.tenant_id)
+            .await
+            .map_err(db_error)?
+            .len() as u64;
+        let mut step = super::mail::MailStep {
+            engine: inner,
+            setup,
+            owner,
+            ctx,
+            leading: match direction {
+                Direction::CrmToExchange => Leading::Crm,
+                Direction::ExchangeToCrm => Leading::Exchange,
+            },
+            items: 0,
+            seen: 0,
+            counts: BTreeMap::new(),
+        };
+        let mut full = true;
+        loop {
+            let more = step.run(full, false).await?;
+            full = false;
+            progress(super::mail::MAIL, step.seen, step.seen.max(crm_total));
+            if !more {
+                break;
+            }
+        }
+        let failures = inner
+            .state
+            .failures_count(&setup.smtp, "crm_mails")
+            .await
+            .map_err(db_error)?
+            - failures_before;
+        Ok(AreaSummary {
+            area: super::mail::MAIL.to_owned(),
+            seen: step.seen,
+            counts: step.counts,
+            failures,
+            seconds: started.elapsed().as_secs_f64(),
         })
     }
 }
@@ -1635,6 +1754,13 @@ impl Engine {
         let mut summaries = Vec::new();
         for folder in folders.into_iter().filter(|f| &**f != SHARED_CONTACTS) {
             let started = std::time::Instant::now();
+            if &*folder == super::mail::MAIL {
+                summaries.push(
+                    self.initial_mail(&setup, owner, &ctx, direction, progress)
+                        .await?,
+                );
+                continue;
+            }
             let area = area_of(&folder)?;
             let mut config = setup.areas.get(&area).cloned().unwrap_or(AreaConfig {
                 leading: Leading::Crm,

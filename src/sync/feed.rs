@@ -50,6 +50,7 @@ fn area_of_table(table: &str) -> Option<Area> {
         "crm_contacts" => Some(Area::Contacts),
         "crm_appointments" => Some(Area::Calendar),
         "crm_tasks" => Some(Area::Tasks),
+        "crm_mail_folders" | "crm_mails" | "crm_outbox" => Some(Area::Mail),
         _ => None,
     }
 }

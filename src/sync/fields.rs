@@ -45,6 +45,7 @@ pub fn stamped_id(item: &Item, table: &str) -> Option<i64> {
         Item::Contact(c) => &c.extended,
         Item::CalendarItem(c) => &c.extended,
         Item::Task(t) => &t.extended,
+        Item::Message(m) => &m.extended,
         _ => return None,
     };
     let uri = crm_id_uri();

@@ -63,28 +63,52 @@ impl Inner {
 /// concern item sync only when a synced folder itself was moved or deleted. Events about
 /// folders that are not synced concern none: they must not wake every folder of the mailbox
 /// (each wake-up is a SyncFolderItems request).
+///
+/// Mail: `mail(folder, item_event)` says whether an Exchange folder is a synced mail folder
+/// (or a mailbox's mail root) and, for an item event, notes the folder for the mail step.
+/// Every folder event in the mail tree wakes the mail folder: it may be a new, renamed, moved
+/// or deleted folder (SyncFolderHierarchy tells which).
 fn affected(
     e: &ews::streaming::NotificationEvent,
     folders: &HashMap<String, FolderId>,
     own_write: &dyn Fn(&ItemId) -> bool,
+    mail: &dyn Fn(&str, bool) -> bool,
 ) -> Vec<FolderId> {
     use ews::streaming::EventKind;
     let ours = |f: &Option<ews::types::FolderId>| f.as_ref().and_then(|f| folders.get(&f.id));
+    let in_mail = |f: &Option<ews::types::FolderId>, item: bool| {
+        f.as_ref().is_some_and(|f| mail(&f.id, item))
+    };
+    let mail_folder = || FolderId::from(super::mail::MAIL);
     if let Some(item) = &e.item_id {
         // The notification of our own CreateItem/UpdateItem: nothing new to sync.
         if matches!(e.kind, EventKind::Created | EventKind::Modified) && own_write(item) {
             return vec![];
         }
-        return [ours(&e.parent_folder_id), ours(&e.old_parent_folder_id)]
+        let mut out: Vec<FolderId> = [ours(&e.parent_folder_id), ours(&e.old_parent_folder_id)]
             .into_iter()
             .flatten()
             .cloned()
             .collect();
+        // Both sides of a move are noted (no short-circuit).
+        let to = in_mail(&e.parent_folder_id, true);
+        let from = in_mail(&e.old_parent_folder_id, true);
+        if to || from {
+            out.push(mail_folder());
+        }
+        return out;
     }
-    match e.kind {
+    let mut out: Vec<FolderId> = match e.kind {
         EventKind::Deleted | EventKind::Moved => ours(&e.folder_id).cloned().into_iter().collect(),
         _ => vec![],
+    };
+    let folder = in_mail(&e.folder_id, false);
+    let parent = in_mail(&e.parent_folder_id, false);
+    let old_parent = in_mail(&e.old_parent_folder_id, false);
+    if folder || parent || old_parent {
+        out.push(mail_folder());
     }
+    out
 }
 
 /// Opening a connection failed. Too many open streaming connections for the account
@@ -108,6 +132,7 @@ fn convert(
     event: EwsEvent,
     folders: &HashMap<String, FolderId>,
     own_write: &dyn Fn(&ItemId) -> bool,
+    mail: &dyn Fn(&str, bool) -> bool,
 ) -> Vec<StreamEvent> {
     match event {
         EwsEvent::Notification {
@@ -117,7 +142,7 @@ fn convert(
             let subscription = SubscriptionId::from(subscription_id);
             let mut seen: Vec<Option<FolderId>> = Vec::new();
             for e in events {
-                for folder in affected(&e, folders, own_write) {
+                for folder in affected(&e, folders, own_write, mail) {
                     if !seen.contains(&Some(folder.clone())) {
                         seen.push(Some(folder));
                     }
@@ -167,7 +192,10 @@ impl StreamPort for EwsStream {
                 .ok_or_else(|| SyncError::Failed(format!("mailbox {mailbox} is not configured")))?;
             let state = inner.engine.state();
             let mut refs = Vec::new();
-            for folder in &folders {
+            // The mail tree grows and shrinks: with mail, the subscription covers every folder
+            // (SubscribeToAllFolders) and events are sorted by folder here.
+            let all = folders.iter().any(|f| &**f == super::mail::MAIL);
+            for folder in folders.iter().filter(|f| &***f != super::mail::MAIL) {
                 {
                     let key = folder.to_string();
                     let fs = state
@@ -182,6 +210,9 @@ impl StreamPort for EwsStream {
                         }));
                     }
                 }
+            }
+            if all {
+                refs.clear();
             }
             let op = Subscribe {
                 folders: refs,
@@ -220,7 +251,12 @@ impl StreamPort for EwsStream {
             let index = inner.clone();
             let events = events.flat_map(move |e| {
                 let engine = &index.engine;
-                let converted = convert(e, &index.folders.lock(), &|id| engine.is_own_write(id));
+                let converted = convert(
+                    e,
+                    &index.folders.lock(),
+                    &|id| engine.is_own_write(id),
+                    &|folder, item| engine.mail_folder_event(folder, item),
+                );
                 futures_util::stream::iter(converted)
             });
             Ok(Box::pin(events) as BoxStream<'static, StreamEvent>)
@@ -283,6 +319,7 @@ mod tests {
                 },
                 &folders,
                 &|id: &ItemId| id.change_key.as_deref() == Some("OWN"),
+                &|folder: &str, _item: bool| folder.starts_with("F-mail"),
             )
             .into_iter()
             .map(|e| match e {

@@ -132,3 +132,81 @@ pub fn validate_recorded_requests(dir: &std::path::Path) -> std::collections::BT
         })
         .collect()
 }
+
+/// A local SMTP sink: accepts every mail and keeps (sender, recipients, data) of each.
+pub struct SmtpSink {
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    /// What it received.
+    pub mails: std::sync::Arc<parking_lot::Mutex<Vec<(String, Vec<String>, Vec<u8>)>>>,
+}
+
+impl SmtpSink {
+    /// Starts the sink on the current tokio runtime.
+    pub async fn start() -> SmtpSink {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mails = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let store = mails.clone();
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let (r, mut w) = conn.into_split();
+                    let mut r = BufReader::new(r);
+                    w.write_all(b"220 sink ESMTP\r\n").await.ok()?;
+                    let (mut from, mut to) = (String::new(), Vec::new());
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if r.read_line(&mut line).await.ok()? == 0 {
+                            return Some(());
+                        }
+                        let upper = line.to_ascii_uppercase();
+                        let reply: &[u8] = if upper.starts_with("EHLO") || upper.starts_with("HELO")
+                        {
+                            b"250-sink\r\n250 8BITMIME\r\n"
+                        } else if upper.starts_with("MAIL FROM:") {
+                            from = line[10..].trim().trim_matches(['<', '>']).to_string();
+                            b"250 OK\r\n"
+                        } else if upper.starts_with("RCPT TO:") {
+                            to.push(line[8..].trim().trim_matches(['<', '>']).to_string());
+                            b"250 OK\r\n"
+                        } else if upper.starts_with("DATA") {
+                            w.write_all(b"354 go on\r\n").await.ok()?;
+                            let mut data = Vec::new();
+                            loop {
+                                let mut l = Vec::new();
+                                if r.read_until(b'\n', &mut l).await.ok()? == 0 {
+                                    return Some(());
+                                }
+                                if l == b".\r\n" {
+                                    break;
+                                }
+                                // Dot-unstuffing.
+                                let l = if l.starts_with(b"..") {
+                                    l[1..].to_vec()
+                                } else {
+                                    l
+                                };
+                                data.extend_from_slice(&l);
+                            }
+                            store
+                                .lock()
+                                .push((from.clone(), std::mem::take(&mut to), data));
+                            b"250 queued\r\n"
+                        } else if upper.starts_with("QUIT") {
+                            w.write_all(b"221 bye\r\n").await.ok()?;
+                            return Some(());
+                        } else {
+                            b"250 OK\r\n"
+                        };
+                        w.write_all(reply).await.ok()?;
+                    }
+                });
+            }
+        });
+        SmtpSink { addr, mails }
+    }
+}

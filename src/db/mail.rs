@@ -1,0 +1,485 @@
+//! The CRM mail store: crm_mail_folders, crm_mails and crm_outbox, as the mail sync reads and
+//! writes them. Message bodies (`mime`) are read one message at a time and never with the
+//! metadata lists, so a folder of large mails costs memory for one mail, not for the folder.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use sqlx::Row;
+
+use super::{q, sqlite_placeholders, Db, DbError};
+
+/// A CRM mail folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailFolderRow {
+    /// crm_mail_folders.id.
+    pub id: i64,
+    /// The operator.
+    pub owner_id: i64,
+    /// Parent folder; `None` at the top of the tree.
+    pub parent_id: Option<i64>,
+    /// Display name.
+    pub name: String,
+    /// Distinguished role (inbox, sentitems, drafts, deleteditems, junkemail, outbox, archive).
+    pub role: Option<String>,
+    /// Mails older than this are not synced.
+    pub sync_from: Option<NaiveDate>,
+    /// Not synced (its mails); the folder itself is mirrored.
+    pub sync_excluded: bool,
+    /// The Exchange folder id, written by mailsync.
+    pub ews_id: Option<String>,
+    /// Row version.
+    pub version: i64,
+}
+
+/// A CRM mail without its MIME bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailRow {
+    /// crm_mails.id.
+    pub id: i64,
+    /// The operator.
+    pub owner_id: i64,
+    /// Folder.
+    pub folder_id: i64,
+    /// Message-ID header.
+    pub internet_message_id: Option<String>,
+    /// When sent.
+    pub sent_at: Option<DateTime<Utc>>,
+    /// Read flag.
+    pub is_read: bool,
+    /// Size of `mime` in bytes.
+    pub size: Option<i64>,
+    /// The Exchange item id, written by mailsync.
+    pub ews_id: Option<String>,
+    /// Row version.
+    pub version: i64,
+}
+
+/// A mail to store in the CRM (from Exchange).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMail {
+    /// The operator.
+    pub owner_id: i64,
+    /// Folder.
+    pub folder_id: i64,
+    /// Message-ID header.
+    pub internet_message_id: Option<String>,
+    /// Subject.
+    pub subject: Option<String>,
+    /// From.
+    pub sender: Option<String>,
+    /// To and Cc, comma-separated.
+    pub recipients: Option<String>,
+    /// When sent.
+    pub sent_at: Option<DateTime<Utc>>,
+    /// Read flag.
+    pub is_read: bool,
+    /// The full RFC 5322 message.
+    pub mime: Vec<u8>,
+    /// The Exchange item id.
+    pub ews_id: String,
+}
+
+/// A mail the CRM wants sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    /// crm_outbox.id.
+    pub id: i64,
+    /// The operator.
+    pub owner_id: i64,
+    /// The From address.
+    pub sender: String,
+    /// Envelope recipients, comma-separated.
+    pub recipients: String,
+    /// pending, sent or failed.
+    pub state: String,
+}
+
+const FOLDER_COLS: &str =
+    "id, owner_id, parent_id, name, role, sync_from, sync_excluded, ews_id, version";
+const MAIL_COLS: &str =
+    "id, owner_id, folder_id, internet_message_id, sent_at, is_read, size, ews_id, version";
+
+trait DecodeMail {
+    fn folder(&self) -> Result<MailFolderRow, sqlx::Error>;
+    fn mail(&self) -> Result<MailRow, sqlx::Error>;
+}
+
+macro_rules! impl_decode_mail {
+    ($row:ty) => {
+        impl DecodeMail for $row {
+            fn folder(&self) -> Result<MailFolderRow, sqlx::Error> {
+                Ok(MailFolderRow {
+                    id: self.try_get("id")?,
+                    owner_id: self.try_get("owner_id")?,
+                    parent_id: self.try_get("parent_id")?,
+                    name: self.try_get("name")?,
+                    role: self.try_get("role")?,
+                    sync_from: self.try_get("sync_from")?,
+                    sync_excluded: self.try_get("sync_excluded")?,
+                    ews_id: self.try_get("ews_id")?,
+                    version: self.try_get("version")?,
+                })
+            }
+            fn mail(&self) -> Result<MailRow, sqlx::Error> {
+                Ok(MailRow {
+                    id: self.try_get("id")?,
+                    owner_id: self.try_get("owner_id")?,
+                    folder_id: self.try_get("folder_id")?,
+                    internet_message_id: self.try_get("internet_message_id")?,
+                    sent_at: self.try_get("sent_at")?,
+                    is_read: self.try_get("is_read")?,
+                    size: self.try_get("size")?,
+                    ews_id: self.try_get("ews_id")?,
+                    version: self.try_get("version")?,
+                })
+            }
+        }
+    };
+}
+
+impl_decode_mail!(sqlx::postgres::PgRow);
+impl_decode_mail!(sqlx::sqlite::SqliteRow);
+
+impl Db {
+    /// Every mail folder of an operator, parents before children.
+    pub async fn mail_folders(&self, owner_id: i64) -> Result<Vec<MailFolderRow>, DbError> {
+        let sql =
+            format!("SELECT {FOLDER_COLS} FROM crm_mail_folders WHERE owner_id = $1 ORDER BY id");
+        let all = on_db!(
+            self,
+            &sql,
+            "reading mail folders",
+            |x| x.bind(owner_id),
+            fetch_all,
+            |rows| rows
+                .iter()
+                .map(DecodeMail::folder)
+                .collect::<Result<Vec<_>, _>>()
+        )?
+        .map_err(q("reading mail folders"))?;
+        Ok(parents_first(all))
+    }
+
+    /// One mail folder.
+    pub async fn mail_folder(&self, id: i64) -> Result<Option<MailFolderRow>, DbError> {
+        let sql = format!("SELECT {FOLDER_COLS} FROM crm_mail_folders WHERE id = $1");
+        on_db!(
+            self,
+            &sql,
+            "reading a mail folder",
+            |x| x.bind(id),
+            fetch_optional,
+            |row| row.map(|r| r.folder()).transpose()
+        )?
+        .map_err(q("reading a mail folder"))
+    }
+
+    /// Creates a mail folder (from Exchange); returns its id and version.
+    pub async fn insert_mail_folder(
+        &self,
+        owner_id: i64,
+        parent_id: Option<i64>,
+        name: &str,
+        role: Option<&str>,
+        ews_id: &str,
+    ) -> Result<(i64, i64), DbError> {
+        let sql = "INSERT INTO crm_mail_folders (owner_id, parent_id, name, role, ews_id) \
+                   VALUES ($1, $2, $3, $4, $5) RETURNING id, version";
+        on_db!(
+            self,
+            sql,
+            "creating a mail folder",
+            |x| x
+                .bind(owner_id)
+                .bind(parent_id)
+                .bind(name)
+                .bind(role)
+                .bind(ews_id),
+            fetch_one,
+            |r| r
+                .try_get::<i64, _>(0)
+                .and_then(|id| Ok((id, r.try_get::<i64, _>(1)?)))
+        )?
+        .map_err(q("creating a mail folder"))
+    }
+
+    /// Writes a folder's name, parent and Exchange id (from Exchange); returns the new
+    /// version, or `None` when the row is gone.
+    pub async fn update_mail_folder(
+        &self,
+        id: i64,
+        name: &str,
+        parent_id: Option<i64>,
+        ews_id: &str,
+    ) -> Result<Option<i64>, DbError> {
+        let sql = "UPDATE crm_mail_folders SET name = $2, parent_id = $3, ews_id = $4 WHERE id = $1 RETURNING version";
+        on_db!(
+            self,
+            sql,
+            "updating a mail folder",
+            |x| x.bind(id).bind(name).bind(parent_id).bind(ews_id),
+            fetch_optional,
+            |r| r.map(|r| r.try_get::<i64, _>(0)).transpose()
+        )?
+        .map_err(q("updating a mail folder"))
+    }
+
+    /// Deletes a mail folder; its subfolders and mails go with it (ON DELETE CASCADE).
+    pub async fn delete_mail_folder(&self, id: i64) -> Result<bool, DbError> {
+        on_db!(
+            self,
+            "DELETE FROM crm_mail_folders WHERE id = $1",
+            "deleting a mail folder",
+            |x| x.bind(id),
+            execute,
+            |r| r.rows_affected() > 0
+        )
+    }
+
+    /// Mails by id (metadata only); rows that are gone are left out.
+    pub async fn mails(&self, ids: &[i64]) -> Result<Vec<MailRow>, DbError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT {MAIL_COLS} FROM crm_mails WHERE id IN ({})",
+                list.join(", ")
+            );
+            out.extend(
+                on_db!(
+                    self,
+                    &sql,
+                    "reading mails",
+                    |x| chunk.iter().fold(x, |x, id| x.bind(*id)),
+                    fetch_all,
+                    |rows| rows
+                        .iter()
+                        .map(DecodeMail::mail)
+                        .collect::<Result<Vec<_>, _>>()
+                )?
+                .map_err(q("reading mails"))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// The ids of the mails in a folder, oldest first.
+    pub async fn mail_ids_in_folder(&self, folder_id: i64) -> Result<Vec<i64>, DbError> {
+        on_db!(
+            self,
+            "SELECT id FROM crm_mails WHERE folder_id = $1 ORDER BY id",
+            "reading a folder's mails",
+            |x| x.bind(folder_id),
+            fetch_all,
+            |rows| rows
+                .iter()
+                .map(|r| r.try_get::<i64, _>(0))
+                .collect::<Result<Vec<_>, _>>()
+        )?
+        .map_err(q("reading a folder's mails"))
+    }
+
+    /// Mails of an operator with this Message-ID.
+    pub async fn mails_by_message_id(
+        &self,
+        owner_id: i64,
+        message_id: &str,
+    ) -> Result<Vec<MailRow>, DbError> {
+        let sql = format!(
+            "SELECT {MAIL_COLS} FROM crm_mails WHERE owner_id = $1 AND internet_message_id = $2 ORDER BY id"
+        );
+        on_db!(
+            self,
+            &sql,
+            "finding mails by Message-ID",
+            |x| x.bind(owner_id).bind(message_id),
+            fetch_all,
+            |rows| rows
+                .iter()
+                .map(DecodeMail::mail)
+                .collect::<Result<Vec<_>, _>>()
+        )?
+        .map_err(q("finding mails by Message-ID"))
+    }
+
+    /// The mail of an operator that carries this Exchange id (a mail written from Exchange
+    /// whose mapping a crash lost).
+    pub async fn mail_by_ews_id(
+        &self,
+        owner_id: i64,
+        ews_id: &str,
+    ) -> Result<Option<MailRow>, DbError> {
+        let sql = format!("SELECT {MAIL_COLS} FROM crm_mails WHERE owner_id = $1 AND ews_id = $2");
+        on_db!(
+            self,
+            &sql,
+            "finding a mail by Exchange id",
+            |x| x.bind(owner_id).bind(ews_id),
+            fetch_optional,
+            |row| row.map(|r| r.mail()).transpose()
+        )?
+        .map_err(q("finding a mail by Exchange id"))
+    }
+
+    /// The MIME bytes of one mail (`None` when the row is gone or has none).
+    pub async fn mail_mime(&self, id: i64) -> Result<Option<Vec<u8>>, DbError> {
+        on_db!(
+            self,
+            "SELECT mime FROM crm_mails WHERE id = $1",
+            "reading a mail's MIME",
+            |x| x.bind(id),
+            fetch_optional,
+            |row| row.and_then(|r| r.try_get::<Option<Vec<u8>>, _>(0).ok().flatten())
+        )
+    }
+
+    /// Stores mails from Exchange in one transaction; returns (id, version) per mail.
+    pub async fn insert_mails(&self, mails: &[NewMail]) -> Result<Vec<(i64, i64)>, DbError> {
+        let sql = "INSERT INTO crm_mails (owner_id, folder_id, internet_message_id, subject, sender, recipients, \
+                   sent_at, is_read, mime, size, ews_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                   RETURNING id, version";
+        let what = "storing mails from Exchange";
+        macro_rules! in_tx {
+            ($pool:expr, $sql:expr) => {{
+                let mut tx = $pool.begin().await.map_err(q("starting a transaction"))?;
+                let mut out = Vec::with_capacity(mails.len());
+                for m in mails {
+                    let r = sqlx::query($sql)
+                        .bind(m.owner_id)
+                        .bind(m.folder_id)
+                        .bind(&m.internet_message_id)
+                        .bind(&m.subject)
+                        .bind(&m.sender)
+                        .bind(&m.recipients)
+                        .bind(m.sent_at)
+                        .bind(m.is_read)
+                        .bind(&m.mime)
+                        .bind(m.mime.len() as i64)
+                        .bind(&m.ews_id)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(q(what))?;
+                    out.push((
+                        r.try_get::<i64, _>(0).map_err(q(what))?,
+                        r.try_get::<i64, _>(1).map_err(q(what))?,
+                    ));
+                }
+                tx.commit().await.map_err(q(what))?;
+                Ok(out)
+            }};
+        }
+        match self {
+            Db::Postgres(p) => in_tx!(p, sql),
+            Db::Sqlite(p) => in_tx!(p, &sqlite_placeholders(sql)),
+        }
+    }
+
+    /// Writes a mail's folder, read flag and Exchange id (from Exchange), only over the
+    /// version it was read at; returns the new version, or `None` when the row is gone or
+    /// changed meanwhile.
+    pub async fn update_mail(
+        &self,
+        id: i64,
+        read_version: i64,
+        folder_id: i64,
+        is_read: bool,
+        ews_id: &str,
+    ) -> Result<Option<i64>, DbError> {
+        let sql = "UPDATE crm_mails SET folder_id = $3, is_read = $4, ews_id = $5 \
+                   WHERE id = $1 AND version = $2 RETURNING version";
+        on_db!(
+            self,
+            sql,
+            "updating a mail",
+            |x| x
+                .bind(id)
+                .bind(read_version)
+                .bind(folder_id)
+                .bind(is_read)
+                .bind(ews_id),
+            fetch_optional,
+            |r| r.map(|r| r.try_get::<i64, _>(0)).transpose()
+        )?
+        .map_err(q("updating a mail"))
+    }
+
+    /// Mails of an operator not yet sent, oldest first.
+    pub async fn outbox_pending(&self, owner_id: i64) -> Result<Vec<OutboxRow>, DbError> {
+        on_db!(
+            self,
+            "SELECT id, owner_id, sender, recipients, state FROM crm_outbox \
+             WHERE owner_id = $1 AND state = 'pending' ORDER BY id",
+            "reading the outbox",
+            |x| x.bind(owner_id),
+            fetch_all,
+            |rows| rows
+                .iter()
+                .map(|r| {
+                    Ok(OutboxRow {
+                        id: r.try_get("id")?,
+                        owner_id: r.try_get("owner_id")?,
+                        sender: r.try_get("sender")?,
+                        recipients: r.try_get("recipients")?,
+                        state: r.try_get("state")?,
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()
+        )?
+        .map_err(q("reading the outbox"))
+    }
+
+    /// The MIME bytes of an outbox mail.
+    pub async fn outbox_mime(&self, id: i64) -> Result<Option<Vec<u8>>, DbError> {
+        on_db!(
+            self,
+            "SELECT mime FROM crm_outbox WHERE id = $1",
+            "reading an outbox mail",
+            |x| x.bind(id),
+            fetch_optional,
+            |row| row.and_then(|r| r.try_get::<Vec<u8>, _>(0).ok())
+        )
+    }
+
+    /// Records the outcome of sending an outbox mail (`Err` = failed, with the reason).
+    pub async fn finish_outbox(&self, id: i64, outcome: Result<(), String>) -> Result<(), DbError> {
+        let (state, error) = match outcome {
+            Ok(()) => ("sent", None),
+            Err(e) => ("failed", Some(e)),
+        };
+        on_db!(
+            self,
+            "UPDATE crm_outbox SET state = $2, error = $3, \
+             sent_at = CASE WHEN $2 = 'sent' THEN now() ELSE sent_at END \
+             WHERE id = $1 AND state = 'pending'",
+            "recording a sent mail",
+            |x| x.bind(id).bind(state).bind(error),
+            execute,
+            |_r| ()
+        )
+    }
+}
+
+/// Orders folders so that every parent comes before its children (rows whose parent is not
+/// among them come first, as roots).
+fn parents_first(all: Vec<MailFolderRow>) -> Vec<MailFolderRow> {
+    let ids: std::collections::HashSet<i64> = all.iter().map(|f| f.id).collect();
+    let mut out = Vec::with_capacity(all.len());
+    let mut placed = std::collections::HashSet::new();
+    let mut rest = all;
+    while !rest.is_empty() {
+        let before = rest.len();
+        let (ready, wait): (Vec<_>, Vec<_>) = rest.into_iter().partition(|f| {
+            f.parent_id
+                .is_none_or(|p| !ids.contains(&p) || placed.contains(&p))
+        });
+        for f in &ready {
+            placed.insert(f.id);
+        }
+        out.extend(ready);
+        rest = wait;
+        if rest.len() == before {
+            // A cycle (not possible through mailsync): keep the rows rather than lose them.
+            out.append(&mut rest);
+        }
+    }
+    out
+}

@@ -1,0 +1,785 @@
+//! Mail sync end to end: ews-sim as Exchange, the CRM mail store in PostgreSQL (and SQLite for
+//! the basics), mail steps run directly so each test says which step moves what.
+
+mod common;
+use common::{count, exec, SmtpSink};
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ews::items::{Item, Message};
+use ews::ops::{
+    CreateFolder, CreateItem, DeleteItem, DeleteType, FindItem, GetItem, ItemUpdate,
+    MessageDisposition, MoveItem, UpdateFolder, UpdateItem, View,
+};
+use ews::types::{DistinguishedFolder, FolderRef, ItemId, PropertyPath, Shape};
+use ews_sim::server::{self, Running, SimConfig};
+use mailsync::config::{Area, AreaConfig, Leading, MailConfig, SmtpConfig, SmtpTls};
+use mailsync::db::{Db, MigrationSet};
+use mailsync::metrics::Telemetry;
+use mailsync::sync::engine::{Direction, Engine, MailboxSetup};
+use mailsync::sync::feed::{Feed, Routes};
+use mailsync_actors::{
+    Cause, Causes, MailboxSpec, StepContext, StepRequest, SyncPort, Throttle, ThrottleSettings,
+};
+use sha2::{Digest, Sha256};
+
+static PG_SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const USER: &str = "user1@example.com";
+
+struct Rig {
+    db: Db,
+    sim: Running,
+    engine: Engine,
+    feed: Feed,
+    client: ews::Client,
+    throttle: Throttle,
+    pg_name: Option<String>,
+    _dir: Option<tempfile::TempDir>,
+    _serial: Option<tokio::sync::MutexGuard<'static, ()>>,
+}
+
+struct Options {
+    mail: MailConfig,
+    smtp: Option<SmtpConfig>,
+    leading: Leading,
+    german: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            mail: MailConfig::default(),
+            smtp: None,
+            leading: Leading::Crm,
+            german: false,
+        }
+    }
+}
+
+fn sha(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A message with a binary attachment (every byte value), `n` making it unique.
+fn mime(n: usize, subject: &str, date: &str) -> Vec<u8> {
+    let attachment: Vec<u8> = (0..=255u8).cycle().take(700 + n % 50).collect();
+    let b64 = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(&attachment)
+    };
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(76)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "From: Kunde {n} <kunde{n}@example.org>\r\nTo: user1@example.com\r\nSubject: {subject}\r\n\
+         Date: {date}\r\nMessage-ID: <m{n}.{}@example.org>\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/mixed; boundary=\"b{n}\"\r\n\r\n--b{n}\r\n\
+         Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n\
+         Grüße aus dem Büro, Nachricht {n}.\r\n--b{n}\r\nContent-Type: application/octet-stream\r\n\
+         Content-Disposition: attachment; filename=\"daten{n}.bin\"\r\nContent-Transfer-Encoding: base64\r\n\r\n\
+         {}\r\n--b{n}--\r\n",
+        sha(subject.as_bytes()).get(..8).unwrap_or_default(),
+        lines.join("\r\n")
+    )
+    .into_bytes()
+}
+
+fn areas(leading: Leading) -> BTreeMap<Area, AreaConfig> {
+    [(
+        Area::Mail,
+        AreaConfig {
+            leading,
+            categories: vec![],
+        },
+    )]
+    .into_iter()
+    .collect()
+}
+
+impl Rig {
+    async fn postgres(options: Options) -> Option<Rig> {
+        let serial = PG_SERIAL.lock().await;
+        let (name, url) = common::postgres_db("mail").await?;
+        let db = Db::connect(&url, 5).await.unwrap();
+        Some(Rig::start(db, Some(name), None, Some(serial), options).await)
+    }
+
+    async fn sqlite(options: Options) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("crm.db").display());
+        let db = Db::connect(&url, 5).await.unwrap();
+        Rig::start(db, None, Some(dir), None, options).await
+    }
+
+    async fn start(
+        db: Db,
+        pg_name: Option<String>,
+        dir: Option<tempfile::TempDir>,
+        serial: Option<tokio::sync::MutexGuard<'static, ()>>,
+        options: Options,
+    ) -> Rig {
+        db.migrate(MigrationSet::Crm).await.unwrap();
+        db.migrate(MigrationSet::State).await.unwrap();
+        common::seed(&db, &[(1, "1001", Some(USER))]).await;
+        let sim = server::start(SimConfig {
+            mailboxes: 2,
+            ..SimConfig::default()
+        })
+        .await
+        .unwrap();
+        if options.german {
+            let store = &sim.sim.store;
+            let m = store.mailbox(USER).unwrap();
+            store.with_mailbox(&m, |m| {
+                for (id, name) in [
+                    ("inbox", "Posteingang"),
+                    ("sentitems", "Gesendete Elemente"),
+                    ("drafts", "Entwürfe"),
+                    ("deleteditems", "Gelöschte Elemente"),
+                    ("junkemail", "Junk-E-Mail"),
+                    ("outbox", "Postausgang"),
+                ] {
+                    let key = m.distinguished_folder(id).unwrap();
+                    m.update_folder(key, Some(name), None).unwrap();
+                }
+            });
+        }
+        let client = common::sim_client(&sim);
+        let telemetry = Telemetry::new();
+        let engine = Engine::new(db.clone(), db.clone(), true, telemetry.service.clone());
+        engine.set_mailboxes(vec![MailboxSetup {
+            smtp: USER.into(),
+            client: Arc::new(client.clone()),
+            target: ews::Target::impersonating(USER),
+            operator: "1001".into(),
+            tenant: Some(1),
+            shared_folder_name: "Muster GmbH (CRM)".into(),
+            areas: areas(options.leading),
+            mail: options.mail,
+            smtp_relay: options.smtp.map(Arc::new),
+        }]);
+        let routes = Routes {
+            by_operator: [(1, USER.into())].into_iter().collect(),
+            shared_contacts: Default::default(),
+            areas: [(USER.into(), [Area::Mail].into_iter().collect())]
+                .into_iter()
+                .collect(),
+        };
+        let feed = Feed::new(db.clone(), db.clone(), routes, Duration::from_millis(20));
+        feed.start_at_end_if_new().await.unwrap();
+        let throttle = Throttle::new(
+            "ex1".into(),
+            ThrottleSettings {
+                requests_per_second: 10_000,
+                burst: 10_000,
+                max_concurrent: 10,
+            },
+            telemetry.runtime.clone(),
+        );
+        let rig = Rig {
+            db,
+            sim,
+            engine,
+            feed,
+            client,
+            throttle,
+            pg_name,
+            _dir: dir,
+            _serial: serial,
+        };
+        let folders = rig
+            .engine
+            .open_mailbox(&rig.spec(), StepContext::new(rig.throttle.clone()))
+            .await
+            .unwrap();
+        assert_eq!(
+            folders.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
+            ["mail"]
+        );
+        rig
+    }
+
+    fn spec(&self) -> MailboxSpec {
+        MailboxSpec {
+            smtp: USER.into(),
+            server: "ex1".into(),
+            fingerprint: 0,
+        }
+    }
+
+    async fn finish(self) {
+        self.db.close().await;
+        self.sim.stop().await;
+        if let Some(name) = self.pg_name {
+            common::drop_postgres(&name).await;
+        }
+    }
+
+    /// Feeds the CRM changes, then runs mail steps until there is nothing more to do.
+    async fn sync(&self) -> u64 {
+        self.sync_with(Cause::Timer).await
+    }
+
+    async fn sync_with(&self, cause: Cause) -> u64 {
+        while self.feed.poll_once().await.unwrap().is_some() {}
+        let mut items = 0;
+        for _ in 0..200 {
+            let mut causes = Causes::default();
+            causes.insert(cause);
+            let report = self
+                .engine
+                .sync_folder(StepRequest {
+                    mailbox: USER.into(),
+                    folder: "mail".into(),
+                    full_resync: false,
+                    causes,
+                    ctx: StepContext::new(self.throttle.clone()),
+                })
+                .await
+                .unwrap_or_else(|e| panic!("mail step: {e}"));
+            items += report.items;
+            if !report.more {
+                return items;
+            }
+        }
+        panic!("the mail folder kept asking for more steps");
+    }
+
+    async fn initial(&self, direction: Direction) -> u64 {
+        while self.feed.poll_once().await.unwrap().is_some() {}
+        let summaries = self
+            .engine
+            .initial_sync(
+                &self.spec(),
+                direction,
+                self.throttle.clone(),
+                &|_, _, _| {},
+            )
+            .await
+            .unwrap();
+        summaries
+            .iter()
+            .find(|s| s.area == "mail")
+            .expect("a mail summary")
+            .counts
+            .values()
+            .sum()
+    }
+
+    async fn call<O: ews::ops::Operation>(&self, op: &O) -> O::Output {
+        self.client
+            .call(&ews::Target::impersonating(USER), op)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", O::NAME))
+            .output
+    }
+
+    /// The mail folders under msgfolderroot: path → Exchange id (paths use display names).
+    async fn exchange_folders(&self) -> BTreeMap<String, ItemId> {
+        let all: Vec<ews::items::Folder> = self
+            .call(&ews::ops::SyncFolderHierarchy {
+                folder: Some(FolderRef::well_known(DistinguishedFolder::MsgFolderRoot)),
+                shape: Shape::all_properties(vec![]),
+                sync_state: None,
+            })
+            .await
+            .changes
+            .into_iter()
+            .filter_map(|c| match c {
+                ews::ops::FolderChange::Create(f) => Some(f),
+                _ => None,
+            })
+            .collect();
+        let root = self
+            .call(&ews::ops::GetFolder {
+                folders: vec![FolderRef::well_known(DistinguishedFolder::MsgFolderRoot)],
+                shape: Shape::id_only(),
+            })
+            .await
+            .remove(0)
+            .unwrap()
+            .id
+            .unwrap()
+            .id;
+        let by_id: BTreeMap<String, &ews::items::Folder> =
+            all.iter().map(|f| (f.id.clone().unwrap().id, f)).collect();
+        let mut out = BTreeMap::new();
+        for f in all.iter().filter(|f| {
+            f.folder_class
+                .as_deref()
+                .is_none_or(|c| c.starts_with("IPF.Note"))
+        }) {
+            let mut parts = vec![f.display_name.clone().unwrap_or_default()];
+            let mut cur = f.parent.clone();
+            while let Some(p) = cur.filter(|p| p.id != root) {
+                let Some(pf) = by_id.get(&p.id) else { break };
+                parts.push(pf.display_name.clone().unwrap_or_default());
+                cur = pf.parent.clone();
+            }
+            parts.reverse();
+            out.insert(parts.join("/"), f.id.clone().unwrap());
+        }
+        out
+    }
+
+    /// CRM folders: path → id (paths use names).
+    async fn crm_folders(&self) -> BTreeMap<String, i64> {
+        let rows = self.db.mail_folders(1).await.unwrap();
+        let by_id: BTreeMap<i64, _> = rows.iter().map(|r| (r.id, r)).collect();
+        rows.iter()
+            .map(|r| {
+                let mut parts = vec![r.name.clone()];
+                let mut cur = r.parent_id;
+                while let Some(p) = cur {
+                    parts.push(by_id[&p].name.clone());
+                    cur = by_id[&p].parent_id;
+                }
+                parts.reverse();
+                (parts.join("/"), r.id)
+            })
+            .collect()
+    }
+
+    /// Messages of an Exchange folder: (sha of MIME, is_read, Exchange id).
+    async fn exchange_mails(&self, folder: &ItemId) -> Vec<(String, bool, ItemId)> {
+        let mut ids = Vec::new();
+        let mut offset = 0;
+        loop {
+            let page = self
+                .call(&FindItem {
+                    folder: FolderRef::Id(folder.clone()),
+                    shape: Shape::id_only(),
+                    view: View::IndexedPage { offset, max: 1000 },
+                    restriction: None,
+                })
+                .await;
+            let n = page.items.len();
+            ids.extend(page.items.iter().filter_map(|i| i.id().cloned()));
+            offset += n as u32;
+            if n < 1000 {
+                break;
+            }
+        }
+        let mut out = Vec::new();
+        for chunk in ids.chunks(100) {
+            let got = self
+                .call(&GetItem {
+                    ids: chunk.to_vec(),
+                    shape: Shape {
+                        base: ews::types::BaseShape::IdOnly,
+                        additional: vec![
+                            PropertyPath::Field("item:MimeContent".into()),
+                            PropertyPath::Field("message:IsRead".into()),
+                        ],
+                    },
+                })
+                .await;
+            for item in got {
+                let Ok(Item::Message(m)) = item else {
+                    panic!("not a message: {item:?}")
+                };
+                out.push((
+                    sha(m.mime.as_deref().unwrap_or_default()),
+                    m.is_read.unwrap_or(false),
+                    m.id.unwrap(),
+                ));
+            }
+        }
+        out.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        out
+    }
+
+    /// CRM mails of a folder: (sha of MIME, is_read, id).
+    async fn crm_mails(&self, folder: i64) -> Vec<(String, bool, i64)> {
+        let mut out = Vec::new();
+        for id in self.db.mail_ids_in_folder(folder).await.unwrap() {
+            let row = self.db.mails(&[id]).await.unwrap().remove(0);
+            let mime = self.db.mail_mime(id).await.unwrap().unwrap_or_default();
+            out.push((sha(&mime), row.is_read, id));
+        }
+        out.sort();
+        out
+    }
+
+    async fn user_creates_mail(&self, folder: FolderRef, mime: Vec<u8>, read: bool) -> ItemId {
+        self.call(&CreateItem {
+            folder: Some(folder),
+            items: vec![Item::Message(Message {
+                mime: Some(mime),
+                is_read: Some(read),
+                ..Message::default()
+            })],
+            disposition: Some(MessageDisposition::SaveOnly),
+        })
+        .await
+        .remove(0)
+        .unwrap()
+    }
+
+    async fn crm_folder(&self, name: &str, role: Option<&str>, parent: Option<i64>) -> i64 {
+        let role = role.map_or("NULL".into(), |r| format!("'{r}'"));
+        let parent = parent.map_or("NULL".into(), |p| p.to_string());
+        exec(
+            &self.db,
+            &format!("INSERT INTO crm_mail_folders (owner_id, parent_id, name, role) VALUES (1, {parent}, '{name}', {role})"),
+        )
+        .await;
+        count(
+            &self.db,
+            &format!("SELECT max(id) FROM crm_mail_folders WHERE name = '{name}'"),
+        )
+        .await
+    }
+
+    async fn crm_mail(&self, folder: i64, mime: &[u8], read: bool, sent_at: &str) -> i64 {
+        let sql = "INSERT INTO crm_mails (owner_id, folder_id, internet_message_id, subject, sent_at, is_read, mime, size) \
+                   VALUES (1, $1, $2, 'crm', $3, $4, $5, $6) RETURNING id";
+        let mid = String::from_utf8_lossy(mime)
+            .lines()
+            .find_map(|l| l.strip_prefix("Message-ID: ").map(str::to_owned));
+        let at = chrono::DateTime::parse_from_rfc3339(sent_at)
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        match &self.db {
+            Db::Postgres(p) => {
+                sqlx::query_as::<_, (i64,)>(sql)
+                    .bind(folder)
+                    .bind(mid)
+                    .bind(at)
+                    .bind(read)
+                    .bind(mime)
+                    .bind(mime.len() as i64)
+                    .fetch_one(p)
+                    .await
+                    .unwrap()
+                    .0
+            }
+            Db::Sqlite(p) => {
+                sqlx::query_as::<_, (i64,)>(&sql.replace('$', "?"))
+                    .bind(folder)
+                    .bind(mid)
+                    .bind(at)
+                    .bind(read)
+                    .bind(mime)
+                    .bind(mime.len() as i64)
+                    .fetch_one(p)
+                    .await
+                    .unwrap()
+                    .0
+            }
+        }
+    }
+}
+
+fn hashes(v: &[(String, bool, ItemId)]) -> BTreeSet<String> {
+    v.iter().map(|m| m.0.clone()).collect()
+}
+
+const DATE: &str = "Mon, 02 Mar 2026 09:30:00 +0100";
+const SENT: &str = "2026-03-02T08:30:00Z";
+
+/// The folder tree both ways: distinguished folders link by role whatever their names (a
+/// German mailbox, an English CRM), custom folders are created where missing; renames, moves
+/// and deletes follow on either side.
+async fn folder_tree(rig: &Rig) {
+    let inbox = rig.crm_folder("Inbox", Some("inbox"), None).await;
+    rig.crm_folder("Sent Items", Some("sentitems"), None).await;
+    let projekte = rig.crm_folder("Projekte", None, Some(inbox)).await;
+    let kunden = rig
+        .call(&CreateFolder {
+            parent: FolderRef::well_known(DistinguishedFolder::Inbox),
+            folders: vec![ews::items::Folder {
+                display_name: Some("Kunden".into()),
+                folder_class: Some("IPF.Note".into()),
+                ..Default::default()
+            }],
+        })
+        .await
+        .remove(0)
+        .unwrap();
+    rig.sync().await;
+
+    let crm = rig.crm_folders().await;
+    // One CRM folder per role: linked, never duplicated under the German name.
+    assert_eq!(
+        count(
+            &rig.db,
+            "SELECT count(*) FROM crm_mail_folders WHERE role = 'inbox'"
+        )
+        .await,
+        1
+    );
+    assert!(crm.contains_key("Inbox/Kunden"), "{crm:?}");
+    assert!(!crm.keys().any(|k| k.starts_with("Posteingang")), "{crm:?}");
+    // Roles Exchange has and the CRM had not arrive under Exchange's names.
+    assert!(crm.contains_key("Gelöschte Elemente"), "{crm:?}");
+    assert_eq!(
+        count(&rig.db, "SELECT count(*) FROM crm_mail_folders WHERE role = 'deleteditems' AND name = 'Gelöschte Elemente'").await,
+        1
+    );
+    let ex = rig.exchange_folders().await;
+    assert!(ex.contains_key("Posteingang/Projekte"), "{ex:?}");
+    assert!(!ex.contains_key("Inbox"), "{ex:?}");
+
+    // Rename in the CRM, rename and move in Exchange.
+    exec(
+        &rig.db,
+        &format!("UPDATE crm_mail_folders SET name = 'Projekte 2026' WHERE id = {projekte}"),
+    )
+    .await;
+    rig.call(&UpdateFolder {
+        folder: kunden.clone(),
+        display_name: "Stammkunden".into(),
+    })
+    .await;
+    rig.sync().await;
+    let ex = rig.exchange_folders().await;
+    assert!(ex.contains_key("Posteingang/Projekte 2026"), "{ex:?}");
+    let crm = rig.crm_folders().await;
+    assert!(crm.contains_key("Inbox/Stammkunden"), "{crm:?}");
+
+    rig.call(&ews::ops::MoveFolder {
+        folder: ex["Posteingang/Stammkunden"].clone(),
+        to: FolderRef::well_known(DistinguishedFolder::MsgFolderRoot),
+    })
+    .await;
+    rig.sync().await;
+    let crm = rig.crm_folders().await;
+    assert!(crm.contains_key("Stammkunden"), "{crm:?}");
+
+    // Delete in Exchange, delete in the CRM.
+    rig.call(&ews::ops::DeleteFolder {
+        folder: rig.exchange_folders().await["Stammkunden"].clone(),
+        delete_type: DeleteType::HardDelete,
+    })
+    .await;
+    exec(
+        &rig.db,
+        &format!("DELETE FROM crm_mail_folders WHERE id = {projekte}"),
+    )
+    .await;
+    rig.sync().await;
+    let crm = rig.crm_folders().await;
+    assert!(!crm.contains_key("Stammkunden"), "{crm:?}");
+    let ex = rig.exchange_folders().await;
+    assert!(!ex.contains_key("Posteingang/Projekte 2026"), "{ex:?}");
+    // Deleted the default way: into Deleted Items, where the user can restore it.
+    assert!(
+        ex.contains_key("Gelöschte Elemente/Projekte 2026"),
+        "{ex:?}"
+    );
+    // ... and it does not come back into the CRM from there.
+    rig.sync().await;
+    let crm = rig.crm_folders().await;
+    assert!(!crm.keys().any(|k| k.contains("Projekte")), "{crm:?}");
+}
+
+#[tokio::test]
+async fn folder_tree_both_ways_by_role_in_a_german_mailbox_postgres() {
+    let Some(rig) = Rig::postgres(Options {
+        german: true,
+        ..Options::default()
+    })
+    .await
+    else {
+        return;
+    };
+    folder_tree(&rig).await;
+    rig.finish().await;
+}
+
+#[tokio::test]
+async fn folder_tree_both_ways_by_role_in_a_german_mailbox_sqlite() {
+    let rig = Rig::sqlite(Options {
+        german: true,
+        ..Options::default()
+    })
+    .await;
+    folder_tree(&rig).await;
+    rig.finish().await;
+}
+
+/// Messages both ways with their MIME byte for byte (attachments included), read flags,
+/// moves and deletes both ways; a move is a move, never a copy.
+async fn messages(rig: &Rig) {
+    let inbox = rig.crm_folder("Inbox", Some("inbox"), None).await;
+    let archiv = rig.crm_folder("Archiv", None, None).await;
+    let from_crm = mime(1, "Angebot", DATE);
+    let crm_id = rig.crm_mail(inbox, &from_crm, false, SENT).await;
+    let from_outlook = mime(2, "Rückfrage", DATE);
+    let ews_id = rig
+        .user_creates_mail(
+            FolderRef::well_known(DistinguishedFolder::Inbox),
+            from_outlook.clone(),
+            true,
+        )
+        .await;
+    rig.sync().await;
+
+    let ex = rig.exchange_folders().await;
+    let ex_inbox = rig.exchange_mails(&ex["Inbox"]).await;
+    let crm_inbox = rig.crm_mails(inbox).await;
+    assert_eq!(
+        hashes(&ex_inbox),
+        crm_inbox
+            .iter()
+            .map(|m| m.0.clone())
+            .collect::<BTreeSet<_>>()
+    );
+    assert_eq!(
+        hashes(&ex_inbox),
+        [sha(&from_crm), sha(&from_outlook)].into_iter().collect()
+    );
+    assert_eq!(
+        count(&rig.db, "SELECT count(*) FROM crm_mails").await,
+        2,
+        "no copies"
+    );
+    let imported = count(
+        &rig.db,
+        &format!("SELECT id FROM crm_mails WHERE id <> {crm_id}"),
+    )
+    .await;
+    assert_eq!(
+        count(
+            &rig.db,
+            &format!("SELECT count(*) FROM crm_mails WHERE is_read AND id = {imported}")
+        )
+        .await,
+        1,
+        "the read flag came with the message"
+    );
+    // The envelope columns are filled from Exchange.
+    assert_eq!(
+        count(&rig.db, &format!("SELECT count(*) FROM crm_mails WHERE id = {imported} AND subject = 'Rückfrage' AND sender = 'kunde2@example.org' AND internet_message_id IS NOT NULL AND size > 0")).await,
+        1
+    );
+
+    // Read flags both ways.
+    exec(
+        &rig.db,
+        &format!("UPDATE crm_mails SET is_read = TRUE WHERE id = {crm_id}"),
+    )
+    .await;
+    let current = rig.exchange_mails(&ex["Inbox"]).await;
+    let outlook_now = current
+        .iter()
+        .find(|m| m.0 == sha(&from_outlook))
+        .unwrap()
+        .2
+        .clone();
+    rig.call(&UpdateItem {
+        changes: vec![ItemUpdate {
+            id: outlook_now,
+            updates: Item::Message(Message {
+                is_read: Some(false),
+                ..Message::default()
+            })
+            .updates(),
+        }],
+        conflict: ews::ops::ConflictResolution::AlwaysOverwrite,
+        disposition: Some(MessageDisposition::SaveOnly),
+        calendar: false,
+    })
+    .await;
+    rig.sync().await;
+    let flags: BTreeMap<String, bool> = rig
+        .exchange_mails(&ex["Inbox"])
+        .await
+        .into_iter()
+        .map(|m| (m.0, m.1))
+        .collect();
+    assert_eq!(flags[&sha(&from_crm)], true, "CRM read → Exchange");
+    assert_eq!(
+        count(
+            &rig.db,
+            &format!("SELECT count(*) FROM crm_mails WHERE is_read AND id = {imported}")
+        )
+        .await,
+        0,
+        "Exchange unread → CRM"
+    );
+
+    // Moves both ways: the Outlook message into Archiv in Exchange, the CRM one in the CRM.
+    let outlook_now = rig
+        .exchange_mails(&ex["Inbox"])
+        .await
+        .into_iter()
+        .find(|m| m.0 == sha(&from_outlook))
+        .unwrap()
+        .2;
+    rig.call(&MoveItem {
+        ids: vec![outlook_now],
+        to: FolderRef::Id(ex["Archiv"].clone()),
+    })
+    .await;
+    exec(
+        &rig.db,
+        &format!("UPDATE crm_mails SET folder_id = {archiv} WHERE id = {crm_id}"),
+    )
+    .await;
+    rig.sync().await;
+    assert!(rig.exchange_mails(&ex["Inbox"]).await.is_empty());
+    assert_eq!(
+        hashes(&rig.exchange_mails(&ex["Archiv"]).await),
+        [sha(&from_crm), sha(&from_outlook)].into_iter().collect()
+    );
+    assert_eq!(
+        count(&rig.db, &format!("SELECT count(*) FROM crm_mails WHERE folder_id = {archiv} AND id IN ({crm_id}, {imported})")).await,
+        2,
+        "both rows moved, same ids: no copy"
+    );
+    assert_eq!(count(&rig.db, "SELECT count(*) FROM crm_mails").await, 2);
+
+    // Deletes: in the CRM → Exchange's Deleted Items (the default), not back into the CRM;
+    // in Exchange (hard) → gone from the CRM.
+    exec(
+        &rig.db,
+        &format!("DELETE FROM crm_mails WHERE id = {crm_id}"),
+    )
+    .await;
+    let outlook_now = rig
+        .exchange_mails(&ex["Archiv"])
+        .await
+        .into_iter()
+        .find(|m| m.0 == sha(&from_outlook))
+        .unwrap()
+        .2;
+    rig.call(&DeleteItem {
+        ids: vec![outlook_now],
+        delete_type: DeleteType::HardDelete,
+    })
+    .await;
+    rig.sync().await;
+    assert!(rig.exchange_mails(&ex["Archiv"]).await.is_empty());
+    assert_eq!(
+        hashes(&rig.exchange_mails(&ex["Deleted Items"]).await),
+        [sha(&from_crm)].into_iter().collect()
+    );
+    assert_eq!(count(&rig.db, "SELECT count(*) FROM crm_mails").await, 0);
+    let _ = ews_id;
+}
+
+#[tokio::test]
+async fn messages_flags_moves_and_deletes_both_ways_postgres() {
+    let Some(rig) = Rig::postgres(Options::default()).await else {
+        return;
+    };
+    messages(&rig).await;
+    rig.finish().await;
+}
+
+#[tokio::test]
+async fn messages_flags_moves_and_deletes_both_ways_sqlite() {
+    let rig = Rig::sqlite(Options::default()).await;
+    messages(&rig).await;
+    rig.finish().await;
+}
