@@ -783,3 +783,236 @@ async fn messages_flags_moves_and_deletes_both_ways_sqlite() {
     messages(&rig).await;
     rig.finish().await;
 }
+
+/// Sending: the mailbox's own address through Exchange (SendAndSaveCopy: the copy lands in
+/// Sent Items and from there in the CRM's sent items), an alternative sender through the SMTP
+/// server (byte for byte, envelope from the row); without an SMTP server the row fails with
+/// the reason and the others are still sent.
+#[tokio::test]
+async fn outbox_sends_through_exchange_or_the_smtp_server() {
+    let sink = SmtpSink::start().await;
+    let Some(rig) = Rig::postgres(Options {
+        smtp: Some(SmtpConfig {
+            host: "127.0.0.1".into(),
+            port: sink.addr.port(),
+            tls: SmtpTls::None,
+            credentials: None,
+        }),
+        ..Options::default()
+    })
+    .await
+    else {
+        return;
+    };
+    rig.crm_folder("Gesendet", Some("sentitems"), None).await;
+    rig.sync().await;
+    let own = mime(10, "Auftragsbestätigung", DATE);
+    let alt = mime(11, "Newsletter", DATE);
+    for (sender, body) in [(USER, &own), ("vertrieb@example.com", &alt)] {
+        let sql = "INSERT INTO crm_outbox (owner_id, sender, recipients, subject, mime) VALUES (1, $1, $2, 's', $3)";
+        let Db::Postgres(p) = &rig.db else {
+            unreachable!()
+        };
+        sqlx::query(sql)
+            .bind(sender)
+            .bind("Kunde <kunde10@example.org>, kunde11@example.org")
+            .bind(body)
+            .execute(p)
+            .await
+            .unwrap();
+    }
+    rig.sync().await;
+    assert_eq!(
+        count(
+            &rig.db,
+            "SELECT count(*) FROM crm_outbox WHERE state = 'sent' AND sent_at IS NOT NULL"
+        )
+        .await,
+        2
+    );
+    // Through Exchange: the copy in Sent Items, imported into the CRM's sent folder once.
+    let ex = rig.exchange_folders().await;
+    assert_eq!(
+        hashes(&rig.exchange_mails(&ex["Sent Items"]).await),
+        [sha(&own)].into_iter().collect()
+    );
+    rig.sync().await;
+    assert_eq!(
+        count(&rig.db, "SELECT count(*) FROM crm_mails m JOIN crm_mail_folders f ON f.id = m.folder_id WHERE f.role = 'sentitems'").await,
+        1
+    );
+    // Through SMTP: the exact bytes, the row's envelope.
+    let got = sink.mails.lock().clone();
+    assert_eq!(
+        got.len(),
+        1,
+        "only the alternative sender goes through SMTP"
+    );
+    assert_eq!(got[0].0, "vertrieb@example.com");
+    assert_eq!(got[0].1, ["kunde10@example.org", "kunde11@example.org"]);
+    assert_eq!(sha(&got[0].2), sha(&alt));
+
+    // Sent rows are not sent again.
+    rig.sync_with(Cause::Start).await;
+    assert_eq!(sink.mails.lock().len(), 1);
+    assert_eq!(rig.exchange_mails(&ex["Sent Items"]).await.len(), 1);
+    rig.finish().await;
+}
+
+#[tokio::test]
+async fn an_alternative_sender_without_an_smtp_server_fails_that_row_only() {
+    let rig = Rig::sqlite(Options::default()).await;
+    rig.crm_folder("Sent Items", Some("sentitems"), None).await;
+    for sender in ["other@example.com", USER] {
+        exec(
+            &rig.db,
+            &format!("INSERT INTO crm_outbox (owner_id, sender, recipients, mime) VALUES (1, '{sender}', 'kunde@example.org', X'{}')",
+                mime(12, sender, DATE).iter().map(|b| format!("{b:02x}")).collect::<String>()),
+        )
+        .await;
+    }
+    rig.sync().await;
+    assert_eq!(
+        count(&rig.db, "SELECT count(*) FROM crm_outbox WHERE state = 'failed' AND sender = 'other@example.com' AND error LIKE '%no [smtp] server is configured%'").await,
+        1
+    );
+    assert_eq!(
+        count(
+            &rig.db,
+            "SELECT count(*) FROM crm_outbox WHERE state = 'sent' AND sender = 'user1@example.com'"
+        )
+        .await,
+        1
+    );
+    rig.finish().await;
+}
+
+/// A crash between any write and its mapping links instead of copying: mappings lost on both
+/// sides (as if the process died before storing them) are rebuilt from the CRM rows' Exchange
+/// ids and the stamps on Exchange's messages.
+#[tokio::test]
+async fn lost_mappings_link_again_without_duplicates() {
+    let Some(rig) = Rig::postgres(Options::default()).await else {
+        return;
+    };
+    let inbox = rig.crm_folder("Inbox", Some("inbox"), None).await;
+    for n in 0..5 {
+        rig.crm_mail(inbox, &mime(20 + n, "crm", DATE), n % 2 == 0, SENT)
+            .await;
+        rig.user_creates_mail(
+            FolderRef::well_known(DistinguishedFolder::Inbox),
+            mime(30 + n, "outlook", DATE),
+            false,
+        )
+        .await;
+    }
+    rig.sync().await;
+    let ex = rig.exchange_folders().await;
+    assert_eq!(rig.exchange_mails(&ex["Inbox"]).await.len(), 10);
+    assert_eq!(count(&rig.db, "SELECT count(*) FROM crm_mails").await, 10);
+    // The crash: every mapping and sync state gone, the CRM rows queued again.
+    exec(&rig.db, "DELETE FROM ms_item_map").await;
+    exec(&rig.db, "DELETE FROM ms_folder_state").await;
+    exec(&rig.db, "UPDATE crm_mails SET subject = subject").await;
+    rig.sync().await;
+    assert_eq!(rig.exchange_mails(&ex["Inbox"]).await.len(), 10);
+    assert_eq!(count(&rig.db, "SELECT count(*) FROM crm_mails").await, 10);
+    assert_eq!(
+        count(
+            &rig.db,
+            "SELECT count(*) FROM crm_mail_folders WHERE role = 'inbox'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(
+            &rig.db,
+            "SELECT count(*) FROM ms_item_map WHERE crm_table = 'crm_mails'"
+        )
+        .await,
+        10
+    );
+    rig.finish().await;
+}
+
+/// Initial sync CRM → Exchange honours the start date per folder and skips excluded folders;
+/// including a folder later syncs its backlog both ways.
+#[tokio::test]
+async fn start_dates_and_an_excluded_folder_that_is_included_later() {
+    let Some(rig) = Rig::postgres(Options {
+        mail: MailConfig {
+            excluded_folders: vec!["Projekte/Alt".into()],
+            ..MailConfig::default()
+        },
+        ..Options::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let inbox = rig.crm_folder("Inbox", Some("inbox"), None).await;
+    exec(
+        &rig.db,
+        &format!("UPDATE crm_mail_folders SET sync_from = '2026-01-01' WHERE id = {inbox}"),
+    )
+    .await;
+    let archiv = rig.crm_folder("Archiv", None, None).await;
+    exec(
+        &rig.db,
+        &format!("UPDATE crm_mail_folders SET sync_excluded = TRUE WHERE id = {archiv}"),
+    )
+    .await;
+    let projekte = rig.crm_folder("Projekte", None, None).await;
+    let alt = rig.crm_folder("Alt", None, Some(projekte)).await;
+    let old = mime(40, "alt", "Tue, 01 Oct 2024 10:00:00 +0200");
+    rig.crm_mail(inbox, &old, true, "2024-10-01T08:00:00Z")
+        .await;
+    let new = mime(41, "neu", DATE);
+    rig.crm_mail(inbox, &new, false, SENT).await;
+    let archived = mime(42, "archiv", DATE);
+    rig.crm_mail(archiv, &archived, true, SENT).await;
+    let by_path = mime(43, "alt-projekt", DATE);
+    rig.crm_mail(alt, &by_path, true, SENT).await;
+    let counted = rig.initial(Direction::CrmToExchange).await;
+    assert!(counted >= 4, "folders and mails written: {counted}");
+
+    let ex = rig.exchange_folders().await;
+    // The tree is complete; only the mails are left out.
+    for path in ["Inbox", "Archiv", "Projekte/Alt"] {
+        assert!(ex.contains_key(path), "{path} in {ex:?}");
+    }
+    assert_eq!(
+        hashes(&rig.exchange_mails(&ex["Inbox"]).await),
+        [sha(&new)].into_iter().collect(),
+        "mails before the start date stay in the CRM"
+    );
+    assert!(rig.exchange_mails(&ex["Archiv"]).await.is_empty());
+    assert!(rig.exchange_mails(&ex["Projekte/Alt"]).await.is_empty());
+
+    // Meanwhile a user files a message into the excluded folder in Outlook: not imported.
+    let outlook = mime(44, "outlook-archiv", DATE);
+    rig.user_creates_mail(FolderRef::Id(ex["Archiv"].clone()), outlook.clone(), false)
+        .await;
+    rig.sync().await;
+    assert_eq!(rig.crm_mails(archiv).await.len(), 1);
+
+    // Included: the backlog of both sides arrives.
+    exec(
+        &rig.db,
+        &format!("UPDATE crm_mail_folders SET sync_excluded = FALSE WHERE id = {archiv}"),
+    )
+    .await;
+    rig.sync().await;
+    let both: BTreeSet<String> = [sha(&archived), sha(&outlook)].into_iter().collect();
+    assert_eq!(hashes(&rig.exchange_mails(&ex["Archiv"]).await), both);
+    assert_eq!(
+        rig.crm_mails(archiv)
+            .await
+            .into_iter()
+            .map(|m| m.0)
+            .collect::<BTreeSet<_>>(),
+        both
+    );
+    rig.finish().await;
+}

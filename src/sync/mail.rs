@@ -810,8 +810,7 @@ impl<'a> MailStep<'a> {
                 self.counted("to_exchange", "move_folder");
             }
         }
-        base["sync_from"] = json!(row.sync_from);
-        base["excluded"] = json!(row.sync_excluded);
+        // "excluded" and "sync_from" stay: `folders` compares them and catches up.
         let mapping = self.put_folder_mapping(row.id, &ews_id, row.version, base);
         self.engine
             .state

@@ -67,8 +67,11 @@ pub async fn send(
         ));
     }
     let transport = builder.build();
+    // lettre ends the data with CRLF "." CRLF after the message, so a message's own final
+    // CRLF would arrive as an extra empty line: it is left to that terminator.
+    let body = mime.strip_suffix(b"\r\n").unwrap_or(&mime);
     transport
-        .send_raw(&envelope, &mime)
+        .send_raw(&envelope, body)
         .await
         .map(|_| ())
         .map_err(|e| format!("SMTP server {}:{} refused it: {e}", relay.host, relay.port))

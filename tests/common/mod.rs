@@ -168,10 +168,10 @@ impl SmtpSink {
                         {
                             b"250-sink\r\n250 8BITMIME\r\n"
                         } else if upper.starts_with("MAIL FROM:") {
-                            from = line[10..].trim().trim_matches(['<', '>']).to_string();
+                            from = angle(&line[10..]);
                             b"250 OK\r\n"
                         } else if upper.starts_with("RCPT TO:") {
-                            to.push(line[8..].trim().trim_matches(['<', '>']).to_string());
+                            to.push(angle(&line[8..]));
                             b"250 OK\r\n"
                         } else if upper.starts_with("DATA") {
                             w.write_all(b"354 go on\r\n").await.ok()?;
@@ -208,5 +208,18 @@ impl SmtpSink {
             }
         });
         SmtpSink { addr, mails }
+    }
+}
+
+/// The address in `<...>` of an SMTP command argument (parameters after it left out).
+fn angle(arg: &str) -> String {
+    let arg = arg.trim();
+    match (arg.find('<'), arg.find('>')) {
+        (Some(a), Some(b)) if a < b => arg[a + 1..b].to_string(),
+        _ => arg
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string(),
     }
 }
