@@ -1667,7 +1667,15 @@ impl Engine {
         };
         let mut full = true;
         loop {
-            let more = step.run(full, false).await?;
+            // Every step is resumable: a server that says "busy" is waited for, not fatal.
+            let more = match step.run(full, false).await {
+                Ok(more) => more,
+                Err(SyncError::Throttled { back_off }) => {
+                    tokio::time::sleep(back_off).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             full = false;
             progress(super::mail::MAIL, step.seen, step.seen.max(crm_total));
             if !more {

@@ -224,9 +224,12 @@ impl<'a> MailStep<'a> {
         let mut more = self.pull_hierarchy(&roles, full).await?;
         more |= self.push_folders(&roles).await?;
         let folders = self.folders().await?;
-        more |= self.pull_mails(&folders, full, only_dirty).await?;
+        // CRM changes go first and the folders they wrote into are read after them: Exchange
+        // reports net changes, so a message we wrote that a user deletes before the folder's
+        // next read would never be reported deleted unless that read already knew it.
         more |= self.push_mails(&folders).await?;
         self.send_outbox(&roles).await?;
+        more |= self.pull_mails(&folders, full, only_dirty).await?;
         Ok(more)
     }
 
@@ -997,6 +1000,8 @@ impl<'a> MailStep<'a> {
         let mut deletes: Vec<ItemId> = Vec::new();
         let mut next_states = Vec::new();
         let mut more = HashSet::new();
+        let mut skipped: Vec<&SyncedFolder> = Vec::new();
+        let mut selected: Vec<(&SyncedFolder, FolderState)> = Vec::new();
         for f in folders.iter().filter(|f| !f.excluded) {
             let key = format!("mail/{}", f.row.id);
             let current = state
@@ -1007,73 +1012,80 @@ impl<'a> MailStep<'a> {
             let fresh = current.sync_state.is_none();
             if only_dirty && !fresh && !dirty.contains(&f.ews_id) && !unfinished.contains(&f.ews_id)
             {
+                skipped.push(f);
                 continue;
             }
-            let mut sync_state =
-                if full || current.ews_folder_id.as_deref() != Some(f.ews_id.as_str()) {
-                    None
-                } else {
-                    current.sync_state
-                };
-            for _ in 0..PAGES_PER_STEP {
-                let op = SyncFolderItems {
-                    folder: FolderRef::Id(id_of(&f.ews_id)),
-                    shape: pull_shape(),
-                    sync_state: sync_state.clone(),
-                    ignore: vec![],
-                    max_changes: ews::ops::MAX_CHANGES_RETURNED,
-                };
-                let reply = match self.engine.call(self.setup, self.ctx, &op).await {
-                    Ok(r) => r,
-                    // The folder vanished since the tree was read: the next tree sync says so.
-                    Err(SyncError::Failed(m))
-                        if m.contains("ErrorFolderNotFound") || m.contains("not found") =>
-                    {
-                        break
-                    }
-                    Err(e) => return Err(e),
-                };
-                self.seen += reply.changes.len() as u64;
-                for change in reply.changes {
-                    match change {
-                        ItemChange::Create(item) | ItemChange::Update(item) => {
-                            let Item::Message(msg) = item else { continue };
-                            let Some(id) = msg.id.clone() else { continue };
-                            if f.sync_from.is_some_and(|from| {
-                                msg.received.is_some_and(|r| r.date_naive() < from)
-                            }) {
-                                continue;
-                            }
-                            let stamped = fields::stamped_id(&Item::Message(msg.clone()), MAILS);
-                            creates.push(Seen {
-                                id,
-                                folder: f.row.id,
-                                is_read: msg.is_read.unwrap_or(false),
-                                size: msg.size.unwrap_or(0),
-                                message_id: msg.internet_message_id.clone(),
-                                stamped,
-                            });
-                        }
-                        ItemChange::ReadFlagChange { id, is_read } => {
-                            updates.push((id, f.row.id, Some(is_read)));
-                        }
-                        ItemChange::Delete(id) => deletes.push(id),
-                    }
-                }
-                sync_state = Some(reply.sync_state);
-                if reply.includes_last {
-                    break;
-                }
-                more.insert(f.ews_id.clone());
-                if !reply.includes_last {
-                    continue;
-                }
-            }
-            next_states.push((key, f.ews_id.clone(), sync_state));
+            selected.push((f, current));
         }
-        // Creates and changes first, then deletes: a message moved between two folders
-        // is relinked, not deleted and copied.
-        let deleted: HashMap<String, ItemMapping> = {
+        let mut pass = 0;
+        let deleted: HashMap<String, ItemMapping> = loop {
+            for (f, current) in std::mem::take(&mut selected) {
+                let key = format!("mail/{}", f.row.id);
+                let mut sync_state =
+                    if full || current.ews_folder_id.as_deref() != Some(f.ews_id.as_str()) {
+                        None
+                    } else {
+                        current.sync_state
+                    };
+                for _ in 0..PAGES_PER_STEP {
+                    let op = SyncFolderItems {
+                        folder: FolderRef::Id(id_of(&f.ews_id)),
+                        shape: pull_shape(),
+                        sync_state: sync_state.clone(),
+                        ignore: vec![],
+                        max_changes: ews::ops::MAX_CHANGES_RETURNED,
+                    };
+                    let reply = match self.engine.call(self.setup, self.ctx, &op).await {
+                        Ok(r) => r,
+                        // The folder vanished since the tree was read: the next tree sync says so.
+                        Err(SyncError::Failed(m))
+                            if m.contains("ErrorFolderNotFound") || m.contains("not found") =>
+                        {
+                            break
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    self.seen += reply.changes.len() as u64;
+                    for change in reply.changes {
+                        match change {
+                            ItemChange::Create(item) | ItemChange::Update(item) => {
+                                let Item::Message(msg) = item else { continue };
+                                let Some(id) = msg.id.clone() else { continue };
+                                if f.sync_from.is_some_and(|from| {
+                                    msg.received.is_some_and(|r| r.date_naive() < from)
+                                }) {
+                                    continue;
+                                }
+                                let stamped =
+                                    fields::stamped_id(&Item::Message(msg.clone()), MAILS);
+                                creates.push(Seen {
+                                    id,
+                                    folder: f.row.id,
+                                    is_read: msg.is_read.unwrap_or(false),
+                                    size: msg.size.unwrap_or(0),
+                                    message_id: msg.internet_message_id.clone(),
+                                    stamped,
+                                });
+                            }
+                            ItemChange::ReadFlagChange { id, is_read } => {
+                                updates.push((id, f.row.id, Some(is_read)));
+                            }
+                            ItemChange::Delete(id) => deletes.push(id),
+                        }
+                    }
+                    sync_state = Some(reply.sync_state);
+                    if reply.includes_last {
+                        break;
+                    }
+                    more.insert(f.ews_id.clone());
+                    if !reply.includes_last {
+                        continue;
+                    }
+                }
+                next_states.push((key, f.ews_id.clone(), sync_state));
+            }
+            // Creates and changes first, then deletes: a message moved between two folders
+            // is relinked, not deleted and copied.
             let mut out = HashMap::new();
             for id in &deletes {
                 if let Some(m) = state
@@ -1086,9 +1098,25 @@ impl<'a> MailStep<'a> {
                     }
                 }
             }
-            out
+            // A message gone from a folder may have moved into one this step did not read (no
+            // notification named it): before anything is deleted, every synced folder is read.
+            if pass > 0 || out.is_empty() || skipped.is_empty() {
+                break out;
+            }
+            pass += 1;
+            for f in std::mem::take(&mut skipped) {
+                let current = state
+                    .folder_state(self.smtp(), &format!("mail/{}", f.row.id))
+                    .await
+                    .map_err(db_error)?;
+                selected.push((f, current));
+            }
         };
-        let relinked = self.apply_seen(creates, &deleted).await?;
+        let trash = folders
+            .iter()
+            .find(|f| f.row.role.as_deref() == Some("deleteditems"))
+            .map(|f| f.row.id);
+        let relinked = self.apply_seen(creates, &deleted, trash).await?;
         for (id, folder, is_read) in updates {
             self.exchange_flag(&id, folder, is_read).await?;
         }
@@ -1181,8 +1209,14 @@ impl<'a> MailStep<'a> {
             && self.leading == Leading::Crm
             && base_bool(&m, "is_read") != Some(row.is_read)
         {
-            // Both changed the flag: the CRM leads; its change is queued.
-            return Ok(());
+            // Both changed the flag: the CRM leads. Its change is queued (again: a write
+            // that found the item moved away left it unrecorded).
+            return self
+                .engine
+                .state
+                .add_pending(&[(self.smtp().to_owned(), MAILS.to_owned(), row.id)])
+                .await
+                .map_err(db_error);
         }
         if row.is_read == is_read && row.folder_id == folder {
             let mut m = m;
@@ -1217,6 +1251,7 @@ impl<'a> MailStep<'a> {
         &mut self,
         seen: Vec<Seen>,
         deleted: &HashMap<String, ItemMapping>,
+        trash: Option<i64>,
     ) -> Result<HashSet<i64>, SyncError> {
         let state = &self.engine.state;
         let crm = &self.engine.crm;
@@ -1248,9 +1283,10 @@ impl<'a> MailStep<'a> {
                     .map_err(db_error)?
                     .into_iter()
                     .next();
-                if target.is_none() {
-                    // Written by mailsync for a row the CRM has deleted since (deleting in
-                    // the CRM moves it to Deleted Items): it does not come back.
+                if target.is_none() && Some(s.folder) == trash {
+                    // Written by mailsync for a row the CRM has deleted since: deleting in the
+                    // CRM moved it to Deleted Items, and it does not come back from there.
+                    // (Restored into another folder in Outlook, it is imported again.)
                     continue;
                 }
             }
@@ -1555,6 +1591,7 @@ impl<'a> MailStep<'a> {
             {
                 Some(Ok(Some(new_id))) => {
                     self.engine.note_own_write(&new_id);
+                    self.engine.mail.mark_dirty(self.smtp(), &to.ews_id);
                     id = new_id;
                     self.counted("to_exchange", "move");
                 }
@@ -1567,7 +1604,8 @@ impl<'a> MailStep<'a> {
                 None => return Err(SyncError::Failed("MoveItem answered nothing".into())),
             }
         }
-        if base_bool(m, "is_read") != Some(row.is_read) {
+        let flag_written = base_bool(m, "is_read") != Some(row.is_read);
+        if flag_written {
             let op = UpdateItem {
                 changes: vec![ItemUpdate {
                     id: id.clone(),
@@ -1599,7 +1637,10 @@ impl<'a> MailStep<'a> {
             }
         }
         mapping.ews_item_id = id.id;
-        mapping.change_key = id.change_key;
+        // After a move alone the item is as Exchange had it, which may be newer than our
+        // base (a flag the user set meanwhile): no change key, so the folder's next read
+        // compares it instead of taking it for our echo.
+        mapping.change_key = if flag_written { id.change_key } else { None };
         mapping.crm_version = Some(row.version);
         mapping.fields = mail_base(row.folder_id, row.is_read);
         self.engine
@@ -1657,11 +1698,39 @@ impl<'a> MailStep<'a> {
             }
         }
         let mut found = Vec::new();
-        let mut todo = Vec::new();
+        let mut unsure = Vec::new();
         for row in rows {
             match existing.remove(&row.id) {
                 Some(id) => found.push((row, id)),
-                None => todo.push(row),
+                None => unsure.push(row),
+            }
+        }
+        // A row that carries an Exchange id came from Exchange (or was written there before a
+        // crash): if that message still exists, it is linked, not copied.
+        let mut todo = Vec::new();
+        for chunk in unsure.chunks(100) {
+            let known: Vec<&MailRow> = chunk
+                .iter()
+                .copied()
+                .filter(|r| r.ews_id.is_some())
+                .collect();
+            todo.extend(chunk.iter().copied().filter(|r| r.ews_id.is_none()));
+            if known.is_empty() {
+                continue;
+            }
+            let get = GetItem {
+                ids: known
+                    .iter()
+                    .map(|r| id_of(r.ews_id.as_deref().unwrap_or_default()))
+                    .collect(),
+                shape: Shape::id_only(),
+            };
+            let items = self.engine.call(self.setup, self.ctx, &get).await?;
+            for (row, item) in known.into_iter().zip(items) {
+                match item.ok().and_then(|i| i.id().cloned()) {
+                    Some(id) => found.push((row, id)),
+                    None => todo.push(row),
+                }
             }
         }
         self.record_created(found).await?;
@@ -1717,6 +1786,7 @@ impl<'a> MailStep<'a> {
         };
         let results = self.engine.call(self.setup, self.ctx, &op).await?;
         drop(op);
+        self.engine.mail.mark_dirty(self.smtp(), &folder.ews_id);
         let mut made = Vec::new();
         let mut retry = None;
         for (row, r) in rows.into_iter().zip(results) {
@@ -1782,7 +1852,7 @@ impl<'a> MailStep<'a> {
 
     // ---- sending ----
 
-    async fn send_outbox(&mut self, _roles: &Roles) -> Result<(), SyncError> {
+    async fn send_outbox(&mut self, roles: &Roles) -> Result<(), SyncError> {
         let crm = &self.engine.crm;
         let state = &self.engine.state;
         let queued = state
@@ -1806,6 +1876,10 @@ impl<'a> MailStep<'a> {
             let own =
                 row.sender.trim().is_empty() || row.sender.trim().eq_ignore_ascii_case(self.smtp());
             let outcome = if own {
+                // Its copy lands in Sent Items: read there in this step.
+                if let Some((sent, _)) = roles.by_id.iter().find(|(_, r)| **r == "sentitems") {
+                    self.engine.mail.mark_dirty(self.smtp(), sent);
+                }
                 self.send_through_exchange(row.id, mime).await?
             } else {
                 super::smtp::send(self.setup.smtp_relay.as_deref(), &row, mime).await
