@@ -88,7 +88,7 @@ auth = "basic"
 service_account = {{ username = "svc", password = "secret" }}
 
 [mailbox_defaults]
-areas = ["contacts", "calendar", "tasks"]
+areas = ["contacts", "calendar", "tasks", "mail"]
 
 [[mailboxes]]
 smtp = "user1@example.com"
@@ -195,6 +195,73 @@ server = "sim"
             }
         },
     )
+    .await;
+
+    // Mail, CRM -> Exchange: a mail filed into the operator's inbox (the folder came from
+    // Exchange when the mailbox started, linked by its role).
+    eventually(
+        "the CRM inbox from Exchange",
+        Duration::from_secs(30),
+        || {
+            let db = db.clone();
+            async move {
+                count(
+                    &db,
+                    "SELECT COUNT(*) FROM crm_mail_folders WHERE owner_id = 2 AND role = 'inbox'",
+                )
+                .await
+                    == 1
+            }
+        },
+    )
+    .await;
+    exec(&db, "INSERT INTO crm_mails (owner_id, folder_id, subject, is_read, mime, size) \
+               SELECT 2, id, 'Angebot', 0, CAST('Subject: Angebot' || char(13, 10, 13, 10) || 'Text' || char(13, 10) AS BLOB), 26 \
+               FROM crm_mail_folders WHERE owner_id = 2 AND role = 'inbox'").await;
+    let inbox = FindItem {
+        folder: FolderRef::well_known(DistinguishedFolder::Inbox),
+        ..find.clone()
+    };
+    eventually("the CRM mail in Exchange", Duration::from_secs(30), || {
+        let (client, user2, inbox) = (client.clone(), user2.clone(), inbox.clone());
+        async move {
+            client
+                .call(&user2, &inbox)
+                .await
+                .is_ok_and(|r| r.output.items.len() == 1)
+        }
+    })
+    .await;
+
+    // Mail, Exchange -> CRM through a streaming notification (every folder is subscribed).
+    client
+        .call(
+            &ews::Target::impersonating("user1@example.com"),
+            &CreateItem {
+                folder: Some(FolderRef::well_known(DistinguishedFolder::Inbox)),
+                items: vec![Item::Message(ews::items::Message {
+                    mime: Some(
+                        b"Subject: Rueckfrage\r\nMessage-ID: <r1@example.org>\r\n\r\nText\r\n"
+                            .to_vec(),
+                    ),
+                    ..Default::default()
+                })],
+                disposition: Some(ews::ops::MessageDisposition::SaveOnly),
+            },
+        )
+        .await
+        .unwrap();
+    eventually("the Outlook mail in the CRM", Duration::from_secs(30), || {
+        let db = db.clone();
+        async move {
+            count(
+                &db,
+                "SELECT COUNT(*) FROM crm_mails WHERE owner_id = 1 AND internet_message_id = '<r1@example.org>'",
+            )
+            .await
+                == 1
+        }
+    })
     .await;
 
     // SIGTERM: a clean stop.

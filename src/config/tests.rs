@@ -314,6 +314,7 @@ fn example_file_is_valid() {
         ),
         ("MAILSYNC_ONPREM_PASSWORD", "x"),
         ("MAILSYNC_ONLINE_CLIENT_SECRET", "y"),
+        ("MAILSYNC_SMTP_PASSWORD", "z"),
     ]
     .into();
     let path =
@@ -333,4 +334,48 @@ fn example_file_is_valid() {
     assert_eq!(bernd.areas[&Area::Calendar].leading, Leading::Crm);
     assert!(matches!(cfg.servers[1].auth, AuthConfig::OAuth2(_)));
     assert!(cfg.servers[1].impersonation());
+}
+
+#[test]
+fn smtp_server_defaults_and_errors() {
+    let cfg = parse(
+        &format!("{}[smtp]\nhost = \"smtp.example.com\"\n", valid()),
+        &env(),
+    )
+    .unwrap();
+    let smtp = cfg.smtp.expect("an SMTP server");
+    assert_eq!((smtp.port, smtp.tls), (587, SmtpTls::StartTls));
+    assert!(smtp.credentials.is_none());
+    let cfg = parse(
+        &format!(
+            "{}[smtp]\nhost = \"smtp.example.com\"\ntls = \"tls\"\nusername = \"relay\"\npassword = {{ env = \"PW\" }}\n",
+            valid()
+        ),
+        &env(),
+    )
+    .unwrap();
+    let smtp = cfg.smtp.expect("an SMTP server");
+    assert_eq!((smtp.port, smtp.tls), (465, SmtpTls::Tls));
+    assert_eq!(
+        smtp.credentials.as_ref().map(|c| c.1.expose()),
+        Some("secret")
+    );
+    check(
+        &format!(
+            "{}[smtp]\nhost = \"smtp example\"\ntls = \"ssl\"\nusername = \"u\"\n",
+            valid()
+        ),
+        &[
+            r#"smtp.host: "smtp example" is not a host name"#,
+            r#"smtp.tls: "ssl" is not a TLS mode, expected starttls, tls or none"#,
+            "smtp.password: is missing: username and password go together",
+        ],
+    );
+    check(
+        &format!(
+            "{}[smtp]\nhost = \"relay\"\ntls = \"none\"\nusername = \"u\"\npassword = \"p\"\n",
+            valid()
+        ),
+        &[r#"smtp.tls: is "none" but credentials are set: they would travel unencrypted"#],
+    );
 }

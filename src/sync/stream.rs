@@ -360,6 +360,33 @@ mod tests {
             convert_all(vec![moved]),
             vec![Some("contacts/shared".to_string())]
         );
+        // Mail: an item event in a synced mail folder wakes the mail folder; so does any folder
+        // event in the mail tree (a folder created, renamed, moved or deleted there). Item
+        // events elsewhere do not.
+        assert_eq!(
+            convert_all(vec![event(
+                EventKind::Created,
+                Some("I5"),
+                None,
+                "F-mail-inbox"
+            )]),
+            vec![Some("mail".to_string())]
+        );
+        let mut moved = event(EventKind::Moved, Some("I6"), None, "F-mail-archive");
+        moved.old_parent_folder_id = id("F-mail-inbox");
+        assert_eq!(convert_all(vec![moved]), vec![Some("mail".to_string())]);
+        assert_eq!(
+            convert_all(vec![event(
+                EventKind::Created,
+                None,
+                Some("F-new"),
+                "F-mail-root"
+            )]),
+            vec![Some("mail".to_string())]
+        );
+        assert!(
+            convert_all(vec![event(EventKind::Created, Some("I7"), None, "F-notes")]).is_empty()
+        );
         // A synced folder deleted: that folder syncs (and finds it gone).
         assert_eq!(
             convert_all(vec![event(
