@@ -168,10 +168,7 @@ fn main() {
     let megabytes: usize = arg("--megabytes", "1024").parse().expect("--megabytes N");
     let kb: usize = arg("--message-kb", "256").parse().expect("--message-kb N");
     let folders: usize = arg("--folders", "20").parse().expect("--folders N");
-    let admin_url = arg(
-        "--database",
-        "postgres://postgres@127.0.0.1:5432/postgres",
-    );
+    let admin_url = arg("--database", "postgres://postgres@127.0.0.1:5432/postgres");
     let mut child = Command::new(std::env::current_exe().expect("this program"))
         .arg("--serve-sim")
         .stdin(Stdio::piped())

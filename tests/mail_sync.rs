@@ -37,11 +37,14 @@ struct Rig {
     client: ews::Client,
     throttle: Throttle,
     pg_name: Option<String>,
+    record: Option<tempfile::TempDir>,
     _dir: Option<tempfile::TempDir>,
     _serial: Option<tokio::sync::MutexGuard<'static, ()>>,
 }
 
 struct Options {
+    /// Record every request and check it against the official schema at the end.
+    record: bool,
     mail: MailConfig,
     smtp: Option<SmtpConfig>,
     leading: Leading,
@@ -51,6 +54,7 @@ struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
+            record: false,
             mail: MailConfig::default(),
             smtp: None,
             leading: Leading::Crm,
@@ -129,8 +133,10 @@ impl Rig {
         db.migrate(MigrationSet::Crm).await.unwrap();
         db.migrate(MigrationSet::State).await.unwrap();
         common::seed(&db, &[(1, "1001", Some(USER))]).await;
+        let record = options.record.then(|| tempfile::tempdir().unwrap());
         let sim = server::start(SimConfig {
             mailboxes: 2,
+            record: record.as_ref().map(|d| d.path().to_path_buf()),
             ..SimConfig::default()
         })
         .await
@@ -192,6 +198,7 @@ impl Rig {
             client,
             throttle,
             pg_name,
+            record,
             _dir: dir,
             _serial: serial,
         };
@@ -218,6 +225,9 @@ impl Rig {
     async fn finish(self) {
         self.db.close().await;
         self.sim.stop().await;
+        if let Some(dir) = &self.record {
+            common::validate_recorded_requests(dir.path());
+        }
         if let Some(name) = self.pg_name {
             common::drop_postgres(&name).await;
         }
@@ -605,6 +615,7 @@ async fn folder_tree(rig: &Rig) {
 async fn folder_tree_both_ways_by_role_in_a_german_mailbox_postgres() {
     let Some(rig) = Rig::postgres(Options {
         german: true,
+        record: true,
         ..Options::default()
     })
     .await
@@ -789,7 +800,12 @@ async fn messages(rig: &Rig) {
 
 #[tokio::test]
 async fn messages_flags_moves_and_deletes_both_ways_postgres() {
-    let Some(rig) = Rig::postgres(Options::default()).await else {
+    let Some(rig) = Rig::postgres(Options {
+        record: true,
+        ..Options::default()
+    })
+    .await
+    else {
         return;
     };
     messages(&rig).await;
@@ -817,6 +833,7 @@ async fn outbox_sends_through_exchange_or_the_smtp_server() {
             tls: SmtpTls::None,
             credentials: None,
         }),
+        record: true,
         ..Options::default()
     })
     .await
@@ -964,6 +981,7 @@ async fn start_dates_and_an_excluded_folder_that_is_included_later() {
             excluded_folders: vec!["Projekte/Alt".into()],
             ..MailConfig::default()
         },
+        record: true,
         ..Options::default()
     })
     .await

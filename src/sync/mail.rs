@@ -684,7 +684,7 @@ impl<'a> MailStep<'a> {
                     self.create_folder(row, parent_ews).await?
                 }
             }
-        } else if let Some(id) = row.ews_id.clone().filter(|_| true) {
+        } else if let Some(id) = row.ews_id.clone() {
             // Written by a run that crashed before its mapping, or imported earlier.
             match self.folder_exists(&id).await? {
                 true => id,
@@ -1027,6 +1027,7 @@ impl<'a> MailStep<'a> {
                     } else {
                         current.sync_state
                     };
+                let mut finished = false;
                 for _ in 0..PAGES_PER_STEP {
                     let op = SyncFolderItems {
                         folder: FolderRef::Id(id_of(&f.ews_id)),
@@ -1041,7 +1042,8 @@ impl<'a> MailStep<'a> {
                         Err(SyncError::Failed(m))
                             if m.contains("ErrorFolderNotFound") || m.contains("not found") =>
                         {
-                            break
+                            finished = true;
+                            break;
                         }
                         Err(e) => return Err(e),
                     };
@@ -1074,13 +1076,14 @@ impl<'a> MailStep<'a> {
                         }
                     }
                     sync_state = Some(reply.sync_state);
-                    if reply.includes_last {
+                    finished = reply.includes_last;
+                    if finished {
                         break;
                     }
+                }
+                if !finished {
+                    // More than this step reads: the next step goes on here.
                     more.insert(f.ews_id.clone());
-                    if !reply.includes_last {
-                        continue;
-                    }
                 }
                 next_states.push((key, f.ews_id.clone(), sync_state));
             }
