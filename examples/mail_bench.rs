@@ -11,6 +11,10 @@
 //! figures are mailsync's alone: the simulator keeps the whole gigabyte in memory. A fresh
 //! database `mailsync_mailbench_<pid>` is created and dropped at the end.
 
+#[path = "bench_util/mod.rs"]
+mod bench_util;
+use bench_util::{arg, status_mb};
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -24,25 +28,6 @@ use mailsync_actors::{MailboxSpec, Throttle, ThrottleSettings};
 use sqlx::Connection;
 
 const USER: &str = "user1@example.com";
-
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-        .unwrap_or_else(|| default.to_owned())
-}
-
-/// A /proc/self/status value in MB (VmRSS, VmHWM).
-fn status_mb(key: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
 
 /// Resets the peak RSS (VmHWM) to the current RSS (Linux 4.0+).
 fn reset_peak() {

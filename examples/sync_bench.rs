@@ -9,6 +9,10 @@
 //! A fresh database `mailsync_bench_<pid>` is created on the server of `--database` and
 //! dropped at the end. Prints one JSON object.
 
+#[path = "bench_util/mod.rs"]
+mod bench_util;
+use bench_util::{arg, status_mb};
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,24 +26,6 @@ use mailsync::environment::ProcessEnv;
 use mailsync::metrics::Telemetry;
 use mailsync::sync::engine::{Direction, Engine};
 use sqlx::Connection;
-
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-        .unwrap_or_else(|| default.to_owned())
-}
-
-fn rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
 
 async fn exec(db: &Db, sql: &str) {
     if let Db::Postgres(p) = db {
@@ -194,7 +180,7 @@ fn main() {
         }
         let ready_seconds = ready_start.elapsed().as_secs_f64();
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let rss_idle = rss_mb();
+        let rss_idle = status_mb("VmRSS:");
         let mut cfg_client = ews::ClientConfig::new(url::Url::parse(&sim.ews_url()).unwrap(), ews::Auth::Basic { username: "svc".into(), password: "secret".into() });
         cfg_client.allow_http = true;
         let client = ews::Client::new(cfg_client).unwrap();
@@ -281,7 +267,7 @@ fn main() {
                 "ews_requests_per_change": ((service_requests / changes) * 100.0).round() / 100.0,
                 "initial_requests_by_operation": initial_by_op,
                 "steady_requests_by_operation (users' CreateItem included)": steady_by_op,
-                "rss_mb_end": rss_mb_round(rss_mb()),
+                "rss_mb_end": rss_mb_round(status_mb("VmRSS:")),
             })
         );
         let _ = service.handle.addr.send(mailsync_actors::Shutdown).await;

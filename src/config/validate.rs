@@ -1032,7 +1032,7 @@ fn smtp(c: &mut Checker<'_>, raw: super::raw::RawSmtp) -> Option<SmtpConfig> {
             "is \"none\" but credentials are set: they would travel unencrypted",
         );
     }
-    (c.errors.len() == before).then(|| SmtpConfig {
+    (c.errors.len() == before).then_some(SmtpConfig {
         host: raw.host,
         port,
         tls,

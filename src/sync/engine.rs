@@ -125,7 +125,7 @@ pub fn sync_error(e: ews::Error) -> SyncError {
 /// The version to record after stamping the ews_id on a row read at `read`: our write is the
 /// version right after the one we read; if the row changed in between, keep the version we
 /// read, so that change is still seen as new and written.
-fn own_version(read: i64, written: Option<i64>) -> Option<i64> {
+pub(super) fn own_version(read: i64, written: Option<i64>) -> Option<i64> {
     match written {
         Some(v) if v == read + 1 => Some(v),
         Some(_) => Some(read),
@@ -310,6 +310,52 @@ impl Inner {
             .map_err(sync_error)?;
         ctx.progress();
         Ok(reply.output)
+    }
+
+    /// The items of a folder stamped with these CRM rows (`table:id`), by CRM id: what a crash
+    /// (or a failed round) left in Exchange after CreateItem but before the mapping. One
+    /// FindItem per 50 rows.
+    pub(super) async fn find_stamped(
+        &self,
+        setup: &MailboxSetup,
+        ctx: &StepContext,
+        folder: &FolderRef,
+        table: &str,
+        ids: &[i64],
+    ) -> Result<HashMap<i64, ItemId>, SyncError> {
+        let mut existing = HashMap::new();
+        for chunk in ids.chunks(50) {
+            let mut stamps: Vec<Restriction> = chunk
+                .iter()
+                .map(|id| {
+                    Restriction::IsEqualTo(fields::crm_id_path(), fields::crm_stamp(table, *id))
+                })
+                .collect();
+            let find = FindItem {
+                folder: folder.clone(),
+                shape: Shape {
+                    base: ews::types::BaseShape::IdOnly,
+                    additional: vec![fields::crm_id_path()],
+                },
+                view: View::IndexedPage {
+                    offset: 0,
+                    max: 1000,
+                },
+                restriction: Some(if stamps.len() == 1 {
+                    stamps.remove(0)
+                } else {
+                    Restriction::Or(stamps)
+                }),
+            };
+            for item in self.call(setup, ctx, &find).await?.items {
+                if let (Some(id), Some(crm_id)) =
+                    (item.id().cloned(), fields::stamped_id(&item, table))
+                {
+                    existing.insert(crm_id, id);
+                }
+            }
+        }
+        Ok(existing)
     }
 
     pub(super) async fn owner(&self, setup: &MailboxSetup) -> Result<Owner, SyncError> {
@@ -1408,47 +1454,19 @@ impl<'a> Step<'a> {
         // mapping: link them.
         let key = (self.smtp().to_owned(), self.table, shared);
         let verify = !self.engine.clean.lock().remove(&key);
-        let mut existing: HashMap<String, ItemId> = HashMap::new();
-        for chunk in batch.chunks(50).filter(|_| verify) {
-            let stamps: Vec<Restriction> = chunk
-                .iter()
-                .map(|(row, _)| {
-                    Restriction::IsEqualTo(
-                        fields::crm_id_path(),
-                        fields::crm_stamp(self.table, row.id()),
-                    )
-                })
-                .collect();
-            let find = FindItem {
-                folder: folder_ref.clone(),
-                shape: Shape {
-                    base: ews::types::BaseShape::IdOnly,
-                    additional: vec![fields::crm_id_path()],
-                },
-                view: View::IndexedPage {
-                    offset: 0,
-                    max: 1000,
-                },
-                restriction: Some(if stamps.len() == 1 {
-                    stamps.into_iter().next().expect("one")
-                } else {
-                    Restriction::Or(stamps)
-                }),
-            };
-            let found = self.engine.call(self.setup, self.ctx, &find).await?;
-            for item in found.items {
-                if let (Some(id), Some(crm_id)) =
-                    (item.id().cloned(), fields::stamped_id(&item, self.table))
-                {
-                    existing.insert(fields::crm_stamp(self.table, crm_id), id);
-                }
-            }
-        }
+        let mut existing = if verify {
+            let ids: Vec<i64> = batch.iter().map(|(row, _)| row.id()).collect();
+            self.engine
+                .find_stamped(self.setup, self.ctx, &folder_ref, self.table, &ids)
+                .await?
+        } else {
+            HashMap::new()
+        };
         let mut to_create = Vec::new();
         let mut found = Vec::new();
         for (row, f) in &batch {
             let stamp = fields::crm_stamp(self.table, row.id());
-            match existing.remove(&stamp) {
+            match existing.remove(&row.id()) {
                 Some(id) => found.push((row, f, id)),
                 None => match fields::to_item(self.area, f, &stamp) {
                     Ok(item) => to_create.push((row, f, item)),

@@ -22,16 +22,16 @@ use std::sync::Arc;
 use chrono::NaiveDate;
 use ews::items::{Item, Message};
 use ews::ops::{
-    ConflictResolution, CreateFolder, CreateItem, DeleteFolder, DeleteItem, DeleteType, FindItem,
+    ConflictResolution, CreateFolder, CreateItem, DeleteFolder, DeleteItem, DeleteType,
     FolderChange, GetFolder, GetItem, ItemChange, ItemUpdate, MessageDisposition, MoveFolder,
-    MoveItem, Restriction, SyncFolderHierarchy, SyncFolderItems, UpdateFolder, UpdateItem, View,
+    MoveItem, SyncFolderHierarchy, SyncFolderItems, UpdateFolder, UpdateItem,
 };
 use ews::types::{BaseShape, DistinguishedFolder, FolderRef, ItemId, PropertyPath, Shape};
 use mailsync_actors::{StepContext, SyncError};
 use parking_lot::Mutex;
 use serde_json::json;
 
-use super::engine::{db_error, sync_error, Inner, MailboxSetup, Owner};
+use super::engine::{db_error, own_version, sync_error, Inner, MailboxSetup, Owner};
 use super::fields;
 use crate::config::{Leading, MailDeleteMode};
 use crate::db::mail::{MailFolderRow, MailRow, NewMail};
@@ -1663,43 +1663,15 @@ impl<'a> MailStep<'a> {
         // finished clean.
         let clean_key = (self.smtp().to_owned(), MAILS, false);
         let verify = !self.engine.clean.lock().remove(&clean_key);
-        let mut existing: HashMap<i64, ItemId> = HashMap::new();
-        if verify {
-            for chunk in rows.chunks(50) {
-                let stamps: Vec<Restriction> = chunk
-                    .iter()
-                    .map(|r| {
-                        Restriction::IsEqualTo(
-                            fields::crm_id_path(),
-                            fields::crm_stamp(MAILS, r.id),
-                        )
-                    })
-                    .collect();
-                let find = FindItem {
-                    folder: FolderRef::Id(id_of(&folder.ews_id)),
-                    shape: Shape {
-                        base: BaseShape::IdOnly,
-                        additional: vec![fields::crm_id_path()],
-                    },
-                    view: View::IndexedPage {
-                        offset: 0,
-                        max: 1000,
-                    },
-                    restriction: Some(if stamps.len() == 1 {
-                        stamps.into_iter().next().expect("one")
-                    } else {
-                        Restriction::Or(stamps)
-                    }),
-                };
-                for item in self.engine.call(self.setup, self.ctx, &find).await?.items {
-                    if let (Some(id), Some(crm_id)) =
-                        (item.id().cloned(), fields::stamped_id(&item, MAILS))
-                    {
-                        existing.insert(crm_id, id);
-                    }
-                }
-            }
-        }
+        let mut existing = if verify {
+            let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+            let folder_ref = FolderRef::Id(id_of(&folder.ews_id));
+            self.engine
+                .find_stamped(self.setup, self.ctx, &folder_ref, MAILS, &ids)
+                .await?
+        } else {
+            HashMap::new()
+        };
         let mut found = Vec::new();
         let mut unsure = Vec::new();
         for row in rows {
@@ -1839,10 +1811,7 @@ impl<'a> MailStep<'a> {
                 crm_id: row.id,
                 ews_item_id: id.id.clone(),
                 change_key: id.change_key.clone(),
-                crm_version: Some(match written {
-                    Some(v) if v == row.version + 1 => v,
-                    _ => row.version,
-                }),
+                crm_version: own_version(row.version, written),
                 fields: mail_base(row.folder_id, row.is_read),
             })
             .collect();
@@ -1917,22 +1886,12 @@ impl<'a> MailStep<'a> {
         mime: Vec<u8>,
     ) -> Result<Result<(), String>, SyncError> {
         let stamp = fields::crm_stamp(OUTBOX, id);
-        let find = FindItem {
-            folder: FolderRef::well_known(DistinguishedFolder::SentItems),
-            shape: Shape {
-                base: BaseShape::IdOnly,
-                additional: vec![fields::crm_id_path()],
-            },
-            view: View::IndexedPage { offset: 0, max: 1 },
-            restriction: Some(Restriction::IsEqualTo(fields::crm_id_path(), stamp.clone())),
-        };
-        if !self
+        let sent = FolderRef::well_known(DistinguishedFolder::SentItems);
+        let found = self
             .engine
-            .call(self.setup, self.ctx, &find)
-            .await?
-            .items
-            .is_empty()
-        {
+            .find_stamped(self.setup, self.ctx, &sent, OUTBOX, &[id])
+            .await?;
+        if !found.is_empty() {
             return Ok(Ok(()));
         }
         let op = CreateItem {

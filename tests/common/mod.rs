@@ -133,12 +133,15 @@ pub fn validate_recorded_requests(dir: &std::path::Path) -> std::collections::BT
         .collect()
 }
 
+/// A mail the sink received: (envelope sender, envelope recipients, data).
+pub type Received = (String, Vec<String>, Vec<u8>);
+
 /// A local SMTP sink: accepts every mail and keeps (sender, recipients, data) of each.
 pub struct SmtpSink {
     /// Where it listens.
     pub addr: std::net::SocketAddr,
     /// What it received.
-    pub mails: std::sync::Arc<parking_lot::Mutex<Vec<(String, Vec<String>, Vec<u8>)>>>,
+    pub mails: std::sync::Arc<parking_lot::Mutex<Vec<Received>>>,
 }
 
 impl SmtpSink {
