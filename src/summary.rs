@@ -83,6 +83,24 @@ pub fn render(cfg: &Config) -> String {
         None => line("business database: not configured".to_string()),
     }
     line(format!("state store: {}", mask_url(cfg.state.url.expose())));
+    match &cfg.smtp {
+        Some(s) => line(format!(
+            "smtp (outbox mails of other senders): {}:{} ({}{})",
+            s.host,
+            s.port,
+            match s.tls {
+                crate::config::SmtpTls::StartTls => "starttls",
+                crate::config::SmtpTls::Tls => "tls",
+                crate::config::SmtpTls::None => "no tls",
+            },
+            if s.credentials.is_some() {
+                ", login"
+            } else {
+                ""
+            }
+        )),
+        None => line("smtp: none (outbox mails of other senders fail)".to_string()),
+    }
     line(format!(
         "admin: {} ({})",
         cfg.admin.listen,

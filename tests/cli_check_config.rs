@@ -33,6 +33,7 @@ fn example_config_is_valid_and_summarised() {
         )
         .env("MAILSYNC_ONPREM_PASSWORD", "onprem-password")
         .env("MAILSYNC_ONLINE_CLIENT_SECRET", "online-secret")
+        .env("MAILSYNC_SMTP_PASSWORD", "smtp-password")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -48,11 +49,18 @@ fn example_config_is_valid_and_summarised() {
     assert!(stdout.contains("  online: autodiscover (mailbox domain), auth oauth2, impersonation, Exchange2016, 1 mailbox\n"), "{stdout}");
     assert!(stdout.contains("mailboxes: 3\n"), "{stdout}");
     assert!(stdout.contains("tenants: 2\n"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "smtp (outbox mails of other senders): smtp.example.com:587 (starttls, login)\n"
+        ),
+        "{stdout}"
+    );
     for secret in [
         "crm-db-password",
         "onprem-password",
         "online-secret",
         "a-long-enough-admin-token",
+        "smtp-password",
     ] {
         assert!(
             !stdout.contains(secret) && !stderr.contains(secret),
@@ -135,6 +143,7 @@ fn json_logs_on_request_with_secrets_masked() {
         )
         .env("MAILSYNC_ONPREM_PASSWORD", "onprem-password")
         .env("MAILSYNC_ONLINE_CLIENT_SECRET", "online-secret")
+        .env("MAILSYNC_SMTP_PASSWORD", "smtp-password")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
