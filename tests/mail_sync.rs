@@ -673,6 +673,23 @@ async fn messages(rig: &Rig) {
         2,
         "no copies"
     );
+    // Filed as received mail, not as an unsent draft (PR_MESSAGE_FLAGS set at creation).
+    let filed = ex_inbox
+        .iter()
+        .find(|m| m.0 == sha(&from_crm))
+        .unwrap()
+        .2
+        .clone();
+    let got = rig
+        .call(&GetItem {
+            ids: vec![filed],
+            shape: Shape::all_properties(vec![]),
+        })
+        .await;
+    let Ok(Item::Message(filed)) = &got[0] else {
+        panic!("{got:?}")
+    };
+    assert_eq!((filed.is_draft, filed.is_read), (Some(false), Some(false)));
     let imported = count(
         &rig.db,
         &format!("SELECT id FROM crm_mails WHERE id <> {crm_id}"),

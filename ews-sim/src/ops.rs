@@ -989,16 +989,20 @@ fn create_item(ctx: &Ctx<'_>, body: &Node) -> Result<Vec<String>, Fault> {
                 validate_item(&it.name, &it.children)?;
                 if sending {
                     let mut props = it.children.clone();
-                    props.retain(|p| p.name != "IsRead");
+                    props.retain(|p| p.name != "IsRead" && p.name != "IsDraft");
                     props.push(Node::leaf("IsRead", "true"));
+                    props.push(Node::leaf("IsDraft", "false"));
                     deliveries.push((recipients(it).join(","), it.children.clone()));
                     if disposition.as_deref() == Some("SendAndSaveCopy") {
                         m.create_item(f, &it.name, props, ctx.now)?;
                     }
                     return Ok(None);
                 }
-                m.create_item(f, &it.name, it.children.clone(), ctx.now)
-                    .map(Some)
+                let mut props = it.children.clone();
+                if it.name == "Message" {
+                    draft_state(&mut props);
+                }
+                m.create_item(f, &it.name, props, ctx.now).map(Some)
             });
             match result {
                 Ok(Some(k)) => out.push(item_id_ok("CreateItem", m, k, "")),
@@ -1018,7 +1022,12 @@ fn create_item(ctx: &Ctx<'_>, body: &Node) -> Result<Vec<String>, Fault> {
                 ctx.store.with_mailbox(&mb, |r| {
                     if let Some(inbox) = r.distinguished_folder("inbox") {
                         let mut p = props.clone();
-                        p.retain(|x| x.name != "IsRead" && x.name != "ExtendedProperty");
+                        p.retain(|x| {
+                            x.name != "IsRead"
+                                && x.name != "IsDraft"
+                                && x.name != "ExtendedProperty"
+                        });
+                        p.push(Node::leaf("IsDraft", "false"));
                         let _ = r.create_item(inbox, "Message", p, ctx.now);
                     }
                 });
@@ -1026,6 +1035,40 @@ fn create_item(ctx: &Ctx<'_>, body: &Node) -> Result<Vec<String>, Fault> {
         }
     }
     Ok(out)
+}
+
+/// A message saved with CreateItem is an unsent draft unless PR_MESSAGE_FLAGS (0x0E07) is
+/// given at creation without MSGFLAG_UNSENT (0x8), as in Exchange; the flags' MSGFLAG_READ
+/// (0x1) gives IsRead when the request sets none.
+fn draft_state(props: &mut Vec<Node>) {
+    let flags = props
+        .iter()
+        .filter(|p| p.name == "ExtendedProperty")
+        .find(|p| {
+            p.get("ExtendedFieldURI")
+                .and_then(|u| u.attr("PropertyTag"))
+                .is_some_and(|t| {
+                    let t = t.trim();
+                    let tag = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+                        Some(hex) => u32::from_str_radix(hex, 16).ok(),
+                        None => t.parse().ok(),
+                    };
+                    tag == Some(0x0E07)
+                })
+        })
+        .and_then(|p| p.text_of("Value"))
+        .and_then(|v| v.trim().parse::<u32>().ok());
+    let draft = flags.is_none_or(|f| f & 0x8 != 0);
+    props.retain(|p| p.name != "IsDraft");
+    props.push(Node::leaf("IsDraft", if draft { "true" } else { "false" }));
+    if let Some(f) = flags {
+        if !props.iter().any(|p| p.name == "IsRead") {
+            props.push(Node::leaf(
+                "IsRead",
+                if f & 0x1 != 0 { "true" } else { "false" },
+            ));
+        }
+    }
 }
 
 fn recipients(it: &Node) -> Vec<String> {

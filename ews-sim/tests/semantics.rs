@@ -443,6 +443,44 @@ async fn extended_properties_are_stored_and_searchable_and_mime_is_byte_exact() 
         Some("<x1@example.com>"),
         "envelope properties come from the MIME headers"
     );
+    // Saved without PR_MESSAGE_FLAGS, a message is an unsent draft, as in Exchange.
+    assert_eq!(item.text_of("IsDraft"), Some("true"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pr_message_flags_at_creation_decide_draft_and_read() {
+    let t = T::new().await;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(b"Subject: x\r\n\r\nbody\r\n");
+    let flags = |tag: &str, v: u32| {
+        format!(
+            r#"<t:ExtendedProperty><t:ExtendedFieldURI PropertyTag="{tag}" PropertyType="Integer"/><t:Value>{v}</t:Value></t:ExtendedProperty>"#
+        )
+    };
+    // (flags element, expected IsDraft, expected IsRead)
+    let cases = [
+        (flags("0x0E07", 1), "false", "true"),
+        (flags("0x0e07", 0), "false", "false"),
+        (flags("3591", 8), "true", "false"),
+        (String::new(), "true", "false"),
+    ];
+    for (ext, draft, read) in cases {
+        let env = t.call(&format!(r#"<m:CreateItem MessageDisposition="SaveOnly"><m:SavedItemFolderId><t:DistinguishedFolderId Id="inbox"/></m:SavedItemFolderId><m:Items><t:Message><t:MimeContent CharacterSet="UTF-8">{b64}</t:MimeContent>{ext}</t:Message></m:Items></m:CreateItem>"#)).await;
+        let msgs = messages(&env);
+        let id = msgs[0].get("Items").unwrap().children[0]
+            .get("ItemId")
+            .unwrap()
+            .attr("Id")
+            .unwrap()
+            .to_string();
+        let env = t.call(&format!(r#"<m:GetItem><m:ItemShape><t:BaseShape>AllProperties</t:BaseShape></m:ItemShape><m:ItemIds><t:ItemId Id="{id}"/></m:ItemIds></m:GetItem>"#)).await;
+        let msgs = messages(&env);
+        let item = &msgs[0].get("Items").unwrap().children[0];
+        assert_eq!(
+            (item.text_of("IsDraft"), item.text_of("IsRead")),
+            (Some(draft), Some(read)),
+            "{ext}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

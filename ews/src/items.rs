@@ -674,6 +674,8 @@ pub struct Message {
     pub cc: Vec<Mailbox>,
     /// Read flag.
     pub is_read: Option<bool>,
+    /// An unsent draft (read only: Exchange derives it from PR_MESSAGE_FLAGS).
+    pub is_draft: Option<bool>,
     /// Message-ID header.
     pub internet_message_id: Option<String>,
     /// When received.
@@ -1347,6 +1349,7 @@ impl Message {
             to: boxes("ToRecipients"),
             cc: boxes("CcRecipients"),
             is_read: e.child_bool("IsRead"),
+            is_draft: e.child_bool("IsDraft"),
             internet_message_id: text(e, "InternetMessageId"),
             received: e.child_text("DateTimeReceived").and_then(parse_datetime),
             sent: e.child_text("DateTimeSent").and_then(parse_datetime),

@@ -184,9 +184,22 @@ pub struct ExtendedFieldUri {
     pub property_name: String,
     /// MAPI type: `String`, `Integer`, …
     pub property_type: String,
+    /// A MAPI property tag such as `0x0E07` (PR_MESSAGE_FLAGS) instead of a named property:
+    /// then `property_set_id` and `property_name` are empty.
+    pub property_tag: Option<String>,
 }
 
 impl ExtendedFieldUri {
+    /// A tagged MAPI property, e.g. `tag("0x0E07", "Integer")` for PR_MESSAGE_FLAGS.
+    pub fn tag(tag: &str, property_type: &str) -> Self {
+        ExtendedFieldUri {
+            property_set_id: String::new(),
+            property_name: String::new(),
+            property_type: property_type.to_string(),
+            property_tag: Some(tag.to_string()),
+        }
+    }
+
     /// A string property in a property set. The GUID may be given with or without braces;
     /// the schema wants it bare.
     pub fn string(property_set_id: &str, property_name: &str) -> Self {
@@ -196,35 +209,52 @@ impl ExtendedFieldUri {
                 .to_ascii_lowercase(),
             property_name: property_name.to_string(),
             property_type: "String".to_string(),
+            property_tag: None,
         }
     }
 
     /// Writes `<t:ExtendedFieldURI …/>`.
     pub fn write(&self, w: &mut XmlWriter) {
-        w.empty(
-            "t:ExtendedFieldURI",
-            &[
-                ("PropertySetId", &self.property_set_id),
-                ("PropertyName", &self.property_name),
-                ("PropertyType", &self.property_type),
-            ],
-        );
+        match &self.property_tag {
+            Some(tag) => w.empty(
+                "t:ExtendedFieldURI",
+                &[("PropertyTag", tag), ("PropertyType", &self.property_type)],
+            ),
+            None => w.empty(
+                "t:ExtendedFieldURI",
+                &[
+                    ("PropertySetId", &self.property_set_id),
+                    ("PropertyName", &self.property_name),
+                    ("PropertyType", &self.property_type),
+                ],
+            ),
+        };
     }
 
-    /// Reads an `ExtendedFieldURI` element (named properties only).
+    /// Reads an `ExtendedFieldURI` element (named properties and property tags).
     pub fn from_element(e: &Element) -> Option<Self> {
+        let property_type = e.attr("PropertyType").unwrap_or("String");
+        if let Some(tag) = e.attr("PropertyTag") {
+            return Some(ExtendedFieldUri::tag(tag, property_type));
+        }
         Some(ExtendedFieldUri {
             property_set_id: e.attr("PropertySetId")?.to_ascii_lowercase(),
             property_name: e.attr("PropertyName")?.to_string(),
-            property_type: e.attr("PropertyType").unwrap_or("String").to_string(),
+            property_type: property_type.to_string(),
+            property_tag: None,
         })
     }
 
-    /// Property set ids compare case-insensitively, as GUIDs do.
+    /// Property set ids and tags compare case-insensitively, as GUIDs and hex numbers do.
     pub fn same_as(&self, other: &ExtendedFieldUri) -> bool {
         self.property_set_id
             .eq_ignore_ascii_case(&other.property_set_id)
             && self.property_name == other.property_name
+            && match (&self.property_tag, &other.property_tag) {
+                (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+                (None, None) => true,
+                _ => false,
+            }
     }
 }
 

@@ -159,7 +159,13 @@ fn message() -> Message {
             b"From: a@example.com\r\nTo: b@example.com\r\nSubject: hi\r\n\r\nbody\r\n".to_vec(),
         ),
         is_read: Some(false),
-        extended: vec![crm_id("mail:1")],
+        extended: vec![
+            crm_id("mail:1"),
+            ExtendedProperty {
+                uri: ExtendedFieldUri::tag("0x0E07", "Integer"),
+                value: "0".into(),
+            },
+        ],
         ..Default::default()
     }
 }

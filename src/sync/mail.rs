@@ -132,6 +132,16 @@ fn base_bool(m: &ItemMapping, key: &str) -> Option<bool> {
     m.fields.get(key).and_then(serde_json::Value::as_bool)
 }
 
+/// PR_MESSAGE_FLAGS for a message mailsync files: read or unread, never MSGFLAG_UNSENT.
+/// Exchange keeps a message created with SaveOnly as an unsent draft (opened for editing in
+/// Outlook) unless this is set at creation; a mirror of received or sent mail is no draft.
+fn message_flags(is_read: bool) -> ews::types::ExtendedProperty {
+    ews::types::ExtendedProperty {
+        uri: ews::types::ExtendedFieldUri::tag("0x0E07", "Integer"),
+        value: if is_read { "1" } else { "0" }.into(),
+    }
+}
+
 fn is_mail_class(class: Option<&str>) -> bool {
     class.is_none_or(|c| c == "IPF.Note" || c.starts_with("IPF.Note."))
 }
@@ -1746,10 +1756,13 @@ impl<'a> MailStep<'a> {
             items.push(Item::Message(Message {
                 mime: Some(mime),
                 is_read: Some(row.is_read),
-                extended: vec![ews::types::ExtendedProperty {
-                    uri: fields::crm_id_uri(),
-                    value: fields::crm_stamp(MAILS, row.id),
-                }],
+                extended: vec![
+                    ews::types::ExtendedProperty {
+                        uri: fields::crm_id_uri(),
+                        value: fields::crm_stamp(MAILS, row.id),
+                    },
+                    message_flags(row.is_read),
+                ],
                 ..Message::default()
             }));
             rows.push(row);
