@@ -278,46 +278,69 @@ impl Db {
         .map_err(q("reading a folder's mails"))
     }
 
-    /// Mails of an operator with this Message-ID.
-    pub async fn mails_by_message_id(
+    /// The mails of an operator whose `column` (`ews_id` or `internet_message_id`) is one of
+    /// `values`, one query per 500 values.
+    async fn mails_where_in(
         &self,
         owner_id: i64,
-        message_id: &str,
+        column: &'static str,
+        values: &[String],
     ) -> Result<Vec<MailRow>, DbError> {
-        let sql = format!(
-            "SELECT {MAIL_COLS} FROM crm_mails WHERE owner_id = $1 AND internet_message_id = $2 ORDER BY id"
-        );
-        on_db!(
-            self,
-            &sql,
-            "finding mails by Message-ID",
-            |x| x.bind(owner_id).bind(message_id),
-            fetch_all,
-            |rows| rows
-                .iter()
-                .map(DecodeMail::mail)
-                .collect::<Result<Vec<_>, _>>()
-        )?
-        .map_err(q("finding mails by Message-ID"))
+        let mut out = Vec::new();
+        for chunk in values.chunks(500) {
+            let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!(
+                "SELECT {MAIL_COLS} FROM crm_mails WHERE owner_id = $1 AND {column} IN ({}) ORDER BY id",
+                list.join(", ")
+            );
+            out.extend(
+                on_db!(
+                    self,
+                    &sql,
+                    "finding mails",
+                    |x| chunk.iter().fold(x.bind(owner_id), |x, v| x.bind(v)),
+                    fetch_all,
+                    |rows| rows
+                        .iter()
+                        .map(DecodeMail::mail)
+                        .collect::<Result<Vec<_>, _>>()
+                )?
+                .map_err(q("finding mails"))?,
+            );
+        }
+        Ok(out)
     }
 
-    /// The mail of an operator that carries this Exchange id (a mail written from Exchange
-    /// whose mapping a crash lost).
-    pub async fn mail_by_ews_id(
+    /// The mails of an operator that carry these Exchange ids, by Exchange id.
+    pub async fn mails_by_ews_ids(
         &self,
         owner_id: i64,
-        ews_id: &str,
-    ) -> Result<Option<MailRow>, DbError> {
-        let sql = format!("SELECT {MAIL_COLS} FROM crm_mails WHERE owner_id = $1 AND ews_id = $2");
-        on_db!(
-            self,
-            &sql,
-            "finding a mail by Exchange id",
-            |x| x.bind(owner_id).bind(ews_id),
-            fetch_optional,
-            |row| row.map(|r| r.mail()).transpose()
-        )?
-        .map_err(q("finding a mail by Exchange id"))
+        ews_ids: &[String],
+    ) -> Result<std::collections::HashMap<String, MailRow>, DbError> {
+        Ok(self
+            .mails_where_in(owner_id, "ews_id", ews_ids)
+            .await?
+            .into_iter()
+            .filter_map(|r| Some((r.ews_id.clone()?, r)))
+            .collect())
+    }
+
+    /// The mails of an operator with these Message-IDs, by Message-ID (oldest first).
+    pub async fn mails_by_message_ids(
+        &self,
+        owner_id: i64,
+        message_ids: &[String],
+    ) -> Result<std::collections::HashMap<String, Vec<MailRow>>, DbError> {
+        let mut out: std::collections::HashMap<String, Vec<MailRow>> = Default::default();
+        for r in self
+            .mails_where_in(owner_id, "internet_message_id", message_ids)
+            .await?
+        {
+            if let Some(mid) = r.internet_message_id.clone() {
+                out.entry(mid).or_default().push(r);
+            }
+        }
+        Ok(out)
     }
 
     /// The MIME bytes of one mail (`None` when the row is gone or has none).

@@ -280,6 +280,33 @@ impl Db {
         )?
     }
 
+    /// The mappings of many Exchange items of one mailbox, by item id (one query per 500).
+    pub async fn mappings_by_ews(
+        &self,
+        mailbox: &str,
+        ews_ids: &[String],
+    ) -> Result<std::collections::HashMap<String, ItemMapping>, DbError> {
+        let mut out = std::collections::HashMap::new();
+        for chunk in ews_ids.chunks(500) {
+            let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!(
+                "SELECT mailbox, crm_table, crm_id, ews_item_id, change_key, crm_version, fields FROM ms_item_map \
+                 WHERE mailbox = $1 AND ews_item_id IN ({})",
+                list.join(", ")
+            );
+            let found: Vec<ItemMapping> = on_db!(
+                self,
+                &sql,
+                "reading item mappings",
+                |x| chunk.iter().fold(x.bind(mailbox), |x, id| x.bind(id)),
+                fetch_all,
+                |rows| rows.iter().map(mapping).collect::<Result<Vec<_>, _>>()
+            )??;
+            out.extend(found.into_iter().map(|m| (m.ews_item_id.clone(), m)));
+        }
+        Ok(out)
+    }
+
     /// The mapping of an Exchange item.
     pub async fn mapping_by_ews(
         &self,

@@ -1271,31 +1271,58 @@ impl<'a> MailStep<'a> {
         let mut relinked = HashSet::new();
         let deleted_by_crm: HashMap<i64, &ItemMapping> =
             deleted.values().map(|m| (m.crm_id, m)).collect();
-        let mut import = Vec::new();
+        // Everything a batch needs is read in a few queries, not several per message.
+        let ids: Vec<String> = seen.iter().map(|s| s.id.id.clone()).collect();
+        let mapped = state
+            .mappings_by_ews(self.smtp(), &ids)
+            .await
+            .map_err(db_error)?;
+        let mut fresh = Vec::new();
         for s in seen {
-            if let Some(m) = state
-                .mapping_by_ews(self.smtp(), &s.id.id)
-                .await
-                .map_err(db_error)?
-            {
-                if m.crm_table == MAILS {
+            match mapped.get(&s.id.id).filter(|m| m.crm_table == MAILS) {
+                Some(m) => {
                     if m.change_key.is_none() || m.change_key != s.id.change_key {
                         self.exchange_flag(&s.id, s.folder, Some(s.is_read)).await?;
                     }
-                    continue;
                 }
+                None => fresh.push(s),
             }
+        }
+        let owner = self.owner.operator_id;
+        let stamped_ids: Vec<i64> = fresh.iter().filter_map(|s| s.stamped).collect();
+        let stamped_rows: HashMap<i64, MailRow> = crm
+            .mails(&stamped_ids)
+            .await
+            .map_err(db_error)?
+            .into_iter()
+            .filter(|r| r.owner_id == owner)
+            .map(|r| (r.id, r))
+            .collect();
+        let fresh_ids: Vec<String> = fresh.iter().map(|s| s.id.id.clone()).collect();
+        let by_ews_id = crm
+            .mails_by_ews_ids(owner, &fresh_ids)
+            .await
+            .map_err(db_error)?;
+        let message_ids: Vec<String> = fresh.iter().filter_map(|s| s.message_id.clone()).collect();
+        let by_message_id = crm
+            .mails_by_message_ids(owner, &message_ids)
+            .await
+            .map_err(db_error)?;
+        let candidates: Vec<i64> = by_message_id.values().flatten().map(|r| r.id).collect();
+        let mapped_rows = state
+            .mappings_by_crm(self.smtp(), MAILS, &candidates)
+            .await
+            .map_err(db_error)?;
+        // Rows linked in this batch are no longer free for another message.
+        let mut taken: HashSet<i64> = HashSet::new();
+        let mut import = Vec::new();
+        for s in fresh {
             // Which CRM row is this message? Its stamp; the row that carries its id; the row
             // of a message deleted (moved away) in this same step with the same Message-ID; an
             // unmapped row of the same folder with the same Message-ID.
             let mut target: Option<MailRow> = None;
             if let Some(crm_id) = s.stamped {
-                target = crm
-                    .mails(&[crm_id])
-                    .await
-                    .map_err(db_error)?
-                    .into_iter()
-                    .next();
+                target = stamped_rows.get(&crm_id).cloned();
                 if target.is_none() && Some(s.folder) == trash {
                     // Written by mailsync for a row the CRM has deleted since: deleting in the
                     // CRM moved it to Deleted Items, and it does not come back from there.
@@ -1304,31 +1331,27 @@ impl<'a> MailStep<'a> {
                 }
             }
             if target.is_none() {
-                target = crm
-                    .mail_by_ews_id(self.owner.operator_id, &s.id.id)
-                    .await
-                    .map_err(db_error)?;
+                target = by_ews_id.get(&s.id.id).cloned();
             }
             if target.is_none() {
-                if let Some(mid) = &s.message_id {
-                    let candidates = crm
-                        .mails_by_message_id(self.owner.operator_id, mid)
-                        .await
-                        .map_err(db_error)?;
-                    target = candidates
+                if let Some(rows) = s.message_id.as_ref().and_then(|m| by_message_id.get(m)) {
+                    target = rows
                         .iter()
-                        .find(|r| deleted_by_crm.contains_key(&r.id))
+                        .find(|r| deleted_by_crm.contains_key(&r.id) && !taken.contains(&r.id))
+                        .or_else(|| {
+                            rows.iter().find(|r| {
+                                r.folder_id == s.folder
+                                    && !mapped_rows.contains_key(&r.id)
+                                    && !taken.contains(&r.id)
+                            })
+                        })
                         .cloned();
-                    if target.is_none() {
-                        let ids: Vec<i64> = candidates.iter().map(|r| r.id).collect();
-                        let mapped = state
-                            .mappings_by_crm(self.smtp(), MAILS, &ids)
-                            .await
-                            .map_err(db_error)?;
-                        target = candidates
-                            .into_iter()
-                            .find(|r| r.folder_id == s.folder && !mapped.contains_key(&r.id));
-                    }
+                }
+            }
+            if let Some(row) = &target {
+                if !taken.insert(row.id) {
+                    // The same row twice (a copy of our message in Exchange): linked once.
+                    continue;
                 }
             }
             match target {
