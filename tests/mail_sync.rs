@@ -257,9 +257,12 @@ impl Rig {
                 .await
             {
                 Ok(r) => r,
-                // What the runtime does: wait and run the step again.
+                // What the runtime does: wait and run the step again. The simulator's back-off
+                // covers one request; a step restarted after that could be refused again and
+                // again, so the wait lets its budget refill (the runtime's own rate limit keeps
+                // a real service below the budget).
                 Err(mailsync_actors::SyncError::Throttled { back_off }) => {
-                    tokio::time::sleep(back_off).await;
+                    tokio::time::sleep(back_off.max(Duration::from_millis(500))).await;
                     continue;
                 }
                 Err(e) => panic!("mail step: {e}"),

@@ -302,12 +302,19 @@ impl Inner {
         ctx: &StepContext,
         op: &O,
     ) -> Result<O::Output, SyncError> {
+        self.call_ews(setup, ctx, op).await.map_err(sync_error)
+    }
+
+    /// [`Inner::call`] with the client's error, for a caller that handles some codes itself
+    /// (a folder that is gone, say).
+    pub(super) async fn call_ews<O: Operation>(
+        &self,
+        setup: &MailboxSetup,
+        ctx: &StepContext,
+        op: &O,
+    ) -> Result<O::Output, ews::Error> {
         let _permit = ctx.acquire().await;
-        let reply = setup
-            .client
-            .call(&setup.target, op)
-            .await
-            .map_err(sync_error)?;
+        let reply = setup.client.call(&setup.target, op).await?;
         ctx.progress();
         Ok(reply.output)
     }

@@ -194,6 +194,18 @@ struct Seen {
     stamped: Option<i64>,
 }
 
+/// What a step read from the folders of Exchange.
+#[derive(Default)]
+struct Reads {
+    creates: Vec<Seen>,
+    updates: Vec<(ItemId, i64, Option<bool>)>,
+    deletes: Vec<ItemId>,
+    /// (state key, Exchange folder id, new sync state), stored after the changes are applied.
+    next_states: Vec<(String, String, Option<String>)>,
+    /// Folders with more to read.
+    more: HashSet<String>,
+}
+
 /// One mail step's working set.
 pub(super) struct MailStep<'a> {
     pub(super) engine: &'a Inner,
@@ -238,7 +250,9 @@ impl<'a> MailStep<'a> {
         // reports net changes, so a message we wrote that a user deletes before the folder's
         // next read would never be reported deleted unless that read already knew it.
         more |= self.push_mails(&folders).await?;
-        self.send_outbox(&roles).await?;
+        // The outbox is read when the change feed queued rows of it, or on a start, a timer or
+        // an admin trigger (rows written before the feed's first position), not on every step.
+        self.send_outbox(&roles, full || !only_dirty).await?;
         more |= self.pull_mails(&folders, full, only_dirty).await?;
         Ok(more)
     }
@@ -614,11 +628,19 @@ impl<'a> MailStep<'a> {
                             folder: id_of(&m.ews_item_id),
                             delete_type: delete_type(self.setup.mail.delete_mode),
                         };
-                        match self.engine.call(self.setup, self.ctx, &op).await {
-                            Ok(()) | Err(SyncError::Failed(_)) => {}
-                            Err(e) => return Err(e),
+                        match self.engine.call_ews(self.setup, self.ctx, &op).await {
+                            // Gone already: nothing to delete.
+                            Ok(()) | Err(ews::Error::NotFound(_)) => {
+                                self.counted("to_exchange", "delete_folder")
+                            }
+                            Err(e @ (ews::Error::Throttled { .. } | ews::Error::Transient(_))) => {
+                                return Err(sync_error(e))
+                            }
+                            Err(e) => {
+                                let reason = format!("Exchange refused to delete the folder: {e}");
+                                self.fail(FOLDERS, crm_id, &reason).await;
+                            }
                         }
-                        self.counted("to_exchange", "delete_folder");
                     }
                 }
                 (None, None) => {}
@@ -884,7 +906,6 @@ impl<'a> MailStep<'a> {
         };
         let config = &self.setup.mail;
         let mut out = Vec::new();
-        let mut index = self.engine.mail.folders.lock().clone();
         for row in &all {
             let Some(m) = mappings.get(&row.id) else {
                 continue;
@@ -944,11 +965,6 @@ impl<'a> MailStep<'a> {
                 updated.fields = base;
                 state.put_mapping(&updated).await.map_err(db_error)?;
             }
-            if excluded {
-                index.remove(&m.ews_item_id);
-            } else {
-                index.insert(m.ews_item_id.clone(), self.smtp().to_owned());
-            }
             out.push(SyncedFolder {
                 row: row.clone(),
                 ews_id: m.ews_item_id.clone(),
@@ -956,7 +972,17 @@ impl<'a> MailStep<'a> {
                 sync_from,
             });
         }
-        *self.engine.mail.folders.lock() = index;
+        // Which Exchange folders notifications should name: updated in place (the index holds
+        // every mailbox's folders; no copy of it per step).
+        let mut index = self.engine.mail.folders.lock();
+        for f in &out {
+            if f.excluded {
+                index.remove(&f.ews_id);
+            } else {
+                index.insert(f.ews_id.clone(), self.smtp().to_owned());
+            }
+        }
+        drop(index);
         Ok(out)
     }
 
@@ -996,6 +1022,100 @@ impl<'a> MailStep<'a> {
         result
     }
 
+    /// Reads one folder's changes (up to `PAGES_PER_STEP` pages) into `reads`.
+    async fn read_folder(
+        &mut self,
+        f: &SyncedFolder,
+        current: FolderState,
+        full: bool,
+        reads: &mut Reads,
+    ) -> Result<(), SyncError> {
+        let mut sync_state = if full || current.ews_folder_id.as_deref() != Some(f.ews_id.as_str())
+        {
+            None
+        } else {
+            current.sync_state
+        };
+        let mut finished = false;
+        for _ in 0..PAGES_PER_STEP {
+            let op = SyncFolderItems {
+                folder: FolderRef::Id(id_of(&f.ews_id)),
+                shape: pull_shape(),
+                sync_state: sync_state.clone(),
+                ignore: vec![],
+                max_changes: ews::ops::MAX_CHANGES_RETURNED,
+            };
+            let reply = match self.engine.call_ews(self.setup, self.ctx, &op).await {
+                Ok(r) => r,
+                // The folder vanished since the tree was read: the next tree sync says so.
+                Err(ews::Error::NotFound(_)) => {
+                    finished = true;
+                    break;
+                }
+                Err(e) => return Err(sync_error(e)),
+            };
+            self.seen += reply.changes.len() as u64;
+            for change in reply.changes {
+                match change {
+                    ItemChange::Create(Item::Message(msg))
+                    | ItemChange::Update(Item::Message(msg)) => {
+                        let Some(id) = msg.id.clone() else { continue };
+                        if f.sync_from
+                            .is_some_and(|from| msg.received.is_some_and(|r| r.date_naive() < from))
+                        {
+                            continue;
+                        }
+                        let message_id = msg.internet_message_id.clone();
+                        let (is_read, size) = (msg.is_read.unwrap_or(false), msg.size.unwrap_or(0));
+                        let stamped = fields::stamped_id(&Item::Message(msg), MAILS);
+                        reads.creates.push(Seen {
+                            id,
+                            folder: f.row.id,
+                            is_read,
+                            size,
+                            message_id,
+                            stamped,
+                        });
+                    }
+                    ItemChange::Create(_) | ItemChange::Update(_) => {}
+                    ItemChange::ReadFlagChange { id, is_read } => {
+                        reads.updates.push((id, f.row.id, Some(is_read)));
+                    }
+                    ItemChange::Delete(id) => reads.deletes.push(id),
+                }
+            }
+            sync_state = Some(reply.sync_state);
+            finished = reply.includes_last;
+            if finished {
+                break;
+            }
+        }
+        if !finished {
+            // More than this step reads: the next step goes on here.
+            reads.more.insert(f.ews_id.clone());
+        }
+        reads
+            .next_states
+            .push((format!("mail/{}", f.row.id), f.ews_id.clone(), sync_state));
+        Ok(())
+    }
+
+    /// The mail mappings of deleted Exchange items, by item id.
+    async fn mapped_deletes(
+        &self,
+        deletes: &[ItemId],
+    ) -> Result<HashMap<String, ItemMapping>, SyncError> {
+        let ids: Vec<String> = deletes.iter().map(|id| id.id.clone()).collect();
+        let mut found = self
+            .engine
+            .state
+            .mappings_by_ews(self.smtp(), &ids)
+            .await
+            .map_err(db_error)?;
+        found.retain(|_, m| m.crm_table == MAILS);
+        Ok(found)
+    }
+
     async fn pull_mails_of(
         &mut self,
         folders: &[SyncedFolder],
@@ -1005,17 +1125,11 @@ impl<'a> MailStep<'a> {
         unfinished: &HashSet<String>,
     ) -> Result<bool, SyncError> {
         let state = &self.engine.state;
-        let mut creates: Vec<Seen> = Vec::new();
-        let mut updates: Vec<(ItemId, i64, Option<bool>)> = Vec::new();
-        let mut deletes: Vec<ItemId> = Vec::new();
-        let mut next_states = Vec::new();
-        let mut more = HashSet::new();
+        let mut reads = Reads::default();
         let mut skipped: Vec<&SyncedFolder> = Vec::new();
-        let mut selected: Vec<(&SyncedFolder, FolderState)> = Vec::new();
         for f in folders.iter().filter(|f| !f.excluded) {
-            let key = format!("mail/{}", f.row.id);
             let current = state
-                .folder_state(self.smtp(), &key)
+                .folder_state(self.smtp(), &format!("mail/{}", f.row.id))
                 .await
                 .map_err(db_error)?;
             // A folder never read (new, or just included) is read whatever woke the step.
@@ -1025,113 +1139,44 @@ impl<'a> MailStep<'a> {
                 skipped.push(f);
                 continue;
             }
-            selected.push((f, current));
+            self.read_folder(f, current, full, &mut reads).await?;
         }
-        let mut pass = 0;
-        let deleted: HashMap<String, ItemMapping> = loop {
-            for (f, current) in std::mem::take(&mut selected) {
-                let key = format!("mail/{}", f.row.id);
-                let mut sync_state =
-                    if full || current.ews_folder_id.as_deref() != Some(f.ews_id.as_str()) {
-                        None
-                    } else {
-                        current.sync_state
-                    };
-                let mut finished = false;
-                for _ in 0..PAGES_PER_STEP {
-                    let op = SyncFolderItems {
-                        folder: FolderRef::Id(id_of(&f.ews_id)),
-                        shape: pull_shape(),
-                        sync_state: sync_state.clone(),
-                        ignore: vec![],
-                        max_changes: ews::ops::MAX_CHANGES_RETURNED,
-                    };
-                    let reply = match self.engine.call(self.setup, self.ctx, &op).await {
-                        Ok(r) => r,
-                        // The folder vanished since the tree was read: the next tree sync says so.
-                        Err(SyncError::Failed(m))
-                            if m.contains("ErrorFolderNotFound") || m.contains("not found") =>
-                        {
-                            finished = true;
-                            break;
-                        }
-                        Err(e) => return Err(e),
-                    };
-                    self.seen += reply.changes.len() as u64;
-                    for change in reply.changes {
-                        match change {
-                            ItemChange::Create(item) | ItemChange::Update(item) => {
-                                let Item::Message(msg) = item else { continue };
-                                let Some(id) = msg.id.clone() else { continue };
-                                if f.sync_from.is_some_and(|from| {
-                                    msg.received.is_some_and(|r| r.date_naive() < from)
-                                }) {
-                                    continue;
-                                }
-                                let stamped =
-                                    fields::stamped_id(&Item::Message(msg.clone()), MAILS);
-                                creates.push(Seen {
-                                    id,
-                                    folder: f.row.id,
-                                    is_read: msg.is_read.unwrap_or(false),
-                                    size: msg.size.unwrap_or(0),
-                                    message_id: msg.internet_message_id.clone(),
-                                    stamped,
-                                });
-                            }
-                            ItemChange::ReadFlagChange { id, is_read } => {
-                                updates.push((id, f.row.id, Some(is_read)));
-                            }
-                            ItemChange::Delete(id) => deletes.push(id),
-                        }
-                    }
-                    sync_state = Some(reply.sync_state);
-                    finished = reply.includes_last;
-                    if finished {
-                        break;
-                    }
-                }
-                if !finished {
-                    // More than this step reads: the next step goes on here.
-                    more.insert(f.ews_id.clone());
-                }
-                next_states.push((key, f.ews_id.clone(), sync_state));
-            }
-            // Creates and changes first, then deletes: a message moved between two folders
-            // is relinked, not deleted and copied.
-            let mut out = HashMap::new();
-            for id in &deletes {
-                if let Some(m) = state
-                    .mapping_by_ews(self.smtp(), &id.id)
-                    .await
-                    .map_err(db_error)?
-                {
-                    if m.crm_table == MAILS {
-                        out.insert(id.id.clone(), m);
-                    }
-                }
-            }
+        // Creates and changes first, then deletes: a message moved between two folders is
+        // relinked, not deleted and copied.
+        let mut deleted = self.mapped_deletes(&reads.deletes).await?;
+        if !deleted.is_empty() && !skipped.is_empty() {
             // A message gone from a folder may have moved into one this step did not read (no
             // notification named it): before anything is deleted, every synced folder is read.
-            if pass > 0 || out.is_empty() || skipped.is_empty() {
-                break out;
-            }
-            pass += 1;
-            for f in std::mem::take(&mut skipped) {
+            for f in skipped {
                 let current = state
                     .folder_state(self.smtp(), &format!("mail/{}", f.row.id))
                     .await
                     .map_err(db_error)?;
-                selected.push((f, current));
+                self.read_folder(f, current, full, &mut reads).await?;
             }
-        };
+            deleted = self.mapped_deletes(&reads.deletes).await?;
+        }
+        let Reads {
+            creates,
+            updates,
+            next_states,
+            more,
+            ..
+        } = reads;
         let trash = folders
             .iter()
             .find(|f| f.row.role.as_deref() == Some("deleteditems"))
             .map(|f| f.row.id);
         let relinked = self.apply_seen(creates, &deleted, trash).await?;
+        let flagged: Vec<String> = updates.iter().map(|(id, _, _)| id.id.clone()).collect();
+        let mut flagged = state
+            .mappings_by_ews(self.smtp(), &flagged)
+            .await
+            .map_err(db_error)?;
         for (id, folder, is_read) in updates {
-            self.exchange_flag(&id, folder, is_read).await?;
+            if let Some(m) = flagged.remove(&id.id) {
+                self.exchange_flag(&id, folder, is_read, m).await?;
+            }
         }
         for (ews, m) in deleted {
             if relinked.contains(&m.crm_id) {
@@ -1193,15 +1238,9 @@ impl<'a> MailStep<'a> {
         id: &ItemId,
         folder: i64,
         is_read: Option<bool>,
+        m: ItemMapping,
     ) -> Result<(), SyncError> {
         let state = &self.engine.state;
-        let Some(m) = state
-            .mapping_by_ews(self.smtp(), &id.id)
-            .await
-            .map_err(db_error)?
-        else {
-            return Ok(());
-        };
         if m.crm_table != MAILS || (id.change_key.is_some() && m.change_key == id.change_key) {
             return Ok(());
         }
@@ -1282,7 +1321,8 @@ impl<'a> MailStep<'a> {
             match mapped.get(&s.id.id).filter(|m| m.crm_table == MAILS) {
                 Some(m) => {
                     if m.change_key.is_none() || m.change_key != s.id.change_key {
-                        self.exchange_flag(&s.id, s.folder, Some(s.is_read)).await?;
+                        self.exchange_flag(&s.id, s.folder, Some(s.is_read), m.clone())
+                            .await?;
                     }
                 }
                 None => fresh.push(s),
@@ -1860,13 +1900,16 @@ impl<'a> MailStep<'a> {
 
     // ---- sending ----
 
-    async fn send_outbox(&mut self, roles: &Roles) -> Result<(), SyncError> {
+    async fn send_outbox(&mut self, roles: &Roles, look: bool) -> Result<(), SyncError> {
         let crm = &self.engine.crm;
         let state = &self.engine.state;
         let queued = state
             .pending(self.smtp(), OUTBOX, QUEUE_BATCH)
             .await
             .map_err(db_error)?;
+        if queued.is_empty() && !look {
+            return Ok(());
+        }
         let pending = crm
             .outbox_pending(self.owner.operator_id)
             .await
