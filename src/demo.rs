@@ -223,7 +223,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     println!("initial sync, CRM to Exchange:");
     let started = Instant::now();
     for m in &cfg.mailboxes {
-        let summary = service::initial_sync(cfg.clone(), &m.smtp, Direction::CrmToExchange).await?;
+        let summary =
+            service::initial_sync(cfg.clone(), &m.smtp, Direction::CrmToExchange, false).await?;
         print!("{summary}");
     }
     println!(
@@ -311,6 +312,12 @@ async fn activity(
                 &surname,
                 arrived.then(|| start.elapsed()),
             );
+            // The ERP edits what it just created: a field update goes to Outlook.
+            exec(
+                &db,
+                &format!("UPDATE crm_contacts SET job_title = 'Einkauf' WHERE id = {id}"),
+            )
+            .await?;
         } else {
             let item = Item::Contact(Contact {
                 given_name: Some("Outlook".into()),

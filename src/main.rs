@@ -204,7 +204,9 @@ fn initial_sync(path: &std::path::Path, mailbox: &str, direction: &str) -> ExitC
     let Some(runtime) = runtime(true) else {
         return ExitCode::FAILURE;
     };
-    match runtime.block_on(mailsync::service::initial_sync(cfg, mailbox, direction)) {
+    match runtime.block_on(mailsync::service::initial_sync(
+        cfg, mailbox, direction, false,
+    )) {
         Ok(summary) => {
             print!("{summary}");
             ExitCode::SUCCESS

@@ -218,6 +218,9 @@ pub async fn build(cfg: &Config, crm: &Db, telemetry: &Telemetry) -> anyhow::Res
             areas,
             mail: m.mail.clone(),
             smtp_relay: smtp_relay.clone(),
+            initial_sync: m.initial_sync,
+            breaker: m.breaker,
+            sync_ambiguous: m.sync_ambiguous,
         });
     }
     Ok(Built {
@@ -231,6 +234,7 @@ pub async fn build(cfg: &Config, crm: &Db, telemetry: &Telemetry) -> anyhow::Res
 /// The runtime settings a configuration asks for.
 pub fn runtime_settings(cfg: &Config) -> RuntimeSettings {
     let mut s = RuntimeSettings::default();
+    s.safety_read = cfg.sync.safety_read;
     if let Some(server) = cfg.servers.first() {
         s.stream.group_size = server.streaming.group_size.max(1) as usize;
         s.stream.connection_timeout = server.streaming.connection_timeout;
@@ -463,6 +467,7 @@ pub async fn initial_sync(
     cfg: Config,
     mailbox: &str,
     direction: crate::sync::engine::Direction,
+    separate_ambiguous: bool,
 ) -> anyhow::Result<String> {
     use std::fmt::Write as _;
     let database = cfg
@@ -526,7 +531,7 @@ pub async fn initial_sync(
     };
     let started = std::time::Instant::now();
     let result = engine
-        .initial_sync(&spec, direction, throttle, &progress)
+        .initial_sync(&spec, direction, throttle, separate_ambiguous, &progress)
         .await;
     bar.finish_and_clear();
     crm.close().await;

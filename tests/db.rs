@@ -114,7 +114,11 @@ async fn migrations_from_empty_then_rerun_and_sharing_one_database() {
         let state = t.db.migrate(MigrationSet::State).await.unwrap();
         assert_eq!(
             state.applied,
-            vec!["2001 state store".to_string(), "2002 pending".to_string()],
+            vec![
+                "2001 state store".to_string(),
+                "2002 pending".to_string(),
+                "2010 integrity".to_string()
+            ],
             "{kind}"
         );
         for set in [MigrationSet::Crm, MigrationSet::State] {
@@ -408,7 +412,7 @@ fn migrate_command_applies_then_reports_up_to_date() {
     );
     assert!(
         out.contains("state store sqlite:")
-            && out.contains("applied 2001 state store, 2002 pending"),
+            && out.contains("applied 2001 state store, 2002 pending, 2010 integrity"),
         "{out}"
     );
     let second = run();
@@ -419,7 +423,7 @@ fn migrate_command_applies_then_reports_up_to_date() {
         "{out}"
     );
     assert!(
-        out.contains("up to date (2 migrations applied before)"),
+        out.contains("up to date (3 migrations applied before)"),
         "{out}"
     );
 
@@ -483,6 +487,8 @@ async fn state_store_round_trips() {
             change_key: Some("CK1".into()),
             crm_version: Some(3),
             fields: serde_json::json!({"surname": "Schmidt", "email1": "a@b.example"}),
+            stamped: true,
+            unverified: true,
         };
         db.put_mapping(&m).await.unwrap();
         assert_eq!(
@@ -773,6 +779,8 @@ async fn a_crm_write_and_its_mapping_commit_together_or_not_at_all() {
             change_key: Some("CK1".into()),
             crm_version: None,
             fields: serde_json::json!({"subject": "Jour fixe"}),
+            stamped: false,
+            unverified: false,
         };
         let (id, version) = db
             .save_from_exchange(&appt(0, "Jour fixe"), "AAMk1=", Some(&mapping("AAMk1=")))
@@ -922,6 +930,8 @@ async fn batches_stamp_ews_ids_and_store_mappings_in_one_go() {
             change_key: Some(format!("CK{version}")),
             crm_version: Some(version),
             fields: serde_json::json!({"surname": ews}),
+            stamped: version % 2 == 0,
+            unverified: version % 2 == 1,
         };
         db.put_mappings(&[mapping(one, "AAMk1=", 2), mapping(two, "AAMk2=", 2)])
             .await

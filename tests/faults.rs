@@ -35,6 +35,10 @@ async fn faults_on_every_path_end_with_both_sides_equal_on_sqlite() {
 /// The scenario on the business database at `db_url` (the state store in it too). Every
 /// request the service sent, storms and retries included, is checked against the schema.
 async fn faults_on_every_path_end_with_both_sides_equal(db_url: &str) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let record = tempfile::tempdir().unwrap();
     let sim = server::start(SimConfig {
         mailboxes: 3,

@@ -171,6 +171,9 @@ impl Rig {
             areas: areas(options.leading),
             mail: options.mail,
             smtp_relay: options.smtp.map(Arc::new),
+            initial_sync: mailsync::config::InitialSync::CrmToExchange,
+            breaker: Default::default(),
+            sync_ambiguous: false,
         }]);
         let routes = Routes {
             by_operator: [(1, USER.into())].into_iter().collect(),
@@ -284,6 +287,7 @@ impl Rig {
                 &self.spec(),
                 direction,
                 self.throttle.clone(),
+                false,
                 &|_, _, _| {},
             )
             .await

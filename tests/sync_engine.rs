@@ -131,6 +131,9 @@ impl Rig {
             areas,
             mail: Default::default(),
             smtp_relay: None,
+            initial_sync: mailsync::config::InitialSync::CrmToExchange,
+            breaker: Default::default(),
+            sync_ambiguous: false,
         }]);
         let routes = Routes {
             by_operator: [(1, USER.into())].into_iter().collect(),
@@ -1030,6 +1033,7 @@ async fn appointments_link_by_uid_instead_of_duplicating() {
             &spec,
             mailsync::sync::engine::Direction::CrmToExchange,
             rig.throttle.clone(),
+            false,
             &|_, _, _| {},
         )
         .await

@@ -239,16 +239,19 @@ async fn play(behaviour: Behaviour) -> Result<StepReport, SyncError> {
         Behaviour::Ok => Ok(StepReport {
             items: 1,
             more: false,
+            ..StepReport::default()
         }),
         Behaviour::More => Ok(StepReport {
             items: 1,
             more: true,
+            ..StepReport::default()
         }),
         Behaviour::Delay(d) => {
             tokio::time::sleep(d).await;
             Ok(StepReport {
                 items: 1,
                 more: false,
+                ..StepReport::default()
             })
         }
         Behaviour::Gate(gate) => {
@@ -256,6 +259,7 @@ async fn play(behaviour: Behaviour) -> Result<StepReport, SyncError> {
             Ok(StepReport {
                 items: 1,
                 more: false,
+                ..StepReport::default()
             })
         }
         Behaviour::Fail(e) => Err(e),

@@ -147,6 +147,13 @@ pub struct StepReport {
     pub items: u64,
     /// There is more to fetch (a page limit was hit): the folder runs another step at once.
     pub more: bool,
+    /// The port wants a step after this long even if nothing triggers one (a parked item's
+    /// retry time).
+    pub wake_in: Option<Duration>,
+    /// Deletes of this folder held for an administrator's decision after the step (0: none).
+    pub held: u64,
+    /// Progress of a long job (an initial sync): done, of.
+    pub progress: Option<(u64, u64)>,
 }
 
 /// How a port failed, classified by what the actors must do about it.

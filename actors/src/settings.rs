@@ -30,6 +30,10 @@ pub struct RuntimeSettings {
     pub stop_timeout: Duration,
     /// Streaming notifications.
     pub stream: StreamSettings,
+    /// Every folder is read once in about this interval (jittered between half and one and a
+    /// half times it) even when no notification says so: a safety net against a missed
+    /// notification. `None`: never.
+    pub safety_read: Option<Duration>,
 }
 
 /// How stream groups hold their connections.
@@ -72,6 +76,7 @@ impl Default for RuntimeSettings {
             max_resyncs: 3,
             stop_timeout: Duration::from_secs(30),
             stream: StreamSettings::default(),
+            safety_read: Some(Duration::from_secs(6 * 3600)),
         }
     }
 }

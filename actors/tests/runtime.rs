@@ -37,6 +37,7 @@ fn settings() -> RuntimeSettings {
             join_delay: Duration::from_millis(200),
             min_reopen: Duration::ZERO,
         },
+        safety_read: None,
     }
 }
 

@@ -83,7 +83,7 @@ fn broken_configs_report_their_errors() {
         (
             "unknown key",
             format!("{}colour = \"blue\"\n", valid()),
-            vec!["mailboxes[0].colour: line 13, column 1: unknown field `colour`, expected one of `smtp`, `operator`, `server`, `tenant`, `credentials`, `areas`, `leading`, `filters`, `initial_sync`, `mail`"],
+            vec!["mailboxes[0].colour: line 13, column 1: unknown field `colour`, expected one of `smtp`, `operator`, `server`, `tenant`, `credentials`, `areas`, `leading`, `filters`, `initial_sync`, `mail`, `delete_limit`, `delete_limit_percent`, `sync_ambiguous`"],
         ),
         (
             "malformed toml, with its line",

@@ -124,6 +124,7 @@ pub(super) fn validate(raw: RawConfig, env: &dyn Environment) -> Result<Config, 
         &tenants,
     );
     let smtp = raw.smtp.and_then(|r| smtp(&mut c, r));
+    let sync = sync_settings(&mut c, raw.sync);
     if c.errors.is_empty() {
         Ok(Config {
             admin,
@@ -134,6 +135,7 @@ pub(super) fn validate(raw: RawConfig, env: &dyn Environment) -> Result<Config, 
             servers,
             mailboxes,
             smtp,
+            sync,
         })
     } else {
         Err(c.errors)
@@ -703,6 +705,9 @@ fn mailboxes(
             filters: m.filters,
             initial_sync: m.initial_sync,
             mail: m.mail,
+            delete_limit: m.delete_limit,
+            delete_limit_percent: m.delete_limit_percent,
+            sync_ambiguous: m.sync_ambiguous,
         };
         check_settings(c, &p, &own);
         let areas = effective_areas(defaults, &own);
@@ -722,6 +727,21 @@ fn mailboxes(
                 "is set but the mail area is not enabled",
             );
         }
+        let defaults_breaker = crate::config::BreakerLimits::default();
+        let breaker = crate::config::BreakerLimits {
+            max_deletes: own
+                .delete_limit
+                .or(defaults.delete_limit)
+                .unwrap_or(defaults_breaker.max_deletes),
+            max_percent: own
+                .delete_limit_percent
+                .or(defaults.delete_limit_percent)
+                .unwrap_or(defaults_breaker.max_percent),
+        };
+        let sync_ambiguous = own
+            .sync_ambiguous
+            .or(defaults.sync_ambiguous)
+            .unwrap_or(false);
         out.push(MailboxConfig {
             smtp,
             operator: m.operator,
@@ -731,7 +751,25 @@ fn mailboxes(
             areas,
             initial_sync,
             mail,
+            breaker,
+            sync_ambiguous,
         });
+    }
+    out
+}
+
+/// `[sync]`.
+fn sync_settings(c: &mut Checker, raw: super::raw::RawSync) -> super::SyncConfig {
+    let mut out = super::SyncConfig::default();
+    if let Some(h) = raw.safety_read_hours {
+        if !h.is_finite() || h < 0.0 || h > 24.0 * 365.0 {
+            c.err(
+                "sync.safety_read_hours",
+                format!("{h} is not a number of hours between 0 (off) and 8760"),
+            );
+        } else {
+            out.safety_read = (h > 0.0).then(|| std::time::Duration::from_secs_f64(h * 3600.0));
+        }
     }
     out
 }
@@ -778,6 +816,14 @@ fn check_settings(c: &mut Checker, p: &str, s: &RawMailboxSettings) {
             }
         }
     }
+    if let Some(pct) = s.delete_limit_percent {
+        if pct > 100 {
+            c.err(
+                format!("{p}.delete_limit_percent"),
+                format!("{pct} is not a percentage (0 to 100)"),
+            );
+        }
+    }
     if let Some(is) = &s.initial_sync {
         if parse_initial_sync(is).is_none() {
             c.err(
@@ -792,6 +838,9 @@ fn check_settings(c: &mut Checker, p: &str, s: &RawMailboxSettings) {
         let mp = format!("{p}.mail");
         if let Some(d) = &mail.sync_from {
             date_only(c, &format!("{mp}.sync_from"), d);
+        }
+        if mail.max_message_mb == Some(0) {
+            c.err(format!("{mp}.max_message_mb"), "must be at least 1");
         }
         if let Some(mode) = &mail.delete_mode {
             if parse_delete_mode(mode).is_none() {
@@ -888,11 +937,15 @@ fn effective_mail(defaults: Option<&RawMailSettings>, own: Option<&RawMailSettin
     let delete_mode = pick(|m| m.delete_mode.is_some())
         .and_then(|m| m.delete_mode.as_deref())
         .and_then(parse_delete_mode);
+    let max_message_mb = pick(|m| m.max_message_mb.is_some())
+        .and_then(|m| m.max_message_mb)
+        .unwrap_or(64);
     MailConfig {
         sync_from,
         excluded_folders,
         folder_sync_from,
         delete_mode,
+        max_message_mb,
     }
 }
 

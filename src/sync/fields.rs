@@ -832,3 +832,12 @@ mod tests {
         }
     }
 }
+
+/// What a person recognises a record by: a contact's name, an appointment's or task's subject.
+pub fn title(area: Area, f: &Fields) -> String {
+    match area {
+        Area::Contacts => display_name(f),
+        _ => get(f, "subject").cloned(),
+    }
+    .unwrap_or_default()
+}
