@@ -184,7 +184,7 @@ impl Rig {
         let throttle = Throttle::new(
             "ex1".into(),
             ThrottleSettings {
-                requests_per_second: 10_000,
+                requests_per_second: 10_000.0,
                 burst: 10_000,
                 max_concurrent: 10,
             },

@@ -149,7 +149,7 @@ impl Rig {
         let throttle = Throttle::new(
             "ex1".into(),
             ThrottleSettings {
-                requests_per_second: 1000,
+                requests_per_second: 1000.0,
                 burst: 1000,
                 max_concurrent: 10,
             },

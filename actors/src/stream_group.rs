@@ -7,7 +7,8 @@
 //! step reads what changed. So after any gap — a lost connection, a silent one, a lost
 //! subscription, a member that joined — every folder of the affected members syncs once the
 //! next connection is up. Members not covered by a live connection (streaming off, failing,
-//! or not yet subscribed) are polled every `polling_interval`; after
+//! or not yet subscribed) are polled every `polling_interval` (group size, connection
+//! lifetime and polling interval are the server's own, [`ServerStreaming`]); after
 //! `failures_before_polling` failed attempts in a row the group reports itself as polling and
 //! keeps retrying streaming with back-off, returning to it when a connection works again.
 
@@ -20,7 +21,9 @@ use futures_util::stream::{self, StreamExt};
 use tokio::sync::oneshot;
 
 use crate::mailbox::{MailboxActor, MailboxTrigger};
-use crate::ports::{Cause, FolderId, GroupInfo, MailboxId, StreamEvent, SubscriptionId, SyncError};
+use crate::ports::{
+    Cause, FolderId, GroupInfo, MailboxId, ServerStreaming, StreamEvent, SubscriptionId, SyncError,
+};
 use crate::throttle::Throttle;
 use crate::Shared;
 
@@ -126,6 +129,8 @@ pub struct StreamGroupActor {
     shared: Arc<Shared>,
     /// Streaming configured for the server; otherwise the group only polls.
     enabled: bool,
+    /// The server's connection lifetime and polling interval.
+    stream: ServerStreaming,
     /// Members by address.
     members: BTreeMap<MailboxId, Member>,
     /// Subscription to member.
@@ -165,12 +170,14 @@ impl StreamGroupActor {
         throttle: Throttle,
         shared: Arc<Shared>,
         enabled: bool,
+        stream: ServerStreaming,
     ) -> Self {
         StreamGroupActor {
             info,
             throttle,
             shared,
             enabled,
+            stream,
             members: BTreeMap::new(),
             by_sub: HashMap::new(),
             live: None,
@@ -268,7 +275,7 @@ impl StreamGroupActor {
             let call = port.subscribe(&info, &smtp, &folders, throttle.clone());
             async move { (smtp, call.await) }
         }));
-        let timeout = self.shared.settings.stream.connection_timeout;
+        let timeout = self.stream.connection_timeout;
         ctx.spawn(subscribe.into_actor(self).then(move |results, act, _ctx| {
             for (smtp, result) in results {
                 act.subscribed(&smtp, result);
@@ -354,10 +361,10 @@ impl StreamGroupActor {
                     .map(move |e| (id, Some(e)))
                     .chain(stream::once(async move { (id, None) }));
                 let handle = ctx.add_stream(events);
-                let settings = &self.shared.settings.stream;
-                let renew_in = settings
+                let renew_in = self
+                    .stream
                     .connection_timeout
-                    .saturating_sub(settings.renew_before);
+                    .saturating_sub(self.shared.settings.stream.renew_before);
                 let renew = ctx.run_later(renew_in, |act, ctx| act.round("renewal", ctx));
                 match self.live.replace(Conn {
                     id,
@@ -545,9 +552,7 @@ impl Actor for StreamGroupActor {
             .stream_groups
             .with_label_values(&[self.server(), self.mode.as_str()])
             .inc();
-        ctx.run_interval(self.shared.settings.stream.polling_interval, |act, _| {
-            act.poll()
-        });
+        ctx.run_interval(self.stream.polling_interval, |act, _| act.poll());
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {

@@ -355,7 +355,7 @@ impl Supervisor {
         let Some(server) = self.servers.get_mut(&slot.spec.server) else {
             return;
         };
-        let size = self.shared.settings.stream.group_size.max(1);
+        let size = server.spec.stream.group_size.max(1);
         let number = match server.groups.iter().find(|(_, g)| g.members.len() < size) {
             Some((number, _)) => *number,
             None => {
@@ -371,6 +371,7 @@ impl Supervisor {
                     server.throttle.clone(),
                     self.shared.clone(),
                     server.spec.streaming,
+                    server.spec.stream,
                 )
                 .start();
                 server.groups.insert(

@@ -27,11 +27,8 @@ fn settings() -> RuntimeSettings {
         max_resyncs: 2,
         stop_timeout: Duration::from_secs(30),
         stream: StreamSettings {
-            group_size: 3,
-            connection_timeout: Duration::from_secs(600),
             renew_before: Duration::from_secs(60),
             heartbeat_timeout: Duration::from_secs(75),
-            polling_interval: Duration::from_secs(60),
             failures_before_polling: 3,
             retry: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
             join_delay: Duration::from_millis(200),
@@ -44,11 +41,16 @@ fn server(id: &str, streaming: bool) -> ServerSpec {
     ServerSpec {
         id: id.into(),
         throttle: ThrottleSettings {
-            requests_per_second: 10_000,
+            requests_per_second: 10_000.0,
             burst: 10_000,
             max_concurrent: 100,
         },
         streaming,
+        stream: ServerStreaming {
+            group_size: 3,
+            connection_timeout: Duration::from_secs(600),
+            polling_interval: Duration::from_secs(60),
+        },
     }
 }
 
@@ -789,10 +791,11 @@ async fn mailboxes_joining_a_live_connection_are_gathered_onto_one_new_connectio
     tokio::time::pause();
     let mut s = settings();
     s.stream.min_reopen = Duration::from_secs(5);
-    s.stream.group_size = 10;
+    let mut ex1 = server("ex1", true);
+    ex1.stream.group_size = 10;
     let rig = Rig::start(
         s,
-        vec![server("ex1", true)],
+        vec![ex1.clone()],
         (1..=2).map(|n| mailbox(n, "ex1")).collect(),
     );
     rig.ready().await;
@@ -803,7 +806,7 @@ async fn mailboxes_joining_a_live_connection_are_gathered_onto_one_new_connectio
     // Two more mailboxes join, a second apart, soon after the connection opened.
     for n in 3..=4 {
         let reload = Reload {
-            servers: vec![server("ex1", true)],
+            servers: vec![ex1.clone()],
             mailboxes: (1..=n).map(|m| mailbox(m, "ex1")).collect(),
         };
         rig.handle.addr.send(reload).await.unwrap().unwrap();
@@ -965,6 +968,42 @@ async fn with_streaming_off_every_folder_is_polled() {
     );
     assert_eq!(rig.stream.subscribes(), 0);
     assert_eq!(rig.stream.connects_attempted(), 0);
+}
+
+#[actix_rt::test]
+async fn each_server_groups_and_polls_by_its_own_streaming_settings() {
+    tokio::time::pause();
+    // ex1 streams in groups of 2; ex2 cannot stream and polls every 20 s, in groups of 5;
+    // ex3 polls every 90 s.
+    let mut ex1 = server("ex1", true);
+    ex1.stream.group_size = 2;
+    let mut ex2 = server("ex2", false);
+    ex2.stream.group_size = 5;
+    ex2.stream.polling_interval = Duration::from_secs(20);
+    let mut ex3 = server("ex3", false);
+    ex3.stream.polling_interval = Duration::from_secs(90);
+    let mut mailboxes: Vec<MailboxSpec> = (1..=4).map(|n| mailbox(n, "ex1")).collect();
+    mailboxes.extend((5..=10).map(|n| mailbox(n, "ex2")));
+    mailboxes.push(mailbox(11, "ex3"));
+    let rig = Rig::start(settings(), vec![ex1, ex2, ex3], mailboxes);
+    rig.ready().await;
+    let sizes = |server: &str, groups: &[GroupRef]| -> Vec<usize> {
+        groups
+            .iter()
+            .filter(|g| &*g.server == server)
+            .map(|g| g.members.len())
+            .collect()
+    };
+    let groups = rig.groups().await;
+    assert_eq!(sizes("ex1", &groups), vec![2, 2]);
+    assert_eq!(sizes("ex2", &groups), vec![5, 1]);
+    assert_eq!(sizes("ex3", &groups), vec![1]);
+    let polled = |n: usize| rig.sync.step_count(&smtp(n), "contacts");
+    sleep(181).await;
+    assert_eq!(polled(5), 1 + 9, "ex2: start + a poll every 20 s");
+    assert_eq!(polled(10), 1 + 9, "ex2's second group polls alike");
+    assert_eq!(polled(11), 1 + 2, "ex3: start + a poll every 90 s");
+    assert_eq!(polled(1), 1, "ex1 streams: no polling");
 }
 
 #[actix_rt::test]

@@ -441,10 +441,19 @@ fn server(c: &mut Checker, p: &str, s: RawServer) -> Option<ServerConfig> {
     let throttle = ThrottleConfig {
         requests_per_second: {
             let v = s.throttle.requests_per_second.unwrap_or(20.0);
-            if !(v > 0.0 && v <= 10_000.0) {
+            let key = format!("{p}.throttle.requests_per_second");
+            if !v.is_finite() {
                 c.err(
-                    format!("{p}.throttle.requests_per_second"),
-                    format!("{v} is out of range, allowed more than 0 up to 10000"),
+                    key,
+                    format!("{v} is not a finite number of requests per second"),
+                );
+            } else if !(v > 0.0 && v <= 10_000.0) {
+                c.err(
+                    key,
+                    format!(
+                        "{v} is out of range, allowed more than 0 up to 10000 \
+                         (fractions are kept: 0.5 is one request every 2 s)"
+                    ),
                 );
             }
             v
