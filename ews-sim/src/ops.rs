@@ -48,6 +48,9 @@ pub struct Ctx<'a> {
     pub find_limit: usize,
     /// Subscriptions allowed per mailbox.
     pub max_subscriptions: usize,
+    /// A soft delete moves the item into the dumpster (Exchange 2013 and later: subscribers
+    /// hear a MovedEvent); on Exchange 2010 it is a DeletedEvent.
+    pub soft_delete_moves: bool,
 }
 
 /// Runs the operation named by `body`'s element. Unknown operations are a fault.
@@ -1243,6 +1246,9 @@ fn delete_item(ctx: &Ctx<'_>, body: &Node) -> Result<Vec<String>, Fault> {
                             (Some(o), _, _) => m.change_occurrence(k, o.index, None, ctx.now),
                             (None, "MoveToDeletedItems", Some(t)) if m.items[&k].folder != t => {
                                 m.move_item(k, t)
+                            }
+                            (None, "SoftDelete", _) if ctx.soft_delete_moves => {
+                                m.soft_delete_item(k)
                             }
                             _ => m.delete_item(k),
                         },
