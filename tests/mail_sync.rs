@@ -1318,3 +1318,47 @@ async fn flag_move_and_delete_storms_converge() {
     assert_eq!(dupes, 0, "no message twice in the CRM");
     rig.finish().await;
 }
+
+/// A message whose headers use RFC 2047 encoded words (UTF-8 and Latin-1, Q and B), folding,
+/// a quoted display name with a comma and a group arrives in the CRM decoded: the subject as
+/// text, the sender's address, and every recipient once (none split at a quoted comma).
+#[tokio::test]
+async fn imported_mail_has_decoded_subjects_and_whole_addresses() {
+    let rig = Rig::sqlite(Options::default()).await;
+    rig.crm_folder("Inbox", Some("inbox"), None).await;
+    let raw = "Subject: =?utf-8?q?=C3=BCber?= den\r\n =?UTF-8?B?UHLDvGZzdGFuZA==?=\r\n\
+               From: =?iso-8859-1?q?J=FCrgen_M=FCller?= <Juergen@example.com>\r\n\
+               To: \"M\u{fc}ller, Anna\" <anna@example.com>, =?utf-8?b?w4RyenRlLCBCw7xybw==?=\r\n\
+               \t<aerzte@example.com>\r\n\
+               Cc: Team: carl@example.com, \"Dora, D.\" <dora@example.com>;\r\n\
+               Message-ID: <decoded-1@example.com>\r\n\
+               Date: Tue, 3 Mar 2026 09:15:00 +0100\r\n\
+               MIME-Version: 1.0\r\n\
+               Content-Type: text/plain; charset=utf-8\r\n\r\n\
+               Hallo\r\n";
+    rig.user_creates_mail(
+        FolderRef::well_known(DistinguishedFolder::Inbox),
+        raw.as_bytes().to_vec(),
+        false,
+    )
+    .await;
+    rig.sync().await;
+    let row = common::texts(
+        &rig.db,
+        "SELECT subject, sender, recipients, internet_message_id FROM crm_mails",
+    )
+    .await;
+    assert_eq!(
+        row,
+        vec![
+            Some("über den Prüfstand".to_string()),
+            Some("Juergen@example.com".to_string()),
+            Some(
+                "anna@example.com, aerzte@example.com, carl@example.com, dora@example.com"
+                    .to_string()
+            ),
+            Some("<decoded-1@example.com>".to_string()),
+        ]
+    );
+    rig.finish().await;
+}

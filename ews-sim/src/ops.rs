@@ -1090,19 +1090,7 @@ fn recipients(it: &Node) -> Vec<String> {
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(mime.text.split_whitespace().collect::<String>())
             .unwrap_or_default();
-        let head = String::from_utf8_lossy(&bytes[..bytes.len().min(16 * 1024)]).to_string();
-        for line in head.lines().take_while(|l| !l.is_empty()) {
-            let lower = line.to_ascii_lowercase();
-            if lower.starts_with("to:") || lower.starts_with("cc:") {
-                for part in line[3..].split(',') {
-                    let addr = match (part.find('<'), part.rfind('>')) {
-                        (Some(l), Some(r)) if l < r => &part[l + 1..r],
-                        _ => part,
-                    };
-                    out.push(addr.trim().to_ascii_lowercase());
-                }
-            }
-        }
+        out.extend(crate::mime::recipients(&bytes));
     }
     out
 }

@@ -1077,73 +1077,46 @@ fn mailbox_node(name: &str, email: &str) -> Node {
     m
 }
 
-/// Exchange derives the envelope properties of a message from its MIME headers.
+/// Exchange derives the envelope properties of a message from its MIME headers
+/// ([`crate::mime`]: encoded words decoded, quoted names with commas kept whole, groups
+/// expanded).
 fn fill_from_mime(item: &mut Item, mime: &[u8]) {
-    let head_end = mime
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .or_else(|| mime.windows(2).position(|w| w == b"\n\n"))
-        .unwrap_or(mime.len());
-    let head = String::from_utf8_lossy(&mime[..head_end]);
-    let mut headers: Vec<(String, String)> = Vec::new();
-    for line in head.lines() {
-        if line.starts_with([' ', '\t']) {
-            if let Some(last) = headers.last_mut() {
-                last.1.push(' ');
-                last.1.push_str(line.trim());
-            }
-        } else if let Some((k, v)) = line.split_once(':') {
-            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-        }
-    }
-    let h = |k: &str| headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-    if let Some(s) = h("subject") {
-        item.set_text("Subject", &s);
-    }
-    if let Some(id) = h("message-id") {
-        item.set_text("InternetMessageId", &id);
-    }
-    if let Some(d) = h("date").and_then(|d| DateTime::parse_from_rfc2822(&d).ok()) {
-        item.set_text("DateTimeSent", &fmt_time(d.with_timezone(&Utc)));
-    }
-    let addr_list = |v: &str| -> Vec<Node> {
-        v.split(',')
-            .filter_map(|a| {
-                let a = a.trim();
-                if a.is_empty() {
-                    return None;
-                }
-                let (name, email) = match (a.find('<'), a.rfind('>')) {
-                    (Some(l), Some(r)) if l < r => (
-                        a[..l].trim().trim_matches('"').to_string(),
-                        a[l + 1..r].to_string(),
-                    ),
-                    _ => (String::new(), a.to_string()),
-                };
-                Some(mailbox_node(&name, &email))
-            })
-            .collect()
+    let Some(env) = crate::mime::envelope(mime) else {
+        return;
     };
-    if let Some(f) = h("from") {
-        if let Some(m) = addr_list(&f).into_iter().next() {
-            let mut from = Node::leaf("From", "");
-            from.children.push(m);
+    if let Some(s) = &env.subject {
+        item.set_text("Subject", s);
+    }
+    if let Some(id) = &env.message_id {
+        item.set_text("InternetMessageId", id);
+    }
+    if let Some(d) = env.date {
+        item.set_text("DateTimeSent", &fmt_time(d));
+    }
+    let node = |m: &crate::mime::Mailbox| mailbox_node(&m.name, &m.email);
+    for (prop, mailbox) in [("From", &env.from), ("Sender", &env.sender)] {
+        if let Some(m) = mailbox {
+            let mut n = Node::leaf(prop, "");
+            n.children.push(node(m));
             item.props.insert(Prop {
-                node: from,
+                node: n,
                 version: 1,
             });
         }
     }
-    for (hname, prop) in [("to", "ToRecipients"), ("cc", "CcRecipients")] {
-        if let Some(v) = h(hname) {
+    for (prop, list) in [
+        ("ToRecipients", &env.to),
+        ("CcRecipients", &env.cc),
+        ("BccRecipients", &env.bcc),
+        ("ReplyTo", &env.reply_to),
+    ] {
+        if !list.is_empty() {
             let mut n = Node::leaf(prop, "");
-            n.children = addr_list(&v);
-            if !n.children.is_empty() {
-                item.props.insert(Prop {
-                    node: n,
-                    version: 1,
-                });
-            }
+            n.children = list.iter().map(node).collect();
+            item.props.insert(Prop {
+                node: n,
+                version: 1,
+            });
         }
     }
 }
