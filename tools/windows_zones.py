@@ -88,6 +88,8 @@ def main():
     lines += ["];", ""]
     with open(OUT, "w", encoding="utf-8") as f:
         f.write("\n".join(lines))
+    # Formatted as `cargo fmt --check` wants it (CI checks every file).
+    subprocess.run(["rustfmt", "--edition", "2021", OUT], check=True)
     with open(LICENSE, "w", encoding="utf-8") as f:
         f.write(f"src/sync/windows_zones.rs is generated from tzlocal {args.version} (PyPI), whose\n"
                 "licence follows. Its table is derived from Unicode CLDR's windowsZones.xml\n"
