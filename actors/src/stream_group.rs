@@ -24,6 +24,8 @@ use crate::mailbox::{MailboxActor, MailboxTrigger};
 use crate::ports::{
     Cause, FolderId, GroupInfo, MailboxId, ServerStreaming, StreamEvent, SubscriptionId, SyncError,
 };
+use crate::status::RestartCause;
+use crate::supervisor::Supervisor;
 use crate::throttle::Throttle;
 use crate::Shared;
 
@@ -49,6 +51,18 @@ pub(crate) struct LeaveGroup {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct StopGroup;
+
+/// Told to the supervisor when a group actor ended without being asked to (a panic in one
+/// of its handlers or in a stream it reads, or a stop of its own): its members would hear no
+/// notification and get no poll, so the supervisor starts a replacement.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub(crate) struct GroupDown {
+    pub server: crate::ports::ServerId,
+    pub group: u32,
+    pub incarnation: u64,
+    pub cause: RestartCause,
+}
 
 /// Asks for a [`GroupStatus`].
 #[derive(Message, Debug, Clone, Copy)]
@@ -127,8 +141,17 @@ pub struct StreamGroupActor {
     throttle: Throttle,
     /// Ports, settings, metrics.
     shared: Arc<Shared>,
-    /// Streaming configured for the server; otherwise the group only polls.
+    /// Streaming configured for the server (and not given up after repeated deaths of this
+    /// group); otherwise the group only polls.
     enabled: bool,
+    /// Told when this actor ends unasked ([`GroupDown`]).
+    supervisor: Addr<Supervisor>,
+    /// Which actor of this group number it is, so a late report of an old one is ignored.
+    incarnation: u64,
+    /// Stopped on purpose (StopGroup): its end is no death.
+    exited: bool,
+    /// `stopped()` ran and gave back its gauges; else `Drop` does.
+    released: bool,
     /// The server's connection lifetime and polling interval.
     stream: ServerStreaming,
     /// Members by address.
@@ -171,6 +194,8 @@ impl StreamGroupActor {
         shared: Arc<Shared>,
         enabled: bool,
         stream: ServerStreaming,
+        supervisor: Addr<Supervisor>,
+        incarnation: u64,
     ) -> Self {
         StreamGroupActor {
             info,
@@ -178,6 +203,10 @@ impl StreamGroupActor {
             shared,
             enabled,
             stream,
+            supervisor,
+            incarnation,
+            exited: false,
+            released: false,
             members: BTreeMap::new(),
             by_sub: HashMap::new(),
             live: None,
@@ -556,6 +585,23 @@ impl Actor for StreamGroupActor {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
+        self.release();
+        // Nothing but StopGroup stops a group on purpose (the supervisor keeps its address),
+        // so an end without it is its future being torn down after a panic: actix polls a
+        // dropped actor's context once more, which runs this before `Drop`.
+        if !self.exited {
+            self.exited = true;
+            self.report_down(RestartCause::Panic);
+        }
+    }
+}
+
+impl StreamGroupActor {
+    /// Gives back what the group counts in the gauges (once).
+    fn release(&mut self) {
+        if std::mem::replace(&mut self.released, true) {
+            return;
+        }
         let metrics = &self.shared.metrics;
         metrics
             .stream_groups
@@ -566,6 +612,33 @@ impl Actor for StreamGroupActor {
                 .stream_connections
                 .with_label_values(&[self.server()])
                 .dec();
+        }
+    }
+
+    fn report_down(&self, cause: RestartCause) {
+        tracing::error!(
+            server = self.server(),
+            group = self.info.group,
+            cause = cause.as_str(),
+            "stream group actor ended unasked; the supervisor replaces it"
+        );
+        self.supervisor.do_send(GroupDown {
+            server: self.info.server.clone(),
+            group: self.info.group,
+            incarnation: self.incarnation,
+            cause,
+        });
+    }
+}
+
+/// A group actor dropped without `stopped()` having run died in a panic (its future was
+/// dropped by the runtime); its members must not be left silent.
+impl Drop for StreamGroupActor {
+    fn drop(&mut self) {
+        self.release();
+        if !self.exited {
+            self.exited = true;
+            self.report_down(RestartCause::Panic);
         }
     }
 }
@@ -701,6 +774,7 @@ impl Handler<LeaveGroup> for StreamGroupActor {
 impl Handler<StopGroup> for StreamGroupActor {
     type Result = ();
     fn handle(&mut self, _: StopGroup, ctx: &mut Context<Self>) {
+        self.exited = true;
         self.drop_live(ctx);
         ctx.stop();
     }

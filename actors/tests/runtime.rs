@@ -1150,3 +1150,89 @@ fn mailboxes_spread_over_arbiters_in_real_time() {
         rig.handle.addr.send(Shutdown).await.unwrap();
     });
 }
+
+#[actix_rt::test]
+async fn a_stream_group_that_dies_is_replaced_and_its_mailboxes_are_never_left_silent() {
+    tokio::time::pause();
+    let mut s = settings();
+    // Streaming is retried 400 s after a third death in a row (capped at 600 s).
+    s.restart = Backoff::new(Duration::from_secs(100), Duration::from_secs(600));
+    let mut ex1 = server("ex1", true);
+    ex1.stream.polling_interval = Duration::from_secs(20);
+    let rig = Rig::start(s, vec![ex1], (1..=2).map(|n| mailbox(n, "ex1")).collect());
+    rig.ready().await;
+    rig.stream
+        .wait_until("one connection", |s| s.open_connections() == 1)
+        .await;
+    let first = rig.groups().await[0].addr.clone();
+    let all_steps = |rig: &Rig| -> Vec<u64> {
+        (1..=2)
+            .flat_map(|n| FOLDERS.map(|f| rig.sync.step_count(&smtp(n), f)))
+            .collect()
+    };
+    let steps_before = all_steps(&rig);
+
+    // The connection drops; the one that replaces it panics inside the group actor.
+    rig.stream.panic_next_connects(1);
+    rig.stream.drop_connection();
+    rig.stream
+        .wait_until("a new group streams for both mailboxes", |s| {
+            s.pending_panics() == 0 && s.connections().len() == 2 && s.open_connections() == 1
+        })
+        .await;
+    assert_eq!(rig.metric("restarts", &["stream_group", "panic"]), 1.0);
+    let groups = rig.groups().await;
+    assert_eq!(groups.len(), 1);
+    assert!(groups[0].addr != first, "a new group actor");
+    assert!(!first.connected(), "the old one is gone");
+    let status = rig.group_status(0).await;
+    assert_eq!((status.members, status.covered), (2, 2));
+    assert_eq!(status.mode, "streaming");
+    assert_eq!(rig.metric("groups", &["ex1", "streaming"]), 1.0, "gauges");
+    // Nothing was heard while no group watched: every folder of both mailboxes synced again.
+    rig.sync
+        .wait_until("every folder synced after the rejoin", |_| {
+            all_steps(&rig)
+                .iter()
+                .zip(&steps_before)
+                .all(|(now, before)| now > before)
+        })
+        .await;
+    // Notifications reach the members through the new group.
+    let steps = rig.sync.step_count(&smtp(1), "contacts");
+    assert!(rig.stream.notify(&smtp(1), "contacts"));
+    rig.sync
+        .wait_until("the notification synced contacts", |f| {
+            f.step_count(&smtp(1), "contacts") == steps + 1
+        })
+        .await;
+
+    // A group that keeps dying gives up streaming for polling: its mailboxes are polled.
+    rig.stream.panic_next_connects(2);
+    rig.stream.drop_connection();
+    rig.stream
+        .wait_until("two more deaths", |s| s.pending_panics() == 0)
+        .await;
+    sleep(1).await;
+    assert_eq!(rig.metric("restarts", &["stream_group", "panic"]), 3.0);
+    let status = rig.group_status(0).await;
+    assert_eq!((status.mode, status.members), ("polling", 2));
+    assert_eq!(rig.metric("groups", &["ex1", "polling"]), 1.0);
+    assert_eq!(rig.metric("groups", &["ex1", "streaming"]), 0.0);
+    let polled = rig.sync.step_count(&smtp(2), "calendar");
+    sleep(21).await;
+    assert_eq!(
+        rig.sync.step_count(&smtp(2), "calendar"),
+        polled + 1,
+        "a polling-only group polls every 20 s"
+    );
+    // After the restart back-off it streams again.
+    rig.stream
+        .wait_until("streaming again", |s| s.open_connections() == 1)
+        .await;
+    sleep(1).await;
+    let status = rig.group_status(0).await;
+    assert_eq!((status.mode, status.covered), ("streaming", 2));
+    assert_eq!(rig.metric("groups", &["ex1", "polling"]), 0.0);
+    assert_eq!(rig.metric("groups", &["ex1", "streaming"]), 1.0);
+}
