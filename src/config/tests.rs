@@ -101,6 +101,14 @@ fn broken_configs_report_their_errors() {
             vec!["servers[0].throttle.requests_per_second: inf is not a finite number of requests per second"],
         ),
         (
+            "a category filter for mail, which nothing applies",
+            format!("{}[mailbox_defaults]\nfilters = {{ mail = [\"Kunde\"] }}\n{}filters = {{ contacts = [\"Kunde\"], mail = [] }}\n", SERVER, mailbox("a@example.com", "1")),
+            vec![
+                "mailbox_defaults.filters.mail: mail is not filtered by category (every message of the synced folders syncs); remove it, and limit mail with mail.excluded_folders or mail.sync_from",
+                "mailboxes[0].filters.mail: mail is not filtered by category (every message of the synced folders syncs); remove it, and limit mail with mail.excluded_folders or mail.sync_from",
+            ],
+        ),
+        (
             "unknown key",
             format!("{}colour = \"blue\"\n", valid()),
             vec!["mailboxes[0].colour: line 13, column 1: unknown field `colour`, expected one of `smtp`, `operator`, `server`, `tenant`, `credentials`, `areas`, `leading`, `filters`, `initial_sync`, `mail`"],

@@ -775,11 +775,19 @@ fn check_settings(c: &mut Checker, p: &str, s: &RawMailboxSettings) {
         }
     }
     for (area, cats) in s.filters.iter().flatten() {
-        if Area::parse(area).is_none() {
-            c.err(
+        match Area::parse(area) {
+            None => c.err(
                 format!("{p}.filters.{area}"),
                 "is not a data area, expected contacts, calendar, tasks or mail",
-            );
+            ),
+            // Accepting it would promise a filter nothing applies: every message of the
+            // synced folders syncs, whatever its categories.
+            Some(Area::Mail) => c.err(
+                format!("{p}.filters.mail"),
+                "mail is not filtered by category (every message of the synced folders syncs); \
+                 remove it, and limit mail with mail.excluded_folders or mail.sync_from",
+            ),
+            Some(_) => {}
         }
         for (j, cat) in cats.iter().enumerate() {
             if cat.trim().is_empty() {
