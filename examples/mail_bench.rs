@@ -250,7 +250,7 @@ fn main() {
         let throttle = Throttle::new(
             "sim".into(),
             ThrottleSettings {
-                requests_per_second: 1000,
+                requests_per_second: 1000.0,
                 burst: 1000,
                 max_concurrent: 27,
             },

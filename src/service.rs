@@ -11,8 +11,8 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context as _};
 use futures_util::future::{BoxFuture, LocalBoxFuture};
 use mailsync_actors::{
-    MailboxId, MailboxSpec, Ports, Reload, RuntimeSettings, ServerSpec, Supervisor,
-    SupervisorHandle, ThrottleSettings,
+    MailboxId, MailboxSpec, Ports, Reload, RuntimeSettings, ServerSpec, ServerStreaming,
+    Supervisor, SupervisorHandle, ThrottleSettings,
 };
 
 use crate::admin::{self, AdminState, ReloadFailure, Reloader};
@@ -138,15 +138,7 @@ pub async fn build(cfg: &Config, crm: &Db, telemetry: &Telemetry) -> anyhow::Res
             telemetry,
         )?;
         server_clients.insert(server.name.clone(), (Arc::new(client), url));
-        servers.push(ServerSpec {
-            id: server.name.as_str().into(),
-            throttle: ThrottleSettings {
-                requests_per_second: server.throttle.requests_per_second.ceil().max(1.0) as u32,
-                burst: server.throttle.burst.max(1),
-                max_concurrent: server.throttle.max_concurrent_requests.max(1),
-            },
-            streaming: server.streaming.enabled,
-        });
+        servers.push(server_spec(server));
     }
     let tenant_names: HashMap<&str, &str> = cfg
         .tenants
@@ -231,16 +223,33 @@ pub async fn build(cfg: &Config, crm: &Db, telemetry: &Telemetry) -> anyhow::Res
     })
 }
 
-/// The runtime settings a configuration asks for.
+/// The runtime settings a configuration asks for. Everything a server configures (request
+/// budget, streaming group size, connection lifetime, polling interval) is in its
+/// [`server_spec`], so that each server keeps its own.
 pub fn runtime_settings(cfg: &Config) -> RuntimeSettings {
-    let mut s = RuntimeSettings::default();
-    s.safety_read = cfg.sync.safety_read;
-    if let Some(server) = cfg.servers.first() {
-        s.stream.group_size = server.streaming.group_size.max(1) as usize;
-        s.stream.connection_timeout = server.streaming.connection_timeout;
-        s.stream.polling_interval = server.streaming.polling_interval;
+    RuntimeSettings {
+        safety_read: cfg.sync.safety_read,
+        ..RuntimeSettings::default()
     }
-    s
+}
+
+/// What the runtime needs to know of one configured server: its request budget (a fractional
+/// rate stays fractional) and its streaming settings.
+pub fn server_spec(server: &ServerConfig) -> ServerSpec {
+    ServerSpec {
+        id: server.name.as_str().into(),
+        throttle: ThrottleSettings {
+            requests_per_second: server.throttle.requests_per_second,
+            burst: server.throttle.burst.max(1),
+            max_concurrent: server.throttle.max_concurrent_requests.max(1),
+        },
+        streaming: server.streaming.enabled,
+        stream: ServerStreaming {
+            group_size: server.streaming.group_size.max(1) as usize,
+            connection_timeout: server.streaming.connection_timeout,
+            polling_interval: server.streaming.polling_interval,
+        },
+    }
 }
 
 /// Runs the service until a stop signal. Must run inside an actix system.
@@ -577,4 +586,61 @@ pub async fn initial_sync(
         );
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn each_server_keeps_its_own_budget_and_streaming_settings() {
+        let text = r#"
+[[servers]]
+name = "onprem"
+ews_url = "https://mail.example.com/EWS/Exchange.asmx"
+auth = "basic"
+service_account = { username = "svc", password = "pw" }
+throttle = { requests_per_second = 0.5, burst = 3 }
+streaming = { group_size = 50, connection_timeout_minutes = 10, polling_interval_seconds = 15 }
+
+[[servers]]
+name = "other"
+ews_url = "https://other.example.com/EWS/Exchange.asmx"
+auth = "basic"
+service_account = { username = "svc", password = "pw" }
+streaming = { enabled = false, polling_interval_seconds = 300 }
+
+[[mailboxes]]
+smtp = "a@example.com"
+operator = "1"
+server = "onprem"
+"#;
+        let cfg = config::parse(text, &HashMap::<&str, &str>::new()).expect("valid");
+        let onprem = server_spec(&cfg.servers[0]);
+        assert_eq!(onprem.throttle.requests_per_second, 0.5, "not rounded up");
+        assert_eq!(onprem.throttle.burst, 3);
+        assert!(onprem.streaming);
+        assert_eq!(
+            onprem.stream,
+            ServerStreaming {
+                group_size: 50,
+                connection_timeout: Duration::from_secs(600),
+                polling_interval: Duration::from_secs(15),
+            }
+        );
+        let other = server_spec(&cfg.servers[1]);
+        assert_eq!(other.throttle.requests_per_second, 20.0);
+        assert!(!other.streaming);
+        assert_eq!(
+            other.stream,
+            ServerStreaming {
+                group_size: 200,
+                connection_timeout: Duration::from_secs(1800),
+                polling_interval: Duration::from_secs(300),
+            }
+        );
+    }
 }

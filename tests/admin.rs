@@ -20,11 +20,12 @@ fn server() -> ServerSpec {
     ServerSpec {
         id: "ex1".into(),
         throttle: ThrottleSettings {
-            requests_per_second: 1000,
+            requests_per_second: 1000.0,
             burst: 1000,
             max_concurrent: 10,
         },
         streaming: true,
+        stream: ServerStreaming::default(),
     }
 }
 

@@ -81,6 +81,34 @@ fn broken_configs_report_their_errors() {
             vec!["servers[0].streaming.connection_timeout_minutes: 0 is out of range, allowed 1 to 30"],
         ),
         (
+            "a request rate of zero",
+            format!("{}[servers.throttle]\nrequests_per_second = 0\n{}", SERVER, mailbox("a@example.com", "1")),
+            vec!["servers[0].throttle.requests_per_second: 0 is out of range, allowed more than 0 up to 10000 (fractions are kept: 0.5 is one request every 2 s)"],
+        ),
+        (
+            "a negative request rate",
+            format!("{}[servers.throttle]\nrequests_per_second = -0.5\n{}", SERVER, mailbox("a@example.com", "1")),
+            vec!["servers[0].throttle.requests_per_second: -0.5 is out of range, allowed more than 0 up to 10000 (fractions are kept: 0.5 is one request every 2 s)"],
+        ),
+        (
+            "a request rate that is not a number",
+            format!("{}[servers.throttle]\nrequests_per_second = nan\n{}", SERVER, mailbox("a@example.com", "1")),
+            vec!["servers[0].throttle.requests_per_second: NaN is not a finite number of requests per second"],
+        ),
+        (
+            "an infinite request rate",
+            format!("{}[servers.throttle]\nrequests_per_second = inf\n{}", SERVER, mailbox("a@example.com", "1")),
+            vec!["servers[0].throttle.requests_per_second: inf is not a finite number of requests per second"],
+        ),
+        (
+            "a category filter for mail, which nothing applies",
+            format!("{}[mailbox_defaults]\nfilters = {{ mail = [\"Kunde\"] }}\n{}filters = {{ contacts = [\"Kunde\"], mail = [] }}\n", SERVER, mailbox("a@example.com", "1")),
+            vec![
+                "mailbox_defaults.filters.mail: mail is not filtered by category (every message of the synced folders syncs); remove it, and limit mail with mail.excluded_folders or mail.sync_from",
+                "mailboxes[0].filters.mail: mail is not filtered by category (every message of the synced folders syncs); remove it, and limit mail with mail.excluded_folders or mail.sync_from",
+            ],
+        ),
+        (
             "unknown key",
             format!("{}colour = \"blue\"\n", valid()),
             vec!["mailboxes[0].colour: line 13, column 1: unknown field `colour`, expected one of `smtp`, `operator`, `server`, `tenant`, `credentials`, `areas`, `leading`, `filters`, `initial_sync`, `mail`, `delete_limit`, `delete_limit_percent`, `sync_ambiguous`"],

@@ -443,10 +443,19 @@ fn server(c: &mut Checker, p: &str, s: RawServer) -> Option<ServerConfig> {
     let throttle = ThrottleConfig {
         requests_per_second: {
             let v = s.throttle.requests_per_second.unwrap_or(20.0);
-            if !(v > 0.0 && v <= 10_000.0) {
+            let key = format!("{p}.throttle.requests_per_second");
+            if !v.is_finite() {
                 c.err(
-                    format!("{p}.throttle.requests_per_second"),
-                    format!("{v} is out of range, allowed more than 0 up to 10000"),
+                    key,
+                    format!("{v} is not a finite number of requests per second"),
+                );
+            } else if !(v > 0.0 && v <= 10_000.0) {
+                c.err(
+                    key,
+                    format!(
+                        "{v} is out of range, allowed more than 0 up to 10000 \
+                         (fractions are kept: 0.5 is one request every 2 s)"
+                    ),
                 );
             }
             v
@@ -804,11 +813,19 @@ fn check_settings(c: &mut Checker, p: &str, s: &RawMailboxSettings) {
         }
     }
     for (area, cats) in s.filters.iter().flatten() {
-        if Area::parse(area).is_none() {
-            c.err(
+        match Area::parse(area) {
+            None => c.err(
                 format!("{p}.filters.{area}"),
                 "is not a data area, expected contacts, calendar, tasks or mail",
-            );
+            ),
+            // Accepting it would promise a filter nothing applies: every message of the
+            // synced folders syncs, whatever its categories.
+            Some(Area::Mail) => c.err(
+                format!("{p}.filters.mail"),
+                "mail is not filtered by category (every message of the synced folders syncs); \
+                 remove it, and limit mail with mail.excluded_folders or mail.sync_from",
+            ),
+            Some(_) => {}
         }
         for (j, cat) in cats.iter().enumerate() {
             if cat.trim().is_empty() {
