@@ -9,6 +9,7 @@ pub mod admin;
 pub mod config;
 pub mod ctl;
 pub mod db;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod environment;
 pub mod logging;

@@ -36,6 +36,7 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    #[cfg(feature = "demo")]
     /// Everything on embedded defaults: ews-sim in-process, a seeded SQLite business
     /// database, N mailboxes initial-synced, then continuous sync with simulated users and the
     /// propagation latency of each change.
@@ -128,16 +129,20 @@ fn main() -> ExitCode {
         }
     };
     // The demo prints its own story; the service's info lines would drown it.
+    #[cfg(feature = "demo")]
     let level = if matches!(cli.command, Command::Demo { .. }) {
         "warn"
     } else {
         "info"
     };
+    #[cfg(not(feature = "demo"))]
+    let level = "info";
     logging::init(format, level);
     match cli.command {
         Command::CheckConfig { config: path } => check_config(&path),
         Command::Migrate { config: path } => migrate(&path),
         Command::Run { config: path } => run(path),
+        #[cfg(feature = "demo")]
         Command::Demo {
             mailboxes,
             database,
