@@ -96,6 +96,8 @@ impl Rig {
             telemetry,
             token: token.map(SecretString::new),
             reload,
+            store: None,
+            deletes: None,
         };
         let server = admin::start("127.0.0.1:0".parse().unwrap(), state).unwrap();
         Rig {

@@ -55,6 +55,8 @@ pub mod overrides {
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9898";
 /// Default state store when none is configured.
 pub const DEFAULT_STATE_URL: &str = "sqlite:mailsync-state.db";
+/// Default retention of logs and leftovers, in days.
+pub const DEFAULT_RETENTION_DAYS: u32 = 90;
 /// Default OAuth2 scope for EWS.
 pub const DEFAULT_OAUTH2_SCOPE: &str = "https://outlook.office365.com/.default";
 
@@ -123,6 +125,27 @@ pub struct Config {
     pub mailboxes: Vec<MailboxConfig>,
     /// SMTP server for outbox mails with an alternative sender address.
     pub smtp: Option<SmtpConfig>,
+    /// What is pruned, and when.
+    pub retention: RetentionConfig,
+}
+
+/// How long logs and leftovers are kept, and how often the pruning job runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionConfig {
+    /// Age after which conflict-log entries and consumed crm_changes rows are deleted, and
+    /// how long a mailbox removed from the configuration keeps its state.
+    pub keep: Duration,
+    /// Time between two pruning runs (the first runs at start).
+    pub interval: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            keep: Duration::from_secs(DEFAULT_RETENTION_DAYS as u64 * 86_400),
+            interval: Duration::from_secs(3600),
+        }
+    }
 }
 
 /// How the SMTP connection is secured.
