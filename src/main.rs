@@ -98,13 +98,15 @@ enum Command {
         #[arg(long)]
         mailbox: Option<String>,
     },
-    /// Talk to a running service's admin API: show status, restart, resync, pause or resume a
-    /// mailbox (every mailbox when none is named).
+    /// Talk to a running service's admin API: show status, restart, resync, sync, pause or
+    /// resume a mailbox (every mailbox when none is named); read the conflict log and the
+    /// parked failures, retry a failure, approve or reject held deletes.
     Ctl {
-        /// status, restart, resync, pause or resume.
-        #[arg(value_parser = ["status", "restart", "resync", "pause", "resume"])]
+        /// status, restart, resync, sync, pause, resume, conflicts, failures, retry,
+        /// approve-deletes or reject-deletes.
+        #[arg(value_parser = ["status", "restart", "resync", "sync", "pause", "resume", "conflicts", "failures", "retry", "approve-deletes", "reject-deletes"])]
         action: String,
-        /// The mailbox's SMTP address.
+        /// The mailbox's SMTP address (for retry: the failure's id).
         mailbox: Option<String>,
         /// Read the admin address and token from this configuration file.
         #[arg(long, short)]
@@ -115,6 +117,19 @@ enum Command {
         /// Bearer token (default: MAILSYNC_ADMIN_TOKEN, else from --config).
         #[arg(long, env = config::overrides::ADMIN_TOKEN, hide_env_values = true)]
         token: Option<String>,
+        /// conflicts: only entries since then (2026-03-01T08:00:00Z, 2026-03-01, 24h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// conflicts, failures: at most this many, newest first (1 to 500, default 50).
+        #[arg(long)]
+        limit: Option<u32>,
+        /// approve-deletes, reject-deletes: only this area.
+        #[arg(long)]
+        area: Option<String>,
+        /// approve-deletes, reject-deletes: only this scope of the area (own, shared, a mail
+        /// folder path).
+        #[arg(long, requires = "area")]
+        scope: Option<String>,
     },
 }
 
@@ -186,7 +201,35 @@ fn main() -> ExitCode {
             config: path,
             url,
             token,
-        } => ctl(&action, mailbox.as_deref(), path.as_deref(), url, token),
+            since,
+            limit,
+            area,
+            scope,
+        } => {
+            let command = match action.as_str() {
+                "status" => mailsync::ctl::CtlCommand::Status,
+                "conflicts" => mailsync::ctl::CtlCommand::Conflicts { since, limit },
+                "failures" => mailsync::ctl::CtlCommand::Failures { limit },
+                "retry" => match mailbox.as_deref().map(str::parse::<i64>) {
+                    Some(Ok(id)) => mailsync::ctl::CtlCommand::Retry(id),
+                    _ => {
+                        eprintln!("error: retry needs a failure id (see `mailsync ctl failures`)");
+                        return ExitCode::from(2);
+                    }
+                },
+                "approve-deletes" | "reject-deletes" => mailsync::ctl::CtlCommand::Deletes {
+                    approve: action == "approve-deletes",
+                    area,
+                    scope,
+                },
+                other => mailsync::ctl::CtlCommand::Action(other.to_owned()),
+            };
+            let target = match &command {
+                mailsync::ctl::CtlCommand::Retry(_) => None,
+                _ => mailbox.as_deref(),
+            };
+            ctl(command, target, path.as_deref(), url, token)
+        }
     }
 }
 
@@ -258,7 +301,7 @@ fn run(path: PathBuf) -> ExitCode {
 }
 
 fn ctl(
-    action: &str,
+    command: mailsync::ctl::CtlCommand,
     mailbox: Option<&str>,
     path: Option<&std::path::Path>,
     url: Option<String>,
@@ -282,10 +325,6 @@ fn ctl(
                 .and_then(|c| c.admin.token.as_ref())
                 .map(|t| t.expose().to_owned())
         }),
-    };
-    let command = match action {
-        "status" => mailsync::ctl::CtlCommand::Status,
-        other => mailsync::ctl::CtlCommand::Action(other.to_owned()),
     };
     let Some(runtime) = runtime(false) else {
         return ExitCode::FAILURE;
