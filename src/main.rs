@@ -98,6 +98,14 @@ enum Command {
         #[arg(long)]
         mailbox: Option<String>,
     },
+    /// Exit 0 when the service on this host answers GET /healthz, else 1 (a container
+    /// HEALTHCHECK that needs no curl in the image).
+    Healthcheck {
+        /// The health URL (default: http://ADDR/healthz with ADDR from MAILSYNC_ADMIN_LISTEN,
+        /// an unspecified address such as 0.0.0.0 meaning this host, else 127.0.0.1:9898).
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Talk to a running service's admin API: show status, restart, resync, sync, pause or
     /// resume a mailbox (every mailbox when none is named); read the conflict log and the
     /// parked failures, retry a failure, approve or reject held deletes.
@@ -195,6 +203,7 @@ fn main() -> ExitCode {
             config: path,
             mailbox,
         } => test_connection(&path, mailbox.as_deref()),
+        Command::Healthcheck { url } => healthcheck(url),
         Command::Ctl {
             action,
             mailbox,
@@ -336,6 +345,51 @@ fn ctl(
         }
         Err(e) => {
             eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn healthcheck(url: Option<String>) -> ExitCode {
+    let url = url.unwrap_or_else(|| {
+        let listen = std::env::var(config::overrides::ADMIN_LISTEN)
+            .ok()
+            .and_then(|l| l.parse::<std::net::SocketAddr>().ok())
+            .unwrap_or_else(|| {
+                config::DEFAULT_ADMIN_LISTEN
+                    .parse()
+                    .expect("the default admin address parses")
+            });
+        let host = match listen.ip() {
+            std::net::IpAddr::V4(ip) if ip.is_unspecified() => "127.0.0.1".to_owned(),
+            std::net::IpAddr::V6(ip) if ip.is_unspecified() => "[::1]".to_owned(),
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        };
+        format!("http://{host}:{}/healthz", listen.port())
+    });
+    let Some(runtime) = runtime(false) else {
+        return ExitCode::FAILURE;
+    };
+    let result = runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(5))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let resp = client.get(&url).send().await.map_err(|e| e.to_string())?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("HTTP {}", resp.status().as_u16()))
+        }
+    });
+    match result {
+        Ok(()) => {
+            println!("healthy: {url}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {url}: {e}");
             ExitCode::FAILURE
         }
     }

@@ -996,3 +996,43 @@ async fn the_console_in_a_real_browser() {
     b.wait_for("the login form again", "return !document.getElementById('login').hidden").await;
     assert_eq!(b.run("return sessionStorage.getItem('mailsync.token')").await, Value::Null);
 }
+
+/// `mailsync healthcheck` (the container HEALTHCHECK): 0 when /healthz answers, 1 otherwise;
+/// without --url it finds the service from MAILSYNC_ADMIN_LISTEN, 0.0.0.0 meaning this host.
+#[actix_rt::test]
+async fn healthcheck_exits_by_the_service_health() {
+    let rig = Rig::start(Some(TOKEN), FakeSync::new(&["contacts"])).await;
+    let port = rig.base.rsplit(':').next().unwrap().to_owned();
+    let run = |args: Vec<String>, listen: Option<String>| {
+        tokio::task::spawn_blocking(move || {
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mailsync"));
+            cmd.arg("healthcheck").args(&args);
+            match listen {
+                Some(l) => cmd.env("MAILSYNC_ADMIN_LISTEN", l),
+                None => cmd.env_remove("MAILSYNC_ADMIN_LISTEN"),
+            };
+            let out = cmd.output().unwrap();
+            (
+                out.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        })
+    };
+    let (code, out, _) = run(vec!["--url".into(), format!("{}/healthz", rig.base)], None)
+        .await
+        .unwrap();
+    assert_eq!((code, out), (0, format!("healthy: {}/healthz\n", rig.base)));
+    let (code, out, err) = run(vec![], Some(format!("0.0.0.0:{port}"))).await.unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out, format!("healthy: http://127.0.0.1:{port}/healthz\n"));
+    let (code, _, err) = run(vec!["--url".into(), "http://127.0.0.1:1/healthz".into()], None)
+        .await
+        .unwrap();
+    assert_eq!(code, 1);
+    assert!(err.starts_with("unhealthy: http://127.0.0.1:1/healthz: "), "{err}");
+    let (code, _, err) = run(vec!["--url".into(), format!("{}/nope", rig.base)], None)
+        .await
+        .unwrap();
+    assert_eq!((code, err), (1, format!("unhealthy: {}/nope: HTTP 404\n", rig.base)));
+}
