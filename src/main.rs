@@ -65,6 +65,10 @@ enum Command {
         /// Stop after this many seconds (default: until Ctrl-C).
         #[arg(long)]
         seconds: Option<u64>,
+        /// Data areas to seed, sync and change: any of contacts, calendar, tasks, mail
+        /// (comma-separated; default all four).
+        #[arg(long, value_delimiter = ',', value_parser = ["contacts", "calendar", "tasks", "mail"])]
+        areas: Vec<String>,
     },
     /// Run the service: two-way sync of every configured mailbox, with streaming
     /// notifications, CRM change capture and the admin API, until SIGTERM or Ctrl-C
@@ -175,8 +179,13 @@ fn main() -> ExitCode {
             admin_token,
             no_activity,
             seconds,
+            areas,
         } => {
             let opts = mailsync::demo::DemoOptions {
+                areas: areas
+                    .iter()
+                    .filter_map(|a| mailsync::config::Area::parse(a))
+                    .collect(),
                 mailboxes,
                 database,
                 sim_listen,

@@ -552,6 +552,15 @@ async fn reload(
     })
 }
 
+/// An action of the initial sync's summary as a person says it happened.
+fn past(action: &str) -> String {
+    match action {
+        "create_folder" => "folders created".to_owned(),
+        a if a.ends_with('e') => format!("{a}d"),
+        a => format!("{a}ed"),
+    }
+}
+
 /// `mailsync initial-sync`: one mailbox, with a progress bar on a terminal; returns the summary.
 pub async fn initial_sync(
     cfg: Config,
@@ -644,7 +653,7 @@ pub async fn initial_sync(
                 .counts
                 .iter()
                 .filter(|((d, _), _)| d == dir)
-                .map(|((_, action), n)| format!("{n} {action}d"))
+                .map(|((_, action), n)| format!("{n} {}", past(action)))
                 .collect();
             if parts.is_empty() {
                 "nothing".to_owned()
