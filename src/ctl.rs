@@ -183,7 +183,11 @@ pub async fn run(
             if let Some(l) = limit {
                 query.push(format!("limit={l}"));
             }
-            let body = call(reqwest::Method::GET, format!("/api/v1/conflicts?{}", query.join("&"))).await?;
+            let body = call(
+                reqwest::Method::GET,
+                format!("/api/v1/conflicts?{}", query.join("&")),
+            )
+            .await?;
             let page: ConflictPage = serde_json::from_value(parse(&body)?).map_err(|e| {
                 CtlError::Refused(format!("unexpected answer from the admin API: {e}"))
             })?;
@@ -197,14 +201,22 @@ pub async fn run(
             if let Some(l) = limit {
                 query.push(format!("limit={l}"));
             }
-            let body = call(reqwest::Method::GET, format!("/api/v1/failures?{}", query.join("&"))).await?;
+            let body = call(
+                reqwest::Method::GET,
+                format!("/api/v1/failures?{}", query.join("&")),
+            )
+            .await?;
             let page: FailurePage = serde_json::from_value(parse(&body)?).map_err(|e| {
                 CtlError::Refused(format!("unexpected answer from the admin API: {e}"))
             })?;
             Ok(failure_table(&page.failures))
         }
         (CtlCommand::Retry(id), _) => {
-            let body = call(reqwest::Method::POST, format!("/api/v1/failures/{id}/retry")).await?;
+            let body = call(
+                reqwest::Method::POST,
+                format!("/api/v1/failures/{id}/retry"),
+            )
+            .await?;
             let v = parse(&body)?;
             Ok(format!(
                 "failure {id} ({}): due now; step {}\n",
@@ -215,7 +227,14 @@ pub async fn run(
         (CtlCommand::Deletes { .. }, None) => Err(CtlError::Refused(
             "name the mailbox whose held deletes to decide".into(),
         )),
-        (CtlCommand::Deletes { approve, area, scope }, Some(smtp)) => {
+        (
+            CtlCommand::Deletes {
+                approve,
+                area,
+                scope,
+            },
+            Some(smtp),
+        ) => {
             let word = if *approve { "approve" } else { "reject" };
             let body = call_with(
                 reqwest::Method::POST,

@@ -113,7 +113,10 @@ impl Maintenance {
                 .filter(|(table, _)| area_of_table(table) == area)
                 .map(|(_, n)| n)
                 .sum();
-            self.metrics.failures_parked.with_label_values(&[area]).set(n);
+            self.metrics
+                .failures_parked
+                .with_label_values(&[area])
+                .set(n);
         }
         Ok(())
     }

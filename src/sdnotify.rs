@@ -167,7 +167,11 @@ mod tests {
         let own = std::process::id().to_string();
         for (usec, pid, expected) in [
             (Some("20000000"), None, Some(Duration::from_secs(10))),
-            (Some("20000000"), Some(own.as_str()), Some(Duration::from_secs(10))),
+            (
+                Some("20000000"),
+                Some(own.as_str()),
+                Some(Duration::from_secs(10)),
+            ),
             (Some("20000000"), Some("1"), None),
             (Some("0"), None, None),
             (Some("soon"), None, None),

@@ -16,12 +16,12 @@ use mailsync_actors::{
 };
 
 use crate::admin::{self, AdminState, ReloadFailure, Reloader};
-use crate::maintenance::{self, Maintenance};
-use crate::sdnotify::{self, Notifier};
 use crate::config::{self, Area, AuthConfig, Config, Endpoint, OAuth2Credential, ServerConfig};
 use crate::db::{Db, MigrationSet};
 use crate::environment::ProcessEnv;
+use crate::maintenance::{self, Maintenance};
 use crate::metrics::Telemetry;
+use crate::sdnotify::{self, Notifier};
 use crate::sync::engine::{Engine, MailboxSetup};
 use crate::sync::feed::{Feed, Routes};
 use crate::sync::stream::EwsStream;
@@ -501,7 +501,16 @@ fn reloader(
                 maintenance.clone(),
             );
             Box::pin(async move {
-                reload(&path, &crm, &engine, &feed, &telemetry, &handle, &maintenance).await
+                reload(
+                    &path,
+                    &crm,
+                    &engine,
+                    &feed,
+                    &telemetry,
+                    &handle,
+                    &maintenance,
+                )
+                .await
             })
         },
     )

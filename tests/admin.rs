@@ -687,18 +687,41 @@ async fn conflicts_failures_and_retry_through_the_api_and_ctl() {
         .json("/api/v1/conflicts?mailbox=USER1@example.com&since=1h")
         .await;
     assert_eq!(mine["count"], 1, "{mine}");
-    assert_eq!(rig.json("/api/v1/conflicts?since=2999-01-01").await["count"], 0);
-    let (status, body) = rig.get("/api/v1/conflicts?since=yesterday", Some(TOKEN)).await;
+    assert_eq!(
+        rig.json("/api/v1/conflicts?since=2999-01-01").await["count"],
+        0
+    );
+    let (status, body) = rig
+        .get("/api/v1/conflicts?since=yesterday", Some(TOKEN))
+        .await;
     assert_eq!(status, 400);
-    assert!(json(&body)["error"].as_str().unwrap().starts_with("since: \"yesterday\" is neither"), "{body}");
+    assert!(
+        json(&body)["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("since: \"yesterday\" is neither"),
+        "{body}"
+    );
     let (status, body) = rig.get("/api/v1/conflicts?limit=9999", Some(TOKEN)).await;
-    assert_eq!((status, json(&body)["error"].clone()), (400, Value::from("limit: 9999 is out of range, allowed 1 to 500")));
+    assert_eq!(
+        (status, json(&body)["error"].clone()),
+        (
+            400,
+            Value::from("limit: 9999 is out of range, allowed 1 to 500")
+        )
+    );
     let (status, body) = rig.get("/api/v1/conflicts?colour=red", Some(TOKEN)).await;
     assert_eq!(status, 400, "{body}");
-    assert!(json(&body)["error"].as_str().unwrap().contains("colour"), "{body}");
+    assert!(
+        json(&body)["error"].as_str().unwrap().contains("colour"),
+        "{body}"
+    );
     let id = newest["id"].as_i64().unwrap();
     let one = rig.json(&format!("/api/v1/conflicts/{id}")).await;
-    assert_eq!(one["fields"], serde_json::json!(["surname", "business_phone"]));
+    assert_eq!(
+        one["fields"],
+        serde_json::json!(["surname", "business_phone"])
+    );
     assert_eq!(rig.get("/api/v1/conflicts/999", Some(TOKEN)).await.0, 404);
     assert_eq!(rig.get("/api/v1/conflicts", None).await.0, 401);
 
@@ -706,8 +729,18 @@ async fn conflicts_failures_and_retry_through_the_api_and_ctl() {
     assert_eq!(failures["count"], 1, "{failures}");
     let f = &failures["failures"][0];
     assert_eq!(
-        (f["area"].clone(), f["crm_id"].clone(), f["ews_item_id"].clone(), f["next_retry_at"].clone()),
-        (Value::from("tasks"), Value::from(7), Value::Null, Value::Null)
+        (
+            f["area"].clone(),
+            f["crm_id"].clone(),
+            f["ews_item_id"].clone(),
+            f["next_retry_at"].clone()
+        ),
+        (
+            Value::from("tasks"),
+            Value::from(7),
+            Value::Null,
+            Value::Null
+        )
     );
     let fid = f["id"].as_i64().unwrap();
     let before = rig.sync.step_count("user2@example.com", "tasks");
@@ -721,7 +754,10 @@ async fn conflicts_failures_and_retry_through_the_api_and_ctl() {
         })
         .await;
     assert!(
-        rig.sync.steps_of("user2@example.com", "tasks").iter().all(|s| !s.full),
+        rig.sync
+            .steps_of("user2@example.com", "tasks")
+            .iter()
+            .all(|s| !s.full),
         "a step, not a resync"
     );
     let due = store
@@ -738,12 +774,20 @@ async fn conflicts_failures_and_retry_through_the_api_and_ctl() {
     // The same through ctl.
     let args = |rest: &[&str]| {
         let mut v: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
-        v.extend(["--url".to_string(), rig.base.clone(), "--token".to_string(), TOKEN.to_string()]);
+        v.extend([
+            "--url".to_string(),
+            rig.base.clone(),
+            "--token".to_string(),
+            TOKEN.to_string(),
+        ]);
         v
     };
     let (code, out, err) = ctl(args(&["conflicts", "user2@example.com", "--since", "24h"])).await;
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("user2@example.com") && out.contains("surname, business_phone"), "{out}");
+    assert!(
+        out.contains("user2@example.com") && out.contains("surname, business_phone"),
+        "{out}"
+    );
     assert!(
         out.contains("surname: crm \"Meier\" | exchange \"Maier\" -> \"Meier\""),
         "{out}"
@@ -751,17 +795,36 @@ async fn conflicts_failures_and_retry_through_the_api_and_ctl() {
     assert!(out.ends_with("1 conflicts\n"), "{out}");
     let (code, out, err) = ctl(args(&["failures"])).await;
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("due_date 2026-01-01 is before start_date") && out.contains("crm #7"), "{out}");
+    assert!(
+        out.contains("due_date 2026-01-01 is before start_date") && out.contains("crm #7"),
+        "{out}"
+    );
     let (code, out, err) = ctl(args(&["retry", &fid.to_string()])).await;
     assert_eq!(code, 0, "{err}");
-    assert_eq!(out, format!("failure {fid} (user2@example.com): due now; step started\n"));
+    assert_eq!(
+        out,
+        format!("failure {fid} (user2@example.com): due now; step started\n")
+    );
     let (code, _, err) = ctl(args(&["retry", "x"])).await;
-    assert_eq!((code, err.as_str()), (2, "error: retry needs a failure id (see `mailsync ctl failures`)\n"));
+    assert_eq!(
+        (code, err.as_str()),
+        (
+            2,
+            "error: retry needs a failure id (see `mailsync ctl failures`)\n"
+        )
+    );
     let (code, _, err) = ctl(args(&["approve-deletes", "user1@example.com"])).await;
     assert_eq!(code, 1);
-    assert_eq!(err, "error: this service holds no deletes (no delete breaker) (HTTP 501)\n");
+    assert_eq!(
+        err,
+        "error: this service holds no deletes (no delete breaker) (HTTP 501)\n"
+    );
     let (code, out, err) = ctl(args(&["sync", "user1@example.com"])).await;
-    assert_eq!((code, out.as_str()), (0, "user1@example.com: sync ok\n"), "{err}");
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "user1@example.com: sync ok\n"),
+        "{err}"
+    );
 }
 
 #[actix_rt::test]
@@ -790,15 +853,26 @@ async fn held_deletes_show_and_are_decided_through_the_breaker() {
                 {"crm_id": 2, "ews_id": "AAMkAD2=", "title": "Kunde 2 <b>AG</b>"},
                 {"crm_id": 3, "ews_id": "AAMkAD3=", "title": "Kunde 3 <b>AG</b>"}]})
     );
-    assert_eq!(rig.json("/api/v1/mailboxes/user1@example.com").await["held"], serde_json::json!([]));
+    assert_eq!(
+        rig.json("/api/v1/mailboxes/user1@example.com").await["held"],
+        serde_json::json!([])
+    );
     let held = rig.json("/api/v1/mailboxes?state=held").await;
-    let smtps: Vec<&str> = held["mailboxes"].as_array().unwrap().iter().map(|m| m["smtp"].as_str().unwrap()).collect();
+    let smtps: Vec<&str> = held["mailboxes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["smtp"].as_str().unwrap())
+        .collect();
     assert_eq!(smtps, ["user2@example.com", "user3@example.com"]);
     assert_eq!(held["total"], 2);
 
     let resp = rig
         .http
-        .post(format!("{}/api/v1/mailboxes/user2@example.com/deletes/approve", rig.base))
+        .post(format!(
+            "{}/api/v1/mailboxes/user2@example.com/deletes/approve",
+            rig.base
+        ))
         .bearer_auth(TOKEN)
         .json(&serde_json::json!({"area": "contacts", "scope": "shared"}))
         .send()
@@ -806,18 +880,39 @@ async fn held_deletes_show_and_are_decided_through_the_breaker() {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
     let body: Value = resp.json().await.unwrap();
-    assert_eq!((body["groups"].clone(), body["items"].clone()), (Value::from(1), Value::from(30)));
-    let (status, body) = rig.post("/api/v1/mailboxes/user2@example.com/deletes/reject").await;
-    assert_eq!((status, body["items"].clone()), (200, Value::from(12)), "no body: everything held");
-    let (status, body) = rig.post("/api/v1/mailboxes/user2@example.com/deletes/reject").await;
-    assert_eq!((status, body["error"].clone()), (409, Value::from("nothing is held for user2@example.com")));
-    let (status, _) = rig.post("/api/v1/mailboxes/nobody@example.com/deletes/approve").await;
+    assert_eq!(
+        (body["groups"].clone(), body["items"].clone()),
+        (Value::from(1), Value::from(30))
+    );
+    let (status, body) = rig
+        .post("/api/v1/mailboxes/user2@example.com/deletes/reject")
+        .await;
+    assert_eq!(
+        (status, body["items"].clone()),
+        (200, Value::from(12)),
+        "no body: everything held"
+    );
+    let (status, body) = rig
+        .post("/api/v1/mailboxes/user2@example.com/deletes/reject")
+        .await;
+    assert_eq!(
+        (status, body["error"].clone()),
+        (409, Value::from("nothing is held for user2@example.com"))
+    );
+    let (status, _) = rig
+        .post("/api/v1/mailboxes/nobody@example.com/deletes/approve")
+        .await;
     assert_eq!(status, 404);
-    let (status, _) = rig.post("/api/v1/mailboxes/user3@example.com/deletes/maybe").await;
+    let (status, _) = rig
+        .post("/api/v1/mailboxes/user3@example.com/deletes/maybe")
+        .await;
     assert_eq!(status, 404);
     let resp = rig
         .http
-        .post(format!("{}/api/v1/mailboxes/user3@example.com/deletes/approve", rig.base))
+        .post(format!(
+            "{}/api/v1/mailboxes/user3@example.com/deletes/approve",
+            rig.base
+        ))
         .bearer_auth(TOKEN)
         .body("{\"scope\": \"own\"}")
         .send()
@@ -825,7 +920,11 @@ async fn held_deletes_show_and_are_decided_through_the_breaker() {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 400, "a scope needs an area");
     assert_eq!(
-        gate.decided.lock().iter().map(|d| (d.1, d.2.clone())).collect::<Vec<_>>(),
+        gate.decided
+            .lock()
+            .iter()
+            .map(|d| (d.1, d.2.clone()))
+            .collect::<Vec<_>>(),
         vec![
             (DeleteDecision::Approve, Some("contacts".to_string())),
             (DeleteDecision::Reject, None),
@@ -837,7 +936,13 @@ async fn held_deletes_show_and_are_decided_through_the_breaker() {
     let plain = Rig::start(Some(TOKEN), FakeSync::new(&["contacts"])).await;
     let m = plain.json("/api/v1/mailboxes/user1@example.com").await;
     assert!(m.get("held").is_none(), "{m}");
-    assert_eq!(plain.post("/api/v1/mailboxes/user1@example.com/deletes/approve").await.0, 501);
+    assert_eq!(
+        plain
+            .post("/api/v1/mailboxes/user1@example.com/deletes/approve")
+            .await
+            .0,
+        501
+    );
 }
 
 /// The web console in a real headless Chromium: log in, page through 120 mailboxes, filter,
@@ -853,7 +958,12 @@ async fn the_console_in_a_real_browser() {
     };
     let dir = tempfile::tempdir().unwrap();
     let store = store_with_logs(&dir).await;
-    let gate = FakeGate::holding(vec![held_group("user2@example.com", "contacts", "shared", 30)]);
+    let gate = FakeGate::holding(vec![held_group(
+        "user2@example.com",
+        "contacts",
+        "shared",
+        30,
+    )]);
     let rig = Rig::start_with(
         Some(TOKEN),
         FakeSync::new(&["contacts", "contacts/shared", "tasks"]),
@@ -867,7 +977,11 @@ async fn the_console_in_a_real_browser() {
 
     // Log in: the token is typed once.
     b.goto(&format!("{}/", rig.base)).await;
-    b.wait_for("the login form", "return !document.getElementById('login').hidden").await;
+    b.wait_for(
+        "the login form",
+        "return !document.getElementById('login').hidden",
+    )
+    .await;
     b.type_into("#token", "a-wrong-token-of-some-length").await;
     b.click("#login-button").await;
     b.wait_for(
@@ -882,9 +996,14 @@ async fn the_console_in_a_real_browser() {
         "return document.querySelectorAll('#mailboxes tbody tr').length === 50",
     )
     .await;
-    assert!(b.text("#summary").await.starts_with("120 of 120 mailboxes match"));
+    assert!(b
+        .text("#summary")
+        .await
+        .starts_with("120 of 120 mailboxes match"));
     assert_eq!(b.text(".pager .page").await, "page 1 of 3");
-    let stored = b.run("return sessionStorage.getItem('mailsync.token')").await;
+    let stored = b
+        .run("return sessionStorage.getItem('mailsync.token')")
+        .await;
     assert_eq!(stored, Value::from(TOKEN));
     let cookies = b.run("return document.cookie").await;
     assert_eq!(cookies, Value::from(""), "no cookie");
@@ -903,14 +1022,20 @@ async fn the_console_in_a_real_browser() {
         "return document.querySelectorAll('#mailboxes tbody tr').length === 11",
     )
     .await;
-    assert!(b.run("return location.hash").await.as_str().unwrap().contains("q=user7"));
+    assert!(b
+        .run("return location.hash")
+        .await
+        .as_str()
+        .unwrap()
+        .contains("q=user7"));
     let held_row = b
         .run("return document.querySelector('tr[data-mailbox=\"user2@example.com\"]') === null")
         .await;
     assert_eq!(held_row, Value::Bool(true));
 
     // An action and its effect.
-    b.click("tr[data-mailbox=\"user7@example.com\"] button[data-action=pause]").await;
+    b.click("tr[data-mailbox=\"user7@example.com\"] button[data-action=pause]")
+        .await;
     b.wait_for(
         "user7 shown paused",
         "const r = document.querySelector('tr[data-mailbox=\"user7@example.com\"] td.state'); return r !== null && r.textContent === 'paused'",
@@ -918,10 +1043,15 @@ async fn the_console_in_a_real_browser() {
     .await;
     assert_eq!(b.text("#flash").await, "user7@example.com: pause ok");
     assert_eq!(
-        rig.handle.board.snapshot("user7@example.com").unwrap().state,
+        rig.handle
+            .board
+            .snapshot("user7@example.com")
+            .unwrap()
+            .state,
         MailboxState::Paused
     );
-    b.click("tr[data-mailbox=\"user7@example.com\"] button[data-action=resume]").await;
+    b.click("tr[data-mailbox=\"user7@example.com\"] button[data-action=resume]")
+        .await;
     b.wait_for(
         "user7 running again",
         "const r = document.querySelector('tr[data-mailbox=\"user7@example.com\"] td.state'); return r !== null && r.textContent === 'running'",
@@ -929,19 +1059,35 @@ async fn the_console_in_a_real_browser() {
     .await;
 
     // The held filter, the mailbox page with its held deletes, approve.
-    b.goto(&format!("{}/#/mailboxes?state=held", rig.base)).await;
+    b.goto(&format!("{}/#/mailboxes?state=held", rig.base))
+        .await;
     b.wait_for(
         "only the held mailbox",
         "return document.querySelectorAll('#mailboxes tbody tr').length === 1 && document.querySelector('#mailboxes tbody tr').dataset.mailbox === 'user2@example.com'",
     )
     .await;
-    b.click("tr[data-mailbox=\"user2@example.com\"] a.mailbox").await;
-    b.wait_for("the held section", "return document.getElementById('held') !== null").await;
+    b.click("tr[data-mailbox=\"user2@example.com\"] a.mailbox")
+        .await;
+    b.wait_for(
+        "the held section",
+        "return document.getElementById('held') !== null",
+    )
+    .await;
     let held_text = b.text("#held").await;
-    assert!(held_text.contains("contacts · shared: 30 deletes in the CRM"), "{held_text}");
-    assert!(held_text.contains("Kunde 1 <b>AG</b>"), "escaped, shown as text: {held_text}");
-    assert!(b.text("#areas").await.contains("held"), "the area shows held");
-    b.run("window.confirm = function () { return true; }; return true").await;
+    assert!(
+        held_text.contains("contacts · shared: 30 deletes in the CRM"),
+        "{held_text}"
+    );
+    assert!(
+        held_text.contains("Kunde 1 <b>AG</b>"),
+        "escaped, shown as text: {held_text}"
+    );
+    assert!(
+        b.text("#areas").await.contains("held"),
+        "the area shows held"
+    );
+    b.run("window.confirm = function () { return true; }; return true")
+        .await;
     b.click("#held .group button[data-post$='/approve']").await;
     b.wait_for(
         "nothing held any more",
@@ -959,7 +1105,11 @@ async fn the_console_in_a_real_browser() {
     )
     .await;
     b.click("table.conflicts tbody tr:first-child a.open").await;
-    b.wait_for("the conflict's values", "return document.getElementById('values') !== null").await;
+    b.wait_for(
+        "the conflict's values",
+        "return document.getElementById('values') !== null",
+    )
+    .await;
     assert_eq!(
         b.text("#values tr[data-field=surname]").await,
         "surname Meier Maier Meier"
@@ -980,7 +1130,10 @@ async fn the_console_in_a_real_browser() {
         "const n = document.querySelector('table.failures td.next'); return n !== null && n.textContent !== 'when it changes'",
     )
     .await;
-    assert_eq!(b.text("#flash").await, "user2@example.com: retry: started ok");
+    assert_eq!(
+        b.text("#flash").await,
+        "user2@example.com: retry: started ok"
+    );
 
     // A new tab of the same session keeps the token; logging out forgets it.
     b.goto(&format!("{}/#/mailboxes", rig.base)).await;
@@ -990,11 +1143,20 @@ async fn the_console_in_a_real_browser() {
     )
     .await;
     if let Ok(dir) = std::env::var("MAILSYNC_CONSOLE_SCREENSHOT") {
-        b.screenshot(&std::path::Path::new(&dir).join("console.png")).await;
+        b.screenshot(&std::path::Path::new(&dir).join("console.png"))
+            .await;
     }
     b.click("#logout").await;
-    b.wait_for("the login form again", "return !document.getElementById('login').hidden").await;
-    assert_eq!(b.run("return sessionStorage.getItem('mailsync.token')").await, Value::Null);
+    b.wait_for(
+        "the login form again",
+        "return !document.getElementById('login').hidden",
+    )
+    .await;
+    assert_eq!(
+        b.run("return sessionStorage.getItem('mailsync.token')")
+            .await,
+        Value::Null
+    );
 }
 
 /// `mailsync healthcheck` (the container HEALTHCHECK): 0 when /healthz answers, 1 otherwise;
@@ -1026,13 +1188,22 @@ async fn healthcheck_exits_by_the_service_health() {
     let (code, out, err) = run(vec![], Some(format!("0.0.0.0:{port}"))).await.unwrap();
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(out, format!("healthy: http://127.0.0.1:{port}/healthz\n"));
-    let (code, _, err) = run(vec!["--url".into(), "http://127.0.0.1:1/healthz".into()], None)
-        .await
-        .unwrap();
+    let (code, _, err) = run(
+        vec!["--url".into(), "http://127.0.0.1:1/healthz".into()],
+        None,
+    )
+    .await
+    .unwrap();
     assert_eq!(code, 1);
-    assert!(err.starts_with("unhealthy: http://127.0.0.1:1/healthz: "), "{err}");
+    assert!(
+        err.starts_with("unhealthy: http://127.0.0.1:1/healthz: "),
+        "{err}"
+    );
     let (code, _, err) = run(vec!["--url".into(), format!("{}/nope", rig.base)], None)
         .await
         .unwrap();
-    assert_eq!((code, err), (1, format!("unhealthy: {}/nope: HTTP 404\n", rig.base)));
+    assert_eq!(
+        (code, err),
+        (1, format!("unhealthy: {}/nope: HTTP 404\n", rig.base))
+    );
 }

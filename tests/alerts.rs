@@ -34,9 +34,7 @@ fn run(tool: &str, args: &[&str]) {
 #[test]
 fn the_rules_are_valid_and_pass_their_unit_tests() {
     let Some(tool) = promtool() else {
-        mailsync_testkit::require::missing(
-            "promtool (Debian: apt-get install prometheus)",
-        );
+        mailsync_testkit::require::missing("promtool (Debian: apt-get install prometheus)");
         return;
     };
     run(&tool, &["check", "rules", "mailsync.rules.yml"]);
@@ -73,7 +71,10 @@ fn every_metric_the_rules_query_is_exported() {
     let queried = metric_names(&text);
     let exported: BTreeSet<String> = Telemetry::new().names().into_iter().collect();
     let unknown: Vec<&String> = queried.difference(&exported).collect();
-    assert!(unknown.is_empty(), "the rules query metrics nobody exports: {unknown:?}");
+    assert!(
+        unknown.is_empty(),
+        "the rules query metrics nobody exports: {unknown:?}"
+    );
     for needed in [
         "mailsync_mailboxes",
         "mailsync_held_deletes",
@@ -86,7 +87,10 @@ fn every_metric_the_rules_query_is_exported() {
     }
     let alerts = text.matches("- alert: ").count();
     let tests = std::fs::read_to_string(Path::new(DIR).join("mailsync.tests.yml")).unwrap();
-    for line in text.lines().filter_map(|l| l.trim().strip_prefix("- alert: ")) {
+    for line in text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+    {
         assert!(
             tests.contains(&format!("alertname: {line}")),
             "alert {line} has no unit test"

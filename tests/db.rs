@@ -412,7 +412,8 @@ fn migrate_command_applies_then_reports_up_to_date() {
     );
     assert!(
         out.contains("state store sqlite:")
-            && out.contains("applied 2001 state store, 2002 pending, 2003 conflict values retention"),
+            && out
+                .contains("applied 2001 state store, 2002 pending, 2003 conflict values retention"),
         "{out}"
     );
     let second = run();
@@ -967,7 +968,12 @@ async fn conflict_log_pages_with_values_and_retry_makes_a_failure_due() {
         let kind = if t.pg_name.is_some() { "pg" } else { "sqlite" };
         for n in 0..5i64 {
             let c = Conflict {
-                mailbox: if n % 2 == 0 { "a@example.com" } else { "b@example.com" }.into(),
+                mailbox: if n % 2 == 0 {
+                    "a@example.com"
+                } else {
+                    "b@example.com"
+                }
+                .into(),
                 crm_table: "crm_contacts".into(),
                 crm_id: Some(n),
                 ews_item_id: Some(format!("AAMk{n}=")),
@@ -1063,7 +1069,10 @@ async fn conflict_log_pages_with_values_and_retry_makes_a_failure_due() {
         assert_eq!(page[0].next_retry_at, None, "{kind}");
         let now = chrono::Utc::now();
         assert!(
-            db.failures("a@example.com", Some(now)).await.unwrap().is_empty(),
+            db.failures("a@example.com", Some(now))
+                .await
+                .unwrap()
+                .is_empty(),
             "{kind}: parked until it changes"
         );
         let retried = db
@@ -1100,7 +1109,13 @@ async fn retention_prunes_only_what_is_old_and_done_with() {
         let kind = if t.pg_name.is_some() { "pg" } else { "sqlite" };
         seed(db).await;
         for n in 0..6 {
-            exec(db, &format!("INSERT INTO crm_tasks (tenant_id, owner_id, subject) VALUES (10, 1, 't{n}')")).await;
+            exec(
+                db,
+                &format!(
+                    "INSERT INTO crm_tasks (tenant_id, owner_id, subject) VALUES (10, 1, 't{n}')"
+                ),
+            )
+            .await;
         }
         let changes = db.changes_after(Cursor::default(), 100).await.unwrap();
         assert_eq!(changes.len(), 7, "{kind}: the operator and six tasks");
@@ -1113,14 +1128,33 @@ async fn retention_prunes_only_what_is_old_and_done_with() {
             format!("'{old}'")
         };
         for c in &changes[..5] {
-            exec(db, &format!("UPDATE crm_changes SET at = {ts} WHERE seq = {}", c.cursor.seq)).await;
+            exec(
+                db,
+                &format!(
+                    "UPDATE crm_changes SET at = {ts} WHERE seq = {}",
+                    c.cursor.seq
+                ),
+            )
+            .await;
         }
         let cursor = changes[5].cursor;
         let cutoff = chrono::Utc::now() - chrono::Duration::days(90);
         let consumed_three = changes[2].cursor;
-        assert_eq!(db.prune_changes(consumed_three, cutoff).await.unwrap(), 3, "{kind}");
-        assert_eq!(db.prune_changes(cursor, cutoff).await.unwrap(), 2, "{kind}: only old ones");
-        assert_eq!(scalar(db, "SELECT COUNT(*) FROM crm_changes").await, 2, "{kind}");
+        assert_eq!(
+            db.prune_changes(consumed_three, cutoff).await.unwrap(),
+            3,
+            "{kind}"
+        );
+        assert_eq!(
+            db.prune_changes(cursor, cutoff).await.unwrap(),
+            2,
+            "{kind}: only old ones"
+        );
+        assert_eq!(
+            scalar(db, "SELECT COUNT(*) FROM crm_changes").await,
+            2,
+            "{kind}"
+        );
 
         // Conflicts.
         for (mailbox, at) in [("a@example.com", Some(old)), ("a@example.com", None)] {
@@ -1133,7 +1167,11 @@ async fn retention_prunes_only_what_is_old_and_done_with() {
             exec(db, &format!("INSERT INTO ms_conflicts (mailbox, crm_table, fields, winner, at) VALUES ('{mailbox}', 'crm_tasks', '[]', 'crm', {at})")).await;
         }
         assert_eq!(db.prune_conflicts(cutoff).await.unwrap(), 1, "{kind}");
-        assert_eq!(scalar(db, "SELECT COUNT(*) FROM ms_conflicts").await, 1, "{kind}");
+        assert_eq!(
+            scalar(db, "SELECT COUNT(*) FROM ms_conflicts").await,
+            1,
+            "{kind}"
+        );
 
         // Mailbox state: kept.example.com is configured, gone@ was removed long ago,
         // recent@ was removed yesterday.
@@ -1145,16 +1183,35 @@ async fn retention_prunes_only_what_is_old_and_done_with() {
         }
         let configured = vec!["kept@example.com".to_string()];
         db.mark_configured(&configured).await.unwrap();
-        assert_eq!(scalar(db, "SELECT COUNT(*) FROM ms_mailboxes").await, 3, "{kind}: state adopted");
-        let (gone, _) = db.prune_removed_mailboxes(&configured, cutoff).await.unwrap();
+        assert_eq!(
+            scalar(db, "SELECT COUNT(*) FROM ms_mailboxes").await,
+            3,
+            "{kind}: state adopted"
+        );
+        let (gone, _) = db
+            .prune_removed_mailboxes(&configured, cutoff)
+            .await
+            .unwrap();
         assert!(gone.is_empty(), "{kind}: every clock starts now");
         exec(db, &format!("UPDATE ms_mailboxes SET last_configured_at = {ts} WHERE mailbox IN ('gone@example.com', 'kept@example.com')")).await;
-        let (gone, rows) = db.prune_removed_mailboxes(&configured, cutoff).await.unwrap();
+        let (gone, rows) = db
+            .prune_removed_mailboxes(&configured, cutoff)
+            .await
+            .unwrap();
         assert_eq!(gone, vec!["gone@example.com".to_string()], "{kind}");
         assert_eq!(rows, 4, "{kind}");
-        for table in ["ms_folder_state", "ms_item_map", "ms_pending", "ms_failures"] {
+        for table in [
+            "ms_folder_state",
+            "ms_item_map",
+            "ms_pending",
+            "ms_failures",
+        ] {
             assert_eq!(
-                scalar(db, &format!("SELECT COUNT(*) FROM {table} WHERE mailbox = 'gone@example.com'")).await,
+                scalar(
+                    db,
+                    &format!("SELECT COUNT(*) FROM {table} WHERE mailbox = 'gone@example.com'")
+                )
+                .await,
                 0,
                 "{kind}: {table}"
             );

@@ -123,10 +123,23 @@ fn the_demo_syncs_only_the_areas_asked_for() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("seeded 1 operators with contacts, mail"), "{stdout}");
-    assert!(stdout.contains("  contacts: ") && stdout.contains("  mail: "), "{stdout}");
-    assert!(!stdout.contains("  calendar: ") && !stdout.contains("  tasks: "), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("seeded 1 operators with contacts, mail"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("  contacts: ") && stdout.contains("  mail: "),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("  calendar: ") && !stdout.contains("  tasks: "),
+        "{stdout}"
+    );
     let bad = Command::new(env!("CARGO_BIN_EXE_mailsync"))
         .args(["demo", "--areas", "contacts,notes"])
         .output()

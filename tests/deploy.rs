@@ -33,7 +33,10 @@ fn yaml(path: &str) -> Option<Value> {
             mailsync_testkit::require::missing("python3 with PyYAML (pip install PyYAML)");
             None
         }
-        Ok(o) => panic!("{path} is not valid YAML: {}", String::from_utf8_lossy(&o.stderr)),
+        Ok(o) => panic!(
+            "{path} is not valid YAML: {}",
+            String::from_utf8_lossy(&o.stderr)
+        ),
         Err(e) => {
             mailsync_testkit::require::missing(&format!("python3 ({e})"));
             None
@@ -59,17 +62,20 @@ fn dockerfile_env(dockerfile: &str) -> HashMap<String, String> {
 #[test]
 fn the_dockerfile_builds_a_lean_non_root_image_with_a_healthcheck() {
     let d = read("Dockerfile");
-    let stages: Vec<&str> = d
-        .lines()
-        .filter_map(|l| l.strip_prefix("FROM "))
-        .collect();
+    let stages: Vec<&str> = d.lines().filter_map(|l| l.strip_prefix("FROM ")).collect();
     assert_eq!(stages.len(), 3, "build, ews-sim, mailsync: {stages:?}");
     assert!(stages[0].ends_with(" AS build"));
-    assert!(stages[2].starts_with("debian:bookworm-slim AS mailsync"), "slim runtime last");
+    assert!(
+        stages[2].starts_with("debian:bookworm-slim AS mailsync"),
+        "slim runtime last"
+    );
     assert!(d.contains("cargo build --release --locked -p mailsync --no-default-features"));
     let last = d.rsplit("\nFROM ").next().unwrap();
     assert!(last.contains("\nUSER 10001:10001\n"), "non-root");
-    assert!(!last.contains("ews-sim"), "no simulator in the service image");
+    assert!(
+        !last.contains("ews-sim"),
+        "no simulator in the service image"
+    );
     assert!(last.contains("CMD [\"/usr/local/bin/mailsync\", \"healthcheck\"]"));
     assert!(last.contains("HEALTHCHECK "));
     // The health check is a real subcommand of the binary.
@@ -81,7 +87,10 @@ fn the_dockerfile_builds_a_lean_non_root_image_with_a_healthcheck() {
     let env = dockerfile_env(&d);
     assert_eq!(env["MAILSYNC_ADMIN_LISTEN"], "0.0.0.0:9898");
     for ignored in ["target/", ".git/"] {
-        assert!(read(".dockerignore").lines().any(|l| l == ignored), "{ignored}");
+        assert!(
+            read(".dockerignore").lines().any(|l| l == ignored),
+            "{ignored}"
+        );
     }
 }
 
@@ -117,8 +126,15 @@ fn the_compose_file_references_what_exists_and_configures_a_valid_service() {
                 );
             }
         }
-        for dep in s["depends_on"].as_object().into_iter().flat_map(|d| d.keys()) {
-            assert!(services.contains_key(dep), "{name} depends on unknown {dep}");
+        for dep in s["depends_on"]
+            .as_object()
+            .into_iter()
+            .flat_map(|d| d.keys())
+        {
+            assert!(
+                services.contains_key(dep),
+                "{name} depends on unknown {dep}"
+            );
         }
     }
     // Grafana gets the dashboard and its provisioning; Prometheus the rules.
@@ -130,9 +146,15 @@ fn the_compose_file_references_what_exists_and_configures_a_valid_service() {
             .map(|v| v.as_str().unwrap().to_owned())
             .collect()
     };
-    assert!(mounts("grafana").iter().any(|m| m.starts_with("./grafana/dashboards:/var/lib/grafana/dashboards/mailsync")));
-    assert!(mounts("grafana").iter().any(|m| m.starts_with("./grafana/provisioning:/etc/grafana/provisioning")));
-    assert!(mounts("prometheus").iter().any(|m| m.starts_with("./alerts/mailsync.rules.yml:/etc/prometheus/mailsync.rules.yml")));
+    assert!(mounts("grafana")
+        .iter()
+        .any(|m| m.starts_with("./grafana/dashboards:/var/lib/grafana/dashboards/mailsync")));
+    assert!(mounts("grafana")
+        .iter()
+        .any(|m| m.starts_with("./grafana/provisioning:/etc/grafana/provisioning")));
+    assert!(mounts("prometheus")
+        .iter()
+        .any(|m| m.starts_with("./alerts/mailsync.rules.yml:/etc/prometheus/mailsync.rules.yml")));
 
     // The Prometheus configuration loads those rules and scrapes job "mailsync".
     let Some(prom) = yaml("deploy/compose/prometheus.yml") else {
@@ -140,7 +162,10 @@ fn the_compose_file_references_what_exists_and_configures_a_valid_service() {
     };
     assert_eq!(prom["rule_files"][0], "/etc/prometheus/mailsync.rules.yml");
     assert_eq!(prom["scrape_configs"][0]["job_name"], "mailsync");
-    assert_eq!(prom["scrape_configs"][0]["static_configs"][0]["targets"][0], "mailsync:9898");
+    assert_eq!(
+        prom["scrape_configs"][0]["static_configs"][0]["targets"][0],
+        "mailsync:9898"
+    );
 
     // mailsync's configuration is valid with the environment compose and the image give it.
     let mut env: HashMap<String, String> = dockerfile_env(&dockerfile);
@@ -161,7 +186,11 @@ fn the_compose_file_references_what_exists_and_configures_a_valid_service() {
             m.smtp
         );
     }
-    assert!(services["ews-sim"]["command"].as_array().unwrap().iter().any(|a| a == "0.0.0.0:8765"));
+    assert!(services["ews-sim"]["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a == "0.0.0.0:8765"));
 }
 
 fn unit() -> HashMap<String, Vec<String>> {
@@ -234,7 +263,10 @@ fn deploy_doc_covers_every_way_to_run() {
         "Windows service",
         "--no-default-features",
     ] {
-        assert!(doc.contains(needle), "docs/deploy.md does not mention {needle}");
+        assert!(
+            doc.contains(needle),
+            "docs/deploy.md does not mention {needle}"
+        );
     }
     assert!(Path::new(&root().join("alerts/README.md")).exists());
 }

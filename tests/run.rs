@@ -301,13 +301,28 @@ async fn run_notifies_systemd_and_prunes_at_start() {
     let db = Db::connect(&db_url, 2).await.unwrap();
     db.migrate(MigrationSet::Crm).await.unwrap();
     db.migrate(MigrationSet::State).await.unwrap();
-    exec(&db, "INSERT INTO crm_tenants (id, name) VALUES (1, 'Muster GmbH')").await;
+    exec(
+        &db,
+        "INSERT INTO crm_tenants (id, name) VALUES (1, 'Muster GmbH')",
+    )
+    .await;
     exec(&db, "INSERT INTO crm_operators (id, tenant_id, personnel_no, display_name, email) VALUES (1, 1, '1001', 'Anna', 'user1@example.com')").await;
     // Two old change-log rows the feed has consumed, one it has not.
     exec(&db, "INSERT INTO crm_tasks (tenant_id, owner_id, subject) VALUES (1, 1, 'a'), (1, 1, 'b'), (1, 1, 'c')").await;
-    exec(&db, "UPDATE crm_changes SET at = '2020-01-01T00:00:00.000Z'").await;
+    exec(
+        &db,
+        "UPDATE crm_changes SET at = '2020-01-01T00:00:00.000Z'",
+    )
+    .await;
     let last = count(&db, "SELECT max(seq) FROM crm_changes").await;
-    exec(&db, &format!("INSERT INTO ms_cursor (name, txid, seq) VALUES ('crm-feed', 0, {})", last - 1)).await;
+    exec(
+        &db,
+        &format!(
+            "INSERT INTO ms_cursor (name, txid, seq) VALUES ('crm-feed', 0, {})",
+            last - 1
+        ),
+    )
+    .await;
     // An old conflict and a recent one; the state of a mailbox removed in 2020.
     exec(&db, "INSERT INTO ms_conflicts (mailbox, crm_table, fields, winner, at) VALUES ('user1@example.com', 'crm_tasks', '[]', 'crm', '2020-01-01T00:00:00.000Z')").await;
     exec(&db, "INSERT INTO ms_conflicts (mailbox, crm_table, fields, winner) VALUES ('user1@example.com', 'crm_tasks', '[]', 'crm')").await;
@@ -391,7 +406,10 @@ server = "sim"
         .iter()
         .position(|m| m.starts_with("READY=1"))
         .unwrap();
-    assert_eq!(messages[ready], "READY=1\nSTATUS=1 mailboxes syncing", "{messages:?}");
+    assert_eq!(
+        messages[ready], "READY=1\nSTATUS=1 mailboxes syncing",
+        "{messages:?}"
+    );
     assert!(
         messages[..ready]
             .iter()
@@ -400,10 +418,29 @@ server = "sim"
     );
 
     // The retention pass ran at start.
-    assert_eq!(count(&db, "SELECT COUNT(*) FROM crm_changes WHERE at < '2021'").await, 1, "the unconsumed one stays\n{}", log_text());
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM crm_changes WHERE at < '2021'").await,
+        1,
+        "the unconsumed one stays\n{}",
+        log_text()
+    );
     assert_eq!(count(&db, "SELECT COUNT(*) FROM ms_conflicts").await, 1);
-    assert_eq!(count(&db, "SELECT COUNT(*) FROM ms_item_map WHERE mailbox = 'left@example.com'").await, 0);
-    assert_eq!(count(&db, "SELECT COUNT(*) FROM ms_mailboxes WHERE mailbox = 'user1@example.com'").await, 1);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM ms_item_map WHERE mailbox = 'left@example.com'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM ms_mailboxes WHERE mailbox = 'user1@example.com'"
+        )
+        .await,
+        1
+    );
 
     unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
     let stopping = tokio::task::spawn_blocking(move || loop {

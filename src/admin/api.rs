@@ -63,8 +63,7 @@ pub(crate) fn filter(
             q.as_ref().is_none_or(|q| {
                 s.smtp.contains(q.as_str())
                     || s.server.to_lowercase().contains(q.as_str())
-                    || s
-                        .last_error
+                    || s.last_error
                         .as_ref()
                         .is_some_and(|e| e.to_lowercase().contains(q.as_str()))
             })
@@ -233,7 +232,9 @@ fn limit(asked: Option<i64>) -> Result<i64, String> {
     match asked {
         None => Ok(DEFAULT_LIMIT),
         Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
-        Some(n) => Err(format!("limit: {n} is out of range, allowed 1 to {MAX_LIMIT}")),
+        Some(n) => Err(format!(
+            "limit: {n} is out of range, allowed 1 to {MAX_LIMIT}"
+        )),
     }
 }
 
@@ -248,7 +249,9 @@ pub(crate) fn store(state: &AdminState) -> Result<&Db, HttpResponse> {
 
 /// The `before` of the next page: the last id when the page was full.
 pub(crate) fn next_before(ids: &[i64], limit: i64) -> Option<i64> {
-    (ids.len() as i64 == limit).then(|| ids.last().copied()).flatten()
+    (ids.len() as i64 == limit)
+        .then(|| ids.last().copied())
+        .flatten()
 }
 
 /// `GET /api/v1/conflicts`.
@@ -296,7 +299,10 @@ pub(crate) async fn conflict(
         Err(e) => return e,
     };
     let Ok(id) = path.parse::<i64>() else {
-        return error(StatusCode::BAD_REQUEST, format!("{:?} is not a conflict id", path.as_str()));
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{:?} is not a conflict id", path.as_str()),
+        );
     };
     match db.conflict_by_id(id).await {
         Ok(Some(e)) => HttpResponse::Ok().json(ConflictDto::from(e)),
@@ -328,7 +334,10 @@ pub(crate) async fn failures(
         .map(str::trim)
         .filter(|m| !m.is_empty())
         .map(str::to_lowercase);
-    match db.failure_page(mailbox.as_deref(), params.before, limit).await {
+    match db
+        .failure_page(mailbox.as_deref(), params.before, limit)
+        .await
+    {
         Ok(page) => {
             let ids: Vec<i64> = page.iter().map(|e| e.id).collect();
             let list: Vec<FailureDto> = page.into_iter().map(FailureDto::from).collect();
@@ -356,7 +365,10 @@ pub(crate) async fn retry(
         Err(e) => return e,
     };
     let Ok(id) = path.parse::<i64>() else {
-        return error(StatusCode::BAD_REQUEST, format!("{:?} is not a failure id", path.as_str()));
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{:?} is not a failure id", path.as_str()),
+        );
     };
     let entry = match db.retry_failure_now(id, Utc::now()).await {
         Ok(Some(e)) => e,
@@ -382,11 +394,18 @@ pub(crate) async fn retry(
         Ok(Err(e @ CommandError::NotRunning { .. })) => {
             format!("waiting: {e}; the failure is retried when it runs again")
         }
-        Ok(Err(e @ CommandError::NotFound(_))) => return error(StatusCode::CONFLICT, e.to_string()),
+        Ok(Err(e @ CommandError::NotFound(_))) => {
+            return error(StatusCode::CONFLICT, e.to_string())
+        }
         Ok(Err(e @ CommandError::ShuttingDown)) => {
             return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
         }
-        Err(_) => return error(StatusCode::SERVICE_UNAVAILABLE, "the supervisor has stopped"),
+        Err(_) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the supervisor has stopped",
+            )
+        }
     };
     tracing::info!(failure = id, mailbox = %mailbox, "failure retry requested");
     HttpResponse::Ok().json(serde_json::json!({

@@ -129,7 +129,9 @@ fn ago(t: Option<SystemTime>) -> String {
         0..=59 => format!("{secs} s ago"),
         60..=3599 => format!("{} min ago", secs / 60),
         3600..=86_399 => format!("{} h ago", secs / 3600),
-        _ => DateTime::<Utc>::from(t).format("%Y-%m-%d %H:%M").to_string(),
+        _ => DateTime::<Utc>::from(t)
+            .format("%Y-%m-%d %H:%M")
+            .to_string(),
     }
 }
 
@@ -257,7 +259,9 @@ pub(crate) async fn mailboxes(
         "<input type=\"search\" name=\"q\" value=\"{}\" placeholder=\"address, server or error\" aria-label=\"search\">",
         esc(&q)
     );
-    h.push_str("<select name=\"state\" aria-label=\"state\"><option value=\"\">every state</option>");
+    h.push_str(
+        "<select name=\"state\" aria-label=\"state\"><option value=\"\">every state</option>",
+    );
     let mut options: Vec<(String, String)> = board
         .states()
         .into_iter()
@@ -343,11 +347,19 @@ pub(crate) async fn mailboxes(
     };
     h.push_str("<nav class=\"pager\">");
     if page > 1 {
-        let _ = write!(h, "<a href=\"{}\" rel=\"prev\">← previous</a>", esc(&link(page - 1)));
+        let _ = write!(
+            h,
+            "<a href=\"{}\" rel=\"prev\">← previous</a>",
+            esc(&link(page - 1))
+        );
     }
     let _ = write!(h, "<span class=\"page\">page {page} of {pages}</span>");
     if page < pages {
-        let _ = write!(h, "<a href=\"{}\" rel=\"next\">next →</a>", esc(&link(page + 1)));
+        let _ = write!(
+            h,
+            "<a href=\"{}\" rel=\"next\">next →</a>",
+            esc(&link(page + 1))
+        );
     }
     h.push_str("</nav>");
     fragment(h)
@@ -381,7 +393,11 @@ pub(crate) async fn mailbox(
         esc(&smtp),
         badge(s.state.as_str())
     );
-    let _ = write!(h, "<div class=\"actions\" id=\"actions\">{}</div>", actions(&s));
+    let _ = write!(
+        h,
+        "<div class=\"actions\" id=\"actions\">{}</div>",
+        actions(&s)
+    );
     h.push_str("<dl class=\"facts\">");
     for (k, v) in [
         ("server", esc(&s.server)),
@@ -392,10 +408,7 @@ pub(crate) async fn mailbox(
             "next retry",
             super::time(s.next_retry).unwrap_or_else(|| "-".into()),
         ),
-        (
-            "last error",
-            esc(s.last_error.as_deref().unwrap_or("none")),
-        ),
+        ("last error", esc(s.last_error.as_deref().unwrap_or("none"))),
     ] {
         let _ = write!(h, "<dt>{k}</dt><dd>{v}</dd>");
     }
@@ -469,7 +482,11 @@ fn held_section(smtp: &str, groups: &[HeldGroup]) -> String {
     );
     for g in groups {
         let body = serde_json::json!({ "area": g.area, "scope": g.scope }).to_string();
-        let side = if g.side == "crm" { "the CRM" } else { "Exchange" };
+        let side = if g.side == "crm" {
+            "the CRM"
+        } else {
+            "Exchange"
+        };
         let _ = write!(
             h,
             "<div class=\"group\" data-area=\"{0}\" data-scope=\"{1}\"><h4>{0} · {1}: {2} deletes in {side}</h4>\
@@ -714,7 +731,8 @@ pub(crate) async fn failures(
         .map(str::trim)
         .unwrap_or_default()
         .to_lowercase();
-    let mut h = String::from("<h2>Parked failures</h2><form class=\"filters\" data-view=\"/failures\">");
+    let mut h =
+        String::from("<h2>Parked failures</h2><form class=\"filters\" data-view=\"/failures\">");
     let _ = write!(
         h,
         "<input type=\"search\" name=\"mailbox\" value=\"{}\" placeholder=\"mailbox\" aria-label=\"mailbox\"><button type=\"submit\">Filter</button></form>\
@@ -783,7 +801,10 @@ mod tests {
         assert_eq!(area_state("contacts/shared", "idle", &held), "held");
         assert_eq!(area_state("mail", "syncing", &held), "held");
         assert_eq!(area_state("tasks", "idle", &held), "idle");
-        assert_eq!(area_state("contacts", "idle", &[group("contacts", "own")]), "held");
+        assert_eq!(
+            area_state("contacts", "idle", &[group("contacts", "own")]),
+            "held"
+        );
     }
 
     #[test]

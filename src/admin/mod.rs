@@ -310,7 +310,10 @@ async fn list(
             let groups = held
                 .as_ref()
                 .map(|h| h.get(&*s.smtp).cloned().unwrap_or_default());
-            dto(s, groups.map(|g| g.into_iter().map(held::HeldDto::from).collect()))
+            dto(
+                s,
+                groups.map(|g| g.into_iter().map(held::HeldDto::from).collect()),
+            )
         })
         .collect();
     HttpResponse::Ok().json(serde_json::json!({

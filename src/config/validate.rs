@@ -196,7 +196,13 @@ fn retention(c: &mut Checker, raw: &super::raw::RawRetention) -> RetentionConfig
         1,
         3650,
     );
-    let minutes = c.in_range("retention.interval_minutes", raw.interval_minutes, 60, 1, 1440);
+    let minutes = c.in_range(
+        "retention.interval_minutes",
+        raw.interval_minutes,
+        60,
+        1,
+        1440,
+    );
     RetentionConfig {
         keep: Duration::from_secs(u64::from(days) * 86_400),
         interval: Duration::from_secs(u64::from(minutes) * 60),

@@ -128,7 +128,10 @@ const FAILURE_COLUMNS: &str =
 
 impl Db {
     /// A page of the conflict log, newest first.
-    pub async fn conflict_page(&self, query: &ConflictQuery) -> Result<Vec<ConflictEntry>, DbError> {
+    pub async fn conflict_page(
+        &self,
+        query: &ConflictQuery,
+    ) -> Result<Vec<ConflictEntry>, DbError> {
         let sql = format!(
             "SELECT {CONFLICT_COLUMNS} FROM ms_conflicts WHERE ($1 = '' OR mailbox = $1) AND id < $2 \
              AND at >= $3 ORDER BY id DESC LIMIT $4"
@@ -175,7 +178,9 @@ impl Db {
             "reading a conflict",
             |x| x.bind(id),
             fetch_optional,
-            |row| row.map(|r| Ok::<_, sqlx::Error>(conflict_entry!(&r))).transpose()
+            |row| row
+                .map(|r| Ok::<_, sqlx::Error>(conflict_entry!(&r)))
+                .transpose()
         )?
         .map_err(q("decoding a conflict"))
     }
@@ -215,7 +220,9 @@ impl Db {
             "reading a failure",
             |x| x.bind(id),
             fetch_optional,
-            |row| row.map(|r| Ok::<_, sqlx::Error>(failure_entry!(&r))).transpose()
+            |row| row
+                .map(|r| Ok::<_, sqlx::Error>(failure_entry!(&r)))
+                .transpose()
         )?
         .map_err(q("decoding a failure"))
     }

@@ -43,7 +43,11 @@ pub struct Pruned {
 impl Db {
     /// Deletes change-log rows at or before `cursor` (already routed by the feed) and logged
     /// before `cutoff`. Runs on the business database.
-    pub async fn prune_changes(&self, cursor: Cursor, cutoff: DateTime<Utc>) -> Result<u64, DbError> {
+    pub async fn prune_changes(
+        &self,
+        cursor: Cursor,
+        cutoff: DateTime<Utc>,
+    ) -> Result<u64, DbError> {
         let mut total = 0;
         loop {
             let n = match self {
@@ -114,12 +118,26 @@ impl Db {
         let upsert = "INSERT INTO ms_mailboxes (mailbox) VALUES ($1) ON CONFLICT (mailbox) \
                       DO UPDATE SET last_configured_at = now()";
         for m in mailboxes {
-            on_db!(self, upsert, "noting a configured mailbox", |x| x.bind(m), execute, |_r| ())?;
+            on_db!(
+                self,
+                upsert,
+                "noting a configured mailbox",
+                |x| x.bind(m),
+                execute,
+                |_r| ()
+            )?;
         }
         let adopt = "INSERT INTO ms_mailboxes (mailbox) SELECT DISTINCT mailbox FROM ms_folder_state \
                      WHERE mailbox NOT IN (SELECT mailbox FROM ms_mailboxes) \
                      UNION SELECT DISTINCT mailbox FROM ms_item_map WHERE mailbox NOT IN (SELECT mailbox FROM ms_mailboxes)";
-        on_db!(self, adopt, "noting mailboxes with state", |x| x, execute, |_r| ())
+        on_db!(
+            self,
+            adopt,
+            "noting mailboxes with state",
+            |x| x,
+            execute,
+            |_r| ()
+        )
     }
 
     /// Deletes the whole state of every mailbox not in `configured` that was last configured
@@ -131,20 +149,20 @@ impl Db {
         cutoff: DateTime<Utc>,
     ) -> Result<(Vec<String>, u64), DbError> {
         let candidates: Vec<String> = match self {
-            Db::Postgres(p) => {
-                sqlx::query("SELECT mailbox FROM ms_mailboxes WHERE last_configured_at < $1 ORDER BY mailbox")
-                    .bind(cutoff)
-                    .fetch_all(p)
-                    .await
-                    .map(|rows| rows.iter().map(|r| r.get::<String, _>(0)).collect())
-            }
-            Db::Sqlite(p) => {
-                sqlx::query("SELECT mailbox FROM ms_mailboxes WHERE last_configured_at < ?1 ORDER BY mailbox")
-                    .bind(sqlite_time(cutoff))
-                    .fetch_all(p)
-                    .await
-                    .map(|rows| rows.iter().map(|r| r.get::<String, _>(0)).collect())
-            }
+            Db::Postgres(p) => sqlx::query(
+                "SELECT mailbox FROM ms_mailboxes WHERE last_configured_at < $1 ORDER BY mailbox",
+            )
+            .bind(cutoff)
+            .fetch_all(p)
+            .await
+            .map(|rows| rows.iter().map(|r| r.get::<String, _>(0)).collect()),
+            Db::Sqlite(p) => sqlx::query(
+                "SELECT mailbox FROM ms_mailboxes WHERE last_configured_at < ?1 ORDER BY mailbox",
+            )
+            .bind(sqlite_time(cutoff))
+            .fetch_all(p)
+            .await
+            .map(|rows| rows.iter().map(|r| r.get::<String, _>(0)).collect()),
         }
         .map_err(q("finding removed mailboxes"))?;
         let mut gone = Vec::new();

@@ -145,7 +145,13 @@ pub(crate) async fn run(users: Users) -> anyhow::Result<()> {
             None => continue,
         };
         let arrived = users.arrived(act, user, &what).await?;
-        report(&users.latencies, act, user, &what.0, arrived.then(|| started.elapsed()));
+        report(
+            &users.latencies,
+            act,
+            user,
+            &what.0,
+            arrived.then(|| started.elapsed()),
+        );
     }
     Ok(())
 }
@@ -188,10 +194,14 @@ impl Users {
                 },
             )
             .await?;
-        Ok(got.into_iter().next().and_then(|r| r.ok()).and_then(|item| match item {
-            Item::Message(m) => m.id,
-            _ => None,
-        }))
+        Ok(got
+            .into_iter()
+            .next()
+            .and_then(|r| r.ok())
+            .and_then(|item| match item {
+                Item::Message(m) => m.id,
+                _ => None,
+            }))
     }
 
     /// A synced CRM mail of `user` in the inbox, unread if `unread`.
@@ -212,7 +222,11 @@ impl Users {
         Ok(Some(match act {
             Act::ContactInCrm => {
                 exec(db, &format!("INSERT INTO crm_contacts (tenant_id, owner_id, given_name, surname) VALUES (1, {user}, 'Neu', '{name}')")).await?;
-                let id = scalar(db, &format!("SELECT id FROM crm_contacts WHERE surname = '{name}'")).await?;
+                let id = scalar(
+                    db,
+                    &format!("SELECT id FROM crm_contacts WHERE surname = '{name}'"),
+                )
+                .await?;
                 Change(name, Probe::Sql(format!("SELECT COUNT(*) FROM ms_item_map WHERE crm_table = 'crm_contacts' AND crm_id = {id}")))
             }
             Act::ContactInOutlook => {
@@ -221,23 +235,44 @@ impl Users {
                     surname: Some(name.clone()),
                     ..Contact::default()
                 });
-                self.call(user, &CreateItem {
-                    folder: Some(FolderRef::well_known(DistinguishedFolder::Contacts)),
-                    items: vec![item],
-                    disposition: None,
-                })
+                self.call(
+                    user,
+                    &CreateItem {
+                        folder: Some(FolderRef::well_known(DistinguishedFolder::Contacts)),
+                        items: vec![item],
+                        disposition: None,
+                    },
+                )
                 .await?;
-                Change(name.clone(), Probe::Sql(format!("SELECT COUNT(*) FROM crm_contacts WHERE surname = '{name}'")))
+                Change(
+                    name.clone(),
+                    Probe::Sql(format!(
+                        "SELECT COUNT(*) FROM crm_contacts WHERE surname = '{name}'"
+                    )),
+                )
             }
             Act::MailArrives => {
                 let tag = format!("arrived-{k}");
                 let subject = format!("Anfrage {k}");
-                let bytes = mime(&tag, "Interessent <anfrage@kunde.example>", &format!("user{user}@example.com"), &subject, k % 2 == 0);
-                self.call(user, &CreateItem {
-                    folder: Some(FolderRef::well_known(DistinguishedFolder::Inbox)),
-                    items: vec![Item::Message(Message { mime: Some(bytes), is_read: Some(false), ..Message::default() })],
-                    disposition: Some(MessageDisposition::SaveOnly),
-                })
+                let bytes = mime(
+                    &tag,
+                    "Interessent <anfrage@kunde.example>",
+                    &format!("user{user}@example.com"),
+                    &subject,
+                    k % 2 == 0,
+                );
+                self.call(
+                    user,
+                    &CreateItem {
+                        folder: Some(FolderRef::well_known(DistinguishedFolder::Inbox)),
+                        items: vec![Item::Message(Message {
+                            mime: Some(bytes),
+                            is_read: Some(false),
+                            ..Message::default()
+                        })],
+                        disposition: Some(MessageDisposition::SaveOnly),
+                    },
+                )
                 .await?
                 .into_iter()
                 .next()
@@ -251,25 +286,46 @@ impl Users {
                 let Some(ews_id) = self.exchange_mail(user, crm_id).await? else {
                     return Ok(None);
                 };
-                let subject = text(db, &format!("SELECT subject FROM crm_mails WHERE id = {crm_id}")).await?.unwrap_or_default();
+                let subject = text(
+                    db,
+                    &format!("SELECT subject FROM crm_mails WHERE id = {crm_id}"),
+                )
+                .await?
+                .unwrap_or_default();
                 if act == Act::MailReadInCrm {
-                    exec(db, &format!("UPDATE crm_mails SET is_read = TRUE WHERE id = {crm_id}")).await?;
+                    exec(
+                        db,
+                        &format!("UPDATE crm_mails SET is_read = TRUE WHERE id = {crm_id}"),
+                    )
+                    .await?;
                     Change(subject, Probe::ReadInExchange(ItemId::new(ews_id.id), true))
                 } else {
-                    self.call(user, &UpdateItem {
-                        changes: vec![ItemUpdate {
-                            id: ews_id,
-                            updates: Item::Message(Message { is_read: Some(true), ..Message::default() }).updates(),
-                        }],
-                        conflict: ConflictResolution::AlwaysOverwrite,
-                        disposition: Some(MessageDisposition::SaveOnly),
-                        calendar: false,
-                    })
+                    self.call(
+                        user,
+                        &UpdateItem {
+                            changes: vec![ItemUpdate {
+                                id: ews_id,
+                                updates: Item::Message(Message {
+                                    is_read: Some(true),
+                                    ..Message::default()
+                                })
+                                .updates(),
+                            }],
+                            conflict: ConflictResolution::AlwaysOverwrite,
+                            disposition: Some(MessageDisposition::SaveOnly),
+                            calendar: false,
+                        },
+                    )
                     .await?
                     .into_iter()
                     .next()
                     .context("UpdateItem answered nothing")??;
-                    Change(subject, Probe::Sql(format!("SELECT COUNT(*) FROM crm_mails WHERE id = {crm_id} AND is_read")))
+                    Change(
+                        subject,
+                        Probe::Sql(format!(
+                            "SELECT COUNT(*) FROM crm_mails WHERE id = {crm_id} AND is_read"
+                        )),
+                    )
                 }
             }
             Act::MailMovedInOutlook => {
@@ -283,17 +339,34 @@ impl Users {
                 let Some(folder) = text(db, &format!("SELECT ews_item_id FROM ms_item_map WHERE mailbox = 'user{user}@example.com' AND crm_table = 'crm_mail_folders' AND crm_id = {projects}")).await? else {
                     return Ok(None);
                 };
-                let subject = text(db, &format!("SELECT subject FROM crm_mails WHERE id = {crm_id}")).await?.unwrap_or_default();
-                self.call(user, &MoveItem { ids: vec![ews_id], to: FolderRef::Id(ItemId::new(folder)) })
-                    .await?
-                    .into_iter()
-                    .next()
-                    .context("MoveItem answered nothing")??;
+                let subject = text(
+                    db,
+                    &format!("SELECT subject FROM crm_mails WHERE id = {crm_id}"),
+                )
+                .await?
+                .unwrap_or_default();
+                self.call(
+                    user,
+                    &MoveItem {
+                        ids: vec![ews_id],
+                        to: FolderRef::Id(ItemId::new(folder)),
+                    },
+                )
+                .await?
+                .into_iter()
+                .next()
+                .context("MoveItem answered nothing")??;
                 Change(format!("{subject} → Projekte"), Probe::Sql(format!("SELECT COUNT(*) FROM crm_mails WHERE id = {crm_id} AND folder_id = {projects}")))
             }
             Act::OutboxMail => {
                 let subject = format!("Auftragsbestätigung {k}");
-                let bytes = mime(&format!("outbox-{k}"), &format!("Operator {user} <user{user}@example.com>"), "Kunde <bestellung@kunde.example>", &subject, true);
+                let bytes = mime(
+                    &format!("outbox-{k}"),
+                    &format!("Operator {user} <user{user}@example.com>"),
+                    "Kunde <bestellung@kunde.example>",
+                    &subject,
+                    true,
+                );
                 exec(db, &format!(
                     "INSERT INTO crm_outbox (owner_id, sender, recipients, subject, mime) VALUES ({user}, 'user{user}@example.com', 'bestellung@kunde.example', '{subject}', {})",
                     blob(db, &bytes)
@@ -302,7 +375,11 @@ impl Users {
             }
             Act::TaskInCrm => {
                 exec(db, &format!("INSERT INTO crm_tasks (tenant_id, owner_id, subject, due_date) VALUES (1, {user}, '{name}', '2026-12-10')")).await?;
-                let id = scalar(db, &format!("SELECT id FROM crm_tasks WHERE subject = '{name}'")).await?;
+                let id = scalar(
+                    db,
+                    &format!("SELECT id FROM crm_tasks WHERE subject = '{name}'"),
+                )
+                .await?;
                 Change(name, Probe::Sql(format!("SELECT COUNT(*) FROM ms_item_map WHERE crm_table = 'crm_tasks' AND crm_id = {id}")))
             }
             Act::AppointmentInOutlook => {
@@ -314,13 +391,21 @@ impl Users {
                     location: Some("Teams".into()),
                     ..CalendarItem::default()
                 });
-                self.call(user, &CreateItem {
-                    folder: Some(FolderRef::well_known(DistinguishedFolder::Calendar)),
-                    items: vec![item],
-                    disposition: None,
-                })
+                self.call(
+                    user,
+                    &CreateItem {
+                        folder: Some(FolderRef::well_known(DistinguishedFolder::Calendar)),
+                        items: vec![item],
+                        disposition: None,
+                    },
+                )
                 .await?;
-                Change(name.clone(), Probe::Sql(format!("SELECT COUNT(*) FROM crm_appointments WHERE subject = '{name}'")))
+                Change(
+                    name.clone(),
+                    Probe::Sql(format!(
+                        "SELECT COUNT(*) FROM crm_appointments WHERE subject = '{name}'"
+                    )),
+                )
             }
         }))
     }
@@ -334,7 +419,13 @@ impl Users {
                 Probe::Sql(sql) => scalar(&self.db, sql).await.unwrap_or(0) > 0,
                 Probe::ReadInExchange(id, read) => {
                     let got = self
-                        .call(user, &GetItem { ids: vec![id.clone()], shape: Shape::all_properties(vec![]) })
+                        .call(
+                            user,
+                            &GetItem {
+                                ids: vec![id.clone()],
+                                shape: Shape::all_properties(vec![]),
+                            },
+                        )
                         .await?;
                     matches!(got.first(), Some(Ok(Item::Message(m))) if m.is_read == Some(*read))
                 }

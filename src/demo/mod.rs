@@ -55,7 +55,10 @@ fn config_text(
     token: &str,
     areas: &[Area],
 ) -> String {
-    let areas: Vec<String> = areas.iter().map(|a| format!("\"{}\"", a.as_str())).collect();
+    let areas: Vec<String> = areas
+        .iter()
+        .map(|a| format!("\"{}\"", a.as_str()))
+        .collect();
     let areas = areas.join(", ");
     let mut out = format!(
         r#"# Written by `mailsync demo`.
@@ -143,7 +146,9 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         );
         if areas.contains(&Area::Mail) {
             seed::exchange(&client, n).await?;
-            println!("simulated mailboxes: 2 mails delivered into each inbox (one unread, with a PDF)");
+            println!(
+                "simulated mailboxes: 2 mails delivered into each inbox (one unread, with a PDF)"
+            );
         }
     }
     let token = opts.admin_token.clone().unwrap_or_else(|| {
@@ -206,4 +211,3 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     sim.stop().await;
     Ok(())
 }
-

@@ -138,7 +138,11 @@ pub(crate) async fn crm(db: &Db, n: usize, areas: &[Area]) -> anyhow::Result<boo
     if scalar(db, "SELECT COUNT(*) FROM crm_operators").await? > 0 {
         return Ok(false);
     }
-    exec(db, "INSERT INTO crm_tenants (id, name) VALUES (1, 'Demo GmbH')").await?;
+    exec(
+        db,
+        "INSERT INTO crm_tenants (id, name) VALUES (1, 'Demo GmbH')",
+    )
+    .await?;
     for i in 1..=n {
         let id = i as i64;
         exec(db, &format!("INSERT INTO crm_operators (id, tenant_id, personnel_no, display_name, email) VALUES ({id}, 1, '{}', 'Operator {i}', 'user{i}@example.com')", 1000 + i)).await?;
@@ -183,10 +187,18 @@ pub(crate) async fn crm(db: &Db, n: usize, areas: &[Area]) -> anyhow::Result<boo
 /// the inbox) and four mails: read and unread, two with a PDF attached, one already filed.
 async fn crm_mail(db: &Db, i: usize) -> anyhow::Result<()> {
     exec(db, &format!("INSERT INTO crm_mail_folders (owner_id, parent_id, name, role) VALUES ({i}, NULL, 'Posteingang', 'inbox')")).await?;
-    let inbox = scalar(db, &format!("SELECT id FROM crm_mail_folders WHERE owner_id = {i} AND role = 'inbox'")).await?;
+    let inbox = scalar(
+        db,
+        &format!("SELECT id FROM crm_mail_folders WHERE owner_id = {i} AND role = 'inbox'"),
+    )
+    .await?;
     exec(db, &format!("INSERT INTO crm_mail_folders (owner_id, parent_id, name, role) VALUES ({i}, NULL, 'Gesendete Elemente', 'sentitems')")).await?;
     exec(db, &format!("INSERT INTO crm_mail_folders (owner_id, parent_id, name, role) VALUES ({i}, {inbox}, 'Projekte', NULL)")).await?;
-    let projects = scalar(db, &format!("SELECT id FROM crm_mail_folders WHERE owner_id = {i} AND name = 'Projekte'")).await?;
+    let projects = scalar(
+        db,
+        &format!("SELECT id FROM crm_mail_folders WHERE owner_id = {i} AND name = 'Projekte'"),
+    )
+    .await?;
     let to = format!("Operator {i} <user{i}@example.com>");
     for (k, (folder, subject, read, attachment)) in [
         (inbox, "Angebot Druckmaschine", false, true),
@@ -218,23 +230,26 @@ pub(crate) async fn exchange(client: &ews::Client, n: usize) -> anyhow::Result<(
     for i in 1..=n {
         let target = ews::Target::impersonating(&format!("user{i}@example.com"));
         let to = format!("user{i}@example.com");
-        let items = [("Bestellung 4711", false, true), ("Newsletter November", true, false)]
-            .into_iter()
-            .enumerate()
-            .map(|(k, (subject, read, attachment))| {
-                Item::Message(Message {
-                    mime: Some(mime(
-                        &format!("ex-{i}-{k}"),
-                        "Lieferant <info@lieferant.example>",
-                        &to,
-                        subject,
-                        attachment,
-                    )),
-                    is_read: Some(read),
-                    ..Message::default()
-                })
+        let items = [
+            ("Bestellung 4711", false, true),
+            ("Newsletter November", true, false),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(k, (subject, read, attachment))| {
+            Item::Message(Message {
+                mime: Some(mime(
+                    &format!("ex-{i}-{k}"),
+                    "Lieferant <info@lieferant.example>",
+                    &to,
+                    subject,
+                    attachment,
+                )),
+                is_read: Some(read),
+                ..Message::default()
             })
-            .collect();
+        })
+        .collect();
         let created = client
             .call(
                 &target,
@@ -272,13 +287,15 @@ mod tests {
 
     #[test]
     fn demo_mail_is_a_multipart_message_with_a_pdf() {
-        let m = String::from_utf8(mime("t1", "a@x.example", "b@x.example", "Angebot", true)).unwrap();
+        let m =
+            String::from_utf8(mime("t1", "a@x.example", "b@x.example", "Angebot", true)).unwrap();
         assert!(m.contains("Message-ID: <t1@demo.mailsync.example>\r\n"));
         assert!(m.contains("Content-Type: application/pdf\r\n"));
         assert!(m.contains("filename=\"Angebot.pdf\""));
         assert!(m.ends_with("--demo-t1--\r\n"));
         assert!(m.lines().all(|l| l.len() <= 998));
-        let plain = String::from_utf8(mime("t2", "a@x.example", "b@x.example", "Hallo", false)).unwrap();
+        let plain =
+            String::from_utf8(mime("t2", "a@x.example", "b@x.example", "Hallo", false)).unwrap();
         assert!(plain.contains("Content-Type: text/plain; charset=utf-8\r\n"));
     }
 }

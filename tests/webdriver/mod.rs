@@ -214,7 +214,9 @@ impl Browser {
     /// Saves a screenshot (PNG) for a person to look at.
     pub async fn screenshot(&self, path: &std::path::Path) {
         use base64::Engine as _;
-        let v = self.command(reqwest::Method::GET, "/screenshot", None).await;
+        let v = self
+            .command(reqwest::Method::GET, "/screenshot", None)
+            .await;
         let png = base64::engine::general_purpose::STANDARD
             .decode(v.as_str().unwrap_or_default())
             .unwrap();
