@@ -529,11 +529,14 @@ async fn ctl_drives_the_api() {
     );
 }
 
+/// A decision the fake breaker took: mailbox, decision, area, scope.
+type Decided = (String, DeleteDecision, Option<String>, Option<String>);
+
 /// A delete breaker holding what the test says, deciding in memory.
 #[derive(Default)]
 struct FakeGate {
     held: Mutex<Vec<HeldGroup>>,
-    decided: Mutex<Vec<(String, DeleteDecision, Option<String>, Option<String>)>>,
+    decided: Mutex<Vec<Decided>>,
 }
 
 impl FakeGate {

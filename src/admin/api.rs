@@ -21,7 +21,6 @@ use super::held::HeldGroup;
 use super::{authorize, error, AdminState};
 use crate::db::journal::{area_of_table, ConflictEntry, ConflictQuery, FailureEntry};
 use crate::db::state::Winner;
-use crate::db::Db;
 
 /// Largest page the API returns.
 pub const MAX_LIMIT: i64 = 500;
@@ -238,13 +237,12 @@ fn limit(asked: Option<i64>) -> Result<i64, String> {
     }
 }
 
-pub(crate) fn store(state: &AdminState) -> Result<&Db, HttpResponse> {
-    state.store.as_ref().ok_or_else(|| {
-        error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "this service has no state store to read logs from",
-        )
-    })
+/// The answer when the service has no state store to read the logs from.
+pub(crate) fn no_store() -> HttpResponse {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "this service has no state store to read logs from",
+    )
 }
 
 /// The `before` of the next page: the last id when the page was full.
@@ -263,9 +261,8 @@ pub(crate) async fn conflicts(
     if let Some(denied) = authorize(&req, &state) {
         return denied;
     }
-    let db = match store(&state) {
-        Ok(db) => db,
-        Err(e) => return e,
+    let Some(db) = state.store.as_ref() else {
+        return no_store();
     };
     let query = match params.query(Utc::now()) {
         Ok(q) => q,
@@ -294,9 +291,8 @@ pub(crate) async fn conflict(
     if let Some(denied) = authorize(&req, &state) {
         return denied;
     }
-    let db = match store(&state) {
-        Ok(db) => db,
-        Err(e) => return e,
+    let Some(db) = state.store.as_ref() else {
+        return no_store();
     };
     let Ok(id) = path.parse::<i64>() else {
         return error(
@@ -320,9 +316,8 @@ pub(crate) async fn failures(
     if let Some(denied) = authorize(&req, &state) {
         return denied;
     }
-    let db = match store(&state) {
-        Ok(db) => db,
-        Err(e) => return e,
+    let Some(db) = state.store.as_ref() else {
+        return no_store();
     };
     let limit = match limit(params.limit) {
         Ok(l) => l,
@@ -360,9 +355,8 @@ pub(crate) async fn retry(
     if let Some(denied) = authorize(&req, &state) {
         return denied;
     }
-    let db = match store(&state) {
-        Ok(db) => db,
-        Err(e) => return e,
+    let Some(db) = state.store.as_ref() else {
+        return no_store();
     };
     let Ok(id) = path.parse::<i64>() else {
         return error(

@@ -259,7 +259,7 @@ impl Users {
                     "Interessent <anfrage@kunde.example>",
                     &format!("user{user}@example.com"),
                     &subject,
-                    k % 2 == 0,
+                    k.is_multiple_of(2),
                 );
                 self.call(
                     user,
