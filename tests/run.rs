@@ -307,14 +307,15 @@ async fn run_notifies_systemd_and_prunes_at_start() {
     )
     .await;
     exec(&db, "INSERT INTO crm_operators (id, tenant_id, personnel_no, display_name, email) VALUES (1, 1, '1001', 'Anna', 'user1@example.com')").await;
-    // Two old change-log rows the feed has consumed, one it has not.
+    // Old change-log rows and a recent one; the feed consumes them all at start, the
+    // retention pass deletes the old ones. (That an unconsumed row stays is tests/db.rs's.)
     exec(&db, "INSERT INTO crm_tasks (tenant_id, owner_id, subject) VALUES (1, 1, 'a'), (1, 1, 'b'), (1, 1, 'c')").await;
+    let last = count(&db, "SELECT max(seq) FROM crm_changes").await;
     exec(
         &db,
-        "UPDATE crm_changes SET at = '2020-01-01T00:00:00.000Z'",
+        &format!("UPDATE crm_changes SET at = '2020-01-01T00:00:00.000Z' WHERE seq < {last}"),
     )
     .await;
-    let last = count(&db, "SELECT max(seq) FROM crm_changes").await;
     exec(
         &db,
         &format!(
@@ -419,10 +420,23 @@ server = "sim"
 
     // The retention pass ran at start.
     assert_eq!(
-        count(&db, "SELECT COUNT(*) FROM crm_changes WHERE at < '2021'").await,
-        1,
-        "the unconsumed one stays\n{}",
+        count(
+            &db,
+            &format!("SELECT COUNT(*) FROM crm_changes WHERE seq < {last}")
+        )
+        .await,
+        0,
+        "old consumed rows are pruned\n{}",
         log_text()
+    );
+    assert_eq!(
+        count(
+            &db,
+            &format!("SELECT COUNT(*) FROM crm_changes WHERE seq = {last}")
+        )
+        .await,
+        1,
+        "the recent one stays"
     );
     assert_eq!(count(&db, "SELECT COUNT(*) FROM ms_conflicts").await, 1);
     assert_eq!(

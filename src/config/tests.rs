@@ -76,7 +76,7 @@ fn broken_configs_report_their_errors() {
         (
             "unknown retention key",
             format!("{}[retention]\nweeks = 3\n", valid()),
-            vec!["retention.weeks: unknown field `weeks`, expected `days` or `interval_minutes` (line 11, column 1)"],
+            vec!["retention.weeks: line 14, column 1: unknown field `weeks`, expected `days` or `interval_minutes`"],
         ),
         (
             "invalid address",
