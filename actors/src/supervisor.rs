@@ -34,6 +34,9 @@ pub enum Action {
     Restart,
     /// Sync every folder from scratch (the stored sync states are not used).
     Resync,
+    /// Run one step in every folder now, from the stored sync states (e.g. so that failures
+    /// made due again are retried without waiting for a change).
+    Sync,
     /// Run no steps until resumed; triggers are remembered.
     Pause,
     /// Undo a pause.
@@ -46,6 +49,7 @@ impl Action {
         match self {
             Action::Restart => "restart",
             Action::Resync => "resync",
+            Action::Sync => "sync",
             Action::Pause => "pause",
             Action::Resume => "resume",
         }
@@ -56,6 +60,7 @@ impl Action {
         [
             Action::Restart,
             Action::Resync,
+            Action::Sync,
             Action::Pause,
             Action::Resume,
         ]
@@ -792,12 +797,12 @@ impl Handler<Command> for Supervisor {
                 }
                 Box::pin(actix::fut::ready(Ok(())))
             }
-            Action::Resync => match board.addr(&msg.smtp) {
+            Action::Resync | Action::Sync => match board.addr(&msg.smtp) {
                 Some(addr) => {
                     addr.do_send(MailboxTrigger {
                         folder: None,
                         cause: Cause::Admin,
-                        full: true,
+                        full: msg.action == Action::Resync,
                     });
                     Box::pin(actix::fut::ready(Ok(())))
                 }

@@ -669,6 +669,19 @@ async fn pause_holds_steps_and_resume_runs_one_for_everything_missed() {
         .wait_until("a full resync of every folder", |f| f.total_steps() == 12)
         .await;
     assert!(rig.sync.steps().iter().skip(8).all(|s| s.full));
+
+    // "sync": one step in every folder, from the stored state (no resync).
+    rig.handle
+        .addr
+        .send(cmd(Action::Sync))
+        .await
+        .unwrap()
+        .unwrap();
+    rig.sync
+        .wait_until("one more step per folder", |f| f.total_steps() == 16)
+        .await;
+    assert!(rig.sync.steps().iter().skip(12).all(|s| !s.full));
+    assert_eq!(Action::parse("sync"), Some(Action::Sync));
 }
 
 #[actix_rt::test]

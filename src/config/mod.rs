@@ -55,6 +55,8 @@ pub mod overrides {
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9898";
 /// Default state store when none is configured.
 pub const DEFAULT_STATE_URL: &str = "sqlite:mailsync-state.db";
+/// Default retention of logs and leftovers, in days.
+pub const DEFAULT_RETENTION_DAYS: u32 = 90;
 /// Default OAuth2 scope for EWS.
 pub const DEFAULT_OAUTH2_SCOPE: &str = "https://outlook.office365.com/.default";
 
@@ -125,6 +127,8 @@ pub struct Config {
     pub smtp: Option<SmtpConfig>,
     /// Settings of the sync that apply to every mailbox.
     pub sync: SyncConfig,
+    /// What is pruned, and when.
+    pub retention: RetentionConfig,
 }
 
 /// `[sync]`.
@@ -139,6 +143,25 @@ impl Default for SyncConfig {
     fn default() -> Self {
         SyncConfig {
             safety_read: Some(std::time::Duration::from_secs(6 * 3600)),
+        }
+    }
+}
+
+/// How long logs and leftovers are kept, and how often the pruning job runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionConfig {
+    /// Age after which conflict-log entries and consumed crm_changes rows are deleted, and
+    /// how long a mailbox removed from the configuration keeps its state.
+    pub keep: Duration,
+    /// Time between two pruning runs (the first runs at start).
+    pub interval: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            keep: Duration::from_secs(DEFAULT_RETENTION_DAYS as u64 * 86_400),
+            interval: Duration::from_secs(3600),
         }
     }
 }

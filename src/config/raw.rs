@@ -43,6 +43,20 @@ pub struct RawConfig {
     pub sync: RawSync,
     /// SMTP server for outbox mails whose sender is not the mailbox's own address.
     pub smtp: Option<RawSmtp>,
+    /// How long logs and leftovers are kept.
+    #[serde(default)]
+    pub retention: RawRetention,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetention {
+    /// Days conflict-log entries, consumed crm_changes rows and the state of mailboxes removed
+    /// from the configuration are kept (1 to 3650, default 90).
+    pub days: Option<u32>,
+    /// Minutes between two runs of the pruning job (1 to 1440, default 60); the first runs
+    /// at start.
+    pub interval_minutes: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

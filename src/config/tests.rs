@@ -66,6 +66,19 @@ fn broken_configs_report_their_errors() {
             vec![r#"mailboxes[1].operator: operator "1" already has a mailbox (mailboxes[0]); one operator has exactly one mailbox"#],
         ),
         (
+            "retention out of range",
+            format!("{}[retention]\ndays = 0\ninterval_minutes = 2000\n", valid()),
+            vec![
+                "retention.days: 0 is out of range, allowed 1 to 3650",
+                "retention.interval_minutes: 2000 is out of range, allowed 1 to 1440",
+            ],
+        ),
+        (
+            "unknown retention key",
+            format!("{}[retention]\nweeks = 3\n", valid()),
+            vec!["retention.weeks: line 14, column 1: unknown field `weeks`, expected `days` or `interval_minutes`"],
+        ),
+        (
             "invalid address",
             format!("{SERVER}{}", mailbox("bob@", "1")),
             vec![r#"mailboxes[0].smtp: "bob@" is not an e-mail address"#],
@@ -258,6 +271,21 @@ fn broken_configs_report_their_errors() {
         cases.len(),
         mismatches.join("\n")
     );
+}
+
+#[test]
+fn retention_defaults_to_ninety_days_hourly() {
+    let cfg = parse(&valid(), &env()).unwrap();
+    assert_eq!(cfg.retention, RetentionConfig::default());
+    assert_eq!(cfg.retention.keep, Duration::from_secs(90 * 86_400));
+    assert_eq!(cfg.retention.interval, Duration::from_secs(3600));
+    let cfg = parse(
+        &format!("{}[retention]\ndays = 7\ninterval_minutes = 5\n", valid()),
+        &env(),
+    )
+    .unwrap();
+    assert_eq!(cfg.retention.keep, Duration::from_secs(7 * 86_400));
+    assert_eq!(cfg.retention.interval, Duration::from_secs(300));
 }
 
 #[test]

@@ -125,6 +125,7 @@ pub(super) fn validate(raw: RawConfig, env: &dyn Environment) -> Result<Config, 
     );
     let smtp = raw.smtp.and_then(|r| smtp(&mut c, r));
     let sync = sync_settings(&mut c, raw.sync);
+    let retention = retention(&mut c, &raw.retention);
     if c.errors.is_empty() {
         Ok(Config {
             admin,
@@ -136,6 +137,7 @@ pub(super) fn validate(raw: RawConfig, env: &dyn Environment) -> Result<Config, 
             mailboxes,
             smtp,
             sync,
+            retention,
         })
     } else {
         Err(c.errors)
@@ -186,6 +188,27 @@ fn admin(c: &mut Checker, raw: RawAdmin) -> AdminConfig {
         );
     }
     AdminConfig { listen, token }
+}
+
+fn retention(c: &mut Checker, raw: &super::raw::RawRetention) -> RetentionConfig {
+    let days = c.in_range(
+        "retention.days",
+        raw.days,
+        super::DEFAULT_RETENTION_DAYS,
+        1,
+        3650,
+    );
+    let minutes = c.in_range(
+        "retention.interval_minutes",
+        raw.interval_minutes,
+        60,
+        1,
+        1440,
+    );
+    RetentionConfig {
+        keep: Duration::from_secs(u64::from(days) * 86_400),
+        interval: Duration::from_secs(u64::from(minutes) * 60),
+    }
 }
 
 fn logging(c: &mut Checker, raw: RawLogging) -> LoggingConfig {

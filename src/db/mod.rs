@@ -37,8 +37,10 @@ pub(crate) fn sqlite_placeholders(sql: &str) -> String {
 pub mod changes;
 pub mod integrity;
 pub mod lookup;
+pub mod journal;
 pub mod mail;
 pub mod queue;
+pub mod retention;
 pub mod rows;
 pub mod state;
 pub mod write;

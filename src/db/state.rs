@@ -70,6 +70,46 @@ pub struct Conflict {
     pub winner: Winner,
 }
 
+/// What each side held and what was kept, for the conflict log: JSON objects field -> value
+/// (the value as the field model writes it; `null` for an empty field). Default: nothing
+/// recorded, as for conflicts logged before the values were kept.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ConflictValues {
+    /// The CRM's values of the conflicting fields.
+    pub crm: serde_json::Map<String, serde_json::Value>,
+    /// Exchange's values of the conflicting fields.
+    pub exchange: serde_json::Map<String, serde_json::Value>,
+    /// The values written to both sides after the merge.
+    pub merged: serde_json::Map<String, serde_json::Value>,
+}
+
+impl ConflictValues {
+    /// The values of `fields` taken from three field maps (JSON objects, e.g. the canonical
+    /// field values of each side and of the merge result); fields missing from a map are
+    /// recorded as `null`, anything that is not an object records nothing for that side.
+    pub fn of(
+        fields: &[String],
+        crm: &serde_json::Value,
+        exchange: &serde_json::Value,
+        merged: &serde_json::Value,
+    ) -> Self {
+        let pick = |side: &serde_json::Value| -> serde_json::Map<String, serde_json::Value> {
+            match side.as_object() {
+                Some(map) => fields
+                    .iter()
+                    .map(|f| (f.clone(), map.get(f).cloned().unwrap_or_default()))
+                    .collect(),
+                None => serde_json::Map::new(),
+            }
+        };
+        ConflictValues {
+            crm: pick(crm),
+            exchange: pick(exchange),
+            merged: pick(merged),
+        }
+    }
+}
+
 /// An item that failed to sync.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
@@ -364,9 +404,28 @@ impl Db {
         )
     }
 
-    /// Records a conflict.
+    /// Records a conflict (without the values; see [`Db::log_conflict_values`]).
     pub async fn log_conflict(&self, c: &Conflict) -> Result<(), DbError> {
-        let sql = "INSERT INTO ms_conflicts (mailbox, crm_table, crm_id, ews_item_id, fields, winner) VALUES ($1, $2, $3, $4, $5, $6)";
+        self.log_conflict_values(c, &ConflictValues::default())
+            .await
+    }
+
+    /// Records a conflict with both sides' values and the merged result.
+    pub async fn log_conflict_values(
+        &self,
+        c: &Conflict,
+        values: &ConflictValues,
+    ) -> Result<(), DbError> {
+        let sql = "INSERT INTO ms_conflicts (mailbox, crm_table, crm_id, ews_item_id, fields, winner, crm_values, ews_values, merged) \
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+        let object = |m: &serde_json::Map<String, serde_json::Value>| {
+            serde_json::Value::Object(m.clone()).to_string()
+        };
+        let (crm_values, ews_values, merged) = (
+            object(&values.crm),
+            object(&values.exchange),
+            object(&values.merged),
+        );
         let fields = serde_json::Value::from(c.fields.clone()).to_string();
         let winner = match c.winner {
             Winner::Crm => "crm",
@@ -382,7 +441,10 @@ impl Db {
                 .bind(c.crm_id)
                 .bind(&c.ews_item_id)
                 .bind(&fields)
-                .bind(winner),
+                .bind(winner)
+                .bind(&crm_values)
+                .bind(&ews_values)
+                .bind(&merged),
             execute,
             |_r| ()
         )
