@@ -36,8 +36,8 @@ pub(crate) fn sqlite_placeholders(sql: &str) -> String {
 
 pub mod changes;
 pub mod integrity;
-pub mod lookup;
 pub mod journal;
+pub mod lookup;
 pub mod mail;
 pub mod queue;
 pub mod retention;

@@ -167,7 +167,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     println!("initial sync, CRM to Exchange:");
     let started = Instant::now();
     for m in &cfg.mailboxes {
-        let summary = service::initial_sync(cfg.clone(), &m.smtp, Direction::CrmToExchange, false).await?;
+        let summary =
+            service::initial_sync(cfg.clone(), &m.smtp, Direction::CrmToExchange, false).await?;
         print!("{summary}");
     }
     println!(

@@ -359,10 +359,12 @@ impl Inner {
                         .unwrap_or_default()
                 )))
             }
-            _ => return Err(SyncError::Failed(format!(
+            _ => {
+                return Err(SyncError::Failed(format!(
                 "personnel number {:?} exists in several tenants; configure the mailbox's tenant",
                 setup.operator
-            ))),
+            )))
+            }
         };
         self.owners.write().insert(setup.smtp.clone(), owner);
         Ok(owner)
