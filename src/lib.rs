@@ -15,6 +15,7 @@ pub mod environment;
 pub mod logging;
 pub mod maintenance;
 pub mod metrics;
+pub mod oneshot;
 pub mod rrule;
 pub mod sdnotify;
 pub mod secret;

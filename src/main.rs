@@ -86,11 +86,43 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
         /// The mailbox's SMTP address.
+        #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+        mailbox: Option<String>,
+        /// Every configured mailbox, one after the other, with progress.
         #[arg(long)]
-        mailbox: String,
-        /// Which side to start from.
+        all: bool,
+        /// Which side to start from (default: the mailbox's `initial_sync`; with --all a
+        /// mailbox configured `none` is skipped).
         #[arg(long, value_parser = ["crm-to-exchange", "exchange-to-crm"])]
-        direction: String,
+        direction: Option<String>,
+        /// Records whose first-contact match is ambiguous (several candidates) are synced as
+        /// separate records instead of being left alone.
+        #[arg(long)]
+        sync_ambiguous: bool,
+    },
+    /// What the initial sync (or, for a mailbox that already syncs, a full resync) would do,
+    /// per mailbox and area: creates, links and what they matched on, updates, deletes (and
+    /// which the breaker would hold), conflicts, ambiguous matches, and an estimate of the EWS
+    /// requests and the time. Sends read operations only and writes nothing.
+    Plan {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only these mailboxes (repeatable; default and with --all: every configured one).
+        #[arg(long)]
+        mailbox: Vec<String>,
+        /// Every configured mailbox.
+        #[arg(long, conflicts_with = "mailbox")]
+        all: bool,
+        /// The direction to plan for (default: each mailbox's `initial_sync`).
+        #[arg(long, value_parser = ["crm-to-exchange", "exchange-to-crm"])]
+        direction: Option<String>,
+        /// The plan as JSON.
+        #[arg(long)]
+        json: bool,
+        /// List the items, not only the counts.
+        #[arg(long)]
+        items: bool,
     },
     /// Check everything a mailbox needs: the operator in the CRM, Autodiscover,
     /// authentication, impersonation, each enabled folder; exit 1 when a check failed.
@@ -206,8 +238,23 @@ fn main() -> ExitCode {
         Command::InitialSync {
             config: path,
             mailbox,
+            all: _,
             direction,
-        } => initial_sync(&path, &mailbox, &direction),
+            sync_ambiguous,
+        } => initial_sync(
+            &path,
+            mailbox.as_deref(),
+            direction.as_deref(),
+            sync_ambiguous,
+        ),
+        Command::Plan {
+            config: path,
+            mailbox,
+            all: _,
+            direction,
+            json,
+            items,
+        } => plan(&path, &mailbox, direction.as_deref(), json, items),
         Command::TestConnection {
             config: path,
             mailbox,
@@ -251,7 +298,19 @@ fn main() -> ExitCode {
     }
 }
 
-fn initial_sync(path: &std::path::Path, mailbox: &str, direction: &str) -> ExitCode {
+fn direction_of(d: Option<&str>) -> Option<mailsync::sync::engine::Direction> {
+    d.map(|d| match d {
+        "crm-to-exchange" => mailsync::sync::engine::Direction::CrmToExchange,
+        _ => mailsync::sync::engine::Direction::ExchangeToCrm,
+    })
+}
+
+fn initial_sync(
+    path: &std::path::Path,
+    mailbox: Option<&str>,
+    direction: Option<&str>,
+    sync_ambiguous: bool,
+) -> ExitCode {
     let cfg = match config::load(path, &ProcessEnv) {
         Ok(c) => c,
         Err(errors) => {
@@ -259,22 +318,87 @@ fn initial_sync(path: &std::path::Path, mailbox: &str, direction: &str) -> ExitC
             return ExitCode::from(2);
         }
     };
-    if cfg.mailbox(mailbox).is_none() {
-        eprintln!("error: mailbox {mailbox} is not in {}", path.display());
-        return ExitCode::from(2);
-    }
-    let direction = match direction {
-        "crm-to-exchange" => mailsync::sync::engine::Direction::CrmToExchange,
-        _ => mailsync::sync::engine::Direction::ExchangeToCrm,
+    let direction = direction_of(direction);
+    let job = match mailbox {
+        Some(m) => {
+            let Some(configured) = cfg.mailbox(m) else {
+                eprintln!("error: mailbox {m} is not in {}", path.display());
+                return ExitCode::from(2);
+            };
+            let direction = match (direction, configured.initial_sync) {
+                (Some(d), _) => d,
+                (None, config::InitialSync::CrmToExchange) => {
+                    mailsync::sync::engine::Direction::CrmToExchange
+                }
+                (None, config::InitialSync::ExchangeToCrm) => {
+                    mailsync::sync::engine::Direction::ExchangeToCrm
+                }
+                (None, config::InitialSync::None) => {
+                    eprintln!(
+                        "error: {m} is configured with initial_sync = \"none\"; give --direction"
+                    );
+                    return ExitCode::from(2);
+                }
+            };
+            let m = m.to_owned();
+            Box::pin(async move {
+                mailsync::oneshot::initial_sync(cfg, &m, direction, sync_ambiguous).await
+            })
+                as std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<String>>>>
+        }
+        None => Box::pin(mailsync::oneshot::initial_sync_all(
+            cfg,
+            direction,
+            sync_ambiguous,
+        )),
     };
     let Some(runtime) = runtime(true) else {
         return ExitCode::FAILURE;
     };
-    match runtime.block_on(mailsync::service::initial_sync(
-        cfg, mailbox, direction, false,
-    )) {
+    match runtime.block_on(job) {
         Ok(summary) => {
             print!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn plan(
+    path: &std::path::Path,
+    mailboxes: &[String],
+    direction: Option<&str>,
+    json: bool,
+    items: bool,
+) -> ExitCode {
+    let cfg = match config::load(path, &ProcessEnv) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::from(2);
+        }
+    };
+    for m in mailboxes {
+        if cfg.mailbox(m).is_none() {
+            eprintln!("error: mailbox {m} is not in {}", path.display());
+            return ExitCode::from(2);
+        }
+    }
+    let Some(runtime) = runtime(false) else {
+        return ExitCode::FAILURE;
+    };
+    match runtime.block_on(mailsync::oneshot::plan(
+        cfg,
+        mailboxes,
+        direction_of(direction),
+        items,
+        json,
+    )) {
+        Ok(out) => {
+            print!("{out}");
             ExitCode::SUCCESS
         }
         Err(e) => {

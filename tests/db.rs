@@ -426,7 +426,7 @@ fn migrate_command_applies_then_reports_up_to_date() {
         "{out}"
     );
     assert!(
-        out.contains("up to date (3 migrations applied before)"),
+        out.contains("up to date (4 migrations applied before)"),
         "{out}"
     );
 

@@ -1476,6 +1476,14 @@ async fn api_add_mailbox(sim: web::Data<Arc<Sim>>, body: web::Json<UserSpec>) ->
     HttpResponse::Created().json(serde_json::json!({ "smtp": body.smtp.to_ascii_lowercase() }))
 }
 
+async fn api_recreate_mailbox(sim: web::Data<Arc<Sim>>, path: web::Path<String>) -> HttpResponse {
+    if sim.store.recreate_mailbox(&path) {
+        HttpResponse::Ok().json(serde_json::json!({ "recreated": path.to_ascii_lowercase() }))
+    } else {
+        HttpResponse::NotFound().json(serde_json::json!({ "error": format!("no mailbox {path}") }))
+    }
+}
+
 async fn api_add_fault(sim: web::Data<Arc<Sim>>, body: web::Json<FaultRule>) -> HttpResponse {
     sim.faults.lock().push(body.into_inner());
     HttpResponse::Created().finish()
@@ -1640,6 +1648,10 @@ fn routes(cfg: &mut web::ServiceConfig) {
         .route("/sim/stats", web::get().to(api_stats))
         .route("/sim/stats", web::delete().to(api_reset_stats))
         .route("/sim/mailboxes", web::post().to(api_add_mailbox))
+        .route(
+            "/sim/mailboxes/{smtp}/recreate",
+            web::post().to(api_recreate_mailbox),
+        )
         .route(
             "/sim/mailboxes/{smtp}/items",
             web::post().to(api_create_item),

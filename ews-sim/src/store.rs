@@ -1187,6 +1187,21 @@ impl Store {
         m
     }
 
+    /// Replaces a mailbox with a new, empty one of the same address (an administrator who
+    /// deleted and re-created it): every folder and item id is new, every sync state foreign.
+    /// Returns false when there is no such mailbox.
+    pub fn recreate_mailbox(&self, smtp: &str) -> bool {
+        let smtp = smtp.to_ascii_lowercase();
+        let Some(old) = self.mailbox(&smtp) else {
+            return false;
+        };
+        let display_name = old.lock().display_name.clone();
+        let index = self.next_index.fetch_add(1, Ordering::Relaxed);
+        let fresh = Arc::new(Mutex::new(Mailbox::new(index, &smtp, &display_name)));
+        self.mailboxes.write().insert(smtp, fresh);
+        true
+    }
+
     /// A mailbox by address.
     pub fn mailbox(&self, smtp: &str) -> Option<Arc<Mutex<Mailbox>>> {
         self.mailboxes

@@ -1389,6 +1389,17 @@ impl Item {
         }
     }
 
+    /// The folder the item is in, when the shape asked for `item:ParentFolderId`.
+    pub fn parent(&self) -> Option<&ItemId> {
+        match self {
+            Item::Contact(c) => c.parent.as_ref(),
+            Item::CalendarItem(c) => c.parent.as_ref(),
+            Item::Task(t) => t.parent.as_ref(),
+            Item::Message(m) => m.parent.as_ref(),
+            Item::Other { .. } => None,
+        }
+    }
+
     /// The item's extended properties.
     pub fn extended(&self) -> &[ExtendedProperty] {
         match self {

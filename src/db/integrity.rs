@@ -145,6 +145,19 @@ const HELD_COLUMNS: &str =
     "mailbox, crm_table, scope, side, crm_id, ews_item_id, title, decision FROM ms_held";
 
 impl Db {
+    /// Whether mailsync's state tables exist here (the state store was migrated).
+    pub async fn has_state_tables(&self) -> bool {
+        on_db!(
+            self,
+            "SELECT COUNT(*) FROM ms_item_map WHERE 1 = 0",
+            "probing the state store",
+            |x| x,
+            fetch_one,
+            |_r| ()
+        )
+        .is_ok()
+    }
+
     /// Stores a folder's new sync state and, in the same transaction, marks the mappings of
     /// the items that state covers as verified (`ews_ids`: what the reads since the previous
     /// state reported). A crash between the two cannot leave a covered item unverified

@@ -83,12 +83,21 @@ pub(crate) fn counts(c: &BTreeMap<(Dir, Action), u64>) -> BTreeMap<(String, Stri
 impl ItemStep<'_> {
     /// Reads a folder's whole listing (ids only), page by page; returns the last page (its
     /// state covers everything) with every reported id.
-    async fn list_all(&mut self, shared: bool) -> Result<Page, SyncError> {
+    pub(crate) async fn list_all(&mut self, shared: bool) -> Result<Page, SyncError> {
         let folder = self.folder_state(shared).await?;
+        self.list_folder(shared, &folder).await
+    }
+
+    /// [`ItemStep::list_all`] of a given folder.
+    pub(crate) async fn list_folder(
+        &mut self,
+        shared: bool,
+        folder: &crate::db::state::FolderState,
+    ) -> Result<Page, SyncError> {
         let mut all = Page::default();
         let mut from = None;
         loop {
-            let page = self.read_page(shared, &folder, from.take(), false).await?;
+            let page = self.read_page(shared, folder, from.take(), false).await?;
             all.reported.extend(page.reported);
             all.next = page.next;
             if page.complete {
@@ -171,6 +180,7 @@ impl ItemStep<'_> {
         self.seen += seen.len() as u64 + crm_ids.len() as u64;
         progress(seen.len() as u64, total);
         let mut ctx = Context::default();
+        let open = self.unverified_open(shared, &page.reported).await?;
         let mut pairs = self.assemble(seen, &[], &crm_ids, &mut ctx).await?;
         self.match_first_contact(&mut pairs, &ctx, separate).await?;
         let done = pairs.len() as u64;
@@ -183,7 +193,7 @@ impl ItemStep<'_> {
                 .await
                 .map_err(db_error)?;
         }
-        self.check_unverified(shared).await?;
+        self.check_unverified(shared, open).await?;
         self.stamp_waiting(true).await?;
         Ok(())
     }
@@ -203,7 +213,7 @@ impl ItemStep<'_> {
 
     /// Links unpaired records of both sides by what they have in common; records with
     /// several candidates are taken out (and recorded) unless `separate`.
-    async fn match_first_contact(
+    pub(crate) async fn match_first_contact(
         &mut self,
         pairs: &mut Vec<Pair>,
         ctx: &Context,
@@ -348,6 +358,9 @@ impl ItemStep<'_> {
     }
 
     async fn record_ambiguous(&mut self, all: Vec<Ambiguous>) -> Result<(), SyncError> {
+        if self.dry_run {
+            return Ok(());
+        }
         if all.is_empty() && self.area != Area::Mail {
             // Nothing (left) ambiguous: forget earlier reports.
             return self

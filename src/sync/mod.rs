@@ -15,6 +15,7 @@
 pub mod breaker;
 pub mod converge;
 pub mod core;
+pub mod dryrun;
 pub mod engine;
 pub mod events;
 pub mod feed;

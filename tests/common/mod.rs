@@ -2,6 +2,8 @@
 //! and the tenant/operators most tests start from.
 #![allow(dead_code)]
 
+pub mod rig;
+
 use ews_sim::server::Running;
 use mailsync::db::Db;
 

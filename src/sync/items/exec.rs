@@ -163,6 +163,13 @@ impl ItemStep<'_> {
         again: bool,
         breaker: bool,
     ) -> Result<HashSet<i64>, SyncError> {
+        tracing::debug!(
+            mailbox = self.smtp(),
+            table = self.table,
+            decisions = decisions.len(),
+            deletes = decisions.iter().filter(|d| d.delete().is_some()).count(),
+            "carrying out a plan"
+        );
         let decisions = if breaker {
             self.hold(decisions).await?
         } else {
@@ -756,6 +763,19 @@ impl ItemStep<'_> {
     }
 
     async fn crm_writes(&mut self, slots: &mut [Slot], ctx: &Context) -> Result<(), SyncError> {
+        // Pairs whose row comes back (restored, or recreated because Exchange leads) lose
+        // their old mapping first, all of them before any insert: a database that reuses ids
+        // may give a new row the id another pair of this batch is leaving.
+        let leaving: Vec<i64> = slots
+            .iter()
+            .filter(|s| !s.stop && matches!(s.d.crm, Some(CrmWrite::Insert { .. })))
+            .filter_map(|s| s.d.base.as_ref().map(|b| b.crm_id))
+            .collect();
+        self.engine
+            .state
+            .delete_mappings(self.smtp(), self.table, &leaving)
+            .await
+            .map_err(db_error)?;
         for s in slots.iter_mut().filter(|s| !s.stop) {
             let Some(write) = s.d.crm.clone() else {
                 continue;
@@ -918,7 +938,9 @@ impl ItemStep<'_> {
                     }
                 }
                 MapOp::Put { .. } => {
-                    if let Some(b) = &s.d.base {
+                    // (An inserted row's old mapping went before the insert: a database that
+                    // reuses ids may give the new row an id another pair just left.)
+                    if let (Some(b), None) = (&s.d.base, &s.d.crm) {
                         let new_id = s.crm.map(|(id, _)| id).or(s.d.crm_id);
                         if new_id != Some(b.crm_id) && ctx.maps.contains_key(&b.crm_id) {
                             drop_ids.push(b.crm_id);

@@ -133,6 +133,11 @@ pub(crate) struct ItemStep<'a> {
     /// The step listed the whole folder: every stamped item is known, no stamp search is
     /// needed before creating.
     pub listed_all: bool,
+    /// `mailsync plan`: nothing is written anywhere (failures and ambiguous matches are
+    /// collected here instead of recorded).
+    pub dry_run: bool,
+    /// What a dry run would have parked: (crm id, Exchange id, reason).
+    pub would_park: Vec<(i64, String, String)>,
 }
 
 impl<'a> ItemStep<'a> {
@@ -166,6 +171,8 @@ impl<'a> ItemStep<'a> {
             parked: Default::default(),
             retried: Vec::new(),
             listed_all: false,
+            dry_run: false,
+            would_park: Vec::new(),
         }
     }
 

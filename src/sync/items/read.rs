@@ -425,8 +425,35 @@ impl ItemStep<'_> {
         }
         // The CRM side of every pair that has a row.
         let mut out = Vec::with_capacity(pairs.len() + loose.len());
+        let mut loose = loose;
         for (crm_id, mut p) in pairs {
             p.crm = match ctx.rows.get(&crm_id) {
+                // A row whose version is below the one recorded is not the mapped row: its id
+                // was reused after the mapped row was deleted. The pair's row is gone; the new
+                // row is a record of its own.
+                Some(row)
+                    if p.base
+                        .as_ref()
+                        .and_then(|b| b.crm_version)
+                        .is_some_and(|v| crate::db::rows::version_of(row) < v) =>
+                {
+                    tracing::info!(
+                        mailbox = self.smtp(),
+                        table = self.table,
+                        crm_id,
+                        "a new row took the id of a deleted one"
+                    );
+                    if let Ok(obs) = self.crm_obs(row) {
+                        loose.push(Pair {
+                            base: None,
+                            crm: Side::Here(obs),
+                            ews: Side::Unseen,
+                            link: None,
+                            held: false,
+                        });
+                    }
+                    Side::Gone
+                }
                 Some(row) => match self.crm_obs(row) {
                     Ok(obs) => Side::Here(obs),
                     Err(e) => {
@@ -500,6 +527,13 @@ impl ItemStep<'_> {
             self.seen += ctx.queued.len() as u64;
             more |= ctx.queued.len() as i64 == QUEUE_BATCH;
         }
+        // What a complete read did not report of the mappings written after the stored state
+        // (taken now: what this step writes is not covered by the state it stores).
+        let open = if pull && page.complete {
+            self.unverified_open(shared, &page.reported).await?
+        } else {
+            Vec::new()
+        };
         let queued: Vec<i64> = ctx.queued.iter().map(|(id, _)| *id).collect();
         let seen = std::mem::take(&mut page.seen);
         let pairs = self.assemble(seen, &page.gone, &queued, &mut ctx).await?;
@@ -510,9 +544,7 @@ impl ItemStep<'_> {
                 .store_state_verifying(self.smtp(), self.folder_key(shared), &next, &page.reported)
                 .await
                 .map_err(db_error)?;
-            if page.complete {
-                self.check_unverified(shared).await?;
-            }
+            self.check_unverified(shared, open).await?;
         }
         if !ctx.queued.is_empty() {
             let done: Vec<(i64, i64)> = ctx
@@ -547,22 +579,42 @@ impl ItemStep<'_> {
         state.put_mappings(&all).await.map_err(db_error)
     }
 
-    /// After a complete read: the folder's mappings no stored state covers yet were not
-    /// reported by it (a read from an older state nets "created, then deleted" into
-    /// nothing). Each is looked up: found, it is verified; gone, it is a delete like any other.
-    pub(crate) async fn check_unverified(&mut self, shared: bool) -> Result<(), SyncError> {
-        let open: Vec<ItemMapping> = self
+    /// The folder's mappings no stored state covers yet that a complete read did not report.
+    pub(crate) async fn unverified_open(
+        &self,
+        shared: bool,
+        reported: &[String],
+    ) -> Result<Vec<ItemMapping>, SyncError> {
+        let reported: HashSet<&String> = reported.iter().collect();
+        Ok(self
             .engine
             .state
             .unverified_of(self.smtp(), self.table)
             .await
             .map_err(db_error)?
             .into_iter()
-            .filter(|m| to_base(m).shared == shared)
-            .collect();
+            .filter(|m| to_base(m).shared == shared && !reported.contains(&m.ews_item_id))
+            .collect())
+    }
+
+    /// After a complete read: the folder's mappings no stored state covers yet were not
+    /// reported by it (a read from an older state nets "created, then deleted" into
+    /// nothing). Each is looked up: found, it is verified; gone, it is a delete like any other.
+    pub(crate) async fn check_unverified(
+        &mut self,
+        shared: bool,
+        open: Vec<ItemMapping>,
+    ) -> Result<(), SyncError> {
         if open.is_empty() {
             return Ok(());
         }
+        tracing::debug!(
+            mailbox = self.smtp(),
+            table = self.table,
+            open = open.len(),
+            "checking items a read did not report"
+        );
+        let folder = self.folder_state(shared).await?.ews_folder_id;
         let mut found = Vec::new();
         let mut gone = Vec::new();
         for chunk in open.chunks(ITEM_BATCH) {
@@ -574,14 +626,39 @@ impl ItemStep<'_> {
                         change_key: None,
                     })
                     .collect(),
-                shape: Shape::id_only(),
+                shape: Shape {
+                    base: ews::types::BaseShape::IdOnly,
+                    additional: vec![ews::types::PropertyPath::Field(
+                        "item:ParentFolderId".into(),
+                    )],
+                },
             };
             let answers = self.engine.call(self.setup, self.ctx, &get).await?;
             for (m, a) in chunk.iter().zip(answers) {
+                // An id the mailbox refuses on its own (while the folder itself reads fine)
+                // is not this mailbox's item: one of a mailbox deleted and recreated.
+                let a = match a {
+                    Err(ews::Error::Denied { code, .. }) => Err(ews::Error::NotFound(code)),
+                    other => other,
+                };
                 match ItemOutcome::from_read(a)? {
                     ItemOutcome::Gone => gone.push(m.ews_item_id.clone()),
+                    // Moved out of the folder (Outlook's "Delete" moves to Deleted Items):
+                    // gone from here.
+                    ItemOutcome::Written(item)
+                        if item
+                            .parent()
+                            .is_some_and(|p| Some(&p.id) != folder.as_ref()) =>
+                    {
+                        gone.push(m.ews_item_id.clone())
+                    }
                     ItemOutcome::Written(_) => found.push(m.ews_item_id.clone()),
-                    _ => {}
+                    other => tracing::debug!(
+                        mailbox = self.smtp(),
+                        ews_id = m.ews_item_id,
+                        ?other,
+                        "an unverified item could not be checked; it stays unverified"
+                    ),
                 }
             }
         }
