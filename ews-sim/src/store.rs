@@ -1123,6 +1123,8 @@ pub fn decode_ck(s: &str) -> Option<u64> {
 /// The whole store: mailboxes by address.
 pub struct Store {
     mailboxes: RwLock<HashMap<String, Arc<Mutex<Mailbox>>>>,
+    /// Mailbox index (encoded in every item and folder id) to address.
+    addresses: RwLock<HashMap<u64, String>>,
     next_index: AtomicU64,
     /// Key of the sync-state checksums (per simulator instance).
     secret: u64,
@@ -1135,6 +1137,7 @@ impl Store {
     pub fn new(secret: u64) -> Store {
         Store {
             mailboxes: RwLock::new(HashMap::new()),
+            addresses: RwLock::new(HashMap::new()),
             next_index: AtomicU64::new(1),
             secret,
             subscriptions: crate::streaming::Hub::default(),
@@ -1149,8 +1152,14 @@ impl Store {
         }
         let index = self.next_index.fetch_add(1, Ordering::Relaxed);
         let m = Arc::new(Mutex::new(Mailbox::new(index, &smtp, display_name)));
+        self.addresses.write().insert(index, smtp.clone());
         self.mailboxes.write().insert(smtp, m.clone());
         m
+    }
+
+    /// The address of the mailbox with this index (the one encoded in its ids).
+    pub fn address_of(&self, index: u64) -> Option<String> {
+        self.addresses.read().get(&index).cloned()
     }
 
     /// A mailbox by address.
