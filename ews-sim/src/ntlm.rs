@@ -56,7 +56,7 @@ fn field(b: &[u8], at: usize) -> Option<&[u8]> {
 
 fn text(bytes: &[u8], unicode: bool) -> Option<String> {
     if unicode {
-        if bytes.len() % 2 != 0 {
+        if !bytes.len().is_multiple_of(2) {
             return None;
         }
         let units: Vec<u16> = bytes

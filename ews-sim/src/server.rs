@@ -588,13 +588,39 @@ fn unauthorized(profile: Profile) -> HttpResponse {
     r.finish()
 }
 
-/// Who is calling: an account, or an app-only token; or the 401 to answer (no or wrong
+/// Why a request gets a 401.
+#[derive(Debug)]
+enum Refusal {
+    /// No or wrong credentials.
+    Unauthorized(Profile),
+    /// The NTLM challenge (a Challenge message) of a handshake in progress.
+    Challenge(Vec<u8>),
+}
+
+impl Refusal {
+    fn response(self) -> HttpResponse {
+        match self {
+            Refusal::Unauthorized(profile) => unauthorized(profile),
+            Refusal::Challenge(msg) => HttpResponse::Unauthorized()
+                .insert_header((
+                    "WWW-Authenticate",
+                    format!(
+                        "NTLM {}",
+                        base64::engine::general_purpose::STANDARD.encode(msg)
+                    ),
+                ))
+                .finish(),
+        }
+    }
+}
+
+/// Who is calling: an account, or an app-only token; or why it gets a 401 (no or wrong
 /// credentials, or the NTLM challenge of a handshake in progress).
-fn authenticate(sim: &Sim, req: &HttpRequest) -> Result<Account, HttpResponse> {
+fn authenticate(sim: &Sim, req: &HttpRequest) -> Result<Account, Refusal> {
     let profile = sim.config.lock().profile;
     let refuse = || {
         sim.stats.lock().unauthorized += 1;
-        Err(unauthorized(profile))
+        Err(Refusal::Unauthorized(profile))
     };
     let conn = req.conn_data::<ConnId>().copied();
     let Some(h) = req
@@ -672,16 +698,9 @@ fn authenticate(sim: &Sim, req: &HttpRequest) -> Result<Account, HttpResponse> {
                     *b = (sim.random() * 256.0) as u8;
                 }
                 states.insert(conn, NtlmConn::Challenged(challenge, Instant::now()));
-                let msg = crate::ntlm::challenge_message(challenge, "EXAMPLE");
-                return Err(HttpResponse::Unauthorized()
-                    .insert_header((
-                        "WWW-Authenticate",
-                        format!(
-                            "NTLM {}",
-                            base64::engine::general_purpose::STANDARD.encode(msg)
-                        ),
-                    ))
-                    .finish());
+                return Err(Refusal::Challenge(crate::ntlm::challenge_message(
+                    challenge, "EXAMPLE",
+                )));
             }
             Some(crate::ntlm::Message::Authenticate(auth)) => {
                 let challenge = match states.remove(&conn) {
@@ -753,7 +772,7 @@ async fn ews(sim: web::Data<Arc<Sim>>, req: HttpRequest, body: Bytes) -> HttpRes
     let cfg = sim.config.lock().clone();
     let account = match authenticate(&sim, &req) {
         Ok(a) => a,
-        Err(refusal) => return refusal,
+        Err(refusal) => return refusal.response(),
     };
     let doc = match xml::parse(&body) {
         Ok(d) => d,
@@ -1162,7 +1181,7 @@ fn host_base(req: &HttpRequest) -> String {
 /// POX Autodiscover.
 async fn autodiscover_xml(sim: web::Data<Arc<Sim>>, req: HttpRequest, body: Bytes) -> HttpResponse {
     if let Err(refusal) = authenticate(&sim, &req) {
-        return refusal;
+        return refusal.response();
     }
     let email = xml::parse(&body).ok().and_then(|d| {
         d.get("Request")
@@ -1191,7 +1210,7 @@ async fn autodiscover_xml(sim: web::Data<Arc<Sim>>, req: HttpRequest, body: Byte
 /// SOAP Autodiscover: GetUserSettings.
 async fn autodiscover_svc(sim: web::Data<Arc<Sim>>, req: HttpRequest, body: Bytes) -> HttpResponse {
     if let Err(refusal) = authenticate(&sim, &req) {
-        return refusal;
+        return refusal.response();
     }
     let Ok(doc) = xml::parse(&body) else {
         return xml_response(

@@ -286,7 +286,7 @@ impl Autodiscover {
             .unwrap_or_default()
             .trim_end_matches('.')
             .to_ascii_lowercase();
-        let allowed = scope.named_hosts.iter().any(|h| *h == host)
+        let allowed = scope.named_hosts.contains(&host)
             || scope.domains.iter().any(|d| host_in_domain(&host, d))
             || self
                 .allowed_hosts
