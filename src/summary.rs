@@ -31,11 +31,18 @@ pub fn render(cfg: &Config) -> String {
         let n = cfg.mailboxes.iter().filter(|m| m.server == s.name).count();
         let endpoint = match &s.endpoint {
             Endpoint::Url(u) => u.to_string(),
-            Endpoint::Autodiscover { domain: Some(d) } => format!("autodiscover ({d})"),
-            Endpoint::Autodiscover { domain: None } => "autodiscover (mailbox domain)".to_string(),
+            Endpoint::Autodiscover { url: Some(u), .. } => format!("autodiscover at {u}"),
+            Endpoint::Autodiscover {
+                domain: Some(d), ..
+            } => format!("autodiscover ({d})"),
+            Endpoint::Autodiscover { domain: None, .. } => {
+                "autodiscover (mailbox domain)".to_string()
+            }
         };
         let access = if s.impersonation() {
             "impersonation"
+        } else if s.service_account.is_some() {
+            "delegate (full access)"
         } else {
             "mailbox credentials"
         };

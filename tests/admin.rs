@@ -94,7 +94,7 @@ impl Rig {
         let state = AdminState {
             handle: handle.clone(),
             telemetry,
-            token: token.map(SecretString::new),
+            token: admin::AdminToken::new(token.map(SecretString::new)),
             reload,
         };
         let server = admin::start("127.0.0.1:0".parse().unwrap(), state).unwrap();
