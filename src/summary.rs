@@ -177,5 +177,16 @@ initial_sync = "exchange-to-crm"
             "{s}"
         );
         assert!(!s.contains("pw-not-shown") && !s.contains("db-pw"), "{s}");
+
+        // Delegate access and a hand-set Autodiscover endpoint are named as such.
+        let delegate = text
+            .replace(
+                "ews_url = \"https://mail.example.com/EWS/Exchange.asmx\"",
+                "autodiscover = true\nautodiscover_url = \"https://ad.example.com/autodiscover/autodiscover.svc\"",
+            )
+            .replace("auth = \"basic\"", "auth = \"basic\"\naccess = \"delegate\"");
+        let cfg = crate::config::parse(&delegate, &env).unwrap();
+        let s = super::render(&cfg);
+        assert!(s.contains("  ex1: autodiscover at https://ad.example.com/autodiscover/autodiscover.svc, auth basic, delegate (full access), Exchange2010_SP2, 2 mailboxes\n"), "{s}");
     }
 }

@@ -329,6 +329,9 @@ struct Stats {
     throttled: u64,
     faults_injected: u64,
     unauthorized: u64,
+    /// NTLM challenges sent: one per handshake (a client that reuses its authenticated
+    /// connections needs few).
+    ntlm_handshakes: u64,
 }
 
 /// Shared state of a running simulator.
@@ -698,6 +701,7 @@ fn authenticate(sim: &Sim, req: &HttpRequest) -> Result<Account, Refusal> {
                     *b = (sim.random() * 256.0) as u8;
                 }
                 states.insert(conn, NtlmConn::Challenged(challenge, Instant::now()));
+                sim.stats.lock().ntlm_handshakes += 1;
                 return Err(Refusal::Challenge(crate::ntlm::challenge_message(
                     challenge, "EXAMPLE",
                 )));
@@ -1771,6 +1775,7 @@ async fn api_stats(sim: web::Data<Arc<Sim>>) -> HttpResponse {
         "throttled": s.throttled,
         "faults_injected": s.faults_injected,
         "unauthorized": s.unauthorized,
+        "ntlm_handshakes": s.ntlm_handshakes,
         "open_streams": sim.open_streams.load(Ordering::Relaxed),
         "subscriptions": sim.store.subscriptions.len(),
         "mailboxes": sim.store.len(),

@@ -240,7 +240,6 @@ impl Autodiscover {
             options.ca_pem.as_deref(),
             &options.resolve,
             Some(std::time::Duration::from_secs(30)),
-            false,
         )?;
         Ok(Autodiscover {
             http,
@@ -511,20 +510,20 @@ impl Autodiscover {
         let resp = match &self.auth {
             Auth::Ntlm { username, password } => {
                 // NTLM authenticates a connection: the handshake and the request share one.
-                let http = crate::client::build_http(
-                    self.ca_pem.as_deref(),
-                    &self.resolve,
-                    Some(std::time::Duration::from_secs(30)),
-                    true,
-                )?;
-                let post = |auth: String| {
-                    http.post(url.clone())
-                        .headers(headers.clone())
-                        .header(AUTHORIZATION, auth)
-                        .body(body.clone())
-                        .send()
-                };
-                crate::client::ntlm_handshake(username, password, post).await?
+                let mut conn = crate::connection::Connection::open(&crate::connection::Target {
+                    url: url.clone(),
+                    ca_pem: self.ca_pem.clone(),
+                    resolve: self.resolve.clone(),
+                })
+                .await?;
+                tokio::time::timeout(
+                    std::time::Duration::from_secs(30),
+                    crate::client::ntlm_handshake(
+                        username, password, &mut conn, url, &headers, &body,
+                    ),
+                )
+                .await
+                .map_err(|_| Error::Transient("autodiscover request timed out".into()))??
             }
             other => {
                 match other {

@@ -16,6 +16,7 @@ use futures_util::StreamExt;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, COOKIE, SET_COOKIE};
 use reqwest::StatusCode;
 
+use crate::connection::Connection;
 use crate::ops::{GetStreamingEvents, Operation};
 use crate::soap::{self, Headers, ServerVersionInfo};
 use crate::streaming::{StreamEvent, StreamParser};
@@ -209,16 +210,17 @@ pub struct Client {
     http: reqwest::Client,
     streaming_http: reqwest::Client,
     cfg: Arc<ClientConfig>,
-    /// NTLM authenticates a connection, not a request: each slot is a client with a single
-    /// keep-alive connection, used by one request at a time.
+    /// NTLM authenticates a connection, not a request: each slot holds one connection
+    /// (crate::connection, never pooled), used by one request at a time.
     ntlm_slots: Arc<Vec<tokio::sync::Mutex<NtlmSlot>>>,
     next_slot: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// One NTLM connection.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct NtlmSlot {
-    http: reqwest::Client,
+    /// The connection, once opened (again after the server closed it).
+    conn: Option<Connection>,
     /// The connection has completed a handshake (the server may still ask again).
     authenticated: bool,
 }
@@ -238,21 +240,14 @@ impl Client {
         }
         let ntlm_slots = if matches!(cfg.auth, Auth::Ntlm { .. }) {
             (0..NTLM_CONNECTIONS)
-                .map(|_| {
-                    http_client(&cfg, Some(cfg.timeout), true).map(|http| {
-                        tokio::sync::Mutex::new(NtlmSlot {
-                            http,
-                            authenticated: false,
-                        })
-                    })
-                })
-                .collect::<Result<Vec<_>, Error>>()?
+                .map(|_| tokio::sync::Mutex::new(NtlmSlot::default()))
+                .collect()
         } else {
             Vec::new()
         };
         Ok(Client {
-            http: http_client(&cfg, Some(cfg.timeout), false)?,
-            streaming_http: http_client(&cfg, None, false)?,
+            http: http_client(&cfg, Some(cfg.timeout))?,
+            streaming_http: http_client(&cfg, None)?,
             cfg: Arc::new(cfg),
             ntlm_slots: Arc::new(ntlm_slots),
             next_slot: Arc::default(),
@@ -353,20 +348,16 @@ impl Client {
         body: Vec<u8>,
         streaming: bool,
     ) -> Result<reqwest::Response, Error> {
-        let post = |http: &reqwest::Client, auth: Option<String>| {
-            let mut req = http
-                .post(self.cfg.endpoint.clone())
-                .headers(headers.clone())
-                .body(body.clone());
-            if let Some(a) = auth {
-                req = req.header(AUTHORIZATION, a);
-            }
-            req.send()
+        let target = crate::connection::Target {
+            url: self.cfg.endpoint.clone(),
+            ca_pem: self.cfg.ca_pem.clone(),
+            resolve: self.cfg.resolve.clone(),
         };
+        let url = &self.cfg.endpoint;
         if streaming {
             // A stream holds its connection for minutes: it gets a connection of its own.
-            let http = http_client(&self.cfg, None, true)?;
-            return ntlm_handshake(username, password, |a| post(&http, Some(a))).await;
+            let mut conn = Connection::open(&target).await?;
+            return ntlm_handshake(username, password, &mut conn, url, &headers, &body).await;
         }
         // A free connection first (authenticated ones are found first as they are reused);
         // when all are busy, queue on one in turn.
@@ -380,17 +371,37 @@ impl Client {
                 self.ntlm_slots[n].lock().await
             }
         };
-        if slot.authenticated {
-            let resp = post(&slot.http, None).await.map_err(transport_error)?;
-            if resp.status() != StatusCode::UNAUTHORIZED {
-                return Ok(resp);
+        let slot = &mut *slot;
+        let exchange = async {
+            if slot.conn.as_ref().is_none_or(Connection::is_closed) {
+                slot.conn = Some(Connection::open(&target).await?);
+                slot.authenticated = false;
             }
+            let Some(conn) = slot.conn.as_mut() else {
+                return Err(Error::Request("no NTLM connection".into()));
+            };
+            if slot.authenticated {
+                let resp = conn.post(url, &headers, None, &body).await?;
+                if resp.status() != StatusCode::UNAUTHORIZED {
+                    return Ok(resp);
+                }
+                slot.authenticated = false;
+                // Drain the 401 so the connection can carry the handshake.
+                let _ = resp.bytes().await;
+            }
+            let resp = ntlm_handshake(username, password, conn, url, &headers, &body).await?;
+            slot.authenticated = true;
+            Ok(resp)
+        };
+        let result = tokio::time::timeout(self.cfg.timeout, exchange)
+            .await
+            .unwrap_or_else(|_| Err(Error::Transient("the request timed out".into())));
+        if result.is_err() {
+            // Whatever state the connection is in, the next request starts on a new one.
+            slot.conn = None;
             slot.authenticated = false;
         }
-        let http = slot.http.clone();
-        let resp = ntlm_handshake(username, password, |a| post(&http, Some(a))).await?;
-        slot.authenticated = resp.status() != StatusCode::UNAUTHORIZED;
-        Ok(resp)
+        result
     }
 
     /// Sends `op` for `target` and parses the answer.
@@ -432,7 +443,10 @@ impl Client {
         } else {
             (self.cfg.max_response_bytes, "response")
         };
-        let bytes = read_capped(resp, limit, what).await?;
+        // reqwest's timeout covers its own bodies; an NTLM connection's body needs this one.
+        let bytes = tokio::time::timeout(self.cfg.timeout, read_capped(resp, limit, what))
+            .await
+            .map_err(|_| Error::Transient("reading the answer timed out".into()))??;
         check_status(status, &bytes)?;
         let parsed = soap::parse_response(&bytes)?;
         if parsed.body.name != format!("{}Response", O::NAME) {
@@ -562,31 +576,23 @@ pub(crate) async fn read_capped(
 /// A reqwest client for `cfg`: rustls, the extra CA, timeouts. With `single` its requests
 /// share one keep-alive HTTP/1.1 connection, as NTLM needs (it authenticates the connection,
 /// so the handshake and the request must travel on the same one).
-fn http_client(
-    cfg: &ClientConfig,
-    timeout: Option<Duration>,
-    single: bool,
-) -> Result<reqwest::Client, Error> {
-    build_http(cfg.ca_pem.as_deref(), &cfg.resolve, timeout, single)
+fn http_client(cfg: &ClientConfig, timeout: Option<Duration>) -> Result<reqwest::Client, Error> {
+    build_http(cfg.ca_pem.as_deref(), &cfg.resolve, timeout)
 }
 
-/// A reqwest client: rustls, an extra CA, pinned host names, timeouts; `single` keeps one
-/// connection (NTLM). It follows no redirect: every 3xx comes back to the caller, which
-/// refuses it (EWS, tokens) or decides on it (Autodiscover).
+/// A reqwest client: rustls, an extra CA, pinned host names, timeouts. It follows no
+/// redirect: every 3xx comes back to the caller, which refuses it (EWS, tokens) or decides on
+/// it (Autodiscover). (NTLM uses crate::connection instead: it needs one held connection.)
 pub(crate) fn build_http(
     ca_pem: Option<&[u8]>,
     resolve: &[(String, std::net::SocketAddr)],
     timeout: Option<Duration>,
-    single: bool,
 ) -> Result<reqwest::Client, Error> {
     let mut b = reqwest::Client::builder()
         .use_rustls_tls()
-        .pool_max_idle_per_host(if single { 1 } else { 32 })
+        .pool_max_idle_per_host(32)
         .connect_timeout(Duration::from_secs(15))
         .user_agent(concat!("mailsync-ews/", env!("CARGO_PKG_VERSION")));
-    if single {
-        b = b.http1_only();
-    }
     if let Some(t) = timeout {
         b = b.timeout(t);
     }
@@ -611,17 +617,16 @@ pub(crate) fn build_http(
 }
 
 /// The NTLM handshake (MS-NLMP: Negotiate, Challenge, Authenticate with NTLMv2) around a
-/// request: `post` sends the request with the given Authorization header. The crypto is
-/// ntlmclient's (RustCrypto md4, hmac, md-5).
-pub(crate) async fn ntlm_handshake<F, Fut>(
+/// request, both legs on `conn`: the request (`headers`, `body`) travels with each. The crypto
+/// is ntlmclient's (RustCrypto md4, hmac, md-5).
+pub(crate) async fn ntlm_handshake(
     username: &str,
     password: &str,
-    post: F,
-) -> Result<reqwest::Response, Error>
-where
-    F: Fn(String) -> Fut,
-    Fut: std::future::Future<Output = Result<reqwest::Response, reqwest::Error>>,
-{
+    conn: &mut Connection,
+    url: &url::Url,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<reqwest::Response, Error> {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD;
     let (domain, user) = match username.split_once('\\') {
@@ -641,9 +646,14 @@ where
     let nego = negotiate
         .to_bytes()
         .map_err(|e| Error::Request(format!("ntlm negotiate: {e:?}")))?;
-    let first = post(format!("NTLM {}", b64.encode(nego)))
-        .await
-        .map_err(transport_error)?;
+    let first = conn
+        .post(
+            url,
+            headers,
+            Some(&format!("NTLM {}", b64.encode(nego))),
+            body,
+        )
+        .await?;
     if first.status() != StatusCode::UNAUTHORIZED {
         // The connection was authenticated already, or the server does not do NTLM.
         return Ok(first);
@@ -695,9 +705,14 @@ where
     let auth = auth
         .to_bytes()
         .map_err(|e| Error::Request(format!("ntlm authenticate: {e:?}")))?;
-    let resp = post(format!("NTLM {}", b64.encode(auth)))
-        .await
-        .map_err(transport_error)?;
+    let resp = conn
+        .post(
+            url,
+            headers,
+            Some(&format!("NTLM {}", b64.encode(auth))),
+            body,
+        )
+        .await?;
     if resp.status() == StatusCode::UNAUTHORIZED {
         return Err(Error::Unauthorized(
             "HTTP 401: the server refused the NTLM credentials".into(),

@@ -14,6 +14,7 @@
 
 pub mod autodiscover;
 pub mod client;
+mod connection;
 pub mod error;
 pub mod items;
 pub mod oauth2;

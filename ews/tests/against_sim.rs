@@ -1069,6 +1069,16 @@ async fn ntlm_against_the_simulator() {
             password: "secret".into(),
         },
     );
+    let handshakes = || async {
+        reqwest::get(format!("{}/sim/stats", sim.base_url()))
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()["ntlm_handshakes"]
+            .as_u64()
+            .unwrap()
+    };
     for _ in 0..3 {
         let reply = c
             .call(&Target::impersonating("user2@example.com"), &inbox)
@@ -1076,6 +1086,11 @@ async fn ntlm_against_the_simulator() {
             .unwrap();
         assert!(reply.output[0].is_ok());
     }
+    assert_eq!(
+        handshakes().await,
+        1,
+        "one handshake: the authenticated connection carries the later requests"
+    );
     let wrong = client_as(
         &sim,
         Auth::Ntlm {
@@ -1090,6 +1105,36 @@ async fn ntlm_against_the_simulator() {
     assert!(
         matches!(&err, Error::Unauthorized(m) if m.contains("refused the NTLM credentials")),
         "{err:?}"
+    );
+    // A streaming connection authenticates on a connection of its own.
+    let t = Target::impersonating("user2@example.com");
+    let sub = c
+        .call(
+            &t,
+            &Subscribe {
+                folders: vec![FolderRef::well_known(DistinguishedFolder::Inbox)],
+                event_types: vec![],
+            },
+        )
+        .await
+        .unwrap()
+        .output;
+    let mut stream = Box::pin(
+        c.stream(
+            &t,
+            &GetStreamingEvents {
+                subscription_ids: vec![sub],
+                connection_timeout_minutes: 1,
+            },
+        )
+        .await
+        .unwrap(),
+    );
+    assert_eq!(stream.next().await, Some(StreamEvent::ConnectionOk));
+    assert_eq!(
+        handshakes().await,
+        3,
+        "one more for the wrong password and one for the stream's own connection; the Subscribe reused the authenticated one"
     );
     // NTLM with a user principal name, by delegate access.
     let assistant = client_as(
