@@ -387,6 +387,27 @@ ca_file = "{ca}"
             ),
         )
         .unwrap();
+        // test-connection reaches Exchange the same way.
+        let (code, out) = test_connection(&config).await;
+        assert_eq!(code, 0, "{auth:?}: {out}");
+        let ews = format!("{base}/EWS/Exchange.asmx");
+        let who = match auth {
+            Auth::Basic => "svc".to_string(),
+            Auth::Ntlm => r"EXAMPLE\svc".to_string(),
+            Auth::OAuth2Secret | Auth::OAuth2Certificate => "app mailsync-app".to_string(),
+        };
+        for smtp in ["user1@example.com", "anna@contoso.test"] {
+            assert!(
+                out.contains(&format!("ok     {smtp:<17}  autodiscover: {ews}\n")),
+                "{auth:?}: {out}"
+            );
+            assert!(
+                out.contains(&format!(
+                    "ok     {smtp:<17}  authentication: {who} at {ews}\n"
+                )),
+                "{auth:?}: {out}"
+            );
+        }
         let mut service = Service::start(&config, admin_port);
         service.ready(Duration::from_secs(60)).await;
         let (status, list) = service.mailboxes(TOKEN).await;
@@ -412,7 +433,6 @@ ca_file = "{ca}"
             })
             .collect();
         found.sort();
-        let ews = format!("{base}/EWS/Exchange.asmx");
         assert_eq!(
             found,
             vec![
