@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod connect;
 pub mod ctl;
 pub mod db;
 #[cfg(feature = "demo")]

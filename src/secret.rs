@@ -135,14 +135,47 @@ impl fmt::Display for SecretString {
     }
 }
 
-/// A connection URL with any password replaced by `***`, for logs and summaries.
+/// Whether a URL query parameter carries a secret (`password=`, `sslpassword=`, `pwd=`,
+/// `secret=`, `token=`, ...).
+fn secret_param(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    matches!(k.as_str(), "pass" | "pwd")
+        || ["password", "secret", "token"]
+            .iter()
+            .any(|s| k.contains(s))
+}
+
+/// A connection URL with any password replaced by `***`, for logs and summaries: the user
+/// info's password and the value of every query parameter that carries a secret.
 pub fn mask_url(raw: &str) -> String {
     match url::Url::parse(raw) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
+        Ok(mut u) => {
+            let mut changed = false;
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+                changed = true;
+            }
+            if u.query_pairs().any(|(k, _)| secret_param(&k)) {
+                let pairs: Vec<(String, String)> = u
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let v = if secret_param(&k) {
+                            "***".to_string()
+                        } else {
+                            v.into_owned()
+                        };
+                        (k.into_owned(), v)
+                    })
+                    .collect();
+                u.query_pairs_mut().clear().extend_pairs(pairs);
+                changed = true;
+            }
+            if changed {
+                u.to_string()
+            } else {
+                raw.to_string()
+            }
         }
-        Ok(_) => raw.to_string(),
         // Not a URL we understand: show only the scheme, the rest could hold anything.
         Err(_) => match raw.split_once(':') {
             Some((scheme, _)) => format!("{scheme}:***"),
@@ -213,8 +246,28 @@ mod tests {
             ("postgres://db/crm", "postgres://db/crm"),
             ("sqlite:state.db", "sqlite:state.db"),
             ("mysql://root@localhost/x", "mysql://root@localhost/x"),
+            (
+                "postgres://db/crm?user=app&password=s3cret&sslmode=require",
+                "postgres://db/crm?user=app&password=***&sslmode=require",
+            ),
+            (
+                "mysql://db/crm?user=app&PASSWORD=s3cret",
+                "mysql://db/crm?user=app&PASSWORD=***",
+            ),
+            (
+                "postgres://app:pw@db/crm?sslpassword=key-pass&application_name=mailsync",
+                "postgres://app:***@db/crm?sslpassword=***&application_name=mailsync",
+            ),
+            (
+                "postgres://db/crm?pwd=a%26b&sslmode=disable",
+                "postgres://db/crm?pwd=***&sslmode=disable",
+            ),
+            ("sqlite:state.db?mode=rwc", "sqlite:state.db?mode=rwc"),
         ] {
             assert_eq!(mask_url(input), expected, "{input}");
+            for secret in ["s3cret", "key-pass", "a%26b", "a&b"] {
+                assert!(!mask_url(input).contains(secret), "{input}");
+            }
         }
     }
 }

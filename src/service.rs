@@ -5,18 +5,19 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{anyhow, bail, Context as _};
+use anyhow::{anyhow, Context as _};
 use futures_util::future::{BoxFuture, LocalBoxFuture};
 use mailsync_actors::{
     MailboxId, MailboxSpec, Ports, Reload, RuntimeSettings, ServerSpec, ServerStreaming,
     Supervisor, SupervisorHandle, ThrottleSettings,
 };
 
-use crate::admin::{self, AdminState, ReloadFailure, Reloader};
-use crate::config::{self, Area, AuthConfig, Config, Endpoint, OAuth2Credential, ServerConfig};
+use crate::admin::{self, AdminState, AdminToken, ReloadFailure, Reloader};
+use crate::config::{self, Area, Config, ServerConfig};
+use crate::connect::{self, Endpoints, Tokens};
 use crate::db::{Db, MigrationSet};
 use crate::environment::ProcessEnv;
 use crate::maintenance::{self, Maintenance};
@@ -25,85 +26,6 @@ use crate::sdnotify::{self, Notifier};
 use crate::sync::engine::{Engine, MailboxSetup};
 use crate::sync::feed::{Feed, Routes};
 use crate::sync::stream::EwsStream;
-
-/// The EWS client of a server, with the given credentials (the service account's, or a
-/// mailbox's own).
-pub fn client_for(
-    server: &ServerConfig,
-    url: url::Url,
-    credentials: Option<&config::Credentials>,
-    telemetry: &Telemetry,
-) -> anyhow::Result<ews::Client> {
-    let creds = || {
-        credentials.ok_or_else(|| {
-            anyhow!(
-                "servers.{}: no credentials (service_account or the mailbox's own)",
-                server.name
-            )
-        })
-    };
-    let auth = match &server.auth {
-        AuthConfig::Basic => {
-            let c = creds()?;
-            ews::Auth::Basic { username: c.username.clone(), password: c.password.expose().to_owned() }
-        }
-        AuthConfig::Ntlm => {
-            let c = creds()?;
-            ews::Auth::Ntlm { username: c.username.clone(), password: c.password.expose().to_owned() }
-        }
-        AuthConfig::OAuth2(o) => match &o.credential {
-            OAuth2Credential::Secret(secret) => ews::Auth::OAuth2(Arc::new(ews::client::OAuth2Tokens::new(
-                o.token_url.clone(),
-                &o.client_id,
-                secret.expose(),
-                &o.scope,
-            ))),
-            OAuth2Credential::Certificate { .. } => bail!(
-                "servers.{}: OAuth2 with a certificate credential is not supported yet; use client_secret",
-                server.name
-            ),
-        },
-    };
-    let mut cfg = ews::ClientConfig::new(url, auth);
-    cfg.version = server.version.as_str().to_owned();
-    cfg.timeout = server.request_timeout;
-    cfg.allow_http = server.allow_http;
-    cfg.observer = Some(telemetry.ews_observer());
-    if let Some(ca) = &server.ca_file {
-        cfg.ca_pem = Some(
-            std::fs::read(ca)
-                .with_context(|| format!("servers.{}.ca_file: {}", server.name, ca.display()))?,
-        );
-    }
-    ews::Client::new(cfg)
-        .with_context(|| format!("servers.{}: building the EWS client", server.name))
-}
-
-/// The EWS URL of a server: set by hand, or by Autodiscover for `mailbox`.
-async fn ews_url(server: &ServerConfig, mailbox: &str) -> anyhow::Result<url::Url> {
-    match &server.endpoint {
-        Endpoint::Url(u) => Ok(u.clone()),
-        Endpoint::Autodiscover { domain } => {
-            let creds = server.service_account.as_ref().ok_or_else(|| {
-                anyhow!(
-                    "servers.{}: Autodiscover needs the service account",
-                    server.name
-                )
-            })?;
-            let ad = ews::autodiscover::Autodiscover::new(
-                &creds.username,
-                creds.password.expose(),
-                server.allow_http,
-            )
-            .with_context(|| format!("servers.{}: Autodiscover client", server.name))?;
-            let found = ad
-                .discover(mailbox, domain.as_deref())
-                .await
-                .with_context(|| format!("servers.{}: Autodiscover for {mailbox}", server.name))?;
-            Ok(found.ews_url)
-        }
-    }
-}
 
 fn fingerprint(m: &config::MailboxConfig, server: &ServerConfig) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -123,25 +45,46 @@ pub struct Built {
     pub mailboxes: Vec<MailboxSpec>,
 }
 
-/// Builds clients, mailbox setups, routes and specs from `cfg` (Autodiscover runs here).
+/// Builds clients, mailbox setups, routes and specs from `cfg` (Autodiscover runs here, per
+/// server and domain).
 pub async fn build(cfg: &Config, crm: &Db, telemetry: &Telemetry) -> anyhow::Result<Built> {
+    build_with(cfg, crm, telemetry, &Endpoints::default()).await
+}
+
+/// [`build`] with Autodiscover answers kept in `endpoints` (for later reloads).
+pub async fn build_with(
+    cfg: &Config,
+    crm: &Db,
+    telemetry: &Telemetry,
+    endpoints: &Endpoints,
+) -> anyhow::Result<Built> {
     let smtp_relay = cfg.smtp.clone().map(Arc::new);
     let operators = crm.operators().await.context("reading crm_operators")?;
-    let mut server_clients: HashMap<String, (Arc<ews::Client>, url::Url)> = HashMap::new();
+    let tokens = Tokens::of(cfg);
+    let urls = endpoints.resolve(cfg, &tokens).await?;
     let mut servers = Vec::new();
     for server in &cfg.servers {
-        let first = cfg.mailboxes.iter().find(|m| m.server == server.name);
-        let Some(first) = first else { continue };
-        let url = ews_url(server, &first.smtp).await?;
-        let client = client_for(
-            server,
-            url.clone(),
-            server.service_account.as_ref(),
-            telemetry,
-        )?;
-        server_clients.insert(server.name.clone(), (Arc::new(client), url));
+        let mut server_urls: BTreeSet<&url::Url> = BTreeSet::new();
+        for m in cfg.mailboxes.iter().filter(|m| m.server == server.name) {
+            if let Some(u) = urls.get(&m.smtp.to_lowercase()) {
+                server_urls.insert(u);
+            }
+        }
+        if server_urls.is_empty() {
+            continue;
+        }
+        if server_urls.len() > 1 {
+            tracing::warn!(
+                server = %server.name,
+                endpoints = server_urls.len(),
+                "Autodiscover gave this server's mailboxes several EWS endpoints; each mailbox uses its own, and a streaming group connects through its anchor mailbox's"
+            );
+        }
         servers.push(server_spec(server));
     }
+    // One client per server and endpoint for the server's own credentials; one per mailbox
+    // that logs in with its own.
+    let mut shared: HashMap<(String, url::Url), Arc<ews::Client>> = HashMap::new();
     let tenant_names: HashMap<&str, &str> = cfg
         .tenants
         .iter()
@@ -154,18 +97,31 @@ pub async fn build(cfg: &Config, crm: &Db, telemetry: &Telemetry) -> anyhow::Res
         let server = cfg
             .server(&m.server)
             .ok_or_else(|| anyhow!("mailbox {}: unknown server {}", m.smtp, m.server))?;
-        let (shared_client, url) = server_clients
-            .get(&server.name)
-            .cloned()
-            .ok_or_else(|| anyhow!("server {} has no client", server.name))?;
         let smtp = m.smtp.to_lowercase();
-        let (client, target) = match &m.credentials {
-            Some(own) => (
-                Arc::new(client_for(server, url, Some(own), telemetry)?),
-                ews::Target::own(&smtp),
-            ),
-            None => (shared_client, ews::Target::impersonating(&smtp)),
+        let url = urls
+            .get(&smtp)
+            .cloned()
+            .ok_or_else(|| anyhow!("mailbox {smtp}: no EWS endpoint"))?;
+        let client = match &m.credentials {
+            Some(own) => Arc::new(connect::client(
+                server,
+                url,
+                connect::auth(server, Some(own), &tokens)?,
+                telemetry,
+            )?),
+            None => match shared.entry((server.name.clone(), url.clone())) {
+                std::collections::hash_map::Entry::Occupied(e) => e.get().clone(),
+                std::collections::hash_map::Entry::Vacant(e) => e
+                    .insert(Arc::new(connect::client(
+                        server,
+                        url,
+                        connect::auth(server, server.service_account.as_ref(), &tokens)?,
+                        telemetry,
+                    )?))
+                    .clone(),
+            },
         };
+        let target = connect::target(server, m);
         let tenant = match &m.tenant {
             Some(t) => Some(
                 t.parse::<i64>()
@@ -276,6 +232,24 @@ pub struct Service {
     maintenance: maintenance::Running,
 }
 
+/// What a reload needs besides the new configuration.
+#[derive(Clone)]
+struct Reloading {
+    path: PathBuf,
+    crm: Db,
+    engine: Engine,
+    feed: Feed,
+    telemetry: Telemetry,
+    handle: SupervisorHandle,
+    maintenance: Maintenance,
+    /// Autodiscover answers found so far.
+    endpoints: Endpoints,
+    /// The admin API's bearer token, replaced by a reload.
+    token: AdminToken,
+    /// The admin address the API listens on (a reload cannot move it).
+    admin_listen: std::net::SocketAddr,
+}
+
 /// Starts everything `cfg` describes; `path` is where reloads read the configuration again.
 /// Must run inside an actix system.
 pub async fn start(cfg: &Config, path: PathBuf) -> anyhow::Result<Service> {
@@ -299,7 +273,8 @@ pub async fn start(cfg: &Config, path: PathBuf) -> anyhow::Result<Service> {
         .await
         .context("migrating the state store")?;
     let telemetry = Telemetry::new();
-    let built = build(cfg, &crm, &telemetry).await?;
+    let endpoints = Endpoints::default();
+    let built = build_with(cfg, &crm, &telemetry, &endpoints).await?;
     for server in &built.servers {
         telemetry.service.register_server(&server.id);
     }
@@ -344,19 +319,23 @@ pub async fn start(cfg: &Config, path: PathBuf) -> anyhow::Result<Service> {
         telemetry.runtime.clone(),
     )
     .map_err(|e| anyhow!("{e}"))?;
-    let reload = reloader(
-        path.clone(),
-        crm.clone(),
-        engine.clone(),
-        feed.clone(),
-        telemetry.clone(),
-        handle.clone(),
-        maintenance.clone(),
-    );
+    let token = AdminToken::new(cfg.admin.token.clone());
+    let reload = reloader(Reloading {
+        path: path.clone(),
+        crm: crm.clone(),
+        engine: engine.clone(),
+        feed: feed.clone(),
+        telemetry: telemetry.clone(),
+        handle: handle.clone(),
+        maintenance: maintenance.clone(),
+        endpoints,
+        token: token.clone(),
+        admin_listen: cfg.admin.listen,
+    });
     let admin_state = AdminState {
         handle: handle.clone(),
         telemetry: telemetry.clone(),
-        token: cfg.admin.token.clone(),
+        token,
         reload: reload.clone(),
         store: Some(state.clone()),
         deletes: Some(crate::sync::gate::StoreGate::new(
@@ -501,76 +480,43 @@ async fn announce(
     }
 }
 
-fn reloader(
-    path: PathBuf,
-    crm: Db,
-    engine: Engine,
-    feed: Feed,
-    telemetry: Telemetry,
-    handle: SupervisorHandle,
-    maintenance: Maintenance,
-) -> Reloader {
+fn reloader(r: Reloading) -> Reloader {
     Arc::new(
         move || -> BoxFuture<'static, Result<mailsync_actors::ReloadReport, ReloadFailure>> {
-            let (path, crm, engine, feed, telemetry, handle, maintenance) = (
-                path.clone(),
-                crm.clone(),
-                engine.clone(),
-                feed.clone(),
-                telemetry.clone(),
-                handle.clone(),
-                maintenance.clone(),
-            );
-            Box::pin(async move {
-                reload(
-                    &path,
-                    &crm,
-                    &engine,
-                    &feed,
-                    &telemetry,
-                    &handle,
-                    &maintenance,
-                )
-                .await
-            })
+            let r = r.clone();
+            Box::pin(async move { reload(&r).await })
         },
     )
 }
 
-async fn reload(
-    path: &Path,
-    crm: &Db,
-    engine: &Engine,
-    feed: &Feed,
-    telemetry: &Telemetry,
-    handle: &SupervisorHandle,
-    maintenance: &Maintenance,
-) -> Result<mailsync_actors::ReloadReport, ReloadFailure> {
-    let cfg = config::load(path, &ProcessEnv).map_err(|e| ReloadFailure {
+async fn reload(r: &Reloading) -> Result<mailsync_actors::ReloadReport, ReloadFailure> {
+    let cfg = config::load(&r.path, &ProcessEnv).map_err(|e| ReloadFailure {
         message: format!(
             "{}: the configuration has errors; nothing changed",
-            path.display()
+            r.path.display()
         ),
         details: e.errors.iter().map(|x| x.to_string()).collect(),
     })?;
-    let built = build(&cfg, crm, telemetry)
+    let built = build_with(&cfg, &r.crm, &r.telemetry, &r.endpoints)
         .await
         .map_err(|e| ReloadFailure {
             message: format!("{e:#}"),
             details: vec![],
         })?;
     for server in &built.servers {
-        telemetry.service.register_server(&server.id);
+        r.telemetry.service.register_server(&server.id);
     }
-    engine.set_mailboxes(built.setups);
-    feed.set_routes(built.routes);
-    maintenance.set_configured(cfg.mailboxes.iter().map(|m| m.smtp.clone()).collect());
-    maintenance.set_servers(
+    r.engine.set_mailboxes(built.setups);
+    r.feed.set_routes(built.routes);
+    r.maintenance
+        .set_configured(cfg.mailboxes.iter().map(|m| m.smtp.clone()).collect());
+    r.maintenance.set_servers(
         cfg.mailboxes
             .iter()
             .map(|m| (m.smtp.clone(), m.server.clone())),
     );
-    let report = handle
+    let report = r
+        .handle
         .addr
         .send(Reload {
             servers: built.servers,
@@ -581,10 +527,18 @@ async fn reload(
             message: format!("the supervisor is gone: {e}"),
             details: vec![],
         })?;
-    report.map_err(|e| ReloadFailure {
+    let report = report.map_err(|e| ReloadFailure {
         message: e.to_string(),
         details: vec![],
-    })
+    })?;
+    // The admin token takes effect at once: the old one stops working with this reload.
+    if r.token.replace(cfg.admin.token.clone()) {
+        tracing::info!("reload: the admin API token changed");
+    }
+    if cfg.admin.listen != r.admin_listen {
+        tracing::warn!(old = %r.admin_listen, new = %cfg.admin.listen, "reload: admin.listen changed; the admin API moves at the next start");
+    }
+    Ok(report)
 }
 
 pub use crate::oneshot::initial_sync;

@@ -31,11 +31,18 @@ pub fn render(cfg: &Config) -> String {
         let n = cfg.mailboxes.iter().filter(|m| m.server == s.name).count();
         let endpoint = match &s.endpoint {
             Endpoint::Url(u) => u.to_string(),
-            Endpoint::Autodiscover { domain: Some(d) } => format!("autodiscover ({d})"),
-            Endpoint::Autodiscover { domain: None } => "autodiscover (mailbox domain)".to_string(),
+            Endpoint::Autodiscover { url: Some(u), .. } => format!("autodiscover at {u}"),
+            Endpoint::Autodiscover {
+                domain: Some(d), ..
+            } => format!("autodiscover ({d})"),
+            Endpoint::Autodiscover { domain: None, .. } => {
+                "autodiscover (mailbox domain)".to_string()
+            }
         };
         let access = if s.impersonation() {
             "impersonation"
+        } else if s.service_account.is_some() {
+            "delegate (full access)"
         } else {
             "mailbox credentials"
         };
@@ -170,5 +177,16 @@ initial_sync = "exchange-to-crm"
             "{s}"
         );
         assert!(!s.contains("pw-not-shown") && !s.contains("db-pw"), "{s}");
+
+        // Delegate access and a hand-set Autodiscover endpoint are named as such.
+        let delegate = text
+            .replace(
+                "ews_url = \"https://mail.example.com/EWS/Exchange.asmx\"",
+                "autodiscover = true\nautodiscover_url = \"https://ad.example.com/autodiscover/autodiscover.svc\"",
+            )
+            .replace("auth = \"basic\"", "auth = \"basic\"\naccess = \"delegate\"");
+        let cfg = crate::config::parse(&delegate, &env).unwrap();
+        let s = super::render(&cfg);
+        assert!(s.contains("  ex1: autodiscover at https://ad.example.com/autodiscover/autodiscover.svc, auth basic, delegate (full access), Exchange2010_SP2, 2 mailboxes\n"), "{s}");
     }
 }

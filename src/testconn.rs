@@ -1,8 +1,9 @@
 //! `mailsync test-connection`: checks, mailbox by mailbox, everything a sync needs, and says
 //! which check failed and why — the operator in the CRM (with personnel number and e-mail,
 //! without which appointments cannot be assigned), Autodiscover, authentication, the right to
-//! impersonate the mailbox, and access to each enabled folder; and, when `[smtp]` is
-//! configured, the SMTP server (connect, EHLO, TLS, login).
+//! impersonate the mailbox (or, with delegate access, the service account's full access to
+//! it), and access to each enabled folder; and, when `[smtp]` is configured, the SMTP server
+//! (connect, EHLO, TLS, login). It reaches Exchange exactly as `run` does (crate::connect).
 
 use std::fmt::Write as _;
 
@@ -10,9 +11,9 @@ use ews::ops::GetFolder;
 use ews::types::{DistinguishedFolder, FolderRef, Shape};
 
 use crate::config::{self, Area, Config, Endpoint};
+use crate::connect;
 use crate::db::Db;
 use crate::metrics::Telemetry;
-use crate::service::client_for;
 
 /// One check's result.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +38,7 @@ fn folder_of(area: Area) -> DistinguishedFolder {
 /// Runs every check for the mailboxes of `cfg` (or only `only`).
 pub async fn run(cfg: &Config, only: Option<&str>) -> Vec<Check> {
     let telemetry = Telemetry::new();
+    let tokens = connect::Tokens::of(cfg);
     let mut checks = Vec::new();
     let crm = match &cfg.database {
         Some(d) => Some(
@@ -88,26 +90,27 @@ pub async fn run(cfg: &Config, only: Option<&str>) -> Vec<Check> {
             );
             continue;
         };
+        let credentials = connect::credentials_of(server, m);
+        let who = match (&server.auth, credentials) {
+            (config::AuthConfig::OAuth2(o), _) => format!("app {}", o.client_id),
+            (_, Some(c)) => c.username.clone(),
+            (_, None) => "?".to_owned(),
+        };
+        let auth = match connect::auth(server, credentials, &tokens) {
+            Ok(a) => a,
+            Err(e) => {
+                add("authentication", Err(format!("{e:#}")));
+                continue;
+            }
+        };
         let url = match &server.endpoint {
             Endpoint::Url(u) => u.clone(),
-            Endpoint::Autodiscover { domain } => {
-                let Some(creds) = server.service_account.as_ref().or(m.credentials.as_ref()) else {
-                    add(
-                        "autodiscover",
-                        Err("no credentials to ask Autodiscover with".into()),
-                    );
-                    continue;
-                };
-                let found = match ews::autodiscover::Autodiscover::new(
-                    &creds.username,
-                    creds.password.expose(),
-                    server.allow_http,
-                ) {
-                    Ok(ad) => ad
-                        .discover(&m.smtp, domain.as_deref())
+            Endpoint::Autodiscover { .. } => {
+                let found = match connect::autodiscover(server, auth.clone()) {
+                    Ok(ad) => connect::discover(server, &ad, &m.smtp)
                         .await
                         .map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
+                    Err(e) => Err(format!("{e:#}")),
                 };
                 match found {
                     Ok(f) => {
@@ -121,20 +124,18 @@ pub async fn run(cfg: &Config, only: Option<&str>) -> Vec<Check> {
                 }
             }
         };
-        let credentials: Option<&config::Credentials> =
-            m.credentials.as_ref().or(server.service_account.as_ref());
-        let client = match client_for(server, url.clone(), credentials, &telemetry) {
+        let client = match connect::client(server, url.clone(), auth, &telemetry) {
             Ok(c) => c,
             Err(e) => {
                 add("authentication", Err(format!("{e:#}")));
                 continue;
             }
         };
-        let impersonate = m.credentials.is_none();
-        let target = if impersonate {
-            ews::Target::impersonating(&m.smtp)
-        } else {
-            ews::Target::own(&m.smtp)
+        let target = connect::target(server, m);
+        let what = match target.access {
+            ews::Access::Impersonation => "impersonation",
+            ews::Access::Delegate => "full access",
+            ews::Access::Own => "mailbox access",
         };
         let root = GetFolder {
             folders: vec![FolderRef::well_known(DistinguishedFolder::MsgFolderRoot)],
@@ -142,14 +143,8 @@ pub async fn run(cfg: &Config, only: Option<&str>) -> Vec<Check> {
         };
         match client.call(&target, &root).await {
             Ok(reply) => {
-                let who = credentials.map_or("?", |c| c.username.as_str());
                 add("authentication", Ok(format!("{who} at {url}")));
                 let access = reply.output.into_iter().next().map(|r| r.map(|_| ()));
-                let what = if impersonate {
-                    "impersonation"
-                } else {
-                    "mailbox access"
-                };
                 match access {
                     Some(Ok(())) => add(what, Ok(format!("acting for {}", m.smtp))),
                     Some(Err(e)) => {
@@ -167,16 +162,8 @@ pub async fn run(cfg: &Config, only: Option<&str>) -> Vec<Check> {
                 continue;
             }
             Err(e @ ews::Error::Denied { .. }) => {
-                let who = credentials.map_or("?", |c| c.username.as_str());
                 add("authentication", Ok(format!("{who} at {url}")));
-                add(
-                    if impersonate {
-                        "impersonation"
-                    } else {
-                        "mailbox access"
-                    },
-                    Err(e.to_string()),
-                );
+                add(what, Err(e.to_string()));
                 continue;
             }
             Err(e) => {

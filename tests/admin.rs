@@ -113,7 +113,7 @@ impl Rig {
         let state = AdminState {
             handle: handle.clone(),
             telemetry,
-            token: token.map(SecretString::new),
+            token: admin::AdminToken::new(token.map(SecretString::new)),
             reload,
             store,
             deletes,

@@ -475,3 +475,88 @@ server = "sim"
     assert!(log_text().contains("retention pass done"), "{}", log_text());
     sim.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_admin_token_takes_effect_on_reload_and_the_old_one_stops_working() {
+    let sim = server::start(SimConfig {
+        mailboxes: 1,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite:{}", dir.path().join("crm.db").display());
+    let db = Db::connect(&db_url, 2).await.unwrap();
+    db.migrate(MigrationSet::Crm).await.unwrap();
+    common::seed(&db, &[(1, "1001", Some("user1@example.com"))]).await;
+    let admin_port = common::free_port();
+    let config = dir.path().join("mailsync.toml");
+    let write = |token: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[admin]
+listen = "127.0.0.1:{admin_port}"
+token = "{token}"
+
+[database]
+url = "{db_url}"
+
+[[servers]]
+name = "sim"
+ews_url = "{ews}"
+allow_http = true
+auth = "basic"
+service_account = {{ username = "svc", password = "secret" }}
+
+[[mailboxes]]
+smtp = "user1@example.com"
+operator = "1001"
+server = "sim"
+areas = ["contacts"]
+"#,
+                ews = sim.ews_url()
+            ),
+        )
+        .unwrap()
+    };
+    let (first, second, third) = (
+        "first-token-0123456789",
+        "second-token-0123456789",
+        "third-token-0123456789",
+    );
+    write(first);
+    let mut service = common::Service::start(&config, admin_port);
+    service.ready(Duration::from_secs(60)).await;
+    assert_eq!(service.mailboxes(first).await.0, 200);
+
+    // POST /api/v1/reload (authorized with the old token) switches to the new one at once.
+    write(second);
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/v1/reload", service.admin))
+        .bearer_auth(first)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200, "{:?}", resp.text().await);
+    assert_eq!(
+        service.mailboxes(first).await.0,
+        401,
+        "the old token still works"
+    );
+    assert_eq!(service.mailboxes(second).await.0, 200);
+
+    // SIGHUP does the same.
+    write(third);
+    unsafe { libc::kill(service.child.id() as i32, libc::SIGHUP) };
+    common::eventually("the third token", Duration::from_secs(30), || {
+        let service = &service;
+        async move { service.mailboxes(third).await.0 == 200 }
+    })
+    .await;
+    assert_eq!(service.mailboxes(second).await.0, 401);
+    assert_eq!(service.mailboxes(first).await.0, 401);
+    service.stop().await;
+    sim.stop().await;
+}

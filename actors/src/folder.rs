@@ -289,8 +289,8 @@ impl FolderActor {
                 let delay = match error {
                     SyncError::Throttled { back_off } => {
                         outcome_label = "throttled";
-                        self.args.throttle.pause(back_off);
-                        Some(back_off)
+                        // The pause actually applied (bounded), also as the retry delay.
+                        Some(self.args.throttle.pause(back_off))
                     }
                     SyncError::Transient(_) => {
                         outcome_label = "retry";

@@ -231,9 +231,11 @@ impl StreamGroupActor {
     fn join_wait(&self) -> std::time::Duration {
         let settings = &self.shared.settings.stream;
         let paced = match (&self.live, self.opened_at) {
-            (Some(_), Some(at)) => {
-                (at + settings.min_reopen).saturating_duration_since(tokio::time::Instant::now())
-            }
+            (Some(_), Some(at)) => at
+                .checked_add(settings.min_reopen)
+                .map_or(settings.min_reopen, |t| {
+                    t.saturating_duration_since(tokio::time::Instant::now())
+                }),
             _ => std::time::Duration::ZERO,
         };
         settings.join_delay.max(paced)

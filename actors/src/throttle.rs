@@ -49,6 +49,10 @@ fn quota(requests_per_second: f64) -> Quota {
     Quota::with_period(period).unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))
 }
 
+/// The longest server-wide pause: Exchange asks for up to about five minutes; a longer (or
+/// absurd) back-off is taken as this.
+pub const MAX_PAUSE: Duration = Duration::from_secs(5 * 60);
+
 /// The shared throttle of one Exchange server. Cheap to clone.
 #[derive(Clone)]
 pub struct Throttle(Arc<Inner>);
@@ -136,9 +140,13 @@ impl Throttle {
         }
     }
 
-    /// Stops every request to the server for `back_off` (extending a pause already running).
-    pub fn pause(&self, back_off: Duration) {
-        let until = Instant::now() + back_off;
+    /// Stops every request to the server for `back_off` (extending a pause already running),
+    /// at most [`MAX_PAUSE`]; returns the pause applied. No value a server sends can stop a
+    /// server's sync for longer, or overflow the deadline.
+    pub fn pause(&self, back_off: Duration) -> Duration {
+        let back_off = back_off.min(MAX_PAUSE);
+        let now = Instant::now();
+        let until = now.checked_add(back_off).unwrap_or(now);
         let mut paused = self.0.paused_until.lock();
         *paused = Some(paused.map_or(until, |current| current.max(until)));
         drop(paused);
@@ -158,6 +166,7 @@ impl Throttle {
             back_off_ms = back_off.as_millis() as u64,
             "server asked us to back off; pausing every request to it"
         );
+        back_off
     }
 
     /// The end of the running pause, if one runs.
@@ -356,6 +365,21 @@ mod tests {
         drop(t.acquire().await);
         assert_eq!(start.elapsed(), Duration::from_secs(30));
         assert!(t.paused_until().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn absurd_back_offs_pause_at_most_the_cap_and_never_panic() {
+        let t = throttle(1000, 1000, 10);
+        for back_off in [
+            Duration::from_millis(1_000_000_000_000),
+            Duration::from_millis(u64::MAX),
+            Duration::MAX,
+        ] {
+            assert_eq!(t.pause(back_off), MAX_PAUSE);
+        }
+        let start = Instant::now();
+        drop(t.acquire().await);
+        assert_eq!(start.elapsed(), MAX_PAUSE);
     }
 
     #[tokio::test(start_paused = true)]

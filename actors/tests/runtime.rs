@@ -580,6 +580,54 @@ async fn a_server_busy_pause_holds_every_actor_of_that_server_only() {
 }
 
 #[actix_rt::test]
+async fn an_absurd_back_off_pauses_at_most_the_cap_and_the_folder_goes_on() {
+    tokio::time::pause();
+    let sync = FakeSync::new(&FOLDERS);
+    let rig = Rig::start_with(
+        settings(),
+        vec![server("ex1", true)],
+        vec![mailbox(1, "ex1")],
+        sync,
+    );
+    rig.ready().await;
+    // 10^12 ms (about 31 years), as a broken or hostile server might say.
+    rig.sync.script_step(
+        &smtp(1),
+        "contacts",
+        [Behaviour::Fail(SyncError::Throttled {
+            back_off: Duration::from_millis(1_000_000_000_000),
+        })],
+    );
+    rig.trigger(1, Some("contacts"), Cause::Notification).await;
+    rig.sync
+        .wait_until("the throttled step ran", |f| {
+            f.step_count(&smtp(1), "contacts") == 2
+        })
+        .await;
+    let paused_at = Instant::now();
+    rig.sync
+        .wait_until("the folder synced again", |f| {
+            f.steps_of(&smtp(1), "contacts")
+                .last()
+                .is_some_and(|s| s.committed.is_some() && s.started >= paused_at)
+        })
+        .await;
+    let step = rig
+        .sync
+        .steps_of(&smtp(1), "contacts")
+        .last()
+        .cloned()
+        .unwrap();
+    let waited = step.sent.unwrap() - paused_at;
+    assert!(
+        waited >= mailsync_actors::throttle::MAX_PAUSE - Duration::from_secs(1)
+            && waited <= mailsync_actors::throttle::MAX_PAUSE + Duration::from_secs(60),
+        "the retry went out after {waited:?}"
+    );
+    assert_eq!(rig.metric("pauses", &["ex1"]), 1.0);
+}
+
+#[actix_rt::test]
 async fn an_admin_restart_restarts_exactly_one_mailbox() {
     tokio::time::pause();
     let rig = Rig::start(

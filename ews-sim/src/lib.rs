@@ -6,11 +6,13 @@
 //!
 //! Layout: [`xml`] reads requests and escapes responses; [`store`] holds mailboxes, folders,
 //! items and their change journals; [`ops`] implements the operations; [`calendar`] expands
-//! recurring series; [`streaming`] holds subscriptions; [`server`] is the HTTP side (auth,
-//! impersonation, throttling, recording, GetStreamingEvents, Autodiscover, the /sim control API).
+//! recurring series; [`streaming`] holds subscriptions; [`ntlm`] checks NTLM handshakes;
+//! [`server`] is the HTTP side (auth, impersonation and delegate access, throttling, recording,
+//! GetStreamingEvents, Autodiscover, the OAuth2 token endpoint, the /sim control API).
 
 pub mod calendar;
 pub mod mime;
+pub mod ntlm;
 pub mod ops;
 pub mod schema_order;
 pub mod server;

@@ -26,7 +26,8 @@ struct Cli {
     /// Which Exchange to be: exchange2016, exchange2010 or online.
     #[arg(long, default_value = "exchange2016")]
     profile: String,
-    /// A users file (JSON array or TOML `[[users]]`) with smtp, password, display_name, impersonation.
+    /// A users file (JSON array or TOML `[[users]]`) with smtp, password, display_name,
+    /// impersonation, full_access.
     #[arg(long)]
     users: Option<PathBuf>,
     /// Turn throttling off (raw-speed benchmarks).
@@ -41,6 +42,10 @@ struct Cli {
     /// The PEM private key of --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// The PEM certificate registered with the OAuth2 app: client assertions signed with its
+    /// key are accepted at /sim/oauth2/token.
+    #[arg(long)]
+    oauth_certificate: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -78,6 +83,10 @@ async fn main() -> anyhow::Result<()> {
             cert_chain: read(c)?,
             key: read(k)?,
         });
+    }
+    if let Some(p) = &cli.oauth_certificate {
+        cfg.oauth_certificate =
+            Some(std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?);
     }
     if let Some(p) = &cli.users {
         cfg.users = server::read_users(p).map_err(anyhow::Error::msg)?;

@@ -129,6 +129,10 @@ pub struct UserSpec {
     /// Holds the ApplicationImpersonation right.
     #[serde(default)]
     pub impersonation: bool,
+    /// Mailboxes this login may open with its own identity (full access, delegate access):
+    /// addresses, or `*` for every mailbox. Others answer ErrorAccessDenied.
+    #[serde(default)]
+    pub full_access: Vec<String>,
 }
 
 /// Reads a users file: a JSON array of users, or TOML with `[[users]]` tables.
@@ -173,6 +177,9 @@ pub struct SimConfig {
     pub service_account: (String, String),
     /// OAuth2 app (client id, secret) allowed to get app-only tokens from /sim/oauth2/token.
     pub oauth_app: (String, String),
+    /// The certificate (PEM) registered with the OAuth2 app: a client assertion signed with
+    /// its key (RS256, `x5t` its SHA-1 thumbprint) proves the app instead of the secret.
+    pub oauth_certificate: Option<Vec<u8>>,
     /// Write every request and response here.
     pub record: Option<PathBuf>,
     /// Which Exchange to be.
@@ -228,6 +235,7 @@ impl Default for SimConfig {
             users: Vec::new(),
             service_account: ("svc".into(), "secret".into()),
             oauth_app: ("mailsync-app".into(), "app-secret".into()),
+            oauth_certificate: None,
             record: None,
             profile: Profile::Exchange2016,
             throttle: ThrottleConfig::default(),
@@ -246,7 +254,33 @@ struct Account {
     password: String,
     smtp: String,
     impersonation: bool,
+    /// Mailboxes it may open by delegate access (`*`: all).
+    full_access: Vec<String>,
 }
+
+impl Account {
+    fn may_open(&self, mailbox: &str) -> bool {
+        self.full_access
+            .iter()
+            .any(|m| m == "*" || m.eq_ignore_ascii_case(mailbox))
+    }
+}
+
+/// Which TCP connection a request came on (NTLM authenticates connections, not requests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct ConnId(u64);
+
+/// The NTLM state of one connection.
+#[derive(Debug, Clone)]
+enum NtlmConn {
+    /// A challenge was sent; the Authenticate message must answer it.
+    Challenged([u8; 8], Instant),
+    /// The handshake succeeded for this login (an `accounts` key).
+    Authenticated(String, Instant),
+}
+
+/// Connections whose NTLM state has been unused this long are forgotten.
+const NTLM_IDLE: Duration = Duration::from_secs(2 * 3600);
 
 struct Budget {
     tokens: f64,
@@ -295,6 +329,9 @@ struct Stats {
     throttled: u64,
     faults_injected: u64,
     unauthorized: u64,
+    /// NTLM challenges sent: one per handshake (a client that reuses its authenticated
+    /// connections needs few).
+    ntlm_handshakes: u64,
 }
 
 /// Shared state of a running simulator.
@@ -314,6 +351,10 @@ pub struct Sim {
     /// Bumped to close every open streaming connection.
     drop_streams: Notify,
     rng: Mutex<u64>,
+    /// NTLM handshakes and authenticated connections.
+    ntlm: Mutex<HashMap<ConnId, NtlmConn>>,
+    /// Client assertion ids already used (a replayed assertion is refused), until they expire.
+    assertion_ids: Mutex<HashMap<String, i64>>,
 }
 
 impl Sim {
@@ -342,6 +383,8 @@ impl Sim {
             conn_seq: AtomicU64::new(0),
             drop_streams: Notify::new(),
             rng: Mutex::new(nanos | 1),
+            ntlm: Mutex::new(HashMap::new()),
+            assertion_ids: Mutex::new(HashMap::new()),
         });
         for i in 1..=cfg.mailboxes {
             sim.add_user(&UserSpec {
@@ -349,6 +392,7 @@ impl Sim {
                 password: "password".into(),
                 display_name: Some(format!("User {i}")),
                 impersonation: false,
+                full_access: Vec::new(),
             });
         }
         for u in &cfg.users {
@@ -365,6 +409,7 @@ impl Sim {
             password: pw,
             display_name: Some("Service Account".into()),
             impersonation: true,
+            full_access: Vec::new(),
         });
         sim.accounts.lock().insert(
             login.to_ascii_lowercase(),
@@ -372,6 +417,7 @@ impl Sim {
                 password: cfg.service_account.1.clone(),
                 smtp: sim_smtp(&login),
                 impersonation: true,
+                full_access: Vec::new(),
             },
         );
         sim
@@ -386,6 +432,7 @@ impl Sim {
             password: u.password.clone(),
             smtp: smtp.clone(),
             impersonation: u.impersonation,
+            full_access: u.full_access.clone(),
         };
         let mut accounts = self.accounts.lock();
         if let Some((local, _)) = smtp.split_once('@') {
@@ -537,34 +584,82 @@ fn unauthorized(profile: Profile) -> HttpResponse {
     if profile == Profile::Online {
         r.insert_header(("WWW-Authenticate", "Bearer authorization_uri=\"https://login.microsoftonline.com/common/oauth2/authorize\""));
     } else {
-        r.insert_header(("WWW-Authenticate", "Basic realm=\"ews-sim\""));
+        r.insert_header(("WWW-Authenticate", "NTLM"));
+        r.append_header(("WWW-Authenticate", "Basic realm=\"ews-sim\""));
         r.append_header(("WWW-Authenticate", "Bearer"));
     }
     r.finish()
 }
 
-/// Who is calling: an account, or an app-only token.
-fn authenticate(sim: &Sim, req: &HttpRequest) -> Option<Account> {
-    let h = req.headers().get("Authorization")?.to_str().ok()?;
+/// Why a request gets a 401.
+#[derive(Debug)]
+enum Refusal {
+    /// No or wrong credentials.
+    Unauthorized(Profile),
+    /// The NTLM challenge (a Challenge message) of a handshake in progress.
+    Challenge(Vec<u8>),
+}
+
+impl Refusal {
+    fn response(self) -> HttpResponse {
+        match self {
+            Refusal::Unauthorized(profile) => unauthorized(profile),
+            Refusal::Challenge(msg) => HttpResponse::Unauthorized()
+                .insert_header((
+                    "WWW-Authenticate",
+                    format!(
+                        "NTLM {}",
+                        base64::engine::general_purpose::STANDARD.encode(msg)
+                    ),
+                ))
+                .finish(),
+        }
+    }
+}
+
+/// Who is calling: an account, or an app-only token; or why it gets a 401 (no or wrong
+/// credentials, or the NTLM challenge of a handshake in progress).
+fn authenticate(sim: &Sim, req: &HttpRequest) -> Result<Account, Refusal> {
     let profile = sim.config.lock().profile;
+    let refuse = || {
+        sim.stats.lock().unauthorized += 1;
+        Err(Refusal::Unauthorized(profile))
+    };
+    let conn = req.conn_data::<ConnId>().copied();
+    let Some(h) = req
+        .headers()
+        .get("Authorization")
+        .and_then(|h| h.to_str().ok())
+    else {
+        // NTLM authenticated this connection earlier.
+        let login = conn.and_then(|c| match sim.ntlm.lock().get_mut(&c) {
+            Some(NtlmConn::Authenticated(login, used)) => {
+                *used = Instant::now();
+                Some(login.clone())
+            }
+            _ => None,
+        });
+        return match login.and_then(|l| sim.accounts.lock().get(&l).cloned()) {
+            Some(acc) if profile != Profile::Online => Ok(acc),
+            _ => refuse(),
+        };
+    };
     if let Some(b) = h.strip_prefix("Basic ") {
         if profile == Profile::Online {
-            return None;
+            return refuse();
         }
-        let decoded = String::from_utf8(
-            base64::engine::general_purpose::STANDARD
-                .decode(b.trim())
-                .ok()?,
-        )
-        .ok()?;
-        let (user, pw) = decoded.split_once(':')?;
-        let user = user
-            .rsplit('\\')
-            .next()
-            .unwrap_or(user)
-            .to_ascii_lowercase();
-        let acc = sim.accounts.lock().get(&user).cloned()?;
-        return (acc.password == pw).then_some(acc);
+        let account = (|| {
+            let decoded = String::from_utf8(
+                base64::engine::general_purpose::STANDARD
+                    .decode(b.trim())
+                    .ok()?,
+            )
+            .ok()?;
+            let (user, pw) = decoded.split_once(':')?;
+            let acc = sim.accounts.lock().get(&login_key(user)).cloned()?;
+            (acc.password == pw).then_some(acc)
+        })();
+        return account.map_or_else(refuse, Ok);
     }
     if let Some(t) = h.strip_prefix("Bearer ") {
         let valid = sim
@@ -572,22 +667,116 @@ fn authenticate(sim: &Sim, req: &HttpRequest) -> Option<Account> {
             .lock()
             .get(t.trim())
             .is_some_and(|exp| *exp > Instant::now());
-        return valid.then(|| Account {
+        if !valid {
+            return refuse();
+        }
+        return Ok(Account {
             password: String::new(),
             smtp: String::new(),
             impersonation: true,
+            full_access: Vec::new(),
         });
     }
-    None
+    if let Some(b) = h
+        .strip_prefix("NTLM ")
+        .or_else(|| h.strip_prefix("Negotiate "))
+    {
+        let (Some(conn), false) = (conn, profile == Profile::Online) else {
+            return refuse();
+        };
+        let message = base64::engine::general_purpose::STANDARD
+            .decode(b.trim())
+            .ok()
+            .and_then(|m| crate::ntlm::parse(&m));
+        let mut states = sim.ntlm.lock();
+        states.retain(|_, s| match s {
+            NtlmConn::Challenged(_, at) | NtlmConn::Authenticated(_, at) => {
+                at.elapsed() < NTLM_IDLE
+            }
+        });
+        match message {
+            Some(crate::ntlm::Message::Negotiate) => {
+                let mut challenge = [0u8; 8];
+                for b in &mut challenge {
+                    *b = (sim.random() * 256.0) as u8;
+                }
+                states.insert(conn, NtlmConn::Challenged(challenge, Instant::now()));
+                sim.stats.lock().ntlm_handshakes += 1;
+                return Err(Refusal::Challenge(crate::ntlm::challenge_message(
+                    challenge, "EXAMPLE",
+                )));
+            }
+            Some(crate::ntlm::Message::Authenticate(auth)) => {
+                let challenge = match states.remove(&conn) {
+                    Some(NtlmConn::Challenged(c, _)) => c,
+                    _ => {
+                        drop(states);
+                        return refuse();
+                    }
+                };
+                let key = login_key(&auth.user);
+                let account = sim.accounts.lock().get(&key).cloned();
+                match account {
+                    Some(acc) if crate::ntlm::verify_v2(&auth, challenge, &acc.password) => {
+                        states.insert(conn, NtlmConn::Authenticated(key, Instant::now()));
+                        return Ok(acc);
+                    }
+                    _ => {
+                        drop(states);
+                        return refuse();
+                    }
+                }
+            }
+            None => {
+                drop(states);
+                return refuse();
+            }
+        }
+    }
+    refuse()
+}
+
+/// The `accounts` key of a login name: lower case, without a `DOMAIN\` prefix.
+fn login_key(user: &str) -> String {
+    user.rsplit('\\')
+        .next()
+        .unwrap_or(user)
+        .to_ascii_lowercase()
+}
+
+/// The mailbox a request without ExchangeImpersonation names in its body: the first
+/// `DistinguishedFolderId/Mailbox`, the mailbox an item or folder id belongs to, or the one a
+/// subscription (Unsubscribe) was made for. `None` when it names none (the caller's own).
+fn named_mailbox(sim: &Sim, op: &Node) -> Option<String> {
+    fn walk(sim: &Sim, n: &Node) -> Option<String> {
+        match n.name.as_ref() {
+            "DistinguishedFolderId" => {
+                if let Some(smtp) = n.get("Mailbox").and_then(|m| m.text_of("EmailAddress")) {
+                    return Some(smtp.trim().to_ascii_lowercase());
+                }
+            }
+            "FolderId" | "ItemId" => {
+                if let Some((_, index, _, _)) = n.attr("Id").and_then(store::decode_id) {
+                    return sim.store.address_of(index);
+                }
+            }
+            "SubscriptionId" => {
+                return sim.store.subscriptions.mailbox_of(n.text.trim());
+            }
+            _ => {}
+        }
+        n.children.iter().find_map(|c| walk(sim, c))
+    }
+    op.children.iter().find_map(|c| walk(sim, c))
 }
 
 /// The EWS endpoint.
 async fn ews(sim: web::Data<Arc<Sim>>, req: HttpRequest, body: Bytes) -> HttpResponse {
     let sim = sim.get_ref().clone();
     let cfg = sim.config.lock().clone();
-    let Some(account) = authenticate(&sim, &req) else {
-        sim.stats.lock().unauthorized += 1;
-        return unauthorized(cfg.profile);
+    let account = match authenticate(&sim, &req) {
+        Ok(a) => a,
+        Err(refusal) => return refusal.response(),
     };
     let doc = match xml::parse(&body) {
         Ok(d) => d,
@@ -627,7 +816,16 @@ async fn ews(sim: web::Data<Arc<Sim>>, req: HttpRequest, body: Bytes) -> HttpRes
         sim.record(&op_name, &body, text.as_bytes());
         xml_response(status, text)
     };
-    // Whose mailbox: impersonation needs the right; without it, only the caller's own.
+    // Whose mailbox: impersonation needs the right; without it the caller's own, or one the
+    // body names that the caller has full access to (delegate access). A mailbox named without
+    // that right stays the caller's own context, so its folders and items answer
+    // ErrorAccessDenied one by one, as on Exchange.
+    let delegate = if impersonate.is_none() {
+        named_mailbox(&sim, &op)
+            .filter(|m| *m != account.smtp && account.may_open(m) && sim.store.mailbox(m).is_some())
+    } else {
+        None
+    };
     let target = match &impersonate {
         Some(_) if !account.impersonation => {
             return answer(
@@ -640,6 +838,7 @@ async fn ews(sim: web::Data<Arc<Sim>>, req: HttpRequest, body: Bytes) -> HttpRes
             );
         }
         Some(t) => t.clone(),
+        None if delegate.is_some() => delegate.clone().unwrap_or_default(),
         None if account.smtp.is_empty() => {
             return answer(StatusCode::INTERNAL_SERVER_ERROR, fault_envelope("ErrorMissingEmailAddress", "When making a request as an account that does not have a mailbox, you must specify the mailbox primary SMTP address for any distinguished folders.", None));
         }
@@ -986,9 +1185,8 @@ fn host_base(req: &HttpRequest) -> String {
 
 /// POX Autodiscover.
 async fn autodiscover_xml(sim: web::Data<Arc<Sim>>, req: HttpRequest, body: Bytes) -> HttpResponse {
-    let profile = sim.config.lock().profile;
-    if authenticate(&sim, &req).is_none() {
-        return unauthorized(profile);
+    if let Err(refusal) = authenticate(&sim, &req) {
+        return refusal.response();
     }
     let email = xml::parse(&body).ok().and_then(|d| {
         d.get("Request")
@@ -1016,9 +1214,8 @@ async fn autodiscover_xml(sim: web::Data<Arc<Sim>>, req: HttpRequest, body: Byte
 
 /// SOAP Autodiscover: GetUserSettings.
 async fn autodiscover_svc(sim: web::Data<Arc<Sim>>, req: HttpRequest, body: Bytes) -> HttpResponse {
-    let profile = sim.config.lock().profile;
-    if authenticate(&sim, &req).is_none() {
-        return unauthorized(profile);
+    if let Err(refusal) = authenticate(&sim, &req) {
+        return refusal.response();
     }
     let Ok(doc) = xml::parse(&body) else {
         return xml_response(
@@ -1587,6 +1784,7 @@ async fn api_stats(sim: web::Data<Arc<Sim>>) -> HttpResponse {
         "throttled": s.throttled,
         "faults_injected": s.faults_injected,
         "unauthorized": s.unauthorized,
+        "ntlm_handshakes": s.ntlm_handshakes,
         "open_streams": sim.open_streams.load(Ordering::Relaxed),
         "subscriptions": sim.store.subscriptions.len(),
         "mailboxes": sim.store.len(),
@@ -1602,19 +1800,144 @@ async fn api_reset_stats(sim: web::Data<Arc<Sim>>) -> HttpResponse {
 struct TokenRequest {
     grant_type: String,
     client_id: String,
-    client_secret: String,
+    #[serde(default)]
+    client_secret: Option<String>,
+    #[serde(default)]
+    client_assertion_type: Option<String>,
+    #[serde(default)]
+    client_assertion: Option<String>,
     #[serde(default)]
     scope: Option<String>,
 }
 
-/// A stand-in for the Microsoft identity platform's token endpoint (client credentials).
-async fn oauth_token(sim: web::Data<Arc<Sim>>, form: web::Form<TokenRequest>) -> HttpResponse {
-    let (id, secret) = sim.config.lock().oauth_app.clone();
-    if form.grant_type != "client_credentials"
-        || form.client_id != id
-        || form.client_secret != secret
+/// `client_assertion_type` of a JWT client assertion (RFC 7523).
+const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// Clock skew tolerated on `nbf` and `exp`, as the Microsoft identity platform does.
+const ASSERTION_SKEW_SECONDS: i64 = 300;
+
+fn invalid_client(description: &str) -> HttpResponse {
+    HttpResponse::Unauthorized().json(serde_json::json!({
+        "error": "invalid_client",
+        "error_description": description,
+    }))
+}
+
+/// Checks a client assertion the way the Microsoft identity platform does: an RS256 JWT whose
+/// `x5t` names the app's registered certificate, signed with that certificate's key, for this
+/// token endpoint (`aud`), issued by and about the app (`iss` = `sub` = client id), with a
+/// `jti` not seen before, not yet expired and already valid. The error is the reason.
+fn verify_assertion(
+    sim: &Sim,
+    assertion: &str,
+    client_id: &str,
+    audience: &str,
+) -> Result<(), &'static str> {
+    use rustls::pki_types::CertificateDer;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let certificate = sim
+        .config
+        .lock()
+        .oauth_certificate
+        .clone()
+        .ok_or("AADSTS700027: no certificate is registered for the application")?;
+    let der: CertificateDer<'static> = rustls_pemfile::certs(&mut certificate.as_slice())
+        .next()
+        .and_then(Result::ok)
+        .ok_or("the registered certificate is not PEM")?;
+    let parts: Vec<&str> = assertion.split('.').collect();
+    let [header, claims, signature] = parts.as_slice() else {
+        return Err("AADSTS50027: the client assertion is not a JWT");
+    };
+    let json = |part: &str| -> Option<serde_json::Value> {
+        serde_json::from_slice(&b64.decode(part).ok()?).ok()
+    };
+    let header = json(header).ok_or("AADSTS50027: the JWT header is not base64url JSON")?;
+    let claims = json(claims).ok_or("AADSTS50027: the JWT claims are not base64url JSON")?;
+    if header["alg"] != "RS256" {
+        return Err("AADSTS5002738: the client assertion is not signed with RS256");
+    }
+    let thumbprint = b64.encode(
+        ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, der.as_ref()).as_ref(),
+    );
+    if header["x5t"].as_str() != Some(thumbprint.as_str()) {
+        return Err("AADSTS700027: the x5t thumbprint names no registered certificate");
+    }
+    let signature = b64
+        .decode(signature)
+        .map_err(|_| "AADSTS50027: the JWT signature is not base64url")?;
+    let signing_input = &assertion[..assertion.rfind('.').unwrap_or(0)];
+    let cert = webpki::EndEntityCert::try_from(&der)
+        .map_err(|_| "the registered certificate cannot be read")?;
+    cert.verify_signature(
+        webpki::ring::RSA_PKCS1_2048_8192_SHA256,
+        signing_input.as_bytes(),
+        &signature,
+    )
+    .map_err(|_| "AADSTS700027: the client assertion signature does not verify with the registered certificate")?;
+    if claims["aud"].as_str() != Some(audience) {
+        return Err("AADSTS700016: the client assertion audience (aud) is not this token endpoint");
+    }
+    if claims["iss"].as_str() != Some(client_id) || claims["sub"].as_str() != Some(client_id) {
+        return Err("AADSTS700023: the client assertion iss and sub must both be the client id");
+    }
+    let now = Utc::now().timestamp();
+    let exp = claims["exp"]
+        .as_i64()
+        .ok_or("AADSTS50027: the client assertion has no exp")?;
+    if exp + ASSERTION_SKEW_SECONDS < now {
+        return Err("AADSTS700024: the client assertion has expired");
+    }
+    if claims["nbf"]
+        .as_i64()
+        .is_some_and(|nbf| nbf - ASSERTION_SKEW_SECONDS > now)
     {
-        return HttpResponse::Unauthorized().json(serde_json::json!({ "error": "invalid_client" }));
+        return Err("AADSTS700024: the client assertion is not valid yet (nbf)");
+    }
+    let jti = claims["jti"]
+        .as_str()
+        .filter(|j| !j.is_empty())
+        .ok_or("AADSTS50027: the client assertion has no jti")?;
+    let mut seen = sim.assertion_ids.lock();
+    seen.retain(|_, until| *until + ASSERTION_SKEW_SECONDS >= now);
+    if seen.insert(jti.to_string(), exp).is_some() {
+        return Err("AADSTS700022: the client assertion (jti) was already used");
+    }
+    Ok(())
+}
+
+/// A stand-in for the Microsoft identity platform's token endpoint: client credentials, proven
+/// with the app's secret or with a client assertion signed by its registered certificate.
+async fn oauth_token(
+    sim: web::Data<Arc<Sim>>,
+    req: HttpRequest,
+    form: web::Form<TokenRequest>,
+) -> HttpResponse {
+    let (id, secret) = sim.config.lock().oauth_app.clone();
+    if form.grant_type != "client_credentials" {
+        return HttpResponse::BadRequest()
+            .json(serde_json::json!({ "error": "unsupported_grant_type" }));
+    }
+    if form.client_id != id {
+        return invalid_client("AADSTS700016: application not found");
+    }
+    match (&form.client_secret, &form.client_assertion) {
+        (Some(s), None) if *s == secret => {}
+        (Some(_), None) => return invalid_client("AADSTS7000215: invalid client secret"),
+        (None, Some(assertion)) => {
+            if form.client_assertion_type.as_deref() != Some(JWT_BEARER) {
+                return invalid_client("AADSTS50027: client_assertion_type must be jwt-bearer");
+            }
+            let audience = format!("{}/sim/oauth2/token", host_base(&req));
+            if let Err(reason) = verify_assertion(&sim, assertion, &form.client_id, &audience) {
+                return invalid_client(reason);
+            }
+        }
+        _ => {
+            return invalid_client(
+                "AADSTS7000218: the request must contain client_secret or client_assertion",
+            )
+        }
     }
     let _ = &form.scope;
     let n = sim.conn_seq.fetch_add(1, Ordering::Relaxed);
@@ -1742,12 +2065,16 @@ pub async fn start(cfg: SimConfig) -> std::io::Result<Running> {
     }
     let sim = Sim::new(cfg.clone());
     let data = web::Data::new(sim.clone());
+    static CONNECTIONS: AtomicU64 = AtomicU64::new(1);
     let server = actix_web::HttpServer::new(move || {
         actix_web::App::new()
             .app_data(data.clone())
             .app_data(web::PayloadConfig::new(256 * 1024 * 1024))
             .app_data(web::JsonConfig::default().limit(64 * 1024 * 1024))
             .configure(routes)
+    })
+    .on_connect(|_, ext| {
+        ext.insert(ConnId(CONNECTIONS.fetch_add(1, Ordering::Relaxed)));
     })
     .workers(cfg.workers.max(1))
     .keep_alive(Duration::from_secs(120))

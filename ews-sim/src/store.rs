@@ -1157,6 +1157,8 @@ pub fn decode_ck(s: &str) -> Option<u64> {
 /// The whole store: mailboxes by address.
 pub struct Store {
     mailboxes: RwLock<HashMap<String, Arc<Mutex<Mailbox>>>>,
+    /// Mailbox index (encoded in every item and folder id) to address.
+    addresses: RwLock<HashMap<u64, String>>,
     next_index: AtomicU64,
     /// Key of the sync-state checksums (per simulator instance).
     secret: u64,
@@ -1169,6 +1171,7 @@ impl Store {
     pub fn new(secret: u64) -> Store {
         Store {
             mailboxes: RwLock::new(HashMap::new()),
+            addresses: RwLock::new(HashMap::new()),
             next_index: AtomicU64::new(1),
             secret,
             subscriptions: crate::streaming::Hub::default(),
@@ -1183,6 +1186,7 @@ impl Store {
         }
         let index = self.next_index.fetch_add(1, Ordering::Relaxed);
         let m = Arc::new(Mutex::new(Mailbox::new(index, &smtp, display_name)));
+        self.addresses.write().insert(index, smtp.clone());
         self.mailboxes.write().insert(smtp, m.clone());
         m
     }
@@ -1198,8 +1202,14 @@ impl Store {
         let display_name = old.lock().display_name.clone();
         let index = self.next_index.fetch_add(1, Ordering::Relaxed);
         let fresh = Arc::new(Mutex::new(Mailbox::new(index, &smtp, &display_name)));
+        self.addresses.write().insert(index, smtp.clone());
         self.mailboxes.write().insert(smtp, fresh);
         true
+    }
+
+    /// The address of the mailbox with this index (the one encoded in its ids).
+    pub fn address_of(&self, index: u64) -> Option<String> {
+        self.addresses.read().get(&index).cloned()
     }
 
     /// A mailbox by address.

@@ -1,5 +1,6 @@
 //! Interoperability: exchangelib (the most used EWS client, unchanged from PyPI) against an
-//! in-process ews-sim — the shared probe in delegate and impersonation mode and our own
+//! in-process ews-sim — the shared probe in delegate mode (on the account's own mailbox, and on
+//! another's with full access) and impersonation mode, and our own
 //! scenarios — and every request and response of those runs validated against the official
 //! schema. Under CI=true, a missing exchangelib or validator fails the test.
 
@@ -52,6 +53,14 @@ async fn exchangelib_works_and_every_message_is_schema_valid() {
     let sim = server::start(SimConfig {
         mailboxes: 3,
         record: Some(record.path().to_path_buf()),
+        // A delegate account with full access to user1's mailbox only.
+        users: vec![server::UserSpec {
+            smtp: "assistant@example.com".into(),
+            password: "pw".into(),
+            display_name: Some("Assistant".into()),
+            impersonation: false,
+            full_access: vec!["user1@example.com".into()],
+        }],
         ..SimConfig::default()
     })
     .await
@@ -72,6 +81,20 @@ async fn exchangelib_works_and_every_message_is_schema_valid() {
                     "user1@example.com",
                     "--password",
                     "password",
+                    "--mailbox",
+                    "user1@example.com",
+                ],
+            ),
+            // Delegate (full) access to another user's mailbox.
+            run(
+                &probe,
+                &[
+                    "--url",
+                    &u,
+                    "--user",
+                    "assistant@example.com",
+                    "--password",
+                    "pw",
                     "--mailbox",
                     "user1@example.com",
                 ],

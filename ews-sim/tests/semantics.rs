@@ -1139,12 +1139,17 @@ fn users_files_in_json_and_toml() {
     let toml_path = dir.path().join("users.toml");
     std::fs::write(
         &toml_path,
-        "[[users]]\nsmtp = \"bob@contoso.com\"\npassword = \"pw\"\n",
+        "[[users]]\nsmtp = \"bob@contoso.com\"\npassword = \"pw\"\nfull_access = [\"anna@contoso.com\", \"*\"]\n",
     )
     .unwrap();
-    assert_eq!(
-        server::read_users(&toml_path).unwrap()[0].smtp,
-        "bob@contoso.com"
+    let users = server::read_users(&toml_path).unwrap();
+    assert_eq!(users[0].smtp, "bob@contoso.com");
+    assert_eq!(users[0].full_access, vec!["anna@contoso.com", "*"]);
+    assert!(
+        server::read_users(&json_path).unwrap()[0]
+            .full_access
+            .is_empty(),
+        "no full access unless granted"
     );
     std::fs::write(&toml_path, "[[users]]\nsmtp = \"bob\"\npassword = \"pw\"\n").unwrap();
     assert!(server::read_users(&toml_path)
@@ -1566,4 +1571,77 @@ async fn moves_and_deletes_are_told_to_the_subscribers_of_the_folder_left_too() 
         "{buf}"
     );
     assert!(!stream_events(&buf).iter().any(|e| e.1 == "MovedEvent"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_access_is_granted_per_mailbox_and_refused_as_exchange_does() {
+    let t = T::new().await;
+    t.control(
+        reqwest::Method::POST,
+        "/sim/mailboxes",
+        serde_json::json!({"smtp": "assistant@example.com", "password": "pw", "full_access": ["user2@example.com"]}),
+    )
+    .await;
+    let get_inbox = |mailbox: &str| {
+        format!(
+            r#"<m:GetFolder><m:FolderShape><t:BaseShape>IdOnly</t:BaseShape></m:FolderShape><m:FolderIds><t:DistinguishedFolderId Id="inbox"><t:Mailbox><t:EmailAddress>{mailbox}</t:EmailAddress></t:Mailbox></t:DistinguishedFolderId></m:FolderIds></m:GetFolder>"#
+        )
+    };
+    let message = |n: &Node| {
+        n.get("Body")
+            .and_then(|b| b.children.first())
+            .and_then(|r| r.get("ResponseMessages"))
+            .and_then(|m| m.children.first())
+            .cloned()
+            .unwrap_or_default()
+    };
+    // Granted: the folder of user2's mailbox (not the assistant's own).
+    let (status, n) = t
+        .call_as(
+            ("assistant@example.com", "pw"),
+            None,
+            &get_inbox("user2@example.com"),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let m = message(&n);
+    assert_eq!(m.text_of("ResponseCode"), Some("NoError"), "{n:?}");
+    let id = m
+        .get("Folders")
+        .and_then(|f| f.children.first())
+        .and_then(|f| f.get("FolderId"))
+        .and_then(|f| f.attr("Id"))
+        .unwrap()
+        .to_string();
+    let user2_inbox = {
+        let mailbox = t.sim.sim.store.mailbox("user2@example.com").unwrap();
+        let mut m = mailbox.lock();
+        let key = m.distinguished_folder("inbox").unwrap();
+        m.folder_id(key).0
+    };
+    assert_eq!(id, user2_inbox);
+    // Not granted: the response message says ErrorAccessDenied, as Exchange's does.
+    let (status, n) = t
+        .call_as(
+            ("assistant@example.com", "pw"),
+            None,
+            &get_inbox("user1@example.com"),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let m = message(&n);
+    assert_eq!(
+        (m.attr("ResponseClass"), m.text_of("ResponseCode")),
+        (Some("Error"), Some("ErrorAccessDenied")),
+        "{n:?}"
+    );
+    // Nor does the grant open the mailbox by impersonation.
+    let (status, _) = t
+        .call_as(
+            ("assistant@example.com", "pw"),
+            Some("user2@example.com"),
+            &get_inbox("user2@example.com"),
+        )
+        .await;
+    assert_eq!(status, 500, "ErrorImpersonateUserDenied is a fault");
 }

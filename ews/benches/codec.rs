@@ -83,6 +83,7 @@ fn bench(c: &mut Criterion) {
     let headers = Headers {
         version: "Exchange2013_SP1",
         impersonate: Some("user1@example.com"),
+        delegate: None,
         time_zone: Some("UTC"),
     };
     let size = envelope(&headers, |w| create.write_body(w)).len();

@@ -8,7 +8,9 @@
 //! `http://autodiscover.DOMAIN/autodiscover/autodiscover.xml` whose 302 is followed to an https
 //! URL — and the redirects both protocols answer with (another address, another URL) are
 //! followed up to [`MAX_REDIRECTS`], and last the DNS SRV record `_autodiscover._tcp.DOMAIN`.
-//! Credentials only ever go to https endpoints, unless a test allows http explicitly.
+//! Credentials (Basic, NTLM or an OAuth2 bearer token: the server's own auth) only ever go to
+//! https endpoints (unless a test allows http explicitly) in the mailbox's domain or on a
+//! configured allowlist; see [`Autodiscover`].
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,6 +19,7 @@ use std::sync::Arc;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, LOCATION};
 use reqwest::StatusCode;
 
+use crate::client::{header_value, read_capped, transport_error, Auth};
 use crate::xml::{self, Element, Ns, XmlWriter};
 use crate::Error;
 
@@ -131,7 +134,16 @@ pub struct AutodiscoverOptions {
     pub resolve: Vec<(String, std::net::SocketAddr)>,
     /// SRV lookups.
     pub srv: Arc<dyn SrvResolver>,
+    /// Hosts outside the mailbox's domain that may receive credentials when a redirect, an
+    /// SRV record or the http probe points to them: exact names, or `*.example.net` for every
+    /// host under example.net.
+    pub allowed_hosts: Vec<String>,
+    /// The largest answer read from an Autodiscover endpoint.
+    pub max_response_bytes: u64,
 }
+
+/// Default of [`AutodiscoverOptions::max_response_bytes`]: 1 MiB (answers are a few KB).
+pub const DEFAULT_MAX_AUTODISCOVER_RESPONSE: u64 = 1024 * 1024;
 
 impl Default for AutodiscoverOptions {
     fn default() -> Self {
@@ -140,24 +152,54 @@ impl Default for AutodiscoverOptions {
             ca_pem: None,
             resolve: Vec::new(),
             srv: Arc::new(SystemSrv),
+            allowed_hosts: Vec::new(),
+            max_response_bytes: DEFAULT_MAX_AUTODISCOVER_RESPONSE,
         }
     }
 }
 
 /// An Autodiscover client.
+///
+/// Credentials go only where they belong: over https (unless http is allowed for a test) to
+/// the endpoints a caller names, to hosts in the mailbox's domain (the domain itself or a
+/// host under it, and the configured Autodiscover domain), or to hosts on
+/// [`AutodiscoverOptions::allowed_hosts`]. A redirect, an SRV target or an http-probe answer
+/// pointing elsewhere is refused and reported; the search goes on with the other candidates.
 #[derive(Clone)]
 pub struct Autodiscover {
+    /// Follows no redirect: each one is a decision (https, allowed host, counted).
     http: reqwest::Client,
-    username: String,
-    password: String,
+    /// How requests authenticate (the server's own auth: Basic, NTLM or OAuth2).
+    auth: Auth,
+    /// Extra CA and pinned hosts, for the one-connection clients NTLM needs.
+    ca_pem: Option<Vec<u8>>,
+    resolve: Vec<(String, std::net::SocketAddr)>,
     allow_http: bool,
     srv: Arc<dyn SrvResolver>,
+    /// Lower-case host names or `*.suffix` patterns.
+    allowed_hosts: Vec<String>,
+    max_response_bytes: u64,
 }
 
 impl std::fmt::Debug for Autodiscover {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Autodiscover({}, ***)", self.username)
+        write!(f, "Autodiscover({:?})", self.auth)
     }
+}
+
+/// Where credentials may go during one search: the domains of the mailbox (and the configured
+/// Autodiscover domain), and the hosts of the endpoints the caller named.
+#[derive(Debug, Clone, Default)]
+struct Scope {
+    domains: Vec<String>,
+    named_hosts: Vec<String>,
+}
+
+fn host_in_domain(host: &str, domain: &str) -> bool {
+    host == domain
+        || host
+            .strip_suffix(domain)
+            .is_some_and(|rest| rest.ends_with('.'))
 }
 
 impl Autodiscover {
@@ -174,26 +216,45 @@ impl Autodiscover {
         )
     }
 
-    /// A client with explicit options.
+    /// A client with Basic credentials and explicit options.
     pub fn with_options(
         username: &str,
         password: &str,
         options: AutodiscoverOptions,
     ) -> Result<Self, Error> {
-        // Redirects are never followed silently: each one is a decision (https only, counted).
+        Self::with_auth(
+            Auth::Basic {
+                username: username.to_string(),
+                password: password.to_string(),
+            },
+            options,
+        )
+    }
+
+    /// A client with any of the EWS authentications (Basic, NTLM, OAuth2 bearer tokens).
+    pub fn with_auth(auth: Auth, options: AutodiscoverOptions) -> Result<Self, Error> {
+        if let Auth::OAuth2(tokens) = &auth {
+            crate::client::check_scheme("token URL", tokens.token_url(), options.allow_http)?;
+        }
         let http = crate::client::build_http(
             options.ca_pem.as_deref(),
             &options.resolve,
             Some(std::time::Duration::from_secs(30)),
-            false,
-            false,
         )?;
         Ok(Autodiscover {
             http,
-            username: username.to_string(),
-            password: password.to_string(),
+            auth,
+            ca_pem: options.ca_pem,
+            resolve: options.resolve,
             allow_http: options.allow_http,
             srv: options.srv,
+            allowed_hosts: options
+                .allowed_hosts
+                .iter()
+                .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
+                .filter(|h| !h.is_empty())
+                .collect(),
+            max_response_bytes: options.max_response_bytes,
         })
     }
 
@@ -211,24 +272,61 @@ impl Autodiscover {
         out
     }
 
+    /// Whether credentials may go to `url`; the reason when not.
+    fn may_send_credentials(&self, url: &url::Url, scope: &Scope) -> Result<(), String> {
+        if url.scheme() != "https" && !self.allow_http {
+            return Err(format!(
+                "not sending credentials to {}: it is not https",
+                crate::client::without_query(url)
+            ));
+        }
+        let host = url
+            .host_str()
+            .unwrap_or_default()
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        let allowed = scope.named_hosts.contains(&host)
+            || scope.domains.iter().any(|d| host_in_domain(&host, d))
+            || self
+                .allowed_hosts
+                .iter()
+                .any(|a| match a.strip_prefix("*.") {
+                    Some(suffix) => host_in_domain(&host, suffix) && host != suffix,
+                    None => *a == host,
+                });
+        if allowed {
+            Ok(())
+        } else {
+            Err(format!(
+                "not sending credentials to {host}: it is neither in the mailbox's domain ({}) nor on the allowed hosts list",
+                scope.domains.join(", ")
+            ))
+        }
+    }
+
     /// Finds the EWS URL of `email`: the standard candidates of its domain (or of `domain`
     /// when given), then the unauthenticated http redirect of `autodiscover.DOMAIN`, then the
     /// endpoints of the SRV record `_autodiscover._tcp.DOMAIN`.
     pub async fn discover(&self, email: &str, domain: Option<&str>) -> Result<Discovered, Error> {
-        let domain = match domain {
-            Some(d) => d.to_string(),
-            None => email
-                .rsplit_once('@')
-                .map(|(_, d)| d.to_string())
-                .ok_or_else(|| Error::Request(format!("{email:?} is not an e-mail address")))?,
+        let own = email
+            .rsplit_once('@')
+            .map(|(_, d)| d.to_ascii_lowercase())
+            .ok_or_else(|| Error::Request(format!("{email:?} is not an e-mail address")))?;
+        let domain = domain.map_or_else(|| own.clone(), str::to_ascii_lowercase);
+        let mut scope = Scope {
+            domains: vec![own.clone()],
+            named_hosts: Vec::new(),
         };
+        if domain != own {
+            scope.domains.push(domain.clone());
+        }
         let mut candidates = Self::candidates(&domain);
         if let Ok(u) = url::Url::parse(&format!(
             "http://autodiscover.{domain}/autodiscover/autodiscover.xml"
         )) {
             candidates.push(u);
         }
-        let first = match self.discover_at(email, &candidates).await {
+        let first = match self.search(email, &candidates, &scope).await {
             Ok(d) => return Ok(d),
             Err(e @ Error::Unauthorized(_)) => return Err(e),
             Err(e) => e,
@@ -241,30 +339,71 @@ impl Autodiscover {
         if srv.is_empty() {
             return Err(first);
         }
-        match self.discover_at(email, &srv).await {
+        match self.search(email, &srv, &scope).await {
             Err(Error::Unauthorized(m)) => Err(Error::Unauthorized(m)),
-            Err(e) => Err(Error::Transient(format!("{first}; then via DNS SRV: {e}"))),
+            Err(e @ Error::Request(_)) => Err(Error::Request(format!(
+                "{}; then via DNS SRV: {}",
+                message(&first),
+                message(&e)
+            ))),
+            Err(e) => Err(Error::Transient(format!(
+                "{}; then via DNS SRV: {}",
+                message(&first),
+                message(&e)
+            ))),
             found => found,
         }
     }
 
-    /// Tries `candidates` in order for `email`, following redirects. A candidate with an
-    /// `http` scheme is the unauthenticated redirect probe (GET, no credentials) unless http is
-    /// allowed, in which case it is asked like any other endpoint.
+    /// Tries `candidates` in order for `email`, following redirects. The candidates are the
+    /// caller's choice and may receive credentials; what they redirect to must be in the
+    /// mailbox's domain or on the allowed hosts list. A candidate with an `http` scheme is the
+    /// unauthenticated redirect probe (GET, no credentials) unless http is allowed, in which
+    /// case it is asked like any other endpoint.
     pub async fn discover_at(
         &self,
         email: &str,
         candidates: &[url::Url],
     ) -> Result<Discovered, Error> {
+        let own = email
+            .rsplit_once('@')
+            .map(|(_, d)| d.to_ascii_lowercase())
+            .unwrap_or_default();
+        let scope = Scope {
+            domains: vec![own],
+            named_hosts: candidates
+                .iter()
+                .filter_map(|u| u.host_str())
+                .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+                .collect(),
+        };
+        self.search(email, candidates, &scope).await
+    }
+
+    async fn search(
+        &self,
+        email: &str,
+        candidates: &[url::Url],
+        scope: &Scope,
+    ) -> Result<Discovered, Error> {
         let mut email = email.to_string();
         let mut queue: Vec<url::Url> = candidates.to_vec();
         let mut redirects = 0;
         let mut errors = Vec::new();
+        let mut refused = false;
         let mut i = 0;
         while i < queue.len() {
             let url = queue[i].clone();
             i += 1;
-            let step = if url.scheme() == "http" && !self.allow_http {
+            let probe = url.scheme() == "http" && !self.allow_http;
+            if !probe {
+                if let Err(why) = self.may_send_credentials(&url, scope) {
+                    refused = true;
+                    errors.push(why);
+                    continue;
+                }
+            }
+            let step = if probe {
                 match self.http_redirect_probe(&url).await {
                     Ok(target) => Ok(Step::RedirectUrl(target)),
                     Err(e) => Err(e),
@@ -286,7 +425,8 @@ impl Autodiscover {
                 Ok(Step::RedirectAddress(addr)) => {
                     redirects += 1;
                     email = addr;
-                    // A new address starts the candidate list over for its domain.
+                    // A new address starts the candidate list over for its domain (whose
+                    // hosts receive credentials only if they are in scope or allowed).
                     let domain = email
                         .rsplit_once('@')
                         .map(|(_, d)| d.to_string())
@@ -301,21 +441,38 @@ impl Autodiscover {
                 Ok(Step::RedirectUrl(u)) => {
                     redirects += 1;
                     if u.scheme() != "https" && !self.allow_http {
-                        errors.push(format!("{url}: redirect to non-https {u} refused"));
+                        errors.push(format!(
+                            "{}: redirect to non-https {} refused",
+                            crate::client::without_query(&url),
+                            crate::client::without_query(&u)
+                        ));
                         continue;
                     }
                     queue.insert(i, u);
                 }
                 Err(Error::Unauthorized(m)) => {
-                    return Err(Error::Unauthorized(format!("autodiscover at {url}: {m}")))
+                    return Err(Error::Unauthorized(format!(
+                        "autodiscover at {}: {m}",
+                        crate::client::without_query(&url)
+                    )))
                 }
-                Err(e) => errors.push(format!("{url}: {e}")),
+                Err(e) => errors.push(format!(
+                    "{}: {}",
+                    crate::client::without_query(&url),
+                    message(&e)
+                )),
             }
         }
-        Err(Error::Transient(format!(
+        let text = format!(
             "autodiscover for {email} failed at every endpoint: {}",
             errors.join("; ")
-        )))
+        );
+        // A refusal is a decision of ours: trying again later would not change it.
+        Err(if refused {
+            Error::Request(text)
+        } else {
+            Error::Transient(text)
+        })
     }
 
     async fn http_redirect_probe(&self, url: &url::Url) -> Result<url::Url, Error> {
@@ -324,7 +481,7 @@ impl Autodiscover {
             .get(url.clone())
             .send()
             .await
-            .map_err(|e| Error::Transient(e.to_string()))?;
+            .map_err(transport_error)?;
         if resp.status() != StatusCode::FOUND && resp.status() != StatusCode::MOVED_PERMANENTLY {
             return Err(Error::NotFound(format!(
                 "no redirect (HTTP {})",
@@ -337,7 +494,7 @@ impl Autodiscover {
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| Error::Malformed("redirect without Location".into()))?;
         url.join(loc)
-            .map_err(|e| Error::Malformed(format!("redirect Location {loc:?}: {e}")))
+            .map_err(|e| Error::Malformed(format!("redirect Location: {e}")))
     }
 
     async fn post(
@@ -345,25 +502,62 @@ impl Autodiscover {
         url: &url::Url,
         body: Vec<u8>,
     ) -> Result<(StatusCode, reqwest::header::HeaderMap, Vec<u8>), Error> {
-        use base64::Engine;
-        let auth = base64::engine::general_purpose::STANDARD
-            .encode(format!("{}:{}", self.username, self.password));
-        let resp = self
-            .http
-            .post(url.clone())
-            .header(CONTENT_TYPE, "text/xml; charset=utf-8")
-            .header(AUTHORIZATION, format!("Basic {auth}"))
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| Error::Transient(e.to_string()))?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            CONTENT_TYPE,
+            reqwest::header::HeaderValue::from_static("text/xml; charset=utf-8"),
+        );
+        let resp = match &self.auth {
+            Auth::Ntlm { username, password } => {
+                // NTLM authenticates a connection: the handshake and the request share one.
+                let mut conn = crate::connection::Connection::open(&crate::connection::Target {
+                    url: url.clone(),
+                    ca_pem: self.ca_pem.clone(),
+                    resolve: self.resolve.clone(),
+                })
+                .await?;
+                tokio::time::timeout(
+                    std::time::Duration::from_secs(30),
+                    crate::client::ntlm_handshake(
+                        username, password, &mut conn, url, &headers, &body,
+                    ),
+                )
+                .await
+                .map_err(|_| Error::Transient("autodiscover request timed out".into()))??
+            }
+            other => {
+                match other {
+                    Auth::Basic { username, password } => {
+                        use base64::Engine;
+                        let basic = base64::engine::general_purpose::STANDARD
+                            .encode(format!("{username}:{password}"));
+                        headers.insert(
+                            AUTHORIZATION,
+                            header_value("Authorization", &format!("Basic {basic}"))?,
+                        );
+                    }
+                    Auth::OAuth2(tokens) => {
+                        let token = tokens.token(&self.http).await?;
+                        headers.insert(
+                            AUTHORIZATION,
+                            header_value("Authorization", &format!("Bearer {token}"))?,
+                        );
+                    }
+                    Auth::Ntlm { .. } | Auth::None => {}
+                }
+                self.http
+                    .post(url.clone())
+                    .headers(headers)
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(transport_error)?
+            }
+        };
         let status = resp.status();
         let headers = resp.headers().clone();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| Error::Transient(e.to_string()))?;
-        Ok((status, headers, bytes.to_vec()))
+        let bytes = read_capped(resp, self.max_response_bytes, "autodiscover response").await?;
+        Ok((status, headers, bytes))
     }
 
     fn check(
@@ -374,7 +568,10 @@ impl Autodiscover {
         match status {
             s if s.is_success() => Ok(None),
             StatusCode::UNAUTHORIZED => Err(Error::Unauthorized("HTTP 401".into())),
-            StatusCode::FOUND | StatusCode::MOVED_PERMANENTLY | StatusCode::TEMPORARY_REDIRECT => {
+            StatusCode::FOUND
+            | StatusCode::MOVED_PERMANENTLY
+            | StatusCode::TEMPORARY_REDIRECT
+            | StatusCode::PERMANENT_REDIRECT => {
                 let loc = headers
                     .get(LOCATION)
                     .and_then(|v| v.to_str().ok())
@@ -401,6 +598,14 @@ impl Autodiscover {
             return Ok(step);
         }
         parse_soap(&body, email, url)
+    }
+}
+
+/// An error's text without the variant's prefix where that adds nothing.
+fn message(e: &Error) -> String {
+    match e {
+        Error::Transient(m) | Error::Request(m) => m.clone(),
+        other => other.to_string(),
     }
 }
 
@@ -643,6 +848,64 @@ mod tests {
         .map(|u| u.host_str().unwrap_or_default().to_string())
         .collect();
         assert_eq!(got, vec!["a.example", "b.example", "c.example"]);
+    }
+
+    #[test]
+    fn credentials_go_only_to_the_mailbox_domain_named_hosts_and_the_allowlist() {
+        let ad = Autodiscover::with_auth(
+            Auth::None,
+            AutodiscoverOptions {
+                allowed_hosts: vec![
+                    "autodiscover-s.outlook.com".into(),
+                    "*.hosting.example".into(),
+                ],
+                ..AutodiscoverOptions::default()
+            },
+        )
+        .unwrap();
+        let scope = Scope {
+            domains: vec!["contoso.com".into(), "ad.contoso.net".into()],
+            named_hosts: vec!["explicit.example.org".into()],
+        };
+        let check = |u: &str| {
+            ad.may_send_credentials(&url::Url::parse(u).unwrap(), &scope)
+                .is_ok()
+        };
+        for ok in [
+            "https://contoso.com/autodiscover/autodiscover.svc",
+            "https://autodiscover.contoso.com/autodiscover/autodiscover.xml",
+            "https://mail.eu.CONTOSO.com./autodiscover/autodiscover.xml",
+            "https://ad.contoso.net:8443/autodiscover/autodiscover.svc",
+            "https://x.ad.contoso.net/autodiscover/autodiscover.svc",
+            "https://explicit.example.org:444/autodiscover/autodiscover.svc",
+            "https://autodiscover-s.outlook.com/autodiscover/autodiscover.svc",
+            "https://eu1.hosting.example/autodiscover/autodiscover.xml",
+        ] {
+            assert!(check(ok), "{ok} should be allowed");
+        }
+        for refused in [
+            // Not https.
+            "http://contoso.com/autodiscover/autodiscover.xml",
+            // Look-alikes and other domains.
+            "https://evilcontoso.com/autodiscover/autodiscover.xml",
+            "https://contoso.com.evil.example/autodiscover/autodiscover.xml",
+            "https://contoso.net/autodiscover/autodiscover.xml",
+            "https://outlook.com/autodiscover/autodiscover.svc",
+            // A wildcard covers hosts under the domain, not the domain itself.
+            "https://hosting.example/autodiscover/autodiscover.xml",
+        ] {
+            assert!(!check(refused), "{refused} should be refused");
+        }
+        let why = ad
+            .may_send_credentials(
+                &url::Url::parse("https://evil.example/autodiscover/autodiscover.xml?u=x").unwrap(),
+                &scope,
+            )
+            .unwrap_err();
+        assert_eq!(
+            why,
+            "not sending credentials to evil.example: it is neither in the mailbox's domain (contoso.com, ad.contoso.net) nor on the allowed hosts list"
+        );
     }
 
     #[test]

@@ -1,7 +1,13 @@
 //! Sending operations over HTTP: reqwest with rustls, pooled connections, timeouts, an optional
 //! extra CA, the EWS headers (X-AnchorMailbox on every mailbox request; X-PreferServerAffinity
-//! and the back-end cookie for subscription groups), authentication, and the mapping of HTTP
-//! failures to [`Error`].
+//! and the back-end cookie for subscription groups), authentication, the access mode of a
+//! request (impersonation, delegate access or the caller's own mailbox), and the mapping of
+//! HTTP failures to [`Error`].
+//!
+//! Bounds on what a server can make the client do: no redirect is ever followed (a 3xx is
+//! [`Error::Redirected`]), an answer larger than its cap is [`Error::TooLarge`] before it is
+//! read into memory, and a header value that cannot be sent fails without being echoed (it
+//! may be a password or a bearer token).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -10,10 +16,13 @@ use futures_util::StreamExt;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, COOKIE, SET_COOKIE};
 use reqwest::StatusCode;
 
+use crate::connection::Connection;
 use crate::ops::{GetStreamingEvents, Operation};
 use crate::soap::{self, Headers, ServerVersionInfo};
 use crate::streaming::{StreamEvent, StreamParser};
 use crate::Error;
+
+pub use crate::oauth2::{ClientCertificate, ClientCredential, OAuth2Tokens};
 
 /// How requests authenticate.
 #[derive(Clone)]
@@ -71,7 +80,18 @@ pub struct ClientConfig {
     pub resolve: Vec<(String, std::net::SocketAddr)>,
     /// Told about every finished request (the service counts them as metrics).
     pub observer: Option<Arc<dyn Observer>>,
+    /// The largest answer read for a request without MIME content; a larger one is
+    /// [`Error::TooLarge`] and is not read into memory.
+    pub max_response_bytes: u64,
+    /// The largest answer read for a request that asks for MIME content (GetItem with
+    /// `item:MimeContent`).
+    pub max_mime_response_bytes: u64,
 }
+
+/// Default of [`ClientConfig::max_response_bytes`]: 16 MiB.
+pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 16 * 1024 * 1024;
+/// Default of [`ClientConfig::max_mime_response_bytes`]: 128 MiB.
+pub const DEFAULT_MAX_MIME_RESPONSE_BYTES: u64 = 128 * 1024 * 1024;
 
 /// Watches requests as they finish, e.g. to count them; must be cheap and never block.
 pub trait Observer: Send + Sync + std::fmt::Debug {
@@ -93,17 +113,33 @@ impl ClientConfig {
             time_zone: Some("UTC".to_string()),
             resolve: Vec::new(),
             observer: None,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            max_mime_response_bytes: DEFAULT_MAX_MIME_RESPONSE_BYTES,
         }
     }
+}
+
+/// How a request reaches the mailbox it is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// The caller acts as the mailbox's user (ExchangeImpersonation header; the account holds
+    /// the ApplicationImpersonation right, or it is an app-only OAuth2 token).
+    Impersonation,
+    /// The caller opens another user's mailbox with its own identity (full access, delegate):
+    /// no ExchangeImpersonation; every distinguished folder names the mailbox (`t:Mailbox`).
+    Delegate,
+    /// The caller's own mailbox: no ExchangeImpersonation, folders as they are.
+    Own,
 }
 
 /// Whom a request is for.
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// The mailbox (X-AnchorMailbox, and the impersonated user when `impersonate`).
+    /// The mailbox (X-AnchorMailbox always; the impersonated user or the delegate-accessed
+    /// mailbox by `access`).
     pub mailbox: String,
-    /// Send ExchangeImpersonation.
-    pub impersonate: bool,
+    /// How the request reaches the mailbox.
+    pub access: Access,
     /// Subscription group routing, shared by the requests of one group.
     pub affinity: Option<Affinity>,
 }
@@ -111,18 +147,24 @@ pub struct Target {
 impl Target {
     /// A request acting for `mailbox` by impersonation.
     pub fn impersonating(mailbox: &str) -> Self {
-        Target {
-            mailbox: mailbox.to_string(),
-            impersonate: true,
-            affinity: None,
-        }
+        Self::with_access(mailbox, Access::Impersonation)
     }
 
-    /// A request for the caller's own mailbox (or delegate access).
+    /// A request for the caller's own mailbox.
     pub fn own(mailbox: &str) -> Self {
+        Self::with_access(mailbox, Access::Own)
+    }
+
+    /// A request opening `mailbox` by delegate (full) access.
+    pub fn delegate(mailbox: &str) -> Self {
+        Self::with_access(mailbox, Access::Delegate)
+    }
+
+    /// A request for `mailbox` with the given access.
+    pub fn with_access(mailbox: &str, access: Access) -> Self {
         Target {
             mailbox: mailbox.to_string(),
-            impersonate: false,
+            access,
             affinity: None,
         }
     }
@@ -168,16 +210,17 @@ pub struct Client {
     http: reqwest::Client,
     streaming_http: reqwest::Client,
     cfg: Arc<ClientConfig>,
-    /// NTLM authenticates a connection, not a request: each slot is a client with a single
-    /// keep-alive connection, used by one request at a time.
+    /// NTLM authenticates a connection, not a request: each slot holds one connection
+    /// (crate::connection, never pooled), used by one request at a time.
     ntlm_slots: Arc<Vec<tokio::sync::Mutex<NtlmSlot>>>,
     next_slot: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// One NTLM connection.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct NtlmSlot {
-    http: reqwest::Client,
+    /// The connection, once opened (again after the server closed it).
+    conn: Option<Connection>,
     /// The connection has completed a handshake (the server may still ask again).
     authenticated: bool,
 }
@@ -188,35 +231,23 @@ pub const NTLM_CONNECTIONS: usize = 8;
 const COOKIE_NAME: &str = "X-BackEndOverrideCookie";
 
 impl Client {
-    /// Builds the client; fails on an http:// endpoint unless allowed, or a bad CA file.
+    /// Builds the client; fails on an http:// endpoint or OAuth2 token URL unless allowed, or
+    /// a bad CA file.
     pub fn new(cfg: ClientConfig) -> Result<Self, Error> {
-        match cfg.endpoint.scheme() {
-            "https" => {}
-            "http" if cfg.allow_http => {}
-            other => {
-                return Err(Error::Request(format!(
-                    "endpoint {} uses {other}; credentials are only sent over https unless http is explicitly allowed",
-                    cfg.endpoint
-                )))
-            }
+        check_scheme("endpoint", &cfg.endpoint, cfg.allow_http)?;
+        if let Auth::OAuth2(tokens) = &cfg.auth {
+            check_scheme("token URL", tokens.token_url(), cfg.allow_http)?;
         }
         let ntlm_slots = if matches!(cfg.auth, Auth::Ntlm { .. }) {
             (0..NTLM_CONNECTIONS)
-                .map(|_| {
-                    http_client(&cfg, Some(cfg.timeout), true).map(|http| {
-                        tokio::sync::Mutex::new(NtlmSlot {
-                            http,
-                            authenticated: false,
-                        })
-                    })
-                })
-                .collect::<Result<Vec<_>, Error>>()?
+                .map(|_| tokio::sync::Mutex::new(NtlmSlot::default()))
+                .collect()
         } else {
             Vec::new()
         };
         Ok(Client {
-            http: http_client(&cfg, Some(cfg.timeout), false)?,
-            streaming_http: http_client(&cfg, None, false)?,
+            http: http_client(&cfg, Some(cfg.timeout))?,
+            streaming_http: http_client(&cfg, None)?,
             cfg: Arc::new(cfg),
             ntlm_slots: Arc::new(ntlm_slots),
             next_slot: Arc::default(),
@@ -230,9 +261,11 @@ impl Client {
 
     /// Writes the full request envelope of `op` for `target` (also used by tests and recording).
     pub fn envelope<O: Operation>(&self, target: &Target, op: &O) -> Vec<u8> {
+        let mailbox = Some(target.mailbox.as_str());
         let headers = Headers {
             version: &self.cfg.version,
-            impersonate: target.impersonate.then_some(target.mailbox.as_str()),
+            impersonate: mailbox.filter(|_| target.access == Access::Impersonation),
+            delegate: mailbox.filter(|_| target.access == Access::Delegate),
             time_zone: self.cfg.time_zone.as_deref(),
         };
         soap::envelope(&headers, |w| op.write_body(w))
@@ -248,11 +281,14 @@ impl Client {
             .affinity
             .as_ref()
             .map_or(target.mailbox.as_str(), |a| a.anchor.as_str());
-        h.insert("X-AnchorMailbox", header_value(anchor)?);
+        h.insert("X-AnchorMailbox", header_value("X-AnchorMailbox", anchor)?);
         if let Some(a) = &target.affinity {
             h.insert("X-PreferServerAffinity", HeaderValue::from_static("true"));
             if let Some(c) = a.cookie() {
-                h.insert(COOKIE, header_value(&format!("{COOKIE_NAME}={c}"))?);
+                h.insert(
+                    COOKIE,
+                    header_value("Cookie", &format!("{COOKIE_NAME}={c}"))?,
+                );
             }
         }
         match &self.cfg.auth {
@@ -260,11 +296,17 @@ impl Client {
                 use base64::Engine;
                 let token = base64::engine::general_purpose::STANDARD
                     .encode(format!("{username}:{password}"));
-                h.insert(AUTHORIZATION, header_value(&format!("Basic {token}"))?);
+                h.insert(
+                    AUTHORIZATION,
+                    header_value("Authorization", &format!("Basic {token}"))?,
+                );
             }
             Auth::OAuth2(tokens) => {
                 let t = tokens.token(&self.http).await?;
-                h.insert(AUTHORIZATION, header_value(&format!("Bearer {t}"))?);
+                h.insert(
+                    AUTHORIZATION,
+                    header_value("Authorization", &format!("Bearer {t}"))?,
+                );
             }
             // NTLM headers are per connection, added by `send_ntlm`.
             Auth::Ntlm { .. } | Auth::None => {}
@@ -306,20 +348,16 @@ impl Client {
         body: Vec<u8>,
         streaming: bool,
     ) -> Result<reqwest::Response, Error> {
-        let post = |http: &reqwest::Client, auth: Option<String>| {
-            let mut req = http
-                .post(self.cfg.endpoint.clone())
-                .headers(headers.clone())
-                .body(body.clone());
-            if let Some(a) = auth {
-                req = req.header(AUTHORIZATION, a);
-            }
-            req.send()
+        let target = crate::connection::Target {
+            url: self.cfg.endpoint.clone(),
+            ca_pem: self.cfg.ca_pem.clone(),
+            resolve: self.cfg.resolve.clone(),
         };
+        let url = &self.cfg.endpoint;
         if streaming {
             // A stream holds its connection for minutes: it gets a connection of its own.
-            let http = http_client(&self.cfg, None, true)?;
-            return ntlm_handshake(username, password, |a| post(&http, Some(a))).await;
+            let mut conn = Connection::open(&target).await?;
+            return ntlm_handshake(username, password, &mut conn, url, &headers, &body).await;
         }
         // A free connection first (authenticated ones are found first as they are reused);
         // when all are busy, queue on one in turn.
@@ -333,17 +371,37 @@ impl Client {
                 self.ntlm_slots[n].lock().await
             }
         };
-        if slot.authenticated {
-            let resp = post(&slot.http, None).await.map_err(transport_error)?;
-            if resp.status() != StatusCode::UNAUTHORIZED {
-                return Ok(resp);
+        let slot = &mut *slot;
+        let exchange = async {
+            if slot.conn.as_ref().is_none_or(Connection::is_closed) {
+                slot.conn = Some(Connection::open(&target).await?);
+                slot.authenticated = false;
             }
+            let Some(conn) = slot.conn.as_mut() else {
+                return Err(Error::Request("no NTLM connection".into()));
+            };
+            if slot.authenticated {
+                let resp = conn.post(url, &headers, None, &body).await?;
+                if resp.status() != StatusCode::UNAUTHORIZED {
+                    return Ok(resp);
+                }
+                slot.authenticated = false;
+                // Drain the 401 so the connection can carry the handshake.
+                let _ = resp.bytes().await;
+            }
+            let resp = ntlm_handshake(username, password, conn, url, &headers, &body).await?;
+            slot.authenticated = true;
+            Ok(resp)
+        };
+        let result = tokio::time::timeout(self.cfg.timeout, exchange)
+            .await
+            .unwrap_or_else(|_| Err(Error::Transient("the request timed out".into())));
+        if result.is_err() {
+            // Whatever state the connection is in, the next request starts on a new one.
+            slot.conn = None;
             slot.authenticated = false;
         }
-        let http = slot.http.clone();
-        let resp = ntlm_handshake(username, password, |a| post(&http, Some(a))).await?;
-        slot.authenticated = resp.status() != StatusCode::UNAUTHORIZED;
-        Ok(resp)
+        result
     }
 
     /// Sends `op` for `target` and parses the answer.
@@ -366,11 +424,29 @@ impl Client {
         target: &Target,
         op: &O,
     ) -> Result<Reply<O::Output>, Error> {
+        if target.access == Access::Delegate {
+            if let Some(why) = op.delegate_refusal() {
+                return Err(Error::Request(format!(
+                    "{} for {} by delegate access: {why}",
+                    O::NAME,
+                    target.mailbox
+                )));
+            }
+        }
         let body = self.envelope(target, op);
         let resp = self.send(target, body, false).await?;
         remember_cookie(target, resp.headers());
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(transport_error)?;
+        check_redirect(status, resp.headers(), &self.cfg.endpoint)?;
+        let (limit, what) = if op.carries_mime() {
+            (self.cfg.max_mime_response_bytes, "mime response")
+        } else {
+            (self.cfg.max_response_bytes, "response")
+        };
+        // reqwest's timeout covers its own bodies; an NTLM connection's body needs this one.
+        let bytes = tokio::time::timeout(self.cfg.timeout, read_capped(resp, limit, what))
+            .await
+            .map_err(|_| Error::Transient("reading the answer timed out".into()))??;
         check_status(status, &bytes)?;
         let parsed = soap::parse_response(&bytes)?;
         if parsed.body.name != format!("{}Response", O::NAME) {
@@ -409,8 +485,9 @@ impl Client {
         let resp = resp?;
         remember_cookie(target, resp.headers());
         let status = resp.status();
+        check_redirect(status, resp.headers(), &self.cfg.endpoint)?;
         if !status.is_success() {
-            let bytes = resp.bytes().await.map_err(transport_error)?;
+            let bytes = read_capped(resp, self.cfg.max_response_bytes, "response").await?;
             check_status(status, &bytes)?;
             // A 200-class status was handled above; a non-success one always errors in check_status.
             return Err(Error::Malformed(format!("unexpected HTTP status {status}")));
@@ -429,34 +506,93 @@ impl Client {
     }
 }
 
+/// Refuses a non-https URL unless http is allowed: credentials travel with every request.
+pub(crate) fn check_scheme(what: &str, url: &url::Url, allow_http: bool) -> Result<(), Error> {
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if allow_http => Ok(()),
+        other => Err(Error::Request(format!(
+            "{what} {} uses {other}; credentials are only sent over https unless http is explicitly allowed",
+            without_query(url)
+        ))),
+    }
+}
+
+/// A URL for messages: scheme, host, port and path; the query (which may carry anything) and
+/// any user info are left out.
+pub(crate) fn without_query(url: &url::Url) -> String {
+    let mut u = url.clone();
+    u.set_query(None);
+    u.set_fragment(None);
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    u.to_string()
+}
+
+/// A 3xx answer is an error: no redirect is followed (see [`Error::Redirected`]).
+pub(crate) fn check_redirect(
+    status: StatusCode,
+    headers: &HeaderMap,
+    base: &url::Url,
+) -> Result<(), Error> {
+    if !status.is_redirection() {
+        return Ok(());
+    }
+    let location = headers
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|l| base.join(l).ok())
+        .map_or_else(|| "(no Location)".to_string(), |u| without_query(&u));
+    Err(Error::Redirected {
+        status: status.as_u16(),
+        location,
+    })
+}
+
+/// Reads an answer's body, at most `limit` bytes: a Content-Length over the cap is refused
+/// before reading, and a body that grows past it is dropped as soon as it does.
+pub(crate) async fn read_capped(
+    resp: reqwest::Response,
+    limit: u64,
+    what: &'static str,
+) -> Result<Vec<u8>, Error> {
+    let too_large = || Error::TooLarge { limit, what };
+    let declared = resp.content_length();
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut out = Vec::with_capacity(declared.unwrap_or(0).min(1 << 20) as usize);
+    let mut chunks = resp.bytes_stream();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(transport_error)?;
+        if out.len() as u64 + chunk.len() as u64 > limit {
+            return Err(too_large());
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
 /// A reqwest client for `cfg`: rustls, the extra CA, timeouts. With `single` its requests
 /// share one keep-alive HTTP/1.1 connection, as NTLM needs (it authenticates the connection,
 /// so the handshake and the request must travel on the same one).
-fn http_client(
-    cfg: &ClientConfig,
-    timeout: Option<Duration>,
-    single: bool,
-) -> Result<reqwest::Client, Error> {
-    build_http(cfg.ca_pem.as_deref(), &cfg.resolve, timeout, single, true)
+fn http_client(cfg: &ClientConfig, timeout: Option<Duration>) -> Result<reqwest::Client, Error> {
+    build_http(cfg.ca_pem.as_deref(), &cfg.resolve, timeout)
 }
 
-/// A reqwest client: rustls, an extra CA, pinned host names, timeouts; `single` keeps one
-/// connection (NTLM); `redirects` false hands every redirect to the caller (Autodiscover).
+/// A reqwest client: rustls, an extra CA, pinned host names, timeouts. It follows no
+/// redirect: every 3xx comes back to the caller, which refuses it (EWS, tokens) or decides on
+/// it (Autodiscover). (NTLM uses crate::connection instead: it needs one held connection.)
 pub(crate) fn build_http(
     ca_pem: Option<&[u8]>,
     resolve: &[(String, std::net::SocketAddr)],
     timeout: Option<Duration>,
-    single: bool,
-    redirects: bool,
 ) -> Result<reqwest::Client, Error> {
     let mut b = reqwest::Client::builder()
         .use_rustls_tls()
-        .pool_max_idle_per_host(if single { 1 } else { 32 })
+        .pool_max_idle_per_host(32)
         .connect_timeout(Duration::from_secs(15))
         .user_agent(concat!("mailsync-ews/", env!("CARGO_PKG_VERSION")));
-    if single {
-        b = b.http1_only();
-    }
     if let Some(t) = timeout {
         b = b.timeout(t);
     }
@@ -475,25 +611,22 @@ pub(crate) fn build_http(
     for (host, addr) in resolve {
         b = b.resolve(host, *addr);
     }
-    if !redirects {
-        b = b.redirect(reqwest::redirect::Policy::none());
-    }
-    b.build()
+    b.redirect(reqwest::redirect::Policy::none())
+        .build()
         .map_err(|e| Error::Request(format!("http client: {e}")))
 }
 
 /// The NTLM handshake (MS-NLMP: Negotiate, Challenge, Authenticate with NTLMv2) around a
-/// request: `post` sends the request with the given Authorization header. The crypto is
-/// ntlmclient's (RustCrypto md4, hmac, md-5).
-async fn ntlm_handshake<F, Fut>(
+/// request, both legs on `conn`: the request (`headers`, `body`) travels with each. The crypto
+/// is ntlmclient's (RustCrypto md4, hmac, md-5).
+pub(crate) async fn ntlm_handshake(
     username: &str,
     password: &str,
-    post: F,
-) -> Result<reqwest::Response, Error>
-where
-    F: Fn(String) -> Fut,
-    Fut: std::future::Future<Output = Result<reqwest::Response, reqwest::Error>>,
-{
+    conn: &mut Connection,
+    url: &url::Url,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<reqwest::Response, Error> {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD;
     let (domain, user) = match username.split_once('\\') {
@@ -513,9 +646,14 @@ where
     let nego = negotiate
         .to_bytes()
         .map_err(|e| Error::Request(format!("ntlm negotiate: {e:?}")))?;
-    let first = post(format!("NTLM {}", b64.encode(nego)))
-        .await
-        .map_err(transport_error)?;
+    let first = conn
+        .post(
+            url,
+            headers,
+            Some(&format!("NTLM {}", b64.encode(nego))),
+            body,
+        )
+        .await?;
     if first.status() != StatusCode::UNAUTHORIZED {
         // The connection was authenticated already, or the server does not do NTLM.
         return Ok(first);
@@ -567,9 +705,14 @@ where
     let auth = auth
         .to_bytes()
         .map_err(|e| Error::Request(format!("ntlm authenticate: {e:?}")))?;
-    let resp = post(format!("NTLM {}", b64.encode(auth)))
-        .await
-        .map_err(transport_error)?;
+    let resp = conn
+        .post(
+            url,
+            headers,
+            Some(&format!("NTLM {}", b64.encode(auth))),
+            body,
+        )
+        .await?;
     if resp.status() == StatusCode::UNAUTHORIZED {
         return Err(Error::Unauthorized(
             "HTTP 401: the server refused the NTLM credentials".into(),
@@ -578,9 +721,14 @@ where
     Ok(resp)
 }
 
-fn header_value(s: &str) -> Result<HeaderValue, Error> {
-    HeaderValue::from_str(s)
-        .map_err(|_| Error::Request(format!("{s:?} cannot be sent in an HTTP header")))
+/// A header value; the error names the header, never the value (it may be a password or a
+/// bearer token).
+pub(crate) fn header_value(name: &str, value: &str) -> Result<HeaderValue, Error> {
+    HeaderValue::from_str(value).map_err(|_| {
+        Error::Request(format!(
+            "the {name} header cannot be sent: its value holds characters HTTP headers cannot carry"
+        ))
+    })
 }
 
 fn remember_cookie(target: &Target, headers: &HeaderMap) {
@@ -636,83 +784,28 @@ fn check_status(status: StatusCode, body: &[u8]) -> Result<(), Error> {
     }
 }
 
-fn transport_error(e: reqwest::Error) -> Error {
+/// A reqwest failure as an error. reqwest's messages name the URL, never header values.
+pub(crate) fn transport_error(e: reqwest::Error) -> Error {
     if e.is_builder() {
         Error::Request(e.to_string())
     } else {
         // Timeouts, resets, refused connections: all worth a retry.
-        Error::Transient(e.to_string())
+        Error::Transient(error_chain(&e))
     }
 }
 
-/// OAuth2 client-credentials tokens for one app registration, cached until shortly before
-/// they expire. Concurrent callers share one refresh.
-pub struct OAuth2Tokens {
-    token_url: url::Url,
-    client_id: String,
-    client_secret: String,
-    scope: String,
-    cached: tokio::sync::Mutex<Option<(String, Instant)>>,
-}
-
-/// Tokens are refreshed this long before they expire.
-pub const TOKEN_REFRESH_MARGIN: Duration = Duration::from_secs(300);
-
-impl OAuth2Tokens {
-    /// A token source for a client secret.
-    pub fn new(token_url: url::Url, client_id: &str, client_secret: &str, scope: &str) -> Self {
-        OAuth2Tokens {
-            token_url,
-            client_id: client_id.to_string(),
-            client_secret: client_secret.to_string(),
-            scope: scope.to_string(),
-            cached: tokio::sync::Mutex::new(None),
+/// An error with its sources (`error sending request: connection refused`), so the cause of
+/// a transport failure is in the message.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
         }
+        source = s.source();
     }
-
-    /// A valid access token, fetched when none is cached or the cached one is about to expire.
-    pub async fn token(&self, http: &reqwest::Client) -> Result<String, Error> {
-        let mut cached = self.cached.lock().await;
-        if let Some((t, valid_until)) = cached.as_ref() {
-            if Instant::now() + TOKEN_REFRESH_MARGIN < *valid_until {
-                return Ok(t.clone());
-            }
-        }
-        #[derive(serde::Deserialize)]
-        struct TokenResponse {
-            access_token: String,
-            expires_in: Option<u64>,
-        }
-        let resp = http
-            .post(self.token_url.clone())
-            .form(&[
-                ("grant_type", "client_credentials"),
-                ("client_id", self.client_id.as_str()),
-                ("client_secret", self.client_secret.as_str()),
-                ("scope", self.scope.as_str()),
-            ])
-            .send()
-            .await
-            .map_err(transport_error)?;
-        let status = resp.status();
-        if status == StatusCode::BAD_REQUEST || status == StatusCode::UNAUTHORIZED {
-            return Err(Error::Unauthorized(format!(
-                "token endpoint refused the client credentials (HTTP {})",
-                status.as_u16()
-            )));
-        }
-        if !status.is_success() {
-            return Err(Error::Transient(format!(
-                "token endpoint answered HTTP {}",
-                status.as_u16()
-            )));
-        }
-        let t: TokenResponse = resp
-            .json()
-            .await
-            .map_err(|e| Error::Malformed(format!("token response: {e}")))?;
-        let lifetime = Duration::from_secs(t.expires_in.unwrap_or(3600));
-        *cached = Some((t.access_token.clone(), Instant::now() + lifetime));
-        Ok(t.access_token)
-    }
+    out
 }

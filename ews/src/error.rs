@@ -55,10 +55,52 @@ pub enum Error {
     /// The request could not be built or sent for a local reason (bad URL, TLS set-up).
     #[error("request failed: {0}")]
     Request(String),
+    /// The answer was larger than the configured cap; it was not read further.
+    #[error("response larger than the cap of {limit} bytes ({what}); nothing was read past it")]
+    TooLarge {
+        /// The cap that was exceeded, in bytes.
+        limit: u64,
+        /// Which cap: `response`, `mime response`, `token response`, `autodiscover response`.
+        what: &'static str,
+    },
+    /// The server answered with a redirect. EWS and token requests follow none (a redirect
+    /// could carry credentials elsewhere, and 307/308 replay the body with the secret).
+    #[error("HTTP {status} redirect to {location} refused: EWS and token requests follow no redirects; configure the final URL")]
+    Redirected {
+        /// The 3xx status.
+        status: u16,
+        /// Where the server pointed (scheme, host and path only; no query).
+        location: String,
+    },
 }
 
-/// Back-off used when Exchange says "busy" without saying for how long (HTTP 503).
+/// Back-off used when Exchange says "busy" without saying for how long (HTTP 503), or says
+/// it in a form that is not a number of milliseconds.
 pub const DEFAULT_BACK_OFF: Duration = Duration::from_secs(30);
+
+/// The longest back-off honoured. Exchange asks for up to about 300,000 ms; anything longer is
+/// taken as this, so a broken or hostile value cannot stop a server's sync for days (or
+/// overflow a deadline).
+pub const MAX_BACK_OFF: Duration = Duration::from_secs(5 * 60);
+
+/// A server's back-off, at most [`MAX_BACK_OFF`].
+pub fn clamp_back_off(back_off: Duration) -> Duration {
+    back_off.min(MAX_BACK_OFF)
+}
+
+/// Reads a BackOffMilliseconds value as a server wrote it: a number of milliseconds (clamped
+/// to [`MAX_BACK_OFF`], also when it does not fit in 64 bits); anything else (negative,
+/// fractional, text) is `None`, for which callers use [`DEFAULT_BACK_OFF`].
+pub fn parse_back_off_ms(text: &str) -> Option<Duration> {
+    let t = text.trim();
+    if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let max_ms = MAX_BACK_OFF.as_millis() as u64;
+    Some(Duration::from_millis(
+        t.parse::<u64>().map_or(max_ms, |ms| ms.min(max_ms)),
+    ))
+}
 
 impl Error {
     /// Maps an EWS response code (from a response message or a SOAP fault) to the error a
@@ -71,7 +113,7 @@ impl Error {
             | "ErrorExceededSubscriptionCount"
             | "ErrorExceededFindCountLimit"
             | "ErrorTooManyObjectsOpened" => Error::Throttled {
-                back_off: back_off.unwrap_or(DEFAULT_BACK_OFF),
+                back_off: clamp_back_off(back_off.unwrap_or(DEFAULT_BACK_OFF)),
                 code: code.to_string(),
             },
             "ErrorInternalServerTransientError"
@@ -134,6 +176,8 @@ impl Error {
             Error::Malformed(_) => "malformed",
             Error::Response { .. } => "error",
             Error::Request(_) => "request",
+            Error::TooLarge { .. } => "too_large",
+            Error::Redirected { .. } => "redirected",
         }
     }
 
@@ -200,5 +244,40 @@ mod tests {
                 code: "ErrorServerBusy".into()
             }
         );
+    }
+
+    #[test]
+    fn back_offs_are_bounded_whatever_the_server_writes() {
+        let cases: &[(&str, Option<Duration>)] = &[
+            ("30000", Some(Duration::from_secs(30))),
+            (" 297749 ", Some(Duration::from_millis(297_749))),
+            ("0", Some(Duration::ZERO)),
+            ("1000000000000", Some(MAX_BACK_OFF)),
+            ("18446744073709551615", Some(MAX_BACK_OFF)),
+            ("99999999999999999999999999999", Some(MAX_BACK_OFF)),
+            ("-5", None),
+            ("-18446744073709551615", None),
+            ("1.5", None),
+            ("1e9", None),
+            ("soon", None),
+            ("", None),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse_back_off_ms(text), *expected, "{text:?}");
+        }
+        // Whatever arrives, the error carries a bounded back-off.
+        for back_off in [
+            None,
+            Some(Duration::from_millis(1_000_000_000_000)),
+            Some(Duration::from_millis(u64::MAX)),
+            Some(Duration::MAX),
+        ] {
+            let Error::Throttled { back_off, .. } =
+                Error::from_code("ErrorServerBusy", "", back_off)
+            else {
+                panic!("ErrorServerBusy is throttling")
+            };
+            assert!(back_off <= MAX_BACK_OFF, "{back_off:?}");
+        }
     }
 }

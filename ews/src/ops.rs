@@ -22,6 +22,16 @@ pub trait Operation {
     fn write_body(&self, w: &mut XmlWriter);
     /// Reads the response element (the first child of `soap:Body`).
     fn parse(&self, body: &Element) -> Result<Self::Output, Error>;
+    /// Whether the answer carries MIME content, so the larger response cap applies
+    /// ([`crate::client::ClientConfig::max_mime_response_bytes`]).
+    fn carries_mime(&self) -> bool {
+        false
+    }
+    /// Why this request cannot act on another mailbox by delegate access, if it cannot (it
+    /// would silently address the caller's own mailbox instead).
+    fn delegate_refusal(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 fn write_folder_refs(w: &mut XmlWriter, tag: &str, folders: &[FolderRef]) {
@@ -628,6 +638,12 @@ pub struct GetItem {
 impl Operation for GetItem {
     const NAME: &'static str = "GetItem";
     type Output = Vec<Result<Item, Error>>;
+    fn carries_mime(&self) -> bool {
+        self.shape
+            .additional
+            .iter()
+            .any(|p| matches!(p, PropertyPath::Field(f) if f == "item:MimeContent"))
+    }
     fn write_body(&self, w: &mut XmlWriter) {
         w.start("m:GetItem", &[]);
         self.shape.write(w, "m:ItemShape");
@@ -905,6 +921,12 @@ pub struct Subscribe {
 impl Operation for Subscribe {
     const NAME: &'static str = "Subscribe";
     type Output = String;
+    fn delegate_refusal(&self) -> Option<&'static str> {
+        // SubscribeToAllFolders names no mailbox: Exchange subscribes the caller's own.
+        self.folders.is_empty().then_some(
+            "SubscribeToAllFolders names no mailbox and would watch the caller's own; with delegate access subscribe to the mailbox's folders",
+        )
+    }
     fn write_body(&self, w: &mut XmlWriter) {
         w.start("m:Subscribe", &[]);
         if self.folders.is_empty() {

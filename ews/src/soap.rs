@@ -13,6 +13,10 @@ pub struct Headers<'a> {
     pub version: &'a str,
     /// The mailbox to act for with ExchangeImpersonation, if any.
     pub impersonate: Option<&'a str>,
+    /// Delegate (full) access: the mailbox every `DistinguishedFolderId` of the body names
+    /// with `t:Mailbox`. Exclusive with `impersonate` (delegate requests carry no
+    /// ExchangeImpersonation header).
+    pub delegate: Option<&'a str>,
     /// `TimeZoneContext` id (a Windows time zone id such as `UTC` or `W. Europe Standard Time`).
     pub time_zone: Option<&'a str>,
 }
@@ -45,6 +49,7 @@ pub fn envelope(headers: &Headers<'_>, body: impl FnOnce(&mut XmlWriter)) -> Vec
     }
     w.end("soap:Header");
     w.start("soap:Body", &[]);
+    w.set_mailbox(headers.delegate);
     body(&mut w);
     w.end("soap:Body").end("soap:Envelope");
     w.into_bytes()
@@ -144,12 +149,12 @@ pub fn fault(f: &Element) -> Error {
     Error::from_code(code, message, back_off)
 }
 
+/// BackOffMilliseconds from MessageXml, bounded ([`crate::error::parse_back_off_ms`]).
 fn back_off_ms(message_xml: &Element) -> Option<Duration> {
     message_xml
         .children_named("Value")
         .find(|v| v.attr("Name") == Some("BackOffMilliseconds"))
-        .and_then(|v| v.text.trim().parse::<u64>().ok())
-        .map(Duration::from_millis)
+        .and_then(|v| crate::error::parse_back_off_ms(&v.text))
 }
 
 /// The response messages of a response body (`…Response/ResponseMessages/*ResponseMessage`),
@@ -199,6 +204,7 @@ mod tests {
             &Headers {
                 version: "Exchange2013_SP1",
                 impersonate: Some("alice@example.com"),
+                delegate: None,
                 time_zone: Some("UTC"),
             },
             |w| {
@@ -218,5 +224,52 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("<soap:Body><m:GetFolder/></soap:Body>"), "{s}");
+    }
+
+    #[test]
+    fn delegate_requests_name_the_mailbox_in_every_distinguished_folder() {
+        use crate::types::{DistinguishedFolder, FolderRef};
+        let doc = envelope(
+            &Headers {
+                version: "Exchange2013_SP1",
+                impersonate: None,
+                delegate: Some("bob@example.com"),
+                time_zone: None,
+            },
+            |w| {
+                FolderRef::well_known(DistinguishedFolder::Inbox).write(w);
+                FolderRef::Distinguished {
+                    folder: DistinguishedFolder::Calendar,
+                    mailbox: Some("carol@example.com".into()),
+                }
+                .write(w);
+            },
+        );
+        let s = String::from_utf8(doc).unwrap();
+        assert!(!s.contains("ExchangeImpersonation"), "{s}");
+        assert!(s.contains(r#"<t:DistinguishedFolderId Id="inbox"><t:Mailbox><t:EmailAddress>bob@example.com</t:EmailAddress></t:Mailbox></t:DistinguishedFolderId>"#), "{s}");
+        // An explicit mailbox stays what it is.
+        assert!(s.contains(r#"<t:DistinguishedFolderId Id="calendar"><t:Mailbox><t:EmailAddress>carol@example.com</t:EmailAddress></t:Mailbox></t:DistinguishedFolderId>"#), "{s}");
+    }
+
+    #[test]
+    fn a_huge_or_odd_back_off_in_a_fault_is_bounded() {
+        let fault = |ms: &str| {
+            format!(
+                r#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><s:Fault><faultcode xmlns:a="http://schemas.microsoft.com/exchange/services/2006/types">a:ErrorServerBusy</faultcode><faultstring>busy</faultstring><detail><e:ResponseCode xmlns:e="http://schemas.microsoft.com/exchange/services/2006/errors">ErrorServerBusy</e:ResponseCode><t:MessageXml xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types"><t:Value Name="BackOffMilliseconds">{ms}</t:Value></t:MessageXml></detail></s:Fault></s:Body></s:Envelope>"#
+            )
+        };
+        for (ms, expected) in [
+            ("1000000000000", crate::error::MAX_BACK_OFF),
+            ("18446744073709551615", crate::error::MAX_BACK_OFF),
+            ("-1", crate::error::DEFAULT_BACK_OFF),
+            ("garbage", crate::error::DEFAULT_BACK_OFF),
+            ("45000", Duration::from_secs(45)),
+        ] {
+            match parse_response(fault(ms).as_bytes()) {
+                Err(Error::Throttled { back_off, .. }) => assert_eq!(back_off, expected, "{ms}"),
+                other => panic!("{ms}: {other:?}"),
+            }
+        }
     }
 }

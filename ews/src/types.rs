@@ -130,25 +130,25 @@ impl FolderRef {
         }
     }
 
-    /// Writes `t:FolderId` or `t:DistinguishedFolderId`.
+    /// Writes `t:FolderId` or `t:DistinguishedFolderId`. A distinguished folder without a
+    /// mailbox of its own names the writer's mailbox when it has one (delegate access).
     pub fn write(&self, w: &mut XmlWriter) {
         match self {
             FolderRef::Id(id) => id.write(w, "t:FolderId"),
-            FolderRef::Distinguished {
-                folder,
-                mailbox: None,
-            } => {
-                w.empty("t:DistinguishedFolderId", &[("Id", folder.as_str())]);
-            }
-            FolderRef::Distinguished {
-                folder,
-                mailbox: Some(smtp),
-            } => {
-                w.start("t:DistinguishedFolderId", &[("Id", folder.as_str())])
-                    .start("t:Mailbox", &[])
-                    .leaf("t:EmailAddress", smtp)
-                    .end("t:Mailbox")
-                    .end("t:DistinguishedFolderId");
+            FolderRef::Distinguished { folder, mailbox } => {
+                let smtp = mailbox.clone().or_else(|| w.mailbox().map(str::to_string));
+                match smtp {
+                    None => {
+                        w.empty("t:DistinguishedFolderId", &[("Id", folder.as_str())]);
+                    }
+                    Some(smtp) => {
+                        w.start("t:DistinguishedFolderId", &[("Id", folder.as_str())])
+                            .start("t:Mailbox", &[])
+                            .leaf("t:EmailAddress", &smtp)
+                            .end("t:Mailbox")
+                            .end("t:DistinguishedFolderId");
+                    }
+                }
             }
         }
     }

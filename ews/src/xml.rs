@@ -229,6 +229,10 @@ fn element(ns: Ns, e: &BytesStart<'_>) -> Result<Element, quick_xml::Error> {
 /// both namespaces once. Text and attribute values are escaped here, so callers pass raw values.
 pub struct XmlWriter {
     w: quick_xml::Writer<Vec<u8>>,
+    /// Delegate access: the mailbox whose folders the request names. Every
+    /// `DistinguishedFolderId` written without an explicit mailbox names this one
+    /// ([`crate::types::FolderRef::write`]), so no operation has to know the access mode.
+    mailbox: Option<String>,
 }
 
 impl Default for XmlWriter {
@@ -242,7 +246,19 @@ impl XmlWriter {
     pub fn new() -> Self {
         XmlWriter {
             w: quick_xml::Writer::new(Vec::with_capacity(1024)),
+            mailbox: None,
         }
+    }
+
+    /// Sets the mailbox distinguished folders name by default (delegate access), or none.
+    pub fn set_mailbox(&mut self, mailbox: Option<&str>) -> &mut Self {
+        self.mailbox = mailbox.map(str::to_string);
+        self
+    }
+
+    /// The mailbox distinguished folders name by default (delegate access), if any.
+    pub fn mailbox(&self) -> Option<&str> {
+        self.mailbox.as_deref()
     }
 
     /// Opens `<name attrs…>`.

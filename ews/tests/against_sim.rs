@@ -867,3 +867,450 @@ async fn the_observer_hears_every_request_with_its_outcome() {
     assert_eq!(seen.len(), 3);
     assert_ne!(seen[2].1, "ok");
 }
+
+/// A simulator with a delegate account `assistant@example.com` (password `pw`) that holds full
+/// access to user1 only.
+async fn sim_with_delegate() -> Running {
+    server::start(SimConfig {
+        mailboxes: 2,
+        users: vec![ews_sim::server::UserSpec {
+            smtp: "assistant@example.com".into(),
+            password: "pw".into(),
+            display_name: None,
+            impersonation: false,
+            full_access: vec!["user1@example.com".into()],
+        }],
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
+fn client_as(sim: &Running, auth: Auth) -> Client {
+    let mut cfg = ClientConfig::new(url::Url::parse(&sim.ews_url()).unwrap(), auth);
+    cfg.allow_http = true;
+    cfg.version = "Exchange2013_SP1".into();
+    Client::new(cfg).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delegate_access_reaches_granted_mailboxes_only() {
+    let sim = sim_with_delegate().await;
+    let c = client_as(
+        &sim,
+        Auth::Basic {
+            username: "assistant@example.com".into(),
+            password: "pw".into(),
+        },
+    );
+    let granted = Target::delegate("user1@example.com");
+    // Folders, items and sync by delegate access, all in user1's mailbox.
+    let create = CreateItem {
+        folder: Some(FolderRef::well_known(DistinguishedFolder::Contacts)),
+        items: vec![Item::Contact(Contact {
+            given_name: Some("Dora".into()),
+            surname: Some("Delegate".into()),
+            ..Contact::default()
+        })],
+        disposition: None,
+    };
+    let created = c.call(&granted, &create).await.unwrap().output;
+    let id = created[0].as_ref().unwrap().clone();
+    let in_user1 = sim.sim.store.mailbox("user1@example.com").unwrap();
+    let in_user1 = in_user1.lock().items.len();
+    assert!(in_user1 >= 1, "the contact is in user1's mailbox");
+    let sync = c
+        .call(
+            &granted,
+            &SyncFolderItems {
+                folder: FolderRef::well_known(DistinguishedFolder::Contacts),
+                shape: Shape::id_only(),
+                sync_state: None,
+                ignore: vec![],
+                max_changes: 100,
+            },
+        )
+        .await
+        .unwrap()
+        .output;
+    assert_eq!(sync.changes.len(), 1, "{:?}", sync.changes);
+    let got = c
+        .call(
+            &granted,
+            &GetItem {
+                ids: vec![id],
+                shape: Shape::all_properties(vec![]),
+            },
+        )
+        .await
+        .unwrap()
+        .output;
+    assert!(got[0].is_ok(), "{got:?}");
+
+    // Subscriptions and streaming: folders of the mailbox, by delegate access.
+    let sub = c
+        .call(
+            &granted,
+            &Subscribe {
+                folders: vec![FolderRef::well_known(DistinguishedFolder::Inbox)],
+                event_types: vec![],
+            },
+        )
+        .await
+        .unwrap()
+        .output;
+    let mut stream = Box::pin(
+        c.stream(
+            &granted,
+            &GetStreamingEvents {
+                subscription_ids: vec![sub.clone()],
+                connection_timeout_minutes: 1,
+            },
+        )
+        .await
+        .unwrap(),
+    );
+    assert_eq!(stream.next().await, Some(StreamEvent::ConnectionOk));
+    reqwest::Client::new()
+        .post(format!(
+            "{}/sim/mailboxes/user1@example.com/items",
+            sim.base_url()
+        ))
+        .json(&serde_json::json!({"folder": "inbox", "type": "Message", "fields": {"Subject": "for the boss"}}))
+        .send()
+        .await
+        .unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(&event, StreamEvent::Notification { subscription_id, .. } if *subscription_id == sub),
+        "{event:?}"
+    );
+    // SubscribeToAllFolders names no mailbox: the client refuses it for a delegate target
+    // instead of silently watching the assistant's own mailbox.
+    let all = c
+        .call(
+            &granted,
+            &Subscribe {
+                folders: vec![],
+                event_types: vec![],
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&all, Error::Request(m) if m.contains("SubscribeToAllFolders")),
+        "{all:?}"
+    );
+
+    // A mailbox without the grant answers ErrorAccessDenied, item by item, as Exchange does.
+    let refused = c
+        .call(
+            &Target::delegate("user2@example.com"),
+            &GetFolder {
+                folders: vec![FolderRef::well_known(DistinguishedFolder::Inbox)],
+                shape: Shape::id_only(),
+            },
+        )
+        .await
+        .unwrap()
+        .output;
+    assert!(
+        matches!(&refused[0], Err(Error::Denied { code, .. }) if code == "ErrorAccessDenied"),
+        "{refused:?}"
+    );
+    // Nor can an item id of the granted mailbox be used in a request for the other one.
+    let mixed = c
+        .call(
+            &Target::delegate("user2@example.com"),
+            &SyncFolderItems {
+                folder: FolderRef::well_known(DistinguishedFolder::Contacts),
+                shape: Shape::id_only(),
+                sync_state: None,
+                ignore: vec![],
+                max_changes: 10,
+            },
+        )
+        .await;
+    assert!(
+        matches!(&mixed, Err(Error::Denied { code, .. }) if code == "ErrorAccessDenied"),
+        "{mixed:?}"
+    );
+    // The delegate holds no impersonation right.
+    let impersonating = c
+        .call(
+            &Target::impersonating("user1@example.com"),
+            &GetFolder {
+                folders: vec![FolderRef::well_known(DistinguishedFolder::Inbox)],
+                shape: Shape::id_only(),
+            },
+        )
+        .await;
+    assert!(
+        matches!(&impersonating, Err(Error::Denied { code, .. }) if code == "ErrorImpersonateUserDenied"),
+        "{impersonating:?}"
+    );
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ntlm_against_the_simulator() {
+    let sim = sim_with_delegate().await;
+    let inbox = GetFolder {
+        folders: vec![FolderRef::well_known(DistinguishedFolder::Inbox)],
+        shape: Shape::id_only(),
+    };
+    let c = client_as(
+        &sim,
+        Auth::Ntlm {
+            username: r"EXAMPLE\svc".into(),
+            password: "secret".into(),
+        },
+    );
+    let handshakes = || async {
+        reqwest::get(format!("{}/sim/stats", sim.base_url()))
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()["ntlm_handshakes"]
+            .as_u64()
+            .unwrap()
+    };
+    for _ in 0..3 {
+        let reply = c
+            .call(&Target::impersonating("user2@example.com"), &inbox)
+            .await
+            .unwrap();
+        assert!(reply.output[0].is_ok());
+    }
+    assert_eq!(
+        handshakes().await,
+        1,
+        "one handshake: the authenticated connection carries the later requests"
+    );
+    let wrong = client_as(
+        &sim,
+        Auth::Ntlm {
+            username: r"EXAMPLE\svc".into(),
+            password: "not-the-password".into(),
+        },
+    );
+    let err = wrong
+        .call(&Target::impersonating("user2@example.com"), &inbox)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Unauthorized(m) if m.contains("refused the NTLM credentials")),
+        "{err:?}"
+    );
+    // A streaming connection authenticates on a connection of its own.
+    let t = Target::impersonating("user2@example.com");
+    let sub = c
+        .call(
+            &t,
+            &Subscribe {
+                folders: vec![FolderRef::well_known(DistinguishedFolder::Inbox)],
+                event_types: vec![],
+            },
+        )
+        .await
+        .unwrap()
+        .output;
+    let mut stream = Box::pin(
+        c.stream(
+            &t,
+            &GetStreamingEvents {
+                subscription_ids: vec![sub],
+                connection_timeout_minutes: 1,
+            },
+        )
+        .await
+        .unwrap(),
+    );
+    assert_eq!(stream.next().await, Some(StreamEvent::ConnectionOk));
+    assert_eq!(
+        handshakes().await,
+        3,
+        "one more for the wrong password and one for the stream's own connection; the Subscribe reused the authenticated one"
+    );
+    // NTLM with a user principal name, by delegate access.
+    let assistant = client_as(
+        &sim,
+        Auth::Ntlm {
+            username: "assistant@example.com".into(),
+            password: "pw".into(),
+        },
+    );
+    let reply = assistant
+        .call(&Target::delegate("user1@example.com"), &inbox)
+        .await
+        .unwrap();
+    assert!(reply.output[0].is_ok());
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_credentials_get_tokens_the_endpoint_verified() {
+    use ews::client::{ClientCertificate, ClientCredential};
+    use mailsync_testkit::fixtures;
+    let sim = server::start(SimConfig {
+        mailboxes: 1,
+        oauth_certificate: Some(fixtures::read(fixtures::OAUTH_APP_CERT)),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let token_url = url::Url::parse(&format!("{}/sim/oauth2/token", sim.base_url())).unwrap();
+    let credential = |key: &str| {
+        ClientCertificate::from_pem(
+            &fixtures::read(fixtures::OAUTH_APP_CERT),
+            &fixtures::read(key),
+        )
+        .map(Arc::new)
+    };
+    let cert = credential(fixtures::OAUTH_APP_KEY).unwrap();
+    assert_eq!(cert.thumbprint(), fixtures::OAUTH_APP_X5T);
+    // PKCS#1 holds the same key.
+    assert_eq!(
+        credential(fixtures::OAUTH_APP_KEY_PKCS1)
+            .unwrap()
+            .thumbprint(),
+        fixtures::OAUTH_APP_X5T
+    );
+    let tokens = |cert: Arc<ClientCertificate>, client_id: &str| {
+        Arc::new(OAuth2Tokens::with_credential(
+            token_url.clone(),
+            client_id,
+            ClientCredential::Certificate(cert),
+            "https://outlook.office365.com/.default",
+        ))
+    };
+    let inbox = GetFolder {
+        folders: vec![FolderRef::well_known(DistinguishedFolder::Inbox)],
+        shape: Shape::id_only(),
+    };
+    let c = client_as(&sim, Auth::OAuth2(tokens(cert.clone(), "mailsync-app")));
+    let reply = c
+        .call(&Target::impersonating("user1@example.com"), &inbox)
+        .await
+        .unwrap();
+    assert!(reply.output[0].is_ok());
+
+    // A key that is not the certificate's is refused before anything is sent.
+    for (key, expected) in [
+        (
+            fixtures::OTHER_RSA_KEY,
+            "does not belong to the certificate",
+        ),
+        (fixtures::EC_KEY, "not an RSA key"),
+    ] {
+        let err = credential(key).unwrap_err();
+        assert!(
+            matches!(&err, Error::Request(m) if m.contains(expected)),
+            "{key}: {err:?}"
+        );
+    }
+
+    // The endpoint checks what it must: the app, the audience, the time, replays.
+    let http = reqwest::Client::new();
+    let now = chrono::Utc::now().timestamp();
+    let post = |assertion: String, client_id: &'static str| {
+        let http = http.clone();
+        let url = token_url.clone();
+        async move {
+            let resp = http
+                .post(url)
+                .form(&[
+                    ("grant_type", "client_credentials"),
+                    ("client_id", client_id),
+                    (
+                        "client_assertion_type",
+                        "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                    ),
+                    ("client_assertion", assertion.as_str()),
+                    ("scope", "https://outlook.office365.com/.default"),
+                ])
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let body: serde_json::Value = resp.json().await.unwrap();
+            (
+                status,
+                body["error_description"].as_str().unwrap_or("").to_string(),
+            )
+        }
+    };
+    let good = cert
+        .assertion("mailsync-app", token_url.as_str(), now)
+        .unwrap();
+    assert_eq!(post(good.clone(), "mailsync-app").await.0, 200);
+    let cases = [
+        (good, "mailsync-app", "already used"),
+        (
+            cert.assertion("mailsync-app", "https://login.example/other/token", now)
+                .unwrap(),
+            "mailsync-app",
+            "audience",
+        ),
+        (
+            cert.assertion("mailsync-app", token_url.as_str(), now - 3600)
+                .unwrap(),
+            "mailsync-app",
+            "expired",
+        ),
+        (
+            cert.assertion("mailsync-app", token_url.as_str(), now + 3600)
+                .unwrap(),
+            "mailsync-app",
+            "not valid yet",
+        ),
+        (
+            cert.assertion("another-app", token_url.as_str(), now)
+                .unwrap(),
+            "mailsync-app",
+            "iss and sub",
+        ),
+        (
+            "not.a.jwt".to_string(),
+            "mailsync-app",
+            "not base64url JSON",
+        ),
+    ];
+    for (assertion, client_id, expected) in cases {
+        let (status, why) = post(assertion, client_id).await;
+        assert_eq!(status, 401, "{expected}: {why}");
+        assert!(why.contains(expected), "{expected}: {why}");
+    }
+    // A signature by another key with the registered thumbprint is refused: forge one by
+    // swapping the signature part.
+    let other = {
+        // Sign with a certificate-less key by re-using the header and claims of a good one.
+        let good = cert
+            .assertion("mailsync-app", token_url.as_str(), now)
+            .unwrap();
+        let mut parts: Vec<String> = good.split('.').map(str::to_string).collect();
+        let mut sig = parts[2].clone().into_bytes();
+        sig[10] = if sig[10] == b'A' { b'B' } else { b'A' };
+        parts[2] = String::from_utf8(sig).unwrap();
+        parts.join(".")
+    };
+    let (status, why) = post(other, "mailsync-app").await;
+    assert_eq!(status, 401);
+    assert!(why.contains("signature does not verify"), "{why}");
+
+    // Through the client: a refused assertion is Unauthorized with the endpoint's reason.
+    let wrong_app = client_as(&sim, Auth::OAuth2(tokens(cert, "unknown-app")));
+    let err = wrong_app
+        .call(&Target::impersonating("user1@example.com"), &inbox)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Unauthorized(m) if m.contains("invalid_client")),
+        "{err:?}"
+    );
+    sim.stop().await;
+}

@@ -347,7 +347,7 @@ async fn subscription_group_affinity_and_back_end_cookie() {
     let affinity = Affinity::new("anchor@example.com");
     let target = Target {
         mailbox: "user9@example.com".into(),
-        impersonate: true,
+        access: ews::Access::Impersonation,
         affinity: Some(affinity.clone()),
     };
     let id = c
@@ -438,9 +438,10 @@ async fn oauth2_tokens_are_cached_and_refreshed_before_expiry() {
         assert_eq!(s.header("Authorization"), Some("Bearer tok-1"));
     }
 
-    // A token that expires within the refresh margin is fetched again on the next call.
+    // A token that expires at once (or states a lifetime of zero) is fetched again on the
+    // next call.
     let server =
-        FakeServer::start(vec![token("short-1", 60), ok(), token("short-2", 60), ok()]).await;
+        FakeServer::start(vec![token("short-1", 0), ok(), token("short-2", 0), ok()]).await;
     let mut token_url = server.url.clone();
     token_url.set_path("/t");
     let c = client(
@@ -626,5 +627,307 @@ async fn ntlm_refusals_are_unauthorized() {
     assert!(
         matches!(c.call(&Target::own("alice@contoso.com"), &op).await, Err(Error::Unauthorized(m)) if m.contains("no NTLM challenge"))
     );
+    server.assert_script_done();
+}
+
+#[tokio::test]
+async fn answers_over_the_cap_are_refused_without_being_read() {
+    let big = |n: usize| {
+        let mut body = fixture("Unsubscribe.xml");
+        // Padding inside the envelope keeps it well-formed XML.
+        let at = body
+            .windows(7)
+            .position(|w| w == b"</s:Bod")
+            .unwrap_or(body.len());
+        body.splice(at..at, std::iter::repeat_n(b' ', n));
+        body
+    };
+    let server = FakeServer::start(vec![
+        Answer::Plain(200, vec![], big(10)),
+        Answer::Plain(200, vec![], big(2 * 1024 * 1024)),
+        // A chunked body without a length grows past the cap as it arrives.
+        Answer::Chunked(
+            (0..40)
+                .map(|_| (Duration::ZERO, vec![b' '; 64 * 1024]))
+                .collect(),
+        ),
+        Answer::Plain(200, vec![], big(2 * 1024 * 1024)),
+    ])
+    .await;
+    let mut cfg = ClientConfig::new(server.url.clone(), basic());
+    cfg.allow_http = true;
+    cfg.max_response_bytes = 1024 * 1024;
+    cfg.max_mime_response_bytes = 4 * 1024 * 1024;
+    let c = Client::new(cfg).unwrap();
+    let op = Unsubscribe {
+        subscription_id: "s".into(),
+    };
+    let t = Target::impersonating("u@example.com");
+    c.call(&t, &op).await.unwrap();
+    for _ in 0..2 {
+        let err = c.call(&t, &op).await.unwrap_err();
+        assert_eq!(
+            err,
+            Error::TooLarge {
+                limit: 1024 * 1024,
+                what: "response"
+            }
+        );
+        assert!(err.to_string().contains("1048576 bytes"), "{err}");
+    }
+    // A GetItem asking for MIME content may be larger: the MIME cap applies.
+    let get_mime = GetItem {
+        ids: vec![],
+        shape: Shape::all_properties(vec![PropertyPath::field("item:MimeContent")]),
+    };
+    let reply = c.call(&t, &get_mime).await;
+    assert!(
+        !matches!(reply, Err(Error::TooLarge { .. })),
+        "2 MiB is within the MIME cap: {reply:?}"
+    );
+    server.assert_script_done();
+}
+
+#[tokio::test]
+async fn redirects_are_refused_not_followed() {
+    for status in [301u16, 302, 307, 308] {
+        let server = FakeServer::start(vec![Answer::Plain(
+            status,
+            vec![(
+                "Location",
+                "https://elsewhere.example/EWS/Exchange.asmx?token=abc".into(),
+            )],
+            vec![],
+        )])
+        .await;
+        let c = client(&server.url, basic());
+        let err = c
+            .call(
+                &Target::impersonating("u@example.com"),
+                &Unsubscribe {
+                    subscription_id: "s".into(),
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            Error::Redirected {
+                status,
+                location: "https://elsewhere.example/EWS/Exchange.asmx".into()
+            }
+        );
+        assert!(err.to_string().contains("follow no redirects"), "{err}");
+        // Exactly one request: nothing went to the redirect's target.
+        assert_eq!(server.seen().len(), 1);
+        server.assert_script_done();
+    }
+
+    // The token endpoint follows none either (a 307 would replay the client secret).
+    let server = FakeServer::start(vec![Answer::Plain(
+        307,
+        vec![("Location", "https://collector.example/token".into())],
+        vec![],
+    )])
+    .await;
+    let mut token_url = server.url.clone();
+    token_url.set_path("/token");
+    let c = client(
+        &server.url,
+        Auth::OAuth2(Arc::new(OAuth2Tokens::new(token_url, "a", "secret", "s"))),
+    );
+    let err = c
+        .call(
+            &Target::impersonating("u@example.com"),
+            &Unsubscribe {
+                subscription_id: "s".into(),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Redirected { status: 307, location } if location == "https://collector.example/token"),
+        "{err:?}"
+    );
+    assert_eq!(server.seen().len(), 1);
+}
+
+#[test]
+fn an_http_token_url_is_refused_unless_http_is_allowed() {
+    let tokens = Arc::new(OAuth2Tokens::new(
+        url::Url::parse("http://login.example/tenant/oauth2/v2.0/token").unwrap(),
+        "a",
+        "secret",
+        "s",
+    ));
+    let cfg = ClientConfig::new(
+        url::Url::parse("https://mail.example/EWS/Exchange.asmx").unwrap(),
+        Auth::OAuth2(tokens.clone()),
+    );
+    let err = Client::new(cfg.clone()).unwrap_err();
+    assert!(
+        matches!(&err, Error::Request(m) if m.starts_with("token URL http://login.example/")),
+        "{err:?}"
+    );
+    let mut allowed = cfg;
+    allowed.allow_http = true;
+    assert!(Client::new(allowed).is_ok());
+}
+
+#[tokio::test]
+async fn header_errors_never_echo_the_value() {
+    // A token with a line break cannot go into a header: the error says which header, not
+    // what was in it.
+    let server = FakeServer::start(vec![Answer::Plain(
+        200,
+        vec![("Content-Type", "application/json".into())],
+        br#"{"token_type":"Bearer","expires_in":3600,"access_token":"SECRET-TOKEN\nX-Injected: 1"}"#
+            .to_vec(),
+    )])
+    .await;
+    let mut token_url = server.url.clone();
+    token_url.set_path("/token");
+    let c = client(
+        &server.url,
+        Auth::OAuth2(Arc::new(OAuth2Tokens::new(token_url, "a", "b", "s"))),
+    );
+    let err = c
+        .call(
+            &Target::impersonating("u@example.com"),
+            &Unsubscribe {
+                subscription_id: "s".into(),
+            },
+        )
+        .await
+        .unwrap_err();
+    let text = format!("{err} {err:?}");
+    assert!(text.contains("Authorization header"), "{text}");
+    assert!(!text.contains("SECRET-TOKEN"), "{text}");
+
+    // The same for a mailbox address (Basic credentials are base64: always sendable).
+    let c = client(&server.url, basic());
+    let err = c
+        .call(
+            &Target::impersonating("u\r\n@example.com"),
+            &Unsubscribe {
+                subscription_id: "s".into(),
+            },
+        )
+        .await
+        .unwrap_err();
+    let text = format!("{err} {err:?}");
+    assert!(text.contains("X-AnchorMailbox header"), "{text}");
+    assert!(!text.contains("@example.com"), "{text}");
+    server.assert_script_done();
+}
+
+/// A POX answer pointing elsewhere with redirectUrl.
+fn pox_redirect(to: &str) -> Vec<u8> {
+    format!(r#"<?xml version="1.0" encoding="utf-8"?><Autodiscover xmlns="http://schemas.microsoft.com/exchange/autodiscover/responseschema/2006"><Response xmlns="http://schemas.microsoft.com/exchange/autodiscover/outlook/responseschema/2006a"><Account><Action>redirectUrl</Action><RedirectUrl>{to}</RedirectUrl></Account></Response></Autodiscover>"#).into_bytes()
+}
+
+fn pox_found(ews: &str) -> Vec<u8> {
+    format!(r#"<?xml version="1.0" encoding="utf-8"?><Autodiscover xmlns="http://schemas.microsoft.com/exchange/autodiscover/responseschema/2006"><Response xmlns="http://schemas.microsoft.com/exchange/autodiscover/outlook/responseschema/2006a"><Account><AccountType>email</AccountType><Action>settings</Action><Protocol><Type>EXPR</Type><EwsUrl>{ews}</EwsUrl></Protocol></Account></Response></Autodiscover>"#).into_bytes()
+}
+
+/// Autodiscover options for a fake server at `port` that answers for every host name: what
+/// matters is which host a request is addressed to, and whether it was made at all.
+fn autodiscover_options(port: u16, allowed: &[&str]) -> ews::autodiscover::AutodiscoverOptions {
+    let here = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    ews::autodiscover::AutodiscoverOptions {
+        allow_http: true,
+        resolve: vec![
+            ("ad.example.com".into(), here),
+            ("collector.evil.test".into(), here),
+        ],
+        allowed_hosts: allowed.iter().map(|h| h.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+/// Replaces `PORT` in the scripted bodies and headers by the server's port.
+fn with_port(server: &FakeServer) -> u16 {
+    let port = server.url.port().unwrap();
+    for answer in server.script.lock().unwrap().iter_mut() {
+        if let Answer::Plain(_, headers, body) = answer {
+            *body = String::from_utf8(body.clone())
+                .unwrap()
+                .replace("PORT", &port.to_string())
+                .into_bytes();
+            for (_, v) in headers.iter_mut() {
+                *v = v.replace("PORT", &port.to_string());
+            }
+        }
+    }
+    port
+}
+
+#[tokio::test]
+async fn autodiscover_sends_no_credentials_to_a_redirect_elsewhere() {
+    use ews::autodiscover::Autodiscover;
+    let evil = "http://collector.evil.test:PORT/autodiscover/autodiscover.xml";
+    for answer in [
+        Answer::Plain(200, vec![], pox_redirect(evil)),
+        Answer::Plain(302, vec![("Location", evil.into())], vec![]),
+        Answer::Plain(308, vec![("Location", evil.into())], vec![]),
+    ] {
+        let server = FakeServer::start(vec![answer]).await;
+        let port = with_port(&server);
+        let ad =
+            Autodiscover::with_options("svc", "SECRET", autodiscover_options(port, &[])).unwrap();
+        let start = url::Url::parse(&format!(
+            "http://ad.example.com:{port}/autodiscover/autodiscover.xml"
+        ))
+        .unwrap();
+        let err = ad
+            .discover_at("anna@example.com", &[start])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Request(m) if m.contains("not sending credentials to collector.evil.test")),
+            "{err:?}"
+        );
+        let seen = server.seen();
+        assert_eq!(seen.len(), 1, "nothing was sent to the redirect's target");
+        assert!(seen[0]
+            .header("Host")
+            .unwrap()
+            .starts_with("ad.example.com"));
+        server.assert_script_done();
+    }
+
+    // On the allowed hosts list, the redirect is followed (and gets the credentials).
+    let server = FakeServer::start(vec![
+        Answer::Plain(200, vec![], pox_redirect(evil)),
+        Answer::Plain(
+            200,
+            vec![],
+            pox_found("https://mail.evil.test/EWS/Exchange.asmx"),
+        ),
+    ])
+    .await;
+    let port = with_port(&server);
+    let ad = Autodiscover::with_options(
+        "svc",
+        "SECRET",
+        autodiscover_options(port, &["*.evil.test"]),
+    )
+    .unwrap();
+    let start = url::Url::parse(&format!(
+        "http://ad.example.com:{port}/autodiscover/autodiscover.xml"
+    ))
+    .unwrap();
+    let found = ad.discover_at("anna@example.com", &[start]).await.unwrap();
+    assert_eq!(
+        found.ews_url.as_str(),
+        "https://mail.evil.test/EWS/Exchange.asmx"
+    );
+    let seen = server.seen();
+    assert_eq!(seen.len(), 2);
+    assert!(seen[1]
+        .header("Host")
+        .unwrap()
+        .starts_with("collector.evil.test"));
+    assert!(seen[1].header("Authorization").is_some());
     server.assert_script_done();
 }

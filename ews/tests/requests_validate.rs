@@ -171,24 +171,29 @@ fn message() -> Message {
 }
 
 /// Collects request envelopes as numbered files.
-struct Requests(Vec<(String, Vec<u8>)>);
+struct Requests(Vec<(String, Vec<u8>)>, Option<ews::Client>);
 
 impl Requests {
     fn add(&mut self, name: &str, impersonate: bool, op: &impl Operation) {
-        let headers = Headers {
-            version: if impersonate {
-                "Exchange2013_SP1"
-            } else {
-                "Exchange2010_SP2"
-            },
-            impersonate: impersonate.then_some("user1@example.com"),
-            time_zone: Some("UTC"),
-        };
         let n = self.0.len();
-        self.0.push((
-            format!("{n:03}-{name}.xml"),
-            envelope(&headers, |w: &mut XmlWriter| op.write_body(w)),
-        ));
+        let doc = match &self.1 {
+            // Delegate access, written by the client as it sends it.
+            Some(client) => client.envelope(&ews::Target::delegate("user2@example.com"), op),
+            None => {
+                let headers = Headers {
+                    version: if impersonate {
+                        "Exchange2013_SP1"
+                    } else {
+                        "Exchange2010_SP2"
+                    },
+                    impersonate: impersonate.then_some("user1@example.com"),
+                    delegate: None,
+                    time_zone: Some("UTC"),
+                };
+                envelope(&headers, |w: &mut XmlWriter| op.write_body(w))
+            }
+        };
+        self.0.push((format!("{n:03}-{name}.xml"), doc));
     }
 }
 
@@ -199,9 +204,18 @@ fn id(n: usize) -> ItemId {
     }
 }
 
-/// Every request shape.
-fn requests() -> Vec<(String, Vec<u8>)> {
-    let mut r = Requests(Vec::new());
+/// Every request shape; with `delegate`, as the client writes them for a mailbox opened by
+/// delegate access.
+fn requests(delegate: bool) -> Vec<(String, Vec<u8>)> {
+    let client = delegate.then(|| {
+        let mut cfg = ews::ClientConfig::new(
+            url::Url::parse("https://mail.example.com/EWS/Exchange.asmx").unwrap(),
+            ews::Auth::None,
+        );
+        cfg.version = "Exchange2013_SP1".into();
+        ews::Client::new(cfg).unwrap()
+    });
+    let mut r = Requests(Vec::new(), client);
     let inbox = FolderRef::well_known(DistinguishedFolder::Inbox);
     let by_id = FolderRef::Id(ItemId {
         id: "AAMkAD=".into(),
@@ -603,12 +617,10 @@ fn requests() -> Vec<(String, Vec<u8>)> {
     r.0
 }
 
-#[test]
-fn every_request_validates_against_the_official_schema() {
+fn validate_all(reqs: &[(String, Vec<u8>)]) {
     let dir = tempfile::tempdir().unwrap();
-    let reqs = requests();
     let mut files = Vec::new();
-    for (name, body) in &reqs {
+    for (name, body) in reqs {
         let p = dir.path().join(name);
         std::fs::write(&p, body).unwrap();
         files.push(p);
@@ -625,6 +637,35 @@ fn every_request_validates_against_the_official_schema() {
 }
 
 #[test]
+fn delegate_requests_validate_and_name_the_mailbox_everywhere() {
+    let reqs = requests(true);
+    let mut distinguished = 0;
+    for (name, body) in &reqs {
+        let text = String::from_utf8_lossy(body);
+        assert!(!text.contains("ExchangeImpersonation"), "{name}: {text}");
+        // Every distinguished folder names a mailbox (user2, or the explicit one).
+        for part in text.split("<t:DistinguishedFolderId ").skip(1) {
+            distinguished += 1;
+            let element = &part[..part.find("</t:DistinguishedFolderId>").unwrap_or(0)];
+            assert!(
+                element.contains("<t:Mailbox><t:EmailAddress>"),
+                "{name}: a DistinguishedFolderId without t:Mailbox: {part}"
+            );
+        }
+    }
+    assert!(
+        distinguished > 20,
+        "only {distinguished} distinguished folders seen"
+    );
+    validate_all(&reqs);
+}
+
+#[test]
+fn every_request_validates_against_the_official_schema() {
+    validate_all(&requests(false));
+}
+
+#[test]
 fn the_validator_rejects_what_is_wrong() {
     // Proves the schema check above can fail: GetItem with its children out of schema order.
     let dir = tempfile::tempdir().unwrap();
@@ -632,6 +673,7 @@ fn the_validator_rejects_what_is_wrong() {
     let headers = Headers {
         version: "Exchange2013_SP1",
         impersonate: None,
+        delegate: None,
         time_zone: None,
     };
     std::fs::write(

@@ -153,7 +153,24 @@ async fn autodiscover_walks_the_order_down_to_srv() {
             ("ad.srv.test".into(), loopback(port)),
         ],
         srv: srv.clone(),
+        ..AutodiscoverOptions::default()
     };
+    // The SRV target is outside the mailbox's domains (example.com, contoso.test): no
+    // credentials go there unless it is on the allowed hosts list.
+    let ad = Autodiscover::with_options("user1@example.com", "password", options.clone()).unwrap();
+    let refused = ad
+        .discover("user1@example.com", Some("contoso.test"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, Error::Request(m) if m.contains("not sending credentials to ad.srv.test")),
+        "{refused:?}"
+    );
+    let options = AutodiscoverOptions {
+        allowed_hosts: vec!["ad.srv.test".into()],
+        ..options
+    };
+    srv.asked.lock().unwrap().clear();
     let ad = Autodiscover::with_options("user1@example.com", "password", options.clone()).unwrap();
     let found = ad
         .discover("user1@example.com", Some("contoso.test"))
@@ -203,5 +220,76 @@ async fn autodiscover_walks_the_order_down_to_srv() {
         ad.discover("user1@example.com", Some("contoso.test")).await,
         Err(Error::Unauthorized(_))
     ));
+    sim.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autodiscover_with_ntlm_and_oauth2_over_https() {
+    use ews::client::OAuth2Tokens;
+    let pki = pki(&["ad.sim.test"]);
+    let sim = tls_sim(&pki).await;
+    let port = sim.addr.port();
+    let options = AutodiscoverOptions {
+        ca_pem: Some(pki.ca_pem.clone().into_bytes()),
+        resolve: vec![("ad.sim.test".into(), loopback(port))],
+        ..AutodiscoverOptions::default()
+    };
+    let endpoints = |file: &str| {
+        vec![url::Url::parse(&format!("https://ad.sim.test:{port}/autodiscover/{file}")).unwrap()]
+    };
+    let token_url =
+        url::Url::parse(&format!("https://ad.sim.test:{port}/sim/oauth2/token")).unwrap();
+    let auths = [
+        (
+            "ntlm",
+            Auth::Ntlm {
+                username: r"EXAMPLE\svc".into(),
+                password: "secret".into(),
+            },
+        ),
+        (
+            "oauth2",
+            Auth::OAuth2(std::sync::Arc::new(OAuth2Tokens::new(
+                token_url.clone(),
+                "mailsync-app",
+                "app-secret",
+                "https://outlook.office365.com/.default",
+            ))),
+        ),
+    ];
+    for (name, auth) in auths {
+        let ad = Autodiscover::with_auth(auth, options.clone()).unwrap();
+        for file in ["autodiscover.svc", "autodiscover.xml"] {
+            let found = ad
+                .discover_at("user2@example.com", &endpoints(file))
+                .await
+                .unwrap_or_else(|e| panic!("{name} {file}: {e}"));
+            assert_eq!(
+                found.ews_url.as_str(),
+                format!("https://ad.sim.test:{port}/EWS/Exchange.asmx"),
+                "{name} {file}"
+            );
+        }
+    }
+    // Wrong NTLM credentials and a refused OAuth2 app stop the search as Unauthorized.
+    for auth in [
+        Auth::Ntlm {
+            username: r"EXAMPLE\svc".into(),
+            password: "wrong".into(),
+        },
+        Auth::OAuth2(std::sync::Arc::new(OAuth2Tokens::new(
+            token_url,
+            "mailsync-app",
+            "wrong",
+            "https://outlook.office365.com/.default",
+        ))),
+    ] {
+        let ad = Autodiscover::with_auth(auth, options.clone()).unwrap();
+        let err = ad
+            .discover_at("user2@example.com", &endpoints("autodiscover.svc"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Unauthorized(_)), "{err:?}");
+    }
     sim.stop().await;
 }

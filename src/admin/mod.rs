@@ -53,6 +53,31 @@ pub struct ReloadFailure {
 pub type Reloader =
     Arc<dyn Fn() -> BoxFuture<'static, Result<ReloadReport, ReloadFailure>> + Send + Sync>;
 
+/// The bearer token of /api, shared with the reload that may replace it: a new token takes
+/// effect at once and the old one stops working. `None` disables /api (loopback only).
+#[derive(Clone, Default)]
+pub struct AdminToken(Arc<parking_lot::RwLock<Option<SecretString>>>);
+
+impl AdminToken {
+    /// A token cell holding `token`.
+    pub fn new(token: Option<SecretString>) -> Self {
+        AdminToken(Arc::new(parking_lot::RwLock::new(token)))
+    }
+
+    /// Replaces the token; whether it changed.
+    pub fn replace(&self, token: Option<SecretString>) -> bool {
+        let mut current = self.0.write();
+        let changed = *current != token;
+        *current = token;
+        changed
+    }
+
+    /// The current token (a clone: no lock is held while a request is served).
+    pub fn current(&self) -> Option<SecretString> {
+        self.0.read().clone()
+    }
+}
+
 /// What the handlers need.
 #[derive(Clone)]
 pub struct AdminState {
@@ -60,8 +85,8 @@ pub struct AdminState {
     pub handle: SupervisorHandle,
     /// Every metric, for /metrics.
     pub telemetry: Telemetry,
-    /// The bearer token; `None` disables /api (allowed on loopback only).
-    pub token: Option<SecretString>,
+    /// The bearer token (replaced by reloads).
+    pub token: AdminToken,
     /// What POST /api/v1/reload and SIGHUP run.
     pub reload: Reloader,
     /// The state store, for the conflict and failure logs; `None` answers 503 there.
@@ -155,7 +180,7 @@ pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> HttpRespo
 
 /// Checks the bearer token in constant time; the refusal to send when it does not match.
 pub(crate) fn authorize(req: &HttpRequest, state: &AdminState) -> Option<HttpResponse> {
-    let Some(token) = &state.token else {
+    let Some(token) = state.token.current() else {
         return Some(error(
             StatusCode::FORBIDDEN,
             "the API is disabled: admin.token is not configured",

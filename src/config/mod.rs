@@ -282,7 +282,33 @@ pub enum Endpoint {
     Autodiscover {
         /// Fixed domain, or `None` for the mailbox's domain.
         domain: Option<String>,
+        /// An Autodiscover endpoint set by hand, asked before the DNS-based search.
+        url: Option<url::Url>,
+        /// Hosts outside the mailbox's domain that may receive credentials (`*.suffix` for a
+        /// domain's hosts).
+        allowed_hosts: Vec<String>,
     },
+}
+
+/// How the service account of a server reaches the mailboxes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessMode {
+    /// ExchangeImpersonation: the account holds the ApplicationImpersonation right (or is an
+    /// app-only OAuth2 token).
+    Impersonation,
+    /// Delegate access: the account has full access to each mailbox and opens it with its own
+    /// identity.
+    Delegate,
+}
+
+impl AccessMode {
+    /// Config name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessMode::Impersonation => "impersonation",
+            AccessMode::Delegate => "delegate",
+        }
+    }
 }
 
 /// EWS RequestServerVersion values mailsync speaks.
@@ -331,12 +357,16 @@ pub struct Credentials {
 pub enum OAuth2Credential {
     /// A client secret.
     Secret(SecretString),
-    /// A certificate and its private key (PEM files).
+    /// A certificate and its private key (PEM files), read and checked when the
+    /// configuration is loaded.
     Certificate {
         /// Certificate file.
         certificate_file: PathBuf,
         /// Private key file.
         private_key_file: PathBuf,
+        /// The loaded credential: the key that signs client assertions and the certificate's
+        /// thumbprint.
+        credential: std::sync::Arc<ews::client::ClientCertificate>,
     },
 }
 
@@ -418,8 +448,14 @@ pub struct ServerConfig {
     pub allow_http: bool,
     /// Per-request timeout.
     pub request_timeout: Duration,
-    /// Service account with impersonation, if any (basic/ntlm only).
+    /// Service account with impersonation or full access, if any (basic/ntlm only).
     pub service_account: Option<Credentials>,
+    /// How the service account reaches the mailboxes.
+    pub access: AccessMode,
+    /// The largest answer read for requests without MIME content, in bytes.
+    pub max_response_bytes: u64,
+    /// The largest answer read for requests with MIME content, in bytes.
+    pub max_mime_response_bytes: u64,
     /// Request budget.
     pub throttle: ThrottleConfig,
     /// Streaming.
@@ -429,7 +465,20 @@ pub struct ServerConfig {
 impl ServerConfig {
     /// Whether requests for mailboxes on this server use ExchangeImpersonation.
     pub fn impersonation(&self) -> bool {
-        self.service_account.is_some() || matches!(self.auth, AuthConfig::OAuth2(_))
+        (self.service_account.is_some() && self.access == AccessMode::Impersonation)
+            || matches!(self.auth, AuthConfig::OAuth2(_))
+    }
+
+    /// How a request for `mailbox` reaches it: with the mailbox's own credentials, its own
+    /// mailbox; otherwise the server's access mode.
+    pub fn access_for(&self, mailbox: &MailboxConfig) -> ews::Access {
+        if mailbox.credentials.is_some() {
+            ews::Access::Own
+        } else if self.impersonation() {
+            ews::Access::Impersonation
+        } else {
+            ews::Access::Delegate
+        }
     }
 }
 
@@ -517,8 +566,8 @@ pub struct MailConfig {
     pub folder_sync_from: BTreeMap<String, NaiveDate>,
     /// Delete behaviour in Exchange.
     pub delete_mode: Option<MailDeleteMode>,
-    /// Messages larger than this many MB are not synced (parked in the failure log).
-    pub max_message_mb: u64,
+    /// Mails larger than this many bytes are not synced (failure log instead).
+    pub max_message_bytes: u64,
 }
 
 impl Default for MailConfig {
@@ -528,10 +577,19 @@ impl Default for MailConfig {
             excluded_folders: Vec::new(),
             folder_sync_from: BTreeMap::new(),
             delete_mode: None,
-            max_message_mb: 64,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_MB * MIB,
         }
     }
 }
+
+/// Default of `mail.max_message_mb`.
+pub const DEFAULT_MAX_MESSAGE_MB: u64 = 64;
+/// Default of `servers[].max_response_mb`.
+pub const DEFAULT_MAX_RESPONSE_MB: u64 = 16;
+/// Default of `servers[].max_mime_response_mb`.
+pub const DEFAULT_MAX_MIME_RESPONSE_MB: u64 = 128;
+/// One MiB.
+pub const MIB: u64 = 1024 * 1024;
 
 /// One mailbox, defaults applied.
 #[derive(Debug, Clone)]

@@ -121,6 +121,20 @@ pub struct RawServer {
     pub autodiscover: Option<bool>,
     /// Domain to run Autodiscover against; default: each mailbox's own domain.
     pub autodiscover_domain: Option<String>,
+    /// An Autodiscover endpoint set by hand (https://HOST/autodiscover/autodiscover.svc or
+    /// .xml): asked first, instead of the DNS-based search.
+    pub autodiscover_url: Option<String>,
+    /// Hosts outside the mailbox's domain that may receive credentials when Autodiscover is
+    /// redirected to them (or an SRV record or the http probe points there): host names, or
+    /// `*.example.net` for the hosts under a domain.
+    pub autodiscover_allowed_hosts: Option<Vec<String>>,
+    /// How the service account reaches the mailboxes: `impersonation` (ApplicationImpersonation
+    /// right; the default) or `delegate` (full access to each mailbox).
+    pub access: Option<String>,
+    /// The largest EWS answer read, in MiB, for requests without MIME content.
+    pub max_response_mb: Option<u64>,
+    /// The largest EWS answer read, in MiB, for requests with MIME content (GetItem of mails).
+    pub max_mime_response_mb: Option<u64>,
     /// `basic`, `ntlm` or `oauth2`.
     pub auth: String,
     /// RequestServerVersion sent: Exchange2010_SP2 (default), Exchange2013, Exchange2013_SP1, Exchange2016.
@@ -231,8 +245,7 @@ pub struct RawMailSettings {
     /// Where a mail deleted in the CRM goes in Exchange: `move-to-deleted-items` (default),
     /// `soft-delete` or `hard-delete`.
     pub delete_mode: Option<String>,
-    /// Messages larger than this many MB are not synced; each is parked in the failure log
-    /// with the reason (default 64).
+    /// Mails larger than this (MiB) are not synced; they go to the failure log.
     pub max_message_mb: Option<u64>,
 }
 

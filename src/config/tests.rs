@@ -435,3 +435,194 @@ fn smtp_server_defaults_and_errors() {
         &[r#"smtp.tls: is "none" but credentials are set: they would travel unencrypted"#],
     );
 }
+
+fn fixture(name: &str) -> String {
+    mailsync_testkit::fixtures::path(name).display().to_string()
+}
+
+/// An OAuth2 server with a certificate credential from the test fixtures.
+fn oauth2_certificate(cert: &str, key: &str) -> String {
+    format!(
+        "[[servers]]\nname = \"ex1\"\nautodiscover = true\nauth = \"oauth2\"\n[servers.oauth2]\ntenant_id = \"t\"\nclient_id = \"c\"\ncertificate_file = \"{}\"\nprivate_key_file = \"{}\"\n{}",
+        fixture(cert),
+        fixture(key),
+        mailbox("a@example.com", "1")
+    )
+}
+
+#[test]
+fn access_modes_autodiscover_settings_and_caps() {
+    use mailsync_testkit::fixtures as f;
+    // Delegate access with a service account: no impersonation, every mailbox by delegate.
+    let delegate = SERVER.replace(
+        "auth = \"basic\"",
+        "auth = \"basic\"\naccess = \"delegate\"",
+    ) + &mailbox("a@example.com", "1");
+    let cfg = parse(&delegate, &env()).unwrap();
+    assert_eq!(cfg.servers[0].access, AccessMode::Delegate);
+    assert!(!cfg.servers[0].impersonation());
+    assert_eq!(
+        cfg.servers[0].access_for(&cfg.mailboxes[0]),
+        ews::Access::Delegate
+    );
+    let impersonation = parse(&valid(), &env()).unwrap();
+    assert_eq!(
+        impersonation.servers[0].access_for(&impersonation.mailboxes[0]),
+        ews::Access::Impersonation
+    );
+    assert_eq!(impersonation.servers[0].max_response_bytes, 16 * MIB);
+    assert_eq!(impersonation.servers[0].max_mime_response_bytes, 128 * MIB);
+    assert_eq!(impersonation.mailboxes[0].mail.max_message_bytes, 64 * MIB);
+
+    // Autodiscover set by hand, with allowed hosts.
+    let ad = format!(
+        "[[servers]]\nname = \"ex1\"\nautodiscover = true\nautodiscover_url = \"https://ad.example.net:8443/autodiscover/autodiscover.svc\"\nautodiscover_allowed_hosts = [\"autodiscover-s.outlook.com\", \"*.example.net\"]\nauth = \"ntlm\"\nmax_response_mb = 8\nmax_mime_response_mb = 256\n[servers.service_account]\nusername = 'EXAMPLE\\svc'\npassword = {{ env = \"PW\" }}\n{}mail = {{ max_message_mb = 150 }}\n",
+        mailbox("a@example.com", "1")
+    );
+    let cfg = parse(&ad, &env()).unwrap();
+    let Endpoint::Autodiscover {
+        url, allowed_hosts, ..
+    } = &cfg.servers[0].endpoint
+    else {
+        panic!("autodiscover")
+    };
+    assert_eq!(
+        url.as_ref().map(url::Url::as_str),
+        Some("https://ad.example.net:8443/autodiscover/autodiscover.svc")
+    );
+    assert_eq!(
+        allowed_hosts,
+        &vec![
+            "autodiscover-s.outlook.com".to_string(),
+            "*.example.net".into()
+        ]
+    );
+    assert_eq!(cfg.servers[0].max_response_bytes, 8 * MIB);
+    assert_eq!(cfg.mailboxes[0].mail.max_message_bytes, 150 * MIB);
+
+    // A certificate credential is loaded and checked when the configuration is.
+    let cfg = parse(
+        &oauth2_certificate(f::OAUTH_APP_CERT, f::OAUTH_APP_KEY),
+        &env(),
+    )
+    .unwrap();
+    let AuthConfig::OAuth2(o) = &cfg.servers[0].auth else {
+        panic!("oauth2")
+    };
+    let OAuth2Credential::Certificate { credential, .. } = &o.credential else {
+        panic!("certificate")
+    };
+    assert_eq!(credential.thumbprint(), f::OAUTH_APP_X5T);
+    check(
+        &oauth2_certificate(f::OAUTH_APP_CERT, f::OAUTH_APP_KEY_PKCS1),
+        &[],
+    );
+}
+
+#[test]
+fn access_autodiscover_certificate_and_cap_errors() {
+    use mailsync_testkit::fixtures as f;
+    let cases: Vec<(&str, String, Vec<String>)> = vec![
+        (
+            "an unknown access mode",
+            SERVER.replace("auth = \"basic\"", "auth = \"basic\"\naccess = \"sudo\"")
+                + &mailbox("a@example.com", "1"),
+            vec![r#"servers[0].access: "sudo" is not an access mode, expected impersonation or delegate"#.into()],
+        ),
+        (
+            "delegate without a service account",
+            "[[servers]]\nname = \"ex1\"\news_url = \"https://mail.example.com/EWS/Exchange.asmx\"\nauth = \"ntlm\"\naccess = \"delegate\"\n".to_string()
+                + &mailbox("a@example.com", "1")
+                + "credentials = { username = \"a\", password = \"p\" }\n",
+            vec![r#"servers[0].service_account: is required with access = "delegate": the account that has full access to the mailboxes"#.into()],
+        ),
+        (
+            "delegate with app-only OAuth2",
+            "[[servers]]\nname = \"ex1\"\nautodiscover = true\nauth = \"oauth2\"\naccess = \"delegate\"\n[servers.oauth2]\ntenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = \"s\"\n".to_string()
+                + &mailbox("a@example.com", "1"),
+            vec![r#"servers[0].access: "delegate" needs a service account with full access to the mailboxes (auth basic or ntlm); app-only OAuth2 tokens act by impersonation"#.into()],
+        ),
+        (
+            "Autodiscover keys without autodiscover, a bad URL and bad hosts",
+            SERVER.replace(
+                "auth = \"basic\"",
+                "auth = \"basic\"\nautodiscover_url = \"https://ad.example.com/autodiscover/autodiscover.svc\"\nautodiscover_allowed_hosts = [\"x.example.com\"]",
+            ) + &mailbox("a@example.com", "1"),
+            vec![
+                "servers[0].autodiscover_url: only applies with autodiscover = true".into(),
+                "servers[0].autodiscover_allowed_hosts: only applies with autodiscover = true".into(),
+            ],
+        ),
+        (
+            "a plain-http Autodiscover URL and hosts that are not host names",
+            "[[servers]]\nname = \"ex1\"\nautodiscover = true\nautodiscover_url = \"http://ad.example.com/autodiscover/autodiscover.svc\"\nautodiscover_allowed_hosts = [\"https://evil.example\", \"*.\", \"ok.example\"]\nauth = \"basic\"\nservice_account = { username = \"svc\", password = \"p\" }\n".to_string()
+                + &mailbox("a@example.com", "1"),
+            vec![
+                r#"servers[0].autodiscover_url: "http://ad.example.com/autodiscover/autodiscover.svc" is plain http; credentials would travel unencrypted (set allow_http = true for a test set-up)"#.into(),
+                r#"servers[0].autodiscover_allowed_hosts[0]: "https://evil.example" is not a host name (or *.domain)"#.into(),
+                r#"servers[0].autodiscover_allowed_hosts[1]: "*." is not a host name (or *.domain)"#.into(),
+            ],
+        ),
+        (
+            "an http token URL",
+            "[[servers]]\nname = \"ex1\"\nautodiscover = true\nauth = \"oauth2\"\n[servers.oauth2]\ntenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = \"s\"\ntoken_url = \"http://login.example/t/token\"\n".to_string()
+                + &mailbox("a@example.com", "1"),
+            vec![r#"servers[0].oauth2.token_url: "http://login.example/t/token" is plain http; credentials would travel unencrypted (set allow_http = true for a test set-up)"#.into()],
+        ),
+        (
+            "caps out of range, and a mail cap that no answer could hold",
+            SERVER.replace(
+                "auth = \"basic\"",
+                "auth = \"basic\"\nmax_response_mb = 0\nmax_mime_response_mb = 10",
+            ) + &mailbox("a@example.com", "1")
+                + "mail = { max_message_mb = 9 }\n",
+            vec![
+                "servers[0].max_response_mb: 0 is out of range, allowed 1 to 1024".into(),
+                r#"mailboxes[0].mail.max_message_mb: 9 MiB does not fit in an answer of server "ex1" (max_mime_response_mb = 10, of which MIME in base64 may take 3/4): raise max_mime_response_mb or lower max_message_mb"#.into(),
+            ],
+        ),
+        (
+            "the default mail cap does not fit a small MIME cap",
+            SERVER.replace("auth = \"basic\"", "auth = \"basic\"\nmax_mime_response_mb = 64")
+                + &mailbox("a@example.com", "1"),
+            vec![r#"mailbox_defaults.mail.max_message_mb: 64 MiB does not fit in an answer of server "ex1" (max_mime_response_mb = 64, of which MIME in base64 may take 3/4): raise max_mime_response_mb or lower max_message_mb"#.into()],
+        ),
+        (
+            "a key that is not the certificate's",
+            oauth2_certificate(f::OAUTH_APP_CERT, f::OTHER_RSA_KEY),
+            vec!["servers[0].oauth2.private_key_file: the private key does not belong to the certificate (or the key is shorter than 2048 bits)".into()],
+        ),
+        (
+            "a key that is not RSA",
+            oauth2_certificate(f::OAUTH_APP_CERT, f::EC_KEY),
+            vec!["servers[0].oauth2.private_key_file: the private key is not an RSA key; certificate credentials are signed with RS256".into()],
+        ),
+        (
+            "a certificate file that holds a key",
+            oauth2_certificate(f::OAUTH_APP_KEY, f::OAUTH_APP_KEY),
+            vec!["servers[0].oauth2.certificate_file: the certificate file holds no PEM certificate".into()],
+        ),
+    ];
+    for (what, text, expected) in cases {
+        let got: Vec<String> = match parse(&text, &env()) {
+            Ok(_) => vec![],
+            Err(errors) => errors.iter().map(ToString::to_string).collect(),
+        };
+        assert_eq!(got, expected, "{what}:\n{text}");
+    }
+}
+
+#[test]
+fn an_admin_token_that_cannot_travel_in_a_header_is_refused_without_being_shown() {
+    let mut e = env();
+    e.insert(
+        overrides::ADMIN_TOKEN,
+        "secret-token-0123456789\nX-Injected: 1",
+    );
+    let errors = parse(&valid(), &e).unwrap_err();
+    let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        text,
+        vec!["admin.token: holds characters an HTTP header cannot carry (spaces, control characters or non-ASCII); use letters, digits and punctuation"]
+    );
+}

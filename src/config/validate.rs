@@ -113,6 +113,9 @@ pub(super) fn validate(raw: RawConfig, env: &dyn Environment) -> Result<Config, 
             name: s.name.clone(),
             oauth2: s.auth == "oauth2",
             service_account: s.service_account.is_some(),
+            max_mime_response_mb: s
+                .max_mime_response_mb
+                .unwrap_or(DEFAULT_MAX_MIME_RESPONSE_MB),
         })
         .collect();
     let servers = servers(&mut c, raw.servers);
@@ -178,6 +181,13 @@ fn admin(c: &mut Checker, raw: RawAdmin) -> AdminConfig {
             c.err(
                 "admin.token",
                 "is shorter than 16 characters; use a long random token",
+            );
+        }
+        // It travels in an Authorization header; the message never shows it.
+        if !t.expose().bytes().all(|b| b.is_ascii_graphic()) {
+            c.err(
+                "admin.token",
+                "holds characters an HTTP header cannot carry (spaces, control characters or non-ASCII); use letters, digits and punctuation",
             );
         }
     }
@@ -359,16 +369,43 @@ fn server(c: &mut Checker, p: &str, s: RawServer) -> Option<ServerConfig> {
                     );
                 }
             }
+            let url = s
+                .autodiscover_url
+                .as_deref()
+                .and_then(|u| https_url(c, &format!("{p}.autodiscover_url"), u, allow_http));
+            let mut allowed_hosts = Vec::new();
+            for (j, h) in s.autodiscover_allowed_hosts.iter().flatten().enumerate() {
+                let bare = h.strip_prefix("*.").unwrap_or(h);
+                if is_host(bare) {
+                    allowed_hosts.push(h.to_ascii_lowercase());
+                } else {
+                    c.err(
+                        format!("{p}.autodiscover_allowed_hosts[{j}]"),
+                        format!("{h:?} is not a host name (or *.domain)"),
+                    );
+                }
+            }
             Some(Endpoint::Autodiscover {
                 domain: s.autodiscover_domain.clone(),
+                url,
+                allowed_hosts,
             })
         }
         (Some(u), false) => {
-            if s.autodiscover_domain.is_some() {
-                c.err(
-                    format!("{p}.autodiscover_domain"),
-                    "only applies with autodiscover = true",
-                );
+            for (key, set) in [
+                ("autodiscover_domain", s.autodiscover_domain.is_some()),
+                ("autodiscover_url", s.autodiscover_url.is_some()),
+                (
+                    "autodiscover_allowed_hosts",
+                    s.autodiscover_allowed_hosts.is_some(),
+                ),
+            ] {
+                if set {
+                    c.err(
+                        format!("{p}.{key}"),
+                        "only applies with autodiscover = true",
+                    );
+                }
             }
             match url::Url::parse(u) {
                 Ok(url) if url.scheme() == "https" || (url.scheme() == "http" && allow_http) => {
@@ -438,9 +475,8 @@ fn server(c: &mut Checker, p: &str, s: RawServer) -> Option<ServerConfig> {
                 c.err(format!("{p}.oauth2"), "is required when auth = \"oauth2\"");
                 None
             }
-            Some(o) => {
-                oauth2(c, &format!("{p}.oauth2"), o).map(|o| AuthConfig::OAuth2(Box::new(o)))
-            }
+            Some(o) => oauth2(c, &format!("{p}.oauth2"), o, allow_http)
+                .map(|o| AuthConfig::OAuth2(Box::new(o))),
         },
         other => {
             c.err(
@@ -462,6 +498,44 @@ fn server(c: &mut Checker, p: &str, s: RawServer) -> Option<ServerConfig> {
             "does not apply with auth = \"oauth2\": the app-only token acts for every mailbox",
         );
     }
+    let access = match s.access.as_deref() {
+        None | Some("impersonation") => AccessMode::Impersonation,
+        Some("delegate") => {
+            if s.auth == "oauth2" {
+                c.err(
+                    format!("{p}.access"),
+                    "\"delegate\" needs a service account with full access to the mailboxes (auth basic or ntlm); app-only OAuth2 tokens act by impersonation",
+                );
+            } else if s.service_account.is_none() {
+                c.err(
+                    format!("{p}.service_account"),
+                    "is required with access = \"delegate\": the account that has full access to the mailboxes",
+                );
+            }
+            AccessMode::Delegate
+        }
+        Some(other) => {
+            c.err(
+                format!("{p}.access"),
+                format!("{other:?} is not an access mode, expected impersonation or delegate"),
+            );
+            AccessMode::Impersonation
+        }
+    };
+    let max_response_mb = c.in_range(
+        &format!("{p}.max_response_mb"),
+        s.max_response_mb,
+        DEFAULT_MAX_RESPONSE_MB,
+        1,
+        1024,
+    );
+    let max_mime_response_mb = c.in_range(
+        &format!("{p}.max_mime_response_mb"),
+        s.max_mime_response_mb,
+        DEFAULT_MAX_MIME_RESPONSE_MB,
+        1,
+        4096,
+    );
 
     let throttle = ThrottleConfig {
         requests_per_second: {
@@ -541,9 +615,38 @@ fn server(c: &mut Checker, p: &str, s: RawServer) -> Option<ServerConfig> {
         allow_http,
         request_timeout,
         service_account,
+        access,
+        max_response_bytes: max_response_mb * MIB,
+        max_mime_response_bytes: max_mime_response_mb * MIB,
         throttle,
         streaming,
     })
+}
+
+/// An https URL (http only where allowed), with a host; the error names the key.
+fn https_url(c: &mut Checker, key: &str, text: &str, allow_http: bool) -> Option<url::Url> {
+    match url::Url::parse(text) {
+        Ok(u) if u.host_str().is_none() => {
+            c.err(key, format!("{text:?} has no host"));
+            None
+        }
+        Ok(u) if u.scheme() == "https" || (u.scheme() == "http" && allow_http) => Some(u),
+        Ok(u) if u.scheme() == "http" => {
+            c.err(
+                key,
+                format!("{text:?} is plain http; credentials would travel unencrypted (set allow_http = true for a test set-up)"),
+            );
+            None
+        }
+        Ok(_) => {
+            c.err(key, format!("{text:?} is not an https:// URL"));
+            None
+        }
+        Err(e) => {
+            c.err(key, format!("{text:?} is not a URL: {e}"));
+            None
+        }
+    }
 }
 
 fn credentials(c: &mut Checker, p: &str, raw: &RawCredentials) -> Option<Credentials> {
@@ -557,7 +660,7 @@ fn credentials(c: &mut Checker, p: &str, raw: &RawCredentials) -> Option<Credent
     })
 }
 
-fn oauth2(c: &mut Checker, p: &str, o: &RawOAuth2) -> Option<OAuth2Config> {
+fn oauth2(c: &mut Checker, p: &str, o: &RawOAuth2, allow_http: bool) -> Option<OAuth2Config> {
     if o.tenant_id.trim().is_empty() {
         c.err(format!("{p}.tenant_id"), "is empty");
     }
@@ -605,10 +708,18 @@ fn oauth2(c: &mut Checker, p: &str, o: &RawOAuth2) -> Option<OAuth2Config> {
                 }
                 Some(_) => {}
             }
-            ok.then(|| OAuth2Credential::Certificate {
-                certificate_file: cert.clone(),
-                private_key_file: o.private_key_file.clone().unwrap_or_default(),
-            })
+            let key = o.private_key_file.clone().unwrap_or_default();
+            if ok {
+                certificate_credential(c, p, cert, &key).map(|credential| {
+                    OAuth2Credential::Certificate {
+                        certificate_file: cert.clone(),
+                        private_key_file: key,
+                        credential,
+                    }
+                })
+            } else {
+                None
+            }
         }
     };
     let token_url_text = o.token_url.clone().unwrap_or_else(|| {
@@ -617,16 +728,7 @@ fn oauth2(c: &mut Checker, p: &str, o: &RawOAuth2) -> Option<OAuth2Config> {
             o.tenant_id
         )
     });
-    let token_url = match url::Url::parse(&token_url_text) {
-        Ok(u) if u.scheme() == "https" || u.scheme() == "http" => Some(u),
-        _ => {
-            c.err(
-                format!("{p}.token_url"),
-                format!("{token_url_text:?} is not an http(s) URL"),
-            );
-            None
-        }
-    };
+    let token_url = https_url(c, &format!("{p}.token_url"), &token_url_text, allow_http);
     Some(OAuth2Config {
         tenant_id: o.tenant_id.clone(),
         client_id: o.client_id.clone(),
@@ -639,11 +741,52 @@ fn oauth2(c: &mut Checker, p: &str, o: &RawOAuth2) -> Option<OAuth2Config> {
     })
 }
 
+/// Reads the certificate and its private key and checks they belong together, so that a
+/// configuration that validates can sign client assertions at run time.
+fn certificate_credential(
+    c: &mut Checker,
+    p: &str,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Option<std::sync::Arc<ews::client::ClientCertificate>> {
+    let read = |c: &mut Checker, field: &str, path: &std::path::Path| match std::fs::read(path) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            c.err(
+                format!("{p}.{field}"),
+                format!("{} cannot be read: {e}", path.display()),
+            );
+            None
+        }
+    };
+    let cert_pem = read(c, "certificate_file", cert);
+    let key_pem = read(c, "private_key_file", key);
+    let (cert_pem, key_pem) = (cert_pem?, key_pem?);
+    match ews::client::ClientCertificate::from_pem(&cert_pem, &key_pem) {
+        Ok(credential) => Some(std::sync::Arc::new(credential)),
+        Err(e) => {
+            let message = match e {
+                ews::Error::Request(m) => m,
+                other => other.to_string(),
+            };
+            // Name the file the problem is in.
+            let field = if message.starts_with("the certificate") {
+                "certificate_file"
+            } else {
+                "private_key_file"
+            };
+            c.err(format!("{p}.{field}"), message);
+            None
+        }
+    }
+}
+
 /// What mailbox checks need to know of a server, valid or not.
 struct DeclaredServer {
     name: String,
     oauth2: bool,
     service_account: bool,
+    max_mime_response_mb: u64,
 }
 
 fn mailboxes(
@@ -753,6 +896,30 @@ fn mailboxes(
             .and_then(parse_initial_sync)
             .unwrap_or(InitialSync::None);
         let mail = effective_mail(defaults.mail.as_ref(), own.mail.as_ref());
+        if let Some(s) = server {
+            // A mail of the largest size must fit in a GetItem answer (MIME travels base64:
+            // 4/3 of its size), or it could never be read.
+            if mail.max_message_bytes * 4 > s.max_mime_response_mb * MIB * 3 {
+                let from = if own
+                    .mail
+                    .as_ref()
+                    .is_some_and(|m| m.max_message_mb.is_some())
+                {
+                    format!("{p}.mail.max_message_mb")
+                } else {
+                    "mailbox_defaults.mail.max_message_mb".to_string()
+                };
+                c.err(
+                    from,
+                    format!(
+                        "{} MiB does not fit in an answer of server {:?} (max_mime_response_mb = {}, of which MIME in base64 may take 3/4): raise max_mime_response_mb or lower max_message_mb",
+                        mail.max_message_bytes / MIB,
+                        s.name,
+                        s.max_mime_response_mb
+                    ),
+                );
+            }
+        }
         if own.mail.is_some() && !areas.contains_key(&Area::Mail) {
             c.err(
                 format!("{p}.mail"),
@@ -879,8 +1046,13 @@ fn check_settings(c: &mut Checker, p: &str, s: &RawMailboxSettings) {
         if let Some(d) = &mail.sync_from {
             date_only(c, &format!("{mp}.sync_from"), d);
         }
-        if mail.max_message_mb == Some(0) {
-            c.err(format!("{mp}.max_message_mb"), "must be at least 1");
+        if let Some(mb) = mail.max_message_mb {
+            if !(1..=4096).contains(&mb) {
+                c.err(
+                    format!("{mp}.max_message_mb"),
+                    format!("{mb} is out of range, allowed 1 to 4096"),
+                );
+            }
         }
         if let Some(mode) = &mail.delete_mode {
             if parse_delete_mode(mode).is_none() {
@@ -977,15 +1149,16 @@ fn effective_mail(defaults: Option<&RawMailSettings>, own: Option<&RawMailSettin
     let delete_mode = pick(|m| m.delete_mode.is_some())
         .and_then(|m| m.delete_mode.as_deref())
         .and_then(parse_delete_mode);
-    let max_message_mb = pick(|m| m.max_message_mb.is_some())
+    let max_message_bytes = pick(|m| m.max_message_mb.is_some())
         .and_then(|m| m.max_message_mb)
-        .unwrap_or(64);
+        .unwrap_or(DEFAULT_MAX_MESSAGE_MB)
+        * MIB;
     MailConfig {
         sync_from,
         excluded_folders,
         folder_sync_from,
         delete_mode,
-        max_message_mb,
+        max_message_bytes,
     }
 }
 
@@ -1060,6 +1233,21 @@ pub fn is_email(s: &str) -> bool {
         && !local.ends_with('.')
         && !local.contains("..")
         && is_domain(domain)
+}
+
+/// A host name: dot-separated labels of letters, digits and hyphens (`localhost` too).
+fn is_host(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-')
+        })
 }
 
 fn is_domain(d: &str) -> bool {

@@ -100,6 +100,9 @@ pub fn sync_error(e: ews::Error) -> SyncError {
         ews::Error::InvalidSyncState(m) => SyncError::InvalidState(m),
         ews::Error::Unauthorized(m) => SyncError::Denied(m),
         ews::Error::Denied { code, message } => SyncError::Denied(format!("{code}: {message}")),
+        // A redirect is a configuration problem (the URL points elsewhere): like a refusal,
+        // retried slowly, never followed.
+        e @ ews::Error::Redirected { .. } => SyncError::Denied(e.to_string()),
         other => SyncError::Failed(other.to_string()),
     }
 }

@@ -45,6 +45,8 @@ impl EwsStream {
 }
 
 impl Inner {
+    /// The target of a group's request for `mailbox`: the mailbox's own access (impersonation,
+    /// delegate or own) with the group's routing.
     fn target(&self, group: &GroupInfo, mailbox: &str) -> ews::Target {
         let affinity = self
             .affinity
@@ -52,10 +54,56 @@ impl Inner {
             .entry((group.server.to_string(), group.group))
             .or_insert_with(|| Affinity::new(&group.anchor))
             .clone();
-        let mut target = ews::Target::impersonating(mailbox);
+        let access = self
+            .engine
+            .mailbox(mailbox)
+            .map_or(ews::Access::Impersonation, |s| s.target.access);
+        let mut target = ews::Target::with_access(mailbox, access);
         target.affinity = Some(affinity);
         target
     }
+}
+
+/// The mapping table of mail folders (crm_mail_folders): its Exchange ids are the synced mail
+/// folders.
+const MAIL_FOLDERS: &str = "crm_mail_folders";
+
+/// The mail folders a delegate subscription names, since SubscribeToAllFolders names no
+/// mailbox (Exchange would watch the service account's own): msgfolderroot (folders created
+/// at the top) and every synced mail folder; before the first mail step, the distinguished
+/// mail folders.
+async fn delegate_mail_folders(
+    state: &crate::db::Db,
+    mailbox: &str,
+) -> Result<Vec<FolderRef>, SyncError> {
+    use ews::types::DistinguishedFolder as D;
+    let mapped = state
+        .mappings_of(mailbox, MAIL_FOLDERS)
+        .await
+        .map_err(|e| SyncError::Transient(e.to_string()))?;
+    let mut refs = vec![FolderRef::well_known(D::MsgFolderRoot)];
+    if mapped.is_empty() {
+        refs.extend(
+            [
+                D::Inbox,
+                D::SentItems,
+                D::Drafts,
+                D::DeletedItems,
+                D::JunkEmail,
+                D::Outbox,
+            ]
+            .into_iter()
+            .map(FolderRef::well_known),
+        );
+    } else {
+        refs.extend(mapped.into_iter().map(|m| {
+            FolderRef::Id(ItemId {
+                id: m.ews_item_id,
+                change_key: None,
+            })
+        }));
+    }
+    Ok(refs)
 }
 
 /// The synced folders an event concerns. Item events: the folder holding the item and, for a
@@ -194,7 +242,8 @@ impl StreamPort for EwsStream {
             let state = inner.engine.state();
             let mut refs = Vec::new();
             // The mail tree grows and shrinks: with mail, the subscription covers every folder
-            // (SubscribeToAllFolders) and events are sorted by folder here.
+            // (SubscribeToAllFolders) and events are sorted by folder here. By delegate access
+            // it names the folders instead (see `delegate_mail_folders`).
             let all = folders.iter().any(|f| &**f == super::mail::MAIL);
             for folder in folders.iter().filter(|f| &***f != super::mail::MAIL) {
                 {
@@ -213,7 +262,11 @@ impl StreamPort for EwsStream {
                 }
             }
             if all {
-                refs.clear();
+                if setup.target.access == ews::Access::Delegate {
+                    refs.extend(delegate_mail_folders(state, &mailbox).await?);
+                } else {
+                    refs.clear();
+                }
             }
             let op = Subscribe {
                 folders: refs,

@@ -6,6 +6,7 @@
 //!   stays intact.
 //! - [`require`]: what a test does when an outside dependency (Python with lxml, PostgreSQL)
 //!   is missing: under `CI=true` it fails the test; elsewhere it skips with a printed reason.
+//! - [`fixtures`]: test-only keys and certificates (fixtures/README.md).
 
 pub mod require {
     //! Missing dependencies: fail under CI, skip with a reason elsewhere.
@@ -23,6 +24,38 @@ pub mod require {
         }
         eprintln!("SKIPPED: {what} (outside CI this test is skipped; CI fails on it)");
     }
+}
+
+pub mod fixtures {
+    //! Test-only key material in `testkit/fixtures` (see its README.md).
+
+    use std::path::PathBuf;
+
+    /// The path of a fixture file.
+    pub fn path(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures")
+            .join(name)
+    }
+
+    /// The bytes of a fixture file.
+    pub fn read(name: &str) -> Vec<u8> {
+        let p = path(name);
+        std::fs::read(&p).unwrap_or_else(|e| panic!("fixture {}: {e}", p.display()))
+    }
+
+    /// The OAuth2 app's certificate (`x5t` [`OAUTH_APP_X5T`]).
+    pub const OAUTH_APP_CERT: &str = "oauth-app.crt";
+    /// Its private key, PKCS#8.
+    pub const OAUTH_APP_KEY: &str = "oauth-app.key";
+    /// The same key, PKCS#1.
+    pub const OAUTH_APP_KEY_PKCS1: &str = "oauth-app-pkcs1.key";
+    /// An RSA key of no certificate here.
+    pub const OTHER_RSA_KEY: &str = "other-rsa.key";
+    /// A P-256 key.
+    pub const EC_KEY: &str = "ec.key";
+    /// base64url SHA-1 of [`OAUTH_APP_CERT`], from `openssl x509 -fingerprint -sha1`.
+    pub const OAUTH_APP_X5T: &str = "EK6pa9bYYOFdtGgZbLVpN1Z4lm4";
 }
 
 pub mod schema {

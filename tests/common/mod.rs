@@ -246,3 +246,159 @@ fn angle(arg: &str) -> String {
             .to_string(),
     }
 }
+
+/// A test CA and a server certificate it signed, as PEM files in a directory.
+pub struct Pki {
+    /// The CA certificate (what `servers[].ca_file` points at).
+    pub ca_file: std::path::PathBuf,
+    /// The certificate chain and key the simulator serves.
+    pub tls: ews_sim::server::TlsPem,
+}
+
+/// Makes a CA and a certificate for `names` (rcgen), writing the CA to `dir/ca.pem`.
+pub fn pki(dir: &std::path::Path, names: &[&str]) -> Pki {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "mailsync test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    let leaf_cert = leaf.signed_by(&leaf_key, &ca_cert, &ca_key).unwrap();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca_cert.pem()).unwrap();
+    Pki {
+        ca_file,
+        tls: ews_sim::server::TlsPem {
+            cert_chain: leaf_cert.pem().into_bytes(),
+            key: leaf_key.serialize_pem().into_bytes(),
+        },
+    }
+}
+
+/// Polls `check` every 50 ms until it holds or `limit` passes; the other side is another
+/// process, so there is no event to await.
+pub async fn eventually<F, Fut>(what: &str, limit: std::time::Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{what}: not within {limit:?}");
+}
+
+/// A free port on 127.0.0.1 (bound and released; the service binds it next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `mailsync run` as a child process, its stderr in a log file; killed when dropped.
+pub struct Service {
+    /// The process.
+    pub child: std::process::Child,
+    /// `http://127.0.0.1:PORT` of its admin API.
+    pub admin: String,
+    /// Its log.
+    pub log: std::path::PathBuf,
+}
+
+impl Service {
+    /// Starts `mailsync run --config CONFIG` with the admin API on `admin_port`, logging JSON
+    /// lines (fields a test can read).
+    pub fn start(config: &std::path::Path, admin_port: u16) -> Service {
+        let log = config.with_extension("log");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_mailsync"))
+            .args(["--log-format", "json", "run", "--config"])
+            .arg(config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Service {
+            child,
+            admin: format!("http://127.0.0.1:{admin_port}"),
+            log,
+        }
+    }
+
+    /// What it logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until /readyz says every mailbox finished its first step.
+    pub async fn ready(&mut self, limit: std::time::Duration) {
+        let http = reqwest::Client::new();
+        let url = format!("{}/readyz", self.admin);
+        let start = std::time::Instant::now();
+        while start.elapsed() < limit {
+            if http
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("mailsync run exited ({status}):\n{}", self.log_text());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("not ready within {limit:?}:\n{}", self.log_text());
+    }
+
+    /// `GET /api/v1/mailboxes` with `token`: (status, body).
+    /// Status 0 while the API does not answer yet.
+    pub async fn mailboxes(&self, token: &str) -> (u16, serde_json::Value) {
+        let Ok(resp) = reqwest::Client::new()
+            .get(format!("{}/api/v1/mailboxes", self.admin))
+            .bearer_auth(token)
+            .send()
+            .await
+        else {
+            return (0, serde_json::Value::Null);
+        };
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or_default())
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub async fn stop(mut self) {
+        // SAFETY: a signal to our own child process.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "{status}\n{}", self.log_text());
+                return;
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(30),
+                "no stop after SIGTERM\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -385,7 +385,7 @@ impl<'a> MailStep<'a> {
 
     /// The largest message synced, in bytes (`mail.max_message_mb`).
     pub(crate) fn max_message_bytes(&self) -> u64 {
-        self.setup.mail.max_message_mb.saturating_mul(1024 * 1024)
+        self.setup.mail.max_message_bytes
     }
 }
 

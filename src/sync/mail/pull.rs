@@ -635,7 +635,7 @@ impl MailStep<'_> {
                 let reason = format!(
                     "the message has {} MB, more than mail.max_message_mb ({} MB)",
                     s.size / (1024 * 1024),
-                    self.setup.mail.max_message_mb
+                    self.max_message_bytes() / (1024 * 1024)
                 );
                 self.park(
                     MAILS,
@@ -679,7 +679,30 @@ impl MailStep<'_> {
                 ],
             },
         };
-        let items = self.engine.call(self.setup, self.ctx, &get).await?;
+        let items = match self.engine.call_ews(self.setup, self.ctx, &get).await {
+            Ok(items) => items,
+            // The answer is over the response cap (sizes Exchange reported were too small,
+            // or the cap is tight): one message at a time, and one alone over it is parked.
+            Err(e @ ews::Error::TooLarge { .. }) => {
+                if batch.len() == 1 {
+                    let reason = format!("the message cannot be read within the response cap: {e}");
+                    self.park(
+                        MAILS,
+                        0,
+                        &batch[0].id.id,
+                        crate::sync::events::FailureKind::TooLarge,
+                        &reason,
+                    )
+                    .await;
+                    return Ok(());
+                }
+                for one in batch {
+                    Box::pin(self.import_batch(vec![one])).await?;
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(sync_error(e)),
+        };
         let mut rows = Vec::new();
         let mut ids = Vec::new();
         for (s, item) in batch.iter().zip(items) {

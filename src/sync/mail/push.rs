@@ -324,7 +324,7 @@ impl MailStep<'_> {
                 let reason = format!(
                     "the mail has {} MB, more than mail.max_message_mb ({} MB)",
                     size / (1024 * 1024),
-                    self.setup.mail.max_message_mb
+                    self.max_message_bytes() / (1024 * 1024)
                 );
                 self.park(
                     MAILS,
