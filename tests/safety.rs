@@ -7,19 +7,12 @@ mod common;
 use common::rig::{Rig, RigOptions, USERS};
 use common::{count, exec};
 
-use ews::items::{Contact, Item};
+use ews::items::Item;
 use ews::types::{DistinguishedFolder, FolderRef, ItemId};
 use mailsync::config::Area;
 use mailsync::db::integrity::{Decision, Side};
 
 const U: &str = USERS[0];
-
-fn contact(surname: &str) -> Item {
-    Item::Contact(Contact {
-        surname: Some(surname.into()),
-        ..Contact::default()
-    })
-}
 
 fn ids(items: &[Item]) -> Vec<ItemId> {
     items.iter().filter_map(|i| i.id().cloned()).collect()

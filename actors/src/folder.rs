@@ -116,6 +116,8 @@ pub struct FolderActor {
     wake: Option<SpawnHandle>,
     /// The next safety-net read.
     safety: Option<SpawnHandle>,
+    /// What the running step last reported of a long job's remaining items (for the gauge).
+    reported: std::sync::Arc<parking_lot::Mutex<Option<i64>>>,
 }
 
 impl FolderActor {
@@ -140,6 +142,43 @@ impl FolderActor {
             exited: false,
             wake: None,
             safety: None,
+            reported: Default::default(),
+        }
+    }
+
+    /// Where a step reports a long job's progress: the folder's status (the admin API) and
+    /// the initial-sync gauges, which count what is still to do.
+    fn progress_sink(&self) -> crate::throttle::ProgressSink {
+        let shared = self.args.shared.clone();
+        let (mailbox, generation, index) = (
+            self.args.mailbox.clone(),
+            self.args.generation,
+            self.args.index,
+        );
+        let last = self.reported.clone();
+        std::sync::Arc::new(move |done: u64, total: u64| {
+            let remaining = total.saturating_sub(done) as i64;
+            let mut last = last.lock();
+            let metrics = &shared.metrics;
+            match *last {
+                None => metrics.initial_running.inc(),
+                Some(before) => metrics.initial_remaining.sub(before),
+            }
+            metrics.initial_remaining.add(remaining);
+            *last = Some(remaining);
+            drop(last);
+            shared.board.folder(&mailbox, generation, index, |f| {
+                f.progress = Some((done, total))
+            });
+        })
+    }
+
+    /// A long job ended (its step finished, or failed): its share of the gauges goes.
+    fn progress_done(&mut self) {
+        if let Some(remaining) = self.reported.lock().take() {
+            let metrics = &self.args.shared.metrics;
+            metrics.initial_remaining.sub(remaining);
+            metrics.initial_running.dec();
         }
     }
 
@@ -209,7 +248,8 @@ impl FolderActor {
             folder: self.args.folder.clone(),
             full_resync: full,
             causes,
-            ctx: StepContext::with_progress(self.args.throttle.clone(), progress.clone()),
+            ctx: StepContext::with_progress(self.args.throttle.clone(), progress.clone())
+                .with_report(self.progress_sink()),
         };
         let sync = self.args.shared.ports.sync.clone();
         let step = guard(
@@ -236,6 +276,7 @@ impl FolderActor {
         ctx: &mut Context<Self>,
     ) {
         self.running = None;
+        self.progress_done();
         let shared = self.args.shared.clone();
         let metrics = &shared.metrics;
         metrics

@@ -52,7 +52,7 @@ pub use supervisor::{
     Action, Command, CommandError, Reload, ReloadReport, Shutdown, SpecError, Supervisor,
     SupervisorHandle,
 };
-pub use throttle::{StepContext, Throttle, ThrottlePermit};
+pub use throttle::{ProgressSink, StepContext, Throttle, ThrottlePermit};
 
 /// What every actor of one supervisor shares.
 pub(crate) struct Shared {

@@ -64,6 +64,11 @@ pub struct Metrics {
     pub notifications: IntCounterVec,
     /// `mailsync_crm_feed_batches_total{outcome}`: CRM change batches routed (ok, error).
     pub crm_batches: IntCounterVec,
+    /// `mailsync_initial_sync_remaining_items`: items initial syncs running now still have
+    /// to look at (0 when none runs).
+    pub initial_remaining: prometheus::IntGauge,
+    /// `mailsync_initial_syncs_running`: folders in an initial sync now.
+    pub initial_running: prometheus::IntGauge,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -136,6 +141,14 @@ impl Metrics {
                 opts("mailsync_stream_notifications_total", "Change notifications received, by server."),
                 &["server"],
             )?,
+            initial_remaining: prometheus::IntGauge::with_opts(opts(
+                "mailsync_initial_sync_remaining_items",
+                "Items the initial syncs running now (a folder's first start with initial_sync set) still have to look at.",
+            ))?,
+            initial_running: prometheus::IntGauge::with_opts(opts(
+                "mailsync_initial_syncs_running",
+                "Folders in an initial sync now.",
+            ))?,
             crm_batches: IntCounterVec::new(
                 opts("mailsync_crm_feed_batches_total", "CRM change batches routed to folders, by outcome (ok, error)."),
                 &["outcome"],
@@ -189,6 +202,8 @@ impl Metrics {
             Box::new(self.stream_groups.clone()),
             Box::new(self.notifications.clone()),
             Box::new(self.crm_batches.clone()),
+            Box::new(self.initial_remaining.clone()),
+            Box::new(self.initial_running.clone()),
         ]
     }
 

@@ -244,7 +244,12 @@ impl Progress {
 pub struct StepContext {
     progress: Progress,
     throttle: Throttle,
+    /// Where a long job reports how far it is (the folder's status and the metrics).
+    report: Option<ProgressSink>,
 }
+
+/// Receives (done, total) of a long job; cheap to clone.
+pub type ProgressSink = Arc<dyn Fn(u64, u64) + Send + Sync>;
 
 impl StepContext {
     /// A context for a step on `throttle`'s server.
@@ -252,11 +257,31 @@ impl StepContext {
         StepContext {
             progress: Progress::new(),
             throttle,
+            report: None,
         }
     }
 
     pub(crate) fn with_progress(throttle: Throttle, progress: Progress) -> Self {
-        StepContext { progress, throttle }
+        StepContext {
+            progress,
+            throttle,
+            report: None,
+        }
+    }
+
+    /// This context with a sink for a long job's progress.
+    pub fn with_report(mut self, sink: ProgressSink) -> Self {
+        self.report = Some(sink);
+        self
+    }
+
+    /// Reports how far a long job is (an initial sync): `done` of `total`. Also a sign of
+    /// life.
+    pub fn report_progress(&self, done: u64, total: u64) {
+        self.progress.tick();
+        if let Some(sink) = &self.report {
+            sink(done, total);
+        }
     }
 
     /// Waits for the throttle; the time spent waiting never counts as a stall.

@@ -250,6 +250,18 @@ pub(crate) struct FolderDto {
     last_sync: Option<String>,
     last_error: Option<String>,
     lag_seconds: f64,
+    /// Deletes of this folder held for approval at its last step.
+    held: u64,
+    /// A long job's progress (an initial sync): done and total items.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    progress: Option<ProgressDto>,
+}
+
+/// How far an initial sync is.
+#[derive(Serialize)]
+pub(crate) struct ProgressDto {
+    done: u64,
+    total: u64,
 }
 
 /// A mailbox as the API shows it.
@@ -291,7 +303,14 @@ fn dto(s: MailboxSnapshot, held: Option<Vec<held::HeldDto>>) -> MailboxDto {
             .into_iter()
             .map(|f| FolderDto {
                 folder: f.id.to_string(),
-                state: f.state.as_str(),
+                // An idle folder with deletes waiting for a decision is `held`.
+                state: if f.held > 0 && f.state == mailsync_actors::FolderState::Idle {
+                    "held"
+                } else {
+                    f.state.as_str()
+                },
+                held: f.held,
+                progress: f.progress.map(|(done, total)| ProgressDto { done, total }),
                 steps: f.steps,
                 restarts: f.restarts,
                 last_sync: time(f.last_sync),

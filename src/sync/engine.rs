@@ -83,11 +83,6 @@ impl Engine {
         &self.inner
     }
 
-    /// The mail state.
-    pub(crate) fn mail_state(&self) -> &MailState {
-        &self.mail
-    }
-
     /// Whether a folder starts for the first time: no stored state and nothing mapped.
     async fn first_start(&self, smtp: &str, key: &str, table: &str) -> Result<bool, SyncError> {
         let state = self
@@ -158,8 +153,10 @@ impl Engine {
             }
             Mode::Initial { .. } => {
                 tracing::info!(mailbox = smtp, folder = %req.folder, direction = ?setup.initial_sync, "first start: initial sync");
+                let ctx = req.ctx.clone();
+                let report = move |done: u64, total: u64| ctx.report_progress(done, total);
                 for shared in folders {
-                    step.first_contact(*shared, &|_, _| {}).await?;
+                    step.first_contact(*shared, &report).await?;
                 }
                 false
             }
@@ -174,13 +171,29 @@ impl Engine {
                 step.run(shared, pull, req.full_resync).await?
             }
         };
+        let held = self.held_now(smtp, &[table]).await?;
         Ok(StepReport {
             items: step.items,
             more,
             wake_in: step.wake,
-            held: step.held,
+            held,
             progress: None,
         })
+    }
+
+    /// Deletes of these tables held for a decision now (the folder's `held` state).
+    async fn held_now(&self, smtp: &str, tables: &[&str]) -> Result<u64, SyncError> {
+        let mut n = 0;
+        for t in tables {
+            n += self
+                .inner
+                .state
+                .held(smtp, Some(t))
+                .await
+                .map_err(db_error)?
+                .len() as u64;
+        }
+        Ok(n)
     }
 
     async fn mail_step(
@@ -241,11 +254,14 @@ impl Engine {
                 .iter()
                 .all(|c| matches!(c, Cause::Notification | Cause::Crm | Cause::More));
         let more = step.run(full, only_dirty).await?;
+        let held = self
+            .held_now(&setup.smtp, &["crm_mails", "crm_mail_folders"])
+            .await?;
         Ok(StepReport {
             items: step.items,
             more,
             wake_in: None,
-            held: step.held,
+            held,
             progress: None,
         })
     }

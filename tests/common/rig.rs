@@ -225,14 +225,14 @@ impl Rig {
     }
 
     /// Feeds the CRM changes, then runs steps of `folder` until it has nothing more to do;
-    /// returns the steps' reports summed (items, held).
+    /// returns the items of the steps and what is held after the last.
     pub async fn sync(&self, smtp: &str, folder: &str) -> StepReport {
         self.feed.poll_once().await.unwrap();
         let mut total = StepReport::default();
         for _ in 0..20 {
             let r = self.step_for(smtp, folder, Cause::Notification).await;
             total.items += r.items;
-            total.held += r.held;
+            total.held = r.held;
             if !r.more {
                 return total;
             }

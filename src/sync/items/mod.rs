@@ -19,7 +19,7 @@ use mailsync_actors::{StepContext, SyncError};
 use super::core::{db_error, Inner, MailboxSetup, Owner};
 use super::events::{Action, Direction, ItemSynced};
 use super::fields::Fields;
-use crate::config::{Area, AreaConfig, Leading};
+use crate::config::{Area, AreaConfig};
 use crate::db::state::ItemMapping;
 
 /// Folder key (in ms_folder_state) and runtime folder of the tenant's shared contacts.
@@ -296,10 +296,5 @@ impl<'a> ItemStep<'a> {
                 .map_err(db_error)?;
         }
         Ok(())
-    }
-
-    /// The leader of the step.
-    pub(crate) fn leading(&self) -> Leading {
-        self.config.leading
     }
 }

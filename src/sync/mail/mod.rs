@@ -20,20 +20,16 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::NaiveDate;
-use ews::items::{Item, Message};
-use ews::ops::{
-    ConflictResolution, CreateFolder, CreateItem, DeleteFolder, DeleteItem, DeleteType,
-    FolderChange, GetFolder, GetItem, ItemChange, ItemUpdate, MessageDisposition, MoveFolder,
-    MoveItem, SyncFolderHierarchy, SyncFolderItems, UpdateFolder, UpdateItem,
-};
+use ews::items::Message;
+use ews::ops::{DeleteType, GetFolder};
 use ews::types::{BaseShape, DistinguishedFolder, FolderRef, ItemId, PropertyPath, Shape};
 use mailsync_actors::{StepContext, SyncError};
 use parking_lot::Mutex;
 use serde_json::json;
 
 use crate::config::{Leading, MailDeleteMode};
-use crate::db::mail::{MailFolderRow, MailRow, NewMail};
-use crate::db::state::{FolderState, ItemMapping};
+use crate::db::mail::MailFolderRow;
+use crate::db::state::ItemMapping;
 use crate::sync::core::{db_error, sync_error, Inner, MailboxSetup, Owner};
 use crate::sync::events::{Action, Direction, ItemSynced};
 use crate::sync::fields;
@@ -103,7 +99,7 @@ impl MailState {
 
 /// The folder view a step works with.
 #[derive(Debug, Clone)]
-struct SyncedFolder {
+pub(crate) struct SyncedFolder {
     row: MailFolderRow,
     ews_id: String,
     excluded: bool,
@@ -393,7 +389,7 @@ impl MailStep<'_> {
     /// The breaker for mail: `deletes` (folder → the records whose delete is planned) are
     /// counted per folder against the folder's mapped messages; returns the folders whose
     /// deletes are held, with their path (the scope).
-    pub(crate) async fn breaker(
+    pub(super) async fn breaker(
         &mut self,
         table: &str,
         side: crate::db::integrity::Side,
