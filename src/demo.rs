@@ -48,6 +48,10 @@ async fn exec(db: &Db, sql: &str) -> anyhow::Result<()> {
     match db {
         Db::Postgres(p) => sqlx::query(sql).execute(p).await.map(|_| ()),
         Db::Sqlite(p) => sqlx::query(sql).execute(p).await.map(|_| ()),
+        Db::MySql(p) => sqlx::query(&crate::db::mysql_literals(sql))
+            .execute(p)
+            .await
+            .map(|_| ()),
     }
     .with_context(|| format!("seeding: {sql}"))
 }
@@ -59,6 +63,10 @@ async fn scalar(db: &Db, sql: &str) -> anyhow::Result<i64> {
             .await
             .and_then(|r| r.try_get::<i64, _>(0)),
         Db::Sqlite(p) => sqlx::query(sql)
+            .fetch_one(p)
+            .await
+            .and_then(|r| r.try_get::<i64, _>(0)),
+        Db::MySql(p) => sqlx::query(sql)
             .fetch_one(p)
             .await
             .and_then(|r| r.try_get::<i64, _>(0)),

@@ -200,7 +200,12 @@ fn broken_configs_report_their_errors() {
         (
             "a mysql state store",
             format!("[state]\nurl = \"mysql://root@localhost/x\"\n{}", valid()),
-            vec![r#"state.url: "mysql://root@localhost/x" is not a supported database URL, expected sqlite: or postgres://"#],
+            vec![r#"state.url: "mysql://root@localhost/x": the state store cannot be MariaDB/MySQL; use sqlite:PATH (the default) or postgres:// (MariaDB/MySQL is supported for the business database, [database])"#],
+        ),
+        (
+            "a mariadb state store, password masked",
+            format!("[state]\nurl = \"mariadb://u:pw@db/x\"\n{}", valid()),
+            vec![r#"state.url: "mariadb://u:***@db/x": the state store cannot be MariaDB/MySQL; use sqlite:PATH (the default) or postgres:// (MariaDB/MySQL is supported for the business database, [database])"#],
         ),
         (
             "several problems at once are all reported",
