@@ -335,7 +335,12 @@ fn migrate(path: &std::path::Path) -> ExitCode {
                     r.already,
                     if r.already == 1 { "" } else { "s" }
                 ),
-                Ok(r) => println!("{what} {url}: applied {}", r.applied.join(", ")),
+                Ok(r) => {
+                    println!("{what} {url}: applied {}", r.applied.join(", "));
+                    for d in &r.resolved {
+                        println!("  resolved duplicate: {d}");
+                    }
+                }
                 Err(e) => {
                     eprintln!("error: {what} {url}: {e}");
                     return ExitCode::FAILURE;

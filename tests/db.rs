@@ -152,9 +152,15 @@ async fn migrations_from_empty_then_rerun_and_sharing_one_database() {
             },
         };
         let crm = t.db.migrate(MigrationSet::Crm).await.unwrap();
+        // MariaDB's schema has the unique ews_id indexes from its first migration.
+        let expected: &[&str] = if kind == "mariadb" {
+            &["1001 reference schema"]
+        } else {
+            &["1001 reference schema", "1002 unique ews ids"]
+        };
         assert_eq!(
-            (crm.applied, crm.already),
-            (vec!["1001 reference schema".to_string()], 0),
+            (crm.applied, crm.already, crm.resolved),
+            (expected.iter().map(|s| s.to_string()).collect(), 0, vec![]),
             "{kind}"
         );
         if kind == "mariadb" {
@@ -659,7 +665,8 @@ fn migrate_command_applies_then_reports_up_to_date() {
         String::from_utf8_lossy(&first.stderr)
     );
     assert!(
-        out.contains("business database sqlite:") && out.contains("applied 1001 reference schema"),
+        out.contains("business database sqlite:")
+            && out.contains("applied 1001 reference schema, 1002 unique ews ids"),
         "{out}"
     );
     assert!(
@@ -669,13 +676,10 @@ fn migrate_command_applies_then_reports_up_to_date() {
     );
     let second = run();
     let out = String::from_utf8_lossy(&second.stdout);
-    assert!(
-        out.contains("business database sqlite:")
-            && out.contains("up to date (1 migration applied before)"),
-        "{out}"
-    );
-    assert!(
-        out.contains("up to date (2 migrations applied before)"),
+    assert_eq!(
+        out.matches("up to date (2 migrations applied before)")
+            .count(),
+        2,
         "{out}"
     );
 
@@ -1239,6 +1243,441 @@ async fn batches_stamp_ews_ids_and_store_mappings_in_one_go() {
             .put_mappings(&[mapping(one, "AAMk1=", 4), mapping(999, "AAMk1=", 1)])
             .await
             .is_err());
+        t.drop_db().await;
+    }
+}
+
+/// A business database at migration 1001 only (before the unique ews_id indexes).
+async fn at_1001(db: &Db) {
+    let dir = match db {
+        Db::Postgres(_) => "migrations/postgres/crm",
+        Db::Sqlite(_) => "migrations/sqlite/crm",
+        Db::MySql(_) => unreachable!("MariaDB starts with the unique indexes"),
+    };
+    let mut migrator = sqlx::migrate::Migrator::new(std::path::Path::new(dir))
+        .await
+        .unwrap();
+    migrator.migrations = migrator
+        .migrations
+        .iter()
+        .filter(|m| m.version == 1001)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    match db {
+        Db::Postgres(p) => migrator.run(p).await.unwrap(),
+        Db::Sqlite(p) => migrator.run(p).await.unwrap(),
+        Db::MySql(_) => unreachable!(),
+    }
+}
+
+/// Rows imported twice before imports were idempotent: the migration that adds the unique
+/// index keeps each Exchange id on the oldest row, clears it on the others, reports each case,
+/// and ends with the index in place.
+#[tokio::test]
+async fn duplicate_ews_ids_are_resolved_and_reported_before_the_unique_index() {
+    let mut list = vec![sqlite().await];
+    if let Some(pg) = postgres().await {
+        list.push(pg);
+    }
+    for t in list {
+        let db = &t.db;
+        let kind = db.kind();
+        at_1001(db).await;
+        seed(db).await;
+        for (id, ews) in [
+            (1, "AAMk-a"),
+            (2, "AAMk-b"),
+            (3, "AAMk-a"),
+            (4, "AAMk-a"),
+            (5, "AAMk-b"),
+            (6, "AAMk-c"),
+        ] {
+            exec(db, &format!("INSERT INTO crm_contacts (id, tenant_id, owner_id, surname, ews_id) VALUES ({id}, 10, 1, 'K{id}', '{ews}')")).await;
+        }
+        exec(db, "INSERT INTO crm_contacts (id, tenant_id, owner_id, surname) VALUES (7, 10, 1, 'no id')").await;
+        exec(db, "INSERT INTO crm_contacts (id, tenant_id, owner_id, surname) VALUES (8, 10, 1, 'no id')").await;
+        exec(db, "INSERT INTO crm_tasks (id, tenant_id, owner_id, subject, ews_id) VALUES (1, 10, 1, 't', 'AAMk-t'), (2, 10, 1, 't', 'AAMk-t')").await;
+        exec(db, "INSERT INTO crm_mail_folders (id, owner_id, name, ews_id) VALUES (1, 1, 'f', 'F1'), (2, 1, 'f', 'F1')").await;
+
+        let report = db.migrate(MigrationSet::Crm).await.unwrap();
+        assert_eq!(
+            report.applied,
+            vec!["1002 unique ews ids".to_string()],
+            "{kind:?}"
+        );
+        let resolved: Vec<(&str, &str, i64, Vec<i64>)> = report
+            .resolved
+            .iter()
+            .map(|r| (r.table, r.ews_id.as_str(), r.kept, r.cleared.clone()))
+            .collect();
+        assert_eq!(
+            resolved,
+            vec![
+                ("crm_contacts", "AAMk-a", 1, vec![3, 4]),
+                ("crm_contacts", "AAMk-b", 2, vec![5]),
+                ("crm_tasks", "AAMk-t", 1, vec![2]),
+                ("crm_mail_folders", "F1", 1, vec![2]),
+            ],
+            "{kind:?}"
+        );
+        assert_eq!(
+            report.resolved[0].to_string(),
+            "crm_contacts: Exchange item AAMk-a was on rows 1 and 3, 4: kept on row 1 (the oldest), \
+             cleared on 3, 4; check whether they are one record"
+        );
+        assert_eq!(
+            scalar(db, "SELECT COUNT(*) FROM crm_contacts WHERE ews_id IS NULL").await,
+            5,
+            "rows 3, 4, 5 cleared; 7 and 8 had none"
+        );
+        assert_eq!(
+            db.row_by_ews_id("crm_contacts", "AAMk-a")
+                .await
+                .unwrap()
+                .map(|r| r.0),
+            Some(1)
+        );
+        assert_eq!(
+            db.row_by_ews_id("crm_contacts", "AAMk-c")
+                .await
+                .unwrap()
+                .map(|r| r.0),
+            Some(6)
+        );
+        // Nothing else changed on the cleared rows (their data stays for the operator).
+        assert_eq!(
+            scalar(
+                db,
+                "SELECT COUNT(*) FROM crm_contacts WHERE id = 3 AND surname = 'K3'"
+            )
+            .await,
+            1
+        );
+        // The index is there now: a second row with an Exchange id is refused.
+        let dup = "INSERT INTO crm_contacts (tenant_id, owner_id, surname, ews_id) VALUES (10, 1, 'x', 'AAMk-c')";
+        let err = match db {
+            Db::Postgres(p) => sqlx::query(dup).execute(p).await.map(|_| ()),
+            Db::Sqlite(p) => sqlx::query(dup).execute(p).await.map(|_| ()),
+            Db::MySql(_) => unreachable!(),
+        }
+        .unwrap_err();
+        assert!(
+            err.as_database_error()
+                .is_some_and(|e| e.is_unique_violation()),
+            "{err}"
+        );
+        // Again: up to date, nothing to resolve.
+        let again = db.migrate(MigrationSet::Crm).await.unwrap();
+        assert!(
+            again.applied.is_empty() && again.resolved.is_empty(),
+            "{again:?}"
+        );
+        t.drop_db().await;
+    }
+}
+
+/// `mailsync migrate` prints what it resolved.
+#[tokio::test]
+async fn the_migrate_command_reports_resolved_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let crm = Db::connect(&format!("sqlite:{}/crm.db", dir.path().display()), 1)
+        .await
+        .unwrap();
+    at_1001(&crm).await;
+    seed(&crm).await;
+    exec(&crm, "INSERT INTO crm_tasks (id, tenant_id, owner_id, subject, ews_id) VALUES (4, 10, 1, 'a', 'AAMk-t'), (9, 10, 1, 'b', 'AAMk-t')").await;
+    crm.close().await;
+    let cfg = dir.path().join("m.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[database]\nurl = \"sqlite:{0}/crm.db\"\n[state]\nurl = \"sqlite:{0}/state.db\"\n[[servers]]\nname = \"s\"\news_url = \"https://x.example.com/EWS/Exchange.asmx\"\nauth = \"basic\"\nservice_account = {{ username = \"svc\", password = \"pw\" }}\n[[mailboxes]]\nsmtp = \"a@example.com\"\noperator = \"1001\"\nserver = \"s\"\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mailsync"))
+        .args(["migrate", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("applied 1002 unique ews ids\n  resolved duplicate: crm_tasks: Exchange item AAMk-t was on rows 4 and 9: kept on row 4 (the oldest), cleared on 9"),
+        "{stdout}"
+    );
+}
+
+/// Importing is idempotent at the SQL layer: a row is found by its Exchange id, an insert for
+/// an item a row already holds is refused naming that row (also when two writers race, through
+/// the unique index), and ids compare case-sensitively (they are base64).
+#[tokio::test]
+async fn importing_an_exchange_item_twice_finds_the_row_instead_of_inserting_a_second() {
+    use mailsync::db::DbError;
+    for t in backends().await {
+        let db = &t.db;
+        let kind = db.kind();
+        seed(db).await;
+        let (id, version) = db
+            .save_from_exchange(&appointment(0, "Termin", 0), "AAMkX=", None)
+            .await
+            .unwrap();
+        assert_eq!(
+            db.row_by_ews_id("crm_appointments", "AAMkX=")
+                .await
+                .unwrap(),
+            Some((id, version)),
+            "{kind:?}"
+        );
+        assert_eq!(
+            db.row_by_ews_id("crm_appointments", "AAMKX=")
+                .await
+                .unwrap(),
+            None,
+            "{kind:?}: case-sensitive"
+        );
+        assert_eq!(db.row_by_ews_id("crm_tasks", "AAMkX=").await.unwrap(), None);
+        assert!(
+            db.row_by_ews_id("crm_operators", "AAMkX=").await.is_err(),
+            "only synced tables"
+        );
+
+        // The same item again (a crash between the row and its mapping): the row is named.
+        let changes = scalar(db, "SELECT COUNT(*) FROM crm_changes").await;
+        let err = db
+            .save_from_exchange(&appointment(0, "Termin", 0), "AAMkX=", None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, DbError::Duplicate { table: "crm_appointments", ews_id, existing } if ews_id == "AAMkX=" && *existing == (id, version)),
+            "{kind:?}: {err}"
+        );
+        assert!(!err.is_transient());
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "crm_appointments row {id} already holds Exchange item AAMkX=; nothing was written"
+            )
+        );
+        // An id differing by case only is another item.
+        let (other, _) = db
+            .save_from_exchange(&appointment(0, "Anderer", 0), "AAMKX=", None)
+            .await
+            .unwrap();
+        // An update that would give a second row the item's id is refused by the index.
+        let err = db
+            .save_from_exchange(&appointment(other, "Anderer", 1), "AAMkX=", None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, DbError::Duplicate { existing, .. } if existing.0 == id),
+            "{kind:?}: {err}"
+        );
+        assert_eq!(scalar(db, "SELECT COUNT(*) FROM crm_appointments").await, 2);
+        assert_eq!(
+            scalar(db, "SELECT COUNT(*) FROM crm_changes").await,
+            changes + 1,
+            "only the second item's insert"
+        );
+
+        // Two writers importing the same items at once: one row each, the loser told which.
+        for n in 0..8 {
+            let ews = format!("AAMk-race-{n}=");
+            let row = appointment(0, "race", 0);
+            let (a, b) = tokio::join!(
+                db.save_from_exchange(&row, &ews, None),
+                db.save_from_exchange(&row, &ews, None)
+            );
+            let (won, lost) = match (a, b) {
+                (Ok(w), Err(l)) | (Err(l), Ok(w)) => (w, l),
+                other => panic!("{kind:?}: exactly one insert wins: {other:?}"),
+            };
+            assert!(
+                matches!(&lost, DbError::Duplicate { existing, .. } if existing.0 == won.0),
+                "{kind:?}: {lost}"
+            );
+            assert_eq!(
+                scalar(
+                    db,
+                    &format!("SELECT COUNT(*) FROM crm_appointments WHERE ews_id = '{ews}'")
+                )
+                .await,
+                1
+            );
+        }
+
+        // The mail tables carry unique Exchange ids too.
+        let (folder, _) = db
+            .insert_mail_folder(1, None, "Posteingang", Some("inbox"), "F-1")
+            .await
+            .unwrap();
+        assert_eq!(
+            db.row_by_ews_id("crm_mail_folders", "F-1")
+                .await
+                .unwrap()
+                .map(|r| r.0),
+            Some(folder)
+        );
+        let err = db
+            .insert_mail_folder(1, None, "Kopie", None, "F-1")
+            .await
+            .unwrap_err();
+        assert!(
+            !err.is_transient(),
+            "a constraint violation is permanent: {err}"
+        );
+        let mail = |ews: &str| mailsync::db::mail::NewMail {
+            owner_id: 1,
+            folder_id: folder,
+            internet_message_id: Some("<m@example.com>".into()),
+            subject: Some("s".into()),
+            sender: None,
+            recipients: None,
+            sent_at: Some("2026-01-05T10:00:00Z".parse().unwrap()),
+            is_read: false,
+            mime: b"Subject: s\r\n\r\nx".to_vec(),
+            ews_id: ews.into(),
+        };
+        let ids = db.insert_mails(&[mail("M-1"), mail("M-2")]).await.unwrap();
+        assert_eq!(ids.iter().map(|(_, v)| *v).collect::<Vec<_>>(), vec![1, 1]);
+        assert_eq!(
+            db.row_by_ews_id("crm_mails", "M-2").await.unwrap(),
+            Some(ids[1])
+        );
+        assert!(
+            db.insert_mails(&[mail("M-3"), mail("M-1")]).await.is_err(),
+            "{kind:?}"
+        );
+        assert_eq!(
+            db.row_by_ews_id("crm_mails", "M-3").await.unwrap(),
+            None,
+            "the batch is one transaction"
+        );
+        t.drop_db().await;
+    }
+}
+
+/// Database errors are told apart by what a caller can do: try again (connection lost or
+/// refused, deadlock) or not (constraints, syntax).
+#[tokio::test]
+async fn database_errors_say_whether_trying_again_can_help() {
+    use mailsync::db::DbError;
+    // Nobody listens on port 1: connection refused, transient. (One connection attempt:
+    // the pool would retry until its acquire timeout.)
+    use sqlx::Connection;
+    let refused = [
+        sqlx::PgConnection::connect("postgres://nobody@127.0.0.1:1/x")
+            .await
+            .map(|_| ()),
+        sqlx::MySqlConnection::connect("mysql://nobody@127.0.0.1:1/x")
+            .await
+            .map(|_| ()),
+    ];
+    for r in refused {
+        let err = DbError::Connect {
+            url: "x".into(),
+            source: r.unwrap_err(),
+        };
+        assert!(err.is_transient(), "{err}");
+    }
+    for t in backends().await {
+        let db = &t.db;
+        let kind = db.kind();
+        seed(db).await;
+        // A check violation, a missing table.
+        let check = db
+            .save_from_exchange(
+                &match appointment(0, "x", 0) {
+                    mailsync::db::rows::CrmRow::Appointment(mut a) => {
+                        a.show_as = "sometimes".into();
+                        mailsync::db::rows::CrmRow::Appointment(a)
+                    }
+                    _ => unreachable!(),
+                },
+                "E2",
+                None,
+            )
+            .await
+            .unwrap_err();
+        assert!(!check.is_transient(), "{kind:?}: {check}");
+        let missing = db.row_by_ews_id("no_such_table", "E1").await.unwrap_err();
+        assert!(!missing.is_transient(), "{missing}");
+
+        // A deadlock: each of two transactions waits for the other's row; the one the database
+        // picks as victim fails with a transient error.
+        let (a, b) = match db {
+            Db::Postgres(p) => {
+                let deadlock = |first: i64, second: i64| {
+                    let p = p.clone();
+                    async move {
+                        let mut tx = p.begin().await.map_err(|e| e.to_string())?;
+                        for (i, id) in [first, second].into_iter().enumerate() {
+                            sqlx::query(
+                                "UPDATE crm_operators SET display_name = 'x' WHERE id = $1",
+                            )
+                            .bind(id)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(|e| DbError::Query {
+                                what: "deadlock",
+                                source: e,
+                            })
+                            .map_err(|e| (e.is_transient(), e.to_string()))
+                            .map_err(|e| format!("{e:?}"))?;
+                            if i == 0 {
+                                tokio::time::sleep(Duration::from_millis(300)).await;
+                            }
+                        }
+                        tx.commit().await.map_err(|e| e.to_string())
+                    }
+                };
+                exec(db, "INSERT INTO crm_operators (id, tenant_id, personnel_no, display_name) VALUES (2, 10, '1002', 'B')").await;
+                tokio::join!(deadlock(1, 2), deadlock(2, 1))
+            }
+            Db::MySql(p) => {
+                let deadlock = |first: i64, second: i64| {
+                    let p = p.clone();
+                    async move {
+                        let mut tx = p.begin().await.map_err(|e| e.to_string())?;
+                        for (i, id) in [first, second].into_iter().enumerate() {
+                            sqlx::query("UPDATE crm_operators SET display_name = 'x' WHERE id = ?")
+                                .bind(id)
+                                .execute(&mut *tx)
+                                .await
+                                .map_err(|e| DbError::Query {
+                                    what: "deadlock",
+                                    source: e,
+                                })
+                                .map_err(|e| (e.is_transient(), e.to_string()))
+                                .map_err(|e| format!("{e:?}"))?;
+                            if i == 0 {
+                                tokio::time::sleep(Duration::from_millis(300)).await;
+                            }
+                        }
+                        tx.commit().await.map_err(|e| e.to_string())
+                    }
+                };
+                exec(db, "INSERT INTO crm_operators (id, tenant_id, personnel_no, display_name) VALUES (2, 10, '1002', 'B')").await;
+                tokio::join!(deadlock(1, 2), deadlock(2, 1))
+            }
+            Db::Sqlite(_) => {
+                t.drop_db().await;
+                continue;
+            }
+        };
+        let failed: Vec<String> = [a, b].into_iter().filter_map(Result::err).collect();
+        assert_eq!(failed.len(), 1, "{kind:?}: one deadlock victim: {failed:?}");
+        assert!(
+            failed[0].starts_with("(true, "),
+            "{kind:?}: a deadlock is transient: {}",
+            failed[0]
+        );
         t.drop_db().await;
     }
 }

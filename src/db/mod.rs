@@ -202,7 +202,54 @@ pub struct MigrationReport {
     pub applied: Vec<String>,
     /// Migrations of this set that were there already.
     pub already: usize,
+    /// Exchange ids that several rows of a table carried, resolved before the unique index
+    /// on `ews_id` was created (migration 1002).
+    pub resolved: Vec<ResolvedDuplicate>,
 }
+
+/// An Exchange id that several rows of one table carried (a crash between a CRM write and its
+/// mapping, before imports were idempotent): the oldest row keeps it, the others lose it.
+/// Their data is untouched; an operator merges them in the ERP if they are one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedDuplicate {
+    /// The table.
+    pub table: &'static str,
+    /// The Exchange id.
+    pub ews_id: String,
+    /// The row that keeps it (the lowest id).
+    pub kept: i64,
+    /// The rows whose `ews_id` was set to NULL.
+    pub cleared: Vec<i64>,
+}
+
+impl std::fmt::Display for ResolvedDuplicate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let cleared: Vec<String> = self.cleared.iter().map(i64::to_string).collect();
+        write!(
+            f,
+            "{}: Exchange item {} was on rows {} and {}: kept on row {} (the oldest), cleared on {}; \
+             check whether they are one record",
+            self.table,
+            self.ews_id,
+            self.kept,
+            cleared.join(", "),
+            self.kept,
+            cleared.join(", ")
+        )
+    }
+}
+
+/// The synced tables that carry `ews_id` (unique where set since migration 1002).
+pub const EWS_ID_TABLES: [&str; 5] = [
+    "crm_contacts",
+    "crm_appointments",
+    "crm_tasks",
+    "crm_mail_folders",
+    "crm_mails",
+];
+
+/// The migration that creates the unique `ews_id` indexes on PostgreSQL and SQLite.
+const UNIQUE_EWS_IDS: i64 = 1002;
 
 impl Db {
     /// Connects; a SQLite file is created if missing.
@@ -284,6 +331,16 @@ impl Db {
         // The other set may live in the same database: its versions are not "missing".
         migrator.set_ignore_missing(true);
         let before = self.applied_versions().await?;
+        // Before the unique ews_id index: resolve what it would refuse, and say so.
+        let resolved = if set == MigrationSet::Crm
+            && before.contains(&1001)
+            && !before.contains(&UNIQUE_EWS_IDS)
+            && migrator.iter().any(|m| m.version == UNIQUE_EWS_IDS)
+        {
+            self.resolve_duplicate_ews_ids().await?
+        } else {
+            Vec::new()
+        };
         match self {
             Db::Postgres(p) => migrator.run(p).await?,
             Db::Sqlite(p) => migrator.run(p).await?,
@@ -292,6 +349,7 @@ impl Db {
         let mut report = MigrationReport {
             applied: Vec::new(),
             already: 0,
+            resolved,
         };
         for m in migrator.iter() {
             if before.contains(&m.version) {
@@ -318,6 +376,74 @@ impl Db {
             Err(sqlx::Error::Database(_)) => Ok(Vec::new()),
             Err(e) => Err(q("reading applied migrations")(e)),
         }
+    }
+
+    /// Finds Exchange ids carried by several rows of a synced table and keeps each on the
+    /// oldest row (lowest id), clearing it on the others, one transaction per table. The
+    /// clearing is an ordinary update: versions move and the change log records it.
+    async fn resolve_duplicate_ews_ids(&self) -> Result<Vec<ResolvedDuplicate>, DbError> {
+        let what = "resolving duplicate Exchange ids";
+        let mut out = Vec::new();
+        for table in EWS_ID_TABLES {
+            let find = format!(
+                "SELECT ews_id, id FROM {table} WHERE ews_id IN \
+                 (SELECT ews_id FROM {table} WHERE ews_id IS NOT NULL GROUP BY ews_id HAVING COUNT(*) > 1) \
+                 ORDER BY ews_id, id"
+            );
+            let rows: Vec<(String, i64)> = match self {
+                Db::Postgres(p) => sqlx::query_as(&find).fetch_all(p).await,
+                Db::Sqlite(p) => sqlx::query_as(&find).fetch_all(p).await,
+                // Unique from its first migration: nothing to resolve.
+                Db::MySql(_) => Ok(Vec::new()),
+            }
+            .map_err(q(what))?;
+            let mut groups: Vec<ResolvedDuplicate> = Vec::new();
+            for (ews_id, id) in rows {
+                match groups.last_mut() {
+                    Some(g) if g.ews_id == ews_id => g.cleared.push(id),
+                    _ => groups.push(ResolvedDuplicate {
+                        table,
+                        ews_id,
+                        kept: id,
+                        cleared: Vec::new(),
+                    }),
+                }
+            }
+            if groups.is_empty() {
+                continue;
+            }
+            let ids: Vec<i64> = groups.iter().flat_map(|g| g.cleared.clone()).collect();
+            macro_rules! clear {
+                ($pool:expr, $sql:expr) => {{
+                    let mut tx = $pool.begin().await.map_err(q(what))?;
+                    for id in &ids {
+                        sqlx::query($sql)
+                            .bind(*id)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(q(what))?;
+                    }
+                    tx.commit().await.map_err(q(what))?;
+                }};
+            }
+            let clear_sql = format!("UPDATE {table} SET ews_id = NULL WHERE id = $1");
+            match self {
+                Db::Postgres(p) => clear!(p, &clear_sql),
+                Db::Sqlite(p) => clear!(p, &sqlite_placeholders(&clear_sql)),
+                Db::MySql(_) => {}
+            }
+            for g in &groups {
+                tracing::warn!(
+                    table = g.table,
+                    ews_id = %g.ews_id,
+                    kept = g.kept,
+                    cleared = ?g.cleared,
+                    "duplicate Exchange id resolved before the unique index"
+                );
+            }
+            out.extend(groups);
+        }
+        Ok(out)
     }
 
     /// Closes the pool.
