@@ -1,5 +1,6 @@
 //! `mailsync demo`: the whole service on embedded defaults. ews-sim runs in-process as the
-//! Exchange, a SQLite business database (or the PostgreSQL of `--database`) gets seed data —
+//! Exchange, a SQLite business database (or the PostgreSQL or MariaDB/MySQL of `--database`;
+//! beside MariaDB/MySQL the state store is a SQLite file) gets seed data —
 //! operators, contacts (own and shared), appointments (one recurring), tasks — for N mailboxes,
 //! every mailbox is initial-synced with progress, then the service runs with the admin API
 //! while simulated users change things on both sides and the propagation latency of each
@@ -28,7 +29,8 @@ use crate::sync::engine::Direction;
 pub struct DemoOptions {
     /// Simulated mailboxes (user1@example.com …).
     pub mailboxes: usize,
-    /// A business database URL instead of a fresh SQLite file.
+    /// A business database URL (postgres://, mysql://, mariadb://, sqlite:) instead of a
+    /// fresh SQLite file.
     pub database: Option<String>,
     /// Serve the simulator on this address (so other EWS clients can use it).
     pub sim_listen: Option<SocketAddr>,
@@ -130,7 +132,14 @@ async fn seed(db: &Db, n: usize) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-fn config_text(db_url: &str, ews_url: &str, n: usize, admin: SocketAddr, token: &str) -> String {
+fn config_text(
+    db_url: &str,
+    state_url: &str,
+    ews_url: &str,
+    n: usize,
+    admin: SocketAddr,
+    token: &str,
+) -> String {
     let mut out = format!(
         r#"# Written by `mailsync demo`.
 [admin]
@@ -141,7 +150,7 @@ token = "{token}"
 url = "{db_url}"
 
 [state]
-url = "{db_url}"
+url = "{state_url}"
 
 [[tenants]]
 id = "1"
@@ -208,7 +217,18 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         .await
         .context("connecting the business database")?;
     db.migrate(MigrationSet::Crm).await?;
-    db.migrate(MigrationSet::State).await?;
+    // The state store lives in the business database, except beside MariaDB/MySQL, which
+    // cannot hold it: then in a SQLite file of the working directory.
+    let (state_url, state) = if db.kind() == config::DbKind::MySql {
+        let url = format!("sqlite:{}", dir.path().join("state.db").display());
+        let state = Db::connect(&url, 5)
+            .await
+            .context("creating the state store")?;
+        (url, state)
+    } else {
+        (db_url.clone(), db.clone())
+    };
+    state.migrate(MigrationSet::State).await?;
     if seed(&db, n).await? {
         println!(
             "business database {}: seeded {n} operators with contacts, appointments and tasks",
@@ -218,13 +238,13 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let token = opts.admin_token.clone().unwrap_or_else(|| {
         format!(
             "demo-{:016x}",
-            std::process::id() as u64 * 0x9e37_79b9_7f4a_7c15
+            (std::process::id() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
         )
     });
     let path = dir.path().join("mailsync.toml");
     std::fs::write(
         &path,
-        config_text(&db_url, &sim.ews_url(), n, opts.admin, &token),
+        config_text(&db_url, &state_url, &sim.ews_url(), n, opts.admin, &token),
     )?;
     let cfg = config::load(&path, &ProcessEnv).map_err(|e| anyhow::anyhow!("{e}"))?;
 
@@ -244,7 +264,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     println!("continuous sync running; Ctrl-C stops");
     let latencies = Arc::new(Mutex::new(Latencies::default()));
     if !opts.no_activity {
-        let (db, lat) = (db.clone(), latencies.clone());
+        let (db, state, lat) = (db.clone(), state.clone(), latencies.clone());
         let mut cfg_client = ews::ClientConfig::new(
             url::Url::parse(&sim.ews_url()).context("the simulator's URL")?,
             ews::Auth::Basic {
@@ -255,7 +275,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         cfg_client.allow_http = true;
         let client = ews::Client::new(cfg_client)?;
         actix_rt::spawn(async move {
-            if let Err(e) = activity(db, client, n, lat).await {
+            if let Err(e) = activity(db, state, client, n, lat).await {
                 eprintln!("simulated users stopped: {e:#}");
             }
         });
@@ -285,6 +305,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
 /// Simulated users: one change a second, alternating sides, each followed until it arrived.
 async fn activity(
     db: Db,
+    state: Db,
     client: ews::Client,
     n: usize,
     latencies: Arc<Mutex<Latencies>>,
@@ -308,8 +329,8 @@ async fn activity(
             )
             .await?;
             let arrived = wait(Duration::from_secs(10), || {
-                let db = db.clone();
-                async move { scalar(&db, &format!("SELECT COUNT(*) FROM ms_item_map WHERE crm_table = 'crm_contacts' AND crm_id = {id}")).await.unwrap_or(0) > 0 }
+                let state = state.clone();
+                async move { scalar(&state, &format!("SELECT COUNT(*) FROM ms_item_map WHERE crm_table = 'crm_contacts' AND crm_id = {id}")).await.unwrap_or(0) > 0 }
             })
             .await;
             report(

@@ -1681,3 +1681,64 @@ async fn database_errors_say_whether_trying_again_can_help() {
         t.drop_db().await;
     }
 }
+
+/// `mailsync migrate` with a mysql:// business database and the state store in SQLite; a
+/// mariadb:// state URL is refused by the configuration check, naming the key.
+#[tokio::test]
+async fn the_migrate_command_on_mariadb() {
+    let Some((name, url)) = common::mariadb_db("migrate").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("m.toml");
+    let write = |state: &str| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "[database]\nurl = \"{url}\"\n[state]\nurl = \"{state}\"\n[[servers]]\nname = \"s\"\news_url = \"https://x.example.com/EWS/Exchange.asmx\"\nauth = \"basic\"\nservice_account = {{ username = \"svc\", password = \"pw\" }}\n[[mailboxes]]\nsmtp = \"a@example.com\"\noperator = \"1\"\nserver = \"s\"\n"
+            ),
+        )
+        .unwrap()
+    };
+    let run = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_mailsync"))
+            .args(["migrate", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap()
+    };
+    write(&format!("sqlite:{}/state.db", dir.path().display()));
+    let first = run();
+    let out = String::from_utf8_lossy(&first.stdout);
+    let err = String::from_utf8_lossy(&first.stderr);
+    assert!(first.status.success(), "{out}{err}");
+    assert!(
+        out.contains(&format!(
+            "business database {url}: applied 1001 reference schema\n"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("applied 2001 state store, 2002 pending"),
+        "{out}"
+    );
+    assert!(!err.contains("slow statement"), "{err}");
+    let second = run();
+    let out = String::from_utf8_lossy(&second.stdout);
+    assert!(
+        out.contains(&format!(
+            "business database {url}: up to date (1 migration applied before)"
+        )),
+        "{out}"
+    );
+
+    write(&url.replacen("mysql://", "mariadb://", 1));
+    let refused = run();
+    assert_eq!(refused.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("state.url: ") && err.contains("the state store cannot be MariaDB/MySQL"),
+        "{err}"
+    );
+    common::drop_mariadb(&name).await;
+}

@@ -55,6 +55,7 @@ use sqlx::migrate::Migrator;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::ConnectOptions as _;
 use sqlx::{MySqlPool, PgPool, SqlitePool};
 
 use crate::config::DbKind;
@@ -344,7 +345,21 @@ impl Db {
         match self {
             Db::Postgres(p) => migrator.run(p).await?,
             Db::Sqlite(p) => migrator.run(p).await?,
-            Db::MySql(p) => migrator.run(p).await?,
+            Db::MySql(p) => {
+                // DDL is slow on MySQL (seconds for the schema): on a connection of its own
+                // whose slow-statement log is at debug level, or sqlx would print the whole
+                // migration as a warning.
+                let opts = (*p.connect_options()).clone().log_slow_statements(
+                    log::LevelFilter::Debug,
+                    std::time::Duration::from_secs(1),
+                );
+                let mut conn = sqlx::ConnectOptions::connect(&opts)
+                    .await
+                    .map_err(q("connecting to migrate"))?;
+                let ran = migrator.run(&mut conn).await;
+                let _ = sqlx::Connection::close(conn).await;
+                ran?
+            }
         }
         let mut report = MigrationReport {
             applied: Vec::new(),
