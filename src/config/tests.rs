@@ -189,7 +189,7 @@ fn broken_configs_report_their_errors() {
             vec![
                 r#"admin.listen: "localhost" is not a socket address such as 127.0.0.1:9898"#,
                 "admin.token: is shorter than 16 characters; use a long random token",
-                r#"database.url: "oracle://db/x" is not a supported database URL, expected sqlite:, postgres:// or mysql://"#,
+                r#"database.url: "oracle://db/x" is not a supported database URL, expected sqlite:, postgres://, mysql:// or mariadb://"#,
             ],
         ),
         (

@@ -249,7 +249,7 @@ fn database_config(
         }
         _ => {
             let allowed = if business {
-                "sqlite:, postgres:// or mysql://"
+                "sqlite:, postgres://, mysql:// or mariadb://"
             } else {
                 "sqlite: or postgres://"
             };

@@ -153,22 +153,26 @@ impl Db {
             tx.rollback().await.map_err(q(what))?;
             return Ok(0);
         }
-        let mut next = last;
-        for chunk in ids.chunks(500) {
-            let cases: String = chunk.iter().map(|_| " WHEN ? THEN ?").collect();
-            let list = vec!["?"; chunk.len()].join(", ");
-            let sql =
-                format!("UPDATE crm_changes SET seq = CASE id{cases} END WHERE id IN ({list})");
+        // Numbered in id order (the order they were written). Ids come in runs of consecutive
+        // numbers (a gap is a change still open, or rolled back); each run is numbered with
+        // `seq = id + offset`, up to 100 runs per statement. A single-table UPDATE by primary
+        // key ranges that hold only rows this round locked: under READ COMMITTED it never
+        // waits for another writer's row.
+        let runs = runs(&ids, last);
+        for chunk in runs.chunks(100) {
+            let cases = " WHEN id BETWEEN ? AND ? THEN ?".repeat(chunk.len());
+            let ranges = vec!["id BETWEEN ? AND ?"; chunk.len()].join(" OR ");
+            let sql = format!("UPDATE crm_changes SET seq = id + CASE{cases} END WHERE {ranges}");
             let mut update = sqlx::query(&sql);
-            for id in chunk {
-                next += 1;
-                update = update.bind(*id).bind(next);
+            for (from, to, offset) in chunk {
+                update = update.bind(*from).bind(*to).bind(*offset);
             }
-            for id in chunk {
-                update = update.bind(*id);
+            for (from, to, _) in chunk {
+                update = update.bind(*from).bind(*to);
             }
             update.execute(&mut *tx).await.map_err(q(what))?;
         }
+        let next = last + ids.len() as i64;
         sqlx::query("UPDATE crm_change_counter SET seq = ? WHERE id = 1")
             .bind(next)
             .execute(&mut *tx)
@@ -181,6 +185,41 @@ impl Db {
 
 /// How many changes one numbering round takes at most (MariaDB/MySQL).
 const STAMP_BATCH: i64 = 5000;
+
+/// Runs of consecutive ids in `ids` (ascending) as (first, last, offset), numbered from
+/// `after + 1` on in order: the change `id` of a run gets `id + offset`.
+fn runs(ids: &[i64], after: i64) -> Vec<(i64, i64, i64)> {
+    let mut out: Vec<(i64, i64, i64)> = Vec::new();
+    for (k, &id) in ids.iter().enumerate() {
+        let seq = after + 1 + k as i64;
+        match out.last_mut() {
+            Some((_, to, _)) if *to + 1 == id => *to = id,
+            _ => out.push((id, id, seq - id)),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::runs;
+
+    #[test]
+    fn consecutive_ids_are_numbered_in_runs() {
+        assert_eq!(runs(&[], 7), vec![]);
+        // 10, 11, 12 | 15 | 20, 21 numbered 8..=13.
+        let r = runs(&[10, 11, 12, 15, 20, 21], 7);
+        assert_eq!(r, vec![(10, 12, -2), (15, 15, -4), (20, 21, -8)]);
+        let numbered: Vec<i64> = [10, 11, 12, 15, 20, 21]
+            .iter()
+            .map(|id| {
+                let (_, _, off) = r.iter().find(|(a, b, _)| a <= id && id <= b).unwrap();
+                id + off
+            })
+            .collect();
+        assert_eq!(numbered, vec![8, 9, 10, 11, 12, 13]);
+    }
+}
 
 fn change<R: Row>(r: &R) -> Result<Change, sqlx::Error>
 where
