@@ -200,27 +200,6 @@ fn runs(ids: &[i64], after: i64) -> Vec<(i64, i64, i64)> {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::runs;
-
-    #[test]
-    fn consecutive_ids_are_numbered_in_runs() {
-        assert_eq!(runs(&[], 7), vec![]);
-        // 10, 11, 12 | 15 | 20, 21 numbered 8..=13.
-        let r = runs(&[10, 11, 12, 15, 20, 21], 7);
-        assert_eq!(r, vec![(10, 12, -2), (15, 15, -4), (20, 21, -8)]);
-        let numbered: Vec<i64> = [10, 11, 12, 15, 20, 21]
-            .iter()
-            .map(|id| {
-                let (_, _, off) = r.iter().find(|(a, b, _)| a <= id && id <= b).unwrap();
-                id + off
-            })
-            .collect();
-        assert_eq!(numbered, vec![8, 9, 10, 11, 12, 13]);
-    }
-}
-
 fn change<R: Row>(r: &R) -> Result<Change, sqlx::Error>
 where
     for<'a> &'a str: sqlx::ColumnIndex<R>,
@@ -291,5 +270,26 @@ impl ChangeSignal {
                 false
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::runs;
+
+    #[test]
+    fn consecutive_ids_are_numbered_in_runs() {
+        assert_eq!(runs(&[], 7), vec![]);
+        // 10, 11, 12 | 15 | 20, 21 numbered 8..=13.
+        let r = runs(&[10, 11, 12, 15, 20, 21], 7);
+        assert_eq!(r, vec![(10, 12, -2), (15, 15, -4), (20, 21, -8)]);
+        let numbered: Vec<i64> = [10, 11, 12, 15, 20, 21]
+            .iter()
+            .map(|id| {
+                let (_, _, off) = r.iter().find(|(a, b, _)| a <= id && id <= b).unwrap();
+                id + off
+            })
+            .collect();
+        assert_eq!(numbered, vec![8, 9, 10, 11, 12, 13]);
     }
 }
