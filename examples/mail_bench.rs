@@ -133,7 +133,7 @@ async fn initial(engine: &Engine, throttle: &Throttle, direction: Direction, db:
     reset_peak();
     let started = Instant::now();
     engine
-        .initial_sync(&spec, direction, throttle.clone(), &|_, _, _| {})
+        .initial_sync(&spec, direction, throttle.clone(), false, &|_, _, _| {})
         .await
         .expect("the initial sync");
     let seconds = started.elapsed().as_secs_f64();
@@ -243,11 +243,14 @@ fn main() {
             .collect(),
             mail: MailConfig::default(),
             smtp_relay: None,
+            initial_sync: mailsync::config::InitialSync::CrmToExchange,
+            breaker: Default::default(),
+            sync_ambiguous: false,
         }]);
         let throttle = Throttle::new(
             "sim".into(),
             ThrottleSettings {
-                requests_per_second: 1000,
+                requests_per_second: 1000.0,
                 burst: 1000,
                 max_concurrent: 27,
             },

@@ -160,7 +160,7 @@ fn main() {
         let results: Vec<_> = stream::iter(specs)
             .map(|spec| {
                 let (engine, throttle) = (engine.clone(), throttle.clone());
-                async move { engine.initial_sync(&spec, Direction::CrmToExchange, throttle, &|_, _, _| {}).await }
+                async move { engine.initial_sync(&spec, Direction::CrmToExchange, throttle, false, &|_, _, _| {}).await }
             })
             .buffer_unordered(32)
             .collect()

@@ -1,7 +1,10 @@
 //! `mailsync ctl`: the admin API from the command line.
 //!
-//! `status [MAILBOX]` prints a table (or one mailbox in detail); `restart|resync|pause|resume
-//! [MAILBOX]` acts on one mailbox, or on every configured mailbox when none is named. The
+//! `status [MAILBOX]` prints a table (or one mailbox in detail); `restart|resync|sync|pause|
+//! resume [MAILBOX]` acts on one mailbox, or on every configured mailbox when none is named;
+//! `conflicts [MAILBOX] [--since S]` prints the conflict log with both sides' values;
+//! `failures [MAILBOX]` the parked failures; `retry ID` makes one due now;
+//! `approve-deletes|reject-deletes MAILBOX [--area A [--scope S]]` decides held deletes. The
 //! API address and token come from `--url`/`--token`, else `MAILSYNC_ADMIN_TOKEN`, else the
 //! configuration file's `[admin]`.
 
@@ -15,8 +18,31 @@ use serde::Deserialize;
 pub enum CtlCommand {
     /// Print the status.
     Status,
-    /// Run an action (`restart`, `resync`, `pause`, `resume`).
+    /// Run an action (`restart`, `resync`, `sync`, `pause`, `resume`).
     Action(String),
+    /// Print the conflict log (of the mailbox, if one is named).
+    Conflicts {
+        /// Only entries since then (time, date or age such as `24h`).
+        since: Option<String>,
+        /// At most this many (newest first).
+        limit: Option<u32>,
+    },
+    /// Print the parked failures (of the mailbox, if one is named).
+    Failures {
+        /// At most this many (newest first).
+        limit: Option<u32>,
+    },
+    /// Make the failure with this id due now and run a step of its mailbox.
+    Retry(i64),
+    /// Approve (true) or reject (false) the held deletes of the mailbox.
+    Deletes {
+        /// Approve, else reject.
+        approve: bool,
+        /// Only this area.
+        area: Option<String>,
+        /// Only this scope of the area.
+        scope: Option<String>,
+    },
 }
 
 /// Where the API is and how to get in.
@@ -86,10 +112,13 @@ pub async fn run(
             reason: e.to_string(),
         })?;
     let base = endpoint.url.trim_end_matches('/').to_owned();
-    let call = |method: reqwest::Method, path: String| {
+    let call_with = |method: reqwest::Method, path: String, body: Option<serde_json::Value>| {
         let mut req = client.request(method, format!("{base}{path}"));
         if let Some(token) = &endpoint.token {
             req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
         }
         let url = format!("{base}{path}");
         async move {
@@ -116,6 +145,7 @@ pub async fn run(
             }
         }
     };
+    let call = |method: reqwest::Method, path: String| call_with(method, path, None);
     let parse = |body: &str| -> Result<serde_json::Value, CtlError> {
         serde_json::from_str(body).map_err(|e| {
             CtlError::Refused(format!(
@@ -141,6 +171,83 @@ pub async fn run(
                 CtlError::Refused(format!("unexpected answer from the admin API: {e}"))
             })?;
             Ok(detail(&mailbox))
+        }
+        (CtlCommand::Conflicts { since, limit }, mailbox) => {
+            let mut query = vec![];
+            if let Some(m) = mailbox {
+                query.push(format!("mailbox={}", query_value(m)));
+            }
+            if let Some(s) = since {
+                query.push(format!("since={}", query_value(s)));
+            }
+            if let Some(l) = limit {
+                query.push(format!("limit={l}"));
+            }
+            let body = call(
+                reqwest::Method::GET,
+                format!("/api/v1/conflicts?{}", query.join("&")),
+            )
+            .await?;
+            let page: ConflictPage = serde_json::from_value(parse(&body)?).map_err(|e| {
+                CtlError::Refused(format!("unexpected answer from the admin API: {e}"))
+            })?;
+            Ok(conflict_table(&page.conflicts))
+        }
+        (CtlCommand::Failures { limit }, mailbox) => {
+            let mut query = vec![];
+            if let Some(m) = mailbox {
+                query.push(format!("mailbox={}", query_value(m)));
+            }
+            if let Some(l) = limit {
+                query.push(format!("limit={l}"));
+            }
+            let body = call(
+                reqwest::Method::GET,
+                format!("/api/v1/failures?{}", query.join("&")),
+            )
+            .await?;
+            let page: FailurePage = serde_json::from_value(parse(&body)?).map_err(|e| {
+                CtlError::Refused(format!("unexpected answer from the admin API: {e}"))
+            })?;
+            Ok(failure_table(&page.failures))
+        }
+        (CtlCommand::Retry(id), _) => {
+            let body = call(
+                reqwest::Method::POST,
+                format!("/api/v1/failures/{id}/retry"),
+            )
+            .await?;
+            let v = parse(&body)?;
+            Ok(format!(
+                "failure {id} ({}): due now; step {}\n",
+                v["mailbox"].as_str().unwrap_or("?"),
+                v["step"].as_str().unwrap_or("?")
+            ))
+        }
+        (CtlCommand::Deletes { .. }, None) => Err(CtlError::Refused(
+            "name the mailbox whose held deletes to decide".into(),
+        )),
+        (
+            CtlCommand::Deletes {
+                approve,
+                area,
+                scope,
+            },
+            Some(smtp),
+        ) => {
+            let word = if *approve { "approve" } else { "reject" };
+            let body = call_with(
+                reqwest::Method::POST,
+                format!("/api/v1/mailboxes/{}/deletes/{word}", path_segment(smtp)),
+                Some(serde_json::json!({ "area": area, "scope": scope })),
+            )
+            .await?;
+            let v = parse(&body)?;
+            Ok(format!(
+                "{smtp}: {word}d {} held deletes in {} group(s)\n",
+                v["items"].as_u64().unwrap_or(0),
+                v["groups"].as_u64().unwrap_or(0)
+            ))
         }
         (CtlCommand::Action(action), Some(smtp)) => {
             call(
@@ -177,6 +284,133 @@ pub async fn run(
             }
         }
     }
+}
+
+/// A value for a query string: everything but unreserved characters percent-encoded.
+fn query_value(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~@:".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+#[derive(Deserialize)]
+struct ConflictPage {
+    conflicts: Vec<ConflictRow>,
+}
+
+#[derive(Deserialize)]
+struct ConflictRow {
+    id: i64,
+    at: String,
+    mailbox: String,
+    area: String,
+    crm_id: Option<i64>,
+    ews_item_id: Option<String>,
+    fields: Vec<String>,
+    winner: String,
+    #[serde(default)]
+    crm_values: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    ews_values: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    merged: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct FailurePage {
+    failures: Vec<FailureRow>,
+}
+
+#[derive(Deserialize)]
+struct FailureRow {
+    id: i64,
+    mailbox: String,
+    area: String,
+    crm_id: Option<i64>,
+    ews_item_id: Option<String>,
+    error: String,
+    attempts: i64,
+    next_retry_at: Option<String>,
+}
+
+fn item(crm_id: Option<i64>, ews: Option<&str>) -> String {
+    match (crm_id, ews) {
+        (Some(id), _) => format!("crm #{id}"),
+        (None, Some(e)) => format!("ews {}", e.chars().take(12).collect::<String>()),
+        (None, None) => "-".into(),
+    }
+}
+
+fn value(v: Option<&serde_json::Value>) -> String {
+    match v {
+        None | Some(serde_json::Value::Null) => "-".into(),
+        Some(other) => other.to_string(),
+    }
+}
+
+fn conflict_table(rows: &[ConflictRow]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:>6}  {:<20}  {:<28}  {:<8}  {:<16}  WINNER    FIELDS",
+        "ID", "WHEN", "MAILBOX", "AREA", "ITEM"
+    );
+    for c in rows {
+        let _ = writeln!(
+            out,
+            "{:>6}  {:<20}  {:<28}  {:<8}  {:<16}  {:<8}  {}",
+            c.id,
+            c.at,
+            c.mailbox,
+            c.area,
+            item(c.crm_id, c.ews_item_id.as_deref()),
+            c.winner,
+            c.fields.join(", ")
+        );
+        for f in &c.fields {
+            if c.crm_values.contains_key(f) || c.ews_values.contains_key(f) {
+                let _ = writeln!(
+                    out,
+                    "          {f}: crm {} | exchange {} -> {}",
+                    value(c.crm_values.get(f)),
+                    value(c.ews_values.get(f)),
+                    value(c.merged.get(f))
+                );
+            }
+        }
+    }
+    let _ = writeln!(out, "{} conflicts", rows.len());
+    out
+}
+
+fn failure_table(rows: &[FailureRow]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:>6}  {:<28}  {:<8}  {:<16}  {:>8}  {:<20}  ERROR",
+        "ID", "MAILBOX", "AREA", "ITEM", "ATTEMPTS", "NEXT RETRY"
+    );
+    for f in rows {
+        let _ = writeln!(
+            out,
+            "{:>6}  {:<28}  {:<8}  {:<16}  {:>8}  {:<20}  {}",
+            f.id,
+            f.mailbox,
+            f.area,
+            item(f.crm_id, f.ews_item_id.as_deref()),
+            f.attempts,
+            f.next_retry_at.as_deref().unwrap_or("when it changes"),
+            f.error
+        );
+    }
+    let _ = writeln!(out, "{} parked failures", rows.len());
+    out
 }
 
 fn path_segment(smtp: &str) -> String {

@@ -9,11 +9,14 @@ pub mod admin;
 pub mod config;
 pub mod ctl;
 pub mod db;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod environment;
 pub mod logging;
+pub mod maintenance;
 pub mod metrics;
 pub mod rrule;
+pub mod sdnotify;
 pub mod secret;
 pub mod service;
 pub mod summary;

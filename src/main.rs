@@ -36,6 +36,7 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    #[cfg(feature = "demo")]
     /// Everything on embedded defaults: ews-sim in-process, a seeded SQLite business
     /// database, N mailboxes initial-synced, then continuous sync with simulated users and the
     /// propagation latency of each change.
@@ -65,6 +66,10 @@ enum Command {
         /// Stop after this many seconds (default: until Ctrl-C).
         #[arg(long)]
         seconds: Option<u64>,
+        /// Data areas to seed, sync and change: any of contacts, calendar, tasks, mail
+        /// (comma-separated; default all four).
+        #[arg(long, value_delimiter = ',', value_parser = ["contacts", "calendar", "tasks", "mail"])]
+        areas: Vec<String>,
     },
     /// Run the service: two-way sync of every configured mailbox, with streaming
     /// notifications, CRM change capture and the admin API, until SIGTERM or Ctrl-C
@@ -98,13 +103,23 @@ enum Command {
         #[arg(long)]
         mailbox: Option<String>,
     },
-    /// Talk to a running service's admin API: show status, restart, resync, pause or resume a
-    /// mailbox (every mailbox when none is named).
+    /// Exit 0 when the service on this host answers GET /healthz, else 1 (a container
+    /// HEALTHCHECK that needs no curl in the image).
+    Healthcheck {
+        /// The health URL (default: http://ADDR/healthz with ADDR from MAILSYNC_ADMIN_LISTEN,
+        /// an unspecified address such as 0.0.0.0 meaning this host, else 127.0.0.1:9898).
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Talk to a running service's admin API: show status, restart, resync, sync, pause or
+    /// resume a mailbox (every mailbox when none is named); read the conflict log and the
+    /// parked failures, retry a failure, approve or reject held deletes.
     Ctl {
-        /// status, restart, resync, pause or resume.
-        #[arg(value_parser = ["status", "restart", "resync", "pause", "resume"])]
+        /// status, restart, resync, sync, pause, resume, conflicts, failures, retry,
+        /// approve-deletes or reject-deletes.
+        #[arg(value_parser = ["status", "restart", "resync", "sync", "pause", "resume", "conflicts", "failures", "retry", "approve-deletes", "reject-deletes"])]
         action: String,
-        /// The mailbox's SMTP address.
+        /// The mailbox's SMTP address (for retry: the failure's id).
         mailbox: Option<String>,
         /// Read the admin address and token from this configuration file.
         #[arg(long, short)]
@@ -115,6 +130,19 @@ enum Command {
         /// Bearer token (default: MAILSYNC_ADMIN_TOKEN, else from --config).
         #[arg(long, env = config::overrides::ADMIN_TOKEN, hide_env_values = true)]
         token: Option<String>,
+        /// conflicts: only entries since then (2026-03-01T08:00:00Z, 2026-03-01, 24h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// conflicts, failures: at most this many, newest first (1 to 500, default 50).
+        #[arg(long)]
+        limit: Option<u32>,
+        /// approve-deletes, reject-deletes: only this area.
+        #[arg(long)]
+        area: Option<String>,
+        /// approve-deletes, reject-deletes: only this scope of the area (own, shared, a mail
+        /// folder path).
+        #[arg(long, requires = "area")]
+        scope: Option<String>,
     },
 }
 
@@ -129,16 +157,20 @@ fn main() -> ExitCode {
         }
     };
     // The demo prints its own story; the service's info lines would drown it.
+    #[cfg(feature = "demo")]
     let level = if matches!(cli.command, Command::Demo { .. }) {
         "warn"
     } else {
         "info"
     };
+    #[cfg(not(feature = "demo"))]
+    let level = "info";
     logging::init(format, level);
     match cli.command {
         Command::CheckConfig { config: path } => check_config(&path),
         Command::Migrate { config: path } => migrate(&path),
         Command::Run { config: path } => run(path),
+        #[cfg(feature = "demo")]
         Command::Demo {
             mailboxes,
             database,
@@ -148,8 +180,13 @@ fn main() -> ExitCode {
             admin_token,
             no_activity,
             seconds,
+            areas,
         } => {
             let opts = mailsync::demo::DemoOptions {
+                areas: areas
+                    .iter()
+                    .filter_map(|a| mailsync::config::Area::parse(a))
+                    .collect(),
                 mailboxes,
                 database,
                 sim_listen,
@@ -176,13 +213,42 @@ fn main() -> ExitCode {
             config: path,
             mailbox,
         } => test_connection(&path, mailbox.as_deref()),
+        Command::Healthcheck { url } => healthcheck(url),
         Command::Ctl {
             action,
             mailbox,
             config: path,
             url,
             token,
-        } => ctl(&action, mailbox.as_deref(), path.as_deref(), url, token),
+            since,
+            limit,
+            area,
+            scope,
+        } => {
+            let command = match action.as_str() {
+                "status" => mailsync::ctl::CtlCommand::Status,
+                "conflicts" => mailsync::ctl::CtlCommand::Conflicts { since, limit },
+                "failures" => mailsync::ctl::CtlCommand::Failures { limit },
+                "retry" => match mailbox.as_deref().map(str::parse::<i64>) {
+                    Some(Ok(id)) => mailsync::ctl::CtlCommand::Retry(id),
+                    _ => {
+                        eprintln!("error: retry needs a failure id (see `mailsync ctl failures`)");
+                        return ExitCode::from(2);
+                    }
+                },
+                "approve-deletes" | "reject-deletes" => mailsync::ctl::CtlCommand::Deletes {
+                    approve: action == "approve-deletes",
+                    area,
+                    scope,
+                },
+                other => mailsync::ctl::CtlCommand::Action(other.to_owned()),
+            };
+            let target = match &command {
+                mailsync::ctl::CtlCommand::Retry(_) => None,
+                _ => mailbox.as_deref(),
+            };
+            ctl(command, target, path.as_deref(), url, token)
+        }
     }
 }
 
@@ -205,7 +271,9 @@ fn initial_sync(path: &std::path::Path, mailbox: &str, direction: &str) -> ExitC
     let Some(runtime) = runtime(true) else {
         return ExitCode::FAILURE;
     };
-    match runtime.block_on(mailsync::service::initial_sync(cfg, mailbox, direction)) {
+    match runtime.block_on(mailsync::service::initial_sync(
+        cfg, mailbox, direction, false,
+    )) {
         Ok(summary) => {
             print!("{summary}");
             ExitCode::SUCCESS
@@ -254,7 +322,7 @@ fn run(path: PathBuf) -> ExitCode {
 }
 
 fn ctl(
-    action: &str,
+    command: mailsync::ctl::CtlCommand,
     mailbox: Option<&str>,
     path: Option<&std::path::Path>,
     url: Option<String>,
@@ -279,10 +347,6 @@ fn ctl(
                 .map(|t| t.expose().to_owned())
         }),
     };
-    let command = match action {
-        "status" => mailsync::ctl::CtlCommand::Status,
-        other => mailsync::ctl::CtlCommand::Action(other.to_owned()),
-    };
     let Some(runtime) = runtime(false) else {
         return ExitCode::FAILURE;
     };
@@ -293,6 +357,51 @@ fn ctl(
         }
         Err(e) => {
             eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn healthcheck(url: Option<String>) -> ExitCode {
+    let url = url.unwrap_or_else(|| {
+        let listen = std::env::var(config::overrides::ADMIN_LISTEN)
+            .ok()
+            .and_then(|l| l.parse::<std::net::SocketAddr>().ok())
+            .unwrap_or_else(|| {
+                config::DEFAULT_ADMIN_LISTEN
+                    .parse()
+                    .expect("the default admin address parses")
+            });
+        let host = match listen.ip() {
+            std::net::IpAddr::V4(ip) if ip.is_unspecified() => "127.0.0.1".to_owned(),
+            std::net::IpAddr::V6(ip) if ip.is_unspecified() => "[::1]".to_owned(),
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        };
+        format!("http://{host}:{}/healthz", listen.port())
+    });
+    let Some(runtime) = runtime(false) else {
+        return ExitCode::FAILURE;
+    };
+    let result = runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(5))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let resp = client.get(&url).send().await.map_err(|e| e.to_string())?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("HTTP {}", resp.status().as_u16()))
+        }
+    });
+    match result {
+        Ok(()) => {
+            println!("healthy: {url}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {url}: {e}");
             ExitCode::FAILURE
         }
     }

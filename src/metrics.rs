@@ -17,6 +17,8 @@ pub const DIRECTIONS: [&str; 2] = ["to_exchange", "to_crm"];
 pub const ACTIONS: [&str; 5] = ["create", "update", "delete", "move", "flag"];
 /// Conflict resolutions (the `resolution` label).
 pub const RESOLUTIONS: [&str; 3] = ["merged", "crm_wins", "exchange_wins"];
+/// What the retention job prunes (the `kind` label of `mailsync_retention_pruned_rows_total`).
+pub const PRUNED_KINDS: [&str; 3] = ["changes", "conflicts", "mailbox_state"];
 /// Failure kinds (the `kind` label).
 pub const FAILURE_KINDS: [&str; 3] = ["invalid_row", "rejected_by_exchange", "write_failed"];
 
@@ -39,6 +41,14 @@ pub struct ServiceMetrics {
     pub failures: IntCounterVec,
     /// `mailsync_build_info{version}`: always 1.
     pub build_info: IntGaugeVec,
+    /// `mailsync_failures_parked{area}`: entries in the failure log now (refreshed by the
+    /// maintenance job every 30 s).
+    pub failures_parked: IntGaugeVec,
+    /// `mailsync_held_deletes{server,area}`: deletes held for approval now (set by the
+    /// delete breaker).
+    pub held_deletes: IntGaugeVec,
+    /// `mailsync_retention_pruned_rows_total{kind}`: rows the retention job deleted.
+    pub pruned: IntCounterVec,
 }
 
 impl ServiceMetrics {
@@ -66,6 +76,18 @@ impl ServiceMetrics {
                 &["area", "kind"],
             )?,
             build_info: IntGaugeVec::new(Opts::new("mailsync_build_info", "Always 1; the version label says which build runs."), &["version"])?,
+            failures_parked: IntGaugeVec::new(
+                Opts::new("mailsync_failures_parked", "Items in the failure log now, by area (contacts, calendar, tasks, mail)."),
+                &["area"],
+            )?,
+            held_deletes: IntGaugeVec::new(
+                Opts::new("mailsync_held_deletes", "Deletes held for an administrator's approval now, by server and area (contacts, calendar, tasks, mail)."),
+                &["server", "area"],
+            )?,
+            pruned: IntCounterVec::new(
+                Opts::new("mailsync_retention_pruned_rows_total", "Rows deleted by the retention job, by kind (changes, conflicts, mailbox_state)."),
+                &["kind"],
+            )?,
         };
         registry.register(Box::new(m.ews_requests.clone()))?;
         registry.register(Box::new(m.ews_duration.clone()))?;
@@ -73,6 +95,12 @@ impl ServiceMetrics {
         registry.register(Box::new(m.conflicts.clone()))?;
         registry.register(Box::new(m.failures.clone()))?;
         registry.register(Box::new(m.build_info.clone()))?;
+        registry.register(Box::new(m.failures_parked.clone()))?;
+        registry.register(Box::new(m.held_deletes.clone()))?;
+        registry.register(Box::new(m.pruned.clone()))?;
+        for kind in PRUNED_KINDS {
+            m.pruned.with_label_values(&[kind]).inc_by(0);
+        }
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -90,12 +118,20 @@ impl ServiceMetrics {
             for kind in FAILURE_KINDS {
                 m.failures.with_label_values(&[area, kind]).inc_by(0);
             }
+            m.failures_parked.with_label_values(&[area]).set(0);
         }
         m.ews_requests
             .with_label_values(&["SyncFolderItems", "ok"])
             .inc_by(0);
         m.ews_duration.with_label_values(&["SyncFolderItems"]);
         Ok(m)
+    }
+
+    /// Prepares a server's per-area series so they show (as zero) before the first event.
+    pub fn register_server(&self, server: &str) {
+        for area in AREAS {
+            self.held_deletes.with_label_values(&[server, area]).add(0);
+        }
     }
 
     /// The metric family names this struct exports.
@@ -107,6 +143,9 @@ impl ServiceMetrics {
             "mailsync_conflicts_total",
             "mailsync_failures_total",
             "mailsync_build_info",
+            "mailsync_failures_parked",
+            "mailsync_held_deletes",
+            "mailsync_retention_pruned_rows_total",
         ]
     }
 }
@@ -188,6 +227,7 @@ mod tests {
     fn every_named_family_is_rendered_and_no_label_value_is_unbounded() {
         let t = Telemetry::new();
         t.runtime.register_server("ex1");
+        t.service.register_server("ex1");
         ews::Observer::request_done(
             &EwsObserver(t.service.clone()),
             "GetItem",

@@ -11,15 +11,17 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context as _};
 use futures_util::future::{BoxFuture, LocalBoxFuture};
 use mailsync_actors::{
-    MailboxId, MailboxSpec, Ports, Reload, RuntimeSettings, ServerSpec, Supervisor,
-    SupervisorHandle, ThrottleSettings,
+    MailboxId, MailboxSpec, Ports, Reload, RuntimeSettings, ServerSpec, ServerStreaming,
+    Supervisor, SupervisorHandle, ThrottleSettings,
 };
 
 use crate::admin::{self, AdminState, ReloadFailure, Reloader};
 use crate::config::{self, Area, AuthConfig, Config, Endpoint, OAuth2Credential, ServerConfig};
 use crate::db::{Db, MigrationSet};
 use crate::environment::ProcessEnv;
+use crate::maintenance::{self, Maintenance};
 use crate::metrics::Telemetry;
+use crate::sdnotify::{self, Notifier};
 use crate::sync::engine::{Engine, MailboxSetup};
 use crate::sync::feed::{Feed, Routes};
 use crate::sync::stream::EwsStream;
@@ -138,15 +140,7 @@ pub async fn build(cfg: &Config, crm: &Db, telemetry: &Telemetry) -> anyhow::Res
             telemetry,
         )?;
         server_clients.insert(server.name.clone(), (Arc::new(client), url));
-        servers.push(ServerSpec {
-            id: server.name.as_str().into(),
-            throttle: ThrottleSettings {
-                requests_per_second: server.throttle.requests_per_second.ceil().max(1.0) as u32,
-                burst: server.throttle.burst.max(1),
-                max_concurrent: server.throttle.max_concurrent_requests.max(1),
-            },
-            streaming: server.streaming.enabled,
-        });
+        servers.push(server_spec(server));
     }
     let tenant_names: HashMap<&str, &str> = cfg
         .tenants
@@ -218,6 +212,9 @@ pub async fn build(cfg: &Config, crm: &Db, telemetry: &Telemetry) -> anyhow::Res
             areas,
             mail: m.mail.clone(),
             smtp_relay: smtp_relay.clone(),
+            initial_sync: m.initial_sync,
+            breaker: m.breaker,
+            sync_ambiguous: m.sync_ambiguous,
         });
     }
     Ok(Built {
@@ -228,15 +225,33 @@ pub async fn build(cfg: &Config, crm: &Db, telemetry: &Telemetry) -> anyhow::Res
     })
 }
 
-/// The runtime settings a configuration asks for.
+/// The runtime settings a configuration asks for. Everything a server configures (request
+/// budget, streaming group size, connection lifetime, polling interval) is in its
+/// [`server_spec`], so that each server keeps its own.
 pub fn runtime_settings(cfg: &Config) -> RuntimeSettings {
-    let mut s = RuntimeSettings::default();
-    if let Some(server) = cfg.servers.first() {
-        s.stream.group_size = server.streaming.group_size.max(1) as usize;
-        s.stream.connection_timeout = server.streaming.connection_timeout;
-        s.stream.polling_interval = server.streaming.polling_interval;
+    RuntimeSettings {
+        safety_read: cfg.sync.safety_read,
+        ..RuntimeSettings::default()
     }
-    s
+}
+
+/// What the runtime needs to know of one configured server: its request budget (a fractional
+/// rate stays fractional) and its streaming settings.
+pub fn server_spec(server: &ServerConfig) -> ServerSpec {
+    ServerSpec {
+        id: server.name.as_str().into(),
+        throttle: ThrottleSettings {
+            requests_per_second: server.throttle.requests_per_second,
+            burst: server.throttle.burst.max(1),
+            max_concurrent: server.throttle.max_concurrent_requests.max(1),
+        },
+        streaming: server.streaming.enabled,
+        stream: ServerStreaming {
+            group_size: server.streaming.group_size.max(1) as usize,
+            connection_timeout: server.streaming.connection_timeout,
+            polling_interval: server.streaming.polling_interval,
+        },
+    }
 }
 
 /// Runs the service until a stop signal. Must run inside an actix system.
@@ -258,6 +273,7 @@ pub struct Service {
     reload: Reloader,
     state: Db,
     same_db: bool,
+    maintenance: maintenance::Running,
 }
 
 /// Starts everything `cfg` describes; `path` is where reloads read the configuration again.
@@ -284,6 +300,9 @@ pub async fn start(cfg: &Config, path: PathBuf) -> anyhow::Result<Service> {
         .context("migrating the state store")?;
     let telemetry = Telemetry::new();
     let built = build(cfg, &crm, &telemetry).await?;
+    for server in &built.servers {
+        telemetry.service.register_server(&server.id);
+    }
     let engine = Engine::new(
         crm.clone(),
         state.clone(),
@@ -300,6 +319,13 @@ pub async fn start(cfg: &Config, path: PathBuf) -> anyhow::Result<Service> {
     feed.start_at_end_if_new()
         .await
         .context("positioning the CRM change feed")?;
+    let maintenance = Maintenance::new(
+        crm.clone(),
+        state.clone(),
+        cfg.retention.clone(),
+        cfg.mailboxes.iter().map(|m| m.smtp.clone()).collect(),
+        telemetry.service.clone(),
+    );
     let ports = Ports {
         sync: Arc::new(engine.clone()),
         stream: Arc::new(EwsStream::new(engine.clone())),
@@ -320,14 +346,18 @@ pub async fn start(cfg: &Config, path: PathBuf) -> anyhow::Result<Service> {
         feed.clone(),
         telemetry.clone(),
         handle.clone(),
+        maintenance.clone(),
     );
     let admin_state = AdminState {
         handle: handle.clone(),
         telemetry: telemetry.clone(),
         token: cfg.admin.token.clone(),
         reload: reload.clone(),
+        store: Some(state.clone()),
+        deletes: None,
     };
     let admin = admin::start(cfg.admin.listen, admin_state)?;
+    let maintenance = maintenance.spawn();
     tracing::info!(mailboxes = cfg.mailboxes.len(), admin = %admin.addr, "mailsync running");
     Ok(Service {
         handle,
@@ -337,6 +367,7 @@ pub async fn start(cfg: &Config, path: PathBuf) -> anyhow::Result<Service> {
         reload,
         state,
         same_db,
+        maintenance,
     })
 }
 
@@ -347,6 +378,10 @@ impl Service {
     }
 
     /// Like [`Service::until_stopped`], but stops by itself after `limit` if given.
+    ///
+    /// Under systemd (`NOTIFY_SOCKET`) it says `READY=1` once every mailbox finished its first
+    /// step, `WATCHDOG=1` at half the `WatchdogSec=` interval while the supervisor lives, and
+    /// `STOPPING=1` when a stop begins.
     pub async fn until_stopped_or(self, limit: Option<std::time::Duration>) -> anyhow::Result<()> {
         let Service {
             handle,
@@ -355,8 +390,17 @@ impl Service {
             reload,
             state,
             same_db,
+            maintenance,
             ..
         } = self;
+        let notifier = Arc::new(Notifier::from_env(&ProcessEnv));
+        let (stop_notify, notify_stopped) = tokio::sync::watch::channel(false);
+        let announcing = tokio::spawn(announce(
+            notifier.clone(),
+            handle.clone(),
+            sdnotify::watchdog_interval(&ProcessEnv),
+            notify_stopped,
+        ));
         let on_hup = move || -> LocalBoxFuture<'static, ()> {
             let reload = reload.clone();
             Box::pin(async move {
@@ -373,18 +417,21 @@ impl Service {
                 }
             })
         };
-        let signals = mailsync_actors::signals::run_until_stopped(handle.clone(), on_hup);
+        let signals = mailsync_actors::signals::wait_for_stop(on_hup);
         match limit {
             None => signals.await?,
             Some(limit) => {
                 tokio::select! {
                     r = signals => r?,
-                    _ = tokio::time::sleep(limit) => {
-                        let _ = handle.addr.send(mailsync_actors::Shutdown).await;
-                    }
+                    _ = tokio::time::sleep(limit) => {}
                 }
             }
         }
+        let _ = stop_notify.send(true);
+        let _ = announcing.await;
+        notifier.stopping();
+        let _ = handle.addr.send(mailsync_actors::Shutdown).await;
+        maintenance.stop().await;
         admin.stop().await;
         crm.close().await;
         if !same_db {
@@ -395,6 +442,57 @@ impl Service {
     }
 }
 
+/// Tells systemd how the start goes (`STATUS=`), when it is done (`READY=1`), and that the
+/// service is alive (`WATCHDOG=1`, only while the supervisor runs, so a wedged process is
+/// restarted), until `stop` turns true. The registry has no readiness event, so it is
+/// looked at four times a second.
+async fn announce(
+    notifier: Arc<Notifier>,
+    handle: SupervisorHandle,
+    watchdog: Option<std::time::Duration>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    if !notifier.enabled() {
+        return;
+    }
+    let mut look = tokio::time::interval(std::time::Duration::from_millis(250));
+    let mut beat = watchdog.map(tokio::time::interval);
+    let mut ready = false;
+    let mut last_status = String::new();
+    loop {
+        let heartbeat = async {
+            match beat.as_mut() {
+                Some(b) => {
+                    b.tick().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = heartbeat => {
+                if handle.addr.connected() {
+                    notifier.watchdog();
+                }
+            }
+            _ = look.tick(), if !ready => {
+                let board = &handle.board;
+                let done = board.snapshots().iter().filter(|s| s.first_step_done).count();
+                if board.ready() {
+                    ready = true;
+                    notifier.ready(&format!("{} mailboxes syncing", board.len()));
+                } else {
+                    let status = format!("starting: {done} of {} mailboxes done their first step", board.len());
+                    if status != last_status {
+                        notifier.status(&status);
+                        last_status = status;
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn reloader(
     path: PathBuf,
     crm: Db,
@@ -402,18 +500,31 @@ fn reloader(
     feed: Feed,
     telemetry: Telemetry,
     handle: SupervisorHandle,
+    maintenance: Maintenance,
 ) -> Reloader {
     Arc::new(
         move || -> BoxFuture<'static, Result<mailsync_actors::ReloadReport, ReloadFailure>> {
-            let (path, crm, engine, feed, telemetry, handle) = (
+            let (path, crm, engine, feed, telemetry, handle, maintenance) = (
                 path.clone(),
                 crm.clone(),
                 engine.clone(),
                 feed.clone(),
                 telemetry.clone(),
                 handle.clone(),
+                maintenance.clone(),
             );
-            Box::pin(async move { reload(&path, &crm, &engine, &feed, &telemetry, &handle).await })
+            Box::pin(async move {
+                reload(
+                    &path,
+                    &crm,
+                    &engine,
+                    &feed,
+                    &telemetry,
+                    &handle,
+                    &maintenance,
+                )
+                .await
+            })
         },
     )
 }
@@ -425,6 +536,7 @@ async fn reload(
     feed: &Feed,
     telemetry: &Telemetry,
     handle: &SupervisorHandle,
+    maintenance: &Maintenance,
 ) -> Result<mailsync_actors::ReloadReport, ReloadFailure> {
     let cfg = config::load(path, &ProcessEnv).map_err(|e| ReloadFailure {
         message: format!(
@@ -439,8 +551,12 @@ async fn reload(
             message: format!("{e:#}"),
             details: vec![],
         })?;
+    for server in &built.servers {
+        telemetry.service.register_server(&server.id);
+    }
     engine.set_mailboxes(built.setups);
     feed.set_routes(built.routes);
+    maintenance.set_configured(cfg.mailboxes.iter().map(|m| m.smtp.clone()).collect());
     let report = handle
         .addr
         .send(Reload {
@@ -458,11 +574,21 @@ async fn reload(
     })
 }
 
+/// An action of the initial sync's summary as a person says it happened.
+fn past(action: &str) -> String {
+    match action {
+        "create_folder" => "folders created".to_owned(),
+        a if a.ends_with('e') => format!("{a}d"),
+        a => format!("{a}ed"),
+    }
+}
+
 /// `mailsync initial-sync`: one mailbox, with a progress bar on a terminal; returns the summary.
 pub async fn initial_sync(
     cfg: Config,
     mailbox: &str,
     direction: crate::sync::engine::Direction,
+    separate_ambiguous: bool,
 ) -> anyhow::Result<String> {
     use std::fmt::Write as _;
     let database = cfg
@@ -526,7 +652,7 @@ pub async fn initial_sync(
     };
     let started = std::time::Instant::now();
     let result = engine
-        .initial_sync(&spec, direction, throttle, &progress)
+        .initial_sync(&spec, direction, throttle, separate_ambiguous, &progress)
         .await;
     bar.finish_and_clear();
     crm.close().await;
@@ -550,7 +676,7 @@ pub async fn initial_sync(
                 .counts
                 .iter()
                 .filter(|((d, _), _)| d == dir)
-                .map(|((_, action), n)| format!("{n} {action}d"))
+                .map(|((_, action), n)| format!("{n} {}", past(action)))
                 .collect();
             if parts.is_empty() {
                 "nothing".to_owned()
@@ -572,4 +698,61 @@ pub async fn initial_sync(
         );
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn each_server_keeps_its_own_budget_and_streaming_settings() {
+        let text = r#"
+[[servers]]
+name = "onprem"
+ews_url = "https://mail.example.com/EWS/Exchange.asmx"
+auth = "basic"
+service_account = { username = "svc", password = "pw" }
+throttle = { requests_per_second = 0.5, burst = 3 }
+streaming = { group_size = 50, connection_timeout_minutes = 10, polling_interval_seconds = 15 }
+
+[[servers]]
+name = "other"
+ews_url = "https://other.example.com/EWS/Exchange.asmx"
+auth = "basic"
+service_account = { username = "svc", password = "pw" }
+streaming = { enabled = false, polling_interval_seconds = 300 }
+
+[[mailboxes]]
+smtp = "a@example.com"
+operator = "1"
+server = "onprem"
+"#;
+        let cfg = config::parse(text, &HashMap::<&str, &str>::new()).expect("valid");
+        let onprem = server_spec(&cfg.servers[0]);
+        assert_eq!(onprem.throttle.requests_per_second, 0.5, "not rounded up");
+        assert_eq!(onprem.throttle.burst, 3);
+        assert!(onprem.streaming);
+        assert_eq!(
+            onprem.stream,
+            ServerStreaming {
+                group_size: 50,
+                connection_timeout: Duration::from_secs(600),
+                polling_interval: Duration::from_secs(15),
+            }
+        );
+        let other = server_spec(&cfg.servers[1]);
+        assert_eq!(other.throttle.requests_per_second, 20.0);
+        assert!(!other.streaming);
+        assert_eq!(
+            other.stream,
+            ServerStreaming {
+                group_size: 200,
+                connection_timeout: Duration::from_secs(1800),
+                polling_interval: Duration::from_secs(300),
+            }
+        );
+    }
 }

@@ -1,7 +1,8 @@
 //! `mailsync test-connection`: checks, mailbox by mailbox, everything a sync needs, and says
 //! which check failed and why — the operator in the CRM (with personnel number and e-mail,
 //! without which appointments cannot be assigned), Autodiscover, authentication, the right to
-//! impersonate the mailbox, and access to each enabled folder.
+//! impersonate the mailbox, and access to each enabled folder; and, when `[smtp]` is
+//! configured, the SMTP server (connect, EHLO, TLS, login).
 
 use std::fmt::Write as _;
 
@@ -201,6 +202,13 @@ pub async fn run(cfg: &Config, only: Option<&str>) -> Vec<Check> {
     }
     if let Some(Ok(db)) = crm {
         db.close().await;
+    }
+    if let Some(relay) = &cfg.smtp {
+        checks.push(Check {
+            mailbox: "[smtp]".to_owned(),
+            what: "smtp server".to_owned(),
+            result: crate::sync::smtp::check(relay).await,
+        });
     }
     checks
 }

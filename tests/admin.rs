@@ -5,7 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use mailsync::admin::{self, AdminState, ReloadFailure};
+use mailsync::admin::{
+    self, AdminState, DecideError, DecideOutcome, DeleteDecision, DeleteGate, HeldGroup, HeldItem,
+    ReloadFailure,
+};
+use mailsync::db::state::{Conflict, ConflictValues, Failure, Winner};
+use mailsync::db::{Db, MigrationSet};
 use mailsync::metrics::Telemetry;
 use mailsync::secret::SecretString;
 use mailsync_actors::fakes::{Behaviour, FakeStream, FakeSync};
@@ -14,17 +19,20 @@ use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::Notify;
 
+mod webdriver;
+
 const TOKEN: &str = "an-admin-token-of-some-length";
 
 fn server() -> ServerSpec {
     ServerSpec {
         id: "ex1".into(),
         throttle: ThrottleSettings {
-            requests_per_second: 1000,
+            requests_per_second: 1000.0,
             burst: 1000,
             max_concurrent: 10,
         },
         streaming: true,
+        stream: ServerStreaming::default(),
     }
 }
 
@@ -48,6 +56,17 @@ struct Rig {
 
 impl Rig {
     async fn start(token: Option<&str>, sync: Arc<FakeSync>) -> Rig {
+        Rig::start_with(token, sync, 3, None, None).await
+    }
+
+    /// `mailboxes` mailboxes, the state store `store` and the delete breaker `deletes`.
+    async fn start_with(
+        token: Option<&str>,
+        sync: Arc<FakeSync>,
+        mailboxes: usize,
+        store: Option<Db>,
+        deletes: Option<Arc<dyn DeleteGate>>,
+    ) -> Rig {
         let telemetry = Telemetry::new();
         let mut settings = RuntimeSettings {
             arbiters: 0,
@@ -62,7 +81,7 @@ impl Rig {
         let handle = Supervisor::launch(
             settings,
             vec![server()],
-            (1..=3).map(mailbox).collect(),
+            (1..=mailboxes).map(mailbox).collect(),
             ports,
             telemetry.runtime.clone(),
         )
@@ -96,6 +115,8 @@ impl Rig {
             telemetry,
             token: token.map(SecretString::new),
             reload,
+            store,
+            deletes,
         };
         let server = admin::start("127.0.0.1:0".parse().unwrap(), state).unwrap();
         Rig {
@@ -371,7 +392,7 @@ async fn commands_act_on_exactly_one_mailbox() {
     assert_eq!(status, 404);
     assert_eq!(
         body["error"],
-        "unknown action \"explode\"; expected restart, resync, pause or resume"
+        "unknown action \"explode\"; expected restart, resync, sync, pause or resume"
     );
     let (status, body) = rig
         .post("/api/v1/mailboxes/nobody@example.com/restart")
@@ -506,5 +527,687 @@ async fn ctl_drives_the_api() {
     assert!(
         err.starts_with("error: cannot reach the admin API at http://127.0.0.1:1/api/v1/mailboxes"),
         "{err}"
+    );
+}
+
+/// A decision the fake breaker took: mailbox, decision, area, scope.
+type Decided = (String, DeleteDecision, Option<String>, Option<String>);
+
+/// A delete breaker holding what the test says, deciding in memory.
+#[derive(Default)]
+struct FakeGate {
+    held: Mutex<Vec<HeldGroup>>,
+    decided: Mutex<Vec<Decided>>,
+}
+
+impl FakeGate {
+    fn holding(groups: Vec<HeldGroup>) -> Arc<FakeGate> {
+        Arc::new(FakeGate {
+            held: Mutex::new(groups),
+            ..FakeGate::default()
+        })
+    }
+}
+
+fn held_group(mailbox: &str, area: &str, scope: &str, count: u64) -> HeldGroup {
+    HeldGroup {
+        mailbox: mailbox.into(),
+        area: area.into(),
+        scope: scope.into(),
+        side: "crm".into(),
+        count,
+        sample: (1..=3)
+            .map(|n| HeldItem {
+                crm_id: Some(n),
+                ews_id: Some(format!("AAMkAD{n}=")),
+                title: format!("Kunde {n} <b>AG</b>"),
+            })
+            .collect(),
+    }
+}
+
+impl DeleteGate for FakeGate {
+    fn held(&self, mailbox: Option<&str>) -> BoxFuture<'static, Result<Vec<HeldGroup>, String>> {
+        let all: Vec<HeldGroup> = self
+            .held
+            .lock()
+            .iter()
+            .filter(|g| mailbox.is_none_or(|m| g.mailbox == m))
+            .cloned()
+            .collect();
+        Box::pin(async move { Ok(all) })
+    }
+
+    fn decide(
+        &self,
+        mailbox: &str,
+        decision: DeleteDecision,
+        area: Option<&str>,
+        scope: Option<&str>,
+    ) -> BoxFuture<'static, Result<DecideOutcome, DecideError>> {
+        let mut held = self.held.lock();
+        let matches = |g: &HeldGroup| {
+            g.mailbox == mailbox
+                && area.is_none_or(|a| g.area == a)
+                && scope.is_none_or(|s| g.scope == s)
+        };
+        let outcome = DecideOutcome {
+            groups: held.iter().filter(|g| matches(g)).count(),
+            items: held.iter().filter(|g| matches(g)).map(|g| g.count).sum(),
+        };
+        held.retain(|g| !matches(g));
+        self.decided.lock().push((
+            mailbox.to_owned(),
+            decision,
+            area.map(str::to_owned),
+            scope.map(str::to_owned),
+        ));
+        let result = if outcome.groups == 0 {
+            Err(DecideError::NothingHeld(format!(
+                "nothing is held for {mailbox}"
+            )))
+        } else {
+            Ok(outcome)
+        };
+        Box::pin(async move { result })
+    }
+}
+
+/// A migrated SQLite state store with two conflicts (one with values) and a parked failure
+/// of user2.
+async fn store_with_logs(dir: &tempfile::TempDir) -> Db {
+    let url = format!("sqlite:{}", dir.path().join("state.db").display());
+    let db = Db::connect(&url, 2).await.unwrap();
+    db.migrate(MigrationSet::State).await.unwrap();
+    let conflict = |mailbox: &str, id: i64| Conflict {
+        mailbox: mailbox.into(),
+        crm_table: "crm_contacts".into(),
+        crm_id: Some(id),
+        ews_item_id: Some(format!("AAMkContact{id}=")),
+        fields: vec!["surname".into(), "business_phone".into()],
+        winner: Winner::Crm,
+    };
+    db.log_conflict(&conflict("user1@example.com", 1))
+        .await
+        .unwrap();
+    let c = conflict("user2@example.com", 2);
+    let values = ConflictValues::of(
+        &c.fields,
+        &serde_json::json!({"surname": "Meier", "business_phone": "+49 30 1"}),
+        &serde_json::json!({"surname": "Maier", "business_phone": "+49 30 2"}),
+        &serde_json::json!({"surname": "Meier", "business_phone": "+49 30 1"}),
+    );
+    db.log_conflict_values(&c, &values).await.unwrap();
+    db.record_failure(
+        &Failure {
+            mailbox: "user2@example.com".into(),
+            crm_table: "crm_tasks".into(),
+            crm_id: 7,
+            ews_item_id: String::new(),
+            error: "due_date 2026-01-01 is before start_date 2026-02-01".into(),
+            attempts: 1,
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    db
+}
+
+#[actix_rt::test]
+async fn conflicts_failures_and_retry_through_the_api_and_ctl() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_logs(&dir).await;
+    let rig = Rig::start_with(
+        Some(TOKEN),
+        FakeSync::new(&["contacts", "tasks"]),
+        3,
+        Some(store.clone()),
+        None,
+    )
+    .await;
+    rig.ready().await;
+
+    let all = rig.json("/api/v1/conflicts").await;
+    assert_eq!(all["count"], 2, "{all}");
+    assert_eq!(all["next"], Value::Null);
+    let newest = &all["conflicts"][0];
+    assert_eq!(newest["mailbox"], "user2@example.com");
+    assert_eq!(newest["area"], "contacts");
+    assert_eq!(newest["winner"], "crm");
+    assert_eq!(newest["crm_values"]["surname"], "Meier");
+    assert_eq!(newest["ews_values"]["surname"], "Maier");
+    assert_eq!(newest["merged"]["business_phone"], "+49 30 1");
+    assert_eq!(all["conflicts"][1]["crm_values"], serde_json::json!({}));
+
+    let page = rig.json("/api/v1/conflicts?limit=1").await;
+    assert_eq!(page["count"], 1);
+    let next = page["next"].as_i64().expect("a full page has a next");
+    let older = rig
+        .json(&format!("/api/v1/conflicts?limit=1&before={next}"))
+        .await;
+    assert_eq!(older["conflicts"][0]["mailbox"], "user1@example.com");
+    let mine = rig
+        .json("/api/v1/conflicts?mailbox=USER1@example.com&since=1h")
+        .await;
+    assert_eq!(mine["count"], 1, "{mine}");
+    assert_eq!(
+        rig.json("/api/v1/conflicts?since=2999-01-01").await["count"],
+        0
+    );
+    let (status, body) = rig
+        .get("/api/v1/conflicts?since=yesterday", Some(TOKEN))
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        json(&body)["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("since: \"yesterday\" is neither"),
+        "{body}"
+    );
+    let (status, body) = rig.get("/api/v1/conflicts?limit=9999", Some(TOKEN)).await;
+    assert_eq!(
+        (status, json(&body)["error"].clone()),
+        (
+            400,
+            Value::from("limit: 9999 is out of range, allowed 1 to 500")
+        )
+    );
+    let (status, body) = rig.get("/api/v1/conflicts?colour=red", Some(TOKEN)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        json(&body)["error"].as_str().unwrap().contains("colour"),
+        "{body}"
+    );
+    let id = newest["id"].as_i64().unwrap();
+    let one = rig.json(&format!("/api/v1/conflicts/{id}")).await;
+    assert_eq!(
+        one["fields"],
+        serde_json::json!(["surname", "business_phone"])
+    );
+    assert_eq!(rig.get("/api/v1/conflicts/999", Some(TOKEN)).await.0, 404);
+    assert_eq!(rig.get("/api/v1/conflicts", None).await.0, 401);
+
+    let failures = rig.json("/api/v1/failures?mailbox=user2@example.com").await;
+    assert_eq!(failures["count"], 1, "{failures}");
+    let f = &failures["failures"][0];
+    assert_eq!(
+        (
+            f["area"].clone(),
+            f["crm_id"].clone(),
+            f["ews_item_id"].clone(),
+            f["next_retry_at"].clone()
+        ),
+        (
+            Value::from("tasks"),
+            Value::from(7),
+            Value::Null,
+            Value::Null
+        )
+    );
+    let fid = f["id"].as_i64().unwrap();
+    let before = rig.sync.step_count("user2@example.com", "tasks");
+    let (status, body) = rig.post(&format!("/api/v1/failures/{fid}/retry")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["step"], "started");
+    assert_eq!(body["mailbox"], "user2@example.com");
+    rig.sync
+        .wait_until("a step of every folder of user2", |s| {
+            s.step_count("user2@example.com", "tasks") == before + 1
+        })
+        .await;
+    assert!(
+        rig.sync
+            .steps_of("user2@example.com", "tasks")
+            .iter()
+            .all(|s| !s.full),
+        "a step, not a resync"
+    );
+    let due = store
+        .failures("user2@example.com", Some(chrono::Utc::now()))
+        .await
+        .unwrap();
+    assert_eq!(due.len(), 1, "the failure is due for the lead's step");
+    assert_eq!(rig.post("/api/v1/failures/424242/retry").await.0, 404);
+
+    // Paused mailbox: the failure waits for it.
+    let (status, _) = rig.post("/api/v1/mailboxes/user2@example.com/pause").await;
+    assert_eq!(status, 200);
+
+    // The same through ctl.
+    let args = |rest: &[&str]| {
+        let mut v: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
+        v.extend([
+            "--url".to_string(),
+            rig.base.clone(),
+            "--token".to_string(),
+            TOKEN.to_string(),
+        ]);
+        v
+    };
+    let (code, out, err) = ctl(args(&["conflicts", "user2@example.com", "--since", "24h"])).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("user2@example.com") && out.contains("surname, business_phone"),
+        "{out}"
+    );
+    assert!(
+        out.contains("surname: crm \"Meier\" | exchange \"Maier\" -> \"Meier\""),
+        "{out}"
+    );
+    assert!(out.ends_with("1 conflicts\n"), "{out}");
+    let (code, out, err) = ctl(args(&["failures"])).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("due_date 2026-01-01 is before start_date") && out.contains("crm #7"),
+        "{out}"
+    );
+    let (code, out, err) = ctl(args(&["retry", &fid.to_string()])).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        format!("failure {fid} (user2@example.com): due now; step started\n")
+    );
+    let (code, _, err) = ctl(args(&["retry", "x"])).await;
+    assert_eq!(
+        (code, err.as_str()),
+        (
+            2,
+            "error: retry needs a failure id (see `mailsync ctl failures`)\n"
+        )
+    );
+    let (code, _, err) = ctl(args(&["approve-deletes", "user1@example.com"])).await;
+    assert_eq!(code, 1);
+    assert_eq!(
+        err,
+        "error: this service holds no deletes (no delete breaker) (HTTP 501)\n"
+    );
+    let (code, out, err) = ctl(args(&["sync", "user1@example.com"])).await;
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "user1@example.com: sync ok\n"),
+        "{err}"
+    );
+}
+
+#[actix_rt::test]
+async fn held_deletes_show_and_are_decided_through_the_breaker() {
+    let gate = FakeGate::holding(vec![
+        held_group("user2@example.com", "contacts", "shared", 30),
+        held_group("user2@example.com", "mail", "Inbox/Projekte", 12),
+        held_group("user3@example.com", "tasks", "own", 25),
+    ]);
+    let rig = Rig::start_with(
+        Some(TOKEN),
+        FakeSync::new(&["contacts", "tasks"]),
+        3,
+        None,
+        Some(gate.clone()),
+    )
+    .await;
+    rig.ready().await;
+    let m = rig.json("/api/v1/mailboxes/user2@example.com").await;
+    assert_eq!(m["held"].as_array().unwrap().len(), 2, "{m}");
+    assert_eq!(
+        m["held"][0],
+        serde_json::json!({"area": "contacts", "scope": "shared", "side": "crm", "count": 30,
+            "sample": [
+                {"crm_id": 1, "ews_id": "AAMkAD1=", "title": "Kunde 1 <b>AG</b>"},
+                {"crm_id": 2, "ews_id": "AAMkAD2=", "title": "Kunde 2 <b>AG</b>"},
+                {"crm_id": 3, "ews_id": "AAMkAD3=", "title": "Kunde 3 <b>AG</b>"}]})
+    );
+    assert_eq!(
+        rig.json("/api/v1/mailboxes/user1@example.com").await["held"],
+        serde_json::json!([])
+    );
+    let held = rig.json("/api/v1/mailboxes?state=held").await;
+    let smtps: Vec<&str> = held["mailboxes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["smtp"].as_str().unwrap())
+        .collect();
+    assert_eq!(smtps, ["user2@example.com", "user3@example.com"]);
+    assert_eq!(held["total"], 2);
+
+    let resp = rig
+        .http
+        .post(format!(
+            "{}/api/v1/mailboxes/user2@example.com/deletes/approve",
+            rig.base
+        ))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"area": "contacts", "scope": "shared"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        (body["groups"].clone(), body["items"].clone()),
+        (Value::from(1), Value::from(30))
+    );
+    let (status, body) = rig
+        .post("/api/v1/mailboxes/user2@example.com/deletes/reject")
+        .await;
+    assert_eq!(
+        (status, body["items"].clone()),
+        (200, Value::from(12)),
+        "no body: everything held"
+    );
+    let (status, body) = rig
+        .post("/api/v1/mailboxes/user2@example.com/deletes/reject")
+        .await;
+    assert_eq!(
+        (status, body["error"].clone()),
+        (409, Value::from("nothing is held for user2@example.com"))
+    );
+    let (status, _) = rig
+        .post("/api/v1/mailboxes/nobody@example.com/deletes/approve")
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = rig
+        .post("/api/v1/mailboxes/user3@example.com/deletes/maybe")
+        .await;
+    assert_eq!(status, 404);
+    let resp = rig
+        .http
+        .post(format!(
+            "{}/api/v1/mailboxes/user3@example.com/deletes/approve",
+            rig.base
+        ))
+        .bearer_auth(TOKEN)
+        .body("{\"scope\": \"own\"}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400, "a scope needs an area");
+    assert_eq!(
+        gate.decided
+            .lock()
+            .iter()
+            .map(|d| (d.1, d.2.clone()))
+            .collect::<Vec<_>>(),
+        vec![
+            (DeleteDecision::Approve, Some("contacts".to_string())),
+            (DeleteDecision::Reject, None),
+            (DeleteDecision::Reject, None)
+        ]
+    );
+
+    // Without a breaker nothing about held deletes shows.
+    let plain = Rig::start(Some(TOKEN), FakeSync::new(&["contacts"])).await;
+    let m = plain.json("/api/v1/mailboxes/user1@example.com").await;
+    assert!(m.get("held").is_none(), "{m}");
+    assert_eq!(
+        plain
+            .post("/api/v1/mailboxes/user1@example.com/deletes/approve")
+            .await
+            .0,
+        501
+    );
+}
+
+/// The web console in a real headless Chromium: log in, page through 120 mailboxes, filter,
+/// pause one and see it paused, read a conflict with both sides' values, retry a failure,
+/// approve held deletes, and log out.
+#[actix_rt::test]
+async fn the_console_in_a_real_browser() {
+    let Some((chromium, chromedriver)) = webdriver::binaries() else {
+        mailsync_testkit::require::missing(
+            "chromium and chromedriver (Debian: apt-get install chromium chromium-driver)",
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_logs(&dir).await;
+    let gate = FakeGate::holding(vec![held_group(
+        "user2@example.com",
+        "contacts",
+        "shared",
+        30,
+    )]);
+    let rig = Rig::start_with(
+        Some(TOKEN),
+        FakeSync::new(&["contacts", "contacts/shared", "tasks"]),
+        120,
+        Some(store.clone()),
+        Some(gate.clone()),
+    )
+    .await;
+    rig.ready().await;
+    let b = webdriver::Browser::start(&chromium, &chromedriver).await;
+
+    // Log in: the token is typed once.
+    b.goto(&format!("{}/", rig.base)).await;
+    b.wait_for(
+        "the login form",
+        "return !document.getElementById('login').hidden",
+    )
+    .await;
+    b.type_into("#token", "a-wrong-token-of-some-length").await;
+    b.click("#login-button").await;
+    b.wait_for(
+        "a refused token is said so",
+        "return document.getElementById('login-error').textContent === 'wrong bearer token'",
+    )
+    .await;
+    b.type_into("#token", TOKEN).await;
+    b.click("#login-button").await;
+    b.wait_for(
+        "the first page of mailboxes",
+        "return document.querySelectorAll('#mailboxes tbody tr').length === 50",
+    )
+    .await;
+    assert!(b
+        .text("#summary")
+        .await
+        .starts_with("120 of 120 mailboxes match"));
+    assert_eq!(b.text(".pager .page").await, "page 1 of 3");
+    let stored = b
+        .run("return sessionStorage.getItem('mailsync.token')")
+        .await;
+    assert_eq!(stored, Value::from(TOKEN));
+    let cookies = b.run("return document.cookie").await;
+    assert_eq!(cookies, Value::from(""), "no cookie");
+
+    // Paging, then a filter.
+    b.click(".pager a[rel=next]").await;
+    b.wait_for(
+        "page 2",
+        "return document.querySelector('.pager .page').textContent === 'page 2 of 3'",
+    )
+    .await;
+    b.type_into("input[name=q]", "user7").await;
+    b.click("form.filters button[type=submit]").await;
+    b.wait_for(
+        "the filtered list",
+        "return document.querySelectorAll('#mailboxes tbody tr').length === 11",
+    )
+    .await;
+    assert!(b
+        .run("return location.hash")
+        .await
+        .as_str()
+        .unwrap()
+        .contains("q=user7"));
+    let held_row = b
+        .run("return document.querySelector('tr[data-mailbox=\"user2@example.com\"]') === null")
+        .await;
+    assert_eq!(held_row, Value::Bool(true));
+
+    // An action and its effect.
+    b.click("tr[data-mailbox=\"user7@example.com\"] button[data-action=pause]")
+        .await;
+    b.wait_for(
+        "user7 shown paused",
+        "const r = document.querySelector('tr[data-mailbox=\"user7@example.com\"] td.state'); return r !== null && r.textContent === 'paused'",
+    )
+    .await;
+    assert_eq!(b.text("#flash").await, "user7@example.com: pause ok");
+    assert_eq!(
+        rig.handle
+            .board
+            .snapshot("user7@example.com")
+            .unwrap()
+            .state,
+        MailboxState::Paused
+    );
+    b.click("tr[data-mailbox=\"user7@example.com\"] button[data-action=resume]")
+        .await;
+    b.wait_for(
+        "user7 running again",
+        "const r = document.querySelector('tr[data-mailbox=\"user7@example.com\"] td.state'); return r !== null && r.textContent === 'running'",
+    )
+    .await;
+
+    // The held filter, the mailbox page with its held deletes, approve.
+    b.goto(&format!("{}/#/mailboxes?state=held", rig.base))
+        .await;
+    b.wait_for(
+        "only the held mailbox",
+        "return document.querySelectorAll('#mailboxes tbody tr').length === 1 && document.querySelector('#mailboxes tbody tr').dataset.mailbox === 'user2@example.com'",
+    )
+    .await;
+    b.click("tr[data-mailbox=\"user2@example.com\"] a.mailbox")
+        .await;
+    b.wait_for(
+        "the held section",
+        "return document.getElementById('held') !== null",
+    )
+    .await;
+    let held_text = b.text("#held").await;
+    assert!(
+        held_text.contains("contacts · shared: 30 deletes in the CRM"),
+        "{held_text}"
+    );
+    assert!(
+        held_text.contains("Kunde 1 <b>AG</b>"),
+        "escaped, shown as text: {held_text}"
+    );
+    assert!(
+        b.text("#areas").await.contains("held"),
+        "the area shows held"
+    );
+    b.run("window.confirm = function () { return true; }; return true")
+        .await;
+    b.click("#held .group button[data-post$='/approve']").await;
+    b.wait_for(
+        "nothing held any more",
+        "const h = document.getElementById('held'); return h !== null && h.textContent.includes('Nothing is held')",
+    )
+    .await;
+    assert_eq!(b.text("#flash").await, "user2@example.com: approve ok");
+    assert_eq!(gate.decided.lock()[0].2.as_deref(), Some("contacts"));
+
+    // A conflict, read with both sides' values.
+    b.click("nav a[href='#/conflicts']").await;
+    b.wait_for(
+        "the conflict log",
+        "return document.querySelectorAll('table.conflicts tbody tr').length === 2",
+    )
+    .await;
+    b.click("table.conflicts tbody tr:first-child a.open").await;
+    b.wait_for(
+        "the conflict's values",
+        "return document.getElementById('values') !== null",
+    )
+    .await;
+    assert_eq!(
+        b.text("#values tr[data-field=surname]").await,
+        "surname Meier Maier Meier"
+    );
+    assert!(b.text("#winner").await.starts_with("the CRM"));
+
+    // A parked failure, retried.
+    b.click("nav a[href='#/failures']").await;
+    b.wait_for(
+        "the failures",
+        "return document.querySelectorAll('table.failures tbody tr').length === 1",
+    )
+    .await;
+    assert_eq!(b.text("table.failures td.next").await, "when it changes");
+    b.click("table.failures button[data-post]").await;
+    b.wait_for(
+        "the retry is scheduled",
+        "const n = document.querySelector('table.failures td.next'); return n !== null && n.textContent !== 'when it changes'",
+    )
+    .await;
+    assert_eq!(
+        b.text("#flash").await,
+        "user2@example.com: retry: started ok"
+    );
+
+    // A new tab of the same session keeps the token; logging out forgets it.
+    b.goto(&format!("{}/#/mailboxes", rig.base)).await;
+    b.wait_for(
+        "still logged in after a reload",
+        "return document.querySelectorAll('#mailboxes tbody tr').length === 50",
+    )
+    .await;
+    if let Ok(dir) = std::env::var("MAILSYNC_CONSOLE_SCREENSHOT") {
+        b.screenshot(&std::path::Path::new(&dir).join("console.png"))
+            .await;
+    }
+    b.click("#logout").await;
+    b.wait_for(
+        "the login form again",
+        "return !document.getElementById('login').hidden",
+    )
+    .await;
+    assert_eq!(
+        b.run("return sessionStorage.getItem('mailsync.token')")
+            .await,
+        Value::Null
+    );
+}
+
+/// `mailsync healthcheck` (the container HEALTHCHECK): 0 when /healthz answers, 1 otherwise;
+/// without --url it finds the service from MAILSYNC_ADMIN_LISTEN, 0.0.0.0 meaning this host.
+#[actix_rt::test]
+async fn healthcheck_exits_by_the_service_health() {
+    let rig = Rig::start(Some(TOKEN), FakeSync::new(&["contacts"])).await;
+    let port = rig.base.rsplit(':').next().unwrap().to_owned();
+    let run = |args: Vec<String>, listen: Option<String>| {
+        tokio::task::spawn_blocking(move || {
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mailsync"));
+            cmd.arg("healthcheck").args(&args);
+            match listen {
+                Some(l) => cmd.env("MAILSYNC_ADMIN_LISTEN", l),
+                None => cmd.env_remove("MAILSYNC_ADMIN_LISTEN"),
+            };
+            let out = cmd.output().unwrap();
+            (
+                out.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        })
+    };
+    let (code, out, _) = run(vec!["--url".into(), format!("{}/healthz", rig.base)], None)
+        .await
+        .unwrap();
+    assert_eq!((code, out), (0, format!("healthy: {}/healthz\n", rig.base)));
+    let (code, out, err) = run(vec![], Some(format!("0.0.0.0:{port}"))).await.unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out, format!("healthy: http://127.0.0.1:{port}/healthz\n"));
+    let (code, _, err) = run(
+        vec!["--url".into(), "http://127.0.0.1:1/healthz".into()],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with("unhealthy: http://127.0.0.1:1/healthz: "),
+        "{err}"
+    );
+    let (code, _, err) = run(vec!["--url".into(), format!("{}/nope", rig.base)], None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (code, err),
+        (1, format!("unhealthy: {}/nope: HTTP 404\n", rig.base))
     );
 }

@@ -186,3 +186,28 @@ fn text_logs_by_default() {
         "{stderr}"
     );
 }
+
+/// A log written to a pipe or a file (as under systemd, docker or `2>file`) carries no ANSI
+/// colour codes: the level and message are plain text.
+#[test]
+fn logs_to_a_pipe_carry_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[admin]\nlisten = \"not an address\"\n").unwrap();
+    let out = mailsync()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("ERROR") && stderr.contains("configuration invalid"),
+        "the error is logged: {stderr}"
+    );
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "colour codes in a piped log: {stderr:?}"
+    );
+}

@@ -181,7 +181,12 @@ async fn migrations_from_empty_then_rerun_and_sharing_one_database() {
         let state = t.db.migrate(MigrationSet::State).await.unwrap();
         assert_eq!(
             state.applied,
-            vec!["2001 state store".to_string(), "2002 pending".to_string()],
+            vec![
+                "2001 state store".to_string(),
+                "2002 pending".to_string(),
+                "2003 conflict values retention".to_string(),
+                "2010 integrity".to_string()
+            ],
             "{kind}"
         );
         for set in [MigrationSet::Crm, MigrationSet::State] {
@@ -671,15 +676,22 @@ fn migrate_command_applies_then_reports_up_to_date() {
     );
     assert!(
         out.contains("state store sqlite:")
-            && out.contains("applied 2001 state store, 2002 pending"),
+            && out.contains(
+                "applied 2001 state store, 2002 pending, 2003 conflict values retention, 2010 integrity"
+            ),
         "{out}"
     );
     let second = run();
     let out = String::from_utf8_lossy(&second.stdout);
-    assert_eq!(
-        out.matches("up to date (2 migrations applied before)")
-            .count(),
-        2,
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("business database sqlite:")
+            && lines[0].ends_with("up to date (2 migrations applied before)"),
+        "{out}"
+    );
+    assert!(
+        lines[1].starts_with("state store sqlite:")
+            && lines[1].ends_with("up to date (4 migrations applied before)"),
         "{out}"
     );
 
@@ -743,6 +755,8 @@ async fn state_store_round_trips() {
             change_key: Some("CK1".into()),
             crm_version: Some(3),
             fields: serde_json::json!({"surname": "Schmidt", "email1": "a@b.example"}),
+            stamped: true,
+            unverified: true,
         };
         db.put_mapping(&m).await.unwrap();
         assert_eq!(
@@ -1037,6 +1051,8 @@ async fn a_crm_write_and_its_mapping_commit_together_or_not_at_all() {
                 change_key: Some("CK1".into()),
                 crm_version: None,
                 fields: serde_json::json!({"subject": "Jour fixe"}),
+                stamped: false,
+                unverified: false,
             })
         };
         let (id, version) = db
@@ -1215,6 +1231,8 @@ async fn batches_stamp_ews_ids_and_store_mappings_in_one_go() {
             change_key: Some(format!("CK{version}")),
             crm_version: Some(version),
             fields: serde_json::json!({"surname": ews}),
+            stamped: version % 2 == 0,
+            unverified: version % 2 == 1,
         };
         state
             .put_mappings(&[mapping(one, "AAMk1=", 2), mapping(two, "AAMk2=", 2)])
@@ -1741,4 +1759,274 @@ async fn the_migrate_command_on_mariadb() {
         "{err}"
     );
     common::drop_mariadb(&name).await;
+}
+
+/// The conflict log keeps both sides' values and the merged result and pages newest first;
+/// a parked failure made due by "retry" is what the sync step's due query returns.
+#[tokio::test]
+async fn conflict_log_pages_with_values_and_retry_makes_a_failure_due() {
+    use mailsync::db::journal::ConflictQuery;
+    use mailsync::db::state::{Conflict, ConflictValues, Failure, Winner};
+    for t in state_backends().await {
+        let db = &t.db;
+        let kind = if t.pg_name.is_some() { "pg" } else { "sqlite" };
+        for n in 0..5i64 {
+            let c = Conflict {
+                mailbox: if n % 2 == 0 {
+                    "a@example.com"
+                } else {
+                    "b@example.com"
+                }
+                .into(),
+                crm_table: "crm_contacts".into(),
+                crm_id: Some(n),
+                ews_item_id: Some(format!("AAMk{n}=")),
+                fields: vec!["surname".into(), "city".into()],
+                winner: Winner::Crm,
+            };
+            let values = ConflictValues::of(
+                &c.fields,
+                &serde_json::json!({"surname": format!("Meier{n}"), "city": "Berlin", "company": "x"}),
+                &serde_json::json!({"surname": "Maier", "city": null}),
+                &serde_json::json!({"surname": format!("Meier{n}"), "city": "Berlin"}),
+            );
+            db.log_conflict_values(&c, &values).await.unwrap();
+        }
+        let first = db
+            .conflict_page(&ConflictQuery {
+                limit: 2,
+                ..ConflictQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            first.iter().map(|e| e.conflict.crm_id).collect::<Vec<_>>(),
+            vec![Some(4), Some(3)],
+            "{kind}: newest first"
+        );
+        let e = &first[0];
+        assert_eq!(e.values.crm["surname"], "Meier4", "{kind}");
+        assert_eq!(e.values.exchange["surname"], "Maier", "{kind}");
+        assert_eq!(e.values.exchange["city"], serde_json::Value::Null, "{kind}");
+        assert_eq!(e.values.merged["city"], "Berlin", "{kind}");
+        assert!(
+            !e.values.crm.contains_key("company"),
+            "{kind}: only the conflicting fields"
+        );
+        let rest = db
+            .conflict_page(&ConflictQuery {
+                before: Some(first[1].id),
+                limit: 10,
+                ..ConflictQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(rest.len(), 3, "{kind}");
+        let of_a = db
+            .conflict_page(&ConflictQuery {
+                mailbox: Some("a@example.com".into()),
+                limit: 10,
+                ..ConflictQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(of_a.len(), 3, "{kind}");
+        let future = db
+            .conflict_page(&ConflictQuery {
+                since: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
+                limit: 10,
+                ..ConflictQuery::default()
+            })
+            .await
+            .unwrap();
+        assert!(future.is_empty(), "{kind}: since cuts");
+        let past = db
+            .conflict_page(&ConflictQuery {
+                since: Some(chrono::Utc::now() - chrono::Duration::hours(1)),
+                limit: 10,
+                ..ConflictQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(past.len(), 5, "{kind}");
+        assert_eq!(
+            db.conflict_by_id(e.id).await.unwrap().as_ref(),
+            Some(e),
+            "{kind}"
+        );
+        // The old entry point still logs (without values).
+        db.log_conflict(&e.conflict).await.unwrap();
+        assert_eq!(db.conflicts("a@example.com").await.unwrap().len(), 4);
+
+        let f = Failure {
+            mailbox: "a@example.com".into(),
+            crm_table: "crm_tasks".into(),
+            crm_id: 4,
+            ews_item_id: String::new(),
+            error: "due_date before start_date".into(),
+            attempts: 1,
+        };
+        db.record_failure(&f, None).await.unwrap();
+        let page = db.failure_page(None, None, 10).await.unwrap();
+        assert_eq!(page.len(), 1, "{kind}");
+        assert_eq!(page[0].failure, f, "{kind}");
+        assert_eq!(page[0].next_retry_at, None, "{kind}");
+        let now = chrono::Utc::now();
+        assert!(
+            db.failures("a@example.com", Some(now))
+                .await
+                .unwrap()
+                .is_empty(),
+            "{kind}: parked until it changes"
+        );
+        let retried = db
+            .retry_failure_now(page[0].id, now)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(retried.next_retry_at.is_some(), "{kind}");
+        assert_eq!(
+            db.failures("a@example.com", Some(now + chrono::Duration::seconds(1)))
+                .await
+                .unwrap(),
+            vec![f.clone()],
+            "{kind}: due for the next step"
+        );
+        assert_eq!(
+            db.failure_counts().await.unwrap(),
+            vec![("crm_tasks".to_string(), 1)],
+            "{kind}"
+        );
+        assert!(db.retry_failure_now(999_999, now).await.unwrap().is_none());
+        t.drop_db().await;
+    }
+}
+
+/// Retention: consumed and old change-log rows go, unconsumed or recent ones stay; old
+/// conflicts go; a mailbox out of the configuration for the whole period loses its state, a
+/// configured one or one removed recently keeps it.
+#[tokio::test]
+async fn retention_prunes_only_what_is_old_and_done_with() {
+    use mailsync::db::changes::Cursor;
+    for t in backends().await {
+        // The change log in the business database, the rest in the state store (the same
+        // database except beside MariaDB).
+        let (db, state) = (&t.db, &t.state);
+        let kind = format!("{:?}", db.kind());
+        seed(db).await;
+        for n in 0..6 {
+            exec(
+                db,
+                &format!(
+                    "INSERT INTO crm_tasks (tenant_id, owner_id, subject) VALUES (10, 1, 't{n}')"
+                ),
+            )
+            .await;
+        }
+        let changes = db.changes_after(Cursor::default(), 100).await.unwrap();
+        assert_eq!(changes.len(), 7, "{kind}: the operator and six tasks");
+        // The first five are old; the feed consumes three, then five more (the sixth is
+        // recent though consumed, the seventh not consumed).
+        let old = "2020-01-01T00:00:00Z";
+        let ts = if t.pg_name.is_some() {
+            format!("TIMESTAMPTZ '{old}'")
+        } else {
+            format!("'{old}'")
+        };
+        for c in &changes[..5] {
+            exec(
+                db,
+                &format!(
+                    "UPDATE crm_changes SET at = {ts} WHERE seq = {}",
+                    c.cursor.seq
+                ),
+            )
+            .await;
+        }
+        let cursor = changes[5].cursor;
+        let cutoff = chrono::Utc::now() - chrono::Duration::days(90);
+        let consumed_three = changes[2].cursor;
+        assert_eq!(
+            db.prune_changes(consumed_three, cutoff).await.unwrap(),
+            3,
+            "{kind}"
+        );
+        assert_eq!(
+            db.prune_changes(cursor, cutoff).await.unwrap(),
+            2,
+            "{kind}: only old ones"
+        );
+        assert_eq!(
+            scalar(db, "SELECT COUNT(*) FROM crm_changes").await,
+            2,
+            "{kind}"
+        );
+
+        // Conflicts.
+        for (mailbox, at) in [("a@example.com", Some(old)), ("a@example.com", None)] {
+            let at = at.map_or("now()".to_owned(), |_| ts.clone());
+            let at = if t.pg_name.is_none() && at == "now()" {
+                "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')".to_owned()
+            } else {
+                at
+            };
+            exec(state, &format!("INSERT INTO ms_conflicts (mailbox, crm_table, fields, winner, at) VALUES ('{mailbox}', 'crm_tasks', '[]', 'crm', {at})")).await;
+        }
+        assert_eq!(state.prune_conflicts(cutoff).await.unwrap(), 1, "{kind}");
+        assert_eq!(
+            scalar(state, "SELECT COUNT(*) FROM ms_conflicts").await,
+            1,
+            "{kind}"
+        );
+
+        // Mailbox state: kept.example.com is configured, gone@ was removed long ago,
+        // recent@ was removed yesterday.
+        for m in ["kept@example.com", "gone@example.com", "recent@example.com"] {
+            exec(state, &format!("INSERT INTO ms_folder_state (mailbox, folder_key, sync_state) VALUES ('{m}', 'contacts', 's')")).await;
+            exec(state, &format!("INSERT INTO ms_item_map (mailbox, crm_table, crm_id, ews_item_id) VALUES ('{m}', 'crm_tasks', 1, 'AAMk-{m}')")).await;
+            exec(state, &format!("INSERT INTO ms_pending (mailbox, crm_table, crm_id) VALUES ('{m}', 'crm_tasks', 1)")).await;
+            exec(state, &format!("INSERT INTO ms_failures (mailbox, crm_table, crm_id, error) VALUES ('{m}', 'crm_tasks', 1, 'x')")).await;
+        }
+        let configured = vec!["kept@example.com".to_string()];
+        state.mark_configured(&configured).await.unwrap();
+        assert_eq!(
+            scalar(state, "SELECT COUNT(*) FROM ms_mailboxes").await,
+            3,
+            "{kind}: state adopted"
+        );
+        let (gone, _) = state
+            .prune_removed_mailboxes(&configured, cutoff)
+            .await
+            .unwrap();
+        assert!(gone.is_empty(), "{kind}: every clock starts now");
+        exec(state, &format!("UPDATE ms_mailboxes SET last_configured_at = {ts} WHERE mailbox IN ('gone@example.com', 'kept@example.com')")).await;
+        let (gone, rows) = state
+            .prune_removed_mailboxes(&configured, cutoff)
+            .await
+            .unwrap();
+        assert_eq!(gone, vec!["gone@example.com".to_string()], "{kind}");
+        assert_eq!(rows, 4, "{kind}");
+        for table in [
+            "ms_folder_state",
+            "ms_item_map",
+            "ms_pending",
+            "ms_failures",
+        ] {
+            assert_eq!(
+                scalar(
+                    state,
+                    &format!("SELECT COUNT(*) FROM {table} WHERE mailbox = 'gone@example.com'")
+                )
+                .await,
+                0,
+                "{kind}: {table}"
+            );
+            assert_eq!(
+                scalar(state, &format!("SELECT COUNT(*) FROM {table}")).await,
+                2,
+                "{kind}: {table} of the others"
+            );
+        }
+        t.drop_db().await;
+    }
 }

@@ -202,6 +202,9 @@ impl Rig {
             areas: areas(options.leading),
             mail: options.mail,
             smtp_relay: options.smtp.map(Arc::new),
+            initial_sync: mailsync::config::InitialSync::CrmToExchange,
+            breaker: Default::default(),
+            sync_ambiguous: false,
         }]);
         let routes = Routes {
             by_operator: [(1, USER.into())].into_iter().collect(),
@@ -215,7 +218,7 @@ impl Rig {
         let throttle = Throttle::new(
             "ex1".into(),
             ThrottleSettings {
-                requests_per_second: 10_000,
+                requests_per_second: 10_000.0,
                 burst: 10_000,
                 max_concurrent: 10,
             },
@@ -321,6 +324,7 @@ impl Rig {
                 &self.spec(),
                 direction,
                 self.throttle.clone(),
+                false,
                 &|_, _, _| {},
             )
             .await
@@ -1501,5 +1505,177 @@ async fn storms(rig: Rig) {
     )
     .await;
     assert_eq!(dupes, 0, "no message twice in the CRM");
+    rig.finish().await;
+}
+
+/// A message whose headers use RFC 2047 encoded words (UTF-8 and Latin-1, Q and B), folding,
+/// a quoted display name with a comma and a group arrives in the CRM decoded: the subject as
+/// text, the sender's address, and every recipient once (none split at a quoted comma).
+#[tokio::test]
+async fn imported_mail_has_decoded_subjects_and_whole_addresses() {
+    let rig = Rig::sqlite(Options::default()).await;
+    rig.crm_folder("Inbox", Some("inbox"), None).await;
+    let raw = "Subject: =?utf-8?q?=C3=BCber?= den\r\n =?UTF-8?B?UHLDvGZzdGFuZA==?=\r\n\
+               From: =?iso-8859-1?q?J=FCrgen_M=FCller?= <Juergen@example.com>\r\n\
+               To: \"M\u{fc}ller, Anna\" <anna@example.com>, =?utf-8?b?w4RyenRlLCBCw7xybw==?=\r\n\
+               \t<aerzte@example.com>\r\n\
+               Cc: Team: carl@example.com, \"Dora, D.\" <dora@example.com>;\r\n\
+               Message-ID: <decoded-1@example.com>\r\n\
+               Date: Tue, 3 Mar 2026 09:15:00 +0100\r\n\
+               MIME-Version: 1.0\r\n\
+               Content-Type: text/plain; charset=utf-8\r\n\r\n\
+               Hallo\r\n";
+    rig.user_creates_mail(
+        FolderRef::well_known(DistinguishedFolder::Inbox),
+        raw.as_bytes().to_vec(),
+        false,
+    )
+    .await;
+    rig.sync().await;
+    let row = common::texts(
+        &rig.db,
+        "SELECT subject, sender, recipients, internet_message_id FROM crm_mails",
+    )
+    .await;
+    assert_eq!(
+        row,
+        vec![
+            Some("über den Prüfstand".to_string()),
+            Some("Juergen@example.com".to_string()),
+            Some(
+                "anna@example.com, aerzte@example.com, carl@example.com, dora@example.com"
+                    .to_string()
+            ),
+            Some("<decoded-1@example.com>".to_string()),
+        ]
+    );
+    rig.finish().await;
+}
+
+/// The convergence checker on mail: after a sync both sides are equal; then one difference of
+/// each kind, made behind mailsync's back, is found and named.
+#[tokio::test]
+async fn the_convergence_checker_compares_mail_and_names_each_difference() {
+    use mailsync::sync::converge::{compare, Difference};
+    use mailsync::sync::fields;
+
+    let rig = Rig::sqlite(Options::default()).await;
+    let inbox = rig.crm_folder("Inbox", Some("inbox"), None).await;
+    let projects = rig.crm_folder("Projekte", None, Some(inbox)).await;
+    let crm1 = rig
+        .crm_mail(inbox, &mime(1, "crm one", DATE), true, SENT)
+        .await;
+    let crm2 = rig
+        .crm_mail(projects, &mime(2, "crm two", DATE), false, SENT)
+        .await;
+    for n in 3..=4 {
+        rig.user_creates_mail(
+            FolderRef::well_known(DistinguishedFolder::Inbox),
+            mime(n, "outlook", DATE),
+            false,
+        )
+        .await;
+    }
+    rig.sync().await;
+    let target = ews::Target::impersonating(USER);
+    let check = || compare(&rig.db, &rig.client, &target, Area::Mail, 1, 1, "");
+    assert_eq!(check().await.unwrap(), vec![], "converged after the sync");
+
+    // A message moved to another folder in Outlook, not synced yet: a folder mismatch; moved
+    // back, equal again (paired by its stamp although its id changed twice).
+    let ex = rig.exchange_folders().await;
+    let in_projects = rig.exchange_mails(&ex["Inbox/Projekte"]).await;
+    assert_eq!(in_projects.len(), 1);
+    let moved = rig
+        .call(&ews::ops::MoveItem {
+            ids: vec![in_projects[0].2.clone()],
+            to: FolderRef::well_known(DistinguishedFolder::SentItems),
+        })
+        .await
+        .remove(0)
+        .unwrap();
+    assert_eq!(
+        check().await.unwrap(),
+        vec![Difference::Fields(
+            crm2,
+            vec![(
+                "folder".into(),
+                Some("inbox/projekte".into()),
+                Some("sentitems".into())
+            )]
+        )]
+    );
+    rig.call(&ews::ops::MoveItem {
+        ids: vec![moved.expect("MoveItem names the new id")],
+        to: FolderRef::Id(ex["Inbox/Projekte"].clone()),
+    })
+    .await;
+    assert_eq!(check().await.unwrap(), vec![]);
+
+    // Behind mailsync's back: a read flag flipped in the CRM (mismatched), a CRM mail and an
+    // Outlook mail nobody synced (lost, each way), a second message stamped with crm2's id
+    // (duplicated), and crm1's row deleted while its message stays (resurrected).
+    exec(
+        &rig.db,
+        "UPDATE crm_mails SET is_read = NOT is_read WHERE subject <> 'crm'",
+    )
+    .await;
+    let lost_in_crm = rig
+        .crm_mail(inbox, &mime(5, "crm five", DATE), false, SENT)
+        .await;
+    rig.user_creates_mail(
+        FolderRef::well_known(DistinguishedFolder::Inbox),
+        mime(6, "outlook six", DATE),
+        false,
+    )
+    .await;
+    rig.call(&CreateItem {
+        folder: Some(FolderRef::well_known(DistinguishedFolder::Inbox)),
+        items: vec![Item::Message(Message {
+            mime: Some(mime(2, "crm two", DATE)),
+            is_read: Some(false),
+            extended: vec![ews::types::ExtendedProperty {
+                uri: fields::crm_id_uri(),
+                value: fields::crm_stamp("crm_mails", crm2),
+            }],
+            ..Message::default()
+        })],
+        disposition: Some(MessageDisposition::SaveOnly),
+    })
+    .await;
+    exec(&rig.db, &format!("DELETE FROM crm_mails WHERE id = {crm1}")).await;
+
+    let diffs = check().await.unwrap();
+    let mut kinds: Vec<&str> = diffs.iter().map(Difference::kind).collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        [
+            "duplicated",
+            "lost",
+            "lost",
+            "mismatched",
+            "mismatched",
+            "resurrected"
+        ],
+        "{diffs:#?}"
+    );
+    assert!(diffs.contains(&Difference::Duplicate(crm2)), "{diffs:#?}");
+    assert!(
+        diffs.contains(&Difference::MissingInExchange(lost_in_crm)),
+        "{diffs:#?}"
+    );
+    assert!(
+        diffs
+            .iter()
+            .any(|d| matches!(d, Difference::Resurrected(_, id) if *id == crm1)),
+        "{diffs:#?}"
+    );
+    assert!(
+        diffs
+            .iter()
+            .any(|d| matches!(d, Difference::Fields(_, f) if f.len() == 1 && f[0].0 == "is_read")),
+        "{diffs:#?}"
+    );
     rig.finish().await;
 }

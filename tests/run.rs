@@ -314,3 +314,196 @@ server = "sim"
     sim.stop().await;
     db.close().await;
 }
+
+/// Under systemd: `READY=1` once the mailboxes took their first steps, `WATCHDOG=1` at half
+/// of `WATCHDOG_USEC`, `STOPPING=1` on SIGTERM — on a NOTIFY_SOCKET datagram socket. The
+/// retention job runs at start: consumed old change-log rows, old conflicts and the state of
+/// a mailbox removed long ago are gone, the rest stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_notifies_systemd_and_prunes_at_start() {
+    use std::os::unix::net::UnixDatagram;
+    let sim = server::start(SimConfig {
+        mailboxes: 1,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite:{}", dir.path().join("crm.db").display());
+    let db = Db::connect(&db_url, 2).await.unwrap();
+    db.migrate(MigrationSet::Crm).await.unwrap();
+    db.migrate(MigrationSet::State).await.unwrap();
+    exec(
+        &db,
+        "INSERT INTO crm_tenants (id, name) VALUES (1, 'Muster GmbH')",
+    )
+    .await;
+    exec(&db, "INSERT INTO crm_operators (id, tenant_id, personnel_no, display_name, email) VALUES (1, 1, '1001', 'Anna', 'user1@example.com')").await;
+    // Old change-log rows and a recent one; the feed consumes them all at start, the
+    // retention pass deletes the old ones. (That an unconsumed row stays is tests/db.rs's.)
+    exec(&db, "INSERT INTO crm_tasks (tenant_id, owner_id, subject) VALUES (1, 1, 'a'), (1, 1, 'b'), (1, 1, 'c')").await;
+    let last = count(&db, "SELECT max(seq) FROM crm_changes").await;
+    exec(
+        &db,
+        &format!("UPDATE crm_changes SET at = '2020-01-01T00:00:00.000Z' WHERE seq < {last}"),
+    )
+    .await;
+    exec(
+        &db,
+        &format!(
+            "INSERT INTO ms_cursor (name, txid, seq) VALUES ('crm-feed', 0, {})",
+            last - 1
+        ),
+    )
+    .await;
+    // An old conflict and a recent one; the state of a mailbox removed in 2020.
+    exec(&db, "INSERT INTO ms_conflicts (mailbox, crm_table, fields, winner, at) VALUES ('user1@example.com', 'crm_tasks', '[]', 'crm', '2020-01-01T00:00:00.000Z')").await;
+    exec(&db, "INSERT INTO ms_conflicts (mailbox, crm_table, fields, winner) VALUES ('user1@example.com', 'crm_tasks', '[]', 'crm')").await;
+    exec(&db, "INSERT INTO ms_item_map (mailbox, crm_table, crm_id, ews_item_id) VALUES ('left@example.com', 'crm_tasks', 1, 'AAMk1')").await;
+    exec(&db, "INSERT INTO ms_mailboxes (mailbox, last_configured_at) VALUES ('left@example.com', '2020-01-01T00:00:00.000Z')").await;
+
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let config = dir.path().join("mailsync.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[database]
+url = "{db_url}"
+
+[state]
+url = "{db_url}"
+
+[retention]
+days = 30
+
+[[servers]]
+name = "sim"
+ews_url = "{ews}"
+allow_http = true
+auth = "basic"
+service_account = {{ username = "svc", password = "secret" }}
+
+[mailbox_defaults]
+areas = ["tasks"]
+
+[[mailboxes]]
+smtp = "user1@example.com"
+operator = "1001"
+server = "sim"
+"#,
+            ews = sim.ews_url()
+        ),
+    )
+    .unwrap();
+    let log_path = dir.path().join("run.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_mailsync"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "400000")
+        .env_remove("WATCHDOG_PID")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let child = Killer(child);
+    let log_text = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    fn receive(socket: &UnixDatagram) -> String {
+        let mut buf = [0u8; 1024];
+        let n = socket
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no notification within 60 s: {e}"));
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+    let (socket, messages) = tokio::task::spawn_blocking(move || {
+        let mut seen = Vec::new();
+        // Until READY and two heartbeats after it.
+        while seen.iter().filter(|m: &&String| *m == "WATCHDOG=1").count() < 2
+            || !seen.iter().any(|m| m.starts_with("READY=1"))
+        {
+            seen.push(receive(&socket));
+        }
+        (socket, seen)
+    })
+    .await
+    .unwrap();
+    let ready = messages
+        .iter()
+        .position(|m| m.starts_with("READY=1"))
+        .unwrap();
+    assert_eq!(
+        messages[ready], "READY=1\nSTATUS=1 mailboxes syncing",
+        "{messages:?}"
+    );
+    assert!(
+        messages[..ready]
+            .iter()
+            .all(|m| m.starts_with("STATUS=starting: ") || m == "WATCHDOG=1"),
+        "{messages:?}"
+    );
+
+    // The retention pass ran at start.
+    assert_eq!(
+        count(
+            &db,
+            &format!("SELECT COUNT(*) FROM crm_changes WHERE seq < {last}")
+        )
+        .await,
+        0,
+        "old consumed rows are pruned\n{}",
+        log_text()
+    );
+    assert_eq!(
+        count(
+            &db,
+            &format!("SELECT COUNT(*) FROM crm_changes WHERE seq = {last}")
+        )
+        .await,
+        1,
+        "the recent one stays"
+    );
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM ms_conflicts").await, 1);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM ms_item_map WHERE mailbox = 'left@example.com'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM ms_mailboxes WHERE mailbox = 'user1@example.com'"
+        )
+        .await,
+        1
+    );
+
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    let stopping = tokio::task::spawn_blocking(move || loop {
+        let m = receive(&socket);
+        if m.starts_with("STOPPING=1") {
+            return m;
+        }
+    })
+    .await
+    .unwrap();
+    assert!(stopping.starts_with("STOPPING=1\nSTATUS=stopping"));
+    let mut child = child;
+    let status = tokio::task::spawn_blocking(move || child.0.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}\n{}", log_text());
+    assert!(log_text().contains("retention pass done"), "{}", log_text());
+    sim.stop().await;
+}

@@ -174,6 +174,9 @@ impl Rig {
             areas,
             mail: Default::default(),
             smtp_relay: None,
+            initial_sync: mailsync::config::InitialSync::CrmToExchange,
+            breaker: Default::default(),
+            sync_ambiguous: false,
         }]);
         let routes = Routes {
             by_operator: [(1, USER.into())].into_iter().collect(),
@@ -192,7 +195,7 @@ impl Rig {
         let throttle = Throttle::new(
             "ex1".into(),
             ThrottleSettings {
-                requests_per_second: 1000,
+                requests_per_second: 1000.0,
                 burst: 1000,
                 max_concurrent: 10,
             },
@@ -1100,6 +1103,7 @@ async fn appointments_link_by_uid_instead_of_duplicating() {
             &spec,
             mailsync::sync::engine::Direction::CrmToExchange,
             rig.throttle.clone(),
+            false,
             &|_, _, _| {},
         )
         .await
@@ -1236,5 +1240,67 @@ async fn tasks_from_outlook_and_back(rig: Rig) {
         other => panic!("{other:?}"),
     }
     assert_eq!(rig.sync("tasks").await, 0, "no echo");
+    rig.finish().await;
+}
+
+/// Outlook's "Delete" moves a contact to Deleted Items. The stream port must wake the folder
+/// the item left: its subscription is to the contacts folder only, so the MovedEvent (with
+/// OldParentFolderId) is the one thing that tells it. Nothing else happens meanwhile, so a
+/// wake-up of `contacts` here comes from that event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contact_moved_to_deleted_items_wakes_the_contacts_folder_through_the_stream() {
+    use futures_util::StreamExt;
+    use mailsync::sync::stream::EwsStream;
+    use mailsync_actors::{GroupInfo, StreamEvent, StreamPort};
+
+    let rig = Rig::sqlite(Leading::Crm).await;
+    let contact = Item::Contact(Contact {
+        surname: Some("Gelöscht".into()),
+        ..Contact::default()
+    });
+    let id = rig
+        .user_creates(contact, DistinguishedFolder::Contacts)
+        .await;
+    rig.sync("contacts").await;
+    assert_eq!(count(&rig.db, "SELECT COUNT(*) FROM crm_contacts").await, 1);
+
+    let port = EwsStream::new(rig.engine.clone());
+    let group = GroupInfo {
+        server: "ex1".into(),
+        group: 0,
+        anchor: USER.into(),
+    };
+    let sub = port
+        .subscribe(
+            &group,
+            &USER.into(),
+            &["contacts".into()],
+            rig.throttle.clone(),
+        )
+        .await
+        .unwrap();
+    let mut events = port
+        .stream(&group, vec![sub.clone()], Duration::from_secs(60))
+        .await
+        .unwrap();
+    rig.user_deletes(&id).await;
+    let woken = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.next().await {
+                Some(StreamEvent::Changed {
+                    subscription,
+                    folder,
+                }) => return (subscription, folder.map(|f| f.to_string())),
+                Some(StreamEvent::Heartbeat) => continue,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("no notification for the contacts folder within 10 s");
+    assert_eq!(woken, (sub, Some("contacts".to_string())));
+    // The step it causes finds the contact gone and deletes the CRM row.
+    rig.sync("contacts").await;
+    assert_eq!(count(&rig.db, "SELECT COUNT(*) FROM crm_contacts").await, 0);
     rig.finish().await;
 }

@@ -1,5 +1,5 @@
-//! `mailsync test-connection` against ews-sim and a SQLite (or MariaDB) business database: each
-//! check printed as ok or FAILED with the reason, exit status 1 when any failed.
+//! `mailsync test-connection` against ews-sim and a SQLite (or MariaDB) business database: each check
+//! printed as ok or FAILED with the reason, exit status 1 when any failed.
 
 mod common;
 use common::exec;
@@ -145,6 +145,65 @@ async fn every_check_is_reported_with_its_reason() {
             && out.contains("ErrorImpersonateUserDenied"),
         "{out}"
     );
+    sim.stop().await;
+}
+
+/// With `[smtp]`, test-connection checks the SMTP server too: the local sink answers EHLO;
+/// a port nothing listens on fails with the reason, and the exit status says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_smtp_server_is_checked_when_configured() {
+    let sim = server::start(SimConfig {
+        mailboxes: 1,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let sink = common::SmtpSink::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite:{}", dir.path().join("crm.db").display());
+    let db = Db::connect(&db_url, 2).await.unwrap();
+    db.migrate(MigrationSet::Crm).await.unwrap();
+    exec(
+        &db,
+        "INSERT INTO crm_tenants (id, name) VALUES (1, 'Muster GmbH')",
+    )
+    .await;
+    exec(&db, "INSERT INTO crm_operators (tenant_id, personnel_no, display_name, email) VALUES (1, '1001', 'Anna', 'user1@example.com')").await;
+    let base = config(&db_url, &sim.ews_url(), ("svc", "secret"));
+    let with_smtp = |port: u16| {
+        format!("{base}\n[smtp]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\n")
+    };
+
+    let good = dir.path().join("smtp.toml");
+    std::fs::write(&good, with_smtp(sink.addr.port())).unwrap();
+    let (code, out) = test_connection(&good, &["--mailbox", "user1@example.com"]).await;
+    assert_eq!(code, 0, "{out}");
+    let port = sink.addr.port();
+    assert!(
+        out.contains(&format!(
+            "ok     [smtp]             smtp server: 127.0.0.1:{port} answered EHLO (no TLS)\n"
+        )),
+        "{out}"
+    );
+    assert!(out.ends_with("6 checks, 0 failed\n"), "{out}");
+
+    // A port nothing listens on: taken, then freed.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let bad = dir.path().join("smtp-bad.toml");
+    std::fs::write(&bad, with_smtp(closed)).unwrap();
+    let (code, out) = test_connection(&bad, &["--mailbox", "user1@example.com"]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!(
+            "FAILED [smtp]             smtp server: SMTP server 127.0.0.1:{closed}:"
+        )),
+        "{out}"
+    );
+    assert!(out.ends_with("6 checks, 1 failed\n"), "{out}");
+    assert!(sink.mails.lock().is_empty(), "a check sends no mail");
     sim.stop().await;
 }
 

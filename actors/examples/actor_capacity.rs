@@ -67,11 +67,12 @@ fn main() {
         let server = ServerSpec {
             id: "ex1".into(),
             throttle: ThrottleSettings {
-                requests_per_second: 1_000_000,
+                requests_per_second: 1_000_000.0,
                 burst: 100_000,
                 max_concurrent: 1000,
             },
             streaming: true,
+            stream: ServerStreaming::default(),
         };
         let specs: Vec<MailboxSpec> = (0..mailboxes)
             .map(|i| MailboxSpec {

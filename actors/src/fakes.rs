@@ -239,16 +239,19 @@ async fn play(behaviour: Behaviour) -> Result<StepReport, SyncError> {
         Behaviour::Ok => Ok(StepReport {
             items: 1,
             more: false,
+            ..StepReport::default()
         }),
         Behaviour::More => Ok(StepReport {
             items: 1,
             more: true,
+            ..StepReport::default()
         }),
         Behaviour::Delay(d) => {
             tokio::time::sleep(d).await;
             Ok(StepReport {
                 items: 1,
                 more: false,
+                ..StepReport::default()
             })
         }
         Behaviour::Gate(gate) => {
@@ -256,6 +259,7 @@ async fn play(behaviour: Behaviour) -> Result<StepReport, SyncError> {
             Ok(StepReport {
                 items: 1,
                 more: false,
+                ..StepReport::default()
             })
         }
         Behaviour::Fail(e) => Err(e),
@@ -350,6 +354,7 @@ struct StreamState {
     subscribes: u64,
     fail_subscribe: HashMap<MailboxId, VecDeque<SyncError>>,
     fail_connects: VecDeque<SyncError>,
+    panic_connects: usize,
     connects_attempted: u64,
     connections: Vec<(ConnectionRecord, Option<mpsc::UnboundedSender<StreamEvent>>)>,
     silent: bool,
@@ -357,11 +362,17 @@ struct StreamState {
 }
 
 impl StreamState {
-    /// The subscription of a mailbox.
+    /// The subscription of a mailbox: its newest (an older one may linger, as on Exchange,
+    /// after its group was replaced).
     fn sub_of(&self, mailbox: &str) -> Option<SubscriptionId> {
         self.subs
             .iter()
-            .find(|(_, m)| &***m == mailbox)
+            .filter(|(_, m)| &***m == mailbox)
+            .max_by_key(|(sub, _)| {
+                sub.strip_prefix("sub-")
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or(0)
+            })
             .map(|(sub, _)| sub.clone())
     }
 }
@@ -402,6 +413,12 @@ impl FakeStream {
     /// The next `n` connection attempts fail.
     pub fn fail_next_connects(&self, n: usize, error: SyncError) {
         self.with(|s| s.fail_connects.extend(std::iter::repeat_n(error, n)));
+    }
+
+    /// The next `n` connections open, and the first read of each panics inside the stream
+    /// group actor that reads it (a bug in a handler): the group actor dies.
+    pub fn panic_next_connects(&self, n: usize) {
+        self.with(|s| s.panic_connects += n);
     }
 
     /// The next subscribe of `mailbox` fails so.
@@ -497,6 +514,11 @@ impl FakeStream {
         }
     }
 
+    /// Scripted panics not yet delivered ([`FakeStream::panic_next_connects`]).
+    pub fn pending_panics(&self) -> usize {
+        self.inner.state.lock().panic_connects
+    }
+
     /// Subscribe calls so far.
     pub fn subscribes(&self) -> u64 {
         self.inner.state.lock().subscribes
@@ -581,6 +603,12 @@ impl StreamPort for FakeStream {
                 s.connects_attempted += 1;
                 if let Some(error) = s.fail_connects.pop_front() {
                     Err(error)
+                } else if s.panic_connects > 0 {
+                    s.panic_connects -= 1;
+                    drop(s);
+                    inner.changes.bump();
+                    let doomed = stream::once(async { scripted_stream_panic() });
+                    return Ok(Box::pin(doomed) as BoxStream<'static, StreamEvent>);
                 } else {
                     let take_over = s.take_over;
                     if take_over {
@@ -653,6 +681,10 @@ impl StreamPort for FakeStream {
             Ok(Box::pin(events) as BoxStream<'static, StreamEvent>)
         })
     }
+}
+
+fn scripted_stream_panic() -> StreamEvent {
+    panic!("scripted panic in a streaming connection")
 }
 
 /// A [`CrmPort`] fed by the test.

@@ -8,7 +8,7 @@
 //! mailbox.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
@@ -112,6 +112,10 @@ pub struct FolderActor {
     had_success: bool,
     /// Left on purpose; if the actor is dropped without this, it died (panic).
     exited: bool,
+    /// A step the port asked for at a time of its own (a parked item's retry).
+    wake: Option<SpawnHandle>,
+    /// The next safety-net read.
+    safety: Option<SpawnHandle>,
 }
 
 impl FolderActor {
@@ -134,7 +138,22 @@ impl FolderActor {
             first_done: false,
             had_success: false,
             exited: false,
+            wake: None,
+            safety: None,
         }
+    }
+
+    /// Schedules the next safety-net read, jittered so that folders do not read in waves.
+    fn schedule_safety(&mut self, ctx: &mut Context<Self>) {
+        let Some(every) = self.args.shared.settings.safety_read else {
+            return;
+        };
+        let delay = jittered(every, &self.args.mailbox, &self.args.folder);
+        self.safety = Some(ctx.run_later(delay, |act, ctx| {
+            act.safety = None;
+            act.trigger(Cause::Timer, false, ctx);
+            act.schedule_safety(ctx);
+        }));
     }
 
     fn board(&self, f: impl FnOnce(&mut crate::status::FolderStatus)) {
@@ -224,6 +243,7 @@ impl FolderActor {
             .observe(started.elapsed().as_secs_f64());
         let settings = &shared.settings;
         let outcome_label;
+        let mut first_finished = true;
         match outcome {
             Guarded::Done(Ok(report)) => {
                 outcome_label = "ok";
@@ -240,6 +260,18 @@ impl FolderActor {
                     self.causes.insert(Cause::More);
                     self.pending.get_or_insert((Instant::now(), Cause::More));
                     self.dirty = true;
+                    // A start is finished when nothing more is owed (an initial sync that
+                    // runs in several steps keeps its start slot until it is done).
+                    first_finished = false;
+                }
+                if let Some(after) = report.wake_in {
+                    if let Some(old) = self.wake.take() {
+                        ctx.cancel_future(old);
+                    }
+                    self.wake = Some(ctx.run_later(after, |act, ctx| {
+                        act.wake = None;
+                        act.trigger(Cause::Timer, false, ctx);
+                    }));
                 }
                 let oldest = self.oldest_pending();
                 self.board(|f| {
@@ -247,6 +279,8 @@ impl FolderActor {
                     f.last_sync = Some(SystemTime::now());
                     f.last_error = None;
                     f.pending_since = oldest;
+                    f.held = report.held;
+                    f.progress = report.progress;
                 });
             }
             Guarded::Done(Err(error)) => {
@@ -319,7 +353,9 @@ impl FolderActor {
             }
         }
         metrics.steps.with_label_values(&[outcome_label]).inc();
-        self.first_step_finished();
+        if first_finished {
+            self.first_step_finished();
+        }
         if self.stopping.is_some() {
             self.exited = true;
             ctx.stop();
@@ -373,6 +409,20 @@ impl FolderActor {
     }
 }
 
+/// Between half and one and a half times `every`, spread by the folder's name and the clock.
+fn jittered(every: Duration, mailbox: &str, folder: &str) -> Duration {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (mailbox, folder).hash(&mut h);
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+        .hash(&mut h);
+    let fraction = (h.finish() % 10_000) as f64 / 10_000.0;
+    every.mul_f64(0.5 + fraction)
+}
+
 impl Actor for FolderActor {
     type Context = Context<Self>;
 
@@ -380,6 +430,7 @@ impl Actor for FolderActor {
         let incarnation = self.args.incarnation;
         self.board(|f| f.incarnation = incarnation);
         self.trigger(Cause::Start, false, ctx);
+        self.schedule_safety(ctx);
         if self.paused {
             self.board(|f| f.state = FolderState::Paused);
         }

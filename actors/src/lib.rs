@@ -43,8 +43,8 @@ pub use backoff::Backoff;
 pub use metrics::Metrics;
 pub use ports::{
     Cause, Causes, CrmPort, FolderId, GroupInfo, MailboxId, MailboxSpec, Ports, ServerId,
-    ServerSpec, StepReport, StepRequest, StreamEvent, StreamPort, SubscriptionId, SyncError,
-    SyncPort, ThrottleSettings,
+    ServerSpec, ServerStreaming, StepReport, StepRequest, StreamEvent, StreamPort, SubscriptionId,
+    SyncError, SyncPort, ThrottleSettings,
 };
 pub use settings::{RuntimeSettings, StreamSettings};
 pub use status::{Board, FolderState, FolderStatus, MailboxSnapshot, MailboxState, RestartCause};

@@ -34,6 +34,13 @@ pub struct MailboxTrigger {
     pub full: bool,
 }
 
+/// The mailbox's stream group was replaced (its actor died): join the new one and, once
+/// subscribed there, sync every folder (events since the old group died were heard by no
+/// one).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct RejoinGroup(pub Addr<StreamGroupActor>);
+
 /// Pauses (true) or resumes (false) every folder.
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]
@@ -368,6 +375,40 @@ impl Handler<MailboxTrigger> for MailboxActor {
                 }
             }
         }
+    }
+}
+
+impl Handler<RejoinGroup> for MailboxActor {
+    type Result = ();
+    fn handle(&mut self, RejoinGroup(group): RejoinGroup, ctx: &mut Context<Self>) {
+        self.args.group = Some(group.clone());
+        if self.stopping || self.folders.is_empty() {
+            // Still opening: it joins the new group when it has its folders.
+            return;
+        }
+        let join = group.send(JoinGroup {
+            smtp: self.args.spec.smtp.clone(),
+            generation: self.args.generation,
+            addr: ctx.address(),
+            folders: self.folders.iter().map(|f| f.id.clone()).collect(),
+        });
+        ctx.spawn(
+            async move { join.await.is_ok() }
+                .into_actor(self)
+                .map(|_, act, ctx| {
+                    if act.stopping {
+                        return;
+                    }
+                    // Joined (or the group went away again: its successor rejoins us); either way
+                    // every folder looks once, which closes the gap.
+                    let all = MailboxTrigger {
+                        folder: None,
+                        cause: Cause::Notification,
+                        full: false,
+                    };
+                    <Self as Handler<MailboxTrigger>>::handle(act, all, ctx);
+                }),
+        );
     }
 }
 

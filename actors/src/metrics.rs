@@ -34,7 +34,7 @@ const LATENCY_BUCKETS: &[f64] = &[
 pub struct Metrics {
     /// `mailsync_mailboxes{state}`: mailboxes by state.
     pub mailboxes: IntGaugeVec,
-    /// `mailsync_restarts_total{level,cause}`: mailbox and folder restarts.
+    /// `mailsync_restarts_total{level,cause}`: mailbox, folder and stream group restarts.
     pub restarts: IntCounterVec,
     /// `mailsync_folder_steps_total{outcome}`.
     pub steps: IntCounterVec,
@@ -79,7 +79,7 @@ impl Metrics {
                 &["state"],
             )?,
             restarts: IntCounterVec::new(
-                opts("mailsync_restarts_total", "Restarts by level (mailbox, folder) and cause (error, panic, stall, denied, admin)."),
+                opts("mailsync_restarts_total", "Restarts by level (mailbox, folder, stream_group: a group actor that died, replaced and its mailboxes rejoined) and cause (error, panic, stall, denied, admin)."),
                 &["level", "cause"],
             )?,
             steps: IntCounterVec::new(
@@ -151,7 +151,7 @@ impl Metrics {
             m.steps.with_label_values(&[outcome]).inc_by(0);
         }
         for cause in RESTART_CAUSES {
-            for level in ["mailbox", "folder"] {
+            for level in ["mailbox", "folder", "stream_group"] {
                 m.restarts.with_label_values(&[level, cause]).inc_by(0);
             }
         }

@@ -37,8 +37,9 @@ pub struct MailboxSpec {
 /// Per-server request limits (see docs/configuration.md, `[servers.throttle]`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ThrottleSettings {
-    /// Sustained requests per second for the whole server.
-    pub requests_per_second: u32,
+    /// Sustained requests per second for the whole server; fractional rates are kept (0.5 is
+    /// one request every 2 s). Must be finite and above zero (the configuration checks it).
+    pub requests_per_second: f64,
     /// Requests allowed in a burst above the sustained rate.
     pub burst: u32,
     /// Requests in flight at once (EWSMaxConcurrency is 27 on Exchange 2013+, 10 on 2010).
@@ -54,6 +55,31 @@ pub struct ServerSpec {
     pub throttle: ThrottleSettings,
     /// Whether streaming notifications are used (else folders are polled).
     pub streaming: bool,
+    /// How this server's mailboxes share streaming connections and how often they are polled
+    /// when they cannot stream: servers differ (Exchange Online, an old on-premises server).
+    pub stream: ServerStreaming,
+}
+
+/// The per-server part of streaming (docs/configuration.md, `[servers.streaming]`); the
+/// runtime-wide timing (heartbeat, renewal, retries) is in [`crate::StreamSettings`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerStreaming {
+    /// Mailboxes per streaming connection (EWS allows 200 subscriptions per connection).
+    pub group_size: usize,
+    /// Lifetime asked for each GetStreamingEvents connection (1–30 minutes).
+    pub connection_timeout: Duration,
+    /// Polling interval of a group's mailboxes while they cannot stream.
+    pub polling_interval: Duration,
+}
+
+impl Default for ServerStreaming {
+    fn default() -> Self {
+        ServerStreaming {
+            group_size: 200,
+            connection_timeout: Duration::from_secs(30 * 60),
+            polling_interval: Duration::from_secs(60),
+        }
+    }
 }
 
 /// Why a folder was asked to sync. Kept as a small bit set while triggers coalesce.
@@ -147,6 +173,13 @@ pub struct StepReport {
     pub items: u64,
     /// There is more to fetch (a page limit was hit): the folder runs another step at once.
     pub more: bool,
+    /// The port wants a step after this long even if nothing triggers one (a parked item's
+    /// retry time).
+    pub wake_in: Option<Duration>,
+    /// Deletes of this folder held for an administrator's decision after the step (0: none).
+    pub held: u64,
+    /// Progress of a long job (an initial sync): done, of.
+    pub progress: Option<(u64, u64)>,
 }
 
 /// How a port failed, classified by what the actors must do about it.

@@ -30,21 +30,21 @@ pub struct RuntimeSettings {
     pub stop_timeout: Duration,
     /// Streaming notifications.
     pub stream: StreamSettings,
+    /// Every folder is read once in about this interval (jittered between half and one and a
+    /// half times it) even when no notification says so: a safety net against a missed
+    /// notification. `None`: never.
+    pub safety_read: Option<Duration>,
 }
 
-/// How stream groups hold their connections.
+/// How stream groups hold their connections, for every server alike. Group size, connection
+/// lifetime and polling interval are per server ([`crate::ServerStreaming`] in each
+/// [`crate::ServerSpec`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct StreamSettings {
-    /// Mailboxes per streaming connection (EWS allows 200 subscriptions per connection).
-    pub group_size: usize,
-    /// Lifetime asked for each GetStreamingEvents connection (1–30 minutes).
-    pub connection_timeout: Duration,
     /// A new connection is opened this long before the old one's timeout, so there is no gap.
     pub renew_before: Duration,
     /// A connection silent for this long (no event, no heartbeat) counts as lost.
     pub heartbeat_timeout: Duration,
-    /// Polling interval while a group cannot stream.
-    pub polling_interval: Duration,
     /// Failed connection attempts in a row before the group polls.
     pub failures_before_polling: u32,
     /// Back-off between attempts to (re)connect.
@@ -72,6 +72,7 @@ impl Default for RuntimeSettings {
             max_resyncs: 3,
             stop_timeout: Duration::from_secs(30),
             stream: StreamSettings::default(),
+            safety_read: Some(Duration::from_secs(6 * 3600)),
         }
     }
 }
@@ -79,11 +80,8 @@ impl Default for RuntimeSettings {
 impl Default for StreamSettings {
     fn default() -> Self {
         StreamSettings {
-            group_size: 200,
-            connection_timeout: Duration::from_secs(30 * 60),
             renew_before: Duration::from_secs(60),
             heartbeat_timeout: Duration::from_secs(75),
-            polling_interval: Duration::from_secs(60),
             failures_before_polling: 3,
             retry: Backoff::new(Duration::from_secs(1), Duration::from_secs(300)),
             join_delay: Duration::from_millis(200),

@@ -11,6 +11,18 @@ pub async fn run_until_stopped<F>(handle: SupervisorHandle, reload: F) -> std::i
 where
     F: Fn() -> LocalBoxFuture<'static, ()>,
 {
+    wait_for_stop(reload).await?;
+    let _ = handle.addr.send(Shutdown).await;
+    Ok(())
+}
+
+/// Waits until SIGTERM or Ctrl-C (SIGHUP runs `reload` each time) and returns without
+/// stopping anything, so the caller can announce the stop (e.g. to systemd) before it sends
+/// [`Shutdown`].
+pub async fn wait_for_stop<F>(reload: F) -> std::io::Result<()>
+where
+    F: Fn() -> LocalBoxFuture<'static, ()>,
+{
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -29,6 +41,5 @@ where
         let _ = &reload;
         tokio::signal::ctrl_c().await?;
     }
-    let _ = handle.addr.send(Shutdown).await;
     Ok(())
 }

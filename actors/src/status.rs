@@ -104,6 +104,10 @@ pub struct FolderStatus {
     pub last_error: Option<String>,
     /// The oldest trigger not yet applied.
     pub pending_since: Option<Instant>,
+    /// Deletes held for an administrator's decision (0: none).
+    pub held: u64,
+    /// Progress of a long job (an initial sync): done, of.
+    pub progress: Option<(u64, u64)>,
 }
 
 impl FolderStatus {
@@ -117,6 +121,8 @@ impl FolderStatus {
             last_sync: None,
             last_error: None,
             pending_since: None,
+            held: 0,
+            progress: None,
         }
     }
 }

@@ -7,7 +7,8 @@
 //! step reads what changed. So after any gap — a lost connection, a silent one, a lost
 //! subscription, a member that joined — every folder of the affected members syncs once the
 //! next connection is up. Members not covered by a live connection (streaming off, failing,
-//! or not yet subscribed) are polled every `polling_interval`; after
+//! or not yet subscribed) are polled every `polling_interval` (group size, connection
+//! lifetime and polling interval are the server's own, [`ServerStreaming`]); after
 //! `failures_before_polling` failed attempts in a row the group reports itself as polling and
 //! keeps retrying streaming with back-off, returning to it when a connection works again.
 
@@ -20,7 +21,11 @@ use futures_util::stream::{self, StreamExt};
 use tokio::sync::oneshot;
 
 use crate::mailbox::{MailboxActor, MailboxTrigger};
-use crate::ports::{Cause, FolderId, GroupInfo, MailboxId, StreamEvent, SubscriptionId, SyncError};
+use crate::ports::{
+    Cause, FolderId, GroupInfo, MailboxId, ServerStreaming, StreamEvent, SubscriptionId, SyncError,
+};
+use crate::status::RestartCause;
+use crate::supervisor::Supervisor;
 use crate::throttle::Throttle;
 use crate::Shared;
 
@@ -46,6 +51,18 @@ pub(crate) struct LeaveGroup {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct StopGroup;
+
+/// Told to the supervisor when a group actor ended without being asked to (a panic in one
+/// of its handlers or in a stream it reads, or a stop of its own): its members would hear no
+/// notification and get no poll, so the supervisor starts a replacement.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub(crate) struct GroupDown {
+    pub server: crate::ports::ServerId,
+    pub group: u32,
+    pub incarnation: u64,
+    pub cause: RestartCause,
+}
 
 /// Asks for a [`GroupStatus`].
 #[derive(Message, Debug, Clone, Copy)]
@@ -124,8 +141,19 @@ pub struct StreamGroupActor {
     throttle: Throttle,
     /// Ports, settings, metrics.
     shared: Arc<Shared>,
-    /// Streaming configured for the server; otherwise the group only polls.
+    /// Streaming configured for the server (and not given up after repeated deaths of this
+    /// group); otherwise the group only polls.
     enabled: bool,
+    /// Told when this actor ends unasked ([`GroupDown`]).
+    supervisor: Addr<Supervisor>,
+    /// Which actor of this group number it is, so a late report of an old one is ignored.
+    incarnation: u64,
+    /// Stopped on purpose (StopGroup): its end is no death.
+    exited: bool,
+    /// `stopped()` ran and gave back its gauges; else `Drop` does.
+    released: bool,
+    /// The server's connection lifetime and polling interval.
+    stream: ServerStreaming,
     /// Members by address.
     members: BTreeMap<MailboxId, Member>,
     /// Subscription to member.
@@ -165,12 +193,20 @@ impl StreamGroupActor {
         throttle: Throttle,
         shared: Arc<Shared>,
         enabled: bool,
+        stream: ServerStreaming,
+        supervisor: Addr<Supervisor>,
+        incarnation: u64,
     ) -> Self {
         StreamGroupActor {
             info,
             throttle,
             shared,
             enabled,
+            stream,
+            supervisor,
+            incarnation,
+            exited: false,
+            released: false,
             members: BTreeMap::new(),
             by_sub: HashMap::new(),
             live: None,
@@ -268,7 +304,7 @@ impl StreamGroupActor {
             let call = port.subscribe(&info, &smtp, &folders, throttle.clone());
             async move { (smtp, call.await) }
         }));
-        let timeout = self.shared.settings.stream.connection_timeout;
+        let timeout = self.stream.connection_timeout;
         ctx.spawn(subscribe.into_actor(self).then(move |results, act, _ctx| {
             for (smtp, result) in results {
                 act.subscribed(&smtp, result);
@@ -354,10 +390,10 @@ impl StreamGroupActor {
                     .map(move |e| (id, Some(e)))
                     .chain(stream::once(async move { (id, None) }));
                 let handle = ctx.add_stream(events);
-                let settings = &self.shared.settings.stream;
-                let renew_in = settings
+                let renew_in = self
+                    .stream
                     .connection_timeout
-                    .saturating_sub(settings.renew_before);
+                    .saturating_sub(self.shared.settings.stream.renew_before);
                 let renew = ctx.run_later(renew_in, |act, ctx| act.round("renewal", ctx));
                 match self.live.replace(Conn {
                     id,
@@ -545,12 +581,27 @@ impl Actor for StreamGroupActor {
             .stream_groups
             .with_label_values(&[self.server(), self.mode.as_str()])
             .inc();
-        ctx.run_interval(self.shared.settings.stream.polling_interval, |act, _| {
-            act.poll()
-        });
+        ctx.run_interval(self.stream.polling_interval, |act, _| act.poll());
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
+        self.release();
+        // Nothing but StopGroup stops a group on purpose (the supervisor keeps its address),
+        // so an end without it is its future being torn down after a panic: actix polls a
+        // dropped actor's context once more, which runs this before `Drop`.
+        if !self.exited {
+            self.exited = true;
+            self.report_down(RestartCause::Panic);
+        }
+    }
+}
+
+impl StreamGroupActor {
+    /// Gives back what the group counts in the gauges (once).
+    fn release(&mut self) {
+        if std::mem::replace(&mut self.released, true) {
+            return;
+        }
         let metrics = &self.shared.metrics;
         metrics
             .stream_groups
@@ -561,6 +612,33 @@ impl Actor for StreamGroupActor {
                 .stream_connections
                 .with_label_values(&[self.server()])
                 .dec();
+        }
+    }
+
+    fn report_down(&self, cause: RestartCause) {
+        tracing::error!(
+            server = self.server(),
+            group = self.info.group,
+            cause = cause.as_str(),
+            "stream group actor ended unasked; the supervisor replaces it"
+        );
+        self.supervisor.do_send(GroupDown {
+            server: self.info.server.clone(),
+            group: self.info.group,
+            incarnation: self.incarnation,
+            cause,
+        });
+    }
+}
+
+/// A group actor dropped without `stopped()` having run died in a panic (its future was
+/// dropped by the runtime); its members must not be left silent.
+impl Drop for StreamGroupActor {
+    fn drop(&mut self) {
+        self.release();
+        if !self.exited {
+            self.exited = true;
+            self.report_down(RestartCause::Panic);
         }
     }
 }
@@ -696,6 +774,7 @@ impl Handler<LeaveGroup> for StreamGroupActor {
 impl Handler<StopGroup> for StreamGroupActor {
     type Result = ();
     fn handle(&mut self, _: StopGroup, ctx: &mut Context<Self>) {
+        self.exited = true;
         self.drop_live(ctx);
         ctx.stop();
     }

@@ -17,12 +17,13 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::crm_feed::{CrmFeedActor, StopFeed};
+use crate::mailbox::RejoinGroup;
 use crate::mailbox::{MailboxActor, MailboxArgs, MailboxTrigger, PauseMailbox, StopMailbox};
 use crate::metrics::Metrics;
 use crate::ports::{Cause, GroupInfo, MailboxId, MailboxSpec, Ports, ServerId, ServerSpec};
 use crate::settings::RuntimeSettings;
 use crate::status::{Board, MailboxState, RestartCause};
-use crate::stream_group::{LeaveGroup, StopGroup, StreamGroupActor};
+use crate::stream_group::{GroupDown, LeaveGroup, StopGroup, StreamGroupActor};
 use crate::throttle::Throttle;
 use crate::Shared;
 
@@ -33,6 +34,9 @@ pub enum Action {
     Restart,
     /// Sync every folder from scratch (the stored sync states are not used).
     Resync,
+    /// Run one step in every folder now, from the stored sync states (e.g. so that failures
+    /// made due again are retried without waiting for a change).
+    Sync,
     /// Run no steps until resumed; triggers are remembered.
     Pause,
     /// Undo a pause.
@@ -45,6 +49,7 @@ impl Action {
         match self {
             Action::Restart => "restart",
             Action::Resync => "resync",
+            Action::Sync => "sync",
             Action::Pause => "pause",
             Action::Resume => "resume",
         }
@@ -55,6 +60,7 @@ impl Action {
         [
             Action::Restart,
             Action::Resync,
+            Action::Sync,
             Action::Pause,
             Action::Resume,
         ]
@@ -213,8 +219,21 @@ struct ServerRuntime {
 }
 
 struct GroupSlot {
+    /// The running group actor.
     addr: Addr<StreamGroupActor>,
+    /// Its mailboxes.
     members: BTreeSet<MailboxId>,
+    /// Number of the current actor; a death report of an older one is ignored.
+    incarnation: u64,
+    /// Deaths in a row (reset once an actor lived `healthy_after`).
+    deaths: u32,
+    /// When the current actor started.
+    started: Instant,
+    /// The current actor only polls: streaming was given up after repeated deaths, and
+    /// comes back after the restart back-off.
+    polling_only: bool,
+    /// The scheduled return to streaming.
+    retry: Option<SpawnHandle>,
 }
 
 struct Slot {
@@ -345,7 +364,7 @@ impl Supervisor {
     }
 
     /// Puts the mailbox into a stream group of its server with room left.
-    fn assign_group(&mut self, smtp: &MailboxId) {
+    fn assign_group(&mut self, smtp: &MailboxId, supervisor: Addr<Supervisor>) {
         let Some(slot) = self.slots.get_mut(smtp) else {
             return;
         };
@@ -355,7 +374,7 @@ impl Supervisor {
         let Some(server) = self.servers.get_mut(&slot.spec.server) else {
             return;
         };
-        let size = self.shared.settings.stream.group_size.max(1);
+        let size = server.spec.stream.group_size.max(1);
         let number = match server.groups.iter().find(|(_, g)| g.members.len() < size) {
             Some((number, _)) => *number,
             None => {
@@ -371,6 +390,9 @@ impl Supervisor {
                     server.throttle.clone(),
                     self.shared.clone(),
                     server.spec.streaming,
+                    server.spec.stream,
+                    supervisor,
+                    0,
                 )
                 .start();
                 server.groups.insert(
@@ -378,6 +400,11 @@ impl Supervisor {
                     GroupSlot {
                         addr,
                         members: BTreeSet::new(),
+                        incarnation: 0,
+                        deaths: 0,
+                        started: Instant::now(),
+                        polling_only: false,
+                        retry: None,
                     },
                 );
                 number
@@ -413,12 +440,61 @@ impl Supervisor {
         }
     }
 
+    /// Starts a new actor for stream group `number` of `server` in place of the current one
+    /// (dead, or polling only and due to stream again) and has its members join it. Members
+    /// that join sync every folder once the new subscription exists, so nothing that happened
+    /// while no group watched them is missed.
+    fn replace_group(
+        &mut self,
+        server_id: &ServerId,
+        number: u32,
+        streaming: bool,
+        ctx: &mut Context<Self>,
+    ) {
+        let supervisor = ctx.address();
+        let Some(server) = self.servers.get_mut(server_id) else {
+            return;
+        };
+        let Some(slot) = server.groups.get_mut(&number) else {
+            return;
+        };
+        // The old actor, if it still runs (a polling-only one being replaced), stops quietly.
+        slot.addr.do_send(StopGroup);
+        slot.incarnation += 1;
+        slot.started = Instant::now();
+        slot.polling_only = !streaming;
+        let Some(anchor) = slot.members.iter().next().cloned() else {
+            server.groups.remove(&number);
+            return;
+        };
+        let info = GroupInfo {
+            server: server.spec.id.clone(),
+            group: number,
+            anchor,
+        };
+        slot.addr = StreamGroupActor::new(
+            info,
+            server.throttle.clone(),
+            self.shared.clone(),
+            server.spec.streaming && streaming,
+            server.spec.stream,
+            supervisor,
+            slot.incarnation,
+        )
+        .start();
+        for smtp in &slot.members {
+            if let Some(mailbox) = self.shared.board.addr(smtp) {
+                mailbox.do_send(RejoinGroup(slot.addr.clone()));
+            }
+        }
+    }
+
     /// Starts a new incarnation of the mailbox actor.
     fn spawn_mailbox(&mut self, smtp: &MailboxId, ctx: &mut Context<Self>) {
         if self.shutting_down {
             return;
         }
-        self.assign_group(smtp);
+        self.assign_group(smtp, ctx.address());
         let Some(slot) = self.slots.get_mut(smtp) else {
             return;
         };
@@ -613,6 +689,75 @@ impl Handler<MailboxDown> for Supervisor {
     }
 }
 
+impl Handler<GroupDown> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, msg: GroupDown, ctx: &mut Context<Self>) {
+        if self.shutting_down {
+            return;
+        }
+        let shared = self.shared.clone();
+        let settings = &shared.settings;
+        let Some(slot) = self
+            .servers
+            .get_mut(&msg.server)
+            .and_then(|s| s.groups.get_mut(&msg.group))
+        else {
+            return;
+        };
+        if slot.incarnation != msg.incarnation {
+            return;
+        }
+        if slot.started.elapsed() >= settings.healthy_after {
+            slot.deaths = 0;
+        }
+        slot.deaths += 1;
+        let deaths = slot.deaths;
+        // A group that keeps dying while it streams is replaced by one that only polls (it
+        // makes no port calls, so it does not die of the same cause); streaming is tried
+        // again after the restart back-off.
+        let give_up = !slot.polling_only && deaths >= settings.stream.failures_before_polling;
+        let streaming = !slot.polling_only && !give_up;
+        shared
+            .metrics
+            .restarts
+            .with_label_values(&["stream_group", msg.cause.as_str()])
+            .inc();
+        tracing::warn!(
+            server = %msg.server,
+            group = msg.group,
+            deaths,
+            cause = msg.cause.as_str(),
+            polling_only = !streaming,
+            "stream group died; replaced, its mailboxes rejoin"
+        );
+        self.replace_group(&msg.server, msg.group, streaming, ctx);
+        if !streaming {
+            let delay = settings.restart.delay(deaths);
+            let (server, number) = (msg.server.clone(), msg.group);
+            let handle = ctx.run_later(delay, move |act, ctx| {
+                let due = act
+                    .servers
+                    .get(&server)
+                    .and_then(|s| s.groups.get(&number))
+                    .is_some_and(|g| g.polling_only);
+                if due {
+                    tracing::info!(server = %server, group = number, "stream group streams again");
+                    act.replace_group(&server, number, true, ctx);
+                }
+            });
+            if let Some(slot) = self
+                .servers
+                .get_mut(&msg.server)
+                .and_then(|s| s.groups.get_mut(&msg.group))
+            {
+                if let Some(old) = slot.retry.replace(handle) {
+                    ctx.cancel_future(old);
+                }
+            }
+        }
+    }
+}
+
 impl Handler<Command> for Supervisor {
     type Result = ResponseActFuture<Self, Result<(), CommandError>>;
     fn handle(&mut self, msg: Command, ctx: &mut Context<Self>) -> Self::Result {
@@ -652,12 +797,12 @@ impl Handler<Command> for Supervisor {
                 }
                 Box::pin(actix::fut::ready(Ok(())))
             }
-            Action::Resync => match board.addr(&msg.smtp) {
+            Action::Resync | Action::Sync => match board.addr(&msg.smtp) {
                 Some(addr) => {
                     addr.do_send(MailboxTrigger {
                         folder: None,
                         cause: Cause::Admin,
-                        full: true,
+                        full: msg.action == Action::Resync,
                     });
                     Box::pin(actix::fut::ready(Ok(())))
                 }

@@ -34,6 +34,21 @@ impl Clock for TokioClock {
 
 type Limiter = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<std::time::Instant>>;
 
+/// The sustained rate as a governor quota: one request per `1 / rps` seconds, so fractional
+/// rates keep their meaning (0.5 is one request every 2 s). A rate the configuration would
+/// have refused (zero, negative, not finite) cannot come from it; here it falls back to one
+/// request per second rather than no limit.
+fn quota(requests_per_second: f64) -> Quota {
+    let rps = if requests_per_second.is_finite() && requests_per_second > 0.0 {
+        requests_per_second
+    } else {
+        1.0
+    };
+    // At most 10^9 per second (governor counts in nanoseconds); at least one per ~136 years.
+    let period = Duration::from_secs_f64((1.0 / rps).clamp(1e-9, u32::MAX as f64));
+    Quota::with_period(period).unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))
+}
+
 /// The shared throttle of one Exchange server. Cheap to clone.
 #[derive(Clone)]
 pub struct Throttle(Arc<Inner>);
@@ -56,12 +71,11 @@ struct Inner {
 impl Throttle {
     /// A throttle for `server` with `settings`.
     pub fn new(server: ServerId, settings: ThrottleSettings, metrics: Metrics) -> Self {
-        let rate = NonZeroU32::new(settings.requests_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(settings.burst.max(1)).unwrap_or(NonZeroU32::MIN);
         metrics.register_server(&server);
         Throttle(Arc::new(Inner {
             limiter: RateLimiter::direct_with_clock(
-                Quota::per_second(rate).allow_burst(burst),
+                quota(settings.requests_per_second).allow_burst(burst),
                 TokioClock,
             ),
             slots: Arc::new(Semaphore::new(settings.max_concurrent.max(1) as usize)),
@@ -260,7 +274,7 @@ impl StepContext {
 mod tests {
     use super::*;
 
-    fn throttle(rps: u32, burst: u32, max_concurrent: u32) -> Throttle {
+    fn throttle(rps: f64, burst: u32, max_concurrent: u32) -> Throttle {
         Throttle::new(
             "ex1".into(),
             ThrottleSettings {
@@ -274,7 +288,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn rate_limit_spaces_requests_after_the_burst() {
-        let t = throttle(10, 2, 100);
+        let t = throttle(10.0, 2, 100);
         let start = Instant::now();
         for _ in 0..4 {
             drop(t.acquire().await);
@@ -284,8 +298,38 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_fractional_rate_is_kept_not_rounded_up() {
+        // 0.5 per second: after the one request the burst allows, one every 2 s.
+        let t = throttle(0.5, 1, 100);
+        let start = Instant::now();
+        for _ in 0..3 {
+            drop(t.acquire().await);
+        }
+        assert_eq!(start.elapsed(), Duration::from_secs(4));
+        // 2.5 per second: one every 400 ms.
+        let t = throttle(2.5, 1, 100);
+        let start = Instant::now();
+        for _ in 0..3 {
+            drop(t.acquire().await);
+        }
+        assert_eq!(start.elapsed(), Duration::from_millis(800));
+    }
+
+    #[test]
+    fn a_rate_the_configuration_refuses_still_limits() {
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert_eq!(quota(bad), quota(1.0), "{bad}");
+        }
+        assert_eq!(
+            quota(0.5).replenish_interval(),
+            Duration::from_secs(2),
+            "0.5 per second"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn concurrency_cap_holds_requests_until_a_slot_frees() {
-        let t = throttle(1000, 1000, 2);
+        let t = throttle(1000.0, 1000, 2);
         let a = t.acquire().await;
         let _b = t.acquire().await;
         let t2 = t.clone();
@@ -305,7 +349,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn pause_holds_every_request_and_extends_never_shortens() {
-        let t = throttle(1000, 1000, 10);
+        let t = throttle(1000.0, 1000, 10);
         t.pause(Duration::from_secs(30));
         t.pause(Duration::from_secs(10));
         let start = Instant::now();
@@ -316,7 +360,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn waiting_for_the_throttle_is_not_idle_time() {
-        let t = throttle(1000, 1000, 10);
+        let t = throttle(1000.0, 1000, 10);
         let ctx = StepContext::new(t.clone());
         t.pause(Duration::from_secs(60));
         let ctx2 = ctx.clone();

@@ -27,16 +27,14 @@ fn settings() -> RuntimeSettings {
         max_resyncs: 2,
         stop_timeout: Duration::from_secs(30),
         stream: StreamSettings {
-            group_size: 3,
-            connection_timeout: Duration::from_secs(600),
             renew_before: Duration::from_secs(60),
             heartbeat_timeout: Duration::from_secs(75),
-            polling_interval: Duration::from_secs(60),
             failures_before_polling: 3,
             retry: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
             join_delay: Duration::from_millis(200),
             min_reopen: Duration::ZERO,
         },
+        safety_read: None,
     }
 }
 
@@ -44,11 +42,16 @@ fn server(id: &str, streaming: bool) -> ServerSpec {
     ServerSpec {
         id: id.into(),
         throttle: ThrottleSettings {
-            requests_per_second: 10_000,
+            requests_per_second: 10_000.0,
             burst: 10_000,
             max_concurrent: 100,
         },
         streaming,
+        stream: ServerStreaming {
+            group_size: 3,
+            connection_timeout: Duration::from_secs(600),
+            polling_interval: Duration::from_secs(60),
+        },
     }
 }
 
@@ -666,6 +669,19 @@ async fn pause_holds_steps_and_resume_runs_one_for_everything_missed() {
         .wait_until("a full resync of every folder", |f| f.total_steps() == 12)
         .await;
     assert!(rig.sync.steps().iter().skip(8).all(|s| s.full));
+
+    // "sync": one step in every folder, from the stored state (no resync).
+    rig.handle
+        .addr
+        .send(cmd(Action::Sync))
+        .await
+        .unwrap()
+        .unwrap();
+    rig.sync
+        .wait_until("one more step per folder", |f| f.total_steps() == 16)
+        .await;
+    assert!(rig.sync.steps().iter().skip(12).all(|s| !s.full));
+    assert_eq!(Action::parse("sync"), Some(Action::Sync));
 }
 
 #[actix_rt::test]
@@ -789,10 +805,11 @@ async fn mailboxes_joining_a_live_connection_are_gathered_onto_one_new_connectio
     tokio::time::pause();
     let mut s = settings();
     s.stream.min_reopen = Duration::from_secs(5);
-    s.stream.group_size = 10;
+    let mut ex1 = server("ex1", true);
+    ex1.stream.group_size = 10;
     let rig = Rig::start(
         s,
-        vec![server("ex1", true)],
+        vec![ex1.clone()],
         (1..=2).map(|n| mailbox(n, "ex1")).collect(),
     );
     rig.ready().await;
@@ -803,7 +820,7 @@ async fn mailboxes_joining_a_live_connection_are_gathered_onto_one_new_connectio
     // Two more mailboxes join, a second apart, soon after the connection opened.
     for n in 3..=4 {
         let reload = Reload {
-            servers: vec![server("ex1", true)],
+            servers: vec![ex1.clone()],
             mailboxes: (1..=n).map(|m| mailbox(m, "ex1")).collect(),
         };
         rig.handle.addr.send(reload).await.unwrap().unwrap();
@@ -968,6 +985,42 @@ async fn with_streaming_off_every_folder_is_polled() {
 }
 
 #[actix_rt::test]
+async fn each_server_groups_and_polls_by_its_own_streaming_settings() {
+    tokio::time::pause();
+    // ex1 streams in groups of 2; ex2 cannot stream and polls every 20 s, in groups of 5;
+    // ex3 polls every 90 s.
+    let mut ex1 = server("ex1", true);
+    ex1.stream.group_size = 2;
+    let mut ex2 = server("ex2", false);
+    ex2.stream.group_size = 5;
+    ex2.stream.polling_interval = Duration::from_secs(20);
+    let mut ex3 = server("ex3", false);
+    ex3.stream.polling_interval = Duration::from_secs(90);
+    let mut mailboxes: Vec<MailboxSpec> = (1..=4).map(|n| mailbox(n, "ex1")).collect();
+    mailboxes.extend((5..=10).map(|n| mailbox(n, "ex2")));
+    mailboxes.push(mailbox(11, "ex3"));
+    let rig = Rig::start(settings(), vec![ex1, ex2, ex3], mailboxes);
+    rig.ready().await;
+    let sizes = |server: &str, groups: &[GroupRef]| -> Vec<usize> {
+        groups
+            .iter()
+            .filter(|g| &*g.server == server)
+            .map(|g| g.members.len())
+            .collect()
+    };
+    let groups = rig.groups().await;
+    assert_eq!(sizes("ex1", &groups), vec![2, 2]);
+    assert_eq!(sizes("ex2", &groups), vec![5, 1]);
+    assert_eq!(sizes("ex3", &groups), vec![1]);
+    let polled = |n: usize| rig.sync.step_count(&smtp(n), "contacts");
+    sleep(181).await;
+    assert_eq!(polled(5), 1 + 9, "ex2: start + a poll every 20 s");
+    assert_eq!(polled(10), 1 + 9, "ex2's second group polls alike");
+    assert_eq!(polled(11), 1 + 2, "ex3: start + a poll every 90 s");
+    assert_eq!(polled(1), 1, "ex1 streams: no polling");
+}
+
+#[actix_rt::test]
 async fn reload_adds_removes_and_restarts_only_changed_mailboxes() {
     tokio::time::pause();
     let rig = Rig::start(
@@ -1110,4 +1163,90 @@ fn mailboxes_spread_over_arbiters_in_real_time() {
         assert_eq!(rig.sync.total_steps(), 48);
         rig.handle.addr.send(Shutdown).await.unwrap();
     });
+}
+
+#[actix_rt::test]
+async fn a_stream_group_that_dies_is_replaced_and_its_mailboxes_are_never_left_silent() {
+    tokio::time::pause();
+    let mut s = settings();
+    // Streaming is retried 400 s after a third death in a row (capped at 600 s).
+    s.restart = Backoff::new(Duration::from_secs(100), Duration::from_secs(600));
+    let mut ex1 = server("ex1", true);
+    ex1.stream.polling_interval = Duration::from_secs(20);
+    let rig = Rig::start(s, vec![ex1], (1..=2).map(|n| mailbox(n, "ex1")).collect());
+    rig.ready().await;
+    rig.stream
+        .wait_until("one connection", |s| s.open_connections() == 1)
+        .await;
+    let first = rig.groups().await[0].addr.clone();
+    let all_steps = |rig: &Rig| -> Vec<u64> {
+        (1..=2)
+            .flat_map(|n| FOLDERS.map(|f| rig.sync.step_count(&smtp(n), f)))
+            .collect()
+    };
+    let steps_before = all_steps(&rig);
+
+    // The connection drops; the one that replaces it panics inside the group actor.
+    rig.stream.panic_next_connects(1);
+    rig.stream.drop_connection();
+    rig.stream
+        .wait_until("a new group streams for both mailboxes", |s| {
+            s.pending_panics() == 0 && s.connections().len() == 2 && s.open_connections() == 1
+        })
+        .await;
+    assert_eq!(rig.metric("restarts", &["stream_group", "panic"]), 1.0);
+    let groups = rig.groups().await;
+    assert_eq!(groups.len(), 1);
+    assert!(groups[0].addr != first, "a new group actor");
+    assert!(!first.connected(), "the old one is gone");
+    let status = rig.group_status(0).await;
+    assert_eq!((status.members, status.covered), (2, 2));
+    assert_eq!(status.mode, "streaming");
+    assert_eq!(rig.metric("groups", &["ex1", "streaming"]), 1.0, "gauges");
+    // Nothing was heard while no group watched: every folder of both mailboxes synced again.
+    rig.sync
+        .wait_until("every folder synced after the rejoin", |_| {
+            all_steps(&rig)
+                .iter()
+                .zip(&steps_before)
+                .all(|(now, before)| now > before)
+        })
+        .await;
+    // Notifications reach the members through the new group.
+    let steps = rig.sync.step_count(&smtp(1), "contacts");
+    assert!(rig.stream.notify(&smtp(1), "contacts"));
+    rig.sync
+        .wait_until("the notification synced contacts", |f| {
+            f.step_count(&smtp(1), "contacts") == steps + 1
+        })
+        .await;
+
+    // A group that keeps dying gives up streaming for polling: its mailboxes are polled.
+    rig.stream.panic_next_connects(2);
+    rig.stream.drop_connection();
+    rig.stream
+        .wait_until("two more deaths", |s| s.pending_panics() == 0)
+        .await;
+    sleep(1).await;
+    assert_eq!(rig.metric("restarts", &["stream_group", "panic"]), 3.0);
+    let status = rig.group_status(0).await;
+    assert_eq!((status.mode, status.members), ("polling", 2));
+    assert_eq!(rig.metric("groups", &["ex1", "polling"]), 1.0);
+    assert_eq!(rig.metric("groups", &["ex1", "streaming"]), 0.0);
+    let polled = rig.sync.step_count(&smtp(2), "calendar");
+    sleep(21).await;
+    assert_eq!(
+        rig.sync.step_count(&smtp(2), "calendar"),
+        polled + 1,
+        "a polling-only group polls every 20 s"
+    );
+    // After the restart back-off it streams again.
+    rig.stream
+        .wait_until("streaming again", |s| s.open_connections() == 1)
+        .await;
+    sleep(1).await;
+    let status = rig.group_status(0).await;
+    assert_eq!((status.mode, status.covered), ("streaming", 2));
+    assert_eq!(rig.metric("groups", &["ex1", "polling"]), 0.0);
+    assert_eq!(rig.metric("groups", &["ex1", "streaming"]), 1.0);
 }

@@ -26,11 +26,12 @@ async fn sighup_reloads_and_sigterm_stops_after_running_steps() {
     let server = ServerSpec {
         id: "ex1".into(),
         throttle: ThrottleSettings {
-            requests_per_second: 100,
+            requests_per_second: 100.0,
             burst: 100,
             max_concurrent: 10,
         },
         streaming: true,
+        stream: ServerStreaming::default(),
     };
     let mailbox = MailboxSpec {
         smtp: "user1@example.com".into(),

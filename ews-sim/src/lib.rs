@@ -10,6 +10,7 @@
 //! impersonation, throttling, recording, GetStreamingEvents, Autodiscover, the /sim control API).
 
 pub mod calendar;
+pub mod mime;
 pub mod ops;
 pub mod schema_order;
 pub mod server;

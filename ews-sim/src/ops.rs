@@ -48,6 +48,9 @@ pub struct Ctx<'a> {
     pub find_limit: usize,
     /// Subscriptions allowed per mailbox.
     pub max_subscriptions: usize,
+    /// A soft delete moves the item into the dumpster (Exchange 2013 and later: subscribers
+    /// hear a MovedEvent); on Exchange 2010 it is a DeletedEvent.
+    pub soft_delete_moves: bool,
 }
 
 /// Runs the operation named by `body`'s element. Unknown operations are a fault.
@@ -1087,19 +1090,7 @@ fn recipients(it: &Node) -> Vec<String> {
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(mime.text.split_whitespace().collect::<String>())
             .unwrap_or_default();
-        let head = String::from_utf8_lossy(&bytes[..bytes.len().min(16 * 1024)]).to_string();
-        for line in head.lines().take_while(|l| !l.is_empty()) {
-            let lower = line.to_ascii_lowercase();
-            if lower.starts_with("to:") || lower.starts_with("cc:") {
-                for part in line[3..].split(',') {
-                    let addr = match (part.find('<'), part.rfind('>')) {
-                        (Some(l), Some(r)) if l < r => &part[l + 1..r],
-                        _ => part,
-                    };
-                    out.push(addr.trim().to_ascii_lowercase());
-                }
-            }
-        }
+        out.extend(crate::mime::recipients(&bytes));
     }
     out
 }
@@ -1243,6 +1234,9 @@ fn delete_item(ctx: &Ctx<'_>, body: &Node) -> Result<Vec<String>, Fault> {
                             (Some(o), _, _) => m.change_occurrence(k, o.index, None, ctx.now),
                             (None, "MoveToDeletedItems", Some(t)) if m.items[&k].folder != t => {
                                 m.move_item(k, t)
+                            }
+                            (None, "SoftDelete", _) if ctx.soft_delete_moves => {
+                                m.soft_delete_item(k)
                             }
                             _ => m.delete_item(k),
                         },

@@ -728,6 +728,7 @@ async fn ews(sim: web::Data<Arc<Sim>>, req: HttpRequest, body: Bytes) -> HttpRes
         now: Utc::now(),
         find_limit: 1000,
         max_subscriptions: cfg.profile.max_subscriptions(),
+        soft_delete_moves: cfg.profile != Profile::Exchange2010,
     };
     let result = ops::dispatch(&ctx, &op);
     sim.release(&budget_key);

@@ -236,6 +236,9 @@ pub struct Event {
     pub old: Option<((String, String), (String, String))>,
     /// The folder the event is about (for subscription filtering).
     pub folder_key: u64,
+    /// For a move: the folder the item left. A subscription to either folder hears of the
+    /// move, as Exchange tells the subscribers of both.
+    pub old_folder_key: Option<u64>,
 }
 
 /// A mailbox.
@@ -498,6 +501,7 @@ impl Mailbox {
             parent: self.folder_id(parent),
             old: None,
             folder_key: parent,
+            old_folder_key: None,
         };
         self.pending_events.push(ev);
     }
@@ -520,9 +524,15 @@ impl Mailbox {
             parent: self.folder_id(folder),
             old,
             folder_key: folder,
+            old_folder_key: None,
         };
         self.pending_events.push(ev);
         // A user-visible change also modifies the folder (counts): Exchange says so too.
+        self.folder_modified(folder);
+    }
+
+    /// The ModifiedEvent of a folder whose content (item count) changed.
+    fn folder_modified(&mut self, folder: u64) {
         let fe = Event {
             kind: "ModifiedEvent",
             at: Utc::now(),
@@ -536,8 +546,34 @@ impl Mailbox {
             ),
             old: None,
             folder_key: folder,
+            old_folder_key: None,
         };
         self.pending_events.push(fe);
+    }
+
+    /// The MovedEvent of an item that left `from` for `to` (new ids, old ids), told to the
+    /// subscribers of both folders, and the ModifiedEvents of both folders — what Exchange
+    /// raises for MoveItem, DeleteItem MoveToDeletedItems (Outlook's "Delete") and, on 2013
+    /// and later, a soft delete into the dumpster.
+    fn moved_event(
+        &mut self,
+        new_id: (String, String),
+        to: u64,
+        old: ((String, String), (String, String)),
+        from: u64,
+    ) {
+        self.pending_events.push(Event {
+            kind: "MovedEvent",
+            at: Utc::now(),
+            item_id: Some(new_id),
+            folder_id: None,
+            parent: self.folder_id(to),
+            old: Some(old),
+            folder_key: to,
+            old_folder_key: Some(from),
+        });
+        self.folder_modified(to);
+        self.folder_modified(from);
     }
 
     fn journal(&mut self, folder: u64, item: u64, kind: JournalKind) {
@@ -684,7 +720,9 @@ impl Mailbox {
         Ok(())
     }
 
-    /// Removes an item (any delete type: the simulator keeps no dumpster).
+    /// Removes an item (any delete type: the simulator keeps no dumpster). Subscribers hear a
+    /// DeletedEvent and the ModifiedEvent of the parent folder (a hard delete, or a soft
+    /// delete on Exchange 2010).
     pub fn delete_item(&mut self, key: u64) -> Result<(), &'static str> {
         let it = self.items.get(&key).ok_or("ErrorItemNotFound")?;
         let id = self.item_id(it).0;
@@ -692,6 +730,28 @@ impl Mailbox {
         self.item_event("DeletedEvent", key, None);
         self.items.remove(&key);
         self.journal(folder, key, JournalKind::Deleted(id));
+        Ok(())
+    }
+
+    /// A soft delete as Exchange 2013 and later report it: the item moves into the dumpster
+    /// (Recoverable Items\Deletions), so subscribers hear a MovedEvent naming both parents
+    /// and the ModifiedEvents of both folders. The simulator keeps no dumpster: the item is
+    /// gone from the store, and SyncFolderItems of its folder reports a Delete.
+    pub fn soft_delete_item(&mut self, key: u64) -> Result<(), &'static str> {
+        let it = self.items.get(&key).ok_or("ErrorItemNotFound")?;
+        let from = it.folder;
+        let version = it.version + 1;
+        let old = (self.item_id(it), self.folder_id(from));
+        let dumpster = self
+            .distinguished_folder("recoverableitemsdeletions")
+            .ok_or("ErrorFolderNotFound")?;
+        let new_id = (
+            encode_id(b'I', self.index, key, dumpster),
+            encode_ck(version),
+        );
+        self.items.remove(&key);
+        self.journal(from, key, JournalKind::Deleted(old.0 .0.clone()));
+        self.moved_event(new_id, dumpster, old, from);
         Ok(())
     }
 
@@ -712,7 +772,8 @@ impl Mailbox {
         it.version += 1;
         self.journal(from, key, JournalKind::Deleted(old_id));
         self.journal(to, key, JournalKind::Created);
-        self.item_event("MovedEvent", key, Some(old));
+        let new_id = self.item_id(&self.items[&key]);
+        self.moved_event(new_id, to, old, from);
         Ok(())
     }
 }
@@ -1016,73 +1077,46 @@ fn mailbox_node(name: &str, email: &str) -> Node {
     m
 }
 
-/// Exchange derives the envelope properties of a message from its MIME headers.
+/// Exchange derives the envelope properties of a message from its MIME headers
+/// ([`crate::mime`]: encoded words decoded, quoted names with commas kept whole, groups
+/// expanded).
 fn fill_from_mime(item: &mut Item, mime: &[u8]) {
-    let head_end = mime
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .or_else(|| mime.windows(2).position(|w| w == b"\n\n"))
-        .unwrap_or(mime.len());
-    let head = String::from_utf8_lossy(&mime[..head_end]);
-    let mut headers: Vec<(String, String)> = Vec::new();
-    for line in head.lines() {
-        if line.starts_with([' ', '\t']) {
-            if let Some(last) = headers.last_mut() {
-                last.1.push(' ');
-                last.1.push_str(line.trim());
-            }
-        } else if let Some((k, v)) = line.split_once(':') {
-            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-        }
-    }
-    let h = |k: &str| headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-    if let Some(s) = h("subject") {
-        item.set_text("Subject", &s);
-    }
-    if let Some(id) = h("message-id") {
-        item.set_text("InternetMessageId", &id);
-    }
-    if let Some(d) = h("date").and_then(|d| DateTime::parse_from_rfc2822(&d).ok()) {
-        item.set_text("DateTimeSent", &fmt_time(d.with_timezone(&Utc)));
-    }
-    let addr_list = |v: &str| -> Vec<Node> {
-        v.split(',')
-            .filter_map(|a| {
-                let a = a.trim();
-                if a.is_empty() {
-                    return None;
-                }
-                let (name, email) = match (a.find('<'), a.rfind('>')) {
-                    (Some(l), Some(r)) if l < r => (
-                        a[..l].trim().trim_matches('"').to_string(),
-                        a[l + 1..r].to_string(),
-                    ),
-                    _ => (String::new(), a.to_string()),
-                };
-                Some(mailbox_node(&name, &email))
-            })
-            .collect()
+    let Some(env) = crate::mime::envelope(mime) else {
+        return;
     };
-    if let Some(f) = h("from") {
-        if let Some(m) = addr_list(&f).into_iter().next() {
-            let mut from = Node::leaf("From", "");
-            from.children.push(m);
+    if let Some(s) = &env.subject {
+        item.set_text("Subject", s);
+    }
+    if let Some(id) = &env.message_id {
+        item.set_text("InternetMessageId", id);
+    }
+    if let Some(d) = env.date {
+        item.set_text("DateTimeSent", &fmt_time(d));
+    }
+    let node = |m: &crate::mime::Mailbox| mailbox_node(&m.name, &m.email);
+    for (prop, mailbox) in [("From", &env.from), ("Sender", &env.sender)] {
+        if let Some(m) = mailbox {
+            let mut n = Node::leaf(prop, "");
+            n.children.push(node(m));
             item.props.insert(Prop {
-                node: from,
+                node: n,
                 version: 1,
             });
         }
     }
-    for (hname, prop) in [("to", "ToRecipients"), ("cc", "CcRecipients")] {
-        if let Some(v) = h(hname) {
+    for (prop, list) in [
+        ("ToRecipients", &env.to),
+        ("CcRecipients", &env.cc),
+        ("BccRecipients", &env.bcc),
+        ("ReplyTo", &env.reply_to),
+    ] {
+        if !list.is_empty() {
             let mut n = Node::leaf(prop, "");
-            n.children = addr_list(&v);
-            if !n.children.is_empty() {
-                item.props.insert(Prop {
-                    node: n,
-                    version: 1,
-                });
-            }
+            n.children = list.iter().map(node).collect();
+            item.props.insert(Prop {
+                node: n,
+                version: 1,
+            });
         }
     }
 }

@@ -94,7 +94,11 @@ impl Hub {
         for s in subs.values_mut().filter(|s| s.mailbox == mailbox) {
             let mut woke = false;
             for e in &events {
-                let folder_ok = s.folders.as_ref().is_none_or(|f| f.contains(&e.folder_key));
+                // A move concerns the folder it left as much as the one it entered.
+                let folder_ok = s.folders.as_ref().is_none_or(|f| {
+                    f.contains(&e.folder_key)
+                        || e.old_folder_key.is_some_and(|old| f.contains(&old))
+                });
                 if folder_ok && s.types.contains(e.kind) {
                     s.queue.push(e.clone());
                     woke = true;

@@ -9,6 +9,9 @@ Each step prints OK/FAIL; exit status 1 on the first failure.
   paging: 1,000 changes read with sync_items in pages of 100, then nothing new
   streaming: a subscription receives an event caused through the /sim control API
   throttling: ErrorServerBusy with BackOffMilliseconds is honoured by exchangelib's back-off
+  mime: a message created from MIME with encoded words, folded headers, quoted names with
+        commas and a group reads back decoded (subject, author, sender, recipients, reply-to,
+        Message-ID, date sent)
 """
 import argparse
 import datetime
@@ -145,10 +148,51 @@ def main():
             raise AssertionError("the fault was not served")
         return f"retried after {waited:.2f}s, count={n}"
 
+    def mime():
+        raw = (
+            "Subject: =?utf-8?q?=C3=BCber?= den\r\n =?UTF-8?B?UHLDvGZzdGFuZA==?=\r\n"
+            "From: =?iso-8859-1?q?J=FCrgen_M=FCller?= <juergen@example.com>\r\n"
+            "Sender: Assistenz <assistenz@example.com>\r\n"
+            'To: "M\u00fcller, Anna" <anna@example.com>, bob@example.com\r\n'
+            "Cc: Team: carl@example.com, \"Dora D.\" <dora@example.com>;\r\n"
+            "Reply-To: =?utf-8?b?w4RyenRlLCBCw7xybw==?= <aerzte@example.com>\r\n"
+            "Message-ID: <mime-scenario@example.com>\r\n"
+            "Date: Tue, 3 Mar 2026 09:15:00 +0100\r\n"
+            "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nHallo\r\n"
+        )
+        created = control("POST", f"/sim/mailboxes/{args.mailbox}/items",
+                          {"folder": "inbox", "type": "Message", "mime": raw})
+        (m,) = acc.fetch(ids=[(created["id"], created["change_key"])])
+        got = {
+            "subject": m.subject,
+            "author": (m.author.name, m.author.email_address),
+            "sender": (m.sender.name, m.sender.email_address),
+            "to": [(r.name, r.email_address) for r in m.to_recipients or []],
+            "cc": [(r.name, r.email_address) for r in m.cc_recipients or []],
+            "reply_to": [(r.name, r.email_address) for r in m.reply_to or []],
+            "message_id": m.message_id,
+            "sent": m.datetime_sent.astimezone(tz).isoformat() if m.datetime_sent else None,
+        }
+        want = {
+            "subject": "\u00fcber den Pr\u00fcfstand",
+            "author": ("J\u00fcrgen M\u00fcller", "juergen@example.com"),
+            "sender": ("Assistenz", "assistenz@example.com"),
+            "to": [("M\u00fcller, Anna", "anna@example.com"), (None, "bob@example.com")],
+            "cc": [(None, "carl@example.com"), ("Dora D.", "dora@example.com")],
+            "reply_to": [("\u00c4rzte, B\u00fcro", "aerzte@example.com")],
+            "message_id": "<mime-scenario@example.com>",
+            "sent": "2026-03-03T08:15:00+00:00",
+        }
+        if got != want:
+            raise AssertionError(f"read back {got}, expected {want}")
+        acc.bulk_delete(ids=[m])
+        return "envelope decoded"
+
     step("bulk create/update/delete of 500 contacts", bulk)
     step("sync_items paging over 1,000 changes", paging)
     step("streaming event caused through the control API", streaming)
     step("ErrorServerBusy honoured by the client's back-off", throttling)
+    step("a message's envelope from MIME: encoded words, folding, quoted commas, groups", mime)
     print("ALL OK")
 
 

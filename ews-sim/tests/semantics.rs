@@ -1343,3 +1343,227 @@ async fn control_api_folders_and_fault_variants() {
         "another mailbox is not affected"
     );
 }
+
+/// One event read from a stream: (subscription, kind, item or folder id, parent folder id,
+/// old parent folder id). Ids without change keys: a folder's changes with its count.
+type Seen = (String, String, String, String, Option<String>);
+
+/// Every event in the envelopes of a stream so far.
+fn stream_events(buf: &str) -> Vec<Seen> {
+    let mut out = Vec::new();
+    for envelope in buf.split("<?xml").filter(|e| e.contains("Envelope")) {
+        let Ok(env) = parse(format!("<?xml{envelope}").as_bytes()) else {
+            continue;
+        };
+        for m in messages(&env) {
+            for n in m.children_of("Notifications") {
+                let sub = n.text_of("SubscriptionId").unwrap_or_default().to_string();
+                for e in n.children.iter().filter(|e| e.name != "SubscriptionId") {
+                    let id = |tag: &str| e.get(tag).and_then(|x| x.attr("Id")).map(str::to_string);
+                    out.push((
+                        sub.clone(),
+                        e.name.to_string(),
+                        id("ItemId").or_else(|| id("FolderId")).unwrap_or_default(),
+                        id("ParentFolderId").unwrap_or_default(),
+                        id("OldParentFolderId"),
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+async fn folder_id(t: &T, mailbox: &str, folder: &str) -> String {
+    let body = format!(
+        r#"<m:GetFolder><m:FolderShape><t:BaseShape>IdOnly</t:BaseShape></m:FolderShape><m:FolderIds><t:DistinguishedFolderId Id="{folder}"/></m:FolderIds></m:GetFolder>"#
+    );
+    let (_, env) = t.call_as(("svc", "secret"), Some(mailbox), &body).await;
+    let m = &messages(&env)[0];
+    m.get("Folders")
+        .and_then(|f| f.children.first())
+        .and_then(|f| f.get("FolderId"))
+        .and_then(|f| f.attr("Id"))
+        .unwrap()
+        .to_string()
+}
+
+/// A subscription to every event type, for `folder` (or every folder with `None`).
+async fn subscribe_all_events(t: &T, mailbox: &str, folder: Option<&str>) -> String {
+    let types = "<t:EventTypes><t:EventType>CreatedEvent</t:EventType><t:EventType>DeletedEvent</t:EventType><t:EventType>ModifiedEvent</t:EventType><t:EventType>MovedEvent</t:EventType><t:EventType>CopiedEvent</t:EventType></t:EventTypes>";
+    let request = match folder {
+        Some(f) => format!(
+            r#"<m:StreamingSubscriptionRequest><t:FolderIds><t:DistinguishedFolderId Id="{f}"/></t:FolderIds>{types}</m:StreamingSubscriptionRequest>"#
+        ),
+        None => format!(
+            r#"<m:StreamingSubscriptionRequest SubscribeToAllFolders="true">{types}</m:StreamingSubscriptionRequest>"#
+        ),
+    };
+    let (_, env) = t
+        .call_as(
+            ("svc", "secret"),
+            Some(mailbox),
+            &format!("<m:Subscribe>{request}</m:Subscribe>"),
+        )
+        .await;
+    let m = &messages(&env)[0];
+    assert_eq!(code(m), "NoError", "{m:?}");
+    m.text_of("SubscriptionId").unwrap().to_string()
+}
+
+async fn delete_as_user1(t: &T, id: &str, delete_type: &str) {
+    let env = t
+        .call(&format!(
+            r#"<m:DeleteItem DeleteType="{delete_type}"><m:ItemIds><t:ItemId Id="{id}"/></m:ItemIds></m:DeleteItem>"#
+        ))
+        .await;
+    assert_eq!(code(&messages(&env)[0]), "NoError");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moves_and_deletes_are_told_to_the_subscribers_of_the_folder_left_too() {
+    let t = T::new().await;
+    let mbx = "user1@example.com";
+    let contacts = folder_id(&t, mbx, "contacts").await;
+    let trash = folder_id(&t, mbx, "deleteditems").await;
+    let by_contacts = subscribe_all_events(&t, mbx, Some("contacts")).await;
+    let by_trash = subscribe_all_events(&t, mbx, Some("deleteditems")).await;
+    let by_all = subscribe_all_events(&t, mbx, None).await;
+    let mut stream = open_stream(&t, &[&by_contacts, &by_trash, &by_all], 1).await;
+    assert_eq!(stream.status(), 200);
+    let mut buf = String::new();
+    let moved = t.create(mbx, "contacts", "Contact", "moved").await;
+    let hard = t.create(mbx, "contacts", "Contact", "hard").await;
+    let soft = t.create(mbx, "contacts", "Contact", "soft").await;
+    assert!(
+        read_until(&mut stream, &mut buf, |b| stream_events(b)
+            .iter()
+            .filter(|e| e.1 == "CreatedEvent")
+            .count()
+            == 6)
+        .await,
+        "three creates, each to the contacts and the all-folders subscription: {buf}"
+    );
+    let before = buf.len();
+    let after = |buf: &str| stream_events(&buf[before..]);
+
+    // Outlook's "Delete": a move to Deleted Items. The MovedEvent (new and old parent) goes
+    // to the subscribers of both folders, once to the all-folders one; each folder's count
+    // change is a ModifiedEvent of that folder.
+    delete_as_user1(&t, &moved, "MoveToDeletedItems").await;
+    let settled = |b: &str| {
+        let e = stream_events(b);
+        e.iter().filter(|e| e.1 == "MovedEvent").count() == 3
+            && e.iter().filter(|e| e.1 == "ModifiedEvent").count() == 4
+    };
+    assert!(
+        read_until(&mut stream, &mut buf, |b| settled(&b[before..])).await,
+        "{}",
+        &buf[before..]
+    );
+    let events = after(&buf);
+    for sub in [&by_contacts, &by_trash, &by_all] {
+        let moves: Vec<&Seen> = events
+            .iter()
+            .filter(|e| &e.0 == sub && e.1 == "MovedEvent")
+            .collect();
+        assert_eq!(moves.len(), 1, "{sub}: {events:?}");
+        assert_eq!(moves[0].3, trash, "the new parent");
+        assert_eq!(moves[0].4.as_deref(), Some(contacts.as_str()), "the old");
+    }
+    let modified = |sub: &str, events: &[Seen]| -> Vec<String> {
+        let mut folders: Vec<String> = events
+            .iter()
+            .filter(|e| e.0 == sub && e.1 == "ModifiedEvent")
+            .map(|e| e.2.clone())
+            .collect();
+        folders.sort();
+        folders
+    };
+    assert_eq!(modified(&by_contacts, &events), vec![contacts.clone()]);
+    assert_eq!(modified(&by_trash, &events), vec![trash.clone()]);
+    let mut both = vec![contacts.clone(), trash.clone()];
+    both.sort();
+    assert_eq!(modified(&by_all, &events), both);
+
+    // A hard delete: a DeletedEvent and the parent's ModifiedEvent, to contacts' subscribers.
+    let before = buf.len();
+    delete_as_user1(&t, &hard, "HardDelete").await;
+    assert!(
+        read_until(&mut stream, &mut buf, |b| stream_events(&b[before..])
+            .iter()
+            .filter(|e| e.1 == "ModifiedEvent")
+            .count()
+            == 2)
+        .await,
+        "{}",
+        &buf[before..]
+    );
+    let events = stream_events(&buf[before..]);
+    let kinds = |sub: &str| -> Vec<String> {
+        events
+            .iter()
+            .filter(|e| e.0 == sub)
+            .map(|e| e.1.clone())
+            .collect()
+    };
+    assert_eq!(kinds(&by_contacts), vec!["DeletedEvent", "ModifiedEvent"]);
+    assert_eq!(kinds(&by_all), vec!["DeletedEvent", "ModifiedEvent"]);
+    assert!(kinds(&by_trash).is_empty(), "{events:?}");
+
+    // A soft delete on Exchange 2013 and later: a move into the dumpster, so contacts'
+    // subscribers hear a MovedEvent whose old parent is contacts.
+    let before = buf.len();
+    delete_as_user1(&t, &soft, "SoftDelete").await;
+    assert!(
+        read_until(&mut stream, &mut buf, |b| stream_events(&b[before..])
+            .iter()
+            .filter(|e| e.1 == "MovedEvent")
+            .count()
+            == 2)
+        .await,
+        "{}",
+        &buf[before..]
+    );
+    let events = stream_events(&buf[before..]);
+    let moved_out: Vec<&Seen> = events
+        .iter()
+        .filter(|e| e.0 == by_contacts && e.1 == "MovedEvent")
+        .collect();
+    assert_eq!(moved_out.len(), 1, "{events:?}");
+    assert_eq!(moved_out[0].4.as_deref(), Some(contacts.as_str()));
+    assert_ne!(moved_out[0].3, contacts);
+    assert_ne!(
+        moved_out[0].3, trash,
+        "into the dumpster, not Deleted Items"
+    );
+    assert!(
+        events.iter().all(|e| e.0 != by_trash),
+        "Deleted Items is not involved: {events:?}"
+    );
+    // Gone from the folder: SyncFolderItems from the start lists none of the three.
+    let env = t.call(&sync("contacts", None, 100)).await;
+    assert!(changes(&messages(&env)[0]).is_empty());
+    t.sim.stop().await;
+
+    // Exchange 2010 reports a soft delete as a DeletedEvent.
+    let t = T::with(SimConfig {
+        mailboxes: 1,
+        profile: ews_sim::server::Profile::Exchange2010,
+        ..SimConfig::default()
+    })
+    .await;
+    let sub = subscribe_all_events(&t, mbx, Some("contacts")).await;
+    let mut stream = open_stream(&t, &[&sub], 1).await;
+    let mut buf = String::new();
+    let soft = t.create(mbx, "contacts", "Contact", "soft").await;
+    delete_as_user1(&t, &soft, "SoftDelete").await;
+    assert!(
+        read_until(&mut stream, &mut buf, |b| stream_events(b)
+            .iter()
+            .any(|e| e.1 == "DeletedEvent"))
+        .await,
+        "{buf}"
+    );
+    assert!(!stream_events(&buf).iter().any(|e| e.1 == "MovedEvent"));
+}

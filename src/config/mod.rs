@@ -55,6 +55,8 @@ pub mod overrides {
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9898";
 /// Default state store when none is configured.
 pub const DEFAULT_STATE_URL: &str = "sqlite:mailsync-state.db";
+/// Default retention of logs and leftovers, in days.
+pub const DEFAULT_RETENTION_DAYS: u32 = 90;
 /// Default OAuth2 scope for EWS.
 pub const DEFAULT_OAUTH2_SCOPE: &str = "https://outlook.office365.com/.default";
 
@@ -123,6 +125,45 @@ pub struct Config {
     pub mailboxes: Vec<MailboxConfig>,
     /// SMTP server for outbox mails with an alternative sender address.
     pub smtp: Option<SmtpConfig>,
+    /// Settings of the sync that apply to every mailbox.
+    pub sync: SyncConfig,
+    /// What is pruned, and when.
+    pub retention: RetentionConfig,
+}
+
+/// `[sync]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyncConfig {
+    /// Every folder is read once in about this interval even without a notification
+    /// (`None`: never).
+    pub safety_read: Option<std::time::Duration>,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            safety_read: Some(std::time::Duration::from_secs(6 * 3600)),
+        }
+    }
+}
+
+/// How long logs and leftovers are kept, and how often the pruning job runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionConfig {
+    /// Age after which conflict-log entries and consumed crm_changes rows are deleted, and
+    /// how long a mailbox removed from the configuration keeps its state.
+    pub keep: Duration,
+    /// Time between two pruning runs (the first runs at start).
+    pub interval: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            keep: Duration::from_secs(DEFAULT_RETENTION_DAYS as u64 * 86_400),
+            interval: Duration::from_secs(3600),
+        }
+    }
 }
 
 /// How the SMTP connection is secured.
@@ -466,7 +507,7 @@ pub struct AreaConfig {
 }
 
 /// Mail folder rules of a mailbox.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MailConfig {
     /// Start date for folders without their own.
     pub sync_from: Option<NaiveDate>,
@@ -476,6 +517,20 @@ pub struct MailConfig {
     pub folder_sync_from: BTreeMap<String, NaiveDate>,
     /// Delete behaviour in Exchange.
     pub delete_mode: Option<MailDeleteMode>,
+    /// Messages larger than this many MB are not synced (parked in the failure log).
+    pub max_message_mb: u64,
+}
+
+impl Default for MailConfig {
+    fn default() -> Self {
+        MailConfig {
+            sync_from: None,
+            excluded_folders: Vec::new(),
+            folder_sync_from: BTreeMap::new(),
+            delete_mode: None,
+            max_message_mb: 64,
+        }
+    }
 }
 
 /// One mailbox, defaults applied.
@@ -497,6 +552,29 @@ pub struct MailboxConfig {
     pub initial_sync: InitialSync,
     /// Mail folder rules (meaningful when the mail area is enabled).
     pub mail: MailConfig,
+    /// When deletes are held for approval.
+    pub breaker: BreakerLimits,
+    /// First-contact records with several candidates are synced as separate records.
+    pub sync_ambiguous: bool,
+}
+
+/// Limits of the delete breaker (docs/safety.md): deletes in one scope above
+/// `max_deletes` or `max_percent` of the scope, whichever is larger, are held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerLimits {
+    /// Deletes at once above this many are held...
+    pub max_deletes: u64,
+    /// ...or above this percentage of the scope, whichever is larger.
+    pub max_percent: u64,
+}
+
+impl Default for BreakerLimits {
+    fn default() -> Self {
+        BreakerLimits {
+            max_deletes: 20,
+            max_percent: 10,
+        }
+    }
 }
 
 /// Reads, overrides, resolves and validates the configuration file at `path`.

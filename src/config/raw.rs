@@ -38,8 +38,25 @@ pub struct RawConfig {
     /// One entry per synced mailbox (one per operator).
     #[serde(default)]
     pub mailboxes: Vec<RawMailbox>,
+    /// How the sync runs beyond single mailboxes.
+    #[serde(default)]
+    pub sync: RawSync,
     /// SMTP server for outbox mails whose sender is not the mailbox's own address.
     pub smtp: Option<RawSmtp>,
+    /// How long logs and leftovers are kept.
+    #[serde(default)]
+    pub retention: RawRetention,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetention {
+    /// Days conflict-log entries, consumed crm_changes rows and the state of mailboxes removed
+    /// from the configuration are kept (1 to 3650, default 90).
+    pub days: Option<u32>,
+    /// Minutes between two runs of the pruning job (1 to 1440, default 60); the first runs
+    /// at start.
+    pub interval_minutes: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -193,6 +210,14 @@ pub struct RawMailboxSettings {
     pub initial_sync: Option<String>,
     /// Mail folder rules.
     pub mail: Option<RawMailSettings>,
+    /// Deletes in one scope (own records, the tenant's shared contacts, one mail folder)
+    /// above this many at once are held for approval (default 20).
+    pub delete_limit: Option<u64>,
+    /// ...or above this percentage of the scope, whichever is larger (default 10).
+    pub delete_limit_percent: Option<u64>,
+    /// First-contact records with several candidates on the other side are synced as
+    /// separate records (default false: they are left alone and reported).
+    pub sync_ambiguous: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -207,6 +232,9 @@ pub struct RawMailSettings {
     /// Where a mail deleted in the CRM goes in Exchange: `move-to-deleted-items` (default),
     /// `soft-delete` or `hard-delete`.
     pub delete_mode: Option<String>,
+    /// Messages larger than this many MB are not synced; each is parked in the failure log
+    /// with the reason (default 64).
+    pub max_message_mb: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -241,4 +269,19 @@ pub struct RawMailbox {
     pub initial_sync: Option<String>,
     /// Overrides `mailbox_defaults.mail`, key by key.
     pub mail: Option<RawMailSettings>,
+    /// Overrides `mailbox_defaults.delete_limit`.
+    pub delete_limit: Option<u64>,
+    /// Overrides `mailbox_defaults.delete_limit_percent`.
+    pub delete_limit_percent: Option<u64>,
+    /// Overrides `mailbox_defaults.sync_ambiguous`.
+    pub sync_ambiguous: Option<bool>,
+}
+
+/// `[sync]`: settings of the sync that apply to every mailbox.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSync {
+    /// Every folder is read once in about this many hours (jittered) even without a
+    /// notification: a safety net against a missed one (default 6; 0 turns it off).
+    pub safety_read_hours: Option<f64>,
 }

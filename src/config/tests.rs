@@ -66,6 +66,19 @@ fn broken_configs_report_their_errors() {
             vec![r#"mailboxes[1].operator: operator "1" already has a mailbox (mailboxes[0]); one operator has exactly one mailbox"#],
         ),
         (
+            "retention out of range",
+            format!("{}[retention]\ndays = 0\ninterval_minutes = 2000\n", valid()),
+            vec![
+                "retention.days: 0 is out of range, allowed 1 to 3650",
+                "retention.interval_minutes: 2000 is out of range, allowed 1 to 1440",
+            ],
+        ),
+        (
+            "unknown retention key",
+            format!("{}[retention]\nweeks = 3\n", valid()),
+            vec!["retention.weeks: line 14, column 1: unknown field `weeks`, expected `days` or `interval_minutes`"],
+        ),
+        (
             "invalid address",
             format!("{SERVER}{}", mailbox("bob@", "1")),
             vec![r#"mailboxes[0].smtp: "bob@" is not an e-mail address"#],
@@ -81,9 +94,37 @@ fn broken_configs_report_their_errors() {
             vec!["servers[0].streaming.connection_timeout_minutes: 0 is out of range, allowed 1 to 30"],
         ),
         (
+            "a request rate of zero",
+            format!("{}[servers.throttle]\nrequests_per_second = 0\n{}", SERVER, mailbox("a@example.com", "1")),
+            vec!["servers[0].throttle.requests_per_second: 0 is out of range, allowed more than 0 up to 10000 (fractions are kept: 0.5 is one request every 2 s)"],
+        ),
+        (
+            "a negative request rate",
+            format!("{}[servers.throttle]\nrequests_per_second = -0.5\n{}", SERVER, mailbox("a@example.com", "1")),
+            vec!["servers[0].throttle.requests_per_second: -0.5 is out of range, allowed more than 0 up to 10000 (fractions are kept: 0.5 is one request every 2 s)"],
+        ),
+        (
+            "a request rate that is not a number",
+            format!("{}[servers.throttle]\nrequests_per_second = nan\n{}", SERVER, mailbox("a@example.com", "1")),
+            vec!["servers[0].throttle.requests_per_second: NaN is not a finite number of requests per second"],
+        ),
+        (
+            "an infinite request rate",
+            format!("{}[servers.throttle]\nrequests_per_second = inf\n{}", SERVER, mailbox("a@example.com", "1")),
+            vec!["servers[0].throttle.requests_per_second: inf is not a finite number of requests per second"],
+        ),
+        (
+            "a category filter for mail, which nothing applies",
+            format!("{}[mailbox_defaults]\nfilters = {{ mail = [\"Kunde\"] }}\n{}filters = {{ contacts = [\"Kunde\"], mail = [] }}\n", SERVER, mailbox("a@example.com", "1")),
+            vec![
+                "mailbox_defaults.filters.mail: mail is not filtered by category (every message of the synced folders syncs); remove it, and limit mail with mail.excluded_folders or mail.sync_from",
+                "mailboxes[0].filters.mail: mail is not filtered by category (every message of the synced folders syncs); remove it, and limit mail with mail.excluded_folders or mail.sync_from",
+            ],
+        ),
+        (
             "unknown key",
             format!("{}colour = \"blue\"\n", valid()),
-            vec!["mailboxes[0].colour: line 13, column 1: unknown field `colour`, expected one of `smtp`, `operator`, `server`, `tenant`, `credentials`, `areas`, `leading`, `filters`, `initial_sync`, `mail`"],
+            vec!["mailboxes[0].colour: line 13, column 1: unknown field `colour`, expected one of `smtp`, `operator`, `server`, `tenant`, `credentials`, `areas`, `leading`, `filters`, `initial_sync`, `mail`, `delete_limit`, `delete_limit_percent`, `sync_ambiguous`"],
         ),
         (
             "malformed toml, with its line",
@@ -235,6 +276,21 @@ fn broken_configs_report_their_errors() {
         cases.len(),
         mismatches.join("\n")
     );
+}
+
+#[test]
+fn retention_defaults_to_ninety_days_hourly() {
+    let cfg = parse(&valid(), &env()).unwrap();
+    assert_eq!(cfg.retention, RetentionConfig::default());
+    assert_eq!(cfg.retention.keep, Duration::from_secs(90 * 86_400));
+    assert_eq!(cfg.retention.interval, Duration::from_secs(3600));
+    let cfg = parse(
+        &format!("{}[retention]\ndays = 7\ninterval_minutes = 5\n", valid()),
+        &env(),
+    )
+    .unwrap();
+    assert_eq!(cfg.retention.keep, Duration::from_secs(7 * 86_400));
+    assert_eq!(cfg.retention.interval, Duration::from_secs(300));
 }
 
 #[test]

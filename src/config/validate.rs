@@ -124,6 +124,8 @@ pub(super) fn validate(raw: RawConfig, env: &dyn Environment) -> Result<Config, 
         &tenants,
     );
     let smtp = raw.smtp.and_then(|r| smtp(&mut c, r));
+    let sync = sync_settings(&mut c, raw.sync);
+    let retention = retention(&mut c, &raw.retention);
     if c.errors.is_empty() {
         Ok(Config {
             admin,
@@ -134,6 +136,8 @@ pub(super) fn validate(raw: RawConfig, env: &dyn Environment) -> Result<Config, 
             servers,
             mailboxes,
             smtp,
+            sync,
+            retention,
         })
     } else {
         Err(c.errors)
@@ -184,6 +188,27 @@ fn admin(c: &mut Checker, raw: RawAdmin) -> AdminConfig {
         );
     }
     AdminConfig { listen, token }
+}
+
+fn retention(c: &mut Checker, raw: &super::raw::RawRetention) -> RetentionConfig {
+    let days = c.in_range(
+        "retention.days",
+        raw.days,
+        super::DEFAULT_RETENTION_DAYS,
+        1,
+        3650,
+    );
+    let minutes = c.in_range(
+        "retention.interval_minutes",
+        raw.interval_minutes,
+        60,
+        1,
+        1440,
+    );
+    RetentionConfig {
+        keep: Duration::from_secs(u64::from(days) * 86_400),
+        interval: Duration::from_secs(u64::from(minutes) * 60),
+    }
 }
 
 fn logging(c: &mut Checker, raw: RawLogging) -> LoggingConfig {
@@ -452,10 +477,19 @@ fn server(c: &mut Checker, p: &str, s: RawServer) -> Option<ServerConfig> {
     let throttle = ThrottleConfig {
         requests_per_second: {
             let v = s.throttle.requests_per_second.unwrap_or(20.0);
-            if !(v > 0.0 && v <= 10_000.0) {
+            let key = format!("{p}.throttle.requests_per_second");
+            if !v.is_finite() {
                 c.err(
-                    format!("{p}.throttle.requests_per_second"),
-                    format!("{v} is out of range, allowed more than 0 up to 10000"),
+                    key,
+                    format!("{v} is not a finite number of requests per second"),
+                );
+            } else if !(v > 0.0 && v <= 10_000.0) {
+                c.err(
+                    key,
+                    format!(
+                        "{v} is out of range, allowed more than 0 up to 10000 \
+                         (fractions are kept: 0.5 is one request every 2 s)"
+                    ),
                 );
             }
             v
@@ -714,6 +748,9 @@ fn mailboxes(
             filters: m.filters,
             initial_sync: m.initial_sync,
             mail: m.mail,
+            delete_limit: m.delete_limit,
+            delete_limit_percent: m.delete_limit_percent,
+            sync_ambiguous: m.sync_ambiguous,
         };
         check_settings(c, &p, &own);
         let areas = effective_areas(defaults, &own);
@@ -733,6 +770,21 @@ fn mailboxes(
                 "is set but the mail area is not enabled",
             );
         }
+        let defaults_breaker = crate::config::BreakerLimits::default();
+        let breaker = crate::config::BreakerLimits {
+            max_deletes: own
+                .delete_limit
+                .or(defaults.delete_limit)
+                .unwrap_or(defaults_breaker.max_deletes),
+            max_percent: own
+                .delete_limit_percent
+                .or(defaults.delete_limit_percent)
+                .unwrap_or(defaults_breaker.max_percent),
+        };
+        let sync_ambiguous = own
+            .sync_ambiguous
+            .or(defaults.sync_ambiguous)
+            .unwrap_or(false);
         out.push(MailboxConfig {
             smtp,
             operator: m.operator,
@@ -742,7 +794,25 @@ fn mailboxes(
             areas,
             initial_sync,
             mail,
+            breaker,
+            sync_ambiguous,
         });
+    }
+    out
+}
+
+/// `[sync]`.
+fn sync_settings(c: &mut Checker, raw: super::raw::RawSync) -> super::SyncConfig {
+    let mut out = super::SyncConfig::default();
+    if let Some(h) = raw.safety_read_hours {
+        if !h.is_finite() || h < 0.0 || h > 24.0 * 365.0 {
+            c.err(
+                "sync.safety_read_hours",
+                format!("{h} is not a number of hours between 0 (off) and 8760"),
+            );
+        } else {
+            out.safety_read = (h > 0.0).then(|| std::time::Duration::from_secs_f64(h * 3600.0));
+        }
     }
     out
 }
@@ -777,16 +847,32 @@ fn check_settings(c: &mut Checker, p: &str, s: &RawMailboxSettings) {
         }
     }
     for (area, cats) in s.filters.iter().flatten() {
-        if Area::parse(area).is_none() {
-            c.err(
+        match Area::parse(area) {
+            None => c.err(
                 format!("{p}.filters.{area}"),
                 "is not a data area, expected contacts, calendar, tasks or mail",
-            );
+            ),
+            // Accepting it would promise a filter nothing applies: every message of the
+            // synced folders syncs, whatever its categories.
+            Some(Area::Mail) => c.err(
+                format!("{p}.filters.mail"),
+                "mail is not filtered by category (every message of the synced folders syncs); \
+                 remove it, and limit mail with mail.excluded_folders or mail.sync_from",
+            ),
+            Some(_) => {}
         }
         for (j, cat) in cats.iter().enumerate() {
             if cat.trim().is_empty() {
                 c.err(format!("{p}.filters.{area}[{j}]"), "is an empty category");
             }
+        }
+    }
+    if let Some(pct) = s.delete_limit_percent {
+        if pct > 100 {
+            c.err(
+                format!("{p}.delete_limit_percent"),
+                format!("{pct} is not a percentage (0 to 100)"),
+            );
         }
     }
     if let Some(is) = &s.initial_sync {
@@ -803,6 +889,9 @@ fn check_settings(c: &mut Checker, p: &str, s: &RawMailboxSettings) {
         let mp = format!("{p}.mail");
         if let Some(d) = &mail.sync_from {
             date_only(c, &format!("{mp}.sync_from"), d);
+        }
+        if mail.max_message_mb == Some(0) {
+            c.err(format!("{mp}.max_message_mb"), "must be at least 1");
         }
         if let Some(mode) = &mail.delete_mode {
             if parse_delete_mode(mode).is_none() {
@@ -899,11 +988,15 @@ fn effective_mail(defaults: Option<&RawMailSettings>, own: Option<&RawMailSettin
     let delete_mode = pick(|m| m.delete_mode.is_some())
         .and_then(|m| m.delete_mode.as_deref())
         .and_then(parse_delete_mode);
+    let max_message_mb = pick(|m| m.max_message_mb.is_some())
+        .and_then(|m| m.max_message_mb)
+        .unwrap_or(64);
     MailConfig {
         sync_from,
         excluded_folders,
         folder_sync_from,
         delete_mode,
+        max_message_mb,
     }
 }
 

@@ -42,9 +42,13 @@ pub(crate) fn sqlite_placeholders(sql: &str) -> String {
 }
 
 pub mod changes;
+pub mod integrity;
+pub mod journal;
+pub mod lookup;
 pub mod mail;
 pub(crate) mod mysql;
 pub mod queue;
+pub mod retention;
 pub mod rows;
 pub mod state;
 pub mod write;

@@ -35,6 +35,14 @@ pub struct ItemMapping {
     pub crm_version: Option<i64>,
     /// Field values last synced, by field name: the base of the three-way merge.
     pub fields: serde_json::Value,
+    /// The Exchange item carries the CRM-id stamp. An imported item is stamped later, in a
+    /// batch or with its next update; until then its mapping and the row's `ews_id` are what
+    /// recognise it.
+    pub stamped: bool,
+    /// Written (created in Exchange, or imported from it) after the folder's stored sync
+    /// state was taken: a SyncFolderItems from that state may never report the item, not
+    /// even its deletion, so the next complete read checks it (see docs/ARCHITECTURE.md).
+    pub unverified: bool,
 }
 
 /// The system whose value won a conflict.
@@ -61,6 +69,46 @@ pub struct Conflict {
     pub fields: Vec<String>,
     /// Who won.
     pub winner: Winner,
+}
+
+/// What each side held and what was kept, for the conflict log: JSON objects field -> value
+/// (the value as the field model writes it; `null` for an empty field). Default: nothing
+/// recorded, as for conflicts logged before the values were kept.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ConflictValues {
+    /// The CRM's values of the conflicting fields.
+    pub crm: serde_json::Map<String, serde_json::Value>,
+    /// Exchange's values of the conflicting fields.
+    pub exchange: serde_json::Map<String, serde_json::Value>,
+    /// The values written to both sides after the merge.
+    pub merged: serde_json::Map<String, serde_json::Value>,
+}
+
+impl ConflictValues {
+    /// The values of `fields` taken from three field maps (JSON objects, e.g. the canonical
+    /// field values of each side and of the merge result); fields missing from a map are
+    /// recorded as `null`, anything that is not an object records nothing for that side.
+    pub fn of(
+        fields: &[String],
+        crm: &serde_json::Value,
+        exchange: &serde_json::Value,
+        merged: &serde_json::Value,
+    ) -> Self {
+        let pick = |side: &serde_json::Value| -> serde_json::Map<String, serde_json::Value> {
+            match side.as_object() {
+                Some(map) => fields
+                    .iter()
+                    .map(|f| (f.clone(), map.get(f).cloned().unwrap_or_default()))
+                    .collect(),
+                None => serde_json::Map::new(),
+            }
+        };
+        ConflictValues {
+            crm: pick(crm),
+            exchange: pick(exchange),
+            merged: pick(merged),
+        }
+    }
 }
 
 /// An item that failed to sync.
@@ -162,10 +210,10 @@ impl Db {
 
     /// Stores many mappings in one transaction.
     pub async fn put_mappings(&self, all: &[ItemMapping]) -> Result<(), DbError> {
-        let sql = "INSERT INTO ms_item_map (mailbox, crm_table, crm_id, ews_item_id, change_key, crm_version, fields) \
-                   VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (mailbox, crm_table, crm_id) DO UPDATE SET \
+        let sql = "INSERT INTO ms_item_map (mailbox, crm_table, crm_id, ews_item_id, change_key, crm_version, fields, stamped, unverified) \
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (mailbox, crm_table, crm_id) DO UPDATE SET \
                    ews_item_id = excluded.ews_item_id, change_key = excluded.change_key, crm_version = excluded.crm_version, \
-                   fields = excluded.fields, updated_at = now()";
+                   fields = excluded.fields, stamped = excluded.stamped, unverified = excluded.unverified, updated_at = now()";
         let what = "storing an item mapping";
         macro_rules! in_tx {
             ($pool:expr, $sql:expr) => {{
@@ -179,6 +227,8 @@ impl Db {
                         .bind(&m.change_key)
                         .bind(m.crm_version)
                         .bind(m.fields.to_string())
+                        .bind(m.stamped)
+                        .bind(m.unverified)
                         .execute(&mut *tx)
                         .await
                         .map_err(q(what))?;
@@ -189,11 +239,11 @@ impl Db {
         match self {
             // One statement for the whole batch on PostgreSQL.
             Db::Postgres(p) if all.len() > 1 => {
-                let bulk = "INSERT INTO ms_item_map (mailbox, crm_table, crm_id, ews_item_id, change_key, crm_version, fields) \
-                   SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::bigint[], $7::text[]) \
+                let bulk = "INSERT INTO ms_item_map (mailbox, crm_table, crm_id, ews_item_id, change_key, crm_version, fields, stamped, unverified) \
+                   SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::bool[], $9::bool[]) \
                    ON CONFLICT (mailbox, crm_table, crm_id) DO UPDATE SET \
                    ews_item_id = excluded.ews_item_id, change_key = excluded.change_key, crm_version = excluded.crm_version, \
-                   fields = excluded.fields, updated_at = now()";
+                   fields = excluded.fields, stamped = excluded.stamped, unverified = excluded.unverified, updated_at = now()";
                 let col = |f: fn(&ItemMapping) -> String| all.iter().map(f).collect::<Vec<_>>();
                 sqlx::query(bulk)
                     .bind(col(|m| m.mailbox.clone()))
@@ -203,6 +253,8 @@ impl Db {
                     .bind(all.iter().map(|m| m.change_key.clone()).collect::<Vec<_>>())
                     .bind(all.iter().map(|m| m.crm_version).collect::<Vec<_>>())
                     .bind(col(|m| m.fields.to_string()))
+                    .bind(all.iter().map(|m| m.stamped).collect::<Vec<_>>())
+                    .bind(all.iter().map(|m| m.unverified).collect::<Vec<_>>())
                     .execute(p)
                     .await
                     .map(|_| ())
@@ -221,7 +273,7 @@ impl Db {
         crm_table: &str,
         crm_id: i64,
     ) -> Result<Option<ItemMapping>, DbError> {
-        let sql = "SELECT mailbox, crm_table, crm_id, ews_item_id, change_key, crm_version, fields FROM ms_item_map \
+        let sql = "SELECT mailbox, crm_table, crm_id, ews_item_id, change_key, crm_version, fields, stamped, unverified FROM ms_item_map \
                    WHERE mailbox = $1 AND crm_table = $2 AND crm_id = $3";
         on_db!(
             self,
@@ -229,7 +281,7 @@ impl Db {
             "reading an item mapping",
             |x| x.bind(mailbox).bind(crm_table).bind(crm_id),
             fetch_optional,
-            |row| { row.map(|r| mapping(&r)).transpose() }
+            |row| { row.map(|r| decode_mapping(&r)).transpose() }
         )?
     }
 
@@ -245,7 +297,7 @@ impl Db {
         for chunk in crm_ids.chunks(500) {
             let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
             let sql = format!(
-                "SELECT mailbox, crm_table, crm_id, ews_item_id, change_key, crm_version, fields FROM ms_item_map \
+                "SELECT mailbox, crm_table, crm_id, ews_item_id, change_key, crm_version, fields, stamped, unverified FROM ms_item_map \
                  WHERE mailbox = $1 AND crm_table = $2 AND crm_id IN ({})",
                 list.join(", ")
             );
@@ -257,7 +309,10 @@ impl Db {
                     .iter()
                     .fold(x.bind(mailbox).bind(crm_table), |x, id| x.bind(*id)),
                 fetch_all,
-                |rows| rows.iter().map(mapping).collect::<Result<Vec<_>, _>>()
+                |rows| rows
+                    .iter()
+                    .map(decode_mapping)
+                    .collect::<Result<Vec<_>, _>>()
             )??;
             out.extend(found.into_iter().map(|m| (m.crm_id, m)));
         }
@@ -270,7 +325,7 @@ impl Db {
         mailbox: &str,
         crm_table: &str,
     ) -> Result<Vec<ItemMapping>, DbError> {
-        let sql = "SELECT mailbox, crm_table, crm_id, ews_item_id, change_key, crm_version, fields FROM ms_item_map \
+        let sql = "SELECT mailbox, crm_table, crm_id, ews_item_id, change_key, crm_version, fields, stamped, unverified FROM ms_item_map \
                    WHERE mailbox = $1 AND crm_table = $2 ORDER BY crm_id";
         on_db!(
             self,
@@ -278,7 +333,10 @@ impl Db {
             "reading item mappings",
             |x| x.bind(mailbox).bind(crm_table),
             fetch_all,
-            |rows| rows.iter().map(mapping).collect::<Result<Vec<_>, _>>()
+            |rows| rows
+                .iter()
+                .map(decode_mapping)
+                .collect::<Result<Vec<_>, _>>()
         )?
     }
 
@@ -292,7 +350,7 @@ impl Db {
         for chunk in ews_ids.chunks(500) {
             let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
             let sql = format!(
-                "SELECT mailbox, crm_table, crm_id, ews_item_id, change_key, crm_version, fields FROM ms_item_map \
+                "SELECT mailbox, crm_table, crm_id, ews_item_id, change_key, crm_version, fields, stamped, unverified FROM ms_item_map \
                  WHERE mailbox = $1 AND ews_item_id IN ({})",
                 list.join(", ")
             );
@@ -302,7 +360,10 @@ impl Db {
                 "reading item mappings",
                 |x| chunk.iter().fold(x.bind(mailbox), |x, id| x.bind(id)),
                 fetch_all,
-                |rows| rows.iter().map(mapping).collect::<Result<Vec<_>, _>>()
+                |rows| rows
+                    .iter()
+                    .map(decode_mapping)
+                    .collect::<Result<Vec<_>, _>>()
             )??;
             out.extend(found.into_iter().map(|m| (m.ews_item_id.clone(), m)));
         }
@@ -315,7 +376,7 @@ impl Db {
         mailbox: &str,
         ews_item_id: &str,
     ) -> Result<Option<ItemMapping>, DbError> {
-        let sql = "SELECT mailbox, crm_table, crm_id, ews_item_id, change_key, crm_version, fields FROM ms_item_map \
+        let sql = "SELECT mailbox, crm_table, crm_id, ews_item_id, change_key, crm_version, fields, stamped, unverified FROM ms_item_map \
                    WHERE mailbox = $1 AND ews_item_id = $2";
         on_db!(
             self,
@@ -323,7 +384,7 @@ impl Db {
             "reading an item mapping",
             |x| x.bind(mailbox).bind(ews_item_id),
             fetch_optional,
-            |row| { row.map(|r| mapping(&r)).transpose() }
+            |row| { row.map(|r| decode_mapping(&r)).transpose() }
         )?
     }
 
@@ -345,9 +406,28 @@ impl Db {
         )
     }
 
-    /// Records a conflict.
+    /// Records a conflict (without the values; see [`Db::log_conflict_values`]).
     pub async fn log_conflict(&self, c: &Conflict) -> Result<(), DbError> {
-        let sql = "INSERT INTO ms_conflicts (mailbox, crm_table, crm_id, ews_item_id, fields, winner) VALUES ($1, $2, $3, $4, $5, $6)";
+        self.log_conflict_values(c, &ConflictValues::default())
+            .await
+    }
+
+    /// Records a conflict with both sides' values and the merged result.
+    pub async fn log_conflict_values(
+        &self,
+        c: &Conflict,
+        values: &ConflictValues,
+    ) -> Result<(), DbError> {
+        let sql = "INSERT INTO ms_conflicts (mailbox, crm_table, crm_id, ews_item_id, fields, winner, crm_values, ews_values, merged) \
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+        let object = |m: &serde_json::Map<String, serde_json::Value>| {
+            serde_json::Value::Object(m.clone()).to_string()
+        };
+        let (crm_values, ews_values, merged) = (
+            object(&values.crm),
+            object(&values.exchange),
+            object(&values.merged),
+        );
         let fields = serde_json::Value::from(c.fields.clone()).to_string();
         let winner = match c.winner {
             Winner::Crm => "crm",
@@ -363,7 +443,10 @@ impl Db {
                 .bind(c.crm_id)
                 .bind(&c.ews_item_id)
                 .bind(&fields)
-                .bind(winner),
+                .bind(winner)
+                .bind(&crm_values)
+                .bind(&ews_values)
+                .bind(&merged),
             execute,
             |_r| ()
         )
@@ -507,13 +590,15 @@ impl Db {
     }
 }
 
-fn mapping<R: Row>(r: &R) -> Result<ItemMapping, DbError>
+/// Decodes a mapping row (the columns of the mapping SELECTs, in their order).
+pub(crate) fn decode_mapping<R: Row>(r: &R) -> Result<ItemMapping, DbError>
 where
     usize: sqlx::ColumnIndex<R>,
     String: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
     Option<String>: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
     i64: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
     Option<i64>: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    bool: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
 {
     let fields: String = r.try_get(6).map_err(q("decoding an item mapping"))?;
     Ok(ItemMapping {
@@ -527,5 +612,7 @@ where
             what: "decoding mapped fields",
             source: sqlx::Error::Decode(Box::new(e)),
         })?,
+        stamped: r.try_get(7).map_err(q("decoding an item mapping"))?,
+        unverified: r.try_get(8).map_err(q("decoding an item mapping"))?,
     })
 }

@@ -80,6 +80,8 @@ macro_rules! write_in_tx {
                 .bind(&m.change_key)
                 .bind(version)
                 .bind(m.fields.to_string())
+                .bind(m.stamped)
+                .bind(m.unverified)
                 .execute(&mut *tx)
                 .await
                 .map_err(q("storing an item mapping"))?;
@@ -89,10 +91,10 @@ macro_rules! write_in_tx {
     }};
 }
 
-const MAPPING_UPSERT: &str = "INSERT INTO ms_item_map (mailbox, crm_table, crm_id, ews_item_id, change_key, crm_version, fields) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (mailbox, crm_table, crm_id) DO UPDATE SET \
+const MAPPING_UPSERT: &str = "INSERT INTO ms_item_map (mailbox, crm_table, crm_id, ews_item_id, change_key, crm_version, fields, stamped, unverified) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (mailbox, crm_table, crm_id) DO UPDATE SET \
      ews_item_id = excluded.ews_item_id, change_key = excluded.change_key, crm_version = excluded.crm_version, \
-     fields = excluded.fields, updated_at = now()";
+     fields = excluded.fields, stamped = excluded.stamped, unverified = excluded.unverified, updated_at = now()";
 
 /// The columns and values of a row, without id and version (those the database owns).
 fn columns(row: &CrmRow, ews_item_id: &str) -> (&'static str, Vec<(&'static str, Value)>) {

@@ -337,8 +337,7 @@ pub fn from_item(item: &Item) -> Result<Fields, String> {
             };
             let zone = match &c.start_time_zone {
                 None => "UTC",
-                Some(w) => timezones::iana(w)
-                    .ok_or_else(|| format!("time zone {w:?} is not one mailsync maps"))?,
+                Some(w) => timezones::iana(w).unwrap_or_else(|| unmapped_zone(w, c)),
             };
             put(&mut f, "subject", text(&c.subject));
             put(&mut f, "location", text(&c.location));
@@ -390,6 +389,21 @@ pub fn from_item(item: &Item) -> Result<Fields, String> {
         _ => return Err("not a contact, appointment or task".into()),
     }
     Ok(f)
+}
+
+/// An Exchange zone CLDR does not map (a custom zone from an iCalendar import, a zone
+/// newer than our table): the appointment is imported all the same, as UTC. Its start and
+/// end are exact instants either way (Exchange sends them in UTC); only the zone's name is
+/// lost to the CRM. The Exchange item keeps its zone: it is rewritten only when the CRM
+/// changes `time_zone`. Logged each time the item is read, so an operator can extend the
+/// table (tools/windows_zones.py) or fix the item.
+fn unmapped_zone(windows: &str, item: &CalendarItem) -> &'static str {
+    tracing::warn!(
+        windows_zone = windows,
+        subject = item.subject.as_deref().unwrap_or_default(),
+        "the appointment's time zone has no IANA equivalent; imported as UTC, the Exchange item keeps its zone"
+    );
+    "UTC"
 }
 
 fn get<'a>(f: &'a Fields, name: &str) -> Option<&'a String> {
@@ -753,6 +767,43 @@ mod tests {
         assert_eq!(from_row(&back).unwrap(), fields, "through the CRM");
     }
 
+    fn exchange_appointment(zone: Option<&str>) -> Item {
+        Item::CalendarItem(CalendarItem {
+            subject: Some("Import".into()),
+            start: Some(Utc.with_ymd_and_hms(2026, 11, 24, 8, 0, 0).unwrap()),
+            end: Some(Utc.with_ymd_and_hms(2026, 11, 24, 9, 0, 0).unwrap()),
+            start_time_zone: zone.map(Into::into),
+            end_time_zone: zone.map(Into::into),
+            ..CalendarItem::default()
+        })
+    }
+
+    #[test]
+    fn every_windows_zone_of_the_table_imports_with_its_iana_zone() {
+        for (windows, zone) in timezones::WINDOWS_TO_IANA {
+            let f = from_item(&exchange_appointment(Some(windows))).unwrap();
+            assert_eq!(f["time_zone"].as_deref(), Some(*zone), "{windows}");
+        }
+    }
+
+    #[test]
+    fn an_unmapped_zone_is_imported_as_utc_never_dropped() {
+        let f = from_item(&exchange_appointment(Some("Customized Time Zone"))).unwrap();
+        assert_eq!(f["time_zone"].as_deref(), Some("UTC"));
+        assert_eq!(f["start"].as_deref(), Some("2026-11-24T08:00:00Z"));
+        assert_eq!(f["end"].as_deref(), Some("2026-11-24T09:00:00Z"));
+        assert_eq!(f["subject"].as_deref(), Some("Import"));
+        // Read again, it gives the same fields: no change is seen where none happened.
+        assert_eq!(
+            from_item(&exchange_appointment(Some("Customized Time Zone"))).unwrap(),
+            f
+        );
+        assert_eq!(
+            from_item(&exchange_appointment(None)).unwrap()["time_zone"].as_deref(),
+            Some("UTC")
+        );
+    }
+
     #[test]
     fn every_area_round_trips_both_ways() {
         check_round_trip(contact());
@@ -831,4 +882,13 @@ mod tests {
             }
         }
     }
+}
+
+/// What a person recognises a record by: a contact's name, an appointment's or task's subject.
+pub fn title(area: Area, f: &Fields) -> String {
+    match area {
+        Area::Contacts => display_name(f),
+        _ => get(f, "subject").cloned(),
+    }
+    .unwrap_or_default()
 }

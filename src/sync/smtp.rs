@@ -27,6 +27,56 @@ pub fn addresses(list: &str) -> Result<Vec<Address>, String> {
         .collect()
 }
 
+/// The transport to the configured server: TLS as configured (STARTTLS required, never
+/// downgraded; implicit TLS; or none for a local relay), credentials when set.
+fn transport(
+    relay: &SmtpConfig,
+    timeout: std::time::Duration,
+) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
+    let tls = || {
+        TlsParameters::new(relay.host.clone())
+            .map_err(|e| format!("TLS set-up for {}: {e}", relay.host))
+    };
+    let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(relay.host.as_str())
+        .port(relay.port)
+        .tls(match relay.tls {
+            SmtpTls::StartTls => Tls::Required(tls()?),
+            SmtpTls::Tls => Tls::Wrapper(tls()?),
+            SmtpTls::None => Tls::None,
+        })
+        .timeout(Some(timeout));
+    if let Some((user, password)) = &relay.credentials {
+        builder = builder.credentials(Credentials::new(
+            user.clone(),
+            password.expose().to_string(),
+        ));
+    }
+    Ok(builder.build())
+}
+
+/// `mailsync test-connection`'s check of the SMTP server: connect, EHLO, TLS as configured
+/// and, with credentials, the login — what sending a mail needs before its first byte.
+pub async fn check(relay: &SmtpConfig) -> Result<String, String> {
+    let at = format!("{}:{}", relay.host, relay.port);
+    let transport = transport(relay, std::time::Duration::from_secs(20))?;
+    match transport.test_connection().await {
+        Ok(true) => Ok(format!(
+            "{at} answered EHLO ({}){}",
+            match relay.tls {
+                SmtpTls::StartTls => "STARTTLS",
+                SmtpTls::Tls => "TLS",
+                SmtpTls::None => "no TLS",
+            },
+            match &relay.credentials {
+                Some((user, _)) => format!(", login as {user} accepted"),
+                None => String::new(),
+            }
+        )),
+        Ok(false) => Err(format!("{at} accepted the connection but did not answer")),
+        Err(e) => Err(format!("SMTP server {at}: {e}")),
+    }
+}
+
 /// Sends one outbox mail; `Err` is the reason, for the row's `error` column.
 pub async fn send(
     relay: Option<&SmtpConfig>,
@@ -48,25 +98,7 @@ pub async fn send(
         return Err("the mail has no recipients".into());
     }
     let envelope = Envelope::new(Some(from), to).map_err(|e| format!("bad envelope: {e}"))?;
-    let tls = || {
-        TlsParameters::new(relay.host.clone())
-            .map_err(|e| format!("TLS set-up for {}: {e}", relay.host))
-    };
-    let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(relay.host.as_str())
-        .port(relay.port)
-        .tls(match relay.tls {
-            SmtpTls::StartTls => Tls::Required(tls()?),
-            SmtpTls::Tls => Tls::Wrapper(tls()?),
-            SmtpTls::None => Tls::None,
-        })
-        .timeout(Some(std::time::Duration::from_secs(60)));
-    if let Some((user, password)) = &relay.credentials {
-        builder = builder.credentials(Credentials::new(
-            user.clone(),
-            password.expose().to_string(),
-        ));
-    }
-    let transport = builder.build();
+    let transport = transport(relay, std::time::Duration::from_secs(60))?;
     // lettre ends the data with CRLF "." CRLF after the message, so a message's own final
     // CRLF would arrive as an extra empty line: it is left to that terminator.
     let body = mime.strip_suffix(b"\r\n").unwrap_or(&mime);

@@ -18,7 +18,8 @@ use mailsync_actors::{
 };
 use parking_lot::Mutex;
 
-use super::engine::{sync_error, Engine};
+use super::core::sync_error;
+use super::engine::Engine;
 
 struct Inner {
     engine: Engine,

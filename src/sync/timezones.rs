@@ -1,116 +1,31 @@
-//! IANA time zone names (the CRM's) and Windows time zone ids (Exchange's), for the zones
-//! mailsync maps. Windows to IANA gives the canonical zone of each Windows id; IANA to Windows
-//! also accepts the other zones of the same Windows id. A zone not in the table cannot be
-//! written to Exchange: the row goes to the failure log naming it.
+//! IANA time zone names (the CRM's) and Windows time zone ids (Exchange's), for every zone
+//! of the maintained CLDR mapping (windowsZones.xml). The table is generated
+//! (`windows_zones.rs`, by tools/windows_zones.py from the PyPI package tzlocal, which ships
+//! CLDR's data; its licence is `windows_zones.LICENSE`). Windows to IANA gives the canonical
+//! zone of each Windows id (CLDR territory 001); IANA to Windows also accepts every other zone
+//! and alias CLDR lists for it. A CRM zone not in the table cannot be written to Exchange:
+//! the row goes to the failure log naming it. An Exchange zone not in the table is imported
+//! as UTC ([`super::fields`]).
 
-/// (Windows id, canonical IANA zone, other IANA zones with the same rules).
-const ZONES: &[(&str, &str, &[&str])] = &[
-    ("UTC", "UTC", &["Etc/UTC", "Etc/GMT", "GMT"]),
-    (
-        "W. Europe Standard Time",
-        "Europe/Berlin",
-        &[
-            "Europe/Amsterdam",
-            "Europe/Vienna",
-            "Europe/Zurich",
-            "Europe/Rome",
-            "Europe/Stockholm",
-            "Europe/Oslo",
-            "Europe/Luxembourg",
-            "Europe/Monaco",
-        ],
-    ),
-    (
-        "Romance Standard Time",
-        "Europe/Paris",
-        &["Europe/Brussels", "Europe/Madrid", "Europe/Copenhagen"],
-    ),
-    (
-        "GMT Standard Time",
-        "Europe/London",
-        &["Europe/Dublin", "Europe/Lisbon"],
-    ),
-    (
-        "Central European Standard Time",
-        "Europe/Warsaw",
-        &["Europe/Zagreb", "Europe/Sarajevo", "Europe/Skopje"],
-    ),
-    (
-        "Central Europe Standard Time",
-        "Europe/Budapest",
-        &[
-            "Europe/Prague",
-            "Europe/Belgrade",
-            "Europe/Bratislava",
-            "Europe/Ljubljana",
-        ],
-    ),
-    (
-        "FLE Standard Time",
-        "Europe/Kiev",
-        &[
-            "Europe/Kyiv",
-            "Europe/Helsinki",
-            "Europe/Riga",
-            "Europe/Sofia",
-            "Europe/Tallinn",
-            "Europe/Vilnius",
-        ],
-    ),
-    ("GTB Standard Time", "Europe/Bucharest", &["Europe/Athens"]),
-    ("Turkey Standard Time", "Europe/Istanbul", &[]),
-    ("Russian Standard Time", "Europe/Moscow", &[]),
-    (
-        "Eastern Standard Time",
-        "America/New_York",
-        &["America/Toronto", "America/Detroit"],
-    ),
-    (
-        "Central Standard Time",
-        "America/Chicago",
-        &["America/Winnipeg"],
-    ),
-    (
-        "Mountain Standard Time",
-        "America/Denver",
-        &["America/Edmonton"],
-    ),
-    ("US Mountain Standard Time", "America/Phoenix", &[]),
-    (
-        "Pacific Standard Time",
-        "America/Los_Angeles",
-        &["America/Vancouver"],
-    ),
-    ("Alaskan Standard Time", "America/Anchorage", &[]),
-    ("Hawaiian Standard Time", "Pacific/Honolulu", &[]),
-    ("E. South America Standard Time", "America/Sao_Paulo", &[]),
-    ("Tokyo Standard Time", "Asia/Tokyo", &[]),
-    ("China Standard Time", "Asia/Shanghai", &["Asia/Hong_Kong"]),
-    ("India Standard Time", "Asia/Calcutta", &["Asia/Kolkata"]),
-    ("Arabian Standard Time", "Asia/Dubai", &[]),
-    ("Singapore Standard Time", "Asia/Singapore", &[]),
-    (
-        "AUS Eastern Standard Time",
-        "Australia/Sydney",
-        &["Australia/Melbourne"],
-    ),
-    ("South Africa Standard Time", "Africa/Johannesburg", &[]),
-];
+#[path = "windows_zones.rs"]
+mod table;
 
-/// The Windows id for an IANA zone.
+pub use table::{IANA_TO_WINDOWS, WINDOWS_TO_IANA};
+
+/// The Windows id for an IANA zone (canonical or alias).
 pub fn windows_id(iana: &str) -> Option<&'static str> {
-    ZONES
-        .iter()
-        .find(|(_, canonical, others)| *canonical == iana || others.contains(&iana))
-        .map(|(w, _, _)| *w)
+    IANA_TO_WINDOWS
+        .binary_search_by(|(name, _)| (*name).cmp(iana))
+        .ok()
+        .map(|i| IANA_TO_WINDOWS[i].1)
 }
 
 /// The canonical IANA zone for a Windows id.
 pub fn iana(windows: &str) -> Option<&'static str> {
-    ZONES
-        .iter()
-        .find(|(w, _, _)| *w == windows)
-        .map(|(_, canonical, _)| *canonical)
+    WINDOWS_TO_IANA
+        .binary_search_by(|(id, _)| (*id).cmp(windows))
+        .ok()
+        .map(|i| WINDOWS_TO_IANA[i].1)
 }
 
 /// The zone a CRM value stands for, in canonical form (so `Europe/Amsterdam` and
@@ -124,18 +39,58 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_zone_round_trips_and_parses_as_a_real_zone() {
-        for (w, canonical_name, others) in ZONES {
-            assert_eq!(iana(w), Some(*canonical_name));
-            for name in std::iter::once(canonical_name).chain(others.iter()) {
-                assert_eq!(windows_id(name), Some(*w), "{name}");
-                assert!(
-                    name.parse::<chrono_tz::Tz>().is_ok(),
-                    "{name} is not an IANA zone"
-                );
-            }
+    fn the_tables_are_sorted_for_binary_search_and_complete() {
+        assert!(WINDOWS_TO_IANA.windows(2).all(|w| w[0].0 < w[1].0));
+        assert!(IANA_TO_WINDOWS.windows(2).all(|w| w[0].0 < w[1].0));
+        // CLDR maps about 140 Windows ids; the hand-kept table before it had 25.
+        assert!(WINDOWS_TO_IANA.len() >= 135, "{}", WINDOWS_TO_IANA.len());
+        assert!(IANA_TO_WINDOWS.len() >= 450, "{}", IANA_TO_WINDOWS.len());
+    }
+
+    #[test]
+    fn every_windows_id_maps_to_a_zone_chrono_tz_knows_and_back() {
+        for (windows, zone) in WINDOWS_TO_IANA {
+            assert!(
+                zone.parse::<chrono_tz::Tz>().is_ok(),
+                "{windows}: {zone} is not an IANA zone chrono-tz knows"
+            );
+            assert_eq!(iana(windows), Some(*zone));
+            assert_eq!(windows_id(zone), Some(*windows), "{zone} maps back");
+            assert_eq!(canonical(zone), Some(*zone));
+        }
+    }
+
+    #[test]
+    fn every_iana_zone_maps_to_a_windows_id_with_a_canonical_zone() {
+        for (zone, windows) in IANA_TO_WINDOWS {
+            assert!(
+                zone.parse::<chrono_tz::Tz>().is_ok(),
+                "{zone} is not an IANA zone chrono-tz knows"
+            );
+            let canonical_zone = iana(windows)
+                .unwrap_or_else(|| panic!("{zone} -> {windows}, which has no canonical zone"));
+            assert_eq!(canonical(zone), Some(canonical_zone));
+        }
+    }
+
+    #[test]
+    fn known_pairs() {
+        for (windows, zone) in [
+            ("W. Europe Standard Time", "Europe/Berlin"),
+            ("Romance Standard Time", "Europe/Paris"),
+            ("Eastern Standard Time", "America/New_York"),
+            ("India Standard Time", "Asia/Calcutta"),
+            ("UTC", "UTC"),
+            ("Nepal Standard Time", "Asia/Katmandu"),
+            ("Chatham Islands Standard Time", "Pacific/Chatham"),
+            ("Line Islands Standard Time", "Pacific/Kiritimati"),
+        ] {
+            assert_eq!(iana(windows), Some(zone), "{windows}");
         }
         assert_eq!(canonical("Europe/Amsterdam"), Some("Europe/Berlin"));
+        assert_eq!(canonical("Asia/Kolkata"), Some("Asia/Calcutta"));
+        assert_eq!(canonical("Etc/GMT"), Some("UTC"));
         assert_eq!(windows_id("Mars/Olympus_Mons"), None);
+        assert_eq!(iana("Customized Time Zone"), None);
     }
 }

@@ -34,6 +34,34 @@ pub async fn count(db: &Db, sql: &str) -> i64 {
     .0
 }
 
+/// The first row's text columns (NULL as `None`); panics with the statement when no row.
+pub async fn texts(db: &Db, sql: &str) -> Vec<Option<String>> {
+    use sqlx::Row;
+    let row = match db {
+        Db::Postgres(p) => sqlx::query(sql).fetch_one(p).await.map(|r| {
+            (0..r.len())
+                .map(|i| r.try_get::<Option<String>, _>(i).unwrap())
+                .collect()
+        }),
+        Db::Sqlite(p) => sqlx::query(sql).fetch_one(p).await.map(|r| {
+            (0..r.len())
+                .map(|i| r.try_get::<Option<String>, _>(i).unwrap())
+                .collect()
+        }),
+        // Binary-collated columns (ews_id) come as bytes.
+        Db::MySql(p) => sqlx::query(sql).fetch_one(p).await.map(|r| {
+            (0..r.len())
+                .map(|i| {
+                    r.try_get::<Option<Vec<u8>>, _>(i)
+                        .unwrap()
+                        .map(|b| String::from_utf8(b).unwrap())
+                })
+                .collect()
+        }),
+    };
+    row.unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
 /// Tenant 1 "Muster GmbH" and operators `(id, personnel number, e-mail)`.
 pub async fn seed(db: &Db, operators: &[(i64, &str, Option<&str>)]) {
     exec(

@@ -1,11 +1,23 @@
-//! The admin HTTP API: metrics, health, readiness, and per-mailbox control.
+//! The admin HTTP server: metrics, health, readiness, the JSON API and the web console.
 //!
-//! `GET /metrics`, `/healthz`, `/readyz` are open (they reveal no addresses or secrets);
-//! everything under `/api/v1` needs `Authorization: Bearer <admin.token>`, compared in
-//! constant time. Responses are JSON built from API types declared here, never from the
-//! runtime's internal structs. Errors are `{"error": "..."}` with a status that says what
-//! went wrong: 401 (no or wrong token), 403 (no token configured), 404 (unknown mailbox,
-//! action or path), 409 (mailbox not running), 422 (reload refused), 503 (shutting down).
+//! `GET /metrics`, `/healthz`, `/readyz` are open (they reveal no addresses or secrets), and so
+//! are the console's shell page and its static assets (`/`, `/console/…`), which hold no data.
+//! Everything under `/api/v1` and the console's views (`/console/view/…`) need
+//! `Authorization: Bearer <admin.token>`, compared in constant time; the console's script
+//! sends it from sessionStorage, so no cookie exists and no request can be forged cross-site.
+//! Responses are JSON built from API types declared here, never from the runtime's internal
+//! structs. Errors are `{"error": "..."}` with a status that says what went wrong: 400 (bad
+//! query), 401 (no or wrong token), 403 (no token configured), 404 (unknown mailbox,
+//! failure, action or path), 409 (mailbox not running, nothing held), 422 (reload refused),
+//! 501 (no delete breaker), 503 (shutting down, no state store).
+//!
+//! - [`api`]: the conflict and failure logs, "retry", mailbox filters.
+//! - [`held`]: held deletes (the delete breaker's port, its DTOs, approve and reject).
+//! - [`console`]: the web console (server-rendered HTML fragments, assets built in).
+
+pub mod api;
+pub mod console;
+pub mod held;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,8 +34,11 @@ use mailsync_actors::{
 use serde::Serialize;
 use subtle::ConstantTimeEq;
 
+use crate::db::Db;
 use crate::metrics::Telemetry;
 use crate::secret::SecretString;
+
+pub use held::{DecideError, DecideOutcome, DeleteDecision, DeleteGate, HeldGroup, HeldItem};
 
 /// Why a reload was refused; nothing changed.
 #[derive(Debug, Clone)]
@@ -49,6 +64,10 @@ pub struct AdminState {
     pub token: Option<SecretString>,
     /// What POST /api/v1/reload and SIGHUP run.
     pub reload: Reloader,
+    /// The state store, for the conflict and failure logs; `None` answers 503 there.
+    pub store: Option<Db>,
+    /// The delete breaker's held deletes; `None` (no breaker in this build) hides them.
+    pub deletes: Option<Arc<dyn DeleteGate>>,
 }
 
 /// A running admin server.
@@ -71,14 +90,38 @@ pub fn start(listen: SocketAddr, state: AdminState) -> std::io::Result<AdminServ
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
+            .app_data(web::QueryConfig::default().error_handler(|e, _| {
+                let response = error(StatusCode::BAD_REQUEST, format!("bad query: {e}"));
+                actix_web::error::InternalError::from_response(e, response).into()
+            }))
             .route("/metrics", web::get().to(metrics))
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
+            .route("/", web::get().to(console::shell))
+            .route("/console/app.js", web::get().to(console::script))
+            .route("/console/app.css", web::get().to(console::style))
+            .service(
+                web::scope("/console/view")
+                    .route("/mailboxes", web::get().to(console::mailboxes))
+                    .route("/mailbox/{smtp}", web::get().to(console::mailbox))
+                    .route("/conflicts", web::get().to(console::conflicts))
+                    .route("/conflict/{id}", web::get().to(console::conflict))
+                    .route("/failures", web::get().to(console::failures))
+                    .default_service(web::to(api_not_found)),
+            )
             .service(
                 web::scope("/api/v1")
                     .route("/mailboxes", web::get().to(list))
                     .route("/mailboxes/{smtp}", web::get().to(one))
+                    .route(
+                        "/mailboxes/{smtp}/deletes/{decision}",
+                        web::post().to(held::decide),
+                    )
                     .route("/mailboxes/{smtp}/{action}", web::post().to(command))
+                    .route("/conflicts", web::get().to(api::conflicts))
+                    .route("/conflicts/{id}", web::get().to(api::conflict))
+                    .route("/failures", web::get().to(api::failures))
+                    .route("/failures/{id}/retry", web::post().to(api::retry))
                     .route("/reload", web::post().to(reload))
                     .default_service(web::to(api_not_found)),
             )
@@ -106,12 +149,12 @@ pub fn start(listen: SocketAddr, state: AdminState) -> std::io::Result<AdminServ
     Ok(AdminServer { addr, handle })
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> HttpResponse {
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> HttpResponse {
     HttpResponse::build(status).json(serde_json::json!({ "error": message.into() }))
 }
 
 /// Checks the bearer token in constant time; the refusal to send when it does not match.
-fn authorize(req: &HttpRequest, state: &AdminState) -> Option<HttpResponse> {
+pub(crate) fn authorize(req: &HttpRequest, state: &AdminState) -> Option<HttpResponse> {
     let Some(token) = &state.token else {
         return Some(error(
             StatusCode::FORBIDDEN,
@@ -174,7 +217,7 @@ async fn readyz(state: web::Data<AdminState>) -> HttpResponse {
 
 /// A folder as the API shows it.
 #[derive(Serialize)]
-struct FolderDto {
+pub(crate) struct FolderDto {
     folder: String,
     state: &'static str,
     steps: u64,
@@ -186,7 +229,7 @@ struct FolderDto {
 
 /// A mailbox as the API shows it.
 #[derive(Serialize)]
-struct MailboxDto {
+pub(crate) struct MailboxDto {
     smtp: String,
     server: String,
     state: &'static str,
@@ -197,13 +240,16 @@ struct MailboxDto {
     next_retry: Option<String>,
     first_step_done: bool,
     folders: Vec<FolderDto>,
+    /// Deletes held for approval; absent when the service has no delete breaker.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    held: Option<Vec<held::HeldDto>>,
 }
 
-fn time(t: Option<SystemTime>) -> Option<String> {
+pub(crate) fn time(t: Option<SystemTime>) -> Option<String> {
     t.map(|t| DateTime::<Utc>::from(t).to_rfc3339_opts(SecondsFormat::Secs, true))
 }
 
-fn dto(s: MailboxSnapshot) -> MailboxDto {
+fn dto(s: MailboxSnapshot, held: Option<Vec<held::HeldDto>>) -> MailboxDto {
     let now = tokio::time::Instant::now();
     MailboxDto {
         smtp: s.smtp.to_string(),
@@ -230,10 +276,15 @@ fn dto(s: MailboxSnapshot) -> MailboxDto {
                     .map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64()),
             })
             .collect(),
+        held,
     }
 }
 
-async fn list(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
+async fn list(
+    req: HttpRequest,
+    state: web::Data<AdminState>,
+    query: web::Query<api::MailboxFilter>,
+) -> HttpResponse {
     if let Some(denied) = authorize(&req, &state) {
         return denied;
     }
@@ -243,10 +294,34 @@ async fn list(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
         .into_iter()
         .map(|(s, n)| (s.as_str().to_owned(), n.into()))
         .collect();
-    let mailboxes: Vec<MailboxDto> = board.snapshots().into_iter().map(dto).collect();
-    HttpResponse::Ok().json(
-        serde_json::json!({ "count": mailboxes.len(), "states": states, "mailboxes": mailboxes }),
-    )
+    let held = match held::held_by_mailbox(&state, None).await {
+        Ok(h) => h,
+        Err(e) => return e,
+    };
+    let matching = api::filter(board.snapshots(), &query, held.as_ref());
+    let total = matching.len();
+    let offset = query.offset.unwrap_or(0);
+    let limit = query.limit.unwrap_or(usize::MAX);
+    let mailboxes: Vec<MailboxDto> = matching
+        .into_iter()
+        .skip(offset)
+        .take(limit)
+        .map(|s| {
+            let groups = held
+                .as_ref()
+                .map(|h| h.get(&*s.smtp).cloned().unwrap_or_default());
+            dto(
+                s,
+                groups.map(|g| g.into_iter().map(held::HeldDto::from).collect()),
+            )
+        })
+        .collect();
+    HttpResponse::Ok().json(serde_json::json!({
+        "count": mailboxes.len(),
+        "total": total,
+        "states": states,
+        "mailboxes": mailboxes,
+    }))
 }
 
 async fn one(
@@ -258,13 +333,24 @@ async fn one(
         return denied;
     }
     let smtp = path.into_inner().to_lowercase();
-    match state.handle.board.snapshot(&smtp) {
-        Some(s) => HttpResponse::Ok().json(dto(s)),
-        None => error(
+    let Some(snapshot) = state.handle.board.snapshot(&smtp) else {
+        return error(
             StatusCode::NOT_FOUND,
             format!("mailbox {smtp} is not configured"),
-        ),
-    }
+        );
+    };
+    let held = match held::held_by_mailbox(&state, Some(&smtp)).await {
+        Ok(h) => h,
+        Err(e) => return e,
+    };
+    let groups = held.map(|mut h| {
+        h.remove(&smtp)
+            .unwrap_or_default()
+            .into_iter()
+            .map(held::HeldDto::from)
+            .collect()
+    });
+    HttpResponse::Ok().json(dto(snapshot, groups))
 }
 
 async fn command(
@@ -280,7 +366,7 @@ async fn command(
     let Some(action) = Action::parse(&word) else {
         return error(
             StatusCode::NOT_FOUND,
-            format!("unknown action {word:?}; expected restart, resync, pause or resume"),
+            format!("unknown action {word:?}; expected restart, resync, sync, pause or resume"),
         );
     };
     let sent = state

@@ -1,0 +1,163 @@
+//! The maintenance job of `mailsync run`: retention (see [`crate::db::retention`]) at start
+//! and then every `retention.interval`, and the `mailsync_failures_parked` gauge every
+//! [`GAUGE_EVERY`]. It runs as one task the service watches and stops at shutdown; a failed
+//! pass is logged and tried again at the next tick, never fatal.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use parking_lot::RwLock;
+use tokio::sync::watch;
+
+use crate::config::RetentionConfig;
+use crate::db::journal::area_of_table;
+use crate::db::retention::Pruned;
+use crate::db::{Db, DbError};
+use crate::metrics::{ServiceMetrics, AREAS};
+use crate::sync::feed::CURSOR;
+
+/// How often the parked-failures gauge is refreshed.
+pub const GAUGE_EVERY: Duration = Duration::from_secs(30);
+
+/// What the job works on. Cheap to clone.
+#[derive(Clone)]
+pub struct Maintenance {
+    /// The business database (crm_changes).
+    crm: Db,
+    /// The state store (cursor, conflict log, failures, mailbox state).
+    state: Db,
+    /// How long things are kept and how often the job runs.
+    retention: RetentionConfig,
+    /// The mailboxes configured now (replaced on reload), whose state is never pruned.
+    configured: Arc<RwLock<Vec<String>>>,
+    /// Where the gauge and the pruned counts go.
+    metrics: ServiceMetrics,
+}
+
+/// A running job; dropping it does not stop it, [`Running::stop`] does.
+pub struct Running {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops the job after the pass in progress, if any.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "the maintenance job ended abnormally");
+        }
+    }
+}
+
+impl Maintenance {
+    /// A job over these databases.
+    pub fn new(
+        crm: Db,
+        state: Db,
+        retention: RetentionConfig,
+        configured: Vec<String>,
+        metrics: ServiceMetrics,
+    ) -> Self {
+        Maintenance {
+            crm,
+            state,
+            retention,
+            configured: Arc::new(RwLock::new(normalise(configured))),
+            metrics,
+        }
+    }
+
+    /// Replaces the list of configured mailboxes (after a reload).
+    pub fn set_configured(&self, mailboxes: Vec<String>) {
+        *self.configured.write() = normalise(mailboxes);
+    }
+
+    /// One retention pass: notes the configured mailboxes, then prunes what is older than
+    /// the retention.
+    pub async fn prune_once(&self) -> Result<Pruned, DbError> {
+        let configured = self.configured.read().clone();
+        let cutoff = Utc::now()
+            - chrono::Duration::from_std(self.retention.keep)
+                .unwrap_or_else(|_| chrono::Duration::days(3650));
+        self.state.mark_configured(&configured).await?;
+        let cursor = self.state.cursor(CURSOR).await?;
+        let changes = self.crm.prune_changes(cursor, cutoff).await?;
+        let conflicts = self.state.prune_conflicts(cutoff).await?;
+        let (mailboxes, mailbox_rows) = self
+            .state
+            .prune_removed_mailboxes(&configured, cutoff)
+            .await?;
+        for (kind, n) in [
+            ("changes", changes),
+            ("conflicts", conflicts),
+            ("mailbox_state", mailbox_rows),
+        ] {
+            self.metrics.pruned.with_label_values(&[kind]).inc_by(n);
+        }
+        Ok(Pruned {
+            changes,
+            conflicts,
+            mailboxes,
+            mailbox_rows,
+        })
+    }
+
+    /// Sets `mailsync_failures_parked{area}` from the failure log.
+    pub async fn refresh_gauges(&self) -> Result<(), DbError> {
+        let counts = self.state.failure_counts().await?;
+        for area in AREAS {
+            let n: i64 = counts
+                .iter()
+                .filter(|(table, _)| area_of_table(table) == area)
+                .map(|(_, n)| n)
+                .sum();
+            self.metrics
+                .failures_parked
+                .with_label_values(&[area])
+                .set(n);
+        }
+        Ok(())
+    }
+
+    /// Starts the job: a retention pass now and every interval, the gauge every
+    /// [`GAUGE_EVERY`].
+    pub fn spawn(self) -> Running {
+        let (stop, mut stopped) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut prune = tokio::time::interval(self.retention.interval);
+            let mut gauge = tokio::time::interval(GAUGE_EVERY);
+            prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            gauge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stopped.changed() => return,
+                    _ = prune.tick() => match self.prune_once().await {
+                        Ok(p) => tracing::info!(
+                            changes = p.changes,
+                            conflicts = p.conflicts,
+                            removed_mailboxes = p.mailboxes.len(),
+                            mailbox_rows = p.mailbox_rows,
+                            "retention pass done"
+                        ),
+                        Err(e) => tracing::warn!(error = %e, "retention pass failed; tried again at the next interval"),
+                    },
+                    _ = gauge.tick() => {
+                        if let Err(e) = self.refresh_gauges().await {
+                            tracing::warn!(error = %e, "counting parked failures failed");
+                        }
+                    }
+                }
+            }
+        });
+        Running { stop, task }
+    }
+}
+
+fn normalise(mut mailboxes: Vec<String>) -> Vec<String> {
+    for m in &mut mailboxes {
+        *m = m.to_lowercase();
+    }
+    mailboxes
+}

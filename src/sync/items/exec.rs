@@ -1,0 +1,1130 @@
+//! The executor of contacts, calendar and tasks plans: the breaker first (deletes over the
+//! limits are held), then Exchange (DeleteItem, CreateItem, UpdateItem — each batched, with a
+//! typed outcome per item), then the CRM for the pairs whose Exchange write went through,
+//! then the mappings. Exchange goes first so that a step failing halfway has written nothing
+//! to the CRM that a later merge could take for an ERP edit: an Exchange write that landed is
+//! seen again as Exchange holding the merged values, which agree with the CRM's.
+
+use std::collections::{HashMap, HashSet};
+
+use ews::ops::{CreateItem, DeleteItem, DeleteType, ItemUpdate, UpdateItem};
+use ews::types::{FolderRef, ItemId};
+use mailsync_actors::SyncError;
+
+use super::plan::{self, ConflictNote, CrmWrite, Decision, EwsWrite, MapOp, Pair, Side};
+use super::read::Context;
+use super::{base_json, ItemStep, ITEM_BATCH, STAMP_BATCH};
+use crate::config::Area;
+use crate::db::integrity::{Decision as Verdict, Held, Side as HeldSide};
+use crate::db::rows::CrmRow;
+use crate::db::state::{Conflict, Failure, ItemMapping};
+use crate::db::DbError;
+use crate::sync::breaker;
+use crate::sync::core::{db_error, own_version, ItemOutcome};
+use crate::sync::events::{Action, DeletesHeld, Direction, FailureKind, ItemParked};
+use crate::sync::fields::{self, Fields};
+
+/// The execution state of one decision.
+struct Slot {
+    d: Decision,
+    /// The item the pair ends with (new id or new ChangeKey).
+    ews: Option<ItemId>,
+    /// The row and version the pair ends with.
+    crm: Option<(i64, i64)>,
+    /// The mapping was written with the row (same database, same transaction).
+    mapped: bool,
+    /// Nothing more is done for this pair in this step (parked, changed meanwhile, skipped).
+    stop: bool,
+    /// The row stays queued for the next step.
+    requeue: bool,
+    /// Exchange no longer has the item the update was for: decided again.
+    gone: bool,
+    /// The item carries the stamp after this step.
+    stamped: bool,
+    /// The item was written after the folder's stored state.
+    unverified: bool,
+}
+
+fn with_uid(row: CrmRow, uid: Option<String>) -> CrmRow {
+    match row {
+        CrmRow::Appointment(mut a) => {
+            a.uid = uid;
+            CrmRow::Appointment(a)
+        }
+        other => other,
+    }
+}
+
+fn uid_of(row: &CrmRow) -> Option<String> {
+    match row {
+        CrmRow::Appointment(a) => a.uid.clone(),
+        _ => None,
+    }
+}
+
+impl ItemStep<'_> {
+    /// Parks an item in the failure log, with its next retry time.
+    pub(crate) async fn park(
+        &mut self,
+        crm_id: i64,
+        ews_id: &str,
+        kind: FailureKind,
+        reason: &str,
+    ) {
+        self.parked.insert((crm_id, ews_id.to_owned()));
+        ItemParked {
+            mailbox: self.smtp(),
+            area: self.area.as_str(),
+            table: self.table,
+            crm_id,
+            ews_id,
+            kind,
+            reason,
+        }
+        .emit(&self.engine.metrics);
+        let state = &self.engine.state;
+        let attempts = state
+            .failure_attempts(self.smtp(), self.table, crm_id, ews_id)
+            .await
+            .unwrap_or(0);
+        let next = crate::db::integrity::next_retry(attempts + 1, chrono::Utc::now());
+        let failure = Failure {
+            mailbox: self.smtp().to_owned(),
+            crm_table: self.table.to_owned(),
+            crm_id,
+            ews_item_id: ews_id.to_owned(),
+            error: reason.to_owned(),
+            attempts: 1,
+        };
+        if let Err(e) = state.record_failure(&failure, Some(next)).await {
+            tracing::error!(error = %e, "recording a failure failed");
+        }
+    }
+
+    async fn log_conflict(&self, d: &Decision, c: &ConflictNote) -> Result<(), SyncError> {
+        let resolution = match c.winner {
+            crate::db::state::Winner::Crm => "crm_wins",
+            crate::db::state::Winner::Exchange => "exchange_wins",
+        };
+        self.engine
+            .metrics
+            .conflicts
+            .with_label_values(&[self.area.as_str(), resolution])
+            .inc();
+        let conflict = Conflict {
+            mailbox: self.smtp().to_owned(),
+            crm_table: self.table.to_owned(),
+            crm_id: d.crm_id,
+            ews_item_id: d.ews_id.clone(),
+            fields: c.fields.clone(),
+            winner: c.winner,
+        };
+        tracing::info!(
+            mailbox = self.smtp(),
+            table = self.table,
+            crm_id = d.crm_id,
+            fields = ?c.fields,
+            crm = ?c.crm,
+            exchange = ?c.ews,
+            merged = ?c.merged,
+            "conflict"
+        );
+        self.engine
+            .state
+            .log_conflict(&conflict)
+            .await
+            .map_err(db_error)
+    }
+
+    /// Plans the pairs, holds what the breaker stops, and carries out the rest. Returns the
+    /// queued rows that must stay queued.
+    pub(crate) async fn carry_out(
+        &mut self,
+        pairs: Vec<Pair>,
+        ctx: &mut Context,
+    ) -> Result<HashSet<i64>, SyncError> {
+        let decisions = plan::plan(&pairs, &self.config);
+        self.carry_out_decisions(decisions, ctx, true, true).await
+    }
+
+    /// Carries decisions out, after the breaker (`breaker`); `again`: an update that finds its
+    /// item gone is decided anew once.
+    pub(crate) async fn carry_out_decisions(
+        &mut self,
+        decisions: Vec<Decision>,
+        ctx: &mut Context,
+        again: bool,
+        breaker: bool,
+    ) -> Result<HashSet<i64>, SyncError> {
+        let decisions = if breaker {
+            self.hold(decisions).await?
+        } else {
+            decisions
+        };
+        let mut slots: Vec<Slot> = decisions
+            .into_iter()
+            .map(|d| Slot {
+                stamped: d.base.as_ref().is_some_and(|b| b.stamped),
+                unverified: d
+                    .base
+                    .as_ref()
+                    .and_then(|b| ctx.maps.get(&b.crm_id))
+                    .is_some_and(|m| m.unverified),
+                d,
+                ews: None,
+                crm: None,
+                mapped: false,
+                stop: false,
+                requeue: false,
+                gone: false,
+            })
+            .collect();
+        for s in &mut slots {
+            if let Some(reason) = s.d.fail.clone() {
+                s.stop = true;
+                let ews = s.d.ews_id.clone().unwrap_or_default();
+                self.park(
+                    s.d.crm_id.unwrap_or(0),
+                    &ews,
+                    FailureKind::InvalidRow,
+                    &reason,
+                )
+                .await;
+            }
+        }
+        self.exchange_deletes(&mut slots).await?;
+        self.exchange_creates(&mut slots).await?;
+        self.exchange_updates(&mut slots).await?;
+        self.crm_writes(&mut slots, ctx).await?;
+        self.record(&mut slots, ctx).await?;
+        let mut leave = HashSet::new();
+        let mut gone = Vec::new();
+        for s in &slots {
+            if s.requeue {
+                if let Some(id) = s.d.crm_id {
+                    leave.insert(id);
+                }
+            }
+            if s.gone {
+                gone.push(s.d.clone());
+            }
+        }
+        if again && !gone.is_empty() {
+            // Deleted in Exchange (perhaps before any SyncFolderItems could report it) while
+            // changed in the CRM: decided as such.
+            let pairs: Vec<Pair> = gone
+                .into_iter()
+                .filter_map(|d| {
+                    let base = d.base.clone()?;
+                    let row = ctx.rows.get(&base.crm_id)?;
+                    let obs = plan::CrmObs {
+                        id: row.id(),
+                        version: crate::db::rows::version_of(row),
+                        fields: fields::from_row(row).ok()?,
+                        scope: super::read::scope_of(self.owner, row),
+                        problems: crate::db::rows::problems(row),
+                    };
+                    Some(Pair {
+                        base: Some(base),
+                        crm: Side::Here(obs),
+                        ews: Side::Gone,
+                        link: None,
+                        held: false,
+                    })
+                })
+                .collect();
+            let decisions = plan::plan(&pairs, &self.config);
+            leave.extend(Box::pin(self.carry_out_decisions(decisions, ctx, false, true)).await?);
+        }
+        Ok(leave)
+    }
+
+    /// The breaker: counts the deletes per scope and side, holds those over the limits.
+    async fn hold(&mut self, decisions: Vec<Decision>) -> Result<Vec<Decision>, SyncError> {
+        let deletes: Vec<(bool, HeldSide)> = decisions
+            .iter()
+            .filter_map(|d| d.delete().map(|side| (d.shared, side)))
+            .collect();
+        if deletes.is_empty() {
+            return Ok(decisions);
+        }
+        let state = &self.engine.state;
+        let mappings = state
+            .mappings_of(self.smtp(), self.table)
+            .await
+            .map_err(db_error)?;
+        let held_now = state
+            .held(self.smtp(), Some(self.table))
+            .await
+            .map_err(db_error)?;
+        let mut stopped: HashSet<(bool, HeldSide)> = HashSet::new();
+        for shared in [false, true] {
+            for side in [HeldSide::Crm, HeldSide::Exchange] {
+                let count = deletes.iter().filter(|d| **d == (shared, side)).count() as u64;
+                let size = mappings
+                    .iter()
+                    .filter(|m| super::to_base(m).shared == shared)
+                    .count() as u64;
+                let scope = if shared { "shared" } else { "own" };
+                let already = held_now.iter().any(|h| h.scope == scope && h.side == side);
+                if let Some(reason) = breaker::check(count, size, self.setup.breaker, already) {
+                    DeletesHeld {
+                        mailbox: self.smtp(),
+                        area: self.area.as_str(),
+                        scope,
+                        side: side.as_str(),
+                        count: count as usize,
+                        of: size,
+                        reason: &reason.describe(),
+                    }
+                    .emit();
+                    stopped.insert((shared, side));
+                }
+            }
+        }
+        if stopped.is_empty() {
+            return Ok(decisions);
+        }
+        let mut keep = Vec::with_capacity(decisions.len());
+        let mut held = Vec::new();
+        for d in decisions {
+            match d.delete() {
+                Some(side) if stopped.contains(&(d.shared, side)) => {
+                    let title = d
+                        .base
+                        .as_ref()
+                        .map(|b| fields::title(self.area, &b.fields))
+                        .unwrap_or_default();
+                    held.push(Held {
+                        mailbox: self.smtp().to_owned(),
+                        crm_table: self.table.to_owned(),
+                        scope: if d.shared { "shared" } else { "own" }.to_owned(),
+                        side,
+                        crm_id: d.crm_id.unwrap_or(0),
+                        ews_item_id: d.ews_id.clone().unwrap_or_default(),
+                        title,
+                        decision: None,
+                    });
+                }
+                _ => keep.push(d),
+            }
+        }
+        self.held += held.len() as u64;
+        state.hold(&held).await.map_err(db_error)?;
+        Ok(keep)
+    }
+
+    async fn exchange_deletes(&mut self, slots: &mut [Slot]) -> Result<(), SyncError> {
+        let todo: Vec<(usize, ItemId)> = slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.stop)
+            .filter_map(|(i, s)| match &s.d.ews {
+                Some(EwsWrite::Delete { id }) | Some(EwsWrite::Recreate { old: id, .. }) => Some((
+                    i,
+                    ItemId {
+                        id: id.id.clone(),
+                        change_key: None,
+                    },
+                )),
+                _ => None,
+            })
+            .collect();
+        for chunk in todo.chunks(ITEM_BATCH) {
+            let op = DeleteItem {
+                ids: chunk.iter().map(|(_, id)| id.clone()).collect(),
+                delete_type: DeleteType::MoveToDeletedItems,
+            };
+            let results = self.engine.call(self.setup, self.ctx, &op).await?;
+            for ((i, id), r) in chunk.iter().zip(results) {
+                let slot = &mut slots[*i];
+                match ItemOutcome::from_read(r)? {
+                    ItemOutcome::Written(()) | ItemOutcome::Gone => {
+                        if matches!(slot.d.ews, Some(EwsWrite::Delete { .. })) {
+                            self.counted(Direction::ToExchange, Action::Delete);
+                        }
+                    }
+                    ItemOutcome::Changed | ItemOutcome::Skipped => {
+                        slot.stop = true;
+                        slot.requeue = true;
+                    }
+                    ItemOutcome::Rejected(e) => {
+                        slot.stop = true;
+                        let crm_id = slot.d.crm_id.unwrap_or(0);
+                        self.park(
+                            crm_id,
+                            &id.id,
+                            FailureKind::RejectedByExchange,
+                            &format!("Exchange refused to delete the item: {e}"),
+                        )
+                        .await;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn exchange_creates(&mut self, slots: &mut [Slot]) -> Result<(), SyncError> {
+        for shared in [false, true] {
+            let todo: Vec<usize> = slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| !s.stop)
+                .filter(|(_, s)| {
+                    matches!(&s.d.ews, Some(EwsWrite::Create { shared: sh, .. }) | Some(EwsWrite::Recreate { shared: sh, .. }) if *sh == shared)
+                })
+                .map(|(i, _)| i)
+                .collect();
+            if todo.is_empty() {
+                continue;
+            }
+            let folder = self.folder_state(shared).await?;
+            let folder_ref = FolderRef::Id(ItemId {
+                id: folder.ews_folder_id.unwrap_or_default(),
+                change_key: None,
+            });
+            // Items a crash (or a failed round) left in Exchange after CreateItem but before
+            // the mapping: linked, not created twice.
+            let key = (self.smtp().to_owned(), self.table, shared);
+            let verify = !self.engine.clean.lock().remove(&key) && !self.listed_all;
+            let mut existing = if verify {
+                let ids: Vec<i64> = todo.iter().filter_map(|i| slots[*i].d.crm_id).collect();
+                self.engine
+                    .find_stamped(self.setup, self.ctx, &folder_ref, self.table, &ids)
+                    .await?
+            } else {
+                HashMap::new()
+            };
+            let mut create = Vec::new();
+            for i in todo {
+                let slot = &mut slots[i];
+                let crm_id = slot.d.crm_id.unwrap_or(0);
+                if let Some(id) = existing.remove(&crm_id) {
+                    slot.ews = Some(id);
+                    slot.stamped = true;
+                    slot.unverified = true;
+                    continue;
+                }
+                let values = match &slot.d.ews {
+                    Some(EwsWrite::Create { fields, .. })
+                    | Some(EwsWrite::Recreate { fields, .. }) => fields,
+                    _ => continue,
+                };
+                match fields::to_item(self.area, values, &fields::crm_stamp(self.table, crm_id)) {
+                    Ok(item) => create.push((i, item)),
+                    Err(e) => {
+                        slot.stop = true;
+                        self.park(crm_id, "", FailureKind::InvalidRow, &e).await;
+                    }
+                }
+            }
+            let mut failed = None;
+            for chunk in create.chunks(ITEM_BATCH) {
+                let mut made_now: Vec<usize> = Vec::new();
+                let op = CreateItem {
+                    folder: Some(folder_ref.clone()),
+                    items: chunk.iter().map(|(_, item)| item.clone()).collect(),
+                    disposition: None,
+                };
+                let results = match self.engine.call(self.setup, self.ctx, &op).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                };
+                for ((i, _), r) in chunk.iter().zip(results) {
+                    let slot = &mut slots[*i];
+                    let crm_id = slot.d.crm_id.unwrap_or(0);
+                    match ItemOutcome::from_read(r) {
+                        Ok(ItemOutcome::Written(id)) => {
+                            self.engine.note_own_write(&id);
+                            slot.ews = Some(id);
+                            slot.stamped = true;
+                            slot.unverified = true;
+                            made_now.push(*i);
+                            self.counted(Direction::ToExchange, Action::Create);
+                        }
+                        Ok(ItemOutcome::Rejected(e)) => {
+                            slot.stop = true;
+                            self.park(
+                                crm_id,
+                                "",
+                                FailureKind::RejectedByExchange,
+                                &format!("Exchange refused the item: {e}"),
+                            )
+                            .await;
+                        }
+                        Ok(_) => {
+                            slot.stop = true;
+                            slot.requeue = true;
+                        }
+                        Err(e) => {
+                            // Throttled or transient: what was created is recorded first.
+                            slot.stop = true;
+                            slot.requeue = true;
+                            failed.get_or_insert(e);
+                        }
+                    }
+                }
+                // Each batch is recorded as it lands (progress that survives a kill).
+                self.record_batch(slots, &made_now).await?;
+                self.ctx.progress();
+            }
+            // Items the stamp search found are recorded too.
+            let found: Vec<usize> = slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| !s.mapped && s.ews.is_some() && matches!(&s.d.ews, Some(EwsWrite::Create { shared: sh, .. }) | Some(EwsWrite::Recreate { shared: sh, .. }) if *sh == shared))
+                .map(|(i, _)| i)
+                .collect();
+            self.record_batch(slots, &found).await?;
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            self.engine.clean.lock().insert(key);
+        }
+        Ok(())
+    }
+
+    /// Records created items: their Exchange ids on the rows (one statement), then their
+    /// mappings with the rows' versions after that write, so the write is our own.
+    async fn record_batch(&mut self, slots: &mut [Slot], made: &[usize]) -> Result<(), SyncError> {
+        let rows: Vec<(i64, String)> = made
+            .iter()
+            .filter_map(|i| Some((slots[*i].d.crm_id?, slots[*i].ews.as_ref()?.id.clone())))
+            .collect();
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let written = self
+            .engine
+            .crm
+            .set_ews_ids(self.table, &rows)
+            .await
+            .map_err(db_error)?;
+        let versions: HashMap<i64, Option<i64>> =
+            rows.iter().map(|(id, _)| *id).zip(written).collect();
+        let mut mappings = Vec::new();
+        for i in made {
+            let s = &mut slots[*i];
+            if let (Some(id), Some(read)) = (s.d.crm_id, s.d.crm_version) {
+                s.crm = own_version(read, versions.get(&id).copied().flatten()).map(|v| (id, v));
+            }
+            if let Some(m) = self.mapping_of(s) {
+                mappings.push(m);
+                s.mapped = true;
+            }
+        }
+        self.engine
+            .state
+            .put_mappings(&mappings)
+            .await
+            .map_err(db_error)
+    }
+
+    async fn exchange_updates(&mut self, slots: &mut [Slot]) -> Result<(), SyncError> {
+        let todo: Vec<usize> = slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.stop && matches!(s.d.ews, Some(EwsWrite::Update { .. })))
+            .map(|(i, _)| i)
+            .collect();
+        let mut changes: Vec<(Option<usize>, i64, ItemUpdate)> = Vec::new();
+        for i in todo {
+            let slot = &mut slots[i];
+            let Some(EwsWrite::Update {
+                id,
+                fields: values,
+                changed,
+            }) = &slot.d.ews
+            else {
+                continue;
+            };
+            let crm_id = slot.d.crm_id.unwrap_or(0);
+            let item =
+                match fields::to_item(self.area, values, &fields::crm_stamp(self.table, crm_id)) {
+                    Ok(item) => item,
+                    Err(e) => {
+                        slot.stop = true;
+                        self.park(crm_id, &id.id, FailureKind::InvalidRow, &e).await;
+                        continue;
+                    }
+                };
+            changes.push((Some(i), crm_id, self.item_update(id, &item, changed)));
+        }
+        if changes.is_empty() {
+            return Ok(());
+        }
+        // Imports that still wait for their stamp ride along at no extra request.
+        let room = (ITEM_BATCH - changes.len() % ITEM_BATCH) % ITEM_BATCH;
+        if room > 0 {
+            let busy: HashSet<i64> = changes.iter().map(|(_, id, _)| *id).collect();
+            for m in self
+                .engine
+                .state
+                .unstamped_of(self.smtp(), self.table, room as i64)
+                .await
+                .map_err(db_error)?
+            {
+                if !busy.contains(&m.crm_id) {
+                    changes.push((None, m.crm_id, self.stamp_update(&m)));
+                }
+            }
+        }
+        self.send_updates(slots, changes).await
+    }
+
+    fn item_update(&self, id: &ItemId, item: &ews::items::Item, changed: &[String]) -> ItemUpdate {
+        let keys: HashSet<String> = changed
+            .iter()
+            .flat_map(|n| fields::property_keys(self.area, n))
+            .collect();
+        ItemUpdate {
+            id: id.clone(),
+            updates: item
+                .updates()
+                .into_iter()
+                .filter(|u| keys.contains(&u.key()) || u.key().starts_with("ext:"))
+                .collect(),
+        }
+    }
+
+    /// A stamp-only change of a mapped item (with the ChangeKey we hold: refused if the item
+    /// changed since, and then written with its next update).
+    fn stamp_update(&self, m: &ItemMapping) -> ItemUpdate {
+        let stamp = fields::crm_stamp(self.table, m.crm_id);
+        let item = match self.area {
+            Area::Contacts => ews::items::Item::Contact(ews::items::Contact {
+                extended: vec![ews::types::ExtendedProperty {
+                    uri: fields::crm_id_uri(),
+                    value: stamp,
+                }],
+                ..Default::default()
+            }),
+            Area::Calendar => ews::items::Item::CalendarItem(ews::items::CalendarItem {
+                extended: vec![ews::types::ExtendedProperty {
+                    uri: fields::crm_id_uri(),
+                    value: stamp,
+                }],
+                ..Default::default()
+            }),
+            _ => ews::items::Item::Task(ews::items::Task {
+                extended: vec![ews::types::ExtendedProperty {
+                    uri: fields::crm_id_uri(),
+                    value: stamp,
+                }],
+                ..Default::default()
+            }),
+        };
+        self.item_update(
+            &ItemId {
+                id: m.ews_item_id.clone(),
+                change_key: m.change_key.clone(),
+            },
+            &item,
+            &[],
+        )
+    }
+
+    /// Sends UpdateItem batches; per item: written, gone, changed since, refused, skipped.
+    async fn send_updates(
+        &mut self,
+        slots: &mut [Slot],
+        changes: Vec<(Option<usize>, i64, ItemUpdate)>,
+    ) -> Result<(), SyncError> {
+        let mut stamped: Vec<ItemMapping> = Vec::new();
+        for chunk in changes.chunks(ITEM_BATCH) {
+            let op = UpdateItem {
+                changes: chunk.iter().map(|(_, _, u)| u.clone()).collect(),
+                conflict: ews::ops::ConflictResolution::NeverOverwrite,
+                disposition: None,
+                calendar: self.area == Area::Calendar,
+            };
+            let results = self.engine.call(self.setup, self.ctx, &op).await?;
+            for ((slot, crm_id, u), r) in chunk.iter().zip(results) {
+                let outcome = ItemOutcome::from_read(r)?;
+                let Some(i) = slot else {
+                    // A stamp that rode along.
+                    if let ItemOutcome::Written(id) = outcome {
+                        self.engine.note_own_write(&id);
+                        if let Some(mut m) = self
+                            .engine
+                            .state
+                            .mapping_by_crm(self.smtp(), self.table, *crm_id)
+                            .await
+                            .map_err(db_error)?
+                        {
+                            m.change_key = id.change_key;
+                            m.stamped = true;
+                            stamped.push(m);
+                            self.counted(Direction::ToExchange, Action::Stamp);
+                        }
+                    }
+                    continue;
+                };
+                let slot = &mut slots[*i];
+                match outcome {
+                    ItemOutcome::Written(id) => {
+                        self.engine.note_own_write(&id);
+                        slot.ews = Some(id);
+                        slot.stamped = true;
+                        self.counted(Direction::ToExchange, Action::Update);
+                    }
+                    ItemOutcome::Gone => {
+                        slot.stop = true;
+                        slot.gone = true;
+                    }
+                    ItemOutcome::Changed => {
+                        // Changed in Exchange since the ChangeKey we hold: the row stays
+                        // queued and the next step (asked for at once) reads Exchange first.
+                        tracing::debug!(
+                            mailbox = self.smtp(),
+                            crm_id,
+                            "update refused; merging first"
+                        );
+                        slot.stop = true;
+                        slot.requeue = true;
+                        self.needs_pull = true;
+                    }
+                    ItemOutcome::Skipped => {
+                        slot.stop = true;
+                        slot.requeue = true;
+                    }
+                    ItemOutcome::Rejected(e) => {
+                        slot.stop = true;
+                        self.park(
+                            *crm_id,
+                            &u.id.id,
+                            FailureKind::RejectedByExchange,
+                            &format!("Exchange refused the update: {e}"),
+                        )
+                        .await;
+                    }
+                }
+            }
+            self.ctx.progress();
+        }
+        self.engine
+            .state
+            .put_mappings(&stamped)
+            .await
+            .map_err(db_error)
+    }
+
+    /// Writes the stamps imports still wait for, in batches, when enough wait (or `force`:
+    /// the end of an initial sync).
+    pub(crate) async fn stamp_waiting(&mut self, force: bool) -> Result<(), SyncError> {
+        loop {
+            let waiting = self
+                .engine
+                .state
+                .unstamped_of(self.smtp(), self.table, 500)
+                .await
+                .map_err(db_error)?;
+            if waiting.is_empty() || (!force && (waiting.len() as i64) < STAMP_BATCH) {
+                return Ok(());
+            }
+            let changes: Vec<(Option<usize>, i64, ItemUpdate)> = waiting
+                .iter()
+                .map(|m| (None, m.crm_id, self.stamp_update(m)))
+                .collect();
+            let n = changes.len();
+            self.send_updates(&mut [], changes).await?;
+            if n < 500 {
+                return Ok(());
+            }
+            // Items changed since their ChangeKey keep waiting; do not spin on them.
+            let left = self
+                .engine
+                .state
+                .unstamped_of(self.smtp(), self.table, 500)
+                .await
+                .map_err(db_error)?;
+            if left.len() >= waiting.len() {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn crm_writes(&mut self, slots: &mut [Slot], ctx: &Context) -> Result<(), SyncError> {
+        for s in slots.iter_mut().filter(|s| !s.stop) {
+            let Some(write) = s.d.crm.clone() else {
+                continue;
+            };
+            match write {
+                CrmWrite::Insert {
+                    ews_id,
+                    fields: values,
+                    shared,
+                } => {
+                    let owner = if shared {
+                        None
+                    } else {
+                        Some(self.owner.operator_id)
+                    };
+                    let row =
+                        match fields::to_row(self.area, &values, 0, self.owner.tenant_id, owner, 0)
+                        {
+                            Ok(r) => with_uid(r, ctx.uids.get(&ews_id).cloned()),
+                            Err(e) => {
+                                s.stop = true;
+                                self.park(0, &ews_id, FailureKind::InvalidRow, &e).await;
+                                continue;
+                            }
+                        };
+                    // With the state store in the business database, the mapping commits
+                    // with the row; apart, the row carries the Exchange id, which links it
+                    // again should the mapping be lost (unique per table).
+                    let mapping = self.engine.same_db.then(|| ItemMapping {
+                        mailbox: self.smtp().to_owned(),
+                        crm_table: self.table.to_owned(),
+                        crm_id: 0,
+                        ews_item_id: ews_id.clone(),
+                        change_key: s.d.ews_change_key.clone(),
+                        crm_version: None,
+                        fields: base_json(&values, shared),
+                        stamped: false,
+                        unverified: true,
+                    });
+                    let (id, version) = self
+                        .engine
+                        .crm
+                        .save_from_exchange(&row, &ews_id, mapping.as_ref())
+                        .await
+                        .map_err(db_error)?;
+                    s.crm = Some((id, version));
+                    s.mapped = mapping.is_some();
+                    s.stamped = false;
+                    s.unverified = true;
+                    self.counted(Direction::ToCrm, Action::Create);
+                }
+                CrmWrite::Update {
+                    id,
+                    version,
+                    fields: values,
+                    ..
+                } => {
+                    let Some(current) = ctx.rows.get(&id) else {
+                        continue;
+                    };
+                    let (tenant, owner) = crate::db::rows::tenant_owner(current);
+                    let row = match fields::to_row(self.area, &values, id, tenant, owner, version) {
+                        // The UID is not a synced field: the row keeps its own.
+                        Ok(r) => with_uid(r, uid_of(current)),
+                        Err(e) => {
+                            s.stop = true;
+                            let ews = s.d.ews_id.clone().unwrap_or_default();
+                            self.park(id, &ews, FailureKind::InvalidRow, &e).await;
+                            continue;
+                        }
+                    };
+                    let ews = s
+                        .ews
+                        .as_ref()
+                        .map(|i| i.id.clone())
+                        .or(s.d.ews_id.clone())
+                        .unwrap_or_default();
+                    match self.engine.crm.save_from_exchange(&row, &ews, None).await {
+                        Ok((_, v)) => {
+                            s.crm = Some((id, v));
+                            self.counted(Direction::ToCrm, Action::Update);
+                        }
+                        Err(DbError::Stale { .. }) => {
+                            // Changed in the CRM meanwhile: merged again in the next step.
+                            s.stop = true;
+                            s.requeue = true;
+                            self.needs_pull = true;
+                        }
+                        Err(e) => return Err(db_error(e)),
+                    }
+                }
+                CrmWrite::Delete { id } => {
+                    self.engine
+                        .crm
+                        .delete_crm_row(self.table, id)
+                        .await
+                        .map_err(db_error)?;
+                    self.counted(Direction::ToCrm, Action::Delete);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The mapping a finished slot ends with.
+    fn mapping_of(&self, s: &Slot) -> Option<ItemMapping> {
+        let MapOp::Put {
+            fields: values,
+            shared,
+        } = &s.d.map
+        else {
+            // A create that was recorded before a failure has a Put.
+            return None;
+        };
+        let (crm_id, version) = match s.crm {
+            Some((id, v)) => (id, Some(v)),
+            None => (s.d.crm_id?, s.d.crm_version),
+        };
+        let ews = s.ews.clone().or_else(|| {
+            s.d.ews_id.clone().map(|id| ItemId {
+                id,
+                change_key: s.d.ews_change_key.clone(),
+            })
+        })?;
+        Some(ItemMapping {
+            mailbox: self.smtp().to_owned(),
+            crm_table: self.table.to_owned(),
+            crm_id,
+            ews_item_id: ews.id,
+            change_key: ews.change_key,
+            crm_version: version,
+            fields: base_json(values, *shared),
+            stamped: s.stamped,
+            unverified: s.unverified,
+        })
+    }
+
+    /// Mappings, conflicts, counts.
+    async fn record(&mut self, slots: &mut [Slot], ctx: &Context) -> Result<(), SyncError> {
+        let mut put = Vec::new();
+        let mut drop_ids = Vec::new();
+        for s in slots.iter() {
+            if s.stop {
+                continue;
+            }
+            if let Some(c) = &s.d.conflict {
+                self.log_conflict(&s.d, c).await?;
+            }
+            if let Some(link) = &s.d.link {
+                *self.links.entry(link.describe()).or_default() += 1;
+                self.counted(Direction::ToCrm, Action::Link);
+            }
+            match &s.d.map {
+                MapOp::Keep => {}
+                MapOp::Drop => {
+                    if let Some(b) = &s.d.base {
+                        if ctx.maps.contains_key(&b.crm_id) || s.d.link.is_none() {
+                            drop_ids.push(b.crm_id);
+                        }
+                    }
+                }
+                MapOp::Put { .. } => {
+                    if let Some(b) = &s.d.base {
+                        let new_id = s.crm.map(|(id, _)| id).or(s.d.crm_id);
+                        if new_id != Some(b.crm_id) && ctx.maps.contains_key(&b.crm_id) {
+                            drop_ids.push(b.crm_id);
+                        }
+                    }
+                    if !s.mapped {
+                        if let Some(m) = self.mapping_of(s) {
+                            put.push(m);
+                        }
+                    }
+                }
+            }
+        }
+        let state = &self.engine.state;
+        state
+            .delete_mappings(self.smtp(), self.table, &drop_ids)
+            .await
+            .map_err(db_error)?;
+        state.put_mappings(&put).await.map_err(db_error)?;
+        // What synced leaves the failure log.
+        let ok: Vec<i64> = slots
+            .iter()
+            .filter(|s| !s.stop)
+            .filter_map(|s| s.crm.map(|(id, _)| id).or(s.d.crm_id))
+            .collect();
+        if !ok.is_empty() {
+            state
+                .clear_failures(self.smtp(), self.table, &ok)
+                .await
+                .map_err(db_error)?;
+        }
+        Ok(())
+    }
+
+    /// Carries out administrators' decisions on held deletes: approved deletes are applied;
+    /// rejected ones are restored on the side that deleted, from the other side.
+    pub(crate) async fn settle_held(&mut self) -> Result<(), SyncError> {
+        let held = self
+            .engine
+            .state
+            .held(self.smtp(), Some(self.table))
+            .await
+            .map_err(db_error)?;
+        let decided: Vec<Held> = held.into_iter().filter(|h| h.decision.is_some()).collect();
+        if decided.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<i64> = decided.iter().map(|h| h.crm_id).collect();
+        let maps = self
+            .engine
+            .state
+            .mappings_by_crm(self.smtp(), self.table, &ids)
+            .await
+            .map_err(db_error)?;
+        let rows: HashMap<i64, CrmRow> = self
+            .engine
+            .crm
+            .crm_rows(self.table, &ids)
+            .await
+            .map_err(db_error)?
+            .into_iter()
+            .filter_map(|(id, r)| r.ok().map(|r| (id, r)))
+            .collect();
+        let mut decisions = Vec::new();
+        let mut restore_from_exchange = Vec::new();
+        for h in &decided {
+            let Some(m) = maps.get(&h.crm_id) else {
+                continue;
+            };
+            let base = super::to_base(m);
+            let mut d = Decision {
+                crm_id: Some(h.crm_id),
+                ews_id: Some(m.ews_item_id.clone()),
+                base: Some(base.clone()),
+                ews: None,
+                crm: None,
+                map: MapOp::Drop,
+                conflict: None,
+                fail: None,
+                link: None,
+                shared: base.shared,
+                crm_version: rows.get(&h.crm_id).map(crate::db::rows::version_of),
+                ews_change_key: None,
+            };
+            match (h.decision, h.side) {
+                (Some(Verdict::Approve), HeldSide::Crm) => {
+                    d.crm = Some(CrmWrite::Delete { id: h.crm_id });
+                }
+                (Some(Verdict::Approve), HeldSide::Exchange) => {
+                    d.ews = Some(EwsWrite::Delete {
+                        id: base.ews.clone(),
+                    });
+                }
+                (Some(Verdict::Reject), HeldSide::Crm) => {
+                    // Gone from Exchange: the item comes back from the CRM row.
+                    let Some(row) = rows.get(&h.crm_id) else {
+                        continue;
+                    };
+                    let Ok(values) = fields::from_row(row) else {
+                        continue;
+                    };
+                    d.ews = Some(EwsWrite::Create {
+                        fields: values.clone(),
+                        shared: base.shared,
+                    });
+                    d.ews_id = None;
+                    d.map = MapOp::Put {
+                        fields: values,
+                        shared: base.shared,
+                    };
+                    self.counted(Direction::ToExchange, Action::Restore);
+                }
+                (Some(Verdict::Reject), HeldSide::Exchange) => {
+                    // Gone from the CRM: the row comes back from the item.
+                    restore_from_exchange.push((h.crm_id, base));
+                    continue;
+                }
+                (None, _) => continue,
+            }
+            decisions.push(d);
+        }
+        if !restore_from_exchange.is_empty() {
+            let ids: Vec<ItemId> = restore_from_exchange
+                .iter()
+                .map(|(_, b)| ItemId {
+                    id: b.ews.id.clone(),
+                    change_key: None,
+                })
+                .collect();
+            let (seen, _missing) = self.fetch(&ids, false).await?;
+            let by_id: HashMap<String, super::read::SeenItem> =
+                seen.into_iter().map(|s| (s.obs.id.id.clone(), s)).collect();
+            for (crm_id, base) in restore_from_exchange {
+                let Some(s) = by_id.get(&base.ews.id) else {
+                    continue;
+                };
+                decisions.push(Decision {
+                    crm_id: Some(crm_id),
+                    ews_id: Some(s.obs.id.id.clone()),
+                    base: Some(base.clone()),
+                    ews: None,
+                    crm: Some(CrmWrite::Insert {
+                        ews_id: s.obs.id.id.clone(),
+                        fields: s.obs.fields.clone(),
+                        shared: base.shared,
+                    }),
+                    map: MapOp::Put {
+                        fields: s.obs.fields.clone(),
+                        shared: base.shared,
+                    },
+                    conflict: None,
+                    fail: None,
+                    link: None,
+                    shared: base.shared,
+                    crm_version: None,
+                    ews_change_key: s.obs.id.change_key.clone(),
+                });
+                self.counted(Direction::ToCrm, Action::Restore);
+            }
+        }
+        // Decided entries are released first, and what an administrator decided does not
+        // pass the breaker again.
+        self.engine
+            .state
+            .release_held(self.smtp(), self.table, &ids)
+            .await
+            .map_err(db_error)?;
+        let mut ctx = Context {
+            rows,
+            maps: maps.into_iter().collect(),
+            ..Context::default()
+        };
+        self.carry_out_decisions(decisions, &mut ctx, false, false)
+            .await?;
+        Ok(())
+    }
+
+    /// Parked items whose retry time has come: queued CRM rows again; Exchange items read
+    /// again in this step.
+    pub(crate) async fn retry_due(&mut self) -> Result<Vec<ItemId>, SyncError> {
+        let due = self
+            .engine
+            .state
+            .due_failures(self.smtp(), self.table, chrono::Utc::now())
+            .await
+            .map_err(db_error)?;
+        let mut rows = Vec::new();
+        let mut items = Vec::new();
+        let now = chrono::Utc::now();
+        for f in due {
+            // Taken: the next retry is due at the schedule's next point unless this one
+            // clears it (so an item that neither fails nor syncs is not retried every step).
+            let until = crate::db::integrity::next_retry(f.attempts + 1, now);
+            self.engine
+                .state
+                .postpone_failure(self.smtp(), self.table, f.crm_id, &f.ews_item_id, until)
+                .await
+                .map_err(db_error)?;
+            self.retried.push((f.crm_id, f.ews_item_id.clone()));
+            if f.crm_id != 0 {
+                rows.push((self.smtp().to_owned(), self.table.to_owned(), f.crm_id));
+            } else if !f.ews_item_id.is_empty() {
+                items.push(ItemId {
+                    id: f.ews_item_id.clone(),
+                    change_key: None,
+                });
+            }
+        }
+        self.engine
+            .state
+            .add_pending(&rows)
+            .await
+            .map_err(db_error)?;
+        Ok(items)
+    }
+}
