@@ -33,6 +33,8 @@ pub struct Maintenance {
     configured: Arc<RwLock<Vec<String>>>,
     /// Where the gauge and the pruned counts go.
     metrics: ServiceMetrics,
+    /// The server of each configured mailbox (the held-deletes gauge is per server).
+    servers: Arc<RwLock<std::collections::HashMap<String, String>>>,
 }
 
 /// A running job; dropping it does not stop it, [`Running::stop`] does.
@@ -66,7 +68,16 @@ impl Maintenance {
             retention,
             configured: Arc::new(RwLock::new(normalise(configured))),
             metrics,
+            servers: Arc::default(),
         }
+    }
+
+    /// Replaces the mailbox → server map (startup and reload).
+    pub fn set_servers(&self, servers: impl IntoIterator<Item = (String, String)>) {
+        *self.servers.write() = servers
+            .into_iter()
+            .map(|(m, s)| (m.to_lowercase(), s))
+            .collect();
     }
 
     /// Replaces the list of configured mailboxes (after a reload).
@@ -104,8 +115,35 @@ impl Maintenance {
         })
     }
 
-    /// Sets `mailsync_failures_parked{area}` from the failure log.
+    /// Sets `mailsync_failures_parked{area}` from the failure log and
+    /// `mailsync_held_deletes{server,area}` from the held deletes.
     pub async fn refresh_gauges(&self) -> Result<(), DbError> {
+        let held = self.state.held_counts().await?;
+        let servers = self.servers.read().clone();
+        let mut totals: std::collections::BTreeMap<(String, &str), i64> = Default::default();
+        for server in servers.values() {
+            for area in AREAS {
+                totals.insert((server.clone(), area), 0);
+            }
+        }
+        for (mailbox, table, n) in held {
+            // A mailbox no longer configured has no server label; its held deletes stay in
+            // the store and the API, not in the gauge.
+            if let Some(server) = servers.get(&mailbox) {
+                let area = AREAS
+                    .iter()
+                    .copied()
+                    .find(|a| *a == area_of_table(&table))
+                    .unwrap_or("contacts");
+                *totals.entry((server.clone(), area)).or_default() += n;
+            }
+        }
+        for ((server, area), n) in totals {
+            self.metrics
+                .held_deletes
+                .with_label_values(&[&server, area])
+                .set(n);
+        }
         let counts = self.state.failure_counts().await?;
         for area in AREAS {
             let n: i64 = counts

@@ -326,6 +326,11 @@ pub async fn start(cfg: &Config, path: PathBuf) -> anyhow::Result<Service> {
         cfg.mailboxes.iter().map(|m| m.smtp.clone()).collect(),
         telemetry.service.clone(),
     );
+    maintenance.set_servers(
+        cfg.mailboxes
+            .iter()
+            .map(|m| (m.smtp.clone(), m.server.clone())),
+    );
     let ports = Ports {
         sync: Arc::new(engine.clone()),
         stream: Arc::new(EwsStream::new(engine.clone())),
@@ -354,7 +359,10 @@ pub async fn start(cfg: &Config, path: PathBuf) -> anyhow::Result<Service> {
         token: cfg.admin.token.clone(),
         reload: reload.clone(),
         store: Some(state.clone()),
-        deletes: None,
+        deletes: Some(crate::sync::gate::StoreGate::new(
+            state.clone(),
+            handle.clone(),
+        )),
     };
     let admin = admin::start(cfg.admin.listen, admin_state)?;
     let maintenance = maintenance.spawn();
@@ -557,6 +565,11 @@ async fn reload(
     engine.set_mailboxes(built.setups);
     feed.set_routes(built.routes);
     maintenance.set_configured(cfg.mailboxes.iter().map(|m| m.smtp.clone()).collect());
+    maintenance.set_servers(
+        cfg.mailboxes
+            .iter()
+            .map(|m| (m.smtp.clone(), m.server.clone())),
+    );
     let report = handle
         .addr
         .send(Reload {

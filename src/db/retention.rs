@@ -19,12 +19,14 @@ use super::{q, Db, DbError};
 const BATCH: i64 = 5_000;
 
 /// The state tables of a mailbox, in the order they are pruned.
-const MAILBOX_TABLES: [&str; 5] = [
+const MAILBOX_TABLES: [&str; 7] = [
     "ms_pending",
     "ms_item_map",
     "ms_folder_state",
     "ms_failures",
     "ms_conflicts",
+    "ms_held",
+    "ms_ambiguous",
 ];
 
 /// What one pass deleted.

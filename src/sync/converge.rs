@@ -172,24 +172,41 @@ pub async fn compare(
             Some((id, fields::from_row(&row.ok()?).ok()?))
         })
         .collect();
+    // An item belongs to the row its stamp names, when that row is in this mailbox's scope;
+    // an imported item whose stamp is still to be written (or that carries a foreign stamp,
+    // copied from another operator's item) belongs to the row that carries its Exchange id.
+    let mut listed = Vec::new();
+    for folder in folders {
+        listed.extend(items(client, target, folder).await?);
+    }
+    let listed_ids: Vec<String> = listed
+        .iter()
+        .filter_map(|i| i.id().map(|i| i.id.clone()))
+        .collect();
+    let by_ews_id = crm
+        .ids_by_ews_ids(table, &listed_ids)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut by_stamp: HashMap<i64, Fields> = HashMap::new();
     let mut diffs = Vec::new();
-    for folder in folders {
-        for item in items(client, target, folder).await? {
-            let stamp = fields::stamped_id(&item, table);
-            let Ok(f) = fields::from_item(&item) else {
-                continue;
-            };
-            match stamp {
-                Some(id) if by_stamp.insert(id, f).is_some() => {
-                    diffs.push(Difference::Duplicate(id))
-                }
-                Some(_) => {}
-                None => diffs.push(Difference::MissingInCrm(
-                    item.id().map(|i| i.id.clone()).unwrap_or_default(),
-                    None,
-                )),
-            }
+    for item in listed {
+        let ews_id = item.id().map(|i| i.id.clone()).unwrap_or_default();
+        let stamp = fields::stamped_id(&item, table)
+            .filter(|id| rows.contains_key(id))
+            .or_else(|| {
+                by_ews_id
+                    .get(&ews_id)
+                    .copied()
+                    .filter(|id| rows.contains_key(id))
+            })
+            .or(fields::stamped_id(&item, table));
+        let Ok(f) = fields::from_item(&item) else {
+            continue;
+        };
+        match stamp {
+            Some(id) if by_stamp.insert(id, f).is_some() => diffs.push(Difference::Duplicate(id)),
+            Some(_) => {}
+            None => diffs.push(Difference::MissingInCrm(ews_id, None)),
         }
     }
     for (id, crm_fields) in &rows {

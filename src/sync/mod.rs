@@ -19,6 +19,7 @@ pub mod engine;
 pub mod events;
 pub mod feed;
 pub mod fields;
+pub mod gate;
 pub mod initial;
 pub mod items;
 pub mod mail;

@@ -129,9 +129,16 @@ impl ItemStep<'_> {
             merged = ?c.merged,
             "conflict"
         );
+        let json = |f: &Fields| serde_json::to_value(f).unwrap_or_default();
+        let values = crate::db::state::ConflictValues::of(
+            &c.fields,
+            &json(&c.crm),
+            &json(&c.ews),
+            &json(&c.merged),
+        );
         self.engine
             .state
-            .log_conflict(&conflict)
+            .log_conflict_values(&conflict, &values)
             .await
             .map_err(db_error)
     }
