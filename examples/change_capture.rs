@@ -1,11 +1,13 @@
-//! Change-capture throughput on PostgreSQL and SQLite: insert 100,000 contact rows (the
-//! triggers log each), then read the change log in batches of 1,000 after the cursor, apply
-//! each batch (read its rows in one query, screen them) and advance the cursor. Prints one JSON object per
-//! backend.
+//! Change-capture throughput on SQLite, PostgreSQL and MariaDB: insert 100,000 contact rows
+//! (the triggers log each), then read the change log in batches of 1,000 after the cursor,
+//! apply each batch (read its rows in one query, screen them) and advance the cursor. Prints
+//! one JSON object per backend. On MariaDB reading includes numbering the changes in commit
+//! order (crm_changes.seq), and the cursor lives in a SQLite state store beside it.
 //!
 //!     cargo run --release --example change_capture [-- ROWS]
 //!
-//! PostgreSQL is used at postgres://postgres@127.0.0.1:5432 (a scratch database) when reachable.
+//! PostgreSQL is used at postgres://postgres@127.0.0.1:5432 and MariaDB at
+//! mysql://root@127.0.0.1:3306 (scratch databases) when reachable.
 
 use std::time::Instant;
 
@@ -13,15 +15,18 @@ use mailsync::db::changes::Cursor;
 use mailsync::db::{Db, MigrationSet};
 use sqlx::Connection;
 
-async fn run(label: &str, db: Db, rows: i64) {
+/// `state` holds the cursor and the failure log (the business database itself, except beside
+/// MariaDB).
+async fn run(label: &str, db: Db, state: Db, rows: i64) {
     db.migrate(MigrationSet::Crm).await.unwrap();
-    db.migrate(MigrationSet::State).await.unwrap();
+    state.migrate(MigrationSet::State).await.unwrap();
     let exec = |sql: String| {
         let db = db.clone();
         async move {
             match &db {
                 Db::Postgres(p) => sqlx::query(&sql).execute(p).await.map(|_| ()),
                 Db::Sqlite(p) => sqlx::query(&sql).execute(p).await.map(|_| ()),
+                Db::MySql(p) => sqlx::query(&sql).execute(p).await.map(|_| ()),
             }
             .unwrap()
         }
@@ -45,7 +50,7 @@ async fn run(label: &str, db: Db, rows: i64) {
     let t1 = Instant::now();
     let mut applied = 0u64;
     loop {
-        let cursor: Cursor = db.cursor("bench").await.unwrap();
+        let cursor: Cursor = state.cursor("bench").await.unwrap();
         let changes = db.changes_after(cursor, 1000).await.unwrap();
         let Some(last) = changes.last().map(|c| c.cursor) else {
             break;
@@ -56,11 +61,11 @@ async fn run(label: &str, db: Db, rows: i64) {
             .map(|c| c.row_id)
             .collect();
         applied += db
-            .load_syncable(&db, "a@example.com", "crm_contacts", &ids)
+            .load_syncable(&state, "a@example.com", "crm_contacts", &ids)
             .await
             .unwrap()
             .len() as u64;
-        db.advance_cursor("bench", last).await.unwrap();
+        state.advance_cursor("bench", last).await.unwrap();
     }
     let read_secs = t1.elapsed().as_secs_f64();
     println!(
@@ -77,6 +82,7 @@ async fn run(label: &str, db: Db, rows: i64) {
         })
     );
     db.close().await;
+    state.close().await;
 }
 
 #[tokio::main]
@@ -92,7 +98,7 @@ async fn main() {
     )
     .await
     .unwrap();
-    run("sqlite", sqlite, rows).await;
+    run("sqlite", sqlite.clone(), sqlite, rows).await;
 
     let admin = "postgres://postgres@127.0.0.1:5432/postgres";
     match sqlx::PgConnection::connect(admin).await {
@@ -105,12 +111,36 @@ async fn main() {
             let pg = Db::connect(&format!("postgres://postgres@127.0.0.1:5432/{name}"), 4)
                 .await
                 .unwrap();
-            run("postgres", pg, rows).await;
+            run("postgres", pg.clone(), pg, rows).await;
             sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
                 .execute(&mut c)
                 .await
                 .unwrap();
         }
         Err(e) => eprintln!("postgres skipped: {e}"),
+    }
+
+    let admin = "mysql://root@127.0.0.1:3306";
+    match sqlx::MySqlConnection::connect(admin).await {
+        Ok(mut c) => {
+            let name = format!("mailsync_bench_{}", std::process::id());
+            sqlx::query(&format!("CREATE DATABASE {name}"))
+                .execute(&mut c)
+                .await
+                .unwrap();
+            let my = Db::connect(&format!("{admin}/{name}"), 4).await.unwrap();
+            let state = Db::connect(
+                &format!("sqlite:{}", dir.path().join("state.db").display()),
+                4,
+            )
+            .await
+            .unwrap();
+            run("mariadb", my, state, rows).await;
+            sqlx::query(&format!("DROP DATABASE {name}"))
+                .execute(&mut c)
+                .await
+                .unwrap();
+        }
+        Err(e) => eprintln!("mariadb skipped: {e}"),
     }
 }

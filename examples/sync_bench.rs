@@ -52,6 +52,13 @@ async fn scalar(db: &Db, sql: &str) -> i64 {
                 .unwrap()
                 .0
         }
+        Db::MySql(p) => {
+            sqlx::query_as::<_, (i64,)>(sql)
+                .fetch_one(p)
+                .await
+                .unwrap()
+                .0
+        }
     }
 }
 

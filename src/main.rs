@@ -44,7 +44,8 @@ enum Command {
         /// Simulated mailboxes (user1@example.com …).
         #[arg(long, default_value_t = 20)]
         mailboxes: usize,
-        /// A business database URL (e.g. postgres://…) instead of a fresh SQLite file.
+        /// A business database URL (postgres://…, mysql://… or mariadb://…) instead of a fresh
+        /// SQLite file; beside MariaDB/MySQL the state store is a SQLite file.
         #[arg(long)]
         database: Option<String>,
         /// Serve the simulator on this address, so other EWS clients can use it.
@@ -568,7 +569,12 @@ fn migrate(path: &std::path::Path) -> ExitCode {
                     r.already,
                     if r.already == 1 { "" } else { "s" }
                 ),
-                Ok(r) => println!("{what} {url}: applied {}", r.applied.join(", ")),
+                Ok(r) => {
+                    println!("{what} {url}: applied {}", r.applied.join(", "));
+                    for d in &r.resolved {
+                        println!("  resolved duplicate: {d}");
+                    }
+                }
                 Err(e) => {
                     eprintln!("error: {what} {url}: {e}");
                     return ExitCode::FAILURE;

@@ -147,3 +147,44 @@ fn the_demo_syncs_only_the_areas_asked_for() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid value 'notes' for '--areas"));
 }
+
+/// `mailsync demo --database mysql://…`: the business database in MariaDB (the state store in
+/// a SQLite file beside it), seeded, initial-synced, changes propagated both ways.
+#[test]
+fn the_demo_runs_on_a_mariadb_business_database() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let Some((name, url)) = runtime.block_on(common::mariadb_db("demo")) else {
+        return;
+    };
+    let out = Command::new(env!("CARGO_BIN_EXE_mailsync"))
+        .args([
+            "demo",
+            "--mailboxes",
+            "2",
+            "--seconds",
+            "5",
+            "--admin",
+            "127.0.0.1:0",
+            "--database",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    runtime.block_on(common::drop_mariadb(&name));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!("business database {url}: seeded 2 operators")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("initial sync of 2 mailboxes done"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("CRM → Exchange: ") && stdout.contains("Exchange → CRM: "),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("not arrived"), "{stdout}");
+}

@@ -21,7 +21,7 @@ async fn faults_on_every_path_end_with_both_sides_equal_on_postgres() {
     let Some((name, url)) = common::postgres_db("faults").await else {
         return;
     };
-    faults_on_every_path_end_with_both_sides_equal(&url).await;
+    faults_on_every_path_end_with_both_sides_equal(&url, &url).await;
     common::drop_postgres(&name).await;
 }
 
@@ -29,12 +29,25 @@ async fn faults_on_every_path_end_with_both_sides_equal_on_postgres() {
 async fn faults_on_every_path_end_with_both_sides_equal_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let db_url = format!("sqlite:{}", dir.path().join("crm.db").display());
-    faults_on_every_path_end_with_both_sides_equal(&db_url).await;
+    faults_on_every_path_end_with_both_sides_equal(&db_url, &db_url).await;
 }
 
-/// The scenario on the business database at `db_url` (the state store in it too). Every
-/// request the service sent, storms and retries included, is checked against the schema.
-async fn faults_on_every_path_end_with_both_sides_equal(db_url: &str) {
+/// The business database in MariaDB, the state store in SQLite beside it.
+#[actix_rt::test]
+async fn faults_on_every_path_end_with_both_sides_equal_on_mariadb() {
+    let Some((name, url)) = common::mariadb_db("faults").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let state_url = format!("sqlite:{}", dir.path().join("state.db").display());
+    faults_on_every_path_end_with_both_sides_equal(&url, &state_url).await;
+    common::drop_mariadb(&name).await;
+}
+
+/// The scenario on the business database at `db_url` with the state store at `state_url`
+/// (the same database on PostgreSQL and SQLite). Every request the service sent, storms and
+/// retries included, is checked against the schema.
+async fn faults_on_every_path_end_with_both_sides_equal(db_url: &str, state_url: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -64,7 +77,7 @@ listen = "127.0.0.1:0"
 url = "{db_url}"
 
 [state]
-url = "{db_url}"
+url = "{state_url}"
 
 [[servers]]
 name = "sim"
@@ -232,8 +245,9 @@ areas = ["contacts"]
                 .into_iter()
                 .map(|s| (s.smtp, s.state, s.last_error, s.folders))
                 .collect();
-            let pending = count(&db, "SELECT COUNT(*) FROM ms_pending").await;
-            let maps = count(&db, "SELECT COUNT(*) FROM ms_item_map").await;
+            let state = Db::connect(state_url, 1).await.unwrap();
+            let pending = count(&state, "SELECT COUNT(*) FROM ms_pending").await;
+            let maps = count(&state, "SELECT COUNT(*) FROM ms_item_map").await;
             panic!("not converged: {last:#?}\npending {pending} mappings {maps}\n{status:#?}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -1,5 +1,6 @@
-//! `mailsync initial-sync` as a process against ews-sim and SQLite: both directions end with
-//! both sides equal, and a run killed halfway and started again neither duplicates nor loses.
+//! `mailsync initial-sync` as a process against ews-sim and SQLite, or MariaDB with the state
+//! store in SQLite: both directions end with both sides equal, and a run killed halfway and
+//! started again neither duplicates nor loses.
 
 mod common;
 use common::{count, exec, sim_client};
@@ -47,14 +48,14 @@ async fn exchange_contacts(client: &ews::Client, mailbox: &str) -> Vec<(String, 
     }
 }
 
-fn config(db_url: &str, ews: &str) -> String {
+fn config(db_url: &str, state_url: &str, ews: &str) -> String {
     format!(
         r#"
 [database]
 url = "{db_url}"
 
 [state]
-url = "{db_url}"
+url = "{state_url}"
 
 [[servers]]
 name = "sim"
@@ -82,12 +83,29 @@ server = "sim"
 
 struct Setup {
     sim: Running,
+    /// The business database.
     db: Db,
+    /// The state store (the same SQLite database, or SQLite beside MariaDB).
+    state: Db,
     config: std::path::PathBuf,
+    my_name: Option<String>,
     _dir: tempfile::TempDir,
 }
 
-async fn setup() -> Setup {
+impl Setup {
+    async fn finish(self) {
+        self.sim.stop().await;
+        self.db.close().await;
+        self.state.close().await;
+        if let Some(name) = self.my_name {
+            common::drop_mariadb(&name).await;
+        }
+    }
+}
+
+/// SQLite for both, or (`mariadb`) the business database in MariaDB and the state store in
+/// SQLite; `None` when MariaDB is wanted and missing (outside CI).
+async fn setup(mariadb: bool) -> Option<Setup> {
     let sim = server::start(SimConfig {
         mailboxes: 2,
         ..SimConfig::default()
@@ -95,10 +113,21 @@ async fn setup() -> Setup {
     .await
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let db_url = format!("sqlite:{}", dir.path().join("crm.db").display());
+    let sqlite_url = format!("sqlite:{}", dir.path().join("crm.db").display());
+    let (db_url, my_name) = if mariadb {
+        let (name, url) = common::mariadb_db("initial").await?;
+        (url, Some(name))
+    } else {
+        (sqlite_url.clone(), None)
+    };
     let db = Db::connect(&db_url, 2).await.unwrap();
     db.migrate(MigrationSet::Crm).await.unwrap();
-    db.migrate(MigrationSet::State).await.unwrap();
+    let state = if mariadb {
+        Db::connect(&sqlite_url, 2).await.unwrap()
+    } else {
+        db.clone()
+    };
+    state.migrate(MigrationSet::State).await.unwrap();
     exec(
         &db,
         "INSERT INTO crm_tenants (id, name) VALUES (1, 'Muster GmbH')",
@@ -106,18 +135,16 @@ async fn setup() -> Setup {
     .await;
     exec(&db, "INSERT INTO crm_operators (id, tenant_id, personnel_no, display_name, email) VALUES (1, 1, '1001', 'Anna', 'user1@example.com')").await;
     exec(&db, "INSERT INTO crm_operators (id, tenant_id, personnel_no, display_name, email) VALUES (2, 1, '1002', 'Bernd', 'user2@example.com')").await;
-    let config = dir.path().join("mailsync.toml");
-    std::fs::write(&config, config_text(&db_url, &sim)).unwrap();
-    Setup {
+    let config_path = dir.path().join("mailsync.toml");
+    std::fs::write(&config_path, config(&db_url, &sqlite_url, &sim.ews_url())).unwrap();
+    Some(Setup {
         sim,
         db,
-        config,
+        state,
+        config: config_path,
+        my_name,
         _dir: dir,
-    }
-}
-
-fn config_text(db_url: &str, sim: &Running) -> String {
-    config(db_url, &sim.ews_url())
+    })
 }
 
 async fn initial_sync(
@@ -155,7 +182,17 @@ async fn initial_sync(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_directions_end_with_both_sides_equal() {
-    let s = setup().await;
+    both_directions(setup(false).await.unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_directions_end_with_both_sides_equal_on_mariadb() {
+    if let Some(s) = setup(true).await {
+        both_directions(s).await;
+    }
+}
+
+async fn both_directions(s: Setup) {
     let client = sim_client(&s.sim);
     for i in 0..300 {
         exec(&s.db, &format!("INSERT INTO crm_contacts (tenant_id, owner_id, surname) VALUES (1, 1, 'crm{i:03}')")).await;
@@ -260,12 +297,22 @@ async fn both_directions_end_with_both_sides_equal() {
         exchange_contacts(&client, "user2@example.com").await.len(),
         51
     );
-    s.sim.stop().await;
+    s.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_killed_halfway_resumes_without_duplicates_or_loss() {
-    let s = setup().await;
+    killed_halfway(setup(false).await.unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_killed_halfway_resumes_without_duplicates_or_loss_on_mariadb() {
+    if let Some(s) = setup(true).await {
+        killed_halfway(s).await;
+    }
+}
+
+async fn killed_halfway(s: Setup) {
     let client = sim_client(&s.sim);
     let values: Vec<String> = (0..3000).map(|i| format!("(1, 1, 'k{i:04}')")).collect();
     for chunk in values.chunks(500) {
@@ -295,7 +342,7 @@ async fn a_run_killed_halfway_resumes_without_duplicates_or_loss() {
     // Kill it once part of the work is done (another process: polled, there is no event).
     let start = Instant::now();
     loop {
-        let done = count(&s.db, "SELECT COUNT(*) FROM ms_item_map").await;
+        let done = count(&s.state, "SELECT COUNT(*) FROM ms_item_map").await;
         if done >= 300 {
             break;
         }
@@ -308,7 +355,7 @@ async fn a_run_killed_halfway_resumes_without_duplicates_or_loss() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    let halfway = count(&s.db, "SELECT COUNT(*) FROM ms_item_map").await;
+    let halfway = count(&s.state, "SELECT COUNT(*) FROM ms_item_map").await;
     assert!(
         halfway < 3000,
         "killed too late to prove anything ({halfway})"
@@ -325,6 +372,9 @@ async fn a_run_killed_halfway_resumes_without_duplicates_or_loss() {
         3000,
         "nothing came back as a copy"
     );
-    assert_eq!(count(&s.db, "SELECT COUNT(*) FROM ms_item_map").await, 3000);
-    s.sim.stop().await;
+    assert_eq!(
+        count(&s.state, "SELECT COUNT(*) FROM ms_item_map").await,
+        3000
+    );
+    s.finish().await;
 }

@@ -1,5 +1,6 @@
-//! Mail sync end to end: ews-sim as Exchange, the CRM mail store in PostgreSQL (and SQLite for
-//! the basics), mail steps run directly so each test says which step moves what.
+//! Mail sync end to end: ews-sim as Exchange, the CRM mail store in PostgreSQL and MariaDB
+//! (and SQLite for the basics), mail steps run directly so each test says which step moves
+//! what. With MariaDB the state store is a SQLite file beside it.
 
 mod common;
 use common::{count, exec, SmtpSink};
@@ -30,13 +31,17 @@ static PG_SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const USER: &str = "user1@example.com";
 
 struct Rig {
+    /// The business database.
     db: Db,
+    /// The state store: `db` itself, or SQLite beside MariaDB.
+    state: Db,
     sim: Running,
     engine: Engine,
     feed: Feed,
     client: ews::Client,
     throttle: Throttle,
     pg_name: Option<String>,
+    my_name: Option<String>,
     record: Option<tempfile::TempDir>,
     _dir: Option<tempfile::TempDir>,
     _serial: Option<tokio::sync::MutexGuard<'static, ()>>,
@@ -113,25 +118,46 @@ impl Rig {
         let serial = PG_SERIAL.lock().await;
         let (name, url) = common::postgres_db("mail").await?;
         let db = Db::connect(&url, 5).await.unwrap();
-        Some(Rig::start(db, Some(name), None, Some(serial), options).await)
+        Some(
+            Rig::start(
+                db.clone(),
+                db,
+                (Some(name), None),
+                None,
+                Some(serial),
+                options,
+            )
+            .await,
+        )
+    }
+
+    /// The CRM in MariaDB, the state store in SQLite beside it.
+    async fn mariadb(options: Options) -> Option<Rig> {
+        let (name, url) = common::mariadb_db("mail").await?;
+        let db = Db::connect(&url, 5).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (state, _) = common::sqlite_state(dir.path()).await;
+        Some(Rig::start(db, state, (None, Some(name)), Some(dir), None, options).await)
     }
 
     async fn sqlite(options: Options) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite:{}", dir.path().join("crm.db").display());
         let db = Db::connect(&url, 5).await.unwrap();
-        Rig::start(db, None, Some(dir), None, options).await
+        Rig::start(db.clone(), db, (None, None), Some(dir), None, options).await
     }
 
     async fn start(
         db: Db,
-        pg_name: Option<String>,
+        state: Db,
+        (pg_name, my_name): (Option<String>, Option<String>),
         dir: Option<tempfile::TempDir>,
         serial: Option<tokio::sync::MutexGuard<'static, ()>>,
         options: Options,
     ) -> Rig {
         db.migrate(MigrationSet::Crm).await.unwrap();
-        db.migrate(MigrationSet::State).await.unwrap();
+        state.migrate(MigrationSet::State).await.unwrap();
+        let same_db = db.kind() != mailsync::config::DbKind::MySql;
         common::seed(&db, &[(1, "1001", Some(USER))]).await;
         let record = options.record.then(|| tempfile::tempdir().unwrap());
         let sim = server::start(SimConfig {
@@ -160,7 +186,12 @@ impl Rig {
         }
         let client = common::sim_client(&sim);
         let telemetry = Telemetry::new();
-        let engine = Engine::new(db.clone(), db.clone(), true, telemetry.service.clone());
+        let engine = Engine::new(
+            db.clone(),
+            state.clone(),
+            same_db,
+            telemetry.service.clone(),
+        );
         engine.set_mailboxes(vec![MailboxSetup {
             smtp: USER.into(),
             client: Arc::new(client.clone()),
@@ -182,7 +213,7 @@ impl Rig {
                 .into_iter()
                 .collect(),
         };
-        let feed = Feed::new(db.clone(), db.clone(), routes, Duration::from_millis(20));
+        let feed = Feed::new(db.clone(), state.clone(), routes, Duration::from_millis(20));
         feed.start_at_end_if_new().await.unwrap();
         let throttle = Throttle::new(
             "ex1".into(),
@@ -195,12 +226,14 @@ impl Rig {
         );
         let rig = Rig {
             db,
+            state,
             sim,
             engine,
             feed,
             client,
             throttle,
             pg_name,
+            my_name,
             record,
             _dir: dir,
             _serial: serial,
@@ -227,12 +260,16 @@ impl Rig {
 
     async fn finish(self) {
         self.db.close().await;
+        self.state.close().await;
         self.sim.stop().await;
         if let Some(dir) = &self.record {
             common::validate_recorded_requests(dir.path());
         }
         if let Some(name) = self.pg_name {
             common::drop_postgres(&name).await;
+        }
+        if let Some(name) = self.my_name {
+            common::drop_mariadb(&name).await;
         }
     }
 
@@ -511,7 +548,68 @@ impl Rig {
                     .unwrap()
                     .0
             }
+            Db::MySql(p) => {
+                let sql = sql.replace(" RETURNING id", "");
+                let sql = (1..=6)
+                    .rev()
+                    .fold(sql, |s, n| s.replace(&format!("${n}"), "?"));
+                sqlx::query(&sql)
+                    .bind(folder)
+                    .bind(mid)
+                    .bind(at)
+                    .bind(read)
+                    .bind(mime)
+                    .bind(mime.len() as i64)
+                    .execute(p)
+                    .await
+                    .unwrap()
+                    .last_insert_id() as i64
+            }
         }
+    }
+
+    /// A mail the CRM wants sent.
+    async fn crm_outbox(&self, sender: &str, recipients: &str, body: &[u8]) {
+        let sql = "INSERT INTO crm_outbox (owner_id, sender, recipients, subject, mime) VALUES (1, $1, $2, 's', $3)";
+        match &self.db {
+            Db::Postgres(p) => {
+                sqlx::query(sql)
+                    .bind(sender)
+                    .bind(recipients)
+                    .bind(body)
+                    .execute(p)
+                    .await
+            }
+            Db::Sqlite(p) => sqlx::query(&sql.replace('$', "?"))
+                .bind(sender)
+                .bind(recipients)
+                .bind(body)
+                .execute(p)
+                .await
+                .map(|_| Default::default()),
+            Db::MySql(p) => {
+                let sql = sql.replace("$1", "?").replace("$2", "?").replace("$3", "?");
+                sqlx::query(&sql)
+                    .bind(sender)
+                    .bind(recipients)
+                    .bind(body)
+                    .execute(p)
+                    .await
+                    .map(|_| Default::default())
+            }
+        }
+        .unwrap();
+    }
+
+    /// Ids and folders of every CRM mail.
+    async fn crm_mail_ids(&self) -> Vec<(i64, i64)> {
+        let sql = "SELECT id, folder_id FROM crm_mails ORDER BY id";
+        match &self.db {
+            Db::Postgres(p) => sqlx::query_as(sql).fetch_all(p).await,
+            Db::Sqlite(p) => sqlx::query_as(sql).fetch_all(p).await,
+            Db::MySql(p) => sqlx::query_as(sql).fetch_all(p).await,
+        }
+        .unwrap()
     }
 }
 
@@ -621,6 +719,21 @@ async fn folder_tree(rig: &Rig) {
 #[tokio::test]
 async fn folder_tree_both_ways_by_role_in_a_german_mailbox_postgres() {
     let Some(rig) = Rig::postgres(Options {
+        german: true,
+        record: true,
+        ..Options::default()
+    })
+    .await
+    else {
+        return;
+    };
+    folder_tree(&rig).await;
+    rig.finish().await;
+}
+
+#[tokio::test]
+async fn folder_tree_both_ways_by_role_in_a_german_mailbox_mariadb() {
+    let Some(rig) = Rig::mariadb(Options {
         german: true,
         record: true,
         ..Options::default()
@@ -837,6 +950,20 @@ async fn messages_flags_moves_and_deletes_both_ways_postgres() {
 }
 
 #[tokio::test]
+async fn messages_flags_moves_and_deletes_both_ways_mariadb() {
+    let Some(rig) = Rig::mariadb(Options {
+        record: true,
+        ..Options::default()
+    })
+    .await
+    else {
+        return;
+    };
+    messages(&rig).await;
+    rig.finish().await;
+}
+
+#[tokio::test]
 async fn messages_flags_moves_and_deletes_both_ways_sqlite() {
     let rig = Rig::sqlite(Options::default()).await;
     messages(&rig).await;
@@ -850,7 +977,21 @@ async fn messages_flags_moves_and_deletes_both_ways_sqlite() {
 #[tokio::test]
 async fn outbox_sends_through_exchange_or_the_smtp_server() {
     let sink = SmtpSink::start().await;
-    let Some(rig) = Rig::postgres(Options {
+    if let Some(rig) = Rig::postgres(outbox_options(&sink)).await {
+        outbox(rig, sink).await;
+    }
+}
+
+#[tokio::test]
+async fn outbox_sends_through_exchange_or_the_smtp_server_on_mariadb() {
+    let sink = SmtpSink::start().await;
+    if let Some(rig) = Rig::mariadb(outbox_options(&sink)).await {
+        outbox(rig, sink).await;
+    }
+}
+
+fn outbox_options(sink: &SmtpSink) -> Options {
+    Options {
         smtp: Some(SmtpConfig {
             host: "127.0.0.1".into(),
             port: sink.addr.port(),
@@ -859,27 +1000,21 @@ async fn outbox_sends_through_exchange_or_the_smtp_server() {
         }),
         record: true,
         ..Options::default()
-    })
-    .await
-    else {
-        return;
-    };
+    }
+}
+
+async fn outbox(rig: Rig, sink: SmtpSink) {
     rig.crm_folder("Gesendet", Some("sentitems"), None).await;
     rig.sync().await;
     let own = mime(10, "Auftragsbestätigung", DATE);
     let alt = mime(11, "Newsletter", DATE);
     for (sender, body) in [(USER, &own), ("vertrieb@example.com", &alt)] {
-        let sql = "INSERT INTO crm_outbox (owner_id, sender, recipients, subject, mime) VALUES (1, $1, $2, 's', $3)";
-        let Db::Postgres(p) = &rig.db else {
-            unreachable!()
-        };
-        sqlx::query(sql)
-            .bind(sender)
-            .bind("Kunde <kunde10@example.org>, kunde11@example.org")
-            .bind(body)
-            .execute(p)
-            .await
-            .unwrap();
+        rig.crm_outbox(
+            sender,
+            "Kunde <kunde10@example.org>, kunde11@example.org",
+            body,
+        )
+        .await;
     }
     rig.sync().await;
     assert_eq!(
@@ -952,9 +1087,19 @@ async fn an_alternative_sender_without_an_smtp_server_fails_that_row_only() {
 /// ids and the stamps on Exchange's messages.
 #[tokio::test]
 async fn lost_mappings_link_again_without_duplicates() {
-    let Some(rig) = Rig::postgres(Options::default()).await else {
-        return;
-    };
+    if let Some(rig) = Rig::postgres(Options::default()).await {
+        lost_mappings(rig).await;
+    }
+}
+
+#[tokio::test]
+async fn lost_mappings_link_again_without_duplicates_on_mariadb() {
+    if let Some(rig) = Rig::mariadb(Options::default()).await {
+        lost_mappings(rig).await;
+    }
+}
+
+async fn lost_mappings(rig: Rig) {
     let inbox = rig.crm_folder("Inbox", Some("inbox"), None).await;
     for n in 0..5 {
         rig.crm_mail(inbox, &mime(20 + n, "crm", DATE), n % 2 == 0, SENT)
@@ -971,8 +1116,8 @@ async fn lost_mappings_link_again_without_duplicates() {
     assert_eq!(rig.exchange_mails(&ex["Inbox"]).await.len(), 10);
     assert_eq!(count(&rig.db, "SELECT count(*) FROM crm_mails").await, 10);
     // The crash: every mapping and sync state gone, the CRM rows queued again.
-    exec(&rig.db, "DELETE FROM ms_item_map").await;
-    exec(&rig.db, "DELETE FROM ms_folder_state").await;
+    exec(&rig.state, "DELETE FROM ms_item_map").await;
+    exec(&rig.state, "DELETE FROM ms_folder_state").await;
     exec(&rig.db, "UPDATE crm_mails SET subject = subject").await;
     rig.sync().await;
     assert_eq!(rig.exchange_mails(&ex["Inbox"]).await.len(), 10);
@@ -987,7 +1132,7 @@ async fn lost_mappings_link_again_without_duplicates() {
     );
     assert_eq!(
         count(
-            &rig.db,
+            &rig.state,
             "SELECT count(*) FROM ms_item_map WHERE crm_table = 'crm_mails'"
         )
         .await,
@@ -1000,18 +1145,30 @@ async fn lost_mappings_link_again_without_duplicates() {
 /// including a folder later syncs its backlog both ways.
 #[tokio::test]
 async fn start_dates_and_an_excluded_folder_that_is_included_later() {
-    let Some(rig) = Rig::postgres(Options {
+    if let Some(rig) = Rig::postgres(start_dates_options()).await {
+        start_dates(rig).await;
+    }
+}
+
+#[tokio::test]
+async fn start_dates_and_an_excluded_folder_that_is_included_later_on_mariadb() {
+    if let Some(rig) = Rig::mariadb(start_dates_options()).await {
+        start_dates(rig).await;
+    }
+}
+
+fn start_dates_options() -> Options {
+    Options {
         mail: MailConfig {
             excluded_folders: vec!["Projekte/Alt".into()],
             ..MailConfig::default()
         },
         record: true,
         ..Options::default()
-    })
-    .await
-    else {
-        return;
-    };
+    }
+}
+
+async fn start_dates(rig: Rig) {
     let inbox = rig.crm_folder("Inbox", Some("inbox"), None).await;
     exec(
         &rig.db,
@@ -1078,26 +1235,42 @@ async fn start_dates_and_an_excluded_folder_that_is_included_later() {
     rig.finish().await;
 }
 
-/// Inserts `per_folder` mails into each of `folders` new CRM folders (PostgreSQL, one
-/// statement per folder); returns the folder ids.
+/// Inserts `per_folder` mails into each of `folders` new CRM folders (PostgreSQL and
+/// MariaDB, one statement per folder); returns the folder ids.
 async fn crm_bulk(rig: &Rig, folders: usize, per_folder: usize) -> Vec<i64> {
-    let Db::Postgres(p) = &rig.db else {
-        panic!("bulk inserts are written for PostgreSQL")
-    };
     let mut ids = Vec::new();
     for f in 0..folders {
         let id = rig.crm_folder(&format!("Ordner {f:02}"), None, None).await;
         let mimes: Vec<Vec<u8>> = (0..per_folder)
             .map(|i| mime(f * per_folder + i, &format!("Vorgang {f}-{i}"), DATE))
             .collect();
-        sqlx::query(
-            "INSERT INTO crm_mails (owner_id, folder_id, subject, sent_at, is_read, mime, size) \
-             SELECT 1, $1, 'bulk', now(), (n % 3 = 0), m, length(m) FROM unnest($2::bytea[]) WITH ORDINALITY AS t(m, n)",
-        )
-        .bind(id)
-        .bind(&mimes)
-        .execute(p)
-        .await
+        match &rig.db {
+            Db::Postgres(p) => sqlx::query(
+                "INSERT INTO crm_mails (owner_id, folder_id, subject, sent_at, is_read, mime, size) \
+                 SELECT 1, $1, 'bulk', now(), (n % 3 = 0), m, length(m) FROM unnest($2::bytea[]) WITH ORDINALITY AS t(m, n)",
+            )
+            .bind(id)
+            .bind(&mimes)
+            .execute(p)
+            .await
+            .map(|_| ()),
+            Db::MySql(p) => {
+                let rows = vec!["(1, ?, 'bulk', UTC_TIMESTAMP(6), ?, ?, ?)"; mimes.len()].join(", ");
+                let sql = format!(
+                    "INSERT INTO crm_mails (owner_id, folder_id, subject, sent_at, is_read, mime, size) VALUES {rows}"
+                );
+                mimes
+                    .iter()
+                    .enumerate()
+                    .fold(sqlx::query(&sql), |q, (n, m)| {
+                        q.bind(id).bind((n + 1) % 3 == 0).bind(m).bind(m.len() as i64)
+                    })
+                    .execute(p)
+                    .await
+                    .map(|_| ())
+            }
+            Db::Sqlite(_) => panic!("bulk inserts are written for PostgreSQL and MariaDB"),
+        }
         .unwrap();
         ids.push(id);
     }
@@ -1152,14 +1325,24 @@ async fn assert_same_content(rig: &Rig, skip_trash: bool) {
 /// content imported into a fresh CRM (Exchange → CRM): identical MIME (hashes) and flags.
 #[tokio::test]
 async fn ten_thousand_messages_in_fifty_folders_initial_sync_each_way() {
-    let Some(rig) = Rig::postgres(Options::default()).await else {
-        return;
-    };
+    if let Some(rig) = Rig::postgres(Options::default()).await {
+        ten_thousand_each_way(rig).await;
+    }
+}
+
+#[tokio::test]
+async fn ten_thousand_messages_in_fifty_folders_initial_sync_each_way_on_mariadb() {
+    if let Some(rig) = Rig::mariadb(Options::default()).await {
+        ten_thousand_each_way(rig).await;
+    }
+}
+
+async fn ten_thousand_each_way(rig: Rig) {
     crm_bulk(&rig, 50, 200).await;
     rig.initial(Direction::CrmToExchange).await;
     assert_eq!(
         count(
-            &rig.db,
+            &rig.state,
             "SELECT count(*) FROM ms_item_map WHERE crm_table = 'crm_mails'"
         )
         .await,
@@ -1169,12 +1352,12 @@ async fn ten_thousand_messages_in_fifty_folders_initial_sync_each_way() {
 
     // The other way: the mailbox as it now is, into an empty CRM.
     exec(&rig.db, "DELETE FROM crm_mail_folders").await;
-    exec(&rig.db, "DELETE FROM ms_item_map").await;
-    exec(&rig.db, "DELETE FROM ms_folder_state").await;
-    exec(&rig.db, "DELETE FROM ms_pending").await;
+    exec(&rig.state, "DELETE FROM ms_item_map").await;
+    exec(&rig.state, "DELETE FROM ms_folder_state").await;
+    exec(&rig.state, "DELETE FROM ms_pending").await;
     rig.feed.start_at_end_if_new().await.unwrap();
     while rig.feed.poll_once().await.unwrap().is_some() {}
-    exec(&rig.db, "DELETE FROM ms_pending").await;
+    exec(&rig.state, "DELETE FROM ms_pending").await;
     // Unstamped copies, as mail that arrived in Outlook would be.
     let before = count(&rig.db, "SELECT count(*) FROM crm_mails").await;
     assert_eq!(before, 0);
@@ -1205,9 +1388,19 @@ impl Lcg {
 /// message exists twice.
 #[tokio::test]
 async fn flag_move_and_delete_storms_converge() {
-    let Some(rig) = Rig::postgres(Options::default()).await else {
-        return;
-    };
+    if let Some(rig) = Rig::postgres(Options::default()).await {
+        storms(rig).await;
+    }
+}
+
+#[tokio::test]
+async fn flag_move_and_delete_storms_converge_on_mariadb() {
+    if let Some(rig) = Rig::mariadb(Options::default()).await {
+        storms(rig).await;
+    }
+}
+
+async fn storms(rig: Rig) {
     rig.crm_folder("Deleted Items", Some("deleteditems"), None)
         .await;
     let folders = crm_bulk(&rig, 5, 40).await;
@@ -1285,15 +1478,7 @@ async fn flag_move_and_delete_storms_converge() {
             }
         }
         // CRM side: 30 operations.
-        let crm_ids: Vec<(i64, i64)> = {
-            let Db::Postgres(p) = &rig.db else {
-                unreachable!()
-            };
-            sqlx::query_as("SELECT id, folder_id FROM crm_mails ORDER BY id")
-                .fetch_all(p)
-                .await
-                .unwrap()
-        };
+        let crm_ids: Vec<(i64, i64)> = rig.crm_mail_ids().await;
         for _ in 0..30 {
             let (id, _) = crm_ids[rng.next(crm_ids.len())];
             let sql = match rng.next(4) {

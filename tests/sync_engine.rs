@@ -1,6 +1,7 @@
 //! The contacts/calendar/tasks engine end to end: ews-sim as Exchange, the business database
-//! and the state store in SQLite and PostgreSQL, steps run directly (no actors), so each test
-//! says exactly which step moves what.
+//! and the state store in SQLite and PostgreSQL, or the business database in MariaDB with the
+//! state store in SQLite beside it; steps run directly (no actors), so each test says exactly
+//! which step moves what.
 
 mod common;
 use common::{count, exec};
@@ -27,23 +28,35 @@ use mailsync_actors::{
 static PG_SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 struct Rig {
+    /// The business database.
     db: Db,
+    /// The state store: `db` itself, or SQLite beside MariaDB.
+    state: Db,
     sim: Running,
     engine: Engine,
     feed: Feed,
     client: ews::Client,
     throttle: Throttle,
     pg_name: Option<String>,
+    my_name: Option<String>,
     _dir: Option<tempfile::TempDir>,
     _serial: Option<tokio::sync::MutexGuard<'static, ()>>,
 }
 
 const USER: &str = "user1@example.com";
 
+/// The first column of the first row as text (`CAST(x AS TEXT)` is `AS CHAR` on MariaDB).
 async fn scalar(db: &Db, sql: &str) -> Option<String> {
     let row: Option<(Option<String>,)> = match db {
         Db::Postgres(p) => sqlx::query_as(sql).fetch_optional(p).await.unwrap(),
         Db::Sqlite(p) => sqlx::query_as(sql).fetch_optional(p).await.unwrap(),
+        Db::MySql(p) => {
+            // Binary-collated columns (ews_id) come as bytes.
+            let sql = sql.replace(" AS TEXT)", " AS CHAR)");
+            let row: Option<(Option<Vec<u8>>,)> =
+                sqlx::query_as(&sql).fetch_optional(p).await.unwrap();
+            row.map(|(v,)| (v.map(|b| String::from_utf8(b).unwrap()),))
+        }
     };
     row.and_then(|r| r.0)
 }
@@ -71,32 +84,57 @@ impl Rig {
     async fn sqlite_with(areas: BTreeMap<Area, AreaConfig>) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite:{}", dir.path().join("crm.db").display());
-        Rig::start(
-            Db::connect(&url, 5).await.unwrap(),
-            None,
-            Some(dir),
-            None,
-            areas,
-        )
-        .await
+        let db = Db::connect(&url, 5).await.unwrap();
+        Rig::start(db.clone(), db, (None, None), Some(dir), None, areas).await
     }
 
     async fn postgres(leading: Leading) -> Option<Rig> {
         let serial = PG_SERIAL.lock().await;
         let (name, url) = common::postgres_db("sync").await?;
         let db = Db::connect(&url, 5).await.unwrap();
-        Some(Rig::start(db, Some(name), None, Some(serial), areas(leading)).await)
+        Some(
+            Rig::start(
+                db.clone(),
+                db,
+                (Some(name), None),
+                None,
+                Some(serial),
+                areas(leading),
+            )
+            .await,
+        )
+    }
+
+    /// The business database in MariaDB, the state store in SQLite beside it.
+    async fn mariadb(leading: Leading) -> Option<Rig> {
+        let (name, url) = common::mariadb_db("sync").await?;
+        let db = Db::connect(&url, 5).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (state, _) = common::sqlite_state(dir.path()).await;
+        Some(
+            Rig::start(
+                db,
+                state,
+                (None, Some(name)),
+                Some(dir),
+                None,
+                areas(leading),
+            )
+            .await,
+        )
     }
 
     async fn start(
         db: Db,
-        pg_name: Option<String>,
+        state: Db,
+        (pg_name, my_name): (Option<String>, Option<String>),
         dir: Option<tempfile::TempDir>,
         serial: Option<tokio::sync::MutexGuard<'static, ()>>,
         areas: BTreeMap<Area, AreaConfig>,
     ) -> Rig {
         db.migrate(MigrationSet::Crm).await.unwrap();
-        db.migrate(MigrationSet::State).await.unwrap();
+        state.migrate(MigrationSet::State).await.unwrap();
+        let same_db = db.kind() != mailsync::config::DbKind::MySql;
         exec(
             &db,
             "INSERT INTO crm_tenants (id, name) VALUES (1, 'Muster GmbH')",
@@ -120,7 +158,12 @@ impl Rig {
         cfg.allow_http = true;
         let client = ews::Client::new(cfg).unwrap();
         let telemetry = Telemetry::new();
-        let engine = Engine::new(db.clone(), db.clone(), true, telemetry.service.clone());
+        let engine = Engine::new(
+            db.clone(),
+            state.clone(),
+            same_db,
+            telemetry.service.clone(),
+        );
         engine.set_mailboxes(vec![MailboxSetup {
             smtp: USER.into(),
             client: std::sync::Arc::new(client.clone()),
@@ -147,7 +190,7 @@ impl Rig {
             .into_iter()
             .collect(),
         };
-        let feed = Feed::new(db.clone(), db.clone(), routes, Duration::from_millis(20));
+        let feed = Feed::new(db.clone(), state.clone(), routes, Duration::from_millis(20));
         feed.start_at_end_if_new().await.unwrap();
         let throttle = Throttle::new(
             "ex1".into(),
@@ -160,12 +203,14 @@ impl Rig {
         );
         let rig = Rig {
             db,
+            state,
             sim,
             engine,
             feed,
             client,
             throttle,
             pg_name,
+            my_name,
             _dir: dir,
             _serial: serial,
         };
@@ -188,9 +233,13 @@ impl Rig {
 
     async fn finish(self) {
         self.db.close().await;
+        self.state.close().await;
         self.sim.stop().await;
         if let Some(name) = self.pg_name {
             common::drop_postgres(&name).await;
+        }
+        if let Some(name) = self.my_name {
+            common::drop_mariadb(&name).await;
         }
     }
 
@@ -417,7 +466,10 @@ async fn contacts_both_ways(rig: Rig) {
         .await
         .is_empty());
     assert_eq!(count(&rig.db, "SELECT COUNT(*) FROM crm_contacts").await, 0);
-    assert_eq!(count(&rig.db, "SELECT COUNT(*) FROM ms_item_map").await, 0);
+    assert_eq!(
+        count(&rig.state, "SELECT COUNT(*) FROM ms_item_map").await,
+        0
+    );
     rig.finish().await;
 }
 
@@ -429,6 +481,13 @@ async fn contacts_sync_both_ways_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contacts_sync_both_ways_on_postgres() {
     if let Some(rig) = Rig::postgres(Leading::Crm).await {
+        contacts_both_ways(rig).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contacts_sync_both_ways_on_mariadb() {
+    if let Some(rig) = Rig::mariadb(Leading::Crm).await {
         contacts_both_ways(rig).await;
     }
 }
@@ -886,9 +945,20 @@ fn calendar_item(items: &[Item], subject: &str) -> ews::items::CalendarItem {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outlook_exceptions_survive_crm_edits_and_appointments_update_and_delete_both_ways() {
-    let Some(rig) = Rig::postgres(Leading::Crm).await else {
-        return;
-    };
+    if let Some(rig) = Rig::postgres(Leading::Crm).await {
+        outlook_exceptions_and_appointments_both_ways(rig).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outlook_exceptions_survive_crm_edits_and_appointments_update_and_delete_both_ways_on_mariadb(
+) {
+    if let Some(rig) = Rig::mariadb(Leading::Crm).await {
+        outlook_exceptions_and_appointments_both_ways(rig).await;
+    }
+}
+
+async fn outlook_exceptions_and_appointments_both_ways(rig: Rig) {
     exec(
         &rig.db,
         "INSERT INTO crm_appointments (tenant_id, owner_id, subject, location, starts_at, ends_at, time_zone, recurrence) \
@@ -1103,9 +1173,19 @@ async fn appointments_link_by_uid_instead_of_duplicating() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_created_in_outlook_arrive_in_the_crm_and_crm_edits_go_back() {
-    let Some(rig) = Rig::postgres(Leading::Crm).await else {
-        return;
-    };
+    if let Some(rig) = Rig::postgres(Leading::Crm).await {
+        tasks_from_outlook_and_back(rig).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_created_in_outlook_arrive_in_the_crm_and_crm_edits_go_back_on_mariadb() {
+    if let Some(rig) = Rig::mariadb(Leading::Crm).await {
+        tasks_from_outlook_and_back(rig).await;
+    }
+}
+
+async fn tasks_from_outlook_and_back(rig: Rig) {
     let due = chrono::Utc.with_ymd_and_hms(2026, 12, 10, 0, 0, 0).unwrap();
     let id = rig
         .user_creates(

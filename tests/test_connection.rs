@@ -1,4 +1,4 @@
-//! `mailsync test-connection` against ews-sim and a SQLite business database: each check
+//! `mailsync test-connection` against ews-sim and a SQLite (or MariaDB) business database: each check
 //! printed as ok or FAILED with the reason, exit status 1 when any failed.
 
 mod common;
@@ -10,13 +10,17 @@ use ews_sim::server::{self, SimConfig};
 use mailsync::db::{Db, MigrationSet};
 
 fn config(db_url: &str, ews: &str, account: (&str, &str)) -> String {
+    config_with_state(db_url, db_url, ews, account)
+}
+
+fn config_with_state(db_url: &str, state_url: &str, ews: &str, account: (&str, &str)) -> String {
     format!(
         r#"
 [database]
 url = "{db_url}"
 
 [state]
-url = "{db_url}"
+url = "{state_url}"
 
 [[servers]]
 name = "sim"
@@ -201,4 +205,44 @@ async fn the_smtp_server_is_checked_when_configured() {
     assert!(out.ends_with("6 checks, 1 failed\n"), "{out}");
     assert!(sink.mails.lock().is_empty(), "a check sends no mail");
     sim.stop().await;
+}
+
+/// The operator check reads a MariaDB business database (the state store in SQLite).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_check_reads_a_mariadb_business_database() {
+    let Some((name, url)) = common::mariadb_db("testconn").await else {
+        return;
+    };
+    let sim = server::start(SimConfig {
+        mailboxes: 3,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::connect(&url, 2).await.unwrap();
+    db.migrate(MigrationSet::Crm).await.unwrap();
+    exec(
+        &db,
+        "INSERT INTO crm_tenants (id, name) VALUES (1, 'Muster GmbH')",
+    )
+    .await;
+    exec(&db, "INSERT INTO crm_operators (tenant_id, personnel_no, display_name, email) VALUES (1, '1001', 'Anna', 'user1@example.com')").await;
+    db.close().await;
+    let state_url = format!("sqlite:{}", dir.path().join("state.db").display());
+    let path = dir.path().join("my.toml");
+    std::fs::write(
+        &path,
+        config_with_state(&url, &state_url, &sim.ews_url(), ("svc", "secret")),
+    )
+    .unwrap();
+    let (code, out) = test_connection(&path, &["--mailbox", "user1@example.com"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.starts_with("ok     user1@example.com  operator: 1001 Anna <user1@example.com>\n"),
+        "{out}"
+    );
+    assert!(out.ends_with("5 checks, 0 failed\n"), "{out}");
+    sim.stop().await;
+    common::drop_mariadb(&name).await;
 }

@@ -95,7 +95,8 @@ pub struct RawLogging {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawDatabase {
-    /// Connection URL: `sqlite:PATH`, `postgres://…`, or (business side only) `mysql://…`.
+    /// Connection URL: `sqlite:PATH`, `postgres://…`, or (business side only) `mysql://…` /
+    /// `mariadb://…`.
     pub url: SecretSource,
     /// Upper bound of the connection pool.
     pub max_connections: Option<u32>,

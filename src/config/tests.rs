@@ -230,7 +230,7 @@ fn broken_configs_report_their_errors() {
             vec![
                 r#"admin.listen: "localhost" is not a socket address such as 127.0.0.1:9898"#,
                 "admin.token: is shorter than 16 characters; use a long random token",
-                r#"database.url: "oracle://db/x" is not a supported database URL, expected sqlite:, postgres:// or mysql://"#,
+                r#"database.url: "oracle://db/x" is not a supported database URL, expected sqlite:, postgres://, mysql:// or mariadb://"#,
             ],
         ),
         (
@@ -241,7 +241,12 @@ fn broken_configs_report_their_errors() {
         (
             "a mysql state store",
             format!("[state]\nurl = \"mysql://root@localhost/x\"\n{}", valid()),
-            vec![r#"state.url: "mysql://root@localhost/x" is not a supported database URL, expected sqlite: or postgres://"#],
+            vec![r#"state.url: "mysql://root@localhost/x": the state store cannot be MariaDB/MySQL; use sqlite:PATH (the default) or postgres:// (MariaDB/MySQL is supported for the business database, [database])"#],
+        ),
+        (
+            "a mariadb state store, password masked",
+            format!("[state]\nurl = \"mariadb://u:pw@db/x\"\n{}", valid()),
+            vec![r#"state.url: "mariadb://u:***@db/x": the state store cannot be MariaDB/MySQL; use sqlite:PATH (the default) or postgres:// (MariaDB/MySQL is supported for the business database, [database])"#],
         ),
         (
             "several problems at once are all reported",

@@ -271,9 +271,20 @@ fn database_config(
         "sqlite" => DbKind::Sqlite,
         "postgres" | "postgresql" => DbKind::Postgres,
         "mysql" | "mariadb" if business => DbKind::MySql,
+        "mysql" | "mariadb" => {
+            c.err(
+                path,
+                format!(
+                    "{:?}: the state store cannot be MariaDB/MySQL; use sqlite:PATH (the default) \
+                     or postgres:// (MariaDB/MySQL is supported for the business database, [database])",
+                    crate::secret::mask_url(url.expose())
+                ),
+            );
+            return None;
+        }
         _ => {
             let allowed = if business {
-                "sqlite:, postgres:// or mysql://"
+                "sqlite:, postgres://, mysql:// or mariadb://"
             } else {
                 "sqlite: or postgres://"
             };

@@ -214,6 +214,7 @@ impl Db {
                 }
                 tx.commit().await.map_err(q(what))
             }
+            Db::MySql(_) => Err(DbError::Url(super::STATE_NOT_MYSQL.into())),
         }
     }
 
@@ -236,6 +237,7 @@ impl Db {
                     .execute(p)
                     .await
                     .map(|_| ()),
+                Db::MySql(_) => return Err(DbError::Url(super::STATE_NOT_MYSQL.into())),
             }
             .map_err(q("verifying item mappings"))?;
         }
@@ -295,6 +297,7 @@ impl Db {
         match self {
             Db::Postgres(p) => in_tx!(p, sql),
             Db::Sqlite(p) => in_tx!(p, &sqlite_placeholders(sql)),
+            Db::MySql(_) => Err(DbError::Url(super::STATE_NOT_MYSQL.into())),
         }
     }
 

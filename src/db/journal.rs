@@ -165,6 +165,7 @@ impl Db {
                         .map(|r| Ok(conflict_entry!(r)))
                         .collect::<Result<Vec<_>, sqlx::Error>>()
                 }),
+            Db::MySql(_) => return Err(DbError::Url(super::STATE_NOT_MYSQL.into())),
         }
         .map_err(q(what))
     }

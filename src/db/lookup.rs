@@ -46,7 +46,11 @@ impl Db {
                 fetch_all,
                 |rows| rows
                     .iter()
-                    .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<i64, _>(1)?)))
+                    // ews_id is binary-collated on MariaDB/MySQL (case-sensitive).
+                    .map(|r| Ok((
+                        super::rows::TextColumn::text(r, "ews_id")?.unwrap_or_default(),
+                        r.try_get::<i64, _>(1)?
+                    )))
                     .collect::<Result<Vec<_>, sqlx::Error>>()
             )?
             .map_err(q("finding CRM rows by Exchange id"))?;

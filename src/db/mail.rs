@@ -5,6 +5,8 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::Row;
 
+use super::mysql::{self, MyQuery};
+use super::rows::TextColumn;
 use super::{q, sqlite_placeholders, Db, DbError};
 
 /// A CRM mail folder.
@@ -115,7 +117,7 @@ macro_rules! impl_decode_mail {
                     role: self.try_get("role")?,
                     sync_from: self.try_get("sync_from")?,
                     sync_excluded: self.try_get("sync_excluded")?,
-                    ews_id: self.try_get("ews_id")?,
+                    ews_id: TextColumn::text(self, "ews_id")?,
                     version: self.try_get("version")?,
                 })
             }
@@ -128,7 +130,7 @@ macro_rules! impl_decode_mail {
                     sent_at: self.try_get("sent_at")?,
                     is_read: self.try_get("is_read")?,
                     size: self.try_get("size")?,
-                    ews_id: self.try_get("ews_id")?,
+                    ews_id: TextColumn::text(self, "ews_id")?,
                     version: self.try_get("version")?,
                 })
             }
@@ -138,6 +140,7 @@ macro_rules! impl_decode_mail {
 
 impl_decode_mail!(sqlx::postgres::PgRow);
 impl_decode_mail!(sqlx::sqlite::SqliteRow);
+impl_decode_mail!(sqlx::mysql::MySqlRow);
 
 impl Db {
     /// Every mail folder of an operator, parents before children.
@@ -184,6 +187,21 @@ impl Db {
     ) -> Result<(i64, i64), DbError> {
         let sql = "INSERT INTO crm_mail_folders (owner_id, parent_id, name, role, ews_id) \
                    VALUES ($1, $2, $3, $4, $5) RETURNING id, version";
+        if let Db::MySql(p) = self {
+            let write = MyQuery::new(sql.trim_end_matches(" RETURNING id, version"))
+                .bind(owner_id)
+                .bind(parent_id)
+                .bind(name)
+                .bind(role)
+                .bind(ews_id);
+            return mysql::write_one(p, write, "crm_mail_folders", None)
+                .await
+                .map_err(q("creating a mail folder"))?
+                .ok_or_else(|| DbError::Stale {
+                    table: "crm_mail_folders",
+                    id: 0,
+                });
+        }
         on_db!(
             self,
             sql,
@@ -212,6 +230,17 @@ impl Db {
         ews_id: &str,
     ) -> Result<Option<i64>, DbError> {
         let sql = "UPDATE crm_mail_folders SET name = $2, parent_id = $3, ews_id = $4 WHERE id = $1 RETURNING version";
+        if let Db::MySql(p) = self {
+            let write = MyQuery::new(sql.trim_end_matches(" RETURNING version"))
+                .bind(id)
+                .bind(name)
+                .bind(parent_id)
+                .bind(ews_id);
+            return Ok(mysql::write_one(p, write, "crm_mail_folders", Some(id))
+                .await
+                .map_err(q("updating a mail folder"))?
+                .map(|(_, v)| v));
+        }
         on_db!(
             self,
             sql,
@@ -393,6 +422,49 @@ impl Db {
         match self {
             Db::Postgres(p) => in_tx!(p, sql),
             Db::Sqlite(p) => in_tx!(p, &sqlite_placeholders(sql)),
+            // No RETURNING: each insert's id, then the versions, in the same transaction.
+            Db::MySql(p) => {
+                let (sql, _) = mysql::placeholders(sql.trim_end_matches(" RETURNING id, version"));
+                let mut tx = p.begin().await.map_err(q("starting a transaction"))?;
+                let mut ids = Vec::with_capacity(mails.len());
+                for m in mails {
+                    let done = sqlx::query(&sql)
+                        .bind(m.owner_id)
+                        .bind(m.folder_id)
+                        .bind(&m.internet_message_id)
+                        .bind(&m.subject)
+                        .bind(&m.sender)
+                        .bind(&m.recipients)
+                        .bind(m.sent_at)
+                        .bind(m.is_read)
+                        .bind(&m.mime)
+                        .bind(m.mime.len() as i64)
+                        .bind(&m.ews_id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(q(what))?;
+                    // An AUTO_INCREMENT BIGINT: always within i64.
+                    ids.push(done.last_insert_id() as i64);
+                }
+                let mut out = Vec::with_capacity(ids.len());
+                for chunk in ids.chunks(500) {
+                    let list = vec!["?"; chunk.len()].join(", ");
+                    let read = format!("SELECT id, version FROM crm_mails WHERE id IN ({list})");
+                    let versions: std::collections::HashMap<i64, i64> = chunk
+                        .iter()
+                        .fold(sqlx::query_as::<_, (i64, i64)>(&read), |x, id| x.bind(*id))
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(q(what))?
+                        .into_iter()
+                        .collect();
+                    for id in chunk {
+                        out.push((*id, versions.get(id).copied().unwrap_or(1)));
+                    }
+                }
+                tx.commit().await.map_err(q(what))?;
+                Ok(out)
+            }
         }
     }
 
@@ -409,6 +481,18 @@ impl Db {
     ) -> Result<Option<i64>, DbError> {
         let sql = "UPDATE crm_mails SET folder_id = $3, is_read = $4, ews_id = $5 \
                    WHERE id = $1 AND version = $2 RETURNING version";
+        if let Db::MySql(p) = self {
+            let write = MyQuery::new(sql.trim_end_matches(" RETURNING version"))
+                .bind(id)
+                .bind(read_version)
+                .bind(folder_id)
+                .bind(is_read)
+                .bind(ews_id);
+            return Ok(mysql::write_one(p, write, "crm_mails", Some(id))
+                .await
+                .map_err(q("updating a mail"))?
+                .map(|(_, v)| v));
+        }
         on_db!(
             self,
             sql,

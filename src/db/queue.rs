@@ -29,7 +29,7 @@ fn placeholders(from: usize, n: usize) -> String {
 }
 
 /// The tables the engine names in SQL; anything else is refused before it reaches a statement.
-fn checked(table: &str) -> Result<&str, DbError> {
+pub(crate) fn checked(table: &str) -> Result<&str, DbError> {
     match table {
         "crm_contacts" | "crm_appointments" | "crm_tasks" | "crm_mails" | "crm_mail_folders" => {
             Ok(table)
@@ -263,6 +263,40 @@ impl Db {
                 Ok(ids.iter().map(|id| written.get(id).copied()).collect())
             }
             Db::Sqlite(p) => in_tx!(p, &sqlite_placeholders(&sql)),
+            // No RETURNING for UPDATE in MySQL: one UPDATE per 500 rows, then their versions,
+            // in one transaction.
+            Db::MySql(p) => {
+                let mut tx = p.begin().await.map_err(q("starting a transaction"))?;
+                let mut written: std::collections::HashMap<i64, i64> = Default::default();
+                for chunk in rows.chunks(500) {
+                    let cases: String = chunk.iter().map(|_| " WHEN ? THEN ?").collect();
+                    let list = vec!["?"; chunk.len()].join(", ");
+                    let update = format!(
+                        "UPDATE {table} SET ews_id = CASE id{cases} END, version = version + 1 WHERE id IN ({list})"
+                    );
+                    let mut query = sqlx::query(&update);
+                    for (id, ews_id) in chunk {
+                        query = query.bind(*id).bind(ews_id);
+                    }
+                    for (id, _) in chunk {
+                        query = query.bind(*id);
+                    }
+                    query.execute(&mut *tx).await.map_err(q(what))?;
+                    let read = format!("SELECT id, version FROM {table} WHERE id IN ({list})");
+                    let versions: Vec<(i64, i64)> = chunk
+                        .iter()
+                        .fold(sqlx::query_as(&read), |x, (id, _)| x.bind(*id))
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(q(what))?;
+                    written.extend(versions);
+                }
+                tx.commit().await.map_err(q(what))?;
+                Ok(rows
+                    .iter()
+                    .map(|(id, _)| written.get(id).copied())
+                    .collect())
+            }
         }
     }
 

@@ -74,6 +74,17 @@ impl Db {
                 .execute(p)
                 .await
                 .map(|r| r.rows_affected()),
+                // Only numbered rows (`seq <= cursor` is false for NULL): a change not
+                // numbered yet has not been read. MySQL has no LIMIT in IN subqueries.
+                Db::MySql(p) => sqlx::query(
+                    "DELETE FROM crm_changes WHERE at < ? AND seq <= ? ORDER BY seq LIMIT ?",
+                )
+                .bind(cutoff)
+                .bind(cursor.seq)
+                .bind(BATCH)
+                .execute(p)
+                .await
+                .map(|r| r.rows_affected()),
             }
             .map_err(q("pruning crm_changes"))?;
             total += n;
@@ -104,6 +115,7 @@ impl Db {
                 .execute(p)
                 .await
                 .map(|r| r.rows_affected()),
+                Db::MySql(_) => return Err(DbError::Url(super::STATE_NOT_MYSQL.into())),
             }
             .map_err(q("pruning the conflict log"))?;
             total += n;
@@ -165,6 +177,7 @@ impl Db {
             .fetch_all(p)
             .await
             .map(|rows| rows.iter().map(|r| r.get::<String, _>(0)).collect()),
+            Db::MySql(_) => return Err(DbError::Url(super::STATE_NOT_MYSQL.into())),
         }
         .map_err(q("finding removed mailboxes"))?;
         let mut gone = Vec::new();

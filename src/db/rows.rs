@@ -150,7 +150,7 @@ impl CrmRow {
     }
 }
 
-/// Categories are `text[]` on PostgreSQL and a JSON array on SQLite.
+/// Categories are `text[]` on PostgreSQL and a JSON array on SQLite and MariaDB/MySQL.
 trait Categories {
     fn categories(&self) -> Result<Vec<String>, sqlx::Error>;
 }
@@ -161,14 +161,56 @@ impl Categories for sqlx::postgres::PgRow {
     }
 }
 
+fn json_categories(text: &str) -> Result<Vec<String>, sqlx::Error> {
+    serde_json::from_str(text).map_err(|e| {
+        sqlx::Error::Decode(
+            format!("categories {text:?} is not a JSON array of strings: {e}").into(),
+        )
+    })
+}
+
 impl Categories for sqlx::sqlite::SqliteRow {
     fn categories(&self) -> Result<Vec<String>, sqlx::Error> {
-        let text: String = self.try_get("categories")?;
-        serde_json::from_str(&text).map_err(|e| {
-            sqlx::Error::Decode(
-                format!("categories {text:?} is not a JSON array of strings: {e}").into(),
-            )
-        })
+        json_categories(&self.try_get::<String, _>("categories")?)
+    }
+}
+
+impl Categories for sqlx::mysql::MySqlRow {
+    fn categories(&self) -> Result<Vec<String>, sqlx::Error> {
+        json_categories(&self.try_get::<String, _>("categories")?)
+    }
+}
+
+/// Reading a text column that may carry a binary collation. MySQL marks such columns
+/// BINARY (`ews_id` is utf8mb4_bin, so Exchange ids compare case-sensitively), and sqlx will
+/// not decode those as text; their bytes are UTF-8 all the same.
+pub(crate) trait TextColumn {
+    /// The column's text, or `None` for NULL.
+    fn text(&self, column: &str) -> Result<Option<String>, sqlx::Error>;
+}
+
+impl TextColumn for sqlx::postgres::PgRow {
+    fn text(&self, column: &str) -> Result<Option<String>, sqlx::Error> {
+        self.try_get(column)
+    }
+}
+
+impl TextColumn for sqlx::sqlite::SqliteRow {
+    fn text(&self, column: &str) -> Result<Option<String>, sqlx::Error> {
+        self.try_get(column)
+    }
+}
+
+impl TextColumn for sqlx::mysql::MySqlRow {
+    fn text(&self, column: &str) -> Result<Option<String>, sqlx::Error> {
+        self.try_get::<Option<Vec<u8>>, _>(column)?
+            .map(|bytes| {
+                String::from_utf8(bytes).map_err(|e| sqlx::Error::ColumnDecode {
+                    index: column.to_string(),
+                    source: Box::new(e),
+                })
+            })
+            .transpose()
     }
 }
 
@@ -213,7 +255,7 @@ macro_rules! impl_decode {
                     ],
                     notes: r.try_get("notes")?,
                     categories: r.categories()?,
-                    ews_id: r.try_get("ews_id")?,
+                    ews_id: TextColumn::text(r, "ews_id")?,
                     version: r.try_get("version")?,
                 }))
             }
@@ -236,7 +278,7 @@ macro_rules! impl_decode {
                     show_as: r.try_get("show_as")?,
                     categories: r.categories()?,
                     uid: r.try_get("uid")?,
-                    ews_id: r.try_get("ews_id")?,
+                    ews_id: TextColumn::text(r, "ews_id")?,
                     version: r.try_get("version")?,
                 }))
             }
@@ -256,7 +298,7 @@ macro_rules! impl_decode {
                     importance: r.try_get("importance")?,
                     completed_at: r.try_get("completed_at")?,
                     categories: r.categories()?,
-                    ews_id: r.try_get("ews_id")?,
+                    ews_id: TextColumn::text(r, "ews_id")?,
                     version: r.try_get("version")?,
                 }))
             }
@@ -266,10 +308,12 @@ macro_rules! impl_decode {
 
 impl_decode!(sqlx::postgres::PgRow);
 impl_decode!(sqlx::sqlite::SqliteRow);
+impl_decode!(sqlx::mysql::MySqlRow);
 
-/// The columns read for each synced table (integers widened to BIGINT for one decoder).
-fn select_list(table: &str) -> Option<&'static str> {
-    Some(match table {
+/// The columns read for each synced table (integers widened to BIGINT for one decoder;
+/// MySQL spells that type SIGNED in a cast).
+fn select_list(table: &str, mysql: bool) -> Option<String> {
+    let list = match table {
         "crm_contacts" => {
             "id, tenant_id, owner_id, given_name, surname, company, job_title, email1, email2, email3, business_phone, \
              mobile_phone, home_phone, street, postal_code, city, country, notes, categories, ews_id, version"
@@ -283,6 +327,11 @@ fn select_list(table: &str) -> Option<&'static str> {
              CAST(percent_complete AS BIGINT) AS percent_complete, importance, completed_at, categories, ews_id, version"
         }
         _ => return None,
+    };
+    Some(if mysql {
+        list.replace("AS BIGINT)", "AS SIGNED)")
+    } else {
+        list.to_string()
     })
 }
 
@@ -308,7 +357,7 @@ impl Db {
         table: &str,
         ids: &[i64],
     ) -> Result<Vec<(i64, Result<CrmRow, Unreadable>)>, DbError> {
-        let cols = select_list(table)
+        let cols = select_list(table, matches!(self, Db::MySql(_)))
             .ok_or_else(|| DbError::Url(format!("{table} is not a synced item table")))?;
         let mut found = match self {
             Db::Postgres(p) => {
@@ -331,6 +380,23 @@ impl Db {
             .iter()
             .map(|r| decode_as(table, r))
             .collect::<Vec<_>>(),
+            Db::MySql(p) => {
+                let mut out = Vec::with_capacity(ids.len());
+                for chunk in ids.chunks(500) {
+                    let list = vec!["?"; chunk.len()].join(", ");
+                    let sql = format!("SELECT {cols} FROM {table} WHERE id IN ({list})");
+                    let query = chunk.iter().fold(sqlx::query(&sql), |x, id| x.bind(*id));
+                    out.extend(
+                        query
+                            .fetch_all(p)
+                            .await
+                            .map_err(q("reading CRM rows"))?
+                            .iter()
+                            .map(|r| decode_as(table, r)),
+                    );
+                }
+                out
+            }
         };
         let order: std::collections::HashMap<i64, usize> = ids
             .iter()

@@ -1,6 +1,7 @@
 //! mailsync's state store: change-log cursors, EWS sync states per folder, the item mappings
 //! (with the last synced field values, the base of the three-way merge), the conflict log
-//! and the failure log.
+//! and the failure log. PostgreSQL or SQLite: `Db::migrate` refuses it on MariaDB/MySQL, so
+//! the statements here are written for those two.
 
 use chrono::{DateTime, Utc};
 use sqlx::Row;
@@ -261,6 +262,7 @@ impl Db {
             }
             Db::Postgres(p) => in_tx!(p, sql),
             Db::Sqlite(p) => in_tx!(p, &sqlite_placeholders(sql)),
+            Db::MySql(_) => Err(DbError::Url(super::STATE_NOT_MYSQL.into())),
         }
     }
 
@@ -552,6 +554,7 @@ impl Db {
             .execute(p)
             .await
             .map(|_| ()),
+            Db::MySql(_) => return Err(DbError::Url(super::STATE_NOT_MYSQL.into())),
         }
         .map_err(q("clearing failures"))
     }

@@ -6,12 +6,22 @@
 //! row with its `ews_id` stamped and, given a mapping, stores it in the same transaction: both
 //! or neither survive a crash. With a separate state store the caller stores the mapping
 //! afterwards; the stamped `ews_id` makes a crash in between harmless (docs/crm-schema.md).
+//!
+//! Importing is idempotent: every synced table has a unique index on `ews_id` (where set), and
+//! an insert for an Exchange item that a row already carries — found before the insert, or
+//! refused by the index when two writers race — is [`DbError::Duplicate`] naming that row,
+//! never a second row. [`Db::row_by_ews_id`] is the lookup.
 
 use chrono::{DateTime, NaiveDate, Utc};
+
+use sqlx::Row;
 
 use super::rows::CrmRow;
 use super::state::ItemMapping;
 use super::{q, sqlite_placeholders, Db, DbError};
+
+/// What the row statement's failure is called (told apart from the mapping's).
+const WRITING_ROW: &str = "writing a CRM row";
 
 /// A value bound into a CRM write.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,7 +66,7 @@ macro_rules! write_in_tx {
         let (new_id, version) = query
             .fetch_optional(&mut *tx)
             .await
-            .map_err(q("writing a CRM row"))?
+            .map_err(q(WRITING_ROW))?
             .ok_or_else(|| DbError::Stale {
                 table: $table,
                 id: $id,
@@ -190,8 +200,78 @@ impl Db {
     /// Writes `row` (inserted when its id is 0, else updated) with `ews_item_id` stamped, and
     /// `mapping` — filled in with the row's id and new version — in the same transaction.
     /// Returns (id, version). An update of a row that is gone or changed since it was read
-    /// (its version differs from `row`'s) is [`DbError::Stale`]: nothing is written.
+    /// (its version differs from `row`'s) is [`DbError::Stale`]: nothing is written. A write
+    /// that would give a second row of the table the same `ews_id` (an insert for an item
+    /// already imported, found first or refused by the unique index when two writers race)
+    /// is [`DbError::Duplicate`] naming the row that has it: nothing is written.
+    /// `mapping` needs the state store in this database, so never on MariaDB/MySQL.
     pub async fn save_from_exchange(
+        &self,
+        row: &CrmRow,
+        ews_item_id: &str,
+        mapping: Option<&ItemMapping>,
+    ) -> Result<(i64, i64), DbError> {
+        let table = row.table();
+        let id = row.id();
+        if id == 0 {
+            if let Some(existing) = self.row_by_ews_id(table, ews_item_id).await? {
+                return Err(DbError::Duplicate {
+                    table,
+                    ews_id: ews_item_id.to_string(),
+                    existing,
+                });
+            }
+        }
+        match self.write_row(row, ews_item_id, mapping).await {
+            Err(DbError::Query {
+                what: WRITING_ROW,
+                source,
+            }) if source
+                .as_database_error()
+                .is_some_and(|e| e.is_unique_violation()) =>
+            {
+                // Another writer stamped this item on a row meanwhile (or an update links an
+                // item another row has): the index refused; name that row.
+                match self.row_by_ews_id(table, ews_item_id).await? {
+                    Some(existing) if existing.0 != id => Err(DbError::Duplicate {
+                        table,
+                        ews_id: ews_item_id.to_string(),
+                        existing,
+                    }),
+                    _ => Err(DbError::Query {
+                        what: WRITING_ROW,
+                        source,
+                    }),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// The row of `table` (a synced table: contacts, appointments, tasks, mail folders, mails)
+    /// that carries the Exchange id `ews_id`, as (id, version).
+    pub async fn row_by_ews_id(
+        &self,
+        table: &str,
+        ews_id: &str,
+    ) -> Result<Option<(i64, i64)>, DbError> {
+        let table = super::queue::checked(table)?;
+        let sql = format!("SELECT id, version FROM {table} WHERE ews_id = $1");
+        on_db!(
+            self,
+            &sql,
+            "finding a CRM row by its Exchange id",
+            |x| x.bind(ews_id),
+            fetch_optional,
+            |row| row
+                .map(|r| Ok::<_, sqlx::Error>((r.try_get::<i64, _>(0)?, r.try_get::<i64, _>(1)?)))
+                .transpose()
+        )?
+        .map_err(q("finding a CRM row by its Exchange id"))
+    }
+
+    /// The row write itself (and the mapping, in one transaction).
+    async fn write_row(
         &self,
         row: &CrmRow,
         ews_item_id: &str,
@@ -234,6 +314,42 @@ impl Db {
                     ews_item_id
                 )
             }
+            Db::MySql(p) => {
+                if mapping.is_some() {
+                    return Err(DbError::Url(super::STATE_NOT_MYSQL.into()));
+                }
+                // No RETURNING in MySQL: the new id from the insert, the version read back in
+                // the same transaction.
+                let sql = mysql_statement(&sql);
+                let mut tx = p.begin().await.map_err(q("starting a transaction"))?;
+                let query = bind_values!(sqlx::query(&sql), &values, |c: &Vec<String>| {
+                    serde_json::Value::from(c.clone()).to_string()
+                });
+                let done = query.execute(&mut *tx).await.map_err(q(WRITING_ROW))?;
+                let new_id = if id == 0 {
+                    // An AUTO_INCREMENT BIGINT: always within i64.
+                    done.last_insert_id() as i64
+                } else if done.rows_affected() == 0 {
+                    return Err(DbError::Stale { table, id });
+                } else {
+                    id
+                };
+                let version: i64 =
+                    sqlx::query_scalar(&format!("SELECT version FROM {table} WHERE id = ?"))
+                        .bind(new_id)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(q(WRITING_ROW))?;
+                tx.commit().await.map_err(q("committing a CRM write"))?;
+                Ok((new_id, version))
+            }
         }
     }
+}
+
+/// The INSERT or UPDATE of [`statement`] for MySQL: `?` placeholders (they appear in order),
+/// no RETURNING.
+fn mysql_statement(sql: &str) -> String {
+    let (sql, _) = super::mysql::placeholders(sql);
+    sql.trim_end_matches(" RETURNING id, version").to_string()
 }

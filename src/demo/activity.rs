@@ -115,6 +115,8 @@ pub(crate) fn arrow(to_exchange: bool) -> &'static str {
 /// What the users work with.
 pub(crate) struct Users {
     pub db: Db,
+    /// The state store (the business database itself, except beside MariaDB/MySQL).
+    pub state: Db,
     pub client: ews::Client,
     pub mailboxes: usize,
     pub areas: Vec<Area>,
@@ -162,6 +164,8 @@ struct Change(String, Probe);
 enum Probe {
     /// This SQL counts 1 (or more) once it arrived.
     Sql(String),
+    /// This SQL on the state store counts 1 (or more) once it arrived.
+    StateSql(String),
     /// This Exchange item shows this read flag.
     ReadInExchange(ItemId, bool),
 }
@@ -178,7 +182,7 @@ impl Users {
     /// The Exchange item of a CRM mail, with its current change key.
     async fn exchange_mail(&self, user: usize, crm_id: i64) -> anyhow::Result<Option<ItemId>> {
         let Some(id) = text(
-            &self.db,
+            &self.state,
             &format!("SELECT ews_item_id FROM ms_item_map WHERE mailbox = 'user{user}@example.com' AND crm_table = 'crm_mails' AND crm_id = {crm_id}"),
         )
         .await?
@@ -209,8 +213,7 @@ impl Users {
         let read = if unread { "AND NOT m.is_read" } else { "" };
         let sql = format!(
             "SELECT COALESCE(MIN(m.id), 0) FROM crm_mails m JOIN crm_mail_folders f ON f.id = m.folder_id \
-             JOIN ms_item_map x ON x.crm_table = 'crm_mails' AND x.crm_id = m.id \
-             WHERE m.owner_id = {user} AND f.role = 'inbox' {read}"
+             WHERE m.owner_id = {user} AND f.role = 'inbox' AND m.ews_id IS NOT NULL {read}"
         );
         let id = scalar(&self.db, &sql).await?;
         Ok((id > 0).then_some(id))
@@ -227,7 +230,7 @@ impl Users {
                     &format!("SELECT id FROM crm_contacts WHERE surname = '{name}'"),
                 )
                 .await?;
-                Change(name, Probe::Sql(format!("SELECT COUNT(*) FROM ms_item_map WHERE crm_table = 'crm_contacts' AND crm_id = {id}")))
+                Change(name, Probe::StateSql(format!("SELECT COUNT(*) FROM ms_item_map WHERE crm_table = 'crm_contacts' AND crm_id = {id}")))
             }
             Act::ContactInOutlook => {
                 let item = Item::Contact(Contact {
@@ -336,7 +339,7 @@ impl Users {
                     return Ok(None);
                 };
                 let projects = scalar(db, &format!("SELECT COALESCE(MIN(id), 0) FROM crm_mail_folders WHERE owner_id = {user} AND name = 'Projekte'")).await?;
-                let Some(folder) = text(db, &format!("SELECT ews_item_id FROM ms_item_map WHERE mailbox = 'user{user}@example.com' AND crm_table = 'crm_mail_folders' AND crm_id = {projects}")).await? else {
+                let Some(folder) = text(&self.state, &format!("SELECT ews_item_id FROM ms_item_map WHERE mailbox = 'user{user}@example.com' AND crm_table = 'crm_mail_folders' AND crm_id = {projects}")).await? else {
                     return Ok(None);
                 };
                 let subject = text(
@@ -380,7 +383,7 @@ impl Users {
                     &format!("SELECT id FROM crm_tasks WHERE subject = '{name}'"),
                 )
                 .await?;
-                Change(name, Probe::Sql(format!("SELECT COUNT(*) FROM ms_item_map WHERE crm_table = 'crm_tasks' AND crm_id = {id}")))
+                Change(name, Probe::StateSql(format!("SELECT COUNT(*) FROM ms_item_map WHERE crm_table = 'crm_tasks' AND crm_id = {id}")))
             }
             Act::AppointmentInOutlook => {
                 let start = chrono::Utc::now() + chrono::Duration::days(2);
@@ -417,6 +420,7 @@ impl Users {
         while started.elapsed() < LIMIT {
             let done = match &change.1 {
                 Probe::Sql(sql) => scalar(&self.db, sql).await.unwrap_or(0) > 0,
+                Probe::StateSql(sql) => scalar(&self.state, sql).await.unwrap_or(0) > 0,
                 Probe::ReadInExchange(id, read) => {
                     let got = self
                         .call(
@@ -434,7 +438,7 @@ impl Users {
                 return Ok(true);
             }
             let pause = match change.1 {
-                Probe::Sql(_) => 5,
+                Probe::Sql(_) | Probe::StateSql(_) => 5,
                 Probe::ReadInExchange(..) => 20,
             };
             tokio::time::sleep(Duration::from_millis(pause)).await;

@@ -1,5 +1,6 @@
 //! `mailsync demo`: the whole service on embedded defaults. ews-sim runs in-process as the
-//! Exchange, a SQLite business database (or the PostgreSQL of `--database`) gets seed data —
+//! Exchange, a SQLite business database (or the PostgreSQL or MariaDB/MySQL of `--database`;
+//! beside MariaDB/MySQL the state store is a SQLite file) gets seed data —
 //! operators, contacts (own and shared), appointments (one recurring), tasks, mail folders and
 //! mails (read and unread, with attachments) — for N mailboxes, the simulated mailboxes get
 //! mail of their own, every mailbox is initial-synced with progress, then the service runs
@@ -29,7 +30,8 @@ use crate::sync::engine::Direction;
 pub struct DemoOptions {
     /// Simulated mailboxes (user1@example.com …).
     pub mailboxes: usize,
-    /// A business database URL instead of a fresh SQLite file.
+    /// A business database URL (postgres://, mysql://, mariadb://, sqlite:) instead of a
+    /// fresh SQLite file.
     pub database: Option<String>,
     /// Serve the simulator on this address (so other EWS clients can use it).
     pub sim_listen: Option<SocketAddr>,
@@ -49,6 +51,7 @@ pub struct DemoOptions {
 
 fn config_text(
     db_url: &str,
+    state_url: &str,
     ews_url: &str,
     n: usize,
     admin: SocketAddr,
@@ -70,7 +73,7 @@ token = "{token}"
 url = "{db_url}"
 
 [state]
-url = "{db_url}"
+url = "{state_url}"
 
 [[tenants]]
 id = "1"
@@ -122,7 +125,18 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         .await
         .context("connecting the business database")?;
     db.migrate(MigrationSet::Crm).await?;
-    db.migrate(MigrationSet::State).await?;
+    // The state store lives in the business database, except beside MariaDB/MySQL, which
+    // cannot hold it: then in a SQLite file of the working directory.
+    let (state_url, state) = if db.kind() == config::DbKind::MySql {
+        let url = format!("sqlite:{}", dir.path().join("state.db").display());
+        let state = Db::connect(&url, 5)
+            .await
+            .context("creating the state store")?;
+        (url, state)
+    } else {
+        (db_url.clone(), db.clone())
+    };
+    state.migrate(MigrationSet::State).await?;
     let areas = if opts.areas.is_empty() {
         Area::ALL.to_vec()
     } else {
@@ -160,7 +174,15 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let path = dir.path().join("mailsync.toml");
     std::fs::write(
         &path,
-        config_text(&db_url, &sim.ews_url(), n, opts.admin, &token, &areas),
+        config_text(
+            &db_url,
+            &state_url,
+            &sim.ews_url(),
+            n,
+            opts.admin,
+            &token,
+            &areas,
+        ),
     )?;
     let cfg = config::load(&path, &ProcessEnv).map_err(|e| anyhow::anyhow!("{e}"))?;
 
@@ -183,6 +205,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     if !opts.no_activity {
         let users = activity::Users {
             db: db.clone(),
+            state: state.clone(),
             client,
             mailboxes: n,
             areas: areas.clone(),
@@ -209,6 +232,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         }
     }
     db.close().await;
+    state.close().await;
     sim.stop().await;
     Ok(())
 }

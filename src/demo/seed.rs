@@ -16,6 +16,11 @@ pub(crate) async fn exec(db: &Db, sql: &str) -> anyhow::Result<()> {
     match db {
         Db::Postgres(p) => sqlx::query(sql).execute(p).await.map(|_| ()),
         Db::Sqlite(p) => sqlx::query(sql).execute(p).await.map(|_| ()),
+        // MariaDB's DATETIME takes '2026-01-05 08:00:00' for '2026-01-05T08:00:00Z'.
+        Db::MySql(p) => sqlx::query(&crate::db::mysql_literals(sql))
+            .execute(p)
+            .await
+            .map(|_| ()),
     }
     .with_context(|| format!("seeding: {}", short(sql)))
 }
@@ -34,6 +39,10 @@ pub(crate) async fn scalar(db: &Db, sql: &str) -> anyhow::Result<i64> {
             .fetch_one(p)
             .await
             .and_then(|r| r.try_get::<i64, _>(0)),
+        Db::MySql(p) => sqlx::query(sql)
+            .fetch_one(p)
+            .await
+            .and_then(|r| r.try_get::<i64, _>(0)),
     };
     v.with_context(|| format!("reading: {sql}"))
 }
@@ -49,6 +58,10 @@ pub(crate) async fn text(db: &Db, sql: &str) -> anyhow::Result<Option<String>> {
             .fetch_optional(p)
             .await
             .and_then(|r| r.map(|r| r.try_get::<String, _>(0)).transpose()),
+        Db::MySql(p) => sqlx::query(sql)
+            .fetch_optional(p)
+            .await
+            .and_then(|r| r.map(|r| r.try_get::<String, _>(0)).transpose()),
     };
     v.with_context(|| format!("reading: {sql}"))
 }
@@ -58,7 +71,7 @@ pub(crate) fn blob(db: &Db, bytes: &[u8]) -> String {
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     match db {
         Db::Postgres(_) => format!("decode('{hex}', 'hex')"),
-        Db::Sqlite(_) => format!("X'{hex}'"),
+        Db::Sqlite(_) | Db::MySql(_) => format!("X'{hex}'"),
     }
 }
 

@@ -120,41 +120,9 @@ pub fn db_error(e: DbError) -> SyncError {
 
 /// Whether a database error may pass by itself.
 pub fn is_transient_db(e: &DbError) -> bool {
-    let source = match e {
-        DbError::Query { source, .. } | DbError::Connect { source, .. } => source,
-        DbError::Stale { .. } => return true,
-        DbError::Url(_) | DbError::Migrate(_) => return false,
-    };
-    match source {
-        sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_) => true,
-        sqlx::Error::Database(d) => {
-            // Serialization failures, deadlocks, shutdowns and lost connections pass;
-            // constraint and syntax errors do not.
-            let code = d.code().unwrap_or_default();
-            matches!(
-                &*code,
-                "40001"
-                    | "40P01"
-                    | "57P01"
-                    | "57P02"
-                    | "57P03"
-                    | "08000"
-                    | "08003"
-                    | "08006"
-                    | "53300"
-                    | "5"
-                    | "6"
-                    | "261"
-                    | "517"
-            ) || code.starts_with("08")
-        }
-        _ => false,
-    }
+    // A row changed meanwhile is merged again by the next step; the rest is the database's
+    // own judgement (connections, pools, deadlocks, serialization on every backend).
+    matches!(e, DbError::Stale { .. }) || e.is_transient()
 }
 
 /// What Exchange said about one item of a batched write.

@@ -7,11 +7,16 @@ pub mod rig;
 use ews_sim::server::Running;
 use mailsync::db::Db;
 
-/// Runs a statement, panicking with it on failure.
+/// Runs a statement, panicking with it on failure. ISO timestamp literals
+/// (`'2026-01-05T08:00:00Z'`) are written as MariaDB takes them there.
 pub async fn exec(db: &Db, sql: &str) {
     match db {
         Db::Postgres(p) => sqlx::query(sql).execute(p).await.map(|_| ()),
         Db::Sqlite(p) => sqlx::query(sql).execute(p).await.map(|_| ()),
+        Db::MySql(p) => sqlx::query(&mailsync::db::mysql_literals(sql))
+            .execute(p)
+            .await
+            .map(|_| ()),
     }
     .unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
@@ -21,6 +26,11 @@ pub async fn count(db: &Db, sql: &str) -> i64 {
     match db {
         Db::Postgres(p) => sqlx::query_as::<_, (i64,)>(sql).fetch_one(p).await,
         Db::Sqlite(p) => sqlx::query_as::<_, (i64,)>(sql).fetch_one(p).await,
+        Db::MySql(p) => {
+            sqlx::query_as::<_, (i64,)>(&mailsync::db::mysql_literals(sql))
+                .fetch_one(p)
+                .await
+        }
     }
     .unwrap_or_else(|e| panic!("{sql}: {e}"))
     .0
@@ -38,6 +48,16 @@ pub async fn texts(db: &Db, sql: &str) -> Vec<Option<String>> {
         Db::Sqlite(p) => sqlx::query(sql).fetch_one(p).await.map(|r| {
             (0..r.len())
                 .map(|i| r.try_get::<Option<String>, _>(i).unwrap())
+                .collect()
+        }),
+        // Binary-collated columns (ews_id) come as bytes.
+        Db::MySql(p) => sqlx::query(sql).fetch_one(p).await.map(|r| {
+            (0..r.len())
+                .map(|i| {
+                    r.try_get::<Option<Vec<u8>>, _>(i)
+                        .unwrap()
+                        .map(|b| String::from_utf8(b).unwrap())
+                })
                 .collect()
         }),
     };
@@ -109,6 +129,56 @@ pub async fn drop_postgres(name: &str) {
             .execute(&mut admin)
             .await;
     }
+}
+
+const MARIADB_ADMIN: &str = "mysql://root@127.0.0.1:3306";
+
+/// A fresh MariaDB database for one test: (name, URL). None when no server runs (after
+/// `require::missing`, which fails the test under CI=true).
+pub async fn mariadb_db(prefix: &str) -> Option<(String, String)> {
+    use sqlx::Connection;
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let mut admin = match sqlx::MySqlConnection::connect(MARIADB_ADMIN).await {
+        Ok(c) => c,
+        Err(e) => {
+            mailsync_testkit::require::missing(&format!(
+                "MariaDB at 127.0.0.1:3306, user root without password ({e})"
+            ));
+            return None;
+        }
+    };
+    let name = format!(
+        "mailsync_{prefix}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .expect("creating a test database");
+    let url = format!("mysql://root@127.0.0.1:3306/{name}");
+    Some((name, url))
+}
+
+/// Drops a database made by [`mariadb_db`].
+pub async fn drop_mariadb(name: &str) {
+    use sqlx::Connection;
+    if let Ok(mut admin) = sqlx::MySqlConnection::connect(MARIADB_ADMIN).await {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
+            .execute(&mut admin)
+            .await;
+    }
+}
+
+/// A state store for a test whose business database is MariaDB (where the state store cannot
+/// live): a SQLite file in `dir`, migrated.
+pub async fn sqlite_state(dir: &std::path::Path) -> (Db, String) {
+    let url = format!("sqlite:{}", dir.join("state.db").display());
+    let db = Db::connect(&url, 5).await.expect("the SQLite state store");
+    db.migrate(mailsync::db::MigrationSet::State)
+        .await
+        .expect("migrating the state store");
+    (db, url)
 }
 
 /// Validates the requests the simulator recorded in `dir` strictly against Microsoft's

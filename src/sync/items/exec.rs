@@ -43,6 +43,9 @@ struct Slot {
     stamped: bool,
     /// The item was written after the folder's stored state.
     unverified: bool,
+    /// Linked to a row that already carried the item: its values are reconciled by a
+    /// step of its own (the mapping records no version, and the row is queued).
+    relinked: bool,
 }
 
 fn with_uid(row: CrmRow, uid: Option<String>) -> CrmRow {
@@ -191,6 +194,7 @@ impl ItemStep<'_> {
                 stop: false,
                 requeue: false,
                 gone: false,
+                relinked: false,
             })
             .collect();
         for s in &mut slots {
@@ -815,14 +819,34 @@ impl ItemStep<'_> {
                         stamped: false,
                         unverified: true,
                     });
-                    let (id, version) = self
+                    let (id, version, mapped) = match self
                         .engine
                         .crm
                         .save_from_exchange(&row, &ews_id, mapping.as_ref())
                         .await
-                        .map_err(db_error)?;
+                    {
+                        Ok((id, version)) => (id, version, mapping.is_some()),
+                        // A row already carries the item (imported before a crash lost the
+                        // mapping, or a racing writer): linked, not inserted twice. Its
+                        // values are merged with the item's by the next read of the pair.
+                        Err(DbError::Duplicate {
+                            existing: (id, version),
+                            ..
+                        }) => {
+                            tracing::info!(
+                                mailbox = self.smtp(),
+                                table = self.table,
+                                crm_id = id,
+                                ews_id,
+                                "the item's row exists already; linked"
+                            );
+                            s.relinked = true;
+                            (id, version, false)
+                        }
+                        Err(e) => return Err(db_error(e)),
+                    };
                     s.crm = Some((id, version));
-                    s.mapped = mapping.is_some();
+                    s.mapped = mapped;
                     s.stamped = false;
                     s.unverified = true;
                     self.counted(Direction::ToCrm, Action::Create);
@@ -891,6 +915,7 @@ impl ItemStep<'_> {
             return None;
         };
         let (crm_id, version) = match s.crm {
+            Some((id, _)) if s.relinked => (id, None),
             Some((id, v)) => (id, Some(v)),
             None => (s.d.crm_id?, s.d.crm_version),
         };
@@ -960,6 +985,12 @@ impl ItemStep<'_> {
             .await
             .map_err(db_error)?;
         state.put_mappings(&put).await.map_err(db_error)?;
+        let relinked: Vec<(String, String, i64)> = slots
+            .iter()
+            .filter(|s| s.relinked)
+            .filter_map(|s| Some((self.smtp().to_owned(), self.table.to_owned(), s.crm?.0)))
+            .collect();
+        state.add_pending(&relinked).await.map_err(db_error)?;
         // What synced leaves the failure log.
         let ok: Vec<i64> = slots
             .iter()

@@ -619,7 +619,30 @@ impl MailStep<'_> {
                 None => import.push(s),
             }
         }
-        self.import(import).await?;
+        // An item a row of another operator carries (the mailbox was reassigned, say) is never
+        // linked across operators, and cannot be imported a second time: parked with the reason.
+        let ids: Vec<String> = import.iter().map(|s| s.id.id.clone()).collect();
+        let elsewhere = crm.ids_by_ews_ids(MAILS, &ids).await.map_err(db_error)?;
+        let mut fresh = Vec::with_capacity(import.len());
+        for s in import {
+            match elsewhere.get(&s.id.id) {
+                Some(row) => {
+                    let reason = format!(
+                        "crm_mails row {row} of another operator holds this Exchange item (was the mailbox reassigned?); it is not imported twice"
+                    );
+                    self.park(
+                        MAILS,
+                        0,
+                        &s.id.id,
+                        crate::sync::events::FailureKind::InvalidRow,
+                        &reason,
+                    )
+                    .await;
+                }
+                None => fresh.push(s),
+            }
+        }
+        self.import(fresh).await?;
         Ok(relinked)
     }
 
