@@ -394,7 +394,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn absurd_back_offs_pause_at_most_the_cap_and_never_panic() {
-        let t = throttle(1000, 1000, 10);
+        let t = throttle(1000.0, 1000, 10);
         for back_off in [
             Duration::from_millis(1_000_000_000_000),
             Duration::from_millis(u64::MAX),

@@ -1095,6 +1095,20 @@ fn recipients(it: &Node) -> Vec<String> {
     out
 }
 
+/// A poisoned item's response code, as the `&'static str` the handlers answer with.
+fn poisoned_code(code: &str) -> &'static str {
+    const KNOWN: [&str; 4] = [
+        "ErrorCorruptData",
+        "ErrorInvalidPropertySet",
+        "ErrorItemCorrupt",
+        "ErrorAccessDenied",
+    ];
+    KNOWN
+        .into_iter()
+        .find(|k| *k == code)
+        .unwrap_or("ErrorCorruptData")
+}
+
 fn update_item(ctx: &Ctx<'_>, body: &Node) -> Result<Vec<String>, Fault> {
     let resolution = body
         .attr("ConflictResolution")
@@ -1113,6 +1127,9 @@ fn update_item(ctx: &Ctx<'_>, body: &Node) -> Result<Vec<String>, Fault> {
                 let id = c.children.first().ok_or("ErrorInvalidIdMalformed")?;
                 let (key, occurrence) =
                     calendar::resolve_ref(m, id, |m, n| item_key(m, n).map(|(k, _)| k))?;
+                if let Some(code) = m.poisoned.get(&key) {
+                    return Err(poisoned_code(code));
+                }
                 let seen_version = if occurrence.is_some() {
                     None
                 } else {

@@ -1448,6 +1448,35 @@ async fn api_update_item(
     })
 }
 
+#[derive(Deserialize)]
+struct PoisonBody {
+    /// The response code every UpdateItem of the item gets (ErrorCorruptData,
+    /// ErrorInvalidPropertySet, ErrorItemCorrupt, ErrorAccessDenied); none: healed.
+    #[serde(default)]
+    code: Option<String>,
+}
+
+async fn api_poison_item(
+    sim: web::Data<Arc<Sim>>,
+    path: web::Path<(String, String)>,
+    body: web::Json<PoisonBody>,
+) -> HttpResponse {
+    let (smtp, id) = path.into_inner();
+    let Some(mb) = sim.store.mailbox(&smtp) else {
+        return api_err(StatusCode::NOT_FOUND, format!("no mailbox {smtp}"));
+    };
+    sim.store.with_mailbox(&mb, |m| match api_item_key(m, &id) {
+        Some(k) => {
+            match body.code.clone() {
+                Some(code) => m.poisoned.insert(k, code),
+                None => m.poisoned.remove(&k),
+            };
+            HttpResponse::NoContent().finish()
+        }
+        None => api_err(StatusCode::NOT_FOUND, "no such item"),
+    })
+}
+
 async fn api_delete_item(
     sim: web::Data<Arc<Sim>>,
     path: web::Path<(String, String)>,
@@ -1974,6 +2003,10 @@ fn routes(cfg: &mut web::ServiceConfig) {
         .route(
             "/sim/mailboxes/{smtp}/recreate",
             web::post().to(api_recreate_mailbox),
+        )
+        .route(
+            "/sim/mailboxes/{smtp}/items/{id}/poison",
+            web::post().to(api_poison_item),
         )
         .route(
             "/sim/mailboxes/{smtp}/items",

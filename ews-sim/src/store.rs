@@ -265,6 +265,9 @@ pub struct Mailbox {
     pub distinguished: HashMap<String, u64>,
     /// Events produced by the last mutations, taken by the store to feed subscriptions.
     pub pending_events: Vec<Event>,
+    /// Items every write of which is refused with this response code (a corrupt item, as
+    /// Exchange has them): the control API sets it, tests of permanent per-item refusals use it.
+    pub poisoned: HashMap<u64, String>,
 }
 
 /// Key of the root folder.
@@ -286,6 +289,7 @@ impl Mailbox {
             hierarchy_epoch: 0,
             distinguished: HashMap::new(),
             pending_events: Vec::new(),
+            poisoned: HashMap::new(),
         };
         m.insert_folder(ROOT, None, "Root", "", "Folder", Some("root"));
         m.insert_folder(

@@ -972,7 +972,7 @@ fn mailboxes(
 fn sync_settings(c: &mut Checker, raw: super::raw::RawSync) -> super::SyncConfig {
     let mut out = super::SyncConfig::default();
     if let Some(h) = raw.safety_read_hours {
-        if !h.is_finite() || h < 0.0 || h > 24.0 * 365.0 {
+        if !h.is_finite() || !(0.0..=24.0 * 365.0).contains(&h) {
             c.err(
                 "sync.safety_read_hours",
                 format!("{h} is not a number of hours between 0 (off) and 8760"),

@@ -429,6 +429,16 @@ impl Db {
             execute,
             |_r| ()
         )?;
+        self.add_ambiguous(mailbox, crm_table, all).await
+    }
+
+    /// Adds ambiguous first-contact matches of a table to its list.
+    pub async fn add_ambiguous(
+        &self,
+        mailbox: &str,
+        crm_table: &str,
+        all: &[Ambiguous],
+    ) -> Result<(), DbError> {
         for a in all {
             on_db!(
                 self,

@@ -281,7 +281,7 @@ async fn plan_area(
         }
     }
     let separate = setup.sync_ambiguous;
-    step.match_first_contact(&mut pairs, &ctx_rows, separate)
+    step.match_first_contact(&mut pairs, &ctx_rows, separate, shared)
         .await?;
     let decisions = super::items::plan::plan(&pairs, &step.config);
     let mut out = AreaPlan {
@@ -383,7 +383,7 @@ fn tally(area: Area, d: &Decision, out: &mut AreaPlan, with_items: bool) {
     };
     if let Some(link) = &d.link {
         let by: &LinkBy = link;
-        *out.links.entry(by.describe()).or_default() += 1;
+        *out.links.entry(by.kind().to_owned()).or_default() += 1;
         push("link", "both", by.describe());
     }
     if let Some(c) = &d.conflict {

@@ -663,6 +663,15 @@ pub fn crm_id_path() -> PropertyPath {
     PropertyPath::Extended(crm_id_uri())
 }
 
+/// What a person recognises a record by: a contact's name, an appointment's or task's subject.
+pub fn title(area: Area, f: &Fields) -> String {
+    match area {
+        Area::Contacts => display_name(f),
+        _ => get(f, "subject").cloned(),
+    }
+    .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -882,13 +891,4 @@ mod tests {
             }
         }
     }
-}
-
-/// What a person recognises a record by: a contact's name, an appointment's or task's subject.
-pub fn title(area: Area, f: &Fields) -> String {
-    match area {
-        Area::Contacts => display_name(f),
-        _ => get(f, "subject").cloned(),
-    }
-    .unwrap_or_default()
 }

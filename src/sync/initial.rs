@@ -22,7 +22,6 @@ use super::items::plan::{LinkBy, Pair, Side};
 use super::items::read::{Context, Page};
 use super::items::ItemStep;
 use super::matching::{match_records, Record};
-use crate::config::Area;
 use crate::db::integrity::{Ambiguous, Side as HeldSide};
 
 /// Which side an initial sync starts from: where linked records differ, its values win.
@@ -182,7 +181,8 @@ impl ItemStep<'_> {
         let mut ctx = Context::default();
         let open = self.unverified_open(shared, &page.reported).await?;
         let mut pairs = self.assemble(seen, &[], &crm_ids, &mut ctx).await?;
-        self.match_first_contact(&mut pairs, &ctx, separate).await?;
+        self.match_first_contact(&mut pairs, &ctx, separate, shared)
+            .await?;
         let done = pairs.len() as u64;
         self.carry_out(pairs, &mut ctx).await?;
         progress(total.min(done.max(total)), total);
@@ -218,6 +218,7 @@ impl ItemStep<'_> {
         pairs: &mut Vec<Pair>,
         ctx: &Context,
         separate: bool,
+        shared: bool,
     ) -> Result<(), SyncError> {
         let crm_only: Vec<usize> = pairs
             .iter()
@@ -242,7 +243,7 @@ impl ItemStep<'_> {
             .map(|(i, _)| i)
             .collect();
         if crm_only.is_empty() || ews_only.is_empty() {
-            return self.record_ambiguous(Vec::new()).await;
+            return self.record_ambiguous(Vec::new(), shared).await;
         }
         let crm_uids: Vec<Option<String>> = crm_only
             .iter()
@@ -347,31 +348,37 @@ impl ItemStep<'_> {
             i += 1;
             keep
         });
-        self.record_ambiguous(if separate {
-            Vec::new()
-        } else {
-            ambiguous.clone()
-        })
+        self.record_ambiguous(
+            if separate {
+                Vec::new()
+            } else {
+                ambiguous.clone()
+            },
+            shared,
+        )
         .await?;
         self.ambiguous.extend(ambiguous);
         Ok(())
     }
 
-    async fn record_ambiguous(&mut self, all: Vec<Ambiguous>) -> Result<(), SyncError> {
+    /// Records the ambiguous records of a folder: the own folder's list replaces the area's
+    /// (the first contact starts with it), the shared folder's is added to it.
+    async fn record_ambiguous(
+        &mut self,
+        all: Vec<Ambiguous>,
+        shared: bool,
+    ) -> Result<(), SyncError> {
         if self.dry_run {
             return Ok(());
         }
-        if all.is_empty() && self.area != Area::Mail {
-            // Nothing (left) ambiguous: forget earlier reports.
-            return self
-                .engine
-                .state
-                .set_ambiguous(self.smtp(), self.table, &[])
+        let state = &self.engine.state;
+        if shared {
+            return state
+                .add_ambiguous(self.smtp(), self.table, &all)
                 .await
                 .map_err(db_error);
         }
-        self.engine
-            .state
+        state
             .set_ambiguous(self.smtp(), self.table, &all)
             .await
             .map_err(db_error)

@@ -50,9 +50,12 @@ fn get<'a>(f: &'a Fields, name: &str) -> Option<&'a str> {
         .filter(|v| !v.is_empty())
 }
 
+/// Match keys of one tier: the key text and what a link by it is called.
+type Keys = Vec<(String, LinkBy)>;
+
 /// The keys of a record in the first tier (decisive) and the second (used only by records
 /// that share no first-tier key with the other side).
-fn keys(area: Area, r: &Record<'_>) -> (Vec<(String, LinkBy)>, Vec<(String, LinkBy)>) {
+fn keys(area: Area, r: &Record<'_>) -> (Keys, Keys) {
     let f = r.fields;
     match area {
         Area::Contacts => {
@@ -137,8 +140,7 @@ impl Groups {
 /// Matches two sides' unpaired records.
 pub fn match_records(area: Area, crm: &[Record<'_>], ews: &[Record<'_>]) -> Matches {
     let n = crm.len();
-    let node_keys: Vec<(Vec<(String, LinkBy)>, Vec<(String, LinkBy)>)> =
-        crm.iter().chain(ews).map(|r| keys(area, r)).collect();
+    let node_keys: Vec<(Keys, Keys)> = crm.iter().chain(ews).map(|r| keys(area, r)).collect();
     // Which nodes hold each first-tier key, per side.
     let index = |tier: usize, nodes: &mut dyn Iterator<Item = usize>| {
         let mut by_key: BTreeMap<String, (BTreeSet<usize>, BTreeSet<usize>, LinkBy)> =

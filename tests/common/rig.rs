@@ -224,6 +224,52 @@ impl Rig {
             .unwrap_or_else(|e| panic!("step of {smtp} {folder}: {e}"))
     }
 
+    /// One step for the given causes, its error returned (not a panic).
+    pub async fn try_step(
+        &self,
+        smtp: &str,
+        folder: &str,
+        cause: Cause,
+        full: bool,
+    ) -> Result<StepReport, mailsync_actors::SyncError> {
+        let mut causes = Causes::default();
+        causes.insert(cause);
+        self.engine
+            .sync_folder(StepRequest {
+                mailbox: smtp.into(),
+                folder: folder.into(),
+                full_resync: full,
+                causes,
+                ctx: StepContext::new(self.throttle.clone()),
+            })
+            .await
+    }
+
+    /// The simulator's request count of an operation so far.
+    pub async fn requests(&self, operation: &str) -> u64 {
+        let stats: serde_json::Value = reqwest::get(format!("{}/sim/stats", self.sim.base_url()))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        stats["requests_by_operation"][operation]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    /// Posts to the simulator's control API.
+    pub async fn sim_post(&self, path: &str, body: serde_json::Value) {
+        reqwest::Client::new()
+            .post(format!("{}/sim/{path}", self.sim.base_url()))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap();
+    }
+
     /// Feeds the CRM changes, then runs steps of `folder` until it has nothing more to do;
     /// returns the items of the steps and what is held after the last.
     pub async fn sync(&self, smtp: &str, folder: &str) -> StepReport {
@@ -233,6 +279,7 @@ impl Rig {
             let r = self.step_for(smtp, folder, Cause::Notification).await;
             total.items += r.items;
             total.held = r.held;
+            total.wake_in = r.wake_in;
             if !r.more {
                 return total;
             }

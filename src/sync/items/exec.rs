@@ -365,6 +365,7 @@ impl ItemStep<'_> {
                     ItemOutcome::Changed | ItemOutcome::Skipped => {
                         slot.stop = true;
                         slot.requeue = true;
+                        self.needs_pull = true;
                     }
                     ItemOutcome::Rejected(e) => {
                         slot.stop = true;
@@ -477,6 +478,7 @@ impl ItemStep<'_> {
                         Ok(_) => {
                             slot.stop = true;
                             slot.requeue = true;
+                            self.needs_pull = true;
                         }
                         Err(e) => {
                             // Throttled or transient: what was created is recorded first.
@@ -707,8 +709,11 @@ impl ItemStep<'_> {
                         self.needs_pull = true;
                     }
                     ItemOutcome::Skipped => {
+                        // Not attempted (an earlier item stopped the batch): the next step,
+                        // asked for at once, writes it.
                         slot.stop = true;
                         slot.requeue = true;
+                        self.needs_pull = true;
                     }
                     ItemOutcome::Rejected(e) => {
                         slot.stop = true;
@@ -950,7 +955,7 @@ impl ItemStep<'_> {
                 self.log_conflict(&s.d, c).await?;
             }
             if let Some(link) = &s.d.link {
-                *self.links.entry(link.describe()).or_default() += 1;
+                *self.links.entry(link.kind().to_owned()).or_default() += 1;
                 self.counted(Direction::ToCrm, Action::Link);
             }
             match &s.d.map {

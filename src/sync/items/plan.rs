@@ -100,7 +100,20 @@ pub enum LinkBy {
 }
 
 impl LinkBy {
-    /// What the plan and the summary say.
+    /// The kind of link, for counts (the address itself is left out).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LinkBy::Stamp => "the CRM-id stamp",
+            LinkBy::EwsId => "the row's Exchange id",
+            LinkBy::Email(_) => "e-mail address",
+            LinkBy::NameCompany => "name and company",
+            LinkBy::SubjectDue => "subject and due date",
+            LinkBy::Uid => "UID",
+            LinkBy::SubjectStart => "subject and start",
+        }
+    }
+
+    /// What the plan's item list says.
     pub fn describe(&self) -> String {
         match self {
             LinkBy::Stamp => "the CRM-id stamp".into(),

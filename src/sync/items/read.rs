@@ -425,7 +425,6 @@ impl ItemStep<'_> {
         }
         // The CRM side of every pair that has a row.
         let mut out = Vec::with_capacity(pairs.len() + loose.len());
-        let mut loose = loose;
         for (crm_id, mut p) in pairs {
             p.crm = match ctx.rows.get(&crm_id) {
                 // A row whose version is below the one recorded is not the mapped row: its id
