@@ -2030,3 +2030,66 @@ async fn retention_prunes_only_what_is_old_and_done_with() {
         t.drop_db().await;
     }
 }
+
+/// A transaction left open in another database of the PostgreSQL cluster (another
+/// application, another tenant's ERP, a forgotten psql session) must not stall the change
+/// feed: it cannot write to this database's change log.
+#[tokio::test]
+async fn an_open_transaction_in_another_database_does_not_hold_the_feed_back() {
+    use sqlx::Connection;
+    let Some((name, url)) = common::postgres_db("feed_horizon").await else {
+        return;
+    };
+    let db = Db::connect(&url, 2).await.unwrap();
+    db.migrate(MigrationSet::Crm).await.unwrap();
+    common::seed(&db, &[(1, "1001", Some("user1@example.com"))]).await;
+    let after = db
+        .changes_after(Cursor::default(), 1000)
+        .await
+        .unwrap()
+        .last()
+        .map(|c| c.cursor)
+        .unwrap_or_default();
+    // Elsewhere: a transaction with an xid, left open.
+    let mut other = sqlx::PgConnection::connect("postgres://postgres@127.0.0.1:5432/postgres")
+        .await
+        .unwrap();
+    sqlx::query("BEGIN").execute(&mut other).await.unwrap();
+    sqlx::query("SELECT txid_current()")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    common::exec(
+        &db,
+        "INSERT INTO crm_tasks (tenant_id, owner_id, subject) VALUES (1, 1, 'seen')",
+    )
+    .await;
+    let changes = db.changes_after(after, 1000).await.unwrap();
+    assert!(
+        changes.iter().any(|c| c.table == "crm_tasks"),
+        "the change waits for a transaction of another database: {changes:?}"
+    );
+    // Here: an open transaction that wrote holds changes after it back (they may commit
+    // before it), and it stays so until it ends.
+    let mut here = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut here).await.unwrap();
+    sqlx::query("SELECT txid_current()")
+        .execute(&mut here)
+        .await
+        .unwrap();
+    common::exec(
+        &db,
+        "INSERT INTO crm_tasks (tenant_id, owner_id, subject) VALUES (1, 1, 'later')",
+    )
+    .await;
+    let last = changes.last().map(|c| c.cursor).unwrap();
+    assert!(
+        db.changes_after(last, 1000).await.unwrap().is_empty(),
+        "held back behind this database's open transaction"
+    );
+    sqlx::query("COMMIT").execute(&mut here).await.unwrap();
+    assert_eq!(db.changes_after(last, 1000).await.unwrap().len(), 1);
+    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+    db.close().await;
+    common::drop_postgres(&name).await;
+}

@@ -266,13 +266,15 @@ areas = ["contacts"]
         .json()
         .await
         .unwrap();
-    // Every storm ran its full count: the service could not have converged while one was
-    // still answering (its retries and the checker's own requests consume them), so exactly
-    // 15 + 5 + 5 requests were answered with an injected ErrorServerBusy.
+    // Faults were really injected: at least the SyncFolderItems storm ran its full count (every
+    // step of a folder woken by the changes above reads it, and the service could not have
+    // converged while it still answered busy); the UpdateItem and GetItem storms are spent only
+    // as far as the service sends those operations (stamps ride along with other updates,
+    // echoes need no GetItem), so at most their counts.
     let injected = stats["faults_injected"]
         .as_u64()
         .unwrap_or_else(|| panic!("GET /sim/stats has no faults_injected: {stats}"));
-    assert_eq!(injected, 15 + 5 + 5, "{stats}");
+    assert!((15..=15 + 5 + 5).contains(&injected), "{stats}");
     // And the service met them as what they are: server-wide pauses on its throttle.
     let pauses = service
         .telemetry

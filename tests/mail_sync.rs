@@ -1679,3 +1679,200 @@ async fn the_convergence_checker_compares_mail_and_names_each_difference() {
     );
     rig.finish().await;
 }
+
+/// The breaker for mail: a folder deleted in Exchange with its messages is held (the CRM keeps
+/// the folder and its mails); rejected, the folder is created again in Exchange with its
+/// messages; deleted again and approved, it goes from the CRM. Then many messages deleted at
+/// once in a folder: held, approved, deleted.
+#[tokio::test]
+async fn a_mail_folder_deleted_with_its_messages_is_held_then_restored_or_deleted() {
+    use mailsync::db::integrity::{Decision, Side};
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let rig = Rig::sqlite(Options::default()).await;
+    let inbox = rig.crm_folder("Inbox", Some("inbox"), None).await;
+    let projects = rig.crm_folder("Projekte", None, Some(inbox)).await;
+    for n in 0..5 {
+        rig.crm_mail(projects, &mime(100 + n, "projekt", DATE), false, SENT)
+            .await;
+    }
+    rig.sync().await;
+    let ex = rig.exchange_folders().await;
+    let folder = ex["Inbox/Projekte"].clone();
+    assert_eq!(rig.exchange_mails(&folder).await.len(), 5);
+
+    // Outlook: the folder is deleted for good, messages and all.
+    rig.call(&ews::ops::DeleteFolder {
+        folder: folder.clone(),
+        delete_type: DeleteType::HardDelete,
+    })
+    .await;
+    rig.sync().await;
+    assert_eq!(
+        count(
+            &rig.db,
+            &format!("SELECT count(*) FROM crm_mails WHERE folder_id = {projects}")
+        )
+        .await,
+        5,
+        "nothing deleted in the CRM"
+    );
+    let held = rig.state.held(USER, None).await.unwrap();
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(
+        (held[0].crm_table.as_str(), held[0].side),
+        ("crm_mail_folders", Side::Crm)
+    );
+
+    // Rejected: the folder comes back in Exchange with its five messages.
+    rig.state
+        .decide_held(USER, None, None, Decision::Reject)
+        .await
+        .unwrap();
+    rig.sync().await;
+    let ex = rig.exchange_folders().await;
+    let folder = ex
+        .get("Inbox/Projekte")
+        .expect("the folder is back")
+        .clone();
+    assert_eq!(rig.exchange_mails(&folder).await.len(), 5);
+    assert!(rig.state.held(USER, None).await.unwrap().is_empty());
+
+    // Deleted again, approved: gone from the CRM with its mails.
+    rig.call(&ews::ops::DeleteFolder {
+        folder,
+        delete_type: DeleteType::HardDelete,
+    })
+    .await;
+    rig.sync().await;
+    assert_eq!(rig.state.held(USER, None).await.unwrap().len(), 1);
+    rig.state
+        .decide_held(USER, None, None, Decision::Approve)
+        .await
+        .unwrap();
+    rig.sync().await;
+    assert_eq!(
+        count(
+            &rig.db,
+            &format!("SELECT count(*) FROM crm_mail_folders WHERE id = {projects}")
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(
+            &rig.db,
+            &format!("SELECT count(*) FROM crm_mails WHERE folder_id = {projects}")
+        )
+        .await,
+        0
+    );
+
+    // 30 messages in the inbox, all deleted at once in Outlook: held; approved: deleted.
+    let mut ids = Vec::new();
+    for n in 0..30 {
+        ids.push(
+            rig.user_creates_mail(
+                FolderRef::well_known(DistinguishedFolder::Inbox),
+                mime(200 + n, "massenweise", DATE),
+                false,
+            )
+            .await,
+        );
+    }
+    rig.sync().await;
+    assert_eq!(
+        count(
+            &rig.db,
+            &format!("SELECT count(*) FROM crm_mails WHERE folder_id = {inbox}")
+        )
+        .await,
+        30
+    );
+    rig.call(&DeleteItem {
+        ids: ids.clone(),
+        delete_type: DeleteType::HardDelete,
+    })
+    .await;
+    rig.sync().await;
+    assert_eq!(
+        count(
+            &rig.db,
+            &format!("SELECT count(*) FROM crm_mails WHERE folder_id = {inbox}")
+        )
+        .await,
+        30,
+        "held"
+    );
+    let held = rig.state.held(USER, Some("crm_mails")).await.unwrap();
+    assert_eq!(held.len(), 30);
+    assert!(held.iter().all(|h| h.scope == "inbox"), "{held:?}");
+    rig.state
+        .decide_held(USER, None, None, Decision::Approve)
+        .await
+        .unwrap();
+    rig.sync().await;
+    assert_eq!(
+        count(
+            &rig.db,
+            &format!("SELECT count(*) FROM crm_mails WHERE folder_id = {inbox}")
+        )
+        .await,
+        0
+    );
+    rig.finish().await;
+}
+
+/// A mail written to Exchange by a step woken only by CRM changes, deleted in Outlook before
+/// its folder is read again: the delete reaches the CRM (the folder's read from an older
+/// state would report nothing), every time.
+#[tokio::test]
+async fn a_mail_deleted_in_outlook_right_after_we_wrote_it_is_not_lost() {
+    let rig = Rig::sqlite(Options::default()).await;
+    let inbox = rig.crm_folder("Inbox", Some("inbox"), None).await;
+    rig.crm_mail(inbox, &mime(300, "keep", DATE), false, SENT)
+        .await;
+    rig.crm_mail(inbox, &mime(301, "keep", DATE), false, SENT)
+        .await;
+    rig.sync().await;
+    for round in 0..8 {
+        let id = rig
+            .crm_mail(inbox, &mime(400 + round, "gone", DATE), false, SENT)
+            .await;
+        rig.sync_with(Cause::Crm).await;
+        let written: Vec<ItemId> = common::texts(
+            &rig.state,
+            &format!("SELECT ews_item_id FROM ms_item_map WHERE crm_table = 'crm_mails' AND crm_id = {id}"),
+        )
+        .await
+        .into_iter()
+        .flatten()
+        .map(|id| ItemId { id, change_key: None })
+        .collect();
+        assert!(!written.is_empty(), "round {round}: written to Exchange");
+        rig.call(&DeleteItem {
+            ids: written,
+            delete_type: if round % 2 == 0 {
+                DeleteType::HardDelete
+            } else {
+                DeleteType::SoftDelete
+            },
+        })
+        .await;
+        // (Without a stream here, a timer reads every folder, as the safety-net read does.)
+        rig.sync_with(Cause::Timer).await;
+        assert_eq!(
+            count(
+                &rig.db,
+                &format!("SELECT count(*) FROM crm_mails WHERE id = {id}")
+            )
+            .await,
+            0,
+            "round {round}: the delete reached the CRM"
+        );
+    }
+    assert_eq!(count(&rig.db, "SELECT count(*) FROM crm_mails").await, 2);
+    rig.finish().await;
+}

@@ -55,6 +55,26 @@ pub struct Change {
     pub tenant_id: Option<i64>,
 }
 
+/// The PostgreSQL read of the change log. Only changes of transactions older than the oldest
+/// one still running *that could write here* are returned: the horizon is the lowest id among
+/// the snapshot's running transactions, leaving out those pg_stat_activity shows in another
+/// database of the cluster (they cannot write to this database's change log, and one left open
+/// there must not stall the feed). Leaving out only transactions known to be elsewhere is safe
+/// whenever pg_stat_activity is read: a transaction of this database is never among them, and
+/// one that cannot be placed (ended meanwhile, or not visible to this user) counts as this
+/// database's, which only makes the horizon lower. Ids: pg_stat_activity shows 32-bit xids,
+/// the snapshot 64-bit ones (two running transactions never share the low 32 bits).
+const PG_CHANGES_AFTER: &str = "WITH snap AS MATERIALIZED (SELECT pg_current_snapshot() AS s), \
+     horizon AS (SELECT COALESCE( \
+       (SELECT MIN(x::text::bigint) FROM snap, pg_snapshot_xip(snap.s) AS x \
+        WHERE x::text::bigint % 4294967296 NOT IN ( \
+          SELECT backend_xid::text::bigint FROM pg_stat_activity \
+          WHERE backend_xid IS NOT NULL AND datname IS DISTINCT FROM current_database())), \
+       (SELECT pg_snapshot_xmax(s)::text::bigint FROM snap)) AS h) \
+     SELECT seq, txid, table_name, row_id, op::text AS op, owner_id, tenant_id FROM crm_changes, horizon \
+     WHERE txid < horizon.h AND (txid, seq) > ($1, $2) \
+     ORDER BY txid, seq LIMIT $3";
+
 impl Db {
     /// Changes after `after`, oldest first, at most `limit`. On PostgreSQL only changes of
     /// transactions older than the oldest one still running are returned, so a change that
@@ -63,11 +83,7 @@ impl Db {
     /// same reason.
     pub async fn changes_after(&self, after: Cursor, limit: i64) -> Result<Vec<Change>, DbError> {
         let rows = match self {
-            Db::Postgres(p) => sqlx::query(
-                "SELECT seq, txid, table_name, row_id, op::text AS op, owner_id, tenant_id FROM crm_changes \
-                 WHERE txid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint AND (txid, seq) > ($1, $2) \
-                 ORDER BY txid, seq LIMIT $3",
-            )
+            Db::Postgres(p) => sqlx::query(PG_CHANGES_AFTER)
             .bind(after.txid)
             .bind(after.seq)
             .bind(limit)

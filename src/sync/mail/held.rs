@@ -250,7 +250,7 @@ impl MailStep<'_> {
             let base = folder_base(&row.name, row.parent_id, row.sync_excluded, row.sync_from);
             self.engine
                 .state
-                .put_mapping(&self.put_folder_mapping(row.id, &ews, v, base))
+                .put_mapping(&self.folder_mapping(row.id, &ews, v, base, true))
                 .await
                 .map_err(db_error)?;
             self.engine

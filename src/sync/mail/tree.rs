@@ -58,6 +58,19 @@ impl MailStep<'_> {
         version: i64,
         base: serde_json::Value,
     ) -> ItemMapping {
+        self.folder_mapping(crm_id, ews_id, version, base, false)
+    }
+
+    /// A folder's mapping; `unverified`: we created the folder after the stored hierarchy
+    /// state (its next complete read must report it, or it is looked up).
+    pub(super) fn folder_mapping(
+        &self,
+        crm_id: i64,
+        ews_id: &str,
+        version: i64,
+        base: serde_json::Value,
+        unverified: bool,
+    ) -> ItemMapping {
         ItemMapping {
             mailbox: self.smtp().to_owned(),
             crm_table: FOLDERS.into(),
@@ -67,7 +80,7 @@ impl MailStep<'_> {
             crm_version: Some(version),
             fields: base,
             stamped: true,
-            unverified: false,
+            unverified,
         }
     }
 
@@ -89,9 +102,27 @@ impl MailStep<'_> {
             sync_state: if full { None } else { state.sync_state },
         };
         let reply = self.engine.call(self.setup, self.ctx, &op).await?;
+        let reported: HashSet<String> = reply
+            .changes
+            .iter()
+            .filter_map(|c| match c {
+                FolderChange::Create(f) | FolderChange::Update(f) => {
+                    f.id.as_ref().map(|i| i.id.clone())
+                }
+                FolderChange::Delete(id) => Some(id.id.clone()),
+            })
+            .collect();
+        // Folders we created after the stored state that this (complete) read did not report:
+        // created and deleted since, netted into nothing by Exchange — looked up now.
+        let vanished = if reply.includes_last {
+            self.unreported_folders(&reported).await?
+        } else {
+            Vec::new()
+        };
         // Parents come before children in a first sync; a folder whose parent is not known yet
         // (created in the same batch, listed later) waits for the next pass.
         let mut todo: Vec<FolderChange> = reply.changes;
+        todo.extend(vanished.into_iter().map(FolderChange::Delete));
         loop {
             let before = todo.len();
             let mut later = Vec::new();
@@ -112,19 +143,67 @@ impl MailStep<'_> {
                 "mail folder whose parent is not synced; left out"
             );
         }
+        let reported: Vec<String> = reported.into_iter().collect();
         self.engine
             .state
-            .set_folder_state(
+            .store_state_verifying(
                 self.smtp(),
                 HIERARCHY,
                 &FolderState {
                     ews_folder_id: Some(roles.root.clone()),
                     sync_state: Some(reply.sync_state),
                 },
+                &reported,
             )
             .await
             .map_err(db_error)?;
         Ok(!reply.includes_last)
+    }
+
+    /// Folder mappings no stored hierarchy state covers (folders we created) that a complete
+    /// read did not report: found ones are verified, the ids of gone ones returned.
+    async fn unreported_folders(
+        &mut self,
+        reported: &HashSet<String>,
+    ) -> Result<Vec<ItemId>, SyncError> {
+        let open: Vec<ItemMapping> = self
+            .engine
+            .state
+            .unverified_of(self.smtp(), FOLDERS)
+            .await
+            .map_err(db_error)?
+            .into_iter()
+            .filter(|m| !reported.contains(&m.ews_item_id))
+            .collect();
+        if open.is_empty() {
+            return Ok(Vec::new());
+        }
+        let op = GetFolder {
+            folders: open
+                .iter()
+                .map(|m| FolderRef::Id(id_of(&m.ews_item_id)))
+                .collect(),
+            shape: Shape::id_only(),
+        };
+        let answers = self.engine.call(self.setup, self.ctx, &op).await?;
+        let mut found = Vec::new();
+        let mut gone = Vec::new();
+        for (m, a) in open.iter().zip(answers) {
+            match a {
+                Ok(_) => found.push(m.ews_item_id.clone()),
+                Err(ews::Error::NotFound(_)) => gone.push(id_of(&m.ews_item_id)),
+                Err(e) if e.is_retryable() => return Err(sync_error(e)),
+                Err(e) => {
+                    tracing::debug!(mailbox = self.smtp(), folder = m.ews_item_id, error = %e, "a folder we created could not be checked")
+                }
+            }
+        }
+        self.engine
+            .state
+            .verify_mappings(self.smtp(), &found)
+            .await
+            .map_err(db_error)?;
+        Ok(gone)
     }
 
     /// Applies one folder change; false when its parent is not known yet.
@@ -550,7 +629,7 @@ impl MailStep<'_> {
         let base = folder_base(&row.name, row.parent_id, row.sync_excluded, row.sync_from);
         self.engine
             .state
-            .put_mapping(&self.put_folder_mapping(row.id, &ews_id, v, base))
+            .put_mapping(&self.folder_mapping(row.id, &ews_id, v, base, true))
             .await
             .map_err(db_error)?;
         // Its mails were skipped while it had no Exchange folder.
