@@ -40,6 +40,11 @@ pub enum Behaviour {
     Panic,
     /// Never finishes and never shows progress.
     Hang,
+    /// Succeeds at once with this report (a wake-up time, held deletes, more to do).
+    Report(StepReport),
+    /// Reports progress `done` of `total`, then waits for the gate and succeeds with
+    /// `more` set (a long initial sync's page).
+    Progress(u64, u64, Arc<Notify>),
 }
 
 /// One step as the fake saw it.
@@ -236,6 +241,15 @@ impl FakeSync {
 
 async fn play(behaviour: Behaviour) -> Result<StepReport, SyncError> {
     match behaviour {
+        Behaviour::Report(report) => Ok(report),
+        Behaviour::Progress(_, _, gate) => {
+            gate.notified().await;
+            Ok(StepReport {
+                items: 1,
+                more: true,
+                ..StepReport::default()
+            })
+        }
         Behaviour::Ok => Ok(StepReport {
             items: 1,
             more: false,
@@ -325,6 +339,9 @@ impl SyncPort for FakeSync {
                 me.record(|s| s.steps[i].sent = Some(Instant::now()));
             }
             drop(permit);
+            if let Behaviour::Progress(done, total, _) = &behaviour {
+                step.ctx.report_progress(*done, *total);
+            }
             let result = play(behaviour).await;
             if let (Some(i), Ok(_)) = (index, &result) {
                 me.record(|s| s.steps[i].committed = Some(Instant::now()));

@@ -186,8 +186,18 @@ impl Rig {
             "pauses" => m.throttle_pauses.with_label_values(labels).get() as f64,
             "reconnects" => m.stream_reconnects.with_label_values(labels).get() as f64,
             "groups" => m.stream_groups.with_label_values(labels).get() as f64,
+            "initial_remaining" => m.initial_remaining.get() as f64,
+            "initial_running" => m.initial_running.get() as f64,
             other => panic!("unknown metric {other}"),
         }
+    }
+
+    fn folder_status(&self, n: usize, folder: &str) -> FolderStatus {
+        self.snapshot(n)
+            .folders
+            .into_iter()
+            .find(|f| f.id.as_ref() == folder)
+            .expect("folder is registered")
     }
 }
 
@@ -1297,4 +1307,199 @@ async fn a_stream_group_that_dies_is_replaced_and_its_mailboxes_are_never_left_s
     assert_eq!((status.mode, status.covered), ("streaming", 2));
     assert_eq!(rig.metric("groups", &["ex1", "polling"]), 0.0);
     assert_eq!(rig.metric("groups", &["ex1", "streaming"]), 1.0);
+}
+
+#[actix_rt::test]
+async fn a_step_can_ask_for_a_wake_up_and_the_safety_read_comes_without_any_trigger() {
+    tokio::time::pause();
+    let sync = FakeSync::new(&FOLDERS);
+    // The contacts step parks an item and wants to retry it in two minutes.
+    sync.script_step(
+        &smtp(1),
+        "contacts",
+        [Behaviour::Report(StepReport {
+            items: 0,
+            wake_in: Some(Duration::from_secs(120)),
+            ..StepReport::default()
+        })],
+    );
+    let mut with_safety = settings();
+    with_safety.safety_read = Some(Duration::from_secs(3600));
+    let rig = Rig::start_with(
+        with_safety,
+        vec![server("ex1", true)],
+        vec![mailbox(1, "ex1")],
+        sync,
+    );
+    rig.ready().await;
+    // Nothing triggers anything from here on: only timers can cause steps.
+    sleep(110).await;
+    assert_eq!(rig.sync.step_count(&smtp(1), "contacts"), 1);
+    sleep(20).await;
+    assert_eq!(
+        rig.sync.step_count(&smtp(1), "contacts"),
+        2,
+        "the step asked to be woken after 120s"
+    );
+    // The safety read is jittered to between half and one and a half of its period.
+    sleep(29 * 60 - 130).await;
+    for folder in FOLDERS {
+        let expected = if folder == "contacts" { 2 } else { 1 };
+        assert_eq!(
+            rig.sync.step_count(&smtp(1), folder),
+            expected,
+            "{folder} before half the safety period"
+        );
+    }
+    sleep(62 * 60).await;
+    for folder in FOLDERS {
+        let floor = if folder == "contacts" { 3 } else { 2 };
+        assert!(
+            rig.sync.step_count(&smtp(1), folder) >= floor,
+            "{folder} had no safety read after 91 minutes"
+        );
+    }
+    assert!(rig.metric("steps", &["ok"]) >= 9.0);
+
+    // Without a safety period a quiet folder is never read again.
+    let quiet = Rig::start(
+        settings(),
+        vec![server("ex1", true)],
+        vec![mailbox(2, "ex1")],
+    );
+    quiet.ready().await;
+    sleep(5 * 3600).await;
+    for folder in FOLDERS {
+        assert_eq!(quiet.sync.step_count(&smtp(2), folder), 1, "{folder}");
+    }
+}
+
+#[actix_rt::test]
+async fn held_deletes_and_initial_sync_progress_show_on_the_status_and_gauges() {
+    tokio::time::pause();
+    let sync = FakeSync::new(&FOLDERS);
+    let gate = Arc::new(Notify::new());
+    sync.script_step(
+        &smtp(1),
+        "contacts",
+        [Behaviour::Progress(40, 100, gate.clone())],
+    );
+    sync.script_step(
+        &smtp(1),
+        "calendar",
+        [Behaviour::Report(StepReport {
+            held: 3,
+            ..StepReport::default()
+        })],
+    );
+    let rig = Rig::start_with(
+        settings(),
+        vec![server("ex1", true)],
+        vec![mailbox(1, "ex1")],
+        sync,
+    );
+    let board = rig.handle.board.clone();
+    rig.sync
+        .wait_until("contacts reports its progress", |_| {
+            board.snapshot(&smtp(1)).is_some_and(|m| {
+                m.folders
+                    .iter()
+                    .any(|f| f.id.as_ref() == "contacts" && f.progress == Some((40, 100)))
+            })
+        })
+        .await;
+    assert_eq!(rig.metric("initial_remaining", &[]), 60.0);
+    assert_eq!(rig.metric("initial_running", &[]), 1.0);
+    assert!(!board.ready(), "a folder still importing is not ready");
+    rig.sync
+        .wait_until("calendar ran", |f| f.step_count(&smtp(1), "calendar") >= 1)
+        .await;
+    sleep(1).await;
+    assert_eq!(rig.folder_status(1, "calendar").held, 3);
+
+    // The page ends with more to do; the next step finishes the import.
+    gate.notify_one();
+    rig.ready().await;
+    assert_eq!(rig.sync.step_count(&smtp(1), "contacts"), 2);
+    assert_eq!(rig.folder_status(1, "contacts").progress, None);
+    assert_eq!(rig.metric("initial_remaining", &[]), 0.0);
+    assert_eq!(rig.metric("initial_running", &[]), 0.0);
+
+    // The next calendar step decides nothing is held any more.
+    rig.trigger(1, Some("calendar"), Cause::Crm).await;
+    rig.sync
+        .wait_until("calendar ran again", |f| {
+            f.step_count(&smtp(1), "calendar") >= 2
+        })
+        .await;
+    sleep(1).await;
+    assert_eq!(rig.folder_status(1, "calendar").held, 0);
+}
+
+#[actix_rt::test]
+async fn a_mailbox_keeps_its_start_slot_until_its_initial_sync_is_done() {
+    tokio::time::pause();
+    let sync = FakeSync::new(&FOLDERS);
+    // Each mailbox's contacts import takes two pages, each waiting for its gate.
+    let gates: Vec<[Arc<Notify>; 2]> = (0..2)
+        .map(|_| [Arc::new(Notify::new()), Arc::new(Notify::new())])
+        .collect();
+    for (n, pages) in [1, 2].into_iter().zip(&gates) {
+        sync.script_step(
+            &smtp(n),
+            "contacts",
+            [
+                Behaviour::Progress(1, 1000, pages[0].clone()),
+                Behaviour::Progress(500, 1000, pages[1].clone()),
+            ],
+        );
+    }
+    let mut one_start = settings();
+    one_start.max_concurrent_starts = 1;
+    one_start.stall_timeout = Duration::from_secs(3600);
+    let rig = Rig::start_with(
+        one_start,
+        vec![server("ex1", true)],
+        vec![mailbox(1, "ex1"), mailbox(2, "ex1")],
+        sync,
+    );
+    rig.sync
+        .wait_until("one mailbox is importing", |f| {
+            f.step_count(&smtp(1), "contacts") + f.step_count(&smtp(2), "contacts") >= 1
+        })
+        .await;
+    let (first, second) = if rig.sync.step_count(&smtp(1), "contacts") == 1 {
+        (1, 2)
+    } else {
+        (2, 1)
+    };
+    // Long after every other folder of the first mailbox finished, the second still waits.
+    sleep(600).await;
+    assert_eq!(
+        rig.sync.opens(&smtp(second)),
+        0,
+        "the second mailbox opened"
+    );
+    // The first page ends with more to do: the import is not finished, the slot stays.
+    gates[first - 1][0].notify_one();
+    rig.sync
+        .wait_until("the second page runs", |f| {
+            f.step_count(&smtp(first), "contacts") == 2
+        })
+        .await;
+    sleep(600).await;
+    assert_eq!(
+        rig.sync.opens(&smtp(second)),
+        0,
+        "the second mailbox opened while the first one still imported"
+    );
+    assert!(!rig.snapshot(first).first_step_done);
+    gates[first - 1][1].notify_one();
+    rig.sync
+        .wait_until("the second mailbox opens", |f| f.opens(&smtp(second)) == 1)
+        .await;
+    assert!(rig.snapshot(first).first_step_done);
+    gates[second - 1][0].notify_one();
+    gates[second - 1][1].notify_one();
+    rig.ready().await;
 }
