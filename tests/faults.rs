@@ -258,6 +258,36 @@ areas = ["contacts"]
         6 + 1 + 8 - 2,
         "{last:?}"
     );
+    // One more ERP edit after the storms: an UpdateItem the recorded requests must show
+    // (before, the edits may have ridden along with their creates and the stamps may still
+    // wait, so no UpdateItem need have got through).
+    exec(
+        &db,
+        "UPDATE crm_contacts SET job_title = 'zuletzt' WHERE surname = 'crm2'",
+    )
+    .await;
+    let user3 = ews::Target::impersonating("user3@example.com");
+    let start = Instant::now();
+    loop {
+        let diffs = compare(
+            &db,
+            &client,
+            &user3,
+            Area::Contacts,
+            3,
+            1,
+            "Muster GmbH (CRM)",
+        )
+        .await;
+        if diffs.as_ref().is_ok_and(|d| d.is_empty()) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the last edit did not arrive: {diffs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let stats: serde_json::Value = http
         .get(sim_api("stats"))
         .send()

@@ -3,50 +3,17 @@
 //! started again neither duplicates nor loses.
 
 mod common;
-use common::{count, exec, sim_client};
+use common::{count, exchange_contacts, exec, sim_client};
 
 use std::collections::HashSet;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ews::items::{Contact, Item};
-use ews::ops::{CreateItem, FindItem, View};
-use ews::types::{DistinguishedFolder, FolderRef, Shape};
+use ews::ops::CreateItem;
+use ews::types::{DistinguishedFolder, FolderRef};
 use ews_sim::server::{self, Running, SimConfig};
 use mailsync::db::{Db, MigrationSet};
-
-/// Every contact of a mailbox: (surname, stamped CRM id).
-async fn exchange_contacts(client: &ews::Client, mailbox: &str) -> Vec<(String, Option<i64>)> {
-    let mut out = Vec::new();
-    let mut offset = 0;
-    loop {
-        let op = FindItem {
-            folder: FolderRef::well_known(DistinguishedFolder::Contacts),
-            shape: Shape::all_properties(vec![mailsync::sync::fields::crm_id_path()]),
-            view: View::IndexedPage { offset, max: 1000 },
-            restriction: None,
-        };
-        let page = client
-            .call(&ews::Target::impersonating(mailbox), &op)
-            .await
-            .unwrap()
-            .output;
-        for item in &page.items {
-            let surname = match item {
-                Item::Contact(c) => c.surname.clone().unwrap_or_default(),
-                _ => continue,
-            };
-            out.push((
-                surname,
-                mailsync::sync::fields::stamped_id(item, "crm_contacts"),
-            ));
-        }
-        offset += page.items.len() as u32;
-        if page.includes_last || page.items.is_empty() {
-            return out;
-        }
-    }
-}
 
 fn config(db_url: &str, state_url: &str, ews: &str) -> String {
     format!(

@@ -279,3 +279,165 @@ async fn a_row_that_reuses_a_deleted_rows_id_is_a_new_record() {
     assert_eq!(names, vec!["keep", "new"], "old deleted, new created");
     rig.finish().await;
 }
+
+/// A failpoint between a CRM row and its mapping: the state store (apart from the business
+/// database) refuses the mapping after the row is written, as a crash, stall or database
+/// error at that point would leave things.
+async fn mapping_writes_fail(rig: &Rig, fail: bool) {
+    let sql = if fail {
+        "CREATE TRIGGER failpoint BEFORE INSERT ON ms_item_map \
+         BEGIN SELECT RAISE(ABORT, 'failpoint: between the row and its mapping'); END"
+    } else {
+        "DROP TRIGGER failpoint"
+    };
+    exec(&rig.state, sql).await;
+}
+
+async fn no_second_row_after_a_failure_between_row_and_mapping(postgres: bool) {
+    let Some(rig) = Rig::new(RigOptions {
+        areas: vec![Area::Contacts],
+        leading: Leading::Exchange,
+        state_apart: true,
+        postgres,
+        ..RigOptions::default()
+    })
+    .await
+    else {
+        return;
+    };
+    rig.sync(U, "contacts").await;
+    let made = rig
+        .user_creates(
+            U,
+            ews::types::FolderRef::well_known(DistinguishedFolder::Contacts),
+            (0..3)
+                .map(|i| {
+                    Item::Contact(Contact {
+                        surname: Some(format!("imp{i}")),
+                        ..Contact::default()
+                    })
+                })
+                .collect(),
+        )
+        .await;
+
+    // The import writes the rows, then cannot write their mappings: the step fails.
+    mapping_writes_fail(&rig, true).await;
+    let failed = rig
+        .try_step(U, "contacts", Cause::Notification, false)
+        .await;
+    assert!(failed.is_err(), "the failpoint did not fire: {failed:?}");
+    assert_eq!(count(&rig.db, "SELECT COUNT(*) FROM crm_contacts").await, 3);
+    assert_eq!(
+        count(&rig.state, "SELECT COUNT(*) FROM ms_item_map").await,
+        0
+    );
+
+    // The next step sees the same items as new again: each finds its row.
+    mapping_writes_fail(&rig, false).await;
+    rig.sync(U, "contacts").await;
+    let rows = "SELECT COUNT(*) FROM crm_contacts";
+    assert_eq!(count(&rig.db, rows).await, 3, "no second row");
+    assert_eq!(
+        count(&rig.db, "SELECT COUNT(DISTINCT ews_id) FROM crm_contacts").await,
+        3
+    );
+    assert_eq!(
+        count(&rig.state, "SELECT COUNT(*) FROM ms_item_map").await,
+        3
+    );
+    assert_eq!(rig.items(U, DistinguishedFolder::Contacts).await.len(), 3);
+    // The pairs are linked: an edit on either side reaches the other.
+    exec(
+        &rig.db,
+        "UPDATE crm_contacts SET job_title = 'ERP' WHERE surname = 'imp0'",
+    )
+    .await;
+    rig.feed.poll_once().await.unwrap();
+    rig.sync(U, "contacts").await;
+    let titled = rig
+        .items(U, DistinguishedFolder::Contacts)
+        .await
+        .into_iter()
+        .filter(|i| matches!(i, Item::Contact(c) if c.job_title.as_deref() == Some("ERP")))
+        .count();
+    assert_eq!(titled, 1);
+
+    // The recreate path: deleted in the CRM, edited in Exchange, Exchange leads, so the row
+    // comes back; the failpoint hits between the new row and its mapping.
+    let imp1 = count(
+        &rig.db,
+        "SELECT id FROM crm_contacts WHERE surname = 'imp1'",
+    )
+    .await;
+    exec(
+        &rig.db,
+        &format!("DELETE FROM crm_contacts WHERE id = {imp1}"),
+    )
+    .await;
+    let item = rig
+        .items(U, DistinguishedFolder::Contacts)
+        .await
+        .into_iter()
+        .find(|i| surname(i) == Some("imp1"))
+        .unwrap();
+    let id = item.id().unwrap().clone();
+    user_sets(
+        &rig,
+        &id,
+        Item::Contact(Contact {
+            company_name: Some("Outlook AG".into()),
+            ..Contact::default()
+        }),
+        "contacts:CompanyName",
+    )
+    .await;
+    rig.feed.poll_once().await.unwrap();
+    mapping_writes_fail(&rig, true).await;
+    let failed = rig
+        .try_step(U, "contacts", Cause::Notification, false)
+        .await;
+    assert!(failed.is_err(), "the failpoint did not fire: {failed:?}");
+    mapping_writes_fail(&rig, false).await;
+    rig.sync(U, "contacts").await;
+    rig.sync(U, "contacts").await;
+    assert_eq!(
+        count(
+            &rig.db,
+            &format!(
+                "SELECT COUNT(*) FROM crm_contacts WHERE ews_id = '{}'",
+                id.id
+            )
+        )
+        .await,
+        1,
+        "the recreated row exists once"
+    );
+    assert_eq!(count(&rig.db, rows).await, 3);
+    assert_eq!(
+        texts(
+            &rig.db,
+            "SELECT company FROM crm_contacts WHERE surname = 'imp1'"
+        )
+        .await[0]
+            .as_deref(),
+        Some("Outlook AG")
+    );
+    assert_eq!(
+        count(&rig.state, "SELECT COUNT(*) FROM ms_item_map").await,
+        3
+    );
+    assert_eq!(rig.items(U, DistinguishedFolder::Contacts).await.len(), 3);
+    drop(made);
+    rig.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_between_a_row_and_its_mapping_never_makes_a_second_row() {
+    no_second_row_after_a_failure_between_row_and_mapping(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_between_a_row_and_its_mapping_never_makes_a_second_row_on_postgres() {
+    no_second_row_after_a_failure_between_row_and_mapping(true).await;
+}

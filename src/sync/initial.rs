@@ -24,6 +24,9 @@ use super::items::ItemStep;
 use super::matching::{match_records, Record};
 use crate::db::integrity::{Ambiguous, Side as HeldSide};
 
+/// Decisions of a first contact carried out (and their mappings recorded) at a time.
+const CARRY_CHUNK: usize = 500;
+
 /// Which side an initial sync starts from: where linked records differ, its values win.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -177,15 +180,28 @@ impl ItemStep<'_> {
         progress(0, total);
         let (seen, _missing) = self.fetch(&ids, shared).await?;
         self.seen += seen.len() as u64 + crm_ids.len() as u64;
-        progress(seen.len() as u64, total);
         let mut ctx = Context::default();
         let open = self.unverified_open(shared, &page.reported).await?;
         let mut pairs = self.assemble(seen, &[], &crm_ids, &mut ctx).await?;
         self.match_first_contact(&mut pairs, &ctx, separate, shared)
             .await?;
-        let done = pairs.len() as u64;
-        self.carry_out(pairs, &mut ctx).await?;
-        progress(total.min(done.max(total)), total);
+        // Planned and put through the breaker as a whole, carried out in chunks: each chunk's
+        // mappings are written before the next begins, so a crash loses at most one chunk's
+        // links (and those rows are found again by their Exchange id), and the progress moves.
+        let decisions = super::items::plan::plan(&pairs, &self.config);
+        drop(pairs);
+        let mut decisions = self.hold(decisions).await?;
+        let total = decisions.len() as u64;
+        let mut done = 0;
+        progress(done, total);
+        while !decisions.is_empty() {
+            let rest = decisions.split_off(decisions.len().min(CARRY_CHUNK));
+            done += decisions.len() as u64;
+            self.carry_out_decisions(decisions, &mut ctx, true, false)
+                .await?;
+            progress(done, total);
+            decisions = rest;
+        }
         if let Some(next) = page.next {
             self.engine
                 .state

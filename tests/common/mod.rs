@@ -472,3 +472,36 @@ impl Drop for Service {
         let _ = self.child.wait();
     }
 }
+
+/// Every contact of a mailbox: (surname, stamped CRM id).
+pub async fn exchange_contacts(client: &ews::Client, mailbox: &str) -> Vec<(String, Option<i64>)> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    loop {
+        let op = ews::ops::FindItem {
+            folder: ews::types::FolderRef::well_known(ews::types::DistinguishedFolder::Contacts),
+            shape: ews::types::Shape::all_properties(vec![mailsync::sync::fields::crm_id_path()]),
+            view: ews::ops::View::IndexedPage { offset, max: 1000 },
+            restriction: None,
+        };
+        let page = client
+            .call(&ews::Target::impersonating(mailbox), &op)
+            .await
+            .unwrap()
+            .output;
+        for item in &page.items {
+            let surname = match item {
+                ews::items::Item::Contact(c) => c.surname.clone().unwrap_or_default(),
+                _ => continue,
+            };
+            out.push((
+                surname,
+                mailsync::sync::fields::stamped_id(item, "crm_contacts"),
+            ));
+        }
+        offset += page.items.len() as u32;
+        if page.includes_last || page.items.is_empty() {
+            return out;
+        }
+    }
+}

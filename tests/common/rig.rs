@@ -38,6 +38,9 @@ pub struct RigOptions {
     pub sync_ambiguous: bool,
     /// PostgreSQL instead of SQLite.
     pub postgres: bool,
+    /// The state store apart from the business database (a SQLite file), so a CRM row and
+    /// its mapping are two writes.
+    pub state_apart: bool,
     /// Record every request into this directory.
     pub record: Option<std::path::PathBuf>,
 }
@@ -51,6 +54,7 @@ impl Default for RigOptions {
             breaker: BreakerLimits::default(),
             sync_ambiguous: false,
             postgres: false,
+            state_apart: false,
             record: None,
         }
     }
@@ -58,8 +62,10 @@ impl Default for RigOptions {
 
 /// The rig.
 pub struct Rig {
-    /// The business database (the state store too).
+    /// The business database (the state store too, unless apart).
     pub db: Db,
+    /// The state store.
+    pub state: Db,
     /// The simulator.
     pub sim: Running,
     /// The engine.
@@ -72,6 +78,7 @@ pub struct Rig {
     pub throttle: Throttle,
     pg_name: Option<String>,
     _dir: Option<tempfile::TempDir>,
+    _state_dir: Option<tempfile::TempDir>,
 }
 
 /// The two mailboxes.
@@ -93,7 +100,13 @@ impl Rig {
             (Db::connect(&url, 5).await.unwrap(), None, Some(dir))
         };
         db.migrate(MigrationSet::Crm).await.unwrap();
-        db.migrate(MigrationSet::State).await.unwrap();
+        let (state, state_dir) = if opts.state_apart {
+            let dir = tempfile::tempdir().unwrap();
+            (super::sqlite_state(dir.path()).await.0, Some(dir))
+        } else {
+            db.migrate(MigrationSet::State).await.unwrap();
+            (db.clone(), None)
+        };
         exec(
             &db,
             "INSERT INTO crm_tenants (id, name) VALUES (1, 'Muster GmbH'), (2, 'Andere AG')",
@@ -109,7 +122,12 @@ impl Rig {
         .unwrap();
         let client = super::sim_client(&sim);
         let telemetry = Telemetry::new();
-        let engine = Engine::new(db.clone(), db.clone(), true, telemetry.service.clone());
+        let engine = Engine::new(
+            db.clone(),
+            state.clone(),
+            !opts.state_apart,
+            telemetry.service.clone(),
+        );
         let areas: BTreeMap<Area, AreaConfig> = opts
             .areas
             .iter()
@@ -159,7 +177,7 @@ impl Rig {
                 .map(|u| ((*u).into(), opts.areas.iter().copied().collect()))
                 .collect(),
         };
-        let feed = Feed::new(db.clone(), db.clone(), routes, Duration::from_millis(20));
+        let feed = Feed::new(db.clone(), state.clone(), routes, Duration::from_millis(20));
         feed.start_at_end_if_new().await.unwrap();
         let throttle = Throttle::new(
             "ex1".into(),
@@ -172,6 +190,7 @@ impl Rig {
         );
         let rig = Rig {
             db,
+            state,
             sim,
             engine,
             feed,
@@ -179,6 +198,7 @@ impl Rig {
             throttle,
             pg_name,
             _dir: dir,
+            _state_dir: state_dir,
         };
         for u in USERS {
             rig.open(u).await;
@@ -202,6 +222,7 @@ impl Rig {
     /// Drops the rig's databases.
     pub async fn finish(self) {
         self.db.close().await;
+        self.state.close().await;
         self.sim.stop().await;
         if let Some(name) = self.pg_name {
             super::drop_postgres(&name).await;
@@ -401,13 +422,13 @@ impl Rig {
 
     /// Held deletes of a mailbox.
     pub async fn held(&self, smtp: &str) -> Vec<mailsync::db::integrity::Held> {
-        self.db.held(smtp, None).await.unwrap()
+        self.state.held(smtp, None).await.unwrap()
     }
 
     /// Decides every held delete of a mailbox.
     pub async fn decide(&self, smtp: &str, d: mailsync::db::integrity::Decision) {
         assert!(
-            self.db.decide_held(smtp, None, None, d).await.unwrap() > 0,
+            self.state.decide_held(smtp, None, None, d).await.unwrap() > 0,
             "nothing held"
         );
     }

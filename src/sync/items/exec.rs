@@ -258,7 +258,10 @@ impl ItemStep<'_> {
     }
 
     /// The breaker: counts the deletes per scope and side, holds those over the limits.
-    async fn hold(&mut self, decisions: Vec<Decision>) -> Result<Vec<Decision>, SyncError> {
+    pub(crate) async fn hold(
+        &mut self,
+        decisions: Vec<Decision>,
+    ) -> Result<Vec<Decision>, SyncError> {
         let deletes: Vec<(bool, HeldSide)> = decisions
             .iter()
             .filter_map(|d| d.delete().map(|side| (d.shared, side)))
