@@ -445,3 +445,4 @@ mod outbox;
 mod pull;
 mod push;
 mod tree;
+mod tree_push;

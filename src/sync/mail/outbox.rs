@@ -1,25 +1,12 @@
 //! Mail: the CRM outbox — SendAndSaveCopy for the mailbox's own address, SMTP for an alternative sender; never sent twice.
 
-#![allow(unused_imports)]
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
-
-use chrono::NaiveDate;
 use ews::items::{Item, Message};
-use ews::ops::{
-    ConflictResolution, CreateFolder, CreateItem, DeleteFolder, DeleteItem, DeleteType,
-    FolderChange, GetFolder, GetItem, ItemChange, ItemUpdate, MessageDisposition, MoveFolder,
-    MoveItem, SyncFolderHierarchy, SyncFolderItems, UpdateFolder, UpdateItem,
-};
-use ews::types::{BaseShape, DistinguishedFolder, FolderRef, ItemId, PropertyPath, Shape};
+use ews::ops::{CreateItem, MessageDisposition};
+use ews::types::{DistinguishedFolder, FolderRef};
 use mailsync_actors::SyncError;
-use serde_json::json;
 
 use super::*;
-use crate::config::Leading;
-use crate::db::mail::{MailFolderRow, MailRow, NewMail};
-use crate::db::state::{FolderState, ItemMapping};
-use crate::sync::core::{db_error, own_version, sync_error};
+use crate::sync::core::{db_error, sync_error};
 use crate::sync::events::{Action, Direction};
 use crate::sync::fields;
 

@@ -1,24 +1,18 @@
 //! Mail: messages from the CRM — created with their MIME (stamped), moved, flagged and deleted in Exchange.
 
-#![allow(unused_imports)]
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::HashMap;
 
-use chrono::NaiveDate;
 use ews::items::{Item, Message};
 use ews::ops::{
-    ConflictResolution, CreateFolder, CreateItem, DeleteFolder, DeleteItem, DeleteType,
-    FolderChange, GetFolder, GetItem, ItemChange, ItemUpdate, MessageDisposition, MoveFolder,
-    MoveItem, SyncFolderHierarchy, SyncFolderItems, UpdateFolder, UpdateItem,
+    ConflictResolution, CreateItem, DeleteItem, GetItem, ItemUpdate, MessageDisposition, MoveItem,
+    UpdateItem,
 };
-use ews::types::{BaseShape, DistinguishedFolder, FolderRef, ItemId, PropertyPath, Shape};
+use ews::types::{FolderRef, ItemId, Shape};
 use mailsync_actors::SyncError;
-use serde_json::json;
 
 use super::*;
-use crate::config::Leading;
-use crate::db::mail::{MailFolderRow, MailRow, NewMail};
-use crate::db::state::{FolderState, ItemMapping};
+use crate::db::mail::MailRow;
+use crate::db::state::ItemMapping;
 use crate::sync::core::{db_error, own_version, sync_error};
 use crate::sync::events::{Action, Direction};
 use crate::sync::fields;
