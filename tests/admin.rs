@@ -923,6 +923,41 @@ async fn held_deletes_show_and_are_decided_through_the_breaker() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 400, "a scope needs an area");
+    // The same decisions from the command line: the API's words in the path, what was done
+    // in the answer.
+    let ctl_args = |rest: &[&str]| {
+        let mut v: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
+        v.extend([
+            "--url".into(),
+            rig.base.clone(),
+            "--token".into(),
+            TOKEN.into(),
+        ]);
+        v
+    };
+    let (code, out, err) = ctl(ctl_args(&[
+        "reject-deletes",
+        "user3@example.com",
+        "--area",
+        "tasks",
+    ]))
+    .await;
+    assert_eq!(
+        (code, out.as_str()),
+        (
+            0,
+            "user3@example.com: rejected 25 held deletes in 1 group(s)\n"
+        ),
+        "{err}"
+    );
+    let (code, _, err) = ctl(ctl_args(&["approve-deletes", "user3@example.com"])).await;
+    assert_eq!(
+        (code, err.as_str()),
+        (
+            1,
+            "error: nothing is held for user3@example.com (HTTP 409)\n"
+        )
+    );
     assert_eq!(
         gate.decided
             .lock()
@@ -932,7 +967,9 @@ async fn held_deletes_show_and_are_decided_through_the_breaker() {
         vec![
             (DeleteDecision::Approve, Some("contacts".to_string())),
             (DeleteDecision::Reject, None),
-            (DeleteDecision::Reject, None)
+            (DeleteDecision::Reject, None),
+            (DeleteDecision::Reject, Some("tasks".to_string())),
+            (DeleteDecision::Approve, None)
         ]
     );
 
