@@ -706,6 +706,20 @@ async fn conflicts_failures_and_retry_through_the_api_and_ctl() {
             .starts_with("since: \"yesterday\" is neither"),
         "{body}"
     );
+    // Ages beyond any time chrono can hold, and a unit of several bytes: refused, no panic,
+    // and the service answers on (the console's view too).
+    for bad in ["9223372036854775807d", "106751991167300d", "7%C3%BC"] {
+        for path in ["/api/v1/conflicts", "/console/view/conflicts"] {
+            let (status, body) = rig.get(&format!("{path}?since={bad}"), Some(TOKEN)).await;
+            assert!(
+                body.contains("since: "),
+                "{path}?since={bad}: {status} {body}"
+            );
+            if path.starts_with("/api") {
+                assert_eq!(status, 400, "{body}");
+            }
+        }
+    }
     let (status, body) = rig.get("/api/v1/conflicts?limit=9999", Some(TOKEN)).await;
     assert_eq!(
         (status, json(&body)["error"].clone()),
