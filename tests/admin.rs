@@ -1190,6 +1190,27 @@ async fn the_console_in_a_real_browser() {
         "user2@example.com: retry: started ok"
     );
 
+    // An error the API answers in JSON (here: a query field the view does not know, named
+    // in the error) is shown as text, never parsed as HTML.
+    b.goto(&format!(
+        "{}/#/conflicts?x%3Cimg%20id%3Dinjected%20src%3Dx%3E=1",
+        rig.base
+    ))
+    .await;
+    b.wait_for(
+        "the error shown",
+        "const p = document.querySelector('#main p.problem'); return p !== null && p.textContent.includes('bad query')",
+    )
+    .await;
+    let shown = b.text("#main p.problem").await;
+    assert!(shown.contains("<img id=injected src=x>"), "{shown}");
+    assert_eq!(
+        b.run("return document.getElementById('injected') === null")
+            .await,
+        Value::Bool(true),
+        "markup from the request was not rendered"
+    );
+
     // A new tab of the same session keeps the token; logging out forgets it.
     b.goto(&format!("{}/#/mailboxes", rig.base)).await;
     b.wait_for(
