@@ -359,7 +359,7 @@ impl ItemStep<'_> {
             let results = self.engine.call(self.setup, self.ctx, &op).await?;
             for ((i, id), r) in chunk.iter().zip(results) {
                 let slot = &mut slots[*i];
-                match ItemOutcome::from_read(r)? {
+                match ItemOutcome::from_write(r)? {
                     ItemOutcome::Written(()) | ItemOutcome::Gone => {
                         if matches!(slot.d.ews, Some(EwsWrite::Delete { .. })) {
                             self.counted(Direction::ToExchange, Action::Delete);
@@ -459,7 +459,7 @@ impl ItemStep<'_> {
                 for ((i, _), r) in chunk.iter().zip(results) {
                     let slot = &mut slots[*i];
                     let crm_id = slot.d.crm_id.unwrap_or(0);
-                    match ItemOutcome::from_read(r) {
+                    match ItemOutcome::from_write(r) {
                         Ok(ItemOutcome::Written(id)) => {
                             self.engine.note_own_write(&id);
                             slot.ews = Some(id);
@@ -667,7 +667,7 @@ impl ItemStep<'_> {
             };
             let results = self.engine.call(self.setup, self.ctx, &op).await?;
             for ((slot, crm_id, u), r) in chunk.iter().zip(results) {
-                let outcome = ItemOutcome::from_read(r)?;
+                let outcome = ItemOutcome::from_write(r)?;
                 let Some(i) = slot else {
                     // A stamp that rode along.
                     if let ItemOutcome::Written(id) = outcome {
