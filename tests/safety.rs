@@ -106,6 +106,42 @@ async fn outlook_deletes_a_few_pass_many_are_held_approve_deletes_reject_restore
     rig.finish().await;
 }
 
+/// One mass delete that reaches mailsync in parts (30 of 100 contacts deleted in Outlook,
+/// seen by three steps of 10): judged as one. The first 20 (the limit) pass, the rest is
+/// held; nothing after the limit reaches the CRM until an administrator decides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mass_delete_seen_in_parts_is_judged_as_one() {
+    let rig = contacts_rig().await;
+    crm_contacts(&rig, 100, "m", Some(1)).await;
+    rig.sync(U, "contacts").await;
+    let items = rig.items(U, DistinguishedFolder::Contacts).await;
+    assert_eq!(items.len(), 100);
+    let mut held = Vec::new();
+    for part in items[..30].chunks(10) {
+        rig.user_deletes(U, &ids(part), false).await;
+        held.push(rig.sync(U, "contacts").await.held);
+    }
+    assert_eq!(
+        held,
+        [0, 0, 10],
+        "the third part is held with the first two"
+    );
+    assert_eq!(
+        count(&rig.db, "SELECT COUNT(*) FROM crm_contacts").await,
+        80
+    );
+    let h = rig.held(U).await;
+    assert_eq!(h.len(), 10);
+    assert!(h.iter().all(|h| h.side == Side::Crm && h.scope == "own"));
+    rig.decide(U, Decision::Approve).await;
+    rig.sync(U, "contacts").await;
+    assert_eq!(
+        count(&rig.db, "SELECT COUNT(*) FROM crm_contacts").await,
+        70
+    );
+    rig.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crm_deletes_many_are_held_approve_deletes_reject_restores() {
     let rig = contacts_rig().await;

@@ -84,6 +84,9 @@ pub struct Inner {
     /// SyncFolderItems that finds the echo). An event that comes before its entry is
     /// recorded still runs a step, which suppresses the echo by ChangeKey as always.
     own_writes: Mutex<HashMap<String, String>>,
+    /// Deletes the breaker let through lately, per scope: the next parts of a mass delete
+    /// that reaches the folder over several steps are judged together with them.
+    pub recent_deletes: super::breaker::Recent,
 }
 
 /// Bound of [`Inner::own_writes`]: entries whose notification never came (no subscription at
@@ -196,6 +199,7 @@ impl Inner {
             metrics,
             clean: Mutex::default(),
             own_writes: Mutex::default(),
+            recent_deletes: Default::default(),
         }
     }
 

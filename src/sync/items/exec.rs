@@ -19,7 +19,6 @@ use crate::db::integrity::{Decision as Verdict, Held, Side as HeldSide};
 use crate::db::rows::CrmRow;
 use crate::db::state::{Conflict, Failure, ItemMapping};
 use crate::db::DbError;
-use crate::sync::breaker;
 use crate::sync::core::{db_error, own_version, ItemOutcome};
 use crate::sync::events::{Action, DeletesHeld, Direction, FailureKind, ItemParked};
 use crate::sync::fields::{self, Fields};
@@ -262,9 +261,16 @@ impl ItemStep<'_> {
         &mut self,
         decisions: Vec<Decision>,
     ) -> Result<Vec<Decision>, SyncError> {
-        let deletes: Vec<(bool, HeldSide)> = decisions
+        let deletes: Vec<(bool, HeldSide, String)> = decisions
             .iter()
-            .filter_map(|d| d.delete().map(|side| (d.shared, side)))
+            .filter_map(|d| {
+                let id = match (d.crm_id, &d.ews_id) {
+                    (Some(c), _) => c.to_string(),
+                    (None, Some(e)) => e.clone(),
+                    (None, None) => String::new(),
+                };
+                d.delete().map(|side| (d.shared, side, id))
+            })
             .collect();
         if deletes.is_empty() {
             return Ok(decisions);
@@ -279,16 +285,36 @@ impl ItemStep<'_> {
             .await
             .map_err(db_error)?;
         let mut stopped: HashSet<(bool, HeldSide)> = HashSet::new();
+        let now = std::time::Instant::now();
         for shared in [false, true] {
             for side in [HeldSide::Crm, HeldSide::Exchange] {
-                let count = deletes.iter().filter(|d| **d == (shared, side)).count() as u64;
+                let ids: Vec<String> = deletes
+                    .iter()
+                    .filter(|d| (d.0, d.1) == (shared, side))
+                    .map(|d| d.2.clone())
+                    .collect();
                 let size = mappings
                     .iter()
                     .filter(|m| super::to_base(m).shared == shared)
                     .count() as u64;
                 let scope = if shared { "shared" } else { "own" };
                 let already = held_now.iter().any(|h| h.scope == scope && h.side == side);
-                if let Some(reason) = breaker::check(count, size, self.setup.breaker, already) {
+                // Judged with the deletes of this scope let through within the burst window.
+                let key = (
+                    self.smtp().to_owned(),
+                    self.table.to_owned(),
+                    scope.to_owned(),
+                    side,
+                );
+                let (reason, count, size) = self.engine.recent_deletes.judge(
+                    key,
+                    &ids,
+                    size,
+                    self.setup.breaker,
+                    already,
+                    now,
+                );
+                if let Some(reason) = reason {
                     DeletesHeld {
                         mailbox: self.smtp(),
                         area: self.area.as_str(),
