@@ -438,9 +438,26 @@ impl ItemStep<'_> {
             let verify = !self.engine.clean.lock().remove(&key) && !self.listed_all;
             let mut existing = if verify {
                 let ids: Vec<i64> = todo.iter().filter_map(|i| slots[*i].d.crm_id).collect();
-                self.engine
+                let mut found = self
+                    .engine
                     .find_stamped(self.setup, self.ctx, &folder_ref, self.table, &ids)
-                    .await?
+                    .await?;
+                // An item already mapped to another row is that row's, whatever its stamp
+                // says: a row restored from Exchange gets a new id while its item keeps the
+                // old one in its stamp, and the database may hand that old id out again.
+                let found_ids: Vec<String> = found.values().map(|i| i.id.clone()).collect();
+                let mapped = self
+                    .engine
+                    .state
+                    .mappings_by_ews(self.smtp(), &found_ids)
+                    .await
+                    .map_err(db_error)?;
+                found.retain(|crm_id, item| {
+                    mapped
+                        .get(&item.id)
+                        .is_none_or(|m| m.crm_table != self.table || m.crm_id == *crm_id)
+                });
+                found
             } else {
                 HashMap::new()
             };
@@ -1069,12 +1086,73 @@ impl ItemStep<'_> {
             .into_iter()
             .filter_map(|(id, r)| r.ok().map(|r| (id, r)))
             .collect();
+        // An approved delete in Exchange meets the item as it is now: one edited in Outlook
+        // since the hold (another ChangeKey) is newer than the delete and comes back to the
+        // CRM instead.
+        let approved_in_exchange: Vec<ItemId> = decided
+            .iter()
+            .filter(|h| h.decision == Some(Verdict::Approve) && h.side == HeldSide::Exchange)
+            .filter_map(|h| maps.get(&h.crm_id))
+            .map(|m| ItemId {
+                id: m.ews_item_id.clone(),
+                change_key: None,
+            })
+            .collect();
+        let edited_in_exchange: HashSet<String> = if approved_in_exchange.is_empty() {
+            HashSet::new()
+        } else {
+            let (seen, _gone) = self.fetch(&approved_in_exchange, false).await?;
+            seen.into_iter()
+                .filter(|s| {
+                    maps.values().any(|m| {
+                        m.ews_item_id == s.obs.id.id
+                            && m.change_key.is_some()
+                            && m.change_key != s.obs.id.change_key
+                    })
+                })
+                .map(|s| s.obs.id.id)
+                .collect()
+        };
         let mut decisions = Vec::new();
         let mut restore_from_exchange = Vec::new();
         for h in &decided {
             let Some(m) = maps.get(&h.crm_id) else {
                 continue;
             };
+            let row_version = rows.get(&h.crm_id).map(crate::db::rows::version_of);
+            // A row edited in the CRM since the hold (a version past the mapping's) is newer
+            // than the delete from Exchange: it is restored there instead of deleted.
+            let edited_in_crm = h.side == HeldSide::Crm
+                && row_version.is_some()
+                && m.crm_version.is_some()
+                && row_version != m.crm_version;
+            let verdict = match h.decision {
+                Some(Verdict::Approve) if edited_in_crm => Some(Verdict::Reject),
+                Some(Verdict::Approve)
+                    if h.side == HeldSide::Exchange
+                        && edited_in_exchange.contains(&m.ews_item_id) =>
+                {
+                    Some(Verdict::Reject)
+                }
+                other => other,
+            };
+            if verdict != h.decision {
+                tracing::info!(
+                    mailbox = self.smtp(),
+                    table = self.table,
+                    crm_id = h.crm_id,
+                    "an approved delete met a newer edit; the record is kept and restored"
+                );
+            }
+            // A restore that a failed step already carried out (the mapping names a new item)
+            // is not made twice.
+            if verdict == Some(Verdict::Reject)
+                && h.side == HeldSide::Crm
+                && !h.ews_item_id.is_empty()
+                && m.ews_item_id != h.ews_item_id
+            {
+                continue;
+            }
             let base = super::to_base(m);
             let mut d = Decision {
                 crm_id: Some(h.crm_id),
@@ -1090,7 +1168,7 @@ impl ItemStep<'_> {
                 crm_version: rows.get(&h.crm_id).map(crate::db::rows::version_of),
                 ews_change_key: None,
             };
-            match (h.decision, h.side) {
+            match (verdict, h.side) {
                 (Some(Verdict::Approve), HeldSide::Crm) => {
                     d.crm = Some(CrmWrite::Delete { id: h.crm_id });
                 }
@@ -1166,13 +1244,9 @@ impl ItemStep<'_> {
                 self.counted(Direction::ToCrm, Action::Restore);
             }
         }
-        // Decided entries are released first, and what an administrator decided does not
-        // pass the breaker again.
-        self.engine
-            .state
-            .release_held(self.smtp(), self.table, &ids)
-            .await
-            .map_err(db_error)?;
+        // What an administrator decided does not pass the breaker again. The entries are
+        // released only once the decision is carried out: a step that fails on the way keeps
+        // them, and the next step carries out the rest (what is done already is skipped).
         let mut ctx = Context {
             rows,
             maps: maps.into_iter().collect(),
@@ -1180,6 +1254,11 @@ impl ItemStep<'_> {
         };
         self.carry_out_decisions(decisions, &mut ctx, false, false)
             .await?;
+        self.engine
+            .state
+            .release_held(self.smtp(), self.table, &ids)
+            .await
+            .map_err(db_error)?;
         Ok(())
     }
 
