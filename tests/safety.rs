@@ -243,6 +243,14 @@ async fn decisions_keep_newer_edits_and_survive_a_failed_step() {
     rig.user_deletes(U, &ids(&new), false).await;
     assert_eq!(rig.sync(U, "contacts").await.held, 29);
     rig.decide(U, Decision::Reject).await;
+    // A second, contradicting decision does not overturn the first before it is carried out.
+    assert_eq!(
+        rig.state
+            .decide_held(U, None, None, Decision::Approve)
+            .await
+            .unwrap(),
+        0
+    );
     rig.sim_post(
         "faults",
         serde_json::json!({"operation": "CreateItem", "error_code": "ErrorServerBusy", "back_off_ms": 10, "count": 1}),
