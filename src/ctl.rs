@@ -235,7 +235,12 @@ pub async fn run(
             },
             Some(smtp),
         ) => {
-            let word = if *approve { "approve" } else { "reject" };
+            // The API's word in the path, and what the answer says was done.
+            let (word, done) = if *approve {
+                ("approve", "approved")
+            } else {
+                ("reject", "rejected")
+            };
             let body = call_with(
                 reqwest::Method::POST,
                 format!("/api/v1/mailboxes/{}/deletes/{word}", path_segment(smtp)),
@@ -244,7 +249,7 @@ pub async fn run(
             .await?;
             let v = parse(&body)?;
             Ok(format!(
-                "{smtp}: {word}d {} held deletes in {} group(s)\n",
+                "{smtp}: {done} {} held deletes in {} group(s)\n",
                 v["items"].as_u64().unwrap_or(0),
                 v["groups"].as_u64().unwrap_or(0)
             ))

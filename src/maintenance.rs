@@ -35,6 +35,9 @@ pub struct Maintenance {
     metrics: ServiceMetrics,
     /// The server of each configured mailbox (the held-deletes gauge is per server).
     servers: Arc<RwLock<std::collections::HashMap<String, String>>>,
+    /// The held-deletes series set by the last refresh: a series no refresh sets any more
+    /// (its server left the configuration) is removed, never left at its last value.
+    held_series: Arc<parking_lot::Mutex<std::collections::BTreeSet<(String, &'static str)>>>,
 }
 
 /// A running job; dropping it does not stop it, [`Running::stop`] does.
@@ -69,6 +72,7 @@ impl Maintenance {
             configured: Arc::new(RwLock::new(normalise(configured))),
             metrics,
             servers: Arc::default(),
+            held_series: Arc::default(),
         }
     }
 
@@ -138,6 +142,22 @@ impl Maintenance {
                 *totals.entry((server.clone(), area)).or_default() += n;
             }
         }
+        let gone: Vec<(String, &'static str)> = {
+            let mut shown = self.held_series.lock();
+            let gone = shown
+                .iter()
+                .filter(|k| !totals.contains_key(*k))
+                .cloned()
+                .collect();
+            *shown = totals.keys().cloned().collect();
+            gone
+        };
+        for (server, area) in gone {
+            let _ = self
+                .metrics
+                .held_deletes
+                .remove_label_values(&[&server, area]);
+        }
         for ((server, area), n) in totals {
             self.metrics
                 .held_deletes
@@ -198,4 +218,74 @@ fn normalise(mut mailboxes: Vec<String>) -> Vec<String> {
         *m = m.to_lowercase();
     }
     mailboxes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::integrity::{Held, Side};
+    use crate::db::MigrationSet;
+
+    /// After a hold is decided and carried out the series shows 0; a server that left the
+    /// configuration loses its series instead of keeping its last value.
+    #[tokio::test]
+    async fn the_held_deletes_gauge_follows_the_store_and_the_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("state.db").display());
+        let state = Db::connect(&url, 1).await.unwrap();
+        state.migrate(MigrationSet::State).await.unwrap();
+        let telemetry = crate::metrics::Telemetry::new();
+        let m = Maintenance::new(
+            state.clone(),
+            state.clone(),
+            RetentionConfig {
+                keep: Duration::from_secs(86_400),
+                interval: Duration::from_secs(3600),
+            },
+            vec!["a@example.com".into()],
+            telemetry.service.clone(),
+        );
+        m.set_servers([("a@example.com".to_string(), "ex1".to_string())]);
+        let held: Vec<Held> = (1..=3)
+            .map(|id| Held {
+                mailbox: "a@example.com".into(),
+                crm_table: "crm_contacts".into(),
+                scope: "own".into(),
+                side: Side::Crm,
+                crm_id: id,
+                ews_item_id: format!("AAMk{id}"),
+                title: format!("Kunde {id}"),
+                decision: None,
+            })
+            .collect();
+        state.hold(&held).await.unwrap();
+        let series = |server: &str| {
+            telemetry
+                .render()
+                .lines()
+                .find(|l| {
+                    l.starts_with(&format!(
+                        "mailsync_held_deletes{{area=\"contacts\",server=\"{server}\"}}"
+                    ))
+                })
+                .map(|l| l.rsplit(' ').next().unwrap().to_owned())
+        };
+        m.refresh_gauges().await.unwrap();
+        assert_eq!(series("ex1").as_deref(), Some("3"));
+        // Decided and carried out: the step releases the entries; the series shows 0.
+        state
+            .release_held("a@example.com", "crm_contacts", &[1, 2, 3])
+            .await
+            .unwrap();
+        m.refresh_gauges().await.unwrap();
+        assert_eq!(series("ex1").as_deref(), Some("0"));
+        // Held again, then the mailbox moves to another server (a reload): the old server's
+        // series goes.
+        state.hold(&held).await.unwrap();
+        m.refresh_gauges().await.unwrap();
+        m.set_servers([("a@example.com".to_string(), "ex2".to_string())]);
+        m.refresh_gauges().await.unwrap();
+        assert_eq!(series("ex2").as_deref(), Some("3"));
+        assert_eq!(series("ex1"), None, "{}", telemetry.render());
+    }
 }

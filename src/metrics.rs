@@ -9,18 +9,18 @@ use std::time::Duration;
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 
+// The label values of items and failures are the engine's event enums, and so are the help
+// texts that list them: one list, which cannot drift from what is emitted.
+use crate::sync::events::{Action, FailureKind, FAILURES_HELP, ITEMS_HELP};
+
 /// Data areas (the `area` label).
 pub const AREAS: [&str; 4] = ["contacts", "calendar", "tasks", "mail"];
 /// Directions (the `direction` label).
 pub const DIRECTIONS: [&str; 2] = ["to_exchange", "to_crm"];
-/// Item actions (the `action` label).
-pub const ACTIONS: [&str; 5] = ["create", "update", "delete", "move", "flag"];
 /// Conflict resolutions (the `resolution` label).
 pub const RESOLUTIONS: [&str; 3] = ["merged", "crm_wins", "exchange_wins"];
 /// What the retention job prunes (the `kind` label of `mailsync_retention_pruned_rows_total`).
 pub const PRUNED_KINDS: [&str; 3] = ["changes", "conflicts", "mailbox_state"];
-/// Failure kinds (the `kind` label).
-pub const FAILURE_KINDS: [&str; 3] = ["invalid_row", "rejected_by_exchange", "write_failed"];
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -64,15 +64,15 @@ impl ServiceMetrics {
                 &["operation"],
             )?,
             items: IntCounterVec::new(
-                Opts::new("mailsync_items_synced_total", "Items written by area (contacts, calendar, tasks, mail), direction (to_exchange, to_crm) and action (create, update, delete, move, flag)."),
+                Opts::new("mailsync_items_synced_total", ITEMS_HELP),
                 &["area", "direction", "action"],
             )?,
             conflicts: IntCounterVec::new(
-                Opts::new("mailsync_conflicts_total", "Items changed on both sides, by area and resolution (merged, crm_wins, exchange_wins)."),
+                Opts::new("mailsync_conflicts_total", "Items changed on both sides, by area (contacts, calendar, tasks, mail) and resolution (merged, crm_wins, exchange_wins)."),
                 &["area", "resolution"],
             )?,
             failures: IntCounterVec::new(
-                Opts::new("mailsync_failures_total", "Items that could not be synced and went to the failure log, by area and kind (invalid_row, rejected_by_exchange, write_failed)."),
+                Opts::new("mailsync_failures_total", FAILURES_HELP),
                 &["area", "kind"],
             )?,
             build_info: IntGaugeVec::new(Opts::new("mailsync_build_info", "Always 1; the version label says which build runs."), &["version"])?,
@@ -106,17 +106,19 @@ impl ServiceMetrics {
             .set(1);
         for area in AREAS {
             for direction in DIRECTIONS {
-                for action in ACTIONS {
+                for action in Action::ALL {
                     m.items
-                        .with_label_values(&[area, direction, action])
+                        .with_label_values(&[area, direction, action.as_str()])
                         .inc_by(0);
                 }
             }
             for resolution in RESOLUTIONS {
                 m.conflicts.with_label_values(&[area, resolution]).inc_by(0);
             }
-            for kind in FAILURE_KINDS {
-                m.failures.with_label_values(&[area, kind]).inc_by(0);
+            for kind in FailureKind::ALL {
+                m.failures
+                    .with_label_values(&[area, kind.as_str()])
+                    .inc_by(0);
             }
             m.failures_parked.with_label_values(&[area]).set(0);
         }
@@ -244,5 +246,51 @@ mod tests {
         assert!(text
             .contains(r#"mailsync_ews_requests_total{operation="GetItem",outcome="throttled"} 1"#));
         assert!(!text.contains('@'), "an address leaked into a label");
+    }
+
+    /// Every family has a help text that says more than its name, and lists every value of
+    /// its bounded labels that a series carries (the series exist from the start, as zero).
+    #[test]
+    fn every_help_text_explains_the_metric_and_lists_its_label_values() {
+        let t = Telemetry::new();
+        t.runtime.register_server("ex1");
+        t.service.register_server("ex1");
+        // Labels whose values are not a fixed set: servers, EWS operations, the version, and
+        // histogram buckets.
+        let open = ["server", "operation", "version", "le"];
+        let mut checked = 0;
+        let mut unlisted = std::collections::BTreeSet::new();
+        for family in t.registry.gather() {
+            let (name, help) = (family.name(), family.help());
+            let words = help.split_whitespace().count();
+            assert!(
+                words >= 4 && !help.contains(name),
+                "{name}: help {help:?} does not explain the metric"
+            );
+            for metric in family.get_metric() {
+                for label in metric.get_label() {
+                    if open.contains(&label.name()) {
+                        continue;
+                    }
+                    let value = label.value();
+                    let listed = help
+                        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                        .any(|w| w == value);
+                    if !listed {
+                        unlisted.insert(format!("{name}: {}={value:?}", label.name()));
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        assert!(unlisted.is_empty(), "not in the help text: {unlisted:#?}");
+        assert!(checked > 100, "only {checked} label values seen");
+        for action in Action::ALL {
+            assert!(
+                t.render()
+                    .contains(&format!("action=\"{}\"", action.as_str())),
+                "{action:?} has no series"
+            );
+        }
     }
 }

@@ -253,6 +253,9 @@ struct Reloading {
 /// Starts everything `cfg` describes; `path` is where reloads read the configuration again.
 /// Must run inside an actix system.
 pub async fn start(cfg: &Config, path: PathBuf) -> anyhow::Result<Service> {
+    // The admin address first: a second instance, or another program on the port, must stop
+    // this one before it migrates, positions the feed or starts a mailbox.
+    let admin_listener = admin::bind(cfg.admin.listen)?;
     let database = cfg
         .database
         .clone()
@@ -343,7 +346,7 @@ pub async fn start(cfg: &Config, path: PathBuf) -> anyhow::Result<Service> {
             handle.clone(),
         )),
     };
-    let admin = admin::start(cfg.admin.listen, admin_state)?;
+    let admin = admin::start_on(admin_listener, admin_state)?;
     let maintenance = maintenance.spawn();
     tracing::info!(mailboxes = cfg.mailboxes.len(), admin = %admin.addr, "mailsync running");
     Ok(Service {

@@ -706,6 +706,20 @@ async fn conflicts_failures_and_retry_through_the_api_and_ctl() {
             .starts_with("since: \"yesterday\" is neither"),
         "{body}"
     );
+    // Ages beyond any time chrono can hold, and a unit of several bytes: refused, no panic,
+    // and the service answers on (the console's view too).
+    for bad in ["9223372036854775807d", "106751991167300d", "7%C3%BC"] {
+        for path in ["/api/v1/conflicts", "/console/view/conflicts"] {
+            let (status, body) = rig.get(&format!("{path}?since={bad}"), Some(TOKEN)).await;
+            assert!(
+                body.contains("since: "),
+                "{path}?since={bad}: {status} {body}"
+            );
+            if path.starts_with("/api") {
+                assert_eq!(status, 400, "{body}");
+            }
+        }
+    }
     let (status, body) = rig.get("/api/v1/conflicts?limit=9999", Some(TOKEN)).await;
     assert_eq!(
         (status, json(&body)["error"].clone()),
@@ -923,6 +937,41 @@ async fn held_deletes_show_and_are_decided_through_the_breaker() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 400, "a scope needs an area");
+    // The same decisions from the command line: the API's words in the path, what was done
+    // in the answer.
+    let ctl_args = |rest: &[&str]| {
+        let mut v: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
+        v.extend([
+            "--url".into(),
+            rig.base.clone(),
+            "--token".into(),
+            TOKEN.into(),
+        ]);
+        v
+    };
+    let (code, out, err) = ctl(ctl_args(&[
+        "reject-deletes",
+        "user3@example.com",
+        "--area",
+        "tasks",
+    ]))
+    .await;
+    assert_eq!(
+        (code, out.as_str()),
+        (
+            0,
+            "user3@example.com: rejected 25 held deletes in 1 group(s)\n"
+        ),
+        "{err}"
+    );
+    let (code, _, err) = ctl(ctl_args(&["approve-deletes", "user3@example.com"])).await;
+    assert_eq!(
+        (code, err.as_str()),
+        (
+            1,
+            "error: nothing is held for user3@example.com (HTTP 409)\n"
+        )
+    );
     assert_eq!(
         gate.decided
             .lock()
@@ -932,7 +981,9 @@ async fn held_deletes_show_and_are_decided_through_the_breaker() {
         vec![
             (DeleteDecision::Approve, Some("contacts".to_string())),
             (DeleteDecision::Reject, None),
-            (DeleteDecision::Reject, None)
+            (DeleteDecision::Reject, None),
+            (DeleteDecision::Reject, Some("tasks".to_string())),
+            (DeleteDecision::Approve, None)
         ]
     );
 
@@ -1137,6 +1188,27 @@ async fn the_console_in_a_real_browser() {
     assert_eq!(
         b.text("#flash").await,
         "user2@example.com: retry: started ok"
+    );
+
+    // An error the API answers in JSON (here: a query field the view does not know, named
+    // in the error) is shown as text, never parsed as HTML.
+    b.goto(&format!(
+        "{}/#/conflicts?x%3Cimg%20id%3Dinjected%20src%3Dx%3E=1",
+        rig.base
+    ))
+    .await;
+    b.wait_for(
+        "the error shown",
+        "const p = document.querySelector('#main p.problem'); return p !== null && p.textContent.includes('bad query')",
+    )
+    .await;
+    let shown = b.text("#main p.problem").await;
+    assert!(shown.contains("<img id=injected src=x>"), "{shown}");
+    assert_eq!(
+        b.run("return document.getElementById('injected') === null")
+            .await,
+        Value::Bool(true),
+        "markup from the request was not rendered"
     );
 
     // A new tab of the same session keeps the token; logging out forgets it.

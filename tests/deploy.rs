@@ -252,6 +252,137 @@ fn the_systemd_unit_is_hardened_and_speaks_sd_notify() {
     );
 }
 
+/// The lines of the documented installation (docs/deploy.md's shell block and the unit's
+/// header comment) that create the configuration directory or put the configuration there.
+fn config_install_steps() -> Vec<String> {
+    let doc = read("docs/deploy.md");
+    let unit = read("deploy/systemd/mailsync.service");
+    let unit_lines = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("#   "))
+        .flat_map(|l| l.split("&&"));
+    let doc_block = doc
+        .split("## systemd")
+        .nth(1)
+        .and_then(|s| s.split("```sh").nth(1))
+        .and_then(|s| s.split("```").next())
+        .expect("docs/deploy.md has a shell block under ## systemd");
+    doc_block
+        .lines()
+        .chain(unit_lines)
+        .map(|l| l.split('#').next().unwrap().trim().to_owned())
+        .filter(|l| {
+            l.contains("/etc/mailsync")
+                && (l.starts_with("install ") || l.starts_with("cp "))
+                && !l.contains("mailsync.env")
+        })
+        .collect()
+}
+
+/// With `DynamicUser=yes` the service's user owns nothing in /etc: it reads the configuration
+/// as "others". The unit's `ConfigurationDirectoryMode` and every documented installation
+/// step must leave the directory and the file readable by others, and nothing in the
+/// sandbox may hide /etc. As root, the documented steps are carried out (under umask 077,
+/// the strictest an administrator may have) and the file is read as user nobody.
+#[test]
+fn the_hardened_unit_can_read_its_configuration() {
+    let u = unit();
+    let one = |k: &str| u.get(k).and_then(|v| v.last()).map(String::as_str);
+    assert_eq!(one("DynamicUser"), Some("yes"));
+    let start = one("ExecStart").unwrap();
+    let config = start
+        .split("--config ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap();
+    let dir = format!("/etc/{}", one("ConfigurationDirectory").unwrap());
+    assert!(
+        config.starts_with(&format!("{dir}/")),
+        "{config} is outside {dir}"
+    );
+    let mode = u32::from_str_radix(one("ConfigurationDirectoryMode").unwrap(), 8).unwrap();
+    assert_eq!(
+        mode & 0o005,
+        0o005,
+        "{dir} mode {mode:o}: others cannot enter it"
+    );
+    // ProtectSystem=strict keeps /etc readable; nothing may make it inaccessible.
+    for key in ["InaccessiblePaths", "TemporaryFileSystem", "ProtectSystem"] {
+        for v in u.get(key).into_iter().flatten() {
+            assert!(
+                !v.split_whitespace()
+                    .any(|p| p.trim_start_matches(['-', '+']) == "/etc"
+                        || dir.starts_with(p.trim_start_matches(['-', '+']))),
+                "{key}={v} hides {dir}"
+            );
+        }
+    }
+
+    let steps = config_install_steps();
+    assert!(
+        steps.iter().any(|l| l.starts_with("install -d"))
+            && steps.iter().any(|l| l.contains(".toml")),
+        "documented steps: {steps:?}"
+    );
+    for step in &steps {
+        assert!(
+            !step.starts_with("cp "),
+            "{step}: cp keeps root's umask; use install -m"
+        );
+    }
+
+    // Carry the steps out in a scratch root and read the file as nobody.
+    if !Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+        || Command::new("setpriv").arg("--version").output().is_err()
+    {
+        mailsync_testkit::require::missing(
+            "root and setpriv (to carry out the documented installation and read as nobody)",
+        );
+        return;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        scratch.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let etc = scratch.path().join("etc");
+    std::fs::create_dir(&etc).unwrap();
+    std::fs::set_permissions(&etc, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let script = steps
+        .iter()
+        .map(|l| l.replace("/etc/", &format!("{}/", etc.display())))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let out = Command::new("sh")
+        .arg("-ec")
+        .arg(format!("umask 077\n{script}"))
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let installed = config.replace("/etc/", &format!("{}/", etc.display()));
+    let read_as_nobody = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
+        .arg(&installed)
+        .output()
+        .unwrap();
+    assert!(
+        read_as_nobody.status.success() && !read_as_nobody.stdout.is_empty(),
+        "the service user cannot read {installed} after the documented steps: {}",
+        String::from_utf8_lossy(&read_as_nobody.stderr)
+    );
+}
+
 #[test]
 fn deploy_doc_covers_every_way_to_run() {
     let doc = read("docs/deploy.md");

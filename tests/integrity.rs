@@ -154,6 +154,71 @@ async fn a_permanent_refusal_parks_the_item_the_rest_syncs_and_nothing_loops() {
     rig.finish().await;
 }
 
+/// Exchange answers one item's UpdateItem with a server error (ErrorInternalServerError in
+/// its own response message) every time: that item is parked with the reason and retried on
+/// its schedule; the step succeeds, the folder's other items sync, and nothing loops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_error_on_one_item_every_time_parks_that_item_alone() {
+    let rig = rig(Leading::Crm).await;
+    exec(&rig.db, "INSERT INTO crm_contacts (tenant_id, owner_id, surname) VALUES (1, 1, 's0'), (1, 1, 's1'), (1, 1, 's2'), (1, 1, 's3'), (1, 1, 's4')").await;
+    rig.sync(U, "contacts").await;
+    let items = rig.items(U, DistinguishedFolder::Contacts).await;
+    let bad = items
+        .iter()
+        .find(|i| surname(i) == Some("s2"))
+        .unwrap()
+        .id()
+        .unwrap()
+        .clone();
+    rig.sim_post(
+        &format!("mailboxes/{U}/items/{}/poison", bad.id),
+        serde_json::json!({"code": "ErrorInternalServerError"}),
+    )
+    .await;
+
+    exec(&rig.db, "UPDATE crm_contacts SET job_title = 'neu'").await;
+    let before = rig.requests("UpdateItem").await;
+    let r = rig
+        .try_step(U, "contacts", Cause::Crm, false)
+        .await
+        .expect("one item's server error does not fail the folder's step");
+    // The items after the failed one in its batch were not attempted
+    // (ErrorBatchProcessingStopped): the step asks for one more, which writes them.
+    if r.more {
+        rig.step_for(U, "contacts", Cause::Crm).await;
+    }
+    let updated = rig
+        .items(U, DistinguishedFolder::Contacts)
+        .await
+        .iter()
+        .filter(|i| matches!(i, Item::Contact(c) if c.job_title.as_deref() == Some("neu")))
+        .count();
+    assert_eq!(updated, 4, "the others synced");
+    let failure = texts(
+        &rig.db,
+        "SELECT error, CAST(attempts AS TEXT), next_retry_at FROM ms_failures",
+    )
+    .await;
+    assert!(
+        failure[0]
+            .as_deref()
+            .unwrap()
+            .contains("ErrorInternalServerError"),
+        "{failure:?}"
+    );
+    assert!(failure[2].is_some(), "a retry time is set");
+    for _ in 0..20 {
+        rig.step_for(U, "contacts", Cause::Notification).await;
+        rig.step_for(U, "contacts", Cause::Crm).await;
+    }
+    let spent = rig.requests("UpdateItem").await - before;
+    assert!(
+        spent <= 3,
+        "{spent} UpdateItem requests for one failing item"
+    );
+    rig.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_step_failing_after_a_merge_never_lets_an_older_value_win() {
     // The ERP changes one field, the user another; the step's UpdateItem is answered

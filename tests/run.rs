@@ -592,3 +592,98 @@ areas = ["contacts"]
     service.stop().await;
     sim.stop().await;
 }
+
+/// An admin address already in use: `run` says which address and why, exits non-zero, and
+/// has done nothing before (no state store created, no request to Exchange).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_with_the_admin_address_in_use_stops_with_a_clear_error_before_doing_anything() {
+    let sim = server::start(SimConfig {
+        mailboxes: 1,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite:{}", dir.path().join("crm.db").display());
+    let db = Db::connect(&db_url, 2).await.unwrap();
+    db.migrate(MigrationSet::Crm).await.unwrap();
+    common::seed(&db, &[(1, "1001", Some("user1@example.com"))]).await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let state = dir.path().join("state.db");
+    let config = dir.path().join("mailsync.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[admin]
+listen = "{addr}"
+token = "{TOKEN}"
+
+[database]
+url = "{db_url}"
+
+[state]
+url = "sqlite:{state}"
+
+[[servers]]
+name = "sim"
+ews_url = "{ews}"
+allow_http = true
+auth = "basic"
+service_account = {{ username = "svc", password = "secret" }}
+
+[[mailboxes]]
+smtp = "user1@example.com"
+operator = "1001"
+server = "sim"
+areas = ["contacts"]
+"#,
+            state = state.display(),
+            ews = sim.ews_url()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mailsync"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("run kept running with its admin address in use");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("admin API cannot listen on {addr}")) && stderr.contains("in use"),
+        "{stderr}"
+    );
+    assert!(
+        !state.exists(),
+        "the state store was created before the bind failed"
+    );
+    let stats: serde_json::Value = reqwest::get(format!("{}/sim/stats", sim.base_url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        stats["requests_by_operation"],
+        serde_json::json!({}),
+        "Exchange was asked before the bind failed"
+    );
+    drop(taken);
+    sim.stop().await;
+}

@@ -106,6 +106,165 @@ async fn outlook_deletes_a_few_pass_many_are_held_approve_deletes_reject_restore
     rig.finish().await;
 }
 
+/// One mass delete that reaches mailsync in parts (30 of 100 contacts deleted in Outlook,
+/// seen by three steps of 10): judged as one. The first 20 (the limit) pass, the rest is
+/// held; nothing after the limit reaches the CRM until an administrator decides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mass_delete_seen_in_parts_is_judged_as_one() {
+    let rig = contacts_rig().await;
+    crm_contacts(&rig, 100, "m", Some(1)).await;
+    rig.sync(U, "contacts").await;
+    let items = rig.items(U, DistinguishedFolder::Contacts).await;
+    assert_eq!(items.len(), 100);
+    let mut held = Vec::new();
+    for part in items[..30].chunks(10) {
+        rig.user_deletes(U, &ids(part), false).await;
+        held.push(rig.sync(U, "contacts").await.held);
+    }
+    assert_eq!(
+        held,
+        [0, 0, 10],
+        "the third part is held with the first two"
+    );
+    assert_eq!(
+        count(&rig.db, "SELECT COUNT(*) FROM crm_contacts").await,
+        80
+    );
+    let h = rig.held(U).await;
+    assert_eq!(h.len(), 10);
+    assert!(h.iter().all(|h| h.side == Side::Crm && h.scope == "own"));
+    rig.decide(U, Decision::Approve).await;
+    rig.sync(U, "contacts").await;
+    assert_eq!(
+        count(&rig.db, "SELECT COUNT(*) FROM crm_contacts").await,
+        70
+    );
+    rig.finish().await;
+}
+
+/// A decision meets what happened after the hold, and survives a failed step: records
+/// edited since the hold are kept (and restored on the side that deleted them) when the
+/// delete is approved, on each side; a rejection whose step fails (Exchange busy) is still
+/// carried out by the next step, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_keep_newer_edits_and_survive_a_failed_step() {
+    use mailsync_actors::Cause;
+    let rig = contacts_rig().await;
+    crm_contacts(&rig, 30, "e", Some(1)).await;
+    rig.sync(U, "contacts").await;
+    let items = rig.items(U, DistinguishedFolder::Contacts).await;
+
+    // All 30 deleted in Outlook: held. The ERP edits two of them meanwhile; approved.
+    rig.user_deletes(U, &ids(&items), false).await;
+    assert_eq!(rig.sync(U, "contacts").await.held, 30);
+    exec(
+        &rig.db,
+        "UPDATE crm_contacts SET job_title = 'neu' WHERE surname IN ('e00', 'e01')",
+    )
+    .await;
+    rig.feed.poll_once().await.unwrap();
+    rig.sync(U, "contacts").await;
+    rig.decide(U, Decision::Approve).await;
+    rig.sync(U, "contacts").await;
+    assert_eq!(
+        (
+            count(&rig.db, "SELECT COUNT(*) FROM crm_contacts").await,
+            count(&rig.db, "SELECT COUNT(*) FROM crm_contacts WHERE surname IN ('e00', 'e01') AND job_title = 'neu'").await
+        ),
+        (2, 2),
+        "the rows edited after the hold are kept"
+    );
+    let back = rig.items(U, DistinguishedFolder::Contacts).await;
+    assert_eq!(back.len(), 2, "and come back to Exchange");
+    assert!(rig.held(U).await.is_empty());
+
+    // 28 more rows, synced; then deleted in the CRM: held (Exchange side). The user edits
+    // one item in Outlook meanwhile; approved: the edited one comes back to the CRM.
+    crm_contacts(&rig, 28, "f", Some(1)).await;
+    rig.sync(U, "contacts").await;
+    exec(&rig.db, "DELETE FROM crm_contacts").await;
+    rig.feed.poll_once().await.unwrap();
+    assert_eq!(rig.sync(U, "contacts").await.held, 30);
+    let now = rig.items(U, DistinguishedFolder::Contacts).await;
+    let edited = now
+        .iter()
+        .find(|i| matches!(i, Item::Contact(c) if c.surname.as_deref() == Some("f05")))
+        .unwrap()
+        .id()
+        .unwrap()
+        .clone();
+    let op = ews::ops::UpdateItem {
+        changes: vec![ews::ops::ItemUpdate {
+            id: ItemId {
+                id: edited.id.clone(),
+                change_key: None,
+            },
+            updates: Item::Contact(ews::items::Contact {
+                job_title: Some("Outlook".into()),
+                ..Default::default()
+            })
+            .updates()
+            .into_iter()
+            .filter(|u| u.key() == "contacts:JobTitle")
+            .collect(),
+        }],
+        conflict: ews::ops::ConflictResolution::AlwaysOverwrite,
+        disposition: None,
+        calendar: false,
+    };
+    rig.client
+        .call(&ews::Target::impersonating(U), &op)
+        .await
+        .unwrap()
+        .output
+        .remove(0)
+        .unwrap();
+    rig.decide(U, Decision::Approve).await;
+    rig.sync(U, "contacts").await;
+    assert_eq!(count(&rig.db, "SELECT COUNT(*) FROM crm_contacts").await, 1);
+    assert_eq!(
+        common::texts(&rig.db, "SELECT surname, job_title FROM crm_contacts").await,
+        [Some("f05".to_string()), Some("Outlook".to_string())],
+        "the item edited after the hold is kept and its row restored"
+    );
+    let left = rig.items(U, DistinguishedFolder::Contacts).await;
+    assert_eq!(left.len(), 1, "{left:?}");
+
+    // A rejection whose step fails: the decision is kept and carried out next time, once.
+    crm_contacts(&rig, 29, "g", Some(1)).await;
+    rig.sync(U, "contacts").await;
+    let all = rig.items(U, DistinguishedFolder::Contacts).await;
+    assert_eq!(all.len(), 30);
+    // The 29 new ones (the restored item's own history is not this case's).
+    let new: Vec<Item> = all
+        .into_iter()
+        .filter(|i| matches!(i, Item::Contact(c) if c.surname.as_deref().is_some_and(|n| n.starts_with('g'))))
+        .collect();
+    rig.user_deletes(U, &ids(&new), false).await;
+    assert_eq!(rig.sync(U, "contacts").await.held, 29);
+    rig.decide(U, Decision::Reject).await;
+    rig.sim_post(
+        "faults",
+        serde_json::json!({"operation": "CreateItem", "error_code": "ErrorServerBusy", "back_off_ms": 10, "count": 1}),
+    )
+    .await;
+    let failed = rig.try_step(U, "contacts", Cause::Admin, false).await;
+    assert!(failed.is_err(), "{failed:?}");
+    assert_eq!(rig.held(U).await.len(), 29, "the decision is not lost");
+    rig.sync(U, "contacts").await;
+    assert!(rig.held(U).await.is_empty());
+    assert_eq!(
+        rig.items(U, DistinguishedFolder::Contacts).await.len(),
+        30,
+        "every rejected delete restored once"
+    );
+    assert_eq!(
+        count(&rig.db, "SELECT COUNT(*) FROM crm_contacts").await,
+        30
+    );
+    rig.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crm_deletes_many_are_held_approve_deletes_reject_restores() {
     let rig = contacts_rig().await;

@@ -100,11 +100,11 @@ impl Metrics {
                 &["cause"],
             )?,
             coalesced: IntCounterVec::new(
-                opts("mailsync_triggers_coalesced_total", "Triggers absorbed into a step that was already due, by cause."),
+                opts("mailsync_triggers_coalesced_total", "Triggers absorbed into a step that was already due, by cause (start, notification, crm, timer, admin, more)."),
                 &["cause"],
             )?,
             lag: HistogramVec::new(
-                HistogramOpts::new("mailsync_sync_lag_seconds", "From the first trigger a step covers (notification, CRM change, …) until the step committed, by that trigger's cause.")
+                HistogramOpts::new("mailsync_sync_lag_seconds", "From the first trigger a step covers until the step committed, by that trigger's cause (start, notification, crm, timer, admin, more).")
                     .buckets(LATENCY_BUCKETS.to_vec()),
                 &["cause"],
             )?,

@@ -1097,11 +1097,12 @@ fn recipients(it: &Node) -> Vec<String> {
 
 /// A poisoned item's response code, as the `&'static str` the handlers answer with.
 fn poisoned_code(code: &str) -> &'static str {
-    const KNOWN: [&str; 4] = [
+    const KNOWN: [&str; 5] = [
         "ErrorCorruptData",
         "ErrorInvalidPropertySet",
         "ErrorItemCorrupt",
         "ErrorAccessDenied",
+        "ErrorInternalServerError",
     ];
     KNOWN
         .into_iter()

@@ -86,20 +86,28 @@ pub fn parse_since(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, Stri
     if let Ok(day) = NaiveDate::parse_from_str(t, "%Y-%m-%d") {
         return Ok(day.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc());
     }
-    let (number, unit) = t.split_at(t.len().saturating_sub(1));
-    let seconds = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
+    // The unit is the last character, whatever it is (the text comes from outside: it may
+    // end in a character of several bytes).
+    let unit = t.chars().next_back().unwrap_or(' ');
+    let number = &t[..t.len() - unit.len_utf8().min(t.len())];
+    let seconds: i64 = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
         _ => 0,
     };
-    match number.parse::<i64>() {
-        Ok(n) if seconds > 0 && n >= 0 => Ok(now - chrono::Duration::seconds(n.saturating_mul(seconds))),
-        _ => Err(format!(
+    let age = match number.parse::<i64>() {
+        Ok(n) if seconds > 0 && n >= 0 => n,
+        _ => return Err(format!(
             "since: {text:?} is neither a time (2026-03-01T08:00:00Z), a date (2026-03-01) nor an age (30m, 24h, 7d)"
         )),
-    }
+    };
+    // An age reaching back before any time chrono can hold is refused, not a panic.
+    age.checked_mul(seconds)
+        .and_then(chrono::TimeDelta::try_seconds)
+        .and_then(|d| now.checked_sub_signed(d))
+        .ok_or_else(|| format!("since: {text:?} reaches back too far"))
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {
@@ -426,7 +434,18 @@ mod tests {
         assert_eq!(at("30m"), "2026-03-10T11:30:00Z");
         assert_eq!(at("24h"), "2026-03-09T12:00:00Z");
         assert_eq!(at("7d"), "2026-03-03T12:00:00Z");
-        for bad in ["yesterday", "7w", "-3d", "", "d"] {
+        for bad in [
+            "yesterday",
+            "7w",
+            "-3d",
+            "",
+            "d",
+            "7ü",
+            "ü",
+            "9223372036854775807d",
+            "106751991167300d",
+            "9223372036854775807s",
+        ] {
             let e = parse_since(bad, now).unwrap_err();
             assert!(e.starts_with("since: "), "{bad}: {e}");
         }

@@ -109,8 +109,28 @@ impl AdminServer {
     }
 }
 
+/// Binds the admin address, or says which address could not be bound and why. `run` binds
+/// before it touches a database or Exchange, so an address in use stops it with nothing done.
+pub fn bind(listen: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    std::net::TcpListener::bind(listen).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("admin API cannot listen on {listen}: {e}"),
+        )
+    })
+}
+
 /// Binds `listen` and serves the admin API on its own worker thread.
 pub fn start(listen: SocketAddr, state: AdminState) -> std::io::Result<AdminServer> {
+    start_on(bind(listen)?, state)
+}
+
+/// Serves the admin API on a listener bound with [`bind`], on its own worker thread.
+pub fn start_on(
+    listener: std::net::TcpListener,
+    state: AdminState,
+) -> std::io::Result<AdminServer> {
+    let listen = listener.local_addr()?;
     let data = web::Data::new(state);
     let server = HttpServer::new(move || {
         App::new()
@@ -155,7 +175,7 @@ pub fn start(listen: SocketAddr, state: AdminState) -> std::io::Result<AdminServ
     .workers(1)
     .disable_signals()
     .shutdown_timeout(5)
-    .bind(listen)
+    .listen(listener)
     .map_err(|e| {
         std::io::Error::new(
             e.kind(),

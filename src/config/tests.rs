@@ -587,6 +587,36 @@ fn access_autodiscover_certificate_and_cap_errors() {
             ],
         ),
         (
+            "credentials in EWS, Autodiscover and token URLs: refused, never shown",
+            SERVER.replace(
+                "https://mail.example.com/",
+                "https://svc:hunter2@mail.example.com/",
+            ) + &SERVER.replace("ex1", "ex2").replace(
+                "Exchange.asmx",
+                "Exchange.asmx?password=hunter2",
+            ) + "[[servers]]\nname = \"ex3\"\nautodiscover = true\nautodiscover_url = \"https://ad.example.com/autodiscover/autodiscover.svc?token=hunter2\"\nauth = \"oauth2\"\n[servers.oauth2]\ntenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = \"s\"\ntoken_url = \"https://app:hunter2@login.example/t/token\"\n"
+                + &mailbox("a@example.com", "1"),
+            vec![
+                r#"servers[0].ews_url: "https://svc:***@mail.example.com/EWS/Exchange.asmx" carries credentials; they belong in service_account, credentials or oauth2 (secrets from the environment or a file), where they are sent only as the auth allows"#.into(),
+                r#"servers[1].ews_url: "https://mail.example.com/EWS/Exchange.asmx?password=***" carries credentials; they belong in service_account, credentials or oauth2 (secrets from the environment or a file), where they are sent only as the auth allows"#.into(),
+                r#"servers[2].autodiscover_url: "https://ad.example.com/autodiscover/autodiscover.svc?token=***" carries credentials; they belong in service_account, credentials or oauth2 (secrets from the environment or a file), where they are sent only as the auth allows"#.into(),
+                r#"servers[2].oauth2.token_url: "https://app:***@login.example/t/token" carries credentials; they belong in service_account, credentials or oauth2 (secrets from the environment or a file), where they are sent only as the auth allows"#.into(),
+            ],
+        ),
+        (
+            "caps that would overflow when counted in bytes",
+            SERVER.replace(
+                "auth = \"basic\"",
+                "auth = \"basic\"\nmax_response_mb = 9223372036854775807\nmax_mime_response_mb = 9223372036854775807",
+            ) + &mailbox("a@example.com", "1")
+                + "mail = { max_message_mb = 9223372036854775807 }\n",
+            vec![
+                "servers[0].max_response_mb: 9223372036854775807 is out of range, allowed 1 to 1024".into(),
+                "servers[0].max_mime_response_mb: 9223372036854775807 is out of range, allowed 1 to 4096".into(),
+                "mailboxes[0].mail.max_message_mb: 9223372036854775807 is out of range, allowed 1 to 4096".into(),
+            ],
+        ),
+        (
             "the default mail cap does not fit a small MIME cap",
             SERVER.replace("auth = \"basic\"", "auth = \"basic\"\nmax_mime_response_mb = 64")
                 + &mailbox("a@example.com", "1"),

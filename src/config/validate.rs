@@ -418,7 +418,14 @@ fn server(c: &mut Checker, p: &str, s: RawServer) -> Option<ServerConfig> {
                     );
                 }
             }
-            match url::Url::parse(u) {
+            // Shown masked: a URL may carry a password (user:password@, ?password=).
+            let shown = crate::secret::mask_url(u);
+            let u = &shown;
+            match url::Url::parse(s.ews_url.as_deref().unwrap_or_default()) {
+                Ok(url) if has_credentials(&url) => {
+                    c.err(format!("{p}.ews_url"), credentials_in_url(u));
+                    None
+                }
                 Ok(url) if url.scheme() == "https" || (url.scheme() == "http" && allow_http) => {
                     if url.host_str().is_none() {
                         c.err(format!("{p}.ews_url"), format!("{u:?} has no host"));
@@ -627,16 +634,40 @@ fn server(c: &mut Checker, p: &str, s: RawServer) -> Option<ServerConfig> {
         request_timeout,
         service_account,
         access,
-        max_response_bytes: max_response_mb * MIB,
-        max_mime_response_bytes: max_mime_response_mb * MIB,
+        // Saturating: a value out of range was reported above and must not overflow here.
+        max_response_bytes: max_response_mb.saturating_mul(MIB),
+        max_mime_response_bytes: max_mime_response_mb.saturating_mul(MIB),
         throttle,
         streaming,
     })
 }
 
 /// An https URL (http only where allowed), with a host; the error names the key.
+/// Whether a URL carries credentials of its own (user:password@ or a secret query parameter).
+fn has_credentials(url: &url::Url) -> bool {
+    !url.username().is_empty()
+        || url.password().is_some()
+        || crate::secret::mask_url(url.as_str()) != url.as_str()
+}
+
+/// The error for a URL with credentials in it (`shown` is already masked).
+fn credentials_in_url(shown: &str) -> String {
+    format!(
+        "{shown:?} carries credentials; they belong in service_account, credentials or oauth2 \
+         (secrets from the environment or a file), where they are sent only as the auth allows"
+    )
+}
+
 fn https_url(c: &mut Checker, key: &str, text: &str, allow_http: bool) -> Option<url::Url> {
-    match url::Url::parse(text) {
+    let raw = text;
+    // Shown masked: a URL may carry a password (user:password@, ?password=).
+    let shown = crate::secret::mask_url(raw);
+    let text = shown.as_str();
+    match url::Url::parse(raw) {
+        Ok(u) if has_credentials(&u) => {
+            c.err(key, credentials_in_url(text));
+            None
+        }
         Ok(u) if u.host_str().is_none() => {
             c.err(key, format!("{text:?} has no host"));
             None
@@ -910,7 +941,11 @@ fn mailboxes(
         if let Some(s) = server {
             // A mail of the largest size must fit in a GetItem answer (MIME travels base64:
             // 4/3 of its size), or it could never be read.
-            if mail.max_message_bytes * 4 > s.max_mime_response_mb * MIB * 3 {
+            // Saturating: both values come from the file unchecked (their range errors are
+            // reported on their own keys).
+            if mail.max_message_bytes.saturating_mul(4)
+                > s.max_mime_response_mb.saturating_mul(MIB).saturating_mul(3)
+            {
                 let from = if own
                     .mail
                     .as_ref()
@@ -1163,7 +1198,7 @@ fn effective_mail(defaults: Option<&RawMailSettings>, own: Option<&RawMailSettin
     let max_message_bytes = pick(|m| m.max_message_mb.is_some())
         .and_then(|m| m.max_message_mb)
         .unwrap_or(DEFAULT_MAX_MESSAGE_MB)
-        * MIB;
+        .saturating_mul(MIB);
     MailConfig {
         sync_from,
         excluded_folders,

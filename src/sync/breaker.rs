@@ -7,8 +7,83 @@
 //! left empty by more than one delete is always held. Once a scope is held, further deletes
 //! in it join the hold. See docs/safety.md.
 
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
 use crate::db::integrity::Side;
 use crate::sync::core::BreakerLimits;
+
+/// How long applied deletes of a scope keep counting towards the next steps' deletes. One
+/// "select all, delete" reaches mailsync as several steps when the client deletes item by
+/// item and notifications wake the folder meanwhile (or a CRM job deletes in batches); within
+/// this window the parts are judged as one mass delete.
+pub const BURST_WINDOW: Duration = Duration::from_secs(300);
+
+/// A scope of the breaker: mailbox, CRM table, scope (own, shared, a mail folder), side.
+pub type ScopeKey = (String, String, String, Side);
+
+/// Deletes let through recently, per scope and record (in memory: a restart forgets them,
+/// which only makes the breaker judge the next part on its own, as before). Records, not
+/// counts: a step that failed after its deletes were judged judges the same records again on
+/// its retry, and they count once.
+#[derive(Debug, Default)]
+pub struct Recent {
+    /// Per scope, the records whose delete was let through, and when.
+    passed: Mutex<HashMap<ScopeKey, HashMap<String, Instant>>>,
+}
+
+impl Recent {
+    /// The records of the scope let through within [`BURST_WINDOW`] before `now`.
+    fn within(&self, key: &ScopeKey, now: Instant) -> Vec<String> {
+        let mut passed = self.passed.lock();
+        let Some(list) = passed.get_mut(key) else {
+            return Vec::new();
+        };
+        list.retain(|_, at| now.saturating_duration_since(*at) < BURST_WINDOW);
+        let ids = list.keys().cloned().collect();
+        if list.is_empty() {
+            passed.remove(key);
+        }
+        ids
+    }
+
+    /// Judges the deletes of `ids` in a scope of `size` mapped records together with those
+    /// let through there within the window (the scope held them too, so they count in its
+    /// size as well unless they are among `ids`, still mapped). Deletes that pass are noted.
+    /// Returns the reason to hold, and the count and size it judged.
+    pub fn judge(
+        &self,
+        key: ScopeKey,
+        ids: &[String],
+        size: u64,
+        limits: BreakerLimits,
+        already_held: bool,
+        now: Instant,
+    ) -> (Option<HoldReason>, u64, u64) {
+        let count = ids.len() as u64;
+        let earlier = if ids.is_empty() {
+            0
+        } else {
+            let now_ids: std::collections::HashSet<&String> = ids.iter().collect();
+            self.within(&key, now)
+                .iter()
+                .filter(|id| !now_ids.contains(id))
+                .count() as u64
+        };
+        let (count_all, size_all) = (count.saturating_add(earlier), size.saturating_add(earlier));
+        let reason = check(count_all, size_all, limits, already_held);
+        if reason.is_none() && !ids.is_empty() {
+            let mut passed = self.passed.lock();
+            let list = passed.entry(key).or_default();
+            for id in ids {
+                list.insert(id.clone(), now);
+            }
+        }
+        (reason, count_all, size_all)
+    }
+}
 
 /// Why deletes were held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +176,85 @@ mod tests {
                 "{count} of {size}, held {held}"
             );
         }
+    }
+
+    fn key() -> ScopeKey {
+        (
+            "a@example.com".into(),
+            "crm_contacts".into(),
+            "own".into(),
+            Side::Crm,
+        )
+    }
+
+    fn ids(part: u64) -> Vec<String> {
+        (part * 10..part * 10 + 10).map(|i| i.to_string()).collect()
+    }
+
+    /// 30 deletes of 100 seen by three steps of 10: the first two parts pass (20, the
+    /// limit), the third is judged with them and held; a retried part counts once; after
+    /// the window a part is judged alone.
+    #[test]
+    fn a_mass_delete_in_parts_is_judged_as_one() {
+        let recent = Recent::default();
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut size = 100;
+        let mut outcomes = Vec::new();
+        for part in 0..3 {
+            let (reason, count, of) =
+                recent.judge(key(), &ids(part), size, limits(), false, at(part));
+            outcomes.push((reason, count, of));
+            if reason.is_none() {
+                size -= 10;
+            }
+        }
+        assert_eq!(
+            outcomes,
+            vec![
+                (None, 10, 100),
+                (None, 20, 100),
+                (Some(HoldReason::OverLimit { limit: 20 }), 30, 100)
+            ]
+        );
+        // A step that failed after its judgement judges the same records again: once.
+        let again = Recent::default();
+        assert_eq!(
+            again.judge(key(), &ids(0), 100, limits(), false, at(0)).0,
+            None
+        );
+        assert_eq!(
+            again.judge(key(), &ids(0), 100, limits(), false, at(1)),
+            (None, 10, 100)
+        );
+        // 30 of 30 in three parts: the last part empties the scope with the others.
+        let all = Recent::default();
+        let mut size = 30;
+        let mut last = None;
+        for part in 0..3 {
+            let (reason, ..) = all.judge(key(), &ids(part), size, limits(), false, at(part));
+            if reason.is_none() {
+                size -= 10;
+            }
+            last = reason;
+        }
+        assert_eq!(last, Some(HoldReason::Emptied));
+        // Other scopes count on their own; after the window a part is alone.
+        let other = (
+            "a@example.com".to_string(),
+            "crm_contacts".to_string(),
+            "shared".to_string(),
+            Side::Crm,
+        );
+        assert_eq!(
+            recent.judge(other, &ids(5), 80, limits(), false, at(3)),
+            (None, 10, 80)
+        );
+        let later = at(2) + BURST_WINDOW;
+        assert_eq!(
+            recent.judge(key(), &ids(6), 80, limits(), false, later),
+            (None, 10, 80)
+        );
     }
 
     #[test]

@@ -84,6 +84,9 @@ pub struct Inner {
     /// SyncFolderItems that finds the echo). An event that comes before its entry is
     /// recorded still runs a step, which suppresses the echo by ChangeKey as always.
     own_writes: Mutex<HashMap<String, String>>,
+    /// Deletes the breaker let through lately, per scope: the next parts of a mass delete
+    /// that reaches the folder over several steps are judged together with them.
+    pub recent_deletes: super::breaker::Recent,
 }
 
 /// Bound of [`Inner::own_writes`]: entries whose notification never came (no subscription at
@@ -134,7 +137,8 @@ pub enum ItemOutcome<T> {
     Gone,
     /// The item changed since the ChangeKey we sent: read it and merge again.
     Changed,
-    /// Refused for good, with Exchange's reason: parked in the failure log.
+    /// Refused, with Exchange's reason: parked in the failure log and retried on its
+    /// schedule.
     Rejected(String),
     /// Not attempted: an earlier item of the batch failed and Exchange stopped
     /// (ErrorBatchProcessingStopped); it is tried again in the next step.
@@ -161,6 +165,23 @@ impl<T> ItemOutcome<T> {
     }
 }
 
+impl<T> ItemOutcome<T> {
+    /// Sorts one item's answer to a write (CreateItem, UpdateItem, DeleteItem) whose
+    /// failure is parked per item. Like [`ItemOutcome::from_read`], except that a server
+    /// error in the item's own response message is [`ItemOutcome::Rejected`]: the request
+    /// went through and only this item failed, so failing the step would write the same
+    /// batch again, fail on the same item, and hold up every other item of the folder. The
+    /// item is parked and retried on its schedule. Throttling stays the step's.
+    pub fn from_write(r: Result<T, ews::Error>) -> Result<ItemOutcome<T>, SyncError> {
+        match r {
+            Err(ews::Error::Transient(m)) if !m.starts_with(BATCH_STOPPED) => {
+                Ok(ItemOutcome::Rejected(m))
+            }
+            other => ItemOutcome::from_read(other),
+        }
+    }
+}
+
 /// [`ItemOutcome::from_read`] as a function.
 pub fn item_outcome<T>(r: Result<T, ews::Error>) -> Result<ItemOutcome<T>, SyncError> {
     ItemOutcome::from_read(r)
@@ -178,6 +199,7 @@ impl Inner {
             metrics,
             clean: Mutex::default(),
             own_writes: Mutex::default(),
+            recent_deletes: Default::default(),
         }
     }
 
@@ -385,6 +407,25 @@ mod tests {
             item_outcome(transient),
             Err(SyncError::Transient(_))
         ));
+        // Writes: a server error in one item's response message is that item's (parked, the
+        // others go on); throttling and a stopped batch are not.
+        let write =
+            |code: &str| ItemOutcome::<u8>::from_write(Err(ews::Error::from_code(code, "m", None)));
+        assert!(
+            matches!(write("ErrorInternalServerError"), Ok(ItemOutcome::Rejected(r)) if r.contains("ErrorInternalServerError"))
+        );
+        assert_eq!(
+            write("ErrorBatchProcessingStopped"),
+            Ok(ItemOutcome::Skipped)
+        );
+        assert!(matches!(
+            write("ErrorServerBusy"),
+            Err(SyncError::Throttled { .. })
+        ));
+        assert_eq!(
+            ItemOutcome::from_write(Ok::<u8, ews::Error>(3)),
+            Ok(ItemOutcome::Written(3))
+        );
         let stopped: Result<u8, _> = Err(ews::Error::from_code(
             "ErrorBatchProcessingStopped",
             "stopped",

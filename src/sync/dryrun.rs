@@ -768,7 +768,7 @@ pub fn render(plans: &[MailboxPlan]) -> String {
                     i.crm_id.map(|c| format!("crm {c} ")).unwrap_or_default(),
                     i.ews_id
                         .as_deref()
-                        .map(|e| format!("ews {} ", short(e)))
+                        .map(|e| format!("ews {e} "))
                         .unwrap_or_default(),
                     if i.title.is_empty() {
                         String::new()
@@ -783,6 +783,49 @@ pub fn render(plans: &[MailboxPlan]) -> String {
     s
 }
 
-fn short(id: &str) -> &str {
-    &id[id.len().saturating_sub(12)..]
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An Exchange id is printed whole: its tail alone names no item (ids of one mailbox
+    /// share long prefixes and may differ anywhere), and cutting it could split a character.
+    #[test]
+    fn the_text_names_items_by_their_whole_exchange_id() {
+        let id = "AAMkADk0ZTU1NjQ2LWE5ZjMtNDc4Ni1iMjA1LTFiZjZlYmQ0YjA0NABGAAAAAAD+Q==";
+        let area = AreaPlan {
+            area: "contacts".into(),
+            scope: "own".into(),
+            crm_records: 1,
+            exchange_items: 0,
+            exchange: SidePlan::default(),
+            crm: SidePlan::default(),
+            links: BTreeMap::new(),
+            conflicts: 0,
+            ambiguous: 0,
+            held: vec![],
+            failures: 0,
+            read_requests: 1,
+            write_requests: 0,
+            bytes: 0,
+            items: vec![ItemPlan {
+                action: "delete".into(),
+                side: "crm".into(),
+                crm_id: Some(7),
+                ews_id: Some(id.into()),
+                title: "Anna".into(),
+                detail: String::new(),
+            }],
+        };
+        let text = render(&[MailboxPlan {
+            mailbox: "user1@example.com".into(),
+            mode: "full resync".into(),
+            areas: vec![area],
+            requests: 1,
+            seconds: 0.1,
+        }]);
+        assert!(
+            text.contains(&format!("    delete crm crm 7 ews {id} \"Anna\"")),
+            "{text}"
+        );
+    }
 }

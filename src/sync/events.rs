@@ -58,6 +58,24 @@ pub enum Action {
 }
 
 impl Action {
+    /// Every action, so the metric's series exist (as zero) and its help lists them all.
+    pub const ALL: [Action; 14] = [
+        Action::Create,
+        Action::Update,
+        Action::Delete,
+        Action::Link,
+        Action::Move,
+        Action::CreateFolder,
+        Action::UpdateFolder,
+        Action::RenameFolder,
+        Action::MoveFolder,
+        Action::DeleteFolder,
+        Action::Send,
+        Action::SendFailed,
+        Action::Stamp,
+        Action::Restore,
+    ];
+
     /// Label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -115,6 +133,13 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
+    /// Every kind, so the metric's series exist (as zero) and its help lists them all.
+    pub const ALL: [FailureKind; 3] = [
+        FailureKind::InvalidRow,
+        FailureKind::RejectedByExchange,
+        FailureKind::TooLarge,
+    ];
+
     /// Label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -126,7 +151,7 @@ impl FailureKind {
 }
 
 /// Help text of `mailsync_failures_total`.
-pub const FAILURES_HELP: &str = "Items that could not be synced and were parked in the failure log (retried on a schedule), by area and kind (invalid_row, rejected_by_exchange, too_large).";
+pub const FAILURES_HELP: &str = "Items that could not be synced and were parked in the failure log (retried on a schedule), by area (contacts, calendar, tasks, mail) and kind (invalid_row, rejected_by_exchange, too_large).";
 
 /// An item was parked in the failure log.
 #[derive(Debug, Clone)]

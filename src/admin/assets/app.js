@@ -48,10 +48,23 @@
     nav.hidden = false;
     main.setAttribute("aria-busy", "true");
     call("GET", "/console/view" + route()).then(function (resp) {
-      return resp.text();
-    }).then(function (html) {
-      main.innerHTML = html;
+      return resp.text().then(function (body) { return { resp: resp, body: body }; });
+    }).then(function (r) {
       main.removeAttribute("aria-busy");
+      var type = r.resp.headers.get("Content-Type") || "";
+      if (r.resp.ok && type.indexOf("text/html") === 0) {
+        // A view: a fragment the server rendered with every value escaped.
+        main.innerHTML = r.body;
+        return;
+      }
+      // Anything else (a JSON error of the API, a proxy's page) is shown as text, never
+      // parsed as HTML: it may carry what a request put in (a query, a path).
+      var message = r.body;
+      try { message = JSON.parse(r.body).error || r.body; } catch (ignored) { /* not JSON */ }
+      var p = document.createElement("p");
+      p.className = "problem";
+      p.textContent = message + " (HTTP " + r.resp.status + ")";
+      main.replaceChildren(p);
     }).catch(function (e) {
       main.removeAttribute("aria-busy");
       if (e.message !== "unauthorized") { say("cannot reach the service: " + e.message, true); }

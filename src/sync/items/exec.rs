@@ -19,7 +19,6 @@ use crate::db::integrity::{Decision as Verdict, Held, Side as HeldSide};
 use crate::db::rows::CrmRow;
 use crate::db::state::{Conflict, Failure, ItemMapping};
 use crate::db::DbError;
-use crate::sync::breaker;
 use crate::sync::core::{db_error, own_version, ItemOutcome};
 use crate::sync::events::{Action, DeletesHeld, Direction, FailureKind, ItemParked};
 use crate::sync::fields::{self, Fields};
@@ -262,9 +261,16 @@ impl ItemStep<'_> {
         &mut self,
         decisions: Vec<Decision>,
     ) -> Result<Vec<Decision>, SyncError> {
-        let deletes: Vec<(bool, HeldSide)> = decisions
+        let deletes: Vec<(bool, HeldSide, String)> = decisions
             .iter()
-            .filter_map(|d| d.delete().map(|side| (d.shared, side)))
+            .filter_map(|d| {
+                let id = match (d.crm_id, &d.ews_id) {
+                    (Some(c), _) => c.to_string(),
+                    (None, Some(e)) => e.clone(),
+                    (None, None) => String::new(),
+                };
+                d.delete().map(|side| (d.shared, side, id))
+            })
             .collect();
         if deletes.is_empty() {
             return Ok(decisions);
@@ -279,16 +285,36 @@ impl ItemStep<'_> {
             .await
             .map_err(db_error)?;
         let mut stopped: HashSet<(bool, HeldSide)> = HashSet::new();
+        let now = std::time::Instant::now();
         for shared in [false, true] {
             for side in [HeldSide::Crm, HeldSide::Exchange] {
-                let count = deletes.iter().filter(|d| **d == (shared, side)).count() as u64;
+                let ids: Vec<String> = deletes
+                    .iter()
+                    .filter(|d| (d.0, d.1) == (shared, side))
+                    .map(|d| d.2.clone())
+                    .collect();
                 let size = mappings
                     .iter()
                     .filter(|m| super::to_base(m).shared == shared)
                     .count() as u64;
                 let scope = if shared { "shared" } else { "own" };
                 let already = held_now.iter().any(|h| h.scope == scope && h.side == side);
-                if let Some(reason) = breaker::check(count, size, self.setup.breaker, already) {
+                // Judged with the deletes of this scope let through within the burst window.
+                let key = (
+                    self.smtp().to_owned(),
+                    self.table.to_owned(),
+                    scope.to_owned(),
+                    side,
+                );
+                let (reason, count, size) = self.engine.recent_deletes.judge(
+                    key,
+                    &ids,
+                    size,
+                    self.setup.breaker,
+                    already,
+                    now,
+                );
+                if let Some(reason) = reason {
                     DeletesHeld {
                         mailbox: self.smtp(),
                         area: self.area.as_str(),
@@ -359,7 +385,7 @@ impl ItemStep<'_> {
             let results = self.engine.call(self.setup, self.ctx, &op).await?;
             for ((i, id), r) in chunk.iter().zip(results) {
                 let slot = &mut slots[*i];
-                match ItemOutcome::from_read(r)? {
+                match ItemOutcome::from_write(r)? {
                     ItemOutcome::Written(()) | ItemOutcome::Gone => {
                         if matches!(slot.d.ews, Some(EwsWrite::Delete { .. })) {
                             self.counted(Direction::ToExchange, Action::Delete);
@@ -412,9 +438,26 @@ impl ItemStep<'_> {
             let verify = !self.engine.clean.lock().remove(&key) && !self.listed_all;
             let mut existing = if verify {
                 let ids: Vec<i64> = todo.iter().filter_map(|i| slots[*i].d.crm_id).collect();
-                self.engine
+                let mut found = self
+                    .engine
                     .find_stamped(self.setup, self.ctx, &folder_ref, self.table, &ids)
-                    .await?
+                    .await?;
+                // An item already mapped to another row is that row's, whatever its stamp
+                // says: a row restored from Exchange gets a new id while its item keeps the
+                // old one in its stamp, and the database may hand that old id out again.
+                let found_ids: Vec<String> = found.values().map(|i| i.id.clone()).collect();
+                let mapped = self
+                    .engine
+                    .state
+                    .mappings_by_ews(self.smtp(), &found_ids)
+                    .await
+                    .map_err(db_error)?;
+                found.retain(|crm_id, item| {
+                    mapped
+                        .get(&item.id)
+                        .is_none_or(|m| m.crm_table != self.table || m.crm_id == *crm_id)
+                });
+                found
             } else {
                 HashMap::new()
             };
@@ -459,7 +502,7 @@ impl ItemStep<'_> {
                 for ((i, _), r) in chunk.iter().zip(results) {
                     let slot = &mut slots[*i];
                     let crm_id = slot.d.crm_id.unwrap_or(0);
-                    match ItemOutcome::from_read(r) {
+                    match ItemOutcome::from_write(r) {
                         Ok(ItemOutcome::Written(id)) => {
                             self.engine.note_own_write(&id);
                             slot.ews = Some(id);
@@ -667,7 +710,7 @@ impl ItemStep<'_> {
             };
             let results = self.engine.call(self.setup, self.ctx, &op).await?;
             for ((slot, crm_id, u), r) in chunk.iter().zip(results) {
-                let outcome = ItemOutcome::from_read(r)?;
+                let outcome = ItemOutcome::from_write(r)?;
                 let Some(i) = slot else {
                     // A stamp that rode along.
                     if let ItemOutcome::Written(id) = outcome {
@@ -1043,12 +1086,73 @@ impl ItemStep<'_> {
             .into_iter()
             .filter_map(|(id, r)| r.ok().map(|r| (id, r)))
             .collect();
+        // An approved delete in Exchange meets the item as it is now: one edited in Outlook
+        // since the hold (another ChangeKey) is newer than the delete and comes back to the
+        // CRM instead.
+        let approved_in_exchange: Vec<ItemId> = decided
+            .iter()
+            .filter(|h| h.decision == Some(Verdict::Approve) && h.side == HeldSide::Exchange)
+            .filter_map(|h| maps.get(&h.crm_id))
+            .map(|m| ItemId {
+                id: m.ews_item_id.clone(),
+                change_key: None,
+            })
+            .collect();
+        let edited_in_exchange: HashSet<String> = if approved_in_exchange.is_empty() {
+            HashSet::new()
+        } else {
+            let (seen, _gone) = self.fetch(&approved_in_exchange, false).await?;
+            seen.into_iter()
+                .filter(|s| {
+                    maps.values().any(|m| {
+                        m.ews_item_id == s.obs.id.id
+                            && m.change_key.is_some()
+                            && m.change_key != s.obs.id.change_key
+                    })
+                })
+                .map(|s| s.obs.id.id)
+                .collect()
+        };
         let mut decisions = Vec::new();
         let mut restore_from_exchange = Vec::new();
         for h in &decided {
             let Some(m) = maps.get(&h.crm_id) else {
                 continue;
             };
+            let row_version = rows.get(&h.crm_id).map(crate::db::rows::version_of);
+            // A row edited in the CRM since the hold (a version past the mapping's) is newer
+            // than the delete from Exchange: it is restored there instead of deleted.
+            let edited_in_crm = h.side == HeldSide::Crm
+                && row_version.is_some()
+                && m.crm_version.is_some()
+                && row_version != m.crm_version;
+            let verdict = match h.decision {
+                Some(Verdict::Approve) if edited_in_crm => Some(Verdict::Reject),
+                Some(Verdict::Approve)
+                    if h.side == HeldSide::Exchange
+                        && edited_in_exchange.contains(&m.ews_item_id) =>
+                {
+                    Some(Verdict::Reject)
+                }
+                other => other,
+            };
+            if verdict != h.decision {
+                tracing::info!(
+                    mailbox = self.smtp(),
+                    table = self.table,
+                    crm_id = h.crm_id,
+                    "an approved delete met a newer edit; the record is kept and restored"
+                );
+            }
+            // A restore that a failed step already carried out (the mapping names a new item)
+            // is not made twice.
+            if verdict == Some(Verdict::Reject)
+                && h.side == HeldSide::Crm
+                && !h.ews_item_id.is_empty()
+                && m.ews_item_id != h.ews_item_id
+            {
+                continue;
+            }
             let base = super::to_base(m);
             let mut d = Decision {
                 crm_id: Some(h.crm_id),
@@ -1064,7 +1168,7 @@ impl ItemStep<'_> {
                 crm_version: rows.get(&h.crm_id).map(crate::db::rows::version_of),
                 ews_change_key: None,
             };
-            match (h.decision, h.side) {
+            match (verdict, h.side) {
                 (Some(Verdict::Approve), HeldSide::Crm) => {
                     d.crm = Some(CrmWrite::Delete { id: h.crm_id });
                 }
@@ -1140,13 +1244,9 @@ impl ItemStep<'_> {
                 self.counted(Direction::ToCrm, Action::Restore);
             }
         }
-        // Decided entries are released first, and what an administrator decided does not
-        // pass the breaker again.
-        self.engine
-            .state
-            .release_held(self.smtp(), self.table, &ids)
-            .await
-            .map_err(db_error)?;
+        // What an administrator decided does not pass the breaker again. The entries are
+        // released only once the decision is carried out: a step that fails on the way keeps
+        // them, and the next step carries out the rest (what is done already is skipped).
         let mut ctx = Context {
             rows,
             maps: maps.into_iter().collect(),
@@ -1154,6 +1254,11 @@ impl ItemStep<'_> {
         };
         self.carry_out_decisions(decisions, &mut ctx, false, false)
             .await?;
+        self.engine
+            .state
+            .release_held(self.smtp(), self.table, &ids)
+            .await
+            .map_err(db_error)?;
         Ok(())
     }
 

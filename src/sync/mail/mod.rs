@@ -412,6 +412,7 @@ impl MailStep<'_> {
             .await
             .map_err(db_error)?;
         let mut stopped = HashMap::new();
+        let now = std::time::Instant::now();
         for (folder, ids) in deletes {
             let scope = folders
                 .iter()
@@ -420,15 +421,24 @@ impl MailStep<'_> {
                 .unwrap_or_else(|| format!("folder {folder}"));
             let size = sizes.get(folder).copied().unwrap_or(0);
             let already = held_now.iter().any(|h| h.scope == scope && h.side == side);
-            if let Some(reason) =
-                crate::sync::breaker::check(ids.len() as u64, size, self.setup.breaker, already)
-            {
+            // Judged with the deletes of this folder let through within the burst window.
+            let key = (
+                self.smtp().to_owned(),
+                table.to_owned(),
+                scope.clone(),
+                side,
+            );
+            let (reason, count, size) =
+                self.engine
+                    .recent_deletes
+                    .judge(key, ids, size, self.setup.breaker, already, now);
+            if let Some(reason) = reason {
                 crate::sync::events::DeletesHeld {
                     mailbox: self.smtp(),
                     area: "mail",
                     scope: &scope,
                     side: side.as_str(),
-                    count: ids.len(),
+                    count: count as usize,
                     of: size,
                     reason: &reason.describe(),
                 }
