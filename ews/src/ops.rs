@@ -61,8 +61,10 @@ fn per_item<T>(
     if out.len() != asked {
         // A server that refuses the request as a whole may say so in one message: that error
         // is the answer (throttling with its back-off, say), not the count.
-        if let Some(e) = out.into_iter().find_map(Result::err) {
-            return Err(e);
+        if let [Err(_)] = out.as_slice() {
+            if let Some(Err(e)) = out.into_iter().next() {
+                return Err(e);
+            }
         }
         return Err(Error::Malformed(format!(
             "{op} answered another number of response messages than the {asked} items asked for"

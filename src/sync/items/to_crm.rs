@@ -41,11 +41,11 @@ impl ItemStep<'_> {
             .await
             .map_err(db_error)?;
         let mut batch: Vec<(usize, ExchangeWrite)> = Vec::new();
-        for i in 0..slots.len() {
-            if slots[i].stop {
+        for (i, slot) in slots.iter_mut().enumerate() {
+            if slot.stop {
                 continue;
             }
-            match slots[i].d.crm.clone() {
+            match slot.d.crm.clone() {
                 Some(CrmWrite::Insert {
                     ews_id,
                     fields: values,
@@ -57,7 +57,7 @@ impl ItemStep<'_> {
                         {
                             Ok(r) => with_uid(r, ctx.uids.get(&ews_id).cloned()),
                             Err(e) => {
-                                slots[i].stop = true;
+                                slot.stop = true;
                                 self.park(0, &ews_id, FailureKind::InvalidRow, &e).await;
                                 continue;
                             }
@@ -70,7 +70,7 @@ impl ItemStep<'_> {
                         crm_table: self.table.to_owned(),
                         crm_id: 0,
                         ews_item_id: ews_id.clone(),
-                        change_key: slots[i].d.ews_change_key.clone(),
+                        change_key: slot.d.ews_change_key.clone(),
                         crm_version: None,
                         fields: base_json(&values, shared),
                         stamped: false,
@@ -99,13 +99,13 @@ impl ItemStep<'_> {
                         // The UID is not a synced field: the row keeps its own.
                         Ok(r) => with_uid(r, uid_of(current)),
                         Err(e) => {
-                            slots[i].stop = true;
-                            let ews = slots[i].d.ews_id.clone().unwrap_or_default();
+                            slot.stop = true;
+                            let ews = slot.d.ews_id.clone().unwrap_or_default();
                             self.park(id, &ews, FailureKind::InvalidRow, &e).await;
                             continue;
                         }
                     };
-                    let s = &slots[i];
+                    let s = &*slot;
                     let ews_id = s
                         .ews
                         .as_ref()
