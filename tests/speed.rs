@@ -261,6 +261,28 @@ async fn an_isolated_change_costs_two_requests_and_its_stamp_rides_along_later()
         "one SyncFolderItems that finds echoes"
     );
     assert_eq!(crm_ids(&rig).await.len(), N);
+
+    // A few more imports whose stamps wait with nothing to ride along: once one has waited
+    // its time, the folder's next step writes all of them in one request.
+    for i in 0..5 {
+        rig.user_creates(U, contacts_folder(), contacts([format!("j{i}")]))
+            .await;
+        rig.sync(U, "contacts").await;
+    }
+    let updates = rig.requests("UpdateItem").await;
+    rig.sync(U, "contacts").await;
+    assert_eq!(rig.requests("UpdateItem").await, updates, "not yet due");
+    exec(
+        &rig.db,
+        "UPDATE ms_item_map SET updated_at = '2020-01-01T00:00:00.000Z' WHERE NOT stamped",
+    )
+    .await;
+    rig.sync(U, "contacts").await;
+    assert_eq!(rig.requests("UpdateItem").await - updates, 1);
+    let rows = crm_ids(&rig).await;
+    for (surname, stamp) in stamped(&rig).await {
+        assert_eq!(stamp, rows.get(&surname).copied(), "the stamp of {surname}");
+    }
     rig.finish().await;
 }
 

@@ -153,6 +153,28 @@ impl Db {
         )?
     }
 
+    /// How many stamps of a mailbox's table have waited since `since` or longer (parked items
+    /// not counted).
+    pub async fn stamps_waiting_since(
+        &self,
+        mailbox: &str,
+        crm_table: &str,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<i64, DbError> {
+        let sql = "SELECT COUNT(*) FROM ms_item_map m WHERE mailbox = $1 AND crm_table = $2 AND stamped = $3 \
+                   AND updated_at <= $4 AND NOT EXISTS (SELECT 1 FROM ms_failures f WHERE f.mailbox = m.mailbox \
+                   AND f.crm_table = m.crm_table AND f.crm_id = m.crm_id AND f.ews_item_id = m.ews_item_id)";
+        on_db!(
+            self,
+            sql,
+            "counting waiting stamps",
+            |x| x.bind(mailbox).bind(crm_table).bind(false).bind(since),
+            fetch_one,
+            |r| r.try_get::<i64, _>(0)
+        )?
+        .map_err(q("counting waiting stamps"))
+    }
+
     /// Records stamps written: (crm id, Exchange id, the ChangeKey the stamp was written over,
     /// the ChangeKey it produced). A mapping that moved on meanwhile (another item, another
     /// ChangeKey) is left as it is: its next update carries the stamp again.

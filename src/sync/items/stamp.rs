@@ -29,6 +29,9 @@ use crate::sync::fields;
 pub(crate) const PIPELINE: usize = 4;
 /// Waiting stamps read per round of [`ItemStep::stamp_waiting`].
 const STAMP_PAGE: i64 = 1000;
+/// A stamp that has waited this long is written by the folder's next step with whatever else
+/// waits (at worst the periodic safety read's), so no import stays unstamped for good.
+pub(crate) const STAMP_MAX_WAIT: chrono::TimeDelta = chrono::TimeDelta::minutes(15);
 
 /// What one entry of an UpdateItem batch is for.
 #[derive(Debug, Clone)]
@@ -231,9 +234,10 @@ impl ItemStep<'_> {
         }
     }
 
-    /// Writes the stamps imports still wait for when [`STAMP_BATCH`] or more wait (or
-    /// `force`: the end of a first contact, however few), in pipelined batches; each stamp is
-    /// offered once per call (one that changed since its ChangeKey waits for its next update).
+    /// Writes the stamps imports still wait for when [`STAMP_BATCH`] or more wait, or one of
+    /// them has waited [`STAMP_MAX_WAIT`], or `force` (the end of a first contact), in
+    /// pipelined batches; each stamp is offered once per call (one that changed since its
+    /// ChangeKey waits for its next update).
     pub(crate) async fn stamp_waiting(&mut self, force: bool) -> Result<(), SyncError> {
         let mut after = i64::MIN;
         loop {
@@ -243,10 +247,20 @@ impl ItemStep<'_> {
                 .unstamped_of(self.smtp(), self.table, after, STAMP_PAGE)
                 .await
                 .map_err(db_error)?;
-            let first_round = after == i64::MIN;
-            if waiting.is_empty() || (first_round && !force && (waiting.len() as i64) < STAMP_BATCH)
-            {
+            if waiting.is_empty() {
                 return Ok(());
+            }
+            if after == i64::MIN && !force && (waiting.len() as i64) < STAMP_BATCH {
+                let since = chrono::Utc::now() - STAMP_MAX_WAIT;
+                let old = self
+                    .engine
+                    .state
+                    .stamps_waiting_since(self.smtp(), self.table, since)
+                    .await
+                    .map_err(db_error)?;
+                if old == 0 {
+                    return Ok(());
+                }
             }
             let full = waiting.len() as i64 == STAMP_PAGE;
             after = waiting.iter().map(|m| m.crm_id).max().unwrap_or(after);
