@@ -13,7 +13,7 @@
 //! ```
 //!
 //! It builds the `mailsync` binary of its own profile first (`cargo build [--release] --bin
-//! mailsync`). The scenario is shared with tests/chaos.rs (tests/chaos_scenario/).
+//! mailsync --example chaos`). The scenario is shared with tests/chaos.rs (tests/chaos_scenario/).
 
 #[path = "bench_util/mod.rs"]
 mod bench_util;
@@ -47,12 +47,14 @@ fn serve_sim(mailboxes: usize) {
     });
 }
 
-/// Builds `mailsync` in this example's profile and returns its path.
+/// Builds `mailsync` in this example's profile and returns its path. Built together with
+/// this example, so its dependencies are the ones just built for it (with the dev-dependencies'
+/// features), not a second build.
 fn mailsync_binary() -> PathBuf {
     let release = !cfg!(debug_assertions);
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--bin", "mailsync"]);
+    cmd.args(["build", "--bin", "mailsync", "--example", "chaos"]);
     if release {
         cmd.arg("--release");
     }
