@@ -254,10 +254,13 @@ async fn three_instances_share_sixty_mailboxes_and_take_over_a_dead_ones() {
     let Some(rig) = Rig::new(60).await else {
         return;
     };
-    let a = rig.start("a");
-    let b = rig.start("b");
-    let c = rig.start("c");
+    let mut a = rig.start("a");
+    let mut b = rig.start("b");
+    let mut c = rig.start("c");
     every_mailbox_once(&rig, &[&a, &b, &c], Duration::from_secs(120)).await;
+    for s in [&mut a, &mut b, &mut c] {
+        s.ready(Duration::from_secs(60)).await;
+    }
     let owners = rig.owners().await;
     for name in ["a", "b", "c"] {
         let n = owners.values().filter(|o| *o == name).count();
@@ -285,13 +288,33 @@ async fn three_instances_share_sixty_mailboxes_and_take_over_a_dead_ones() {
         "{body}"
     );
 
+    // `mailsync ctl cluster` on any instance shows the same cluster.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mailsync"))
+        .args(["ctl", "cluster", "--url", &c.admin, "--token", TOKEN])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.starts_with("cluster: 3 live of 3 instances, lease 3s"),
+        "{text}"
+    );
+    assert!(
+        text.contains("c (this)") && text.contains(&format!("{elsewhere:<40} b ")),
+        "{text}"
+    );
+    assert!(text.contains("change feed read by: "), "{text}");
+
     // kill -9 of b; meanwhile a CRM change and an Exchange change for its mailboxes.
     let of_b: Vec<String> = owners
         .iter()
         .filter(|(_, o)| *o == "b")
         .map(|(m, _)| m.clone())
         .collect();
-    let mut b = b;
     let killed = Instant::now();
     b.child.kill().unwrap();
     b.child.wait().unwrap();
@@ -389,9 +412,12 @@ async fn a_paused_instance_loses_its_mailboxes_and_its_late_writes_are_refused()
     let Some(rig) = Rig::new(6).await else {
         return;
     };
-    let a = rig.start("a");
-    let b = rig.start("b");
+    let mut a = rig.start("a");
+    let mut b = rig.start("b");
     every_mailbox_once(&rig, &[&a, &b], Duration::from_secs(60)).await;
+    // Every mailbox took its baseline (initial_sync = "none") before the changes.
+    a.ready(Duration::from_secs(60)).await;
+    b.ready(Duration::from_secs(60)).await;
     let of_b: Vec<String> = rig
         .owners()
         .await
@@ -454,5 +480,68 @@ async fn a_paused_instance_loses_its_mailboxes_and_its_late_writes_are_refused()
     );
     b.stop().await;
     a.stop().await;
+    rig.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_moves_with_its_reader_and_every_change_arrives_once() {
+    let Some(rig) = Rig::new(6).await else {
+        return;
+    };
+    let mut a = rig.start("a");
+    let mut b = rig.start("b");
+    every_mailbox_once(&rig, &[&a, &b], Duration::from_secs(60)).await;
+    // Every mailbox took its baseline (initial_sync = "none") before the changes.
+    a.ready(Duration::from_secs(60)).await;
+    b.ready(Duration::from_secs(60)).await;
+    eventually("a feed reader", Duration::from_secs(3 * LEASE), || async {
+        cluster_view(&a).await["feed"]["owner"].is_string()
+    })
+    .await;
+    let reader = cluster_view(&a).await["feed"]["owner"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (mut dead, alive) = if reader == "a" { (a, b) } else { (b, a) };
+    // Changes for every mailbox (whoever owns it), the reader killed, more changes.
+    for n in 1..=rig.mailboxes {
+        exec(&rig.db, &format!("INSERT INTO crm_contacts (tenant_id, owner_id, given_name, surname) VALUES (1, {n}, 'First', 'Feed{n}')")).await;
+    }
+    dead.child.kill().unwrap();
+    dead.child.wait().unwrap();
+    for n in 1..=rig.mailboxes {
+        exec(&rig.db, &format!("INSERT INTO crm_contacts (tenant_id, owner_id, given_name, surname) VALUES (1, {n}, 'Second', 'Feed{n}')")).await;
+    }
+    every_mailbox_once(&rig, &[&alive], Duration::from_secs(60)).await;
+    let client = sim_client(&rig.sim);
+    for n in 1..=rig.mailboxes {
+        let smtp = format!("user{n}@example.com");
+        let surname = format!("Feed{n}");
+        eventually(
+            &format!("both changes of {smtp} in Exchange"),
+            Duration::from_secs(30),
+            || async {
+                common::exchange_contacts(&client, &smtp)
+                    .await
+                    .iter()
+                    .filter(|(s, _)| *s == surname)
+                    .count()
+                    >= 2
+            },
+        )
+        .await;
+        converged(&rig, n).await;
+        let in_exchange = common::exchange_contacts(&client, &smtp)
+            .await
+            .into_iter()
+            .filter(|(s, _)| *s == surname)
+            .count();
+        assert_eq!(in_exchange, 2, "{smtp}: each change once");
+    }
+    assert_eq!(
+        cluster_view(&alive).await["feed"]["owner"],
+        if reader == "a" { "b" } else { "a" }
+    );
+    alive.stop().await;
     rig.finish().await;
 }

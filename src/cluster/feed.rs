@@ -6,9 +6,10 @@
 //! the shared cursor (a write the state store's fence refuses to anyone but the lease holder),
 //! and then wakes the owners with a NOTIFY on the state store (`mailsync_pending`, payload
 //! lines `mailbox<TAB>folder`). Every other instance LISTENs and triggers the folders of
-//! the mailboxes it owns; after (re)connecting its listener it triggers every owned folder
-//! with queued rows, so a notification missed while disconnected costs nothing. A mailbox
-//! that moves reads its queue in its first steps at the new owner.
+//! the mailboxes it owns; after (re)connecting its listener, and on becoming the reader (its
+//! predecessor may have died between queueing and notifying), it triggers every owned folder
+//! with queued rows, so a missed notification costs nothing. A mailbox that moves reads its
+//! queue in its first steps at the new owner.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -33,6 +34,8 @@ pub struct ClusterFeed {
     feed: Feed,
     cluster: Cluster,
     listener: std::sync::Arc<tokio::sync::Mutex<Option<PgListener>>>,
+    /// This instance was the reader at the last look (so becoming it is noticed once).
+    reading: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn transient(e: impl std::fmt::Display) -> SyncError {
@@ -71,6 +74,7 @@ impl ClusterFeed {
             feed,
             cluster,
             listener: Default::default(),
+            reading: Default::default(),
         }
     }
 
@@ -146,15 +150,21 @@ impl CrmPort for ClusterFeed {
     fn next_changes(&self) -> BoxFuture<'static, Result<Vec<(MailboxId, FolderId)>, SyncError>> {
         let port = self.clone();
         Box::pin(async move {
-            let mut positioned = false;
+            use std::sync::atomic::Ordering;
             loop {
                 if port.cluster.reads_feed() {
-                    if !positioned {
+                    if !port.reading.load(Ordering::SeqCst) {
                         port.feed
                             .start_at_end_if_new()
                             .await
                             .map_err(crate::sync::core::db_error)?;
-                        positioned = true;
+                        port.reading.store(true, Ordering::SeqCst);
+                        // The previous reader may have died between queueing a batch and
+                        // its NOTIFY: what it queued for mailboxes here is woken now.
+                        let queued = port.queued().await?;
+                        if !queued.is_empty() {
+                            return Ok(queued);
+                        }
                     }
                     match port.read().await? {
                         Some(folders) if !folders.is_empty() => return Ok(folders),
@@ -164,6 +174,7 @@ impl CrmPort for ClusterFeed {
                     port.feed.wait_for_changes().await?;
                     continue;
                 }
+                port.reading.store(false, Ordering::SeqCst);
                 let folders = port.follow().await?;
                 if !folders.is_empty() {
                     return Ok(folders);

@@ -127,13 +127,20 @@ pub async fn prepare(crm: &Db) -> Result<(), DbError> {
         "CREATE TABLE IF NOT EXISTS ms_fence (mailbox TEXT PRIMARY KEY, epoch BIGINT NOT NULL)";
     const SQL_MYSQL: &str = "CREATE TABLE IF NOT EXISTS ms_fence (mailbox VARCHAR(320) \
          CHARACTER SET utf8mb4 COLLATE utf8mb4_bin PRIMARY KEY, epoch BIGINT NOT NULL)";
-    let what = q("creating ms_fence in the business database");
-    match crm {
-        Db::Postgres(p) => sqlx::query(SQL_PG_SQLITE).execute(p).await.map(drop),
-        Db::Sqlite(p) => sqlx::query(SQL_PG_SQLITE).execute(p).await.map(drop),
-        Db::MySql(p) => sqlx::query(SQL_MYSQL).execute(p).await.map(drop),
+    let create = || async {
+        match crm {
+            Db::Postgres(p) => sqlx::query(SQL_PG_SQLITE).execute(p).await.map(drop),
+            Db::Sqlite(p) => sqlx::query(SQL_PG_SQLITE).execute(p).await.map(drop),
+            Db::MySql(p) => sqlx::query(SQL_MYSQL).execute(p).await.map(drop),
+        }
+    };
+    // Instances starting together race: PostgreSQL's IF NOT EXISTS is not atomic against a
+    // concurrent CREATE (a unique violation in its catalog). The table is there afterwards.
+    match create().await {
+        Ok(()) => Ok(()),
+        Err(_) => create().await,
     }
-    .map_err(what)
+    .map_err(q("creating ms_fence in the business database"))
 }
 
 /// Bumps the mailbox's epoch (waiting for the old owner's writes in flight) and returns the
