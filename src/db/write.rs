@@ -62,6 +62,7 @@ macro_rules! bind_values {
 macro_rules! write_in_tx {
     ($pool:expr, $sql:expr, $mapping_sql:expr, $categories:expr, $values:expr, $mapping:expr, $table:expr, $id:expr, $ews:expr) => {{
         let mut tx = $pool.begin().await.map_err(q("starting a transaction"))?;
+        crate::cluster::fence::Fenced::check_fence(&mut *tx).await?;
         let query = bind_values!(sqlx::query_as::<_, (i64, i64)>($sql), &$values, $categories);
         let (new_id, version) = query
             .fetch_optional(&mut *tx)
@@ -322,6 +323,7 @@ impl Db {
                 // the same transaction.
                 let sql = mysql_statement(&sql);
                 let mut tx = p.begin().await.map_err(q("starting a transaction"))?;
+                crate::cluster::fence::Fenced::check_fence(&mut *tx).await?;
                 let query = bind_values!(sqlx::query(&sql), &values, |c: &Vec<String>| {
                     serde_json::Value::from(c.clone()).to_string()
                 });
