@@ -34,6 +34,8 @@ pub enum CtlCommand {
     },
     /// Make the failure with this id due now and run a step of its mailbox.
     Retry(i64),
+    /// Print the cluster: instances, heartbeats, who owns each mailbox (or the named one).
+    Cluster,
     /// Approve (true) or reject (false) the held deletes of the mailbox.
     Deletes {
         /// Approve, else reject.
@@ -254,6 +256,10 @@ pub async fn run(
                 v["groups"].as_u64().unwrap_or(0)
             ))
         }
+        (CtlCommand::Cluster, mailbox) => {
+            let body = call(reqwest::Method::GET, "/api/v1/cluster".into()).await?;
+            Ok(cluster_table(&parse(&body)?, mailbox))
+        }
         (CtlCommand::Action(action), Some(smtp)) => {
             call(
                 reqwest::Method::POST,
@@ -289,6 +295,67 @@ pub async fn run(
             }
         }
     }
+}
+
+/// `GET /api/v1/cluster` as text: the instances, the feed's reader and each mailbox's owner
+/// (only `mailbox`'s when one is named).
+pub fn cluster_table(v: &serde_json::Value, mailbox: Option<&str>) -> String {
+    if v["enabled"] != true {
+        return "this instance runs alone (no [cluster] in its configuration)\n".to_owned();
+    }
+    let text = |x: &serde_json::Value| x.as_str().unwrap_or("-").to_owned();
+    let instances = v["instances"].as_array().cloned().unwrap_or_default();
+    let mut out = format!(
+        "cluster: {} live of {} instances, lease {}s\n",
+        v["live"].as_u64().unwrap_or(0),
+        instances.len(),
+        v["lease_seconds"].as_f64().unwrap_or(0.0)
+    );
+    let _ = writeln!(
+        out,
+        "{:<24} {:<32} {:>10} {:>9}  STATE",
+        "INSTANCE", "ADMIN URL", "HEARTBEAT", "MAILBOXES"
+    );
+    for i in &instances {
+        let name = if i["this"] == true {
+            format!("{} (this)", text(&i["name"]))
+        } else {
+            text(&i["name"])
+        };
+        let state = match (i["stopping"] == true, i["live"] == true) {
+            (true, _) => "stopping",
+            (false, true) => "live",
+            (false, false) => "silent",
+        };
+        let _ = writeln!(
+            out,
+            "{name:<24} {:<32} {:>9.1}s {:>9}  {state}",
+            text(&i["admin_url"]),
+            i["heartbeat_age_seconds"].as_f64().unwrap_or(0.0),
+            i["mailboxes"].as_u64().unwrap_or(0)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "change feed read by: {}",
+        v["feed"]["owner"]
+            .as_str()
+            .unwrap_or("nobody at the moment")
+    );
+    let _ = writeln!(out, "{:<40} {:<24} {:>6}", "MAILBOX", "OWNER", "EPOCH");
+    for m in v["mailboxes"].as_array().into_iter().flatten() {
+        if mailbox.is_some_and(|x| !x.eq_ignore_ascii_case(m["mailbox"].as_str().unwrap_or(""))) {
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "{:<40} {:<24} {:>6}",
+            text(&m["mailbox"]),
+            m["owner"].as_str().unwrap_or("(none: handing over)"),
+            m["epoch"].as_i64().unwrap_or(0)
+        );
+    }
+    out
 }
 
 /// A value for a query string: everything but unreserved characters percent-encoded.

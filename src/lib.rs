@@ -6,6 +6,7 @@
 //! `mailsync-actors` with the `ews` client and sqlx. Layout and invariants: docs/ARCHITECTURE.md.
 
 pub mod admin;
+pub mod cluster;
 pub mod config;
 pub mod connect;
 pub mod ctl;

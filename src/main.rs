@@ -148,8 +148,8 @@ enum Command {
     /// parked failures, retry a failure, approve or reject held deletes.
     Ctl {
         /// status, restart, resync, sync, pause, resume, conflicts, failures, retry,
-        /// approve-deletes or reject-deletes.
-        #[arg(value_parser = ["status", "restart", "resync", "sync", "pause", "resume", "conflicts", "failures", "retry", "approve-deletes", "reject-deletes"])]
+        /// approve-deletes, reject-deletes or cluster.
+        #[arg(value_parser = ["status", "restart", "resync", "sync", "pause", "resume", "conflicts", "failures", "retry", "approve-deletes", "reject-deletes", "cluster"])]
         action: String,
         /// The mailbox's SMTP address (for retry: the failure's id).
         mailbox: Option<String>,
@@ -276,6 +276,7 @@ fn main() -> ExitCode {
                 "status" => mailsync::ctl::CtlCommand::Status,
                 "conflicts" => mailsync::ctl::CtlCommand::Conflicts { since, limit },
                 "failures" => mailsync::ctl::CtlCommand::Failures { limit },
+                "cluster" => mailsync::ctl::CtlCommand::Cluster,
                 "retry" => match mailbox.as_deref().map(str::parse::<i64>) {
                     Some(Ok(id)) => mailsync::ctl::CtlCommand::Retry(id),
                     _ => {

@@ -178,6 +178,8 @@ pub struct Telemetry {
     pub runtime: mailsync_actors::Metrics,
     /// The service's own.
     pub service: ServiceMetrics,
+    /// Membership and leases (src/cluster).
+    pub cluster: crate::cluster::ClusterMetrics,
 }
 
 impl Telemetry {
@@ -187,10 +189,13 @@ impl Telemetry {
         let runtime =
             mailsync_actors::Metrics::new(&registry).expect("runtime metrics have unique names");
         let service = ServiceMetrics::new(&registry).expect("service metrics have unique names");
+        let cluster = crate::cluster::ClusterMetrics::new(&registry)
+            .expect("cluster metrics have unique names");
         Telemetry {
             registry,
             runtime,
             service,
+            cluster,
         }
     }
 
@@ -203,6 +208,7 @@ impl Telemetry {
     pub fn names(&self) -> Vec<String> {
         let mut names = self.runtime.names();
         names.extend(ServiceMetrics::names().into_iter().map(str::to_owned));
+        names.extend(crate::cluster::metrics::NAMES.map(str::to_owned));
         names
     }
 

@@ -16,6 +16,7 @@ use mailsync_actors::{
 };
 
 use crate::admin::{self, AdminState, AdminToken, ReloadFailure, Reloader};
+use crate::cluster::{feed::ClusterFeed, Cluster, Identity};
 use crate::config::{self, Area, Config, ServerConfig};
 use crate::connect::{self, Endpoints, Tokens};
 use crate::db::{Db, MigrationSet};
@@ -230,6 +231,8 @@ pub struct Service {
     state: Db,
     same_db: bool,
     maintenance: maintenance::Running,
+    /// This instance's cluster membership and its loop (`[cluster]`).
+    cluster: Option<(Cluster, tokio::task::JoinHandle<()>)>,
 }
 
 /// What a reload needs besides the new configuration.
@@ -248,6 +251,8 @@ struct Reloading {
     token: AdminToken,
     /// The admin address the API listens on (a reload cannot move it).
     admin_listen: std::net::SocketAddr,
+    /// In a cluster, the reloaded mailboxes go through it (it runs the owned ones).
+    cluster: Option<Cluster>,
 }
 
 /// Starts everything `cfg` describes; `path` is where reloads read the configuration again.
@@ -260,14 +265,19 @@ pub async fn start(cfg: &Config, path: PathBuf) -> anyhow::Result<Service> {
         .database
         .clone()
         .ok_or_else(|| anyhow!("{}: database.url is required to run", path.display()))?;
-    let crm = Db::connect(database.url.expose(), database.max_connections)
+    let identity = cfg
+        .cluster
+        .as_ref()
+        .map(|c| Identity::of(c, cfg.admin.listen));
+    let instance = identity.as_ref().map(|i| i.id.as_str());
+    let crm = Db::connect_as(database.url.expose(), database.max_connections, instance)
         .await
         .context("connecting the business database")?;
     let same_db = database.url.expose() == cfg.state.url.expose();
     let state = if same_db {
         crm.clone()
     } else {
-        Db::connect(cfg.state.url.expose(), cfg.state.max_connections)
+        Db::connect_as(cfg.state.url.expose(), cfg.state.max_connections, instance)
             .await
             .context("connecting the state store")?
     };
@@ -294,9 +304,23 @@ pub async fn start(cfg: &Config, path: PathBuf) -> anyhow::Result<Service> {
         built.routes,
         std::time::Duration::from_millis(50),
     );
-    feed.start_at_end_if_new()
-        .await
-        .context("positioning the CRM change feed")?;
+    let cluster = match (&cfg.cluster, identity) {
+        (Some(c), Some(me)) => {
+            let cluster = Cluster::new(me, c, &state, &crm, telemetry.cluster.clone())
+                .await
+                .context("joining the cluster")?;
+            engine.fenced_by(cluster.clone());
+            tracing::info!(instance = %cluster.me().name, id = %cluster.me().id, admin_url = %cluster.me().admin_url, lease_s = c.lease.as_secs(), "cluster member");
+            Some(cluster)
+        }
+        _ => {
+            // In a cluster the feed's reader positions it when it takes the feed's lease.
+            feed.start_at_end_if_new()
+                .await
+                .context("positioning the CRM change feed")?;
+            None
+        }
+    };
     let maintenance = Maintenance::new(
         crm.clone(),
         state.clone(),
@@ -309,19 +333,43 @@ pub async fn start(cfg: &Config, path: PathBuf) -> anyhow::Result<Service> {
             .iter()
             .map(|m| (m.smtp.clone(), m.server.clone())),
     );
+    let crm_port: Arc<dyn mailsync_actors::CrmPort> = match &cluster {
+        Some(c) => Arc::new(ClusterFeed::new(feed.clone(), c.clone())),
+        None => Arc::new(feed.clone()),
+    };
     let ports = Ports {
         sync: Arc::new(engine.clone()),
         stream: Arc::new(EwsStream::new(engine.clone())),
-        crm: Some(Arc::new(feed.clone())),
+        crm: Some(crm_port),
+    };
+    // A cluster member starts with no mailbox: its membership loop hands the supervisor
+    // those it acquires.
+    let first_mailboxes = match &cluster {
+        Some(c) => {
+            c.set_configured(built.servers.clone(), built.mailboxes);
+            Vec::new()
+        }
+        None => built.mailboxes,
     };
     let handle = Supervisor::launch(
         runtime_settings(cfg),
         built.servers,
-        built.mailboxes,
+        first_mailboxes,
         ports,
         telemetry.runtime.clone(),
     )
     .map_err(|e| anyhow!("{e}"))?;
+    let cluster = cluster.map(|c| {
+        c.attach(handle.clone());
+        let budget = handle.clone();
+        c.on_members(move |live| {
+            budget
+                .addr
+                .do_send(mailsync_actors::ShareBudget { instances: live });
+        });
+        let membership = c.spawn();
+        (c, membership)
+    });
     let token = AdminToken::new(cfg.admin.token.clone());
     let reload = reloader(Reloading {
         path: path.clone(),
@@ -334,6 +382,7 @@ pub async fn start(cfg: &Config, path: PathBuf) -> anyhow::Result<Service> {
         endpoints,
         token: token.clone(),
         admin_listen: cfg.admin.listen,
+        cluster: cluster.as_ref().map(|(c, _)| c.clone()),
     });
     let admin_state = AdminState {
         handle: handle.clone(),
@@ -345,6 +394,7 @@ pub async fn start(cfg: &Config, path: PathBuf) -> anyhow::Result<Service> {
             state.clone(),
             handle.clone(),
         )),
+        cluster: cluster.as_ref().map(|(c, _)| c.clone()),
     };
     let admin = admin::start_on(admin_listener, admin_state)?;
     let maintenance = maintenance.spawn();
@@ -358,6 +408,7 @@ pub async fn start(cfg: &Config, path: PathBuf) -> anyhow::Result<Service> {
         state,
         same_db,
         maintenance,
+        cluster,
     })
 }
 
@@ -381,6 +432,7 @@ impl Service {
             state,
             same_db,
             maintenance,
+            cluster,
             ..
         } = self;
         let notifier = Arc::new(Notifier::from_env(&ProcessEnv));
@@ -420,7 +472,16 @@ impl Service {
         let _ = stop_notify.send(true);
         let _ = announcing.await;
         notifier.stopping();
+        // A cluster member hands over: peers stop counting it, its mailboxes stop, then
+        // every lease is released so the others take over at their next tick.
+        if let Some((c, membership)) = &cluster {
+            c.begin_leaving().await;
+            membership.abort();
+        }
         let _ = handle.addr.send(mailsync_actors::Shutdown).await;
+        if let Some((c, _)) = &cluster {
+            c.leave().await;
+        }
         maintenance.stop().await;
         admin.stop().await;
         crm.close().await;
@@ -518,22 +579,31 @@ async fn reload(r: &Reloading) -> Result<mailsync_actors::ReloadReport, ReloadFa
             .iter()
             .map(|m| (m.smtp.clone(), m.server.clone())),
     );
-    let report = r
-        .handle
-        .addr
-        .send(Reload {
-            servers: built.servers,
-            mailboxes: built.mailboxes,
-        })
-        .await
-        .map_err(|e| ReloadFailure {
-            message: format!("the supervisor is gone: {e}"),
-            details: vec![],
-        })?;
-    let report = report.map_err(|e| ReloadFailure {
-        message: e.to_string(),
-        details: vec![],
-    })?;
+    let report = match &r.cluster {
+        Some(cluster) => cluster
+            .reconfigure(built.servers, built.mailboxes)
+            .await
+            .map_err(|e| ReloadFailure {
+                message: format!("{e:#}"),
+                details: vec![],
+            })?,
+        None => r
+            .handle
+            .addr
+            .send(Reload {
+                servers: built.servers,
+                mailboxes: built.mailboxes,
+            })
+            .await
+            .map_err(|e| ReloadFailure {
+                message: format!("the supervisor is gone: {e}"),
+                details: vec![],
+            })?
+            .map_err(|e| ReloadFailure {
+                message: e.to_string(),
+                details: vec![],
+            })?,
+    };
     // The admin token takes effect at once: the old one stops working with this reload.
     if r.token.replace(cfg.admin.token.clone()) {
         tracing::info!("reload: the admin API token changed");

@@ -117,6 +117,7 @@ impl Rig {
             reload,
             store,
             deletes,
+            cluster: None,
         };
         let server = admin::start("127.0.0.1:0".parse().unwrap(), state).unwrap();
         Rig {

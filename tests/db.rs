@@ -185,7 +185,8 @@ async fn migrations_from_empty_then_rerun_and_sharing_one_database() {
                 "2001 state store".to_string(),
                 "2002 pending".to_string(),
                 "2003 conflict values retention".to_string(),
-                "2010 integrity".to_string()
+                "2010 integrity".to_string(),
+                "2020 cluster".to_string()
             ],
             "{kind}"
         );
@@ -677,7 +678,7 @@ fn migrate_command_applies_then_reports_up_to_date() {
     assert!(
         out.contains("state store sqlite:")
             && out.contains(
-                "applied 2001 state store, 2002 pending, 2003 conflict values retention, 2010 integrity"
+                "applied 2001 state store, 2002 pending, 2003 conflict values retention, 2010 integrity, 2020 cluster"
             ),
         "{out}"
     );
@@ -691,7 +692,7 @@ fn migrate_command_applies_then_reports_up_to_date() {
     );
     assert!(
         lines[1].starts_with("state store sqlite:")
-            && lines[1].ends_with("up to date (4 migrations applied before)"),
+            && lines[1].ends_with("up to date (5 migrations applied before)"),
         "{out}"
     );
 

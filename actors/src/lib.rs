@@ -49,8 +49,8 @@ pub use ports::{
 pub use settings::{RuntimeSettings, StreamSettings};
 pub use status::{Board, FolderState, FolderStatus, MailboxSnapshot, MailboxState, RestartCause};
 pub use supervisor::{
-    Action, Command, CommandError, Reload, ReloadReport, Shutdown, SpecError, Supervisor,
-    SupervisorHandle,
+    Action, Command, CommandError, Reload, ReloadReport, ShareBudget, Shutdown, SpecError,
+    Supervisor, SupervisorHandle,
 };
 pub use throttle::{ProgressSink, StepContext, Throttle, ThrottlePermit};
 

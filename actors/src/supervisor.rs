@@ -147,6 +147,15 @@ pub enum SpecError {
 #[rtype(result = "()")]
 pub struct Shutdown;
 
+/// Several instances share every server's EWS budget (a cluster): each throttle takes its
+/// share, adjusted in place; servers added later take it too.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct ShareBudget {
+    /// Live instances, this one included.
+    pub instances: usize,
+}
+
 /// Asks for a [`SupervisorStatus`].
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "SupervisorStatus")]
@@ -271,6 +280,8 @@ pub struct Supervisor {
     feed: Option<Addr<CrmFeedActor>>,
     /// No restarts, no commands.
     shutting_down: bool,
+    /// Instances sharing each server's budget (1 outside a cluster).
+    budget_share: usize,
 }
 
 fn check_specs(servers: &[ServerSpec], mailboxes: &[MailboxSpec]) -> Result<(), SpecError> {
@@ -325,6 +336,7 @@ impl Supervisor {
             next_arbiter: 0,
             feed: None,
             shutting_down: false,
+            budget_share: 1,
         };
         // Registered before anything starts, so the registry (and /readyz) know every mailbox.
         for spec in mailboxes {
@@ -910,6 +922,9 @@ impl Handler<Reload> for Supervisor {
                 server.stop_groups();
             }
         }
+        for server in self.servers.values() {
+            server.throttle.set_share(self.budget_share);
+        }
         tracing::info!(
             added = report.added.len(),
             removed = report.removed.len(),
@@ -960,6 +975,16 @@ impl Handler<Shutdown> for Supervisor {
             tracing::info!("every mailbox stopped");
             ctx.stop();
         }))
+    }
+}
+
+impl Handler<ShareBudget> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, msg: ShareBudget, _: &mut Context<Self>) {
+        self.budget_share = msg.instances.max(1);
+        for server in self.servers.values() {
+            server.throttle.set_share(self.budget_share);
+        }
     }
 }
 

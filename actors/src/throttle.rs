@@ -14,7 +14,7 @@ use governor::clock::Clock;
 use governor::middleware::NoOpMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -62,10 +62,12 @@ struct Inner {
     server: ServerId,
     /// The settings it was built from, so a reload can tell whether they changed.
     settings: ThrottleSettings,
-    /// Sustained rate and burst.
-    limiter: Limiter,
+    /// Sustained rate and burst (of this instance's share); replaced when the share changes.
+    limiter: RwLock<Arc<Limiter>>,
     /// Concurrency cap.
     slots: Arc<Semaphore>,
+    /// The cluster's split of the server's budget (see [`Throttle::set_share`]).
+    share: Mutex<Share>,
     /// End of the current server-wide pause, if any.
     paused_until: Mutex<Option<Instant>>,
     /// Where waits and pauses are counted.
@@ -75,14 +77,15 @@ struct Inner {
 impl Throttle {
     /// A throttle for `server` with `settings`.
     pub fn new(server: ServerId, settings: ThrottleSettings, metrics: Metrics) -> Self {
-        let burst = NonZeroU32::new(settings.burst.max(1)).unwrap_or(NonZeroU32::MIN);
         metrics.register_server(&server);
         Throttle(Arc::new(Inner {
-            limiter: RateLimiter::direct_with_clock(
-                quota(settings.requests_per_second).allow_burst(burst),
-                TokioClock,
-            ),
+            limiter: RwLock::new(Arc::new(limiter(&settings, 1))),
             slots: Arc::new(Semaphore::new(settings.max_concurrent.max(1) as usize)),
+            share: Mutex::new(Share {
+                instances: 1,
+                slots: settings.max_concurrent.max(1),
+                owed: 0,
+            }),
             paused_until: Mutex::new(None),
             server,
             settings,
@@ -98,6 +101,42 @@ impl Throttle {
     /// The settings it was built from.
     pub fn settings(&self) -> ThrottleSettings {
         self.0.settings
+    }
+
+    /// Takes this instance's share of the server's budget when `instances` instances share
+    /// it (a cluster): the rate, the burst and the concurrency cap divided by their number
+    /// (at least one request per second's fraction, one of burst and one slot), so that
+    /// together they never exceed what is configured. Adjusted in place: requests in flight
+    /// keep their slots (surplus slots are retired as they come back), nothing restarts.
+    pub fn set_share(&self, instances: usize) {
+        let n = instances.max(1) as u32;
+        let mut share = self.0.share.lock();
+        if share.instances == n {
+            return;
+        }
+        share.instances = n;
+        *self.0.limiter.write() = Arc::new(limiter(&self.0.settings, n));
+        let want = (self.0.settings.max_concurrent / n).max(1);
+        if want > share.slots {
+            let mut more = want - share.slots;
+            // Slots still owed back are simply not retired.
+            let forgiven = more.min(share.owed);
+            share.owed -= forgiven;
+            more -= forgiven;
+            self.0.slots.add_permits(more as usize);
+        } else if want < share.slots {
+            let fewer = share.slots - want;
+            let now = self.0.slots.forget_permits(fewer as usize) as u32;
+            share.owed += fewer - now;
+        }
+        share.slots = want;
+        tracing::info!(server = %self.0.server, instances = n, requests_per_second = self.0.settings.requests_per_second / f64::from(n), max_concurrent = want, "EWS budget share");
+    }
+
+    /// How many instances this throttle shares the server's budget with (itself included).
+    pub fn share(&self) -> (u32, u32) {
+        let s = self.0.share.lock();
+        (s.instances, s.slots)
     }
 
     /// Waits until one more request may go to the server; the request runs while the permit
@@ -116,7 +155,8 @@ impl Throttle {
                 tokio::time::sleep_until(until).await;
                 continue;
             }
-            match self.0.limiter.check() {
+            let check = self.0.limiter.read().check();
+            match check {
                 Ok(()) => break,
                 Err(not_until) => {
                     tokio::time::sleep(not_until.wait_time_from(TokioClock.now())).await;
@@ -135,7 +175,7 @@ impl Throttle {
             .with_label_values(&[server])
             .inc();
         ThrottlePermit {
-            _slot: slot,
+            slot: Some(slot),
             throttle: self.clone(),
         }
     }
@@ -185,12 +225,43 @@ impl Throttle {
 
 /// A request's right to run; dropping it frees the concurrency slot.
 pub struct ThrottlePermit {
-    _slot: OwnedSemaphorePermit,
+    /// The concurrency slot (retired instead of returned while the share owes slots).
+    slot: Option<OwnedSemaphorePermit>,
     throttle: Throttle,
+}
+
+/// This instance's part of a server's budget.
+#[derive(Debug)]
+struct Share {
+    /// Instances sharing the budget.
+    instances: u32,
+    /// Concurrency slots this instance may use.
+    slots: u32,
+    /// Slots to retire as requests in flight give them back (the share shrank while they
+    /// ran).
+    owed: u32,
+}
+
+/// The rate limiter of one instance's share of `settings` among `n`.
+fn limiter(settings: &ThrottleSettings, n: u32) -> Limiter {
+    let burst = NonZeroU32::new((settings.burst / n.max(1)).max(1)).unwrap_or(NonZeroU32::MIN);
+    RateLimiter::direct_with_clock(
+        quota(settings.requests_per_second / f64::from(n.max(1))).allow_burst(burst),
+        TokioClock,
+    )
 }
 
 impl Drop for ThrottlePermit {
     fn drop(&mut self) {
+        {
+            let mut share = self.throttle.0.share.lock();
+            if share.owed > 0 {
+                share.owed -= 1;
+                if let Some(slot) = self.slot.take() {
+                    slot.forget();
+                }
+            }
+        }
         let server: &str = &self.throttle.0.server;
         self.throttle
             .0

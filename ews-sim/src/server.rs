@@ -297,6 +297,11 @@ pub struct FaultRule {
     /// Only requests for this mailbox.
     #[serde(default)]
     pub mailbox: Option<String>,
+    /// Only requests made by this account (its login, `svc` or `svc@example.com`): a
+    /// storm aimed at a service leaves the users' own requests alone, as a budget of the
+    /// service account would.
+    #[serde(default)]
+    pub account: Option<String>,
     /// Answer with this EWS error code: as a SOAP fault for ErrorServerBusy and other
     /// request-level codes, inside the response message otherwise is not simulated: always a fault.
     #[serde(default)]
@@ -518,7 +523,7 @@ impl Sim {
         }
     }
 
-    fn matching_fault(&self, op: &str, mailbox: &str) -> Option<FaultRule> {
+    fn matching_fault(&self, op: &str, mailbox: &str, caller: &str) -> Option<FaultRule> {
         let mut faults = self.faults.lock();
         let mut hit = None;
         for f in faults.iter_mut() {
@@ -526,6 +531,7 @@ impl Sim {
                 || f.mailbox
                     .as_deref()
                     .is_some_and(|m| !m.eq_ignore_ascii_case(mailbox))
+                || f.account.as_deref().is_some_and(|a| sim_smtp(a) != caller)
             {
                 continue;
             }
@@ -856,7 +862,7 @@ async fn ews(sim: web::Data<Arc<Sim>>, req: HttpRequest, body: Bytes) -> HttpRes
     };
     sim.count(&op_name, &target);
 
-    let fault = sim.matching_fault(&op_name, &target);
+    let fault = sim.matching_fault(&op_name, &target, &account.smtp);
     if let Some(f) = &fault {
         sim.stats.lock().faults_injected += 1;
         let answers = f.http_503 || f.malformed || f.error_code.is_some();

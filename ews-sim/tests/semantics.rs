@@ -942,6 +942,59 @@ async fn occurrences_changed_on_their_own_become_exceptions_of_the_series() {
     assert_eq!(view().await.len(), 4);
 }
 
+/// A fault aimed at one account (the service's) leaves a user's own requests to the same
+/// mailbox alone, and is spent only by that account's requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_aimed_at_an_account_spare_the_others() {
+    let t = T::new().await;
+    let get = r#"<m:GetFolder><m:FolderShape><t:BaseShape>IdOnly</t:BaseShape></m:FolderShape><m:FolderIds><t:DistinguishedFolderId Id="inbox"/></m:FolderIds></m:GetFolder>"#;
+    t.control(
+        reqwest::Method::POST,
+        "/sim/faults",
+        json!({"account": "svc", "error_code": "ErrorServerBusy", "back_off_ms": 2000, "count": 2}),
+    )
+    .await;
+    // The user's own request: untouched, the fault not spent.
+    assert_eq!(
+        t.call_as(("user1@example.com", "password"), None, get)
+            .await
+            .0,
+        200
+    );
+    for _ in 0..2 {
+        let (s, env) = t
+            .call_as(("svc", "secret"), Some("user1@example.com"), get)
+            .await;
+        assert_eq!((s, fault_code(&env)), (500, "ErrorServerBusy".to_string()));
+    }
+    assert_eq!(
+        t.call_as(("svc", "secret"), Some("user1@example.com"), get)
+            .await
+            .0,
+        200,
+        "spent after its count"
+    );
+    // The full address names the same account.
+    t.control(
+        reqwest::Method::POST,
+        "/sim/faults",
+        json!({"account": "SVC@example.com", "http_503": true, "count": 1}),
+    )
+    .await;
+    assert_eq!(
+        t.call_as(("user2@example.com", "password"), None, get)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        t.call_as(("svc", "secret"), Some("user2@example.com"), get)
+            .await
+            .0,
+        503
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn injected_faults_and_autodiscover() {
     let t = T::new().await;

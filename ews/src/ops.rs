@@ -50,6 +50,29 @@ fn write_item_ids(w: &mut XmlWriter, ids: &[ItemId]) {
     w.end("m:ItemIds");
 }
 
+/// A batch answer: one result per requested item, in request order. An answer with another
+/// number of response messages cannot be matched to the items and is refused whole
+/// (`Malformed`), so no result is ever taken for another item's.
+fn per_item<T>(
+    op: &str,
+    asked: usize,
+    out: Vec<Result<T, Error>>,
+) -> Result<Vec<Result<T, Error>>, Error> {
+    if out.len() != asked {
+        // A server that refuses the request as a whole may say so in one message: that error
+        // is the answer (throttling with its back-off, say), not the count.
+        if let [Err(_)] = out.as_slice() {
+            if let Some(Err(e)) = out.into_iter().next() {
+                return Err(e);
+            }
+        }
+        return Err(Error::Malformed(format!(
+            "{op} answered another number of response messages than the {asked} items asked for"
+        )));
+    }
+    Ok(out)
+}
+
 fn items_of(m: &Element) -> Vec<Item> {
     m.child("Items")
         .map(|l| l.children.iter().map(Item::from_element).collect())
@@ -651,7 +674,7 @@ impl Operation for GetItem {
         w.end("m:GetItem");
     }
     fn parse(&self, body: &Element) -> Result<Self::Output, Error> {
-        Ok(response_messages(body)?
+        let out = response_messages(body)?
             .into_iter()
             .map(|m| {
                 items_of(m?)
@@ -659,7 +682,8 @@ impl Operation for GetItem {
                     .next()
                     .ok_or_else(|| Error::Malformed("GetItem response without an item".into()))
             })
-            .collect())
+            .collect();
+        per_item(Self::NAME, self.ids.len(), out)
     }
 }
 
@@ -719,7 +743,7 @@ impl Operation for CreateItem {
             self.disposition,
             Some(MessageDisposition::SendOnly | MessageDisposition::SendAndSaveCopy)
         );
-        Ok(response_messages(body)?
+        let out = response_messages(body)?
             .into_iter()
             .map(|m| {
                 let m = m?;
@@ -729,7 +753,8 @@ impl Operation for CreateItem {
                 }
                 first_item_id(m)
             })
-            .collect())
+            .collect();
+        per_item(Self::NAME, self.items.len(), out)
     }
 }
 
@@ -811,10 +836,11 @@ impl Operation for UpdateItem {
         w.end("m:ItemChanges").end("m:UpdateItem");
     }
     fn parse(&self, body: &Element) -> Result<Self::Output, Error> {
-        Ok(response_messages(body)?
+        let out = response_messages(body)?
             .into_iter()
             .map(|m| first_item_id(m?))
-            .collect())
+            .collect();
+        per_item(Self::NAME, self.changes.len(), out)
     }
 }
 
@@ -864,10 +890,11 @@ impl Operation for DeleteItem {
         w.end("m:DeleteItem");
     }
     fn parse(&self, body: &Element) -> Result<Self::Output, Error> {
-        Ok(response_messages(body)?
+        let out = response_messages(body)?
             .into_iter()
             .map(|m| m.map(|_| ()))
-            .collect())
+            .collect();
+        per_item(Self::NAME, self.ids.len(), out)
     }
 }
 
@@ -891,10 +918,11 @@ impl Operation for MoveItem {
     }
     fn parse(&self, body: &Element) -> Result<Self::Output, Error> {
         // Cross-mailbox moves answer without the new id; that is not an error.
-        Ok(response_messages(body)?
+        let out = response_messages(body)?
             .into_iter()
             .map(|m| m.map(|m| first_item_id(m).ok()))
-            .collect())
+            .collect();
+        per_item(Self::NAME, self.ids.len(), out)
     }
 }
 

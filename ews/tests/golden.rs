@@ -57,11 +57,20 @@ fn sync_items() -> SyncFolderItems {
     }
 }
 
-fn get_item() -> GetItem {
+/// A GetItem of `n` items (a batch answer is matched to the items asked for).
+fn get_item(n: usize) -> GetItem {
     GetItem {
-        ids: vec![],
+        ids: ids(n),
         shape: Shape::id_only(),
     }
+}
+
+fn ids(n: usize) -> Vec<ItemId> {
+    (0..n).map(|i| ItemId::new(format!("ID{i}="))).collect()
+}
+
+fn contacts(n: usize) -> Vec<Item> {
+    vec![Item::Contact(Default::default()); n]
 }
 
 #[test]
@@ -127,8 +136,13 @@ fn sample_server_version_and_errors() {
         (15, 0, 1497, 2)
     );
     assert_eq!(v.version, "V2_23");
-    let out = run(&get_item(), &doc).unwrap();
+    let out = run(&get_item(1), &doc).unwrap();
     assert_eq!(out, vec![Err(Error::NotFound("ErrorItemNotFound".into()))]);
+    // One error message for a whole batch is that error, not a count mismatch.
+    assert_eq!(
+        run(&get_item(3), &doc).unwrap_err(),
+        Error::NotFound("ErrorItemNotFound".into())
+    );
 
     let Some(doc) = sample("resp-Fault-schema-validation.xml") else {
         return;
@@ -234,7 +248,7 @@ fn server_busy_fault_gives_the_back_off() {
 
 #[test]
 fn get_item_reads_every_item_type() {
-    let out = run(&get_item(), &fixture("GetItem-all-types.xml")).unwrap();
+    let out = run(&get_item(5), &fixture("GetItem-all-types.xml")).unwrap();
     let items: Vec<Item> = out.into_iter().map(Result::unwrap).collect();
     let Item::Contact(c) = &items[0] else {
         panic!()
@@ -332,7 +346,7 @@ fn get_item_reads_every_item_type() {
 
 #[test]
 fn batch_errors_are_per_item_in_order() {
-    let out = run(&get_item(), &fixture("GetItem-batch-stopped.xml")).unwrap();
+    let out = run(&get_item(4), &fixture("GetItem-batch-stopped.xml")).unwrap();
     assert_eq!(out.len(), 4);
     assert!(out[0].is_ok());
     assert_eq!(out[1], Err(Error::NotFound("ErrorItemNotFound".into())));
@@ -420,7 +434,7 @@ fn find_item_paging() {
 fn writes_and_their_errors() {
     let create = CreateItem {
         folder: None,
-        items: vec![],
+        items: contacts(2),
         disposition: None,
     };
     let out = run(&create, &fixture("CreateItem.xml")).unwrap();
@@ -431,7 +445,7 @@ fn writes_and_their_errors() {
 
     let send = CreateItem {
         folder: None,
-        items: vec![],
+        items: contacts(1),
         disposition: Some(MessageDisposition::SendAndSaveCopy),
     };
     assert_eq!(
@@ -440,7 +454,7 @@ fn writes_and_their_errors() {
     );
     let save = CreateItem {
         folder: None,
-        items: vec![],
+        items: contacts(1),
         disposition: Some(MessageDisposition::SaveOnly),
     };
     assert!(
@@ -452,7 +466,13 @@ fn writes_and_their_errors() {
     );
 
     let update = UpdateItem {
-        changes: vec![],
+        changes: ids(2)
+            .into_iter()
+            .map(|id| ItemUpdate {
+                id,
+                updates: vec![],
+            })
+            .collect(),
         conflict: ConflictResolution::NeverOverwrite,
         disposition: None,
         calendar: true,
@@ -465,7 +485,7 @@ fn writes_and_their_errors() {
     );
 
     let delete = DeleteItem {
-        ids: vec![],
+        ids: ids(2),
         delete_type: DeleteType::HardDelete,
     };
     assert_eq!(
@@ -474,13 +494,23 @@ fn writes_and_their_errors() {
     );
 
     let mv = MoveItem {
-        ids: vec![],
+        ids: ids(1),
         to: inbox(),
     };
     assert_eq!(
         run(&mv, &fixture("MoveItem.xml")).unwrap(),
         vec![Ok(Some(id("MOVED=", "k")))]
     );
+
+    // An answer that cannot be matched to the items asked for is refused whole.
+    assert!(matches!(
+        run(&DeleteItem { ids: ids(3), delete_type: DeleteType::HardDelete }, &fixture("DeleteItem.xml")),
+        Err(Error::Malformed(m)) if m.contains("3 items")
+    ));
+    assert!(matches!(
+        run(&get_item(1), &fixture("GetItem-all-types.xml")),
+        Err(Error::Malformed(_))
+    ));
 }
 
 #[test]
@@ -587,7 +617,7 @@ fn wrong_response_shapes_are_malformed() {
     }
     let no_messages = r#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><m:GetItemResponse xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages"/></s:Body></s:Envelope>"#;
     assert!(matches!(
-        run(&get_item(), no_messages.as_bytes()),
+        run(&get_item(1), no_messages.as_bytes()),
         Err(Error::Malformed(_))
     ));
 }

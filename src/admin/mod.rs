@@ -16,6 +16,7 @@
 //! - [`console`]: the web console (server-rendered HTML fragments, assets built in).
 
 pub mod api;
+mod cluster;
 pub mod console;
 pub mod held;
 
@@ -93,6 +94,9 @@ pub struct AdminState {
     pub store: Option<Db>,
     /// The delete breaker's held deletes; `None` (no breaker in this build) hides them.
     pub deletes: Option<Arc<dyn DeleteGate>>,
+    /// Cluster membership (`[cluster]`): /api/v1/cluster, and 409 for a mailbox owned
+    /// elsewhere; `None` outside a cluster.
+    pub cluster: Option<crate::cluster::Cluster>,
 }
 
 /// A running admin server.
@@ -168,6 +172,7 @@ pub fn start_on(
                     .route("/failures", web::get().to(api::failures))
                     .route("/failures/{id}/retry", web::post().to(api::retry))
                     .route("/reload", web::post().to(reload))
+                    .route("/cluster", web::get().to(cluster::view))
                     .default_service(web::to(api_not_found)),
             )
             .default_service(web::to(not_found))
@@ -401,6 +406,9 @@ async fn one(
     }
     let smtp = path.into_inner().to_lowercase();
     let Some(snapshot) = state.handle.board.snapshot(&smtp) else {
+        if let Some(owned_elsewhere) = cluster::elsewhere(&state, &smtp).await {
+            return owned_elsewhere;
+        }
         return error(
             StatusCode::NOT_FOUND,
             format!("mailbox {smtp} is not configured"),
@@ -447,7 +455,10 @@ async fn command(
     match sent {
         Ok(Ok(())) => HttpResponse::Ok()
             .json(serde_json::json!({ "mailbox": smtp, "action": action.as_str(), "ok": true })),
-        Ok(Err(e @ CommandError::NotFound(_))) => error(StatusCode::NOT_FOUND, e.to_string()),
+        Ok(Err(e @ CommandError::NotFound(_))) => match cluster::elsewhere(&state, &smtp).await {
+            Some(owned_elsewhere) => owned_elsewhere,
+            None => error(StatusCode::NOT_FOUND, e.to_string()),
+        },
         Ok(Err(e @ CommandError::NotRunning { .. })) => error(StatusCode::CONFLICT, e.to_string()),
         Ok(Err(e @ CommandError::ShuttingDown)) => {
             error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())

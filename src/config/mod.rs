@@ -6,9 +6,11 @@
 //! with its key path (`mailboxes[3].smtp: "bob@" is not an e-mail address`). The types below
 //! are what the rest of the service uses; [`raw`] mirrors the file.
 
+mod cluster;
 pub mod raw;
 mod validate;
 
+pub use cluster::ClusterConfig;
 pub use validate::is_email;
 
 #[cfg(test)]
@@ -129,6 +131,8 @@ pub struct Config {
     pub sync: SyncConfig,
     /// What is pruned, and when.
     pub retention: RetentionConfig,
+    /// Several instances on one PostgreSQL state store (`None`: this one runs every mailbox).
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// `[sync]`.

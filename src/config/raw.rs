@@ -46,6 +46,24 @@ pub struct RawConfig {
     /// How long logs and leftovers are kept.
     #[serde(default)]
     pub retention: RawRetention,
+    /// Several instances sharing the mailboxes through leases in the PostgreSQL state store;
+    /// present means enabled.
+    pub cluster: Option<RawCluster>,
+}
+
+/// `[cluster]`: this instance's place among several sharing one PostgreSQL state store.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    /// The instance's name as peers and the admin API show it (default: host name and
+    /// process id, e.g. `mail1-4711`); 1 to 100 letters, digits, `.`, `_`, `-`, `:`.
+    pub instance: Option<String>,
+    /// Seconds a mailbox lease and an instance heartbeat stay valid (3 to 300, default 15):
+    /// a dead instance's mailboxes move after at most about this long.
+    pub lease_seconds: Option<u32>,
+    /// The address peers and `409` answers name for this instance's admin API
+    /// (e.g. `http://mail1.example.com:9898`; default `http://` + `admin.listen`).
+    pub admin_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -129,6 +129,9 @@ pub(super) fn validate(raw: RawConfig, env: &dyn Environment) -> Result<Config, 
     let smtp = raw.smtp.and_then(|r| smtp(&mut c, r));
     let sync = sync_settings(&mut c, raw.sync);
     let retention = retention(&mut c, &raw.retention);
+    let cluster = raw.cluster.map(|r| {
+        super::cluster::validate(&mut |path, message| c.err(path, message), r, &state, &admin)
+    });
     if c.errors.is_empty() {
         Ok(Config {
             admin,
@@ -141,6 +144,7 @@ pub(super) fn validate(raw: RawConfig, env: &dyn Environment) -> Result<Config, 
             smtp,
             sync,
             retention,
+            cluster,
         })
     } else {
         Err(c.errors)

@@ -393,6 +393,7 @@ impl Db {
         macro_rules! in_tx {
             ($pool:expr, $sql:expr) => {{
                 let mut tx = $pool.begin().await.map_err(q("starting a transaction"))?;
+                crate::cluster::fence::Fenced::check_fence(&mut *tx).await?;
                 let mut out = Vec::with_capacity(mails.len());
                 for m in mails {
                     let r = sqlx::query($sql)
@@ -426,6 +427,7 @@ impl Db {
             Db::MySql(p) => {
                 let (sql, _) = mysql::placeholders(sql.trim_end_matches(" RETURNING id, version"));
                 let mut tx = p.begin().await.map_err(q("starting a transaction"))?;
+                crate::cluster::fence::Fenced::check_fence(&mut *tx).await?;
                 let mut ids = Vec::with_capacity(mails.len());
                 for m in mails {
                     let done = sqlx::query(&sql)

@@ -103,6 +103,16 @@ pub enum DbError {
         /// The row.
         id: i64,
     },
+    /// This instance no longer holds the lease of the mailbox (or of the change feed) the
+    /// write was for: another instance owns it now, and nothing was written. Never retried:
+    /// the mailbox stops here and runs at its new owner.
+    #[error("{what}: fenced, another instance owns this mailbox now: {message}")]
+    Fenced {
+        /// What was being done.
+        what: &'static str,
+        /// The database's or the fence's words (which instance, which mailbox).
+        message: String,
+    },
     /// A row of the table already carries this Exchange id (imported before, or by a writer
     /// racing this one); nothing was written. The caller links that row instead.
     #[error("{table} row {} already holds Exchange item {ews_id}; nothing was written", existing.0)]
@@ -134,6 +144,7 @@ impl DbError {
             DbError::Url(_)
             | DbError::Migrate(_)
             | DbError::Stale { .. }
+            | DbError::Fenced { .. }
             | DbError::Duplicate { .. } => false,
         }
     }
@@ -176,8 +187,20 @@ fn transient_code(db: &dyn sqlx::error::DatabaseError) -> bool {
 }
 
 /// Wraps a query error with what was being done.
+/// A write the state store's fence refused (src/cluster: SQLSTATE MSF01) becomes
+/// [`DbError::Fenced`].
 pub(crate) fn q(what: &'static str) -> impl FnOnce(sqlx::Error) -> DbError {
-    move |source| DbError::Query { what, source }
+    move |source| match &source {
+        sqlx::Error::Database(db)
+            if db.code().as_deref() == Some(crate::cluster::FENCED_SQLSTATE) =>
+        {
+            DbError::Fenced {
+                what,
+                message: db.message().to_owned(),
+            }
+        }
+        _ => DbError::Query { what, source },
+    }
 }
 
 /// A connection pool to PostgreSQL, SQLite or MariaDB/MySQL.
@@ -259,6 +282,17 @@ const UNIQUE_EWS_IDS: i64 = 1002;
 impl Db {
     /// Connects; a SQLite file is created if missing.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Db, DbError> {
+        Self::connect_as(url, max_connections, None).await
+    }
+
+    /// [`Db::connect`] for a cluster member: on PostgreSQL every connection carries
+    /// `instance` in the session setting `mailsync.instance`, which the state store's fence
+    /// compares with the lease owners (migrations/postgres/state/2020_cluster.sql).
+    pub async fn connect_as(
+        url: &str,
+        max_connections: u32,
+        instance: Option<&str>,
+    ) -> Result<Db, DbError> {
         let masked = crate::secret::mask_url(url);
         let connect_err = |source| DbError::Connect {
             url: masked.clone(),
@@ -266,7 +300,10 @@ impl Db {
         };
         match kind_of(url)? {
             DbKind::Postgres => {
-                let opts = PgConnectOptions::from_str(url).map_err(connect_err)?;
+                let mut opts = PgConnectOptions::from_str(url).map_err(connect_err)?;
+                if let Some(id) = instance {
+                    opts = opts.options([("mailsync.instance", id)]);
+                }
                 let pool = PgPoolOptions::new()
                     .max_connections(max_connections)
                     .connect_with(opts)

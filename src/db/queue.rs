@@ -319,17 +319,29 @@ impl Db {
     }
 
     /// Deletes a CRM row (deleted in Exchange); false if it was already gone.
+    /// In a cluster the delete checks the mailbox's fence in the same transaction.
     pub async fn delete_crm_row(&self, table: &str, id: i64) -> Result<bool, DbError> {
+        use crate::cluster::fence::Fenced;
         let table = checked(table)?;
-        let sql = format!("DELETE FROM {table} WHERE id = $1");
-        on_db!(
-            self,
-            &sql,
-            "deleting a CRM row",
-            |x| x.bind(id),
-            execute,
-            |r| r.rows_affected() > 0
-        )
+        let what = "deleting a CRM row";
+        macro_rules! in_tx {
+            ($pool:expr, $sql:expr) => {{
+                let mut tx = $pool.begin().await.map_err(q("starting a transaction"))?;
+                tx.check_fence().await?;
+                let done = sqlx::query($sql)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(q(what))?;
+                tx.commit().await.map_err(q(what))?;
+                Ok(done.rows_affected() > 0)
+            }};
+        }
+        match self {
+            Db::Postgres(p) => in_tx!(p, &format!("DELETE FROM {table} WHERE id = $1")),
+            Db::Sqlite(p) => in_tx!(p, &format!("DELETE FROM {table} WHERE id = ?1")),
+            Db::MySql(p) => in_tx!(p, &format!("DELETE FROM {table} WHERE id = ?")),
+        }
     }
 }
 

@@ -62,6 +62,7 @@ macro_rules! bind_values {
 macro_rules! write_in_tx {
     ($pool:expr, $sql:expr, $mapping_sql:expr, $categories:expr, $values:expr, $mapping:expr, $table:expr, $id:expr, $ews:expr) => {{
         let mut tx = $pool.begin().await.map_err(q("starting a transaction"))?;
+        crate::cluster::fence::Fenced::check_fence(&mut *tx).await?;
         let query = bind_values!(sqlx::query_as::<_, (i64, i64)>($sql), &$values, $categories);
         let (new_id, version) = query
             .fetch_optional(&mut *tx)
@@ -322,6 +323,7 @@ impl Db {
                 // the same transaction.
                 let sql = mysql_statement(&sql);
                 let mut tx = p.begin().await.map_err(q("starting a transaction"))?;
+                crate::cluster::fence::Fenced::check_fence(&mut *tx).await?;
                 let query = bind_values!(sqlx::query(&sql), &values, |c: &Vec<String>| {
                     serde_json::Value::from(c.clone()).to_string()
                 });
@@ -352,4 +354,287 @@ impl Db {
 fn mysql_statement(sql: &str) -> String {
     let (sql, _) = super::mysql::placeholders(sql);
     sql.trim_end_matches(" RETURNING id, version").to_string()
+}
+
+/// One write of a bulk save from Exchange ([`Db::save_many_from_exchange`]).
+#[derive(Debug, Clone)]
+pub struct ExchangeWrite {
+    /// The row: inserted when its id is 0, else updated over the version it carries.
+    pub row: CrmRow,
+    /// The Exchange id the row carries (`ews_id`).
+    pub ews_id: String,
+    /// Its mapping, filled in with the row's id and new version and stored in the same
+    /// transaction (needs the state store in this database: never on MariaDB/MySQL).
+    pub mapping: Option<ItemMapping>,
+}
+
+/// What became of one write of a bulk save.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Saved {
+    /// Written: the row's id and new version.
+    Written(i64, i64),
+    /// An insert for an item a row already carries: that row's id and version. Nothing was
+    /// written for it.
+    Duplicate(i64, i64),
+    /// An update of a row that is gone or changed since it was read. Nothing was written for
+    /// it.
+    Stale,
+}
+
+/// Rows per multi-row INSERT (19 columns at most: well within every backend's parameter cap).
+const INSERT_ROWS: usize = 100;
+
+/// A multi-row INSERT of `rows` rows of `names`, returning id, version and ews_id (matched
+/// back by the unique `ews_id`, not by the order of the answer).
+fn insert_statement(table: &str, names: &[&str], rows: usize) -> String {
+    let per = names.len();
+    let tuples: Vec<String> = (0..rows)
+        .map(|r| {
+            let ps: Vec<String> = (1..=per).map(|c| format!("${}", r * per + c)).collect();
+            format!("({})", ps.join(", "))
+        })
+        .collect();
+    format!(
+        "INSERT INTO {table} ({}) VALUES {} RETURNING id, version, ews_id",
+        names.join(", "),
+        tuples.join(", ")
+    )
+}
+
+/// The bulk save on PostgreSQL or SQLite, in one transaction: multi-row INSERTs, an UPDATE per
+/// changed row (over its version), then the mappings. Returns the outcome of each write in
+/// `todo` (indexes into `writes`).
+macro_rules! save_many_in_tx {
+    ($pool:expr, $placeholders:expr, $categories:expr, $writes:expr, $todo:expr, $table:expr) => {{
+        let writes: &[ExchangeWrite] = $writes;
+        let mut saved: Vec<(usize, Saved)> = Vec::with_capacity($todo.len());
+        let mut tx = $pool.begin().await.map_err(q("starting a transaction"))?;
+        let (inserts, updates): (Vec<usize>, Vec<usize>) = $todo
+            .iter()
+            .copied()
+            .partition(|i| writes[*i].row.id() == 0);
+        for chunk in inserts.chunks(INSERT_ROWS) {
+            let mut names = Vec::new();
+            let mut values = Vec::new();
+            for i in chunk {
+                let (_, cols) = columns(&writes[*i].row, &writes[*i].ews_id);
+                names = cols.iter().map(|(n, _)| *n).collect();
+                values.extend(cols.into_iter().map(|(_, v)| v));
+            }
+            let sql = $placeholders(&insert_statement($table, &names, chunk.len()));
+            let query = bind_values!(
+                sqlx::query_as::<_, (i64, i64, Option<String>)>(&sql),
+                &values,
+                $categories
+            );
+            let back: std::collections::HashMap<String, (i64, i64)> = query
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(q(WRITING_ROW))?
+                .into_iter()
+                .filter_map(|(id, version, ews)| Some((ews?, (id, version))))
+                .collect();
+            for i in chunk {
+                let (id, version) =
+                    back.get(&writes[*i].ews_id)
+                        .copied()
+                        .ok_or(DbError::Query {
+                            what: WRITING_ROW,
+                            source: sqlx::Error::RowNotFound,
+                        })?;
+                saved.push((*i, Saved::Written(id, version)));
+            }
+        }
+        for i in updates {
+            let w = &writes[i];
+            let (_, mut cols) = columns(&w.row, &w.ews_id);
+            let sql = $placeholders(&statement($table, w.row.id(), &cols));
+            cols.push(("id", Value::Int(Some(w.row.id()))));
+            cols.push(("version", Value::Int(Some(super::rows::version_of(&w.row)))));
+            let values: Vec<Value> = cols.into_iter().map(|(_, v)| v).collect();
+            let query = bind_values!(sqlx::query_as::<_, (i64, i64)>(&sql), &values, $categories);
+            let done = query
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(q(WRITING_ROW))?;
+            saved.push((
+                i,
+                done.map_or(Saved::Stale, |(id, v)| Saved::Written(id, v)),
+            ));
+        }
+        let mapping_sql = $placeholders(MAPPING_UPSERT);
+        for (i, s) in &saved {
+            let (Some(m), Saved::Written(id, version)) = (&writes[*i].mapping, s) else {
+                continue;
+            };
+            sqlx::query(&mapping_sql)
+                .bind(&m.mailbox)
+                .bind($table)
+                .bind(*id)
+                .bind(&writes[*i].ews_id)
+                .bind(&m.change_key)
+                .bind(*version)
+                .bind(m.fields.to_string())
+                .bind(m.stamped)
+                .bind(m.unverified)
+                .execute(&mut *tx)
+                .await
+                .map_err(q("storing an item mapping"))?;
+        }
+        tx.commit().await.map_err(q("committing a CRM write"))?;
+        Ok::<_, DbError>(saved)
+    }};
+}
+
+impl Db {
+    /// Writes many rows of one table from Exchange in one transaction (a commit per chunk,
+    /// not per row), each with its mapping where given, and says per write what became of
+    /// it — the same outcomes as [`Db::save_from_exchange`], in the order of `writes`: an
+    /// insert for an item a row already carries is `Duplicate` (nothing written for it), an
+    /// update over a changed version is `Stale`. Should the unique `ews_id` index refuse the
+    /// batch (another writer imported one of the items meanwhile), nothing of it is kept and
+    /// the writes are made one by one, so the one that collides is named and the rest land.
+    pub async fn save_many_from_exchange(
+        &self,
+        writes: &[ExchangeWrite],
+    ) -> Result<Vec<Saved>, DbError> {
+        let Some(first) = writes.first() else {
+            return Ok(Vec::new());
+        };
+        let table = first.row.table();
+        if let Some(w) = writes.iter().find(|w| w.row.table() != table) {
+            return Err(DbError::Url(format!(
+                "a bulk save mixes {table} with {}",
+                w.row.table()
+            )));
+        }
+        // Inserts for items a row already carries, found first (one query); an item twice in
+        // the batch is written once and the other write goes the slow way.
+        let insert_ids: Vec<String> = writes
+            .iter()
+            .filter(|w| w.row.id() == 0)
+            .map(|w| w.ews_id.clone())
+            .collect();
+        let existing = self.rows_by_ews_ids(table, &insert_ids).await?;
+        let mut out: Vec<Option<Saved>> = vec![None; writes.len()];
+        let mut todo = Vec::new();
+        let mut later = Vec::new();
+        let mut taken = std::collections::HashSet::new();
+        for (i, w) in writes.iter().enumerate() {
+            if w.row.id() != 0 {
+                todo.push(i);
+            } else if let Some((id, version)) = existing.get(&w.ews_id) {
+                out[i] = Some(Saved::Duplicate(*id, *version));
+            } else if taken.insert(w.ews_id.as_str()) {
+                todo.push(i);
+            } else {
+                later.push(i);
+            }
+        }
+        let done = match self {
+            Db::Postgres(p) => save_many_in_tx!(
+                p,
+                |s: &str| s.to_string(),
+                |c: &Vec<String>| c.clone(),
+                writes,
+                todo,
+                table
+            ),
+            Db::Sqlite(p) => save_many_in_tx!(
+                p,
+                sqlite_placeholders,
+                |c: &Vec<String>| serde_json::Value::from(c.clone()).to_string(),
+                writes,
+                todo,
+                table
+            ),
+            Db::MySql(p) => mysql_save_many(p, writes, &todo, table).await,
+        };
+        match done {
+            Ok(saved) => {
+                for (i, s) in saved {
+                    out[i] = Some(s);
+                }
+            }
+            Err(DbError::Query {
+                what: WRITING_ROW,
+                source,
+            }) if source
+                .as_database_error()
+                .is_some_and(|e| e.is_unique_violation()) =>
+            {
+                tracing::debug!(
+                    table,
+                    "a bulk save collided with another writer; one by one"
+                );
+                later.extend(todo.iter().copied());
+            }
+            Err(e) => return Err(e),
+        }
+        later.sort_unstable();
+        for i in later {
+            let w = &writes[i];
+            out[i] = Some(
+                match self
+                    .save_from_exchange(&w.row, &w.ews_id, w.mapping.as_ref())
+                    .await
+                {
+                    Ok((id, version)) => Saved::Written(id, version),
+                    Err(DbError::Duplicate {
+                        existing: (id, version),
+                        ..
+                    }) => Saved::Duplicate(id, version),
+                    Err(DbError::Stale { .. }) => Saved::Stale,
+                    Err(e) => return Err(e),
+                },
+            );
+        }
+        Ok(out.into_iter().map(|s| s.unwrap_or(Saved::Stale)).collect())
+    }
+}
+
+/// The bulk save on MariaDB/MySQL: no RETURNING, so a statement per row (the version read
+/// back), all in one transaction. Mappings never live here.
+async fn mysql_save_many(
+    p: &sqlx::MySqlPool,
+    writes: &[ExchangeWrite],
+    todo: &[usize],
+    table: &'static str,
+) -> Result<Vec<(usize, Saved)>, DbError> {
+    if todo.iter().any(|i| writes[*i].mapping.is_some()) {
+        return Err(DbError::Url(super::STATE_NOT_MYSQL.into()));
+    }
+    let categories = |c: &Vec<String>| serde_json::Value::from(c.clone()).to_string();
+    let mut tx = p.begin().await.map_err(q("starting a transaction"))?;
+    let mut saved = Vec::with_capacity(todo.len());
+    for i in todo {
+        let w = &writes[*i];
+        let (_, mut cols) = columns(&w.row, &w.ews_id);
+        let id = w.row.id();
+        let sql = mysql_statement(&statement(table, id, &cols));
+        if id != 0 {
+            cols.push(("id", Value::Int(Some(id))));
+            cols.push(("version", Value::Int(Some(super::rows::version_of(&w.row)))));
+        }
+        let values: Vec<Value> = cols.into_iter().map(|(_, v)| v).collect();
+        let query = bind_values!(sqlx::query(&sql), &values, categories);
+        let done = query.execute(&mut *tx).await.map_err(q(WRITING_ROW))?;
+        let new_id = if id == 0 {
+            // An AUTO_INCREMENT BIGINT: always within i64.
+            done.last_insert_id() as i64
+        } else if done.rows_affected() == 0 {
+            saved.push((*i, Saved::Stale));
+            continue;
+        } else {
+            id
+        };
+        let version: i64 = sqlx::query_scalar(&format!("SELECT version FROM {table} WHERE id = ?"))
+            .bind(new_id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(q(WRITING_ROW))?;
+        saved.push((*i, Saved::Written(new_id, version)));
+    }
+    tx.commit().await.map_err(q("committing a CRM write"))?;
+    Ok(saved)
 }

@@ -114,6 +114,11 @@ pub fn sync_error(e: ews::Error) -> SyncError {
 /// constraint violation or a bad statement is not transient (a retry at once would fail the
 /// same way) and restarts the folder with back-off.
 pub fn db_error(e: DbError) -> SyncError {
+    // A lost lease (cluster): the mailbox stops and is retried only slowly; the membership
+    // loop takes it off this instance before that.
+    if matches!(e, DbError::Fenced { .. }) {
+        return SyncError::Denied(e.to_string());
+    }
     if is_transient_db(&e) {
         SyncError::Transient(e.to_string())
     } else {

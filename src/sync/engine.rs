@@ -30,6 +30,8 @@ pub struct Engine {
     inner: Arc<Inner>,
     /// The mail side's per-process state (roles, folders with news).
     mail: Arc<MailState>,
+    /// In a cluster: the leases, whose fence token every step carries (src/cluster/fence.rs).
+    cluster: Arc<std::sync::OnceLock<crate::cluster::Cluster>>,
 }
 
 impl Engine {
@@ -38,6 +40,30 @@ impl Engine {
         Engine {
             inner: Arc::new(Inner::new(crm, state, same_db, metrics)),
             mail: Arc::new(MailState::default()),
+            cluster: Arc::default(),
+        }
+    }
+
+    /// Makes every step carry the fence of its mailbox's lease (a cluster member).
+    pub fn fenced_by(&self, cluster: crate::cluster::Cluster) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// Runs `fut` for `mailbox` under its fence; in a cluster, a mailbox this instance does
+    /// not own (any more) runs nothing.
+    async fn fenced<T>(
+        self,
+        mailbox: &str,
+        fut: impl std::future::Future<Output = Result<T, SyncError>>,
+    ) -> Result<T, SyncError> {
+        let Some(cluster) = self.cluster.get() else {
+            return fut.await;
+        };
+        match cluster.fence(mailbox) {
+            Some(fence) => crate::cluster::fence::scope(fence, fut).await,
+            None => Err(SyncError::Denied(format!(
+                "{mailbox} is not owned by this instance (cluster lease)"
+            ))),
         }
     }
 
@@ -421,10 +447,22 @@ impl SyncPort for Engine {
     ) -> BoxFuture<'static, Result<Vec<FolderId>, SyncError>> {
         let engine = self.clone();
         let spec = mailbox.clone();
-        Box::pin(async move { engine.inner.open(&spec, ctx).await })
+        Box::pin(async move {
+            let open = engine.inner.clone();
+            engine
+                .fenced(
+                    &spec.smtp.clone(),
+                    async move { open.open(&spec, ctx).await },
+                )
+                .await
+        })
     }
 
     fn sync_folder(&self, step: StepRequest) -> BoxFuture<'static, Result<StepReport, SyncError>> {
-        Box::pin(self.clone().step(step))
+        let engine = self.clone();
+        Box::pin(async move {
+            let mailbox = step.mailbox.clone();
+            engine.clone().fenced(&mailbox, engine.step(step)).await
+        })
     }
 }

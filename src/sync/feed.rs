@@ -191,18 +191,32 @@ impl CrmPort for Feed {
                     Some(_) => continue,
                     None => {}
                 }
-                let mut signal = feed.0.signal.lock().await;
-                if signal.is_none() {
-                    *signal = Some(
-                        ChangeSignal::new(&feed.0.crm, feed.0.poll)
-                            .await
-                            .map_err(db_error)?,
-                    );
-                }
-                if let Some(s) = signal.as_mut() {
-                    s.wait(Duration::from_secs(5)).await;
-                }
+                feed.wait_for_changes().await?;
             }
         })
     }
+}
+
+impl Feed {
+    /// Waits for the business database to signal a change (NOTIFY, or the polling interval
+    /// where it cannot notify), at most 5 s.
+    pub async fn wait_for_changes(&self) -> Result<(), SyncError> {
+        let mut signal = self.0.signal.lock().await;
+        if signal.is_none() {
+            *signal = Some(
+                ChangeSignal::new(&self.0.crm, self.0.poll)
+                    .await
+                    .map_err(db_error)?,
+            );
+        }
+        if let Some(s) = signal.as_mut() {
+            s.wait(Duration::from_secs(5)).await;
+        }
+        Ok(())
+    }
+}
+
+/// The folder a queued row of `table` wakes (the cluster's followers read ms_pending).
+pub fn folder_of_table(table: &str) -> Option<FolderId> {
+    area_of_table(table).map(|a| FolderId::from(a.as_str()))
 }

@@ -7,47 +7,46 @@
 
 use std::collections::{HashMap, HashSet};
 
-use ews::ops::{CreateItem, DeleteItem, DeleteType, ItemUpdate, UpdateItem};
+use ews::ops::{CreateItem, DeleteItem, DeleteType, ItemUpdate};
 use ews::types::{FolderRef, ItemId};
 use mailsync_actors::SyncError;
 
 use super::plan::{self, ConflictNote, CrmWrite, Decision, EwsWrite, MapOp, Pair, Side};
 use super::read::Context;
-use super::{base_json, ItemStep, ITEM_BATCH, STAMP_BATCH};
-use crate::config::Area;
+use super::stamp::{Change, Of};
+use super::{base_json, ItemStep, ITEM_BATCH};
 use crate::db::integrity::{Decision as Verdict, Held, Side as HeldSide};
 use crate::db::rows::CrmRow;
 use crate::db::state::{Conflict, Failure, ItemMapping};
-use crate::db::DbError;
 use crate::sync::core::{db_error, own_version, ItemOutcome};
 use crate::sync::events::{Action, DeletesHeld, Direction, FailureKind, ItemParked};
 use crate::sync::fields::{self, Fields};
 
 /// The execution state of one decision.
-struct Slot {
-    d: Decision,
+pub(super) struct Slot {
+    pub(super) d: Decision,
     /// The item the pair ends with (new id or new ChangeKey).
-    ews: Option<ItemId>,
+    pub(super) ews: Option<ItemId>,
     /// The row and version the pair ends with.
-    crm: Option<(i64, i64)>,
+    pub(super) crm: Option<(i64, i64)>,
     /// The mapping was written with the row (same database, same transaction).
-    mapped: bool,
+    pub(super) mapped: bool,
     /// Nothing more is done for this pair in this step (parked, changed meanwhile, skipped).
-    stop: bool,
+    pub(super) stop: bool,
     /// The row stays queued for the next step.
-    requeue: bool,
+    pub(super) requeue: bool,
     /// Exchange no longer has the item the update was for: decided again.
-    gone: bool,
+    pub(super) gone: bool,
     /// The item carries the stamp after this step.
-    stamped: bool,
+    pub(super) stamped: bool,
     /// The item was written after the folder's stored state.
-    unverified: bool,
+    pub(super) unverified: bool,
     /// Linked to a row that already carried the item: its values are reconciled by a
     /// step of its own (the mapping records no version, and the row is queued).
-    relinked: bool,
+    pub(super) relinked: bool,
 }
 
-fn with_uid(row: CrmRow, uid: Option<String>) -> CrmRow {
+pub(super) fn with_uid(row: CrmRow, uid: Option<String>) -> CrmRow {
     match row {
         CrmRow::Appointment(mut a) => {
             a.uid = uid;
@@ -57,7 +56,7 @@ fn with_uid(row: CrmRow, uid: Option<String>) -> CrmRow {
     }
 }
 
-fn uid_of(row: &CrmRow) -> Option<String> {
+pub(super) fn uid_of(row: &CrmRow) -> Option<String> {
     match row {
         CrmRow::Appointment(a) => a.uid.clone(),
         _ => None,
@@ -594,7 +593,7 @@ impl ItemStep<'_> {
             .filter(|(_, s)| !s.stop && matches!(s.d.ews, Some(EwsWrite::Update { .. })))
             .map(|(i, _)| i)
             .collect();
-        let mut changes: Vec<(Option<usize>, i64, ItemUpdate)> = Vec::new();
+        let mut changes: Vec<Change> = Vec::new();
         for i in todo {
             let slot = &mut slots[i];
             let Some(EwsWrite::Update {
@@ -615,7 +614,11 @@ impl ItemStep<'_> {
                         continue;
                     }
                 };
-            changes.push((Some(i), crm_id, self.item_update(id, &item, changed)));
+            changes.push(Change {
+                of: Of::Slot(i),
+                crm_id,
+                update: self.item_update(id, &item, changed),
+            });
         }
         if changes.is_empty() {
             return Ok(());
@@ -623,23 +626,28 @@ impl ItemStep<'_> {
         // Imports that still wait for their stamp ride along at no extra request.
         let room = (ITEM_BATCH - changes.len() % ITEM_BATCH) % ITEM_BATCH;
         if room > 0 {
-            let busy: HashSet<i64> = changes.iter().map(|(_, id, _)| *id).collect();
+            let busy: HashSet<i64> = changes.iter().map(|c| c.crm_id).collect();
             for m in self
                 .engine
                 .state
-                .unstamped_of(self.smtp(), self.table, room as i64)
+                .unstamped_of(self.smtp(), self.table, i64::MIN, room as i64)
                 .await
                 .map_err(db_error)?
             {
                 if !busy.contains(&m.crm_id) {
-                    changes.push((None, m.crm_id, self.stamp_update(&m)));
+                    changes.push(self.stamp_change(m));
                 }
             }
         }
         self.send_updates(slots, changes).await
     }
 
-    fn item_update(&self, id: &ItemId, item: &ews::items::Item, changed: &[String]) -> ItemUpdate {
+    pub(super) fn item_update(
+        &self,
+        id: &ItemId,
+        item: &ews::items::Item,
+        changed: &[String],
+    ) -> ItemUpdate {
         let keys: HashSet<String> = changed
             .iter()
             .flat_map(|n| fields::property_keys(self.area, n))
@@ -652,304 +660,6 @@ impl ItemStep<'_> {
                 .filter(|u| keys.contains(&u.key()) || u.key().starts_with("ext:"))
                 .collect(),
         }
-    }
-
-    /// A stamp-only change of a mapped item (with the ChangeKey we hold: refused if the item
-    /// changed since, and then written with its next update).
-    fn stamp_update(&self, m: &ItemMapping) -> ItemUpdate {
-        let stamp = fields::crm_stamp(self.table, m.crm_id);
-        let item = match self.area {
-            Area::Contacts => ews::items::Item::Contact(ews::items::Contact {
-                extended: vec![ews::types::ExtendedProperty {
-                    uri: fields::crm_id_uri(),
-                    value: stamp,
-                }],
-                ..Default::default()
-            }),
-            Area::Calendar => ews::items::Item::CalendarItem(ews::items::CalendarItem {
-                extended: vec![ews::types::ExtendedProperty {
-                    uri: fields::crm_id_uri(),
-                    value: stamp,
-                }],
-                ..Default::default()
-            }),
-            _ => ews::items::Item::Task(ews::items::Task {
-                extended: vec![ews::types::ExtendedProperty {
-                    uri: fields::crm_id_uri(),
-                    value: stamp,
-                }],
-                ..Default::default()
-            }),
-        };
-        self.item_update(
-            &ItemId {
-                id: m.ews_item_id.clone(),
-                change_key: m.change_key.clone(),
-            },
-            &item,
-            &[],
-        )
-    }
-
-    /// Sends UpdateItem batches; per item: written, gone, changed since, refused, skipped.
-    async fn send_updates(
-        &mut self,
-        slots: &mut [Slot],
-        changes: Vec<(Option<usize>, i64, ItemUpdate)>,
-    ) -> Result<(), SyncError> {
-        let mut stamped: Vec<ItemMapping> = Vec::new();
-        for chunk in changes.chunks(ITEM_BATCH) {
-            let op = UpdateItem {
-                changes: chunk.iter().map(|(_, _, u)| u.clone()).collect(),
-                conflict: ews::ops::ConflictResolution::NeverOverwrite,
-                disposition: None,
-                calendar: self.area == Area::Calendar,
-            };
-            let results = self.engine.call(self.setup, self.ctx, &op).await?;
-            for ((slot, crm_id, u), r) in chunk.iter().zip(results) {
-                let outcome = ItemOutcome::from_write(r)?;
-                let Some(i) = slot else {
-                    // A stamp that rode along.
-                    if let ItemOutcome::Written(id) = outcome {
-                        self.engine.note_own_write(&id);
-                        if let Some(mut m) = self
-                            .engine
-                            .state
-                            .mapping_by_crm(self.smtp(), self.table, *crm_id)
-                            .await
-                            .map_err(db_error)?
-                        {
-                            m.change_key = id.change_key;
-                            m.stamped = true;
-                            stamped.push(m);
-                            self.counted(Direction::ToExchange, Action::Stamp);
-                        }
-                    }
-                    continue;
-                };
-                let slot = &mut slots[*i];
-                match outcome {
-                    ItemOutcome::Written(id) => {
-                        self.engine.note_own_write(&id);
-                        slot.ews = Some(id);
-                        slot.stamped = true;
-                        self.counted(Direction::ToExchange, Action::Update);
-                    }
-                    ItemOutcome::Gone => {
-                        slot.stop = true;
-                        slot.gone = true;
-                    }
-                    ItemOutcome::Changed => {
-                        // Changed in Exchange since the ChangeKey we hold: the row stays
-                        // queued and the next step (asked for at once) reads Exchange first.
-                        tracing::debug!(
-                            mailbox = self.smtp(),
-                            crm_id,
-                            "update refused; merging first"
-                        );
-                        slot.stop = true;
-                        slot.requeue = true;
-                        self.needs_pull = true;
-                    }
-                    ItemOutcome::Skipped => {
-                        // Not attempted (an earlier item stopped the batch): the next step,
-                        // asked for at once, writes it.
-                        slot.stop = true;
-                        slot.requeue = true;
-                        self.needs_pull = true;
-                    }
-                    ItemOutcome::Rejected(e) => {
-                        slot.stop = true;
-                        self.park(
-                            *crm_id,
-                            &u.id.id,
-                            FailureKind::RejectedByExchange,
-                            &format!("Exchange refused the update: {e}"),
-                        )
-                        .await;
-                    }
-                }
-            }
-            self.ctx.progress();
-        }
-        self.engine
-            .state
-            .put_mappings(&stamped)
-            .await
-            .map_err(db_error)
-    }
-
-    /// Writes the stamps imports still wait for, in batches, when enough wait (or `force`:
-    /// the end of an initial sync).
-    pub(crate) async fn stamp_waiting(&mut self, force: bool) -> Result<(), SyncError> {
-        loop {
-            let waiting = self
-                .engine
-                .state
-                .unstamped_of(self.smtp(), self.table, 500)
-                .await
-                .map_err(db_error)?;
-            if waiting.is_empty() || (!force && (waiting.len() as i64) < STAMP_BATCH) {
-                return Ok(());
-            }
-            let changes: Vec<(Option<usize>, i64, ItemUpdate)> = waiting
-                .iter()
-                .map(|m| (None, m.crm_id, self.stamp_update(m)))
-                .collect();
-            let n = changes.len();
-            self.send_updates(&mut [], changes).await?;
-            if n < 500 {
-                return Ok(());
-            }
-            // Items changed since their ChangeKey keep waiting; do not spin on them.
-            let left = self
-                .engine
-                .state
-                .unstamped_of(self.smtp(), self.table, 500)
-                .await
-                .map_err(db_error)?;
-            if left.len() >= waiting.len() {
-                return Ok(());
-            }
-        }
-    }
-
-    async fn crm_writes(&mut self, slots: &mut [Slot], ctx: &Context) -> Result<(), SyncError> {
-        // Pairs whose row comes back (restored, or recreated because Exchange leads) lose
-        // their old mapping first, all of them before any insert: a database that reuses ids
-        // may give a new row the id another pair of this batch is leaving.
-        let leaving: Vec<i64> = slots
-            .iter()
-            .filter(|s| !s.stop && matches!(s.d.crm, Some(CrmWrite::Insert { .. })))
-            .filter_map(|s| s.d.base.as_ref().map(|b| b.crm_id))
-            .collect();
-        self.engine
-            .state
-            .delete_mappings(self.smtp(), self.table, &leaving)
-            .await
-            .map_err(db_error)?;
-        for s in slots.iter_mut().filter(|s| !s.stop) {
-            let Some(write) = s.d.crm.clone() else {
-                continue;
-            };
-            match write {
-                CrmWrite::Insert {
-                    ews_id,
-                    fields: values,
-                    shared,
-                } => {
-                    let owner = if shared {
-                        None
-                    } else {
-                        Some(self.owner.operator_id)
-                    };
-                    let row =
-                        match fields::to_row(self.area, &values, 0, self.owner.tenant_id, owner, 0)
-                        {
-                            Ok(r) => with_uid(r, ctx.uids.get(&ews_id).cloned()),
-                            Err(e) => {
-                                s.stop = true;
-                                self.park(0, &ews_id, FailureKind::InvalidRow, &e).await;
-                                continue;
-                            }
-                        };
-                    // With the state store in the business database, the mapping commits
-                    // with the row; apart, the row carries the Exchange id, which links it
-                    // again should the mapping be lost (unique per table).
-                    let mapping = self.engine.same_db.then(|| ItemMapping {
-                        mailbox: self.smtp().to_owned(),
-                        crm_table: self.table.to_owned(),
-                        crm_id: 0,
-                        ews_item_id: ews_id.clone(),
-                        change_key: s.d.ews_change_key.clone(),
-                        crm_version: None,
-                        fields: base_json(&values, shared),
-                        stamped: false,
-                        unverified: true,
-                    });
-                    let (id, version, mapped) = match self
-                        .engine
-                        .crm
-                        .save_from_exchange(&row, &ews_id, mapping.as_ref())
-                        .await
-                    {
-                        Ok((id, version)) => (id, version, mapping.is_some()),
-                        // A row already carries the item (imported before a crash lost the
-                        // mapping, or a racing writer): linked, not inserted twice. Its
-                        // values are merged with the item's by the next read of the pair.
-                        Err(DbError::Duplicate {
-                            existing: (id, version),
-                            ..
-                        }) => {
-                            tracing::info!(
-                                mailbox = self.smtp(),
-                                table = self.table,
-                                crm_id = id,
-                                ews_id,
-                                "the item's row exists already; linked"
-                            );
-                            s.relinked = true;
-                            (id, version, false)
-                        }
-                        Err(e) => return Err(db_error(e)),
-                    };
-                    s.crm = Some((id, version));
-                    s.mapped = mapped;
-                    s.stamped = false;
-                    s.unverified = true;
-                    self.counted(Direction::ToCrm, Action::Create);
-                }
-                CrmWrite::Update {
-                    id,
-                    version,
-                    fields: values,
-                    ..
-                } => {
-                    let Some(current) = ctx.rows.get(&id) else {
-                        continue;
-                    };
-                    let (tenant, owner) = crate::db::rows::tenant_owner(current);
-                    let row = match fields::to_row(self.area, &values, id, tenant, owner, version) {
-                        // The UID is not a synced field: the row keeps its own.
-                        Ok(r) => with_uid(r, uid_of(current)),
-                        Err(e) => {
-                            s.stop = true;
-                            let ews = s.d.ews_id.clone().unwrap_or_default();
-                            self.park(id, &ews, FailureKind::InvalidRow, &e).await;
-                            continue;
-                        }
-                    };
-                    let ews = s
-                        .ews
-                        .as_ref()
-                        .map(|i| i.id.clone())
-                        .or(s.d.ews_id.clone())
-                        .unwrap_or_default();
-                    match self.engine.crm.save_from_exchange(&row, &ews, None).await {
-                        Ok((_, v)) => {
-                            s.crm = Some((id, v));
-                            self.counted(Direction::ToCrm, Action::Update);
-                        }
-                        Err(DbError::Stale { .. }) => {
-                            // Changed in the CRM meanwhile: merged again in the next step.
-                            s.stop = true;
-                            s.requeue = true;
-                            self.needs_pull = true;
-                        }
-                        Err(e) => return Err(db_error(e)),
-                    }
-                }
-                CrmWrite::Delete { id } => {
-                    self.engine
-                        .crm
-                        .delete_crm_row(self.table, id)
-                        .await
-                        .map_err(db_error)?;
-                    self.counted(Direction::ToCrm, Action::Delete);
-                }
-            }
-        }
-        Ok(())
     }
 
     /// The mapping a finished slot ends with.

@@ -10,6 +10,8 @@
 pub(crate) mod exec;
 pub mod plan;
 pub(crate) mod read;
+mod stamp;
+mod to_crm;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

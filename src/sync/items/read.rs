@@ -13,9 +13,11 @@ use std::collections::{HashMap, HashSet};
 use ews::items::Item;
 use ews::ops::{GetItem, ItemChange, SyncFolderItems};
 use ews::types::{FolderRef, ItemId, Shape};
+use futures_util::stream::{self, StreamExt};
 use mailsync_actors::SyncError;
 
 use super::plan::{Base, CrmObs, EwsObs, LinkBy, Pair, Side};
+use super::stamp::PIPELINE;
 use super::{to_base, ItemStep, Mode, ITEM_BATCH, QUEUE_BATCH};
 use crate::config::Area;
 use crate::db::integrity::Side as HeldSide;
@@ -176,13 +178,22 @@ impl ItemStep<'_> {
     ) -> Result<(Vec<SeenItem>, Vec<String>), SyncError> {
         let mut seen = Vec::new();
         let mut missing = Vec::new();
-        for chunk in ids.chunks(ITEM_BATCH) {
-            let get = GetItem {
-                ids: chunk.to_vec(),
-                shape: Shape::all_properties(vec![fields::crm_id_path()]),
-            };
-            let items = self.engine.call(self.setup, self.ctx, &get).await?;
-            for (id, item) in chunk.iter().zip(items) {
+        // Up to PIPELINE requests in flight (each through the throttle); answers are taken in
+        // order, so the items keep the order of `ids`.
+        let (engine, setup, ctx) = (self.engine, self.setup, self.ctx);
+        let chunks: Vec<Vec<ItemId>> = ids.chunks(ITEM_BATCH).map(<[_]>::to_vec).collect();
+        let mut replies = stream::iter(chunks)
+            .map(|chunk: Vec<ItemId>| async move {
+                let get = GetItem {
+                    ids: chunk,
+                    shape: Shape::all_properties(vec![fields::crm_id_path()]),
+                };
+                let answer = engine.call(setup, ctx, &get).await;
+                (get.ids, answer)
+            })
+            .buffered(PIPELINE);
+        while let Some((chunk, items)) = replies.next().await {
+            for (id, item) in chunk.iter().zip(items?) {
                 match ItemOutcome::from_read(item)? {
                     ItemOutcome::Written(item) => {
                         if let Some(s) = self.observe(item, shared).await {

@@ -1,0 +1,207 @@
+//! The CRM change feed with any number of instances.
+//!
+//! One instance reads it: the holder of the `@crm-feed` lease. It queues every change for
+//! the mailboxes it concerns in `ms_pending` (the state store all instances share, one row
+//! per mailbox and CRM row) exactly as a single instance does ([`Feed::poll_once`]), moves
+//! the shared cursor (a write the state store's fence refuses to anyone but the lease holder),
+//! and then wakes the owners with a NOTIFY on the state store (`mailsync_pending`, payload
+//! lines `mailbox<TAB>folder`). Every other instance LISTENs and triggers the folders of
+//! the mailboxes it owns; after (re)connecting its listener, and on becoming the reader (its
+//! predecessor may have died between queueing and notifying), it triggers every owned folder
+//! with queued rows, so a missed notification costs nothing. A mailbox that moves reads its
+//! queue in its first steps at the new owner.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use mailsync_actors::{CrmPort, FolderId, MailboxId, SyncError};
+use sqlx::postgres::PgListener;
+
+use super::Cluster;
+use crate::sync::feed::Feed;
+
+/// The notification channel on the state store.
+pub const CHANNEL: &str = "mailsync_pending";
+/// A NOTIFY payload must stay under 8000 bytes.
+const PAYLOAD_MAX: usize = 7000;
+/// How often a waiting instance looks whether it became the reader.
+const LOOK: Duration = Duration::from_millis(500);
+
+/// The feed port of a cluster member.
+#[derive(Clone)]
+pub struct ClusterFeed {
+    feed: Feed,
+    cluster: Cluster,
+    listener: std::sync::Arc<tokio::sync::Mutex<Option<PgListener>>>,
+    /// This instance was the reader at the last look (so becoming it is noticed once).
+    reading: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+fn transient(e: impl std::fmt::Display) -> SyncError {
+    SyncError::Transient(e.to_string())
+}
+
+/// `mailbox<TAB>folder` lines, cut into payloads that fit a NOTIFY.
+fn payloads(folders: &[(MailboxId, FolderId)]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for (m, f) in folders {
+        let line = format!("{m}\t{f}\n");
+        if cur.len() + line.len() > PAYLOAD_MAX && !cur.is_empty() {
+            out.push(std::mem::take(&mut cur));
+        }
+        cur.push_str(&line);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+fn parse(payload: &str) -> Vec<(MailboxId, FolderId)> {
+    payload
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(m, f)| (MailboxId::from(m), FolderId::from(f)))
+        .collect()
+}
+
+impl ClusterFeed {
+    /// The port over the single-instance `feed`.
+    pub fn new(feed: Feed, cluster: Cluster) -> Self {
+        ClusterFeed {
+            feed,
+            cluster,
+            listener: Default::default(),
+            reading: Default::default(),
+        }
+    }
+
+    /// As the reader: one batch queued, the cursor moved, the owners woken.
+    async fn read(&self) -> Result<Option<Vec<(MailboxId, FolderId)>>, SyncError> {
+        let Some(folders) = self.feed.poll_once().await? else {
+            return Ok(None);
+        };
+        let pool = self.cluster.store().pool();
+        for payload in payloads(&folders) {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANNEL)
+                .bind(payload)
+                .execute(pool)
+                .await
+                .map_err(transient)?;
+        }
+        Ok(Some(self.mine(folders)))
+    }
+
+    fn mine(&self, folders: Vec<(MailboxId, FolderId)>) -> Vec<(MailboxId, FolderId)> {
+        folders
+            .into_iter()
+            .filter(|(m, _)| self.cluster.owns(m))
+            .collect()
+    }
+
+    /// As a follower: the folders of owned mailboxes the reader notified, waiting up to
+    /// [`LOOK`]. After a (re)connect, every owned folder with queued rows.
+    async fn follow(&self) -> Result<Vec<(MailboxId, FolderId)>, SyncError> {
+        let mut guard = self.listener.lock().await;
+        if guard.is_none() {
+            let mut l = PgListener::connect_with(self.cluster.store().pool())
+                .await
+                .map_err(transient)?;
+            l.listen(CHANNEL).await.map_err(transient)?;
+            *guard = Some(l);
+            return self.queued().await;
+        }
+        let listener = guard.as_mut().expect("set above");
+        match tokio::time::timeout(LOOK, listener.try_recv()).await {
+            Err(_) => Ok(Vec::new()),
+            Ok(Ok(Some(n))) => Ok(self.mine(parse(n.payload()))),
+            // The connection was lost (sqlx reconnects on the next call): anything sent
+            // meanwhile is in ms_pending.
+            Ok(Ok(None)) => self.queued().await,
+            Ok(Err(e)) => {
+                *guard = None;
+                Err(transient(e))
+            }
+        }
+    }
+
+    /// Every owned mailbox's folders with rows in ms_pending.
+    async fn queued(&self) -> Result<Vec<(MailboxId, FolderId)>, SyncError> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT DISTINCT mailbox, crm_table FROM ms_pending")
+                .fetch_all(self.cluster.store().pool())
+                .await
+                .map_err(transient)?;
+        let folders: BTreeSet<(MailboxId, FolderId)> = rows
+            .into_iter()
+            .filter(|(m, _)| self.cluster.owns(m))
+            .filter_map(|(m, t)| {
+                crate::sync::feed::folder_of_table(&t).map(|f| (MailboxId::from(m), f))
+            })
+            .collect();
+        Ok(folders.into_iter().collect())
+    }
+}
+
+impl CrmPort for ClusterFeed {
+    fn next_changes(&self) -> BoxFuture<'static, Result<Vec<(MailboxId, FolderId)>, SyncError>> {
+        let port = self.clone();
+        Box::pin(async move {
+            use std::sync::atomic::Ordering;
+            loop {
+                if port.cluster.reads_feed() {
+                    if !port.reading.load(Ordering::SeqCst) {
+                        port.feed
+                            .start_at_end_if_new()
+                            .await
+                            .map_err(crate::sync::core::db_error)?;
+                        port.reading.store(true, Ordering::SeqCst);
+                        // The previous reader may have died between queueing a batch and
+                        // its NOTIFY: what it queued for mailboxes here is woken now.
+                        let queued = port.queued().await?;
+                        if !queued.is_empty() {
+                            return Ok(queued);
+                        }
+                    }
+                    match port.read().await? {
+                        Some(folders) if !folders.is_empty() => return Ok(folders),
+                        Some(_) => continue,
+                        None => {}
+                    }
+                    port.feed.wait_for_changes().await?;
+                    continue;
+                }
+                port.reading.store(false, Ordering::SeqCst);
+                let folders = port.follow().await?;
+                if !folders.is_empty() {
+                    return Ok(folders);
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notifications_carry_every_folder_within_the_payload_limit() {
+        let folders: Vec<(MailboxId, FolderId)> = (0..1000)
+            .map(|i| {
+                (
+                    MailboxId::from(format!("user{i}@example.com")),
+                    FolderId::from("contacts"),
+                )
+            })
+            .collect();
+        let payloads = payloads(&folders);
+        assert!(payloads.len() > 1);
+        assert!(payloads.iter().all(|p| p.len() <= PAYLOAD_MAX));
+        let back: Vec<(MailboxId, FolderId)> = payloads.iter().flat_map(|p| parse(p)).collect();
+        assert_eq!(back, folders);
+    }
+}

@@ -1,0 +1,547 @@
+//! Several `mailsync run` processes on one PostgreSQL (`[cluster]`): every mailbox is owned
+//! by exactly one instance; a kill -9 moves the dead instance's mailboxes within two lease
+//! durations and changes made on both sides meanwhile arrive once; a graceful stop hands
+//! over at once (its leases released, not left to expire); an instance paused with SIGSTOP
+//! loses its mailboxes, stops them when it wakes (its late writes would be refused by the
+//! fence, tests/fencing.rs) and rejoins, while a change made meanwhile arrives exactly once.
+
+mod common;
+use common::{count, eventually, exec, free_port, sim_client, Service};
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use ews::items::{Contact, Item};
+use ews::ops::CreateItem;
+use ews::types::{DistinguishedFolder, FolderRef};
+use ews_sim::server::{self, SimConfig};
+use mailsync::config::Area;
+use mailsync::db::{Db, MigrationSet};
+use mailsync::sync::converge::compare;
+
+const TOKEN: &str = "cluster-test-token-0123456789";
+const LEASE: u64 = 3;
+
+/// The database, the simulator and the instances of one scenario.
+struct Rig {
+    dir: tempfile::TempDir,
+    db: Db,
+    db_name: String,
+    url: String,
+    sim: server::Running,
+    mailboxes: usize,
+}
+
+impl Rig {
+    /// A fresh PostgreSQL database (business tables and state store in one), `mailboxes`
+    /// simulated mailboxes with one operator each. None without PostgreSQL (outside CI).
+    async fn new(mailboxes: usize) -> Option<Rig> {
+        let (db_name, url) = common::postgres_db("cluster").await?;
+        let db = Db::connect(&url, 4).await.unwrap();
+        db.migrate(MigrationSet::Crm).await.unwrap();
+        db.migrate(MigrationSet::State).await.unwrap();
+        exec(
+            &db,
+            "INSERT INTO crm_tenants (id, name) VALUES (1, 'Muster GmbH')",
+        )
+        .await;
+        for n in 1..=mailboxes {
+            exec(&db, &format!("INSERT INTO crm_operators (id, tenant_id, personnel_no, display_name, email) VALUES ({n}, 1, '{}', 'Op {n}', 'user{n}@example.com')", 1000 + n)).await;
+        }
+        let sim = server::start(SimConfig {
+            mailboxes,
+            max_streams: Some(50),
+            ..SimConfig::default()
+        })
+        .await
+        .unwrap();
+        Some(Rig {
+            dir: tempfile::tempdir().unwrap(),
+            db,
+            db_name,
+            url,
+            sim,
+            mailboxes,
+        })
+    }
+
+    /// Starts instance `name` (its admin API on a free port).
+    fn start(&self, name: &str) -> Service {
+        let port = free_port();
+        let mut boxes = String::new();
+        for n in 1..=self.mailboxes {
+            boxes.push_str(&format!(
+                "[[mailboxes]]\nsmtp = \"user{n}@example.com\"\noperator = \"{}\"\nserver = \"sim\"\n\n",
+                1000 + n
+            ));
+        }
+        let config = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[admin]
+listen = "127.0.0.1:{port}"
+token = "{TOKEN}"
+
+[database]
+url = "{url}"
+
+[state]
+url = "{url}"
+
+[cluster]
+instance = "{name}"
+lease_seconds = {LEASE}
+
+[[servers]]
+name = "sim"
+ews_url = "{ews}"
+allow_http = true
+auth = "basic"
+service_account = {{ username = "svc", password = "secret" }}
+
+[mailbox_defaults]
+areas = ["contacts"]
+initial_sync = "none"
+
+{boxes}"#,
+                url = self.url,
+                ews = self.sim.ews_url(),
+            ),
+        )
+        .unwrap();
+        Service::start(&config, port)
+    }
+
+    /// Owner name of every mailbox with a live lease.
+    async fn owners(&self) -> BTreeMap<String, String> {
+        let Db::Postgres(p) = &self.db else {
+            unreachable!()
+        };
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT l.mailbox, i.name FROM ms_lease l JOIN ms_instance i ON i.id = l.owner \
+             WHERE l.expires_at > now() AND l.mailbox NOT LIKE '@%'",
+        )
+        .fetch_all(p)
+        .await
+        .unwrap();
+        rows.into_iter().collect()
+    }
+
+    async fn finish(self) {
+        self.db.close().await;
+        common::drop_postgres(&self.db_name).await;
+    }
+}
+
+/// The mailboxes an instance's supervisor runs (running state), by its admin API.
+async fn running(service: &Service) -> BTreeSet<String> {
+    let (status, body) = service.mailboxes(TOKEN).await;
+    if status != 200 {
+        return BTreeSet::new();
+    }
+    body["mailboxes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["state"] == "running")
+        .map(|m| m["smtp"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Waits until the instances together run every mailbox, each exactly once, and the leases
+/// say the same.
+async fn every_mailbox_once(rig: &Rig, services: &[&Service], limit: Duration) {
+    let all: BTreeSet<String> = (1..=rig.mailboxes)
+        .map(|n| format!("user{n}@example.com"))
+        .collect();
+    let start = Instant::now();
+    loop {
+        let mut seen = BTreeSet::new();
+        let mut twice = Vec::new();
+        for s in services {
+            for m in running(s).await {
+                if !seen.insert(m.clone()) {
+                    twice.push(m);
+                }
+            }
+        }
+        assert!(twice.is_empty(), "run by two instances at once: {twice:?}");
+        if seen == all && rig.owners().await.len() == all.len() {
+            return;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "not every mailbox runs once within {limit:?}: {} of {} run\n{}",
+            seen.len(),
+            all.len(),
+            services
+                .iter()
+                .map(|s| s.log_text())
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn cluster_view(service: &Service) -> serde_json::Value {
+    reqwest::Client::new()
+        .get(format!("{}/api/v1/cluster", service.admin))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Creates a contact in Exchange as the mailbox's user would.
+async fn user_creates_contact(rig: &Rig, smtp: &str, surname: &str) {
+    let create = CreateItem {
+        folder: Some(FolderRef::well_known(DistinguishedFolder::Contacts)),
+        items: vec![Item::Contact(Contact {
+            given_name: Some("Eva".into()),
+            surname: Some(surname.into()),
+            ..Contact::default()
+        })],
+        disposition: None,
+    };
+    sim_client(&rig.sim)
+        .call(&ews::Target::impersonating(smtp), &create)
+        .await
+        .unwrap();
+}
+
+/// The convergence checker finds nothing lost, duplicated or different in `n`'s contacts.
+async fn converged(rig: &Rig, n: usize) {
+    let client = sim_client(&rig.sim);
+    let target = ews::Target::impersonating(&format!("user{n}@example.com"));
+    let mut last = String::new();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        match compare(
+            &rig.db,
+            &client,
+            &target,
+            Area::Contacts,
+            n as i64,
+            1,
+            "Muster GmbH (CRM)",
+        )
+        .await
+        {
+            Ok(d) if d.is_empty() => return,
+            Ok(d) => last = format!("{d:?}"),
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("user{n}: not converged: {last}");
+}
+
+fn number(smtp: &str) -> usize {
+    smtp.trim_start_matches("user")
+        .trim_end_matches("@example.com")
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_share_sixty_mailboxes_and_take_over_a_dead_ones() {
+    let Some(rig) = Rig::new(60).await else {
+        return;
+    };
+    let mut a = rig.start("a");
+    let mut b = rig.start("b");
+    let mut c = rig.start("c");
+    every_mailbox_once(&rig, &[&a, &b, &c], Duration::from_secs(120)).await;
+    for s in [&mut a, &mut b, &mut c] {
+        s.ready(Duration::from_secs(60)).await;
+    }
+    let owners = rig.owners().await;
+    for name in ["a", "b", "c"] {
+        let n = owners.values().filter(|o| *o == name).count();
+        assert!(n >= 8, "{name} owns only {n} of 60: {owners:?}");
+    }
+    let view = cluster_view(&a).await;
+    assert_eq!(view["enabled"], true, "{view}");
+    assert_eq!(view["live"], 3, "{view}");
+    assert_eq!(view["mailboxes"].as_array().unwrap().len(), 60, "{view}");
+
+    // A command for a mailbox another instance owns answers 409 naming the owner.
+    let elsewhere = owners.iter().find(|(_, o)| *o == "b").unwrap().0.clone();
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/v1/mailboxes/{elsewhere}/sync", a.admin))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 409);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["owner"], "b", "{body}");
+    assert_eq!(
+        body["owner_admin_url"].as_str(),
+        Some(b.admin.as_str()),
+        "{body}"
+    );
+
+    // `mailsync ctl cluster` on any instance shows the same cluster.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mailsync"))
+        .args(["ctl", "cluster", "--url", &c.admin, "--token", TOKEN])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.starts_with("cluster: 3 live of 3 instances, lease 3s"),
+        "{text}"
+    );
+    assert!(
+        text.contains("c (this)") && text.contains(&format!("{elsewhere:<40} b ")),
+        "{text}"
+    );
+    assert!(text.contains("change feed read by: "), "{text}");
+
+    // kill -9 of b; meanwhile a CRM change and an Exchange change for its mailboxes.
+    let of_b: Vec<String> = owners
+        .iter()
+        .filter(|(_, o)| *o == "b")
+        .map(|(m, _)| m.clone())
+        .collect();
+    let killed = Instant::now();
+    b.child.kill().unwrap();
+    b.child.wait().unwrap();
+    let crm_side = number(&of_b[0]);
+    let ews_side = number(&of_b[of_b.len() - 1]);
+    exec(&rig.db, &format!("INSERT INTO crm_contacts (tenant_id, owner_id, given_name, surname) VALUES (1, {crm_side}, 'Karl', 'Takeover')")).await;
+    user_creates_contact(&rig, &of_b[of_b.len() - 1], "Failover").await;
+    eventually(
+        "b's mailboxes leased by a or c",
+        Duration::from_secs(2 * LEASE),
+        || async {
+            let owners = rig.owners().await;
+            of_b.iter()
+                .all(|m| owners.get(m).is_some_and(|o| o == "a" || o == "c"))
+        },
+    )
+    .await;
+    let took = killed.elapsed();
+    every_mailbox_once(&rig, &[&a, &c], Duration::from_secs(60)).await;
+    eventually(
+        "the CRM change in Exchange",
+        Duration::from_secs(30),
+        || async {
+            common::exchange_contacts(&sim_client(&rig.sim), &of_b[0])
+                .await
+                .iter()
+                .any(|(s, _)| s == "Takeover")
+        },
+    )
+    .await;
+    eventually(
+        "the Exchange change in the CRM",
+        Duration::from_secs(30),
+        || async {
+            count(
+                &rig.db,
+                &format!("SELECT COUNT(*) FROM crm_contacts WHERE surname = 'Failover' AND owner_id = {ews_side}"),
+            )
+            .await
+                == 1
+        },
+    )
+    .await;
+    converged(&rig, crm_side).await;
+    converged(&rig, ews_side).await;
+    assert_eq!(
+        count(
+            &rig.db,
+            "SELECT COUNT(*) FROM crm_contacts WHERE surname IN ('Takeover', 'Failover')"
+        )
+        .await,
+        2
+    );
+    println!("takeover after kill -9: {took:?}");
+
+    // A graceful stop of c hands over at once: its leases are released, not left to expire.
+    let of_c: Vec<String> = rig
+        .owners()
+        .await
+        .into_iter()
+        .filter(|(_, o)| o == "c")
+        .map(|(m, _)| m)
+        .collect();
+    assert!(!of_c.is_empty());
+    c.stop().await;
+    assert_eq!(
+        count(
+            &rig.db,
+            "SELECT COUNT(*) FROM ms_lease l JOIN ms_instance i ON i.id = l.owner WHERE i.name = 'c'"
+        )
+        .await,
+        0,
+        "c left leases behind"
+    );
+    assert_eq!(
+        count(&rig.db, "SELECT COUNT(*) FROM ms_instance WHERE name = 'c'").await,
+        0
+    );
+    eventually(
+        "c's mailboxes owned by a",
+        Duration::from_secs(LEASE),
+        || async {
+            let owners = rig.owners().await;
+            of_c.iter().all(|m| owners.get(m).is_some_and(|o| o == "a"))
+        },
+    )
+    .await;
+    every_mailbox_once(&rig, &[&a], Duration::from_secs(60)).await;
+    a.stop().await;
+    rig.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_instance_loses_its_mailboxes_and_its_late_writes_are_refused() {
+    let Some(rig) = Rig::new(6).await else {
+        return;
+    };
+    let mut a = rig.start("a");
+    let mut b = rig.start("b");
+    every_mailbox_once(&rig, &[&a, &b], Duration::from_secs(60)).await;
+    // Every mailbox took its baseline (initial_sync = "none") before the changes.
+    a.ready(Duration::from_secs(60)).await;
+    b.ready(Duration::from_secs(60)).await;
+    let of_b: Vec<String> = rig
+        .owners()
+        .await
+        .into_iter()
+        .filter(|(_, o)| o == "b")
+        .map(|(m, _)| m)
+        .collect();
+    assert!(!of_b.is_empty());
+    let pid = b.child.id() as i32;
+    // SAFETY: signals to our own child process.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    eventually(
+        "b's mailboxes taken over by a",
+        Duration::from_secs(3 * LEASE),
+        || async {
+            let owners = rig.owners().await;
+            of_b.iter().all(|m| owners.get(m).is_some_and(|o| o == "a"))
+        },
+    )
+    .await;
+    // While b sleeps: a user's change in one of its former mailboxes. b's subscription
+    // still hears of it, so when b wakes it would sync it too.
+    let n = number(&of_b[0]);
+    user_creates_contact(&rig, &of_b[0], "Paused").await;
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    eventually(
+        "b stops the mailboxes it lost",
+        Duration::from_secs(3 * LEASE),
+        || async {
+            b.log_text()
+                .contains("leases taken over by another instance")
+        },
+    )
+    .await;
+    // b is live again: it gets its share back, each mailbox still run by one instance.
+    every_mailbox_once(&rig, &[&a, &b], Duration::from_secs(30)).await;
+    eventually(
+        "the change in the CRM once",
+        Duration::from_secs(30),
+        || async {
+            count(
+                &rig.db,
+                &format!(
+                    "SELECT COUNT(*) FROM crm_contacts WHERE surname = 'Paused' AND owner_id = {n}"
+                ),
+            )
+            .await
+                == 1
+        },
+    )
+    .await;
+    converged(&rig, n).await;
+    assert_eq!(
+        count(
+            &rig.db,
+            "SELECT COUNT(*) FROM crm_contacts WHERE surname = 'Paused'"
+        )
+        .await,
+        1
+    );
+    b.stop().await;
+    a.stop().await;
+    rig.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_moves_with_its_reader_and_every_change_arrives_once() {
+    let Some(rig) = Rig::new(6).await else {
+        return;
+    };
+    let mut a = rig.start("a");
+    let mut b = rig.start("b");
+    every_mailbox_once(&rig, &[&a, &b], Duration::from_secs(60)).await;
+    // Every mailbox took its baseline (initial_sync = "none") before the changes.
+    a.ready(Duration::from_secs(60)).await;
+    b.ready(Duration::from_secs(60)).await;
+    eventually("a feed reader", Duration::from_secs(3 * LEASE), || async {
+        cluster_view(&a).await["feed"]["owner"].is_string()
+    })
+    .await;
+    let reader = cluster_view(&a).await["feed"]["owner"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (mut dead, alive) = if reader == "a" { (a, b) } else { (b, a) };
+    // Changes for every mailbox (whoever owns it), the reader killed, more changes.
+    for n in 1..=rig.mailboxes {
+        exec(&rig.db, &format!("INSERT INTO crm_contacts (tenant_id, owner_id, given_name, surname) VALUES (1, {n}, 'First', 'Feed{n}')")).await;
+    }
+    dead.child.kill().unwrap();
+    dead.child.wait().unwrap();
+    for n in 1..=rig.mailboxes {
+        exec(&rig.db, &format!("INSERT INTO crm_contacts (tenant_id, owner_id, given_name, surname) VALUES (1, {n}, 'Second', 'Feed{n}')")).await;
+    }
+    every_mailbox_once(&rig, &[&alive], Duration::from_secs(60)).await;
+    let client = sim_client(&rig.sim);
+    for n in 1..=rig.mailboxes {
+        let smtp = format!("user{n}@example.com");
+        let surname = format!("Feed{n}");
+        eventually(
+            &format!("both changes of {smtp} in Exchange"),
+            Duration::from_secs(30),
+            || async {
+                common::exchange_contacts(&client, &smtp)
+                    .await
+                    .iter()
+                    .filter(|(s, _)| *s == surname)
+                    .count()
+                    >= 2
+            },
+        )
+        .await;
+        converged(&rig, n).await;
+        let in_exchange = common::exchange_contacts(&client, &smtp)
+            .await
+            .into_iter()
+            .filter(|(s, _)| *s == surname)
+            .count();
+        assert_eq!(in_exchange, 2, "{smtp}: each change once");
+    }
+    assert_eq!(
+        cluster_view(&alive).await["feed"]["owner"],
+        if reader == "a" { "b" } else { "a" }
+    );
+    alive.stop().await;
+    rig.finish().await;
+}

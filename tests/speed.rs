@@ -1,0 +1,341 @@
+//! Exchange → CRM at the request floor, engine level against ews-sim: an import's stamps go in
+//! batches (one UpdateItem per hundred items, each item with its own outcome matched to it in
+//! order, one refusal parked alone while the rest are stamped), an isolated change costs
+//! SyncFolderItems + GetItem and its stamp waits for a batch or the item's next update, and a
+//! crash before the deferred stamp neither loses nor duplicates anything. Figures come from
+//! examples/speed_bench.rs; these tests count requests only.
+
+mod common;
+use common::rig::{Rig, RigOptions, USERS};
+use common::{count, exec};
+
+use ews::items::{Contact, Item};
+use ews::types::{DistinguishedFolder, FolderRef};
+use mailsync::config::{Area, Leading};
+use mailsync::sync::engine::Direction;
+use mailsync_actors::MailboxSpec;
+
+const U: &str = USERS[0];
+
+async fn rig(postgres: bool, state_apart: bool) -> Option<Rig> {
+    Rig::new(RigOptions {
+        areas: vec![Area::Contacts],
+        leading: Leading::Exchange,
+        postgres,
+        state_apart,
+        ..RigOptions::default()
+    })
+    .await
+}
+
+/// Every EWS request the simulator answered so far.
+async fn all_requests(rig: &Rig) -> u64 {
+    let stats: serde_json::Value = reqwest::get(format!("{}/sim/stats", rig.sim.base_url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    stats["requests_by_operation"]
+        .as_object()
+        .map_or(0, |ops| ops.values().filter_map(|v| v.as_u64()).sum())
+}
+
+fn contacts(names: impl IntoIterator<Item = String>) -> Vec<Item> {
+    names
+        .into_iter()
+        .map(|n| {
+            Item::Contact(Contact {
+                given_name: Some("Kim".into()),
+                surname: Some(n),
+                ..Contact::default()
+            })
+        })
+        .collect()
+}
+
+fn contacts_folder() -> FolderRef {
+    FolderRef::well_known(DistinguishedFolder::Contacts)
+}
+
+/// (surname, stamp) of every contact in the mailbox's contacts folder.
+async fn stamped(rig: &Rig) -> Vec<(String, Option<i64>)> {
+    rig.items(U, DistinguishedFolder::Contacts)
+        .await
+        .iter()
+        .map(|i| {
+            let Item::Contact(c) = i else {
+                panic!("not a contact: {i:?}")
+            };
+            (
+                c.surname.clone().unwrap_or_default(),
+                mailsync::sync::fields::stamped_id(i, "crm_contacts"),
+            )
+        })
+        .collect()
+}
+
+/// The CRM id of every imported contact, by surname.
+async fn crm_ids(rig: &Rig) -> std::collections::HashMap<String, i64> {
+    let rows = rig
+        .db
+        .crm_rows(
+            "crm_contacts",
+            &rig.db
+                .ids_in_scope("crm_contacts", Some(1), 1)
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    rows.into_iter()
+        .filter_map(|(id, r)| match r.ok()? {
+            mailsync::db::rows::CrmRow::Contact(c) => Some((c.surname?, id)),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn import(rig: &Rig) {
+    let spec = MailboxSpec {
+        smtp: U.into(),
+        server: "ex1".into(),
+        fingerprint: 0,
+    };
+    rig.engine
+        .initial_sync(
+            &spec,
+            Direction::ExchangeToCrm,
+            rig.throttle.clone(),
+            false,
+            &|_, _, _| {},
+        )
+        .await
+        .expect("the import");
+}
+
+async fn batched_stamps_with_one_refusal(postgres: bool) {
+    let Some(rig) = rig(postgres, false).await else {
+        return;
+    };
+    const N: usize = 250;
+    let ids = rig
+        .user_creates(
+            U,
+            contacts_folder(),
+            contacts((0..N).map(|i| format!("s{i:03}"))),
+        )
+        .await;
+    // Exchange refuses any write of one item in the middle of the first batch.
+    rig.sim_post(
+        &format!("mailboxes/{U}/items/{}/poison", ids[40].id),
+        serde_json::json!({"code": "ErrorCorruptData"}),
+    )
+    .await;
+    let (before, updates_before, gets_before) = (
+        all_requests(&rig).await,
+        rig.requests("UpdateItem").await,
+        rig.requests("GetItem").await,
+    );
+    import(&rig).await;
+    let spent = all_requests(&rig).await - before;
+    let updates = rig.requests("UpdateItem").await - updates_before;
+    let gets = rig.requests("GetItem").await - gets_before;
+
+    // Every item once in the CRM.
+    let rows = crm_ids(&rig).await;
+    assert_eq!(rows.len(), N, "one row per item");
+    assert_eq!(
+        count(&rig.db, "SELECT COUNT(*) FROM crm_contacts").await,
+        N as i64
+    );
+    // Three batches of stamps, and one more for the items Exchange did not attempt after
+    // the refused one; GetItem in batches of a hundred.
+    assert_eq!(updates, 4, "UpdateItem requests for {N} stamps");
+    assert_eq!(gets, 3, "GetItem requests for {N} items");
+    assert!(
+        (spent as f64) / (N as f64) <= 0.05,
+        "{spent} requests for {N} items"
+    );
+    // Each stamp is the CRM id of the row that holds that item: answers matched in order.
+    let bad = "s040";
+    for (surname, stamp) in stamped(&rig).await {
+        if surname == bad {
+            assert_eq!(stamp, None, "the refused item carries no stamp");
+        } else {
+            assert_eq!(stamp, rows.get(&surname).copied(), "the stamp of {surname}");
+        }
+    }
+    assert_eq!(
+        count(&rig.state, "SELECT COUNT(*) FROM ms_item_map WHERE stamped").await,
+        N as i64 - 1
+    );
+    let parked = common::texts(&rig.state, "SELECT error, ews_item_id FROM ms_failures").await;
+    assert!(
+        parked[0]
+            .as_deref()
+            .is_some_and(|e| e.contains("ErrorCorruptData")),
+        "{parked:?}"
+    );
+    assert_eq!(parked[1].as_deref(), Some(ids[40].id.as_str()));
+
+    // The refused stamp is not offered again while parked: steps spend nothing on it.
+    let before = rig.requests("UpdateItem").await;
+    for _ in 0..5 {
+        rig.sync(U, "contacts").await;
+    }
+    assert_eq!(rig.requests("UpdateItem").await, before);
+    rig.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_stamps_in_batches_and_a_refused_item_stops_no_other() {
+    batched_stamps_with_one_refusal(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_stamps_in_batches_and_a_refused_item_stops_no_other_on_postgres() {
+    batched_stamps_with_one_refusal(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_change_costs_two_requests_and_its_stamp_rides_along_later() {
+    let rig = rig(false, false).await.unwrap();
+    // The first contact of two empty sides.
+    rig.sync(U, "contacts").await;
+    const N: usize = 20;
+    let before = all_requests(&rig).await;
+    for i in 0..N {
+        rig.user_creates(U, contacts_folder(), contacts([format!("i{i:02}")]))
+            .await;
+        let before_step = all_requests(&rig).await;
+        rig.sync(U, "contacts").await;
+        assert_eq!(
+            all_requests(&rig).await - before_step,
+            2,
+            "change {i}: SyncFolderItems + GetItem"
+        );
+    }
+    // The users' own CreateItem calls are not mailsync's.
+    let spent = all_requests(&rig).await - before - N as u64;
+    assert_eq!(spent, 2 * N as u64);
+    assert_eq!(crm_ids(&rig).await.len(), N);
+    assert_eq!(
+        count(
+            &rig.db,
+            "SELECT COUNT(*) FROM ms_item_map WHERE NOT stamped"
+        )
+        .await,
+        N as i64,
+        "the stamps wait"
+    );
+    assert!(stamped(&rig).await.iter().all(|(_, s)| s.is_none()));
+
+    // The CRM changes one of them: its UpdateItem carries every waiting stamp, at no extra
+    // request.
+    exec(
+        &rig.db,
+        "UPDATE crm_contacts SET job_title = 'neu' WHERE surname = 'i07'",
+    )
+    .await;
+    let updates = rig.requests("UpdateItem").await;
+    rig.sync(U, "contacts").await;
+    assert_eq!(rig.requests("UpdateItem").await - updates, 1);
+    let rows = crm_ids(&rig).await;
+    for (surname, stamp) in stamped(&rig).await {
+        assert_eq!(stamp, rows.get(&surname).copied(), "the stamp of {surname}");
+    }
+    assert_eq!(
+        count(
+            &rig.db,
+            "SELECT COUNT(*) FROM ms_item_map WHERE NOT stamped"
+        )
+        .await,
+        0
+    );
+    // Our own stamps come back as nothing to do.
+    let before = all_requests(&rig).await;
+    rig.sync(U, "contacts").await;
+    assert!(
+        all_requests(&rig).await - before <= 1,
+        "one SyncFolderItems that finds echoes"
+    );
+    assert_eq!(crm_ids(&rig).await.len(), N);
+
+    // A few more imports whose stamps wait with nothing to ride along: once one has waited
+    // its time, the folder's next step writes all of them in one request.
+    for i in 0..5 {
+        rig.user_creates(U, contacts_folder(), contacts([format!("j{i}")]))
+            .await;
+        rig.sync(U, "contacts").await;
+    }
+    let updates = rig.requests("UpdateItem").await;
+    rig.sync(U, "contacts").await;
+    assert_eq!(rig.requests("UpdateItem").await, updates, "not yet due");
+    exec(
+        &rig.db,
+        "UPDATE ms_item_map SET updated_at = '2020-01-01T00:00:00.000Z' WHERE NOT stamped",
+    )
+    .await;
+    rig.sync(U, "contacts").await;
+    assert_eq!(rig.requests("UpdateItem").await - updates, 1);
+    let rows = crm_ids(&rig).await;
+    for (surname, stamp) in stamped(&rig).await {
+        assert_eq!(stamp, rows.get(&surname).copied(), "the stamp of {surname}");
+    }
+    rig.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_before_the_deferred_stamp_loses_nothing_and_duplicates_nothing() {
+    // The state store apart: a CRM row and its mapping are two writes a crash can separate.
+    let rig = rig(false, true).await.unwrap();
+    rig.sync(U, "contacts").await;
+    let old_state = common::texts(
+        &rig.state,
+        "SELECT sync_state FROM ms_folder_state WHERE mailbox = 'user1@example.com' AND folder_key = 'contacts'",
+    )
+    .await;
+    // 60 isolated changes imported; their stamps wait.
+    rig.user_creates(
+        U,
+        contacts_folder(),
+        contacts((0..60).map(|i| format!("c{i:02}"))),
+    )
+    .await;
+    rig.step_for(U, "contacts", mailsync_actors::Cause::Notification)
+        .await;
+    assert_eq!(
+        count(&rig.db, "SELECT COUNT(*) FROM crm_contacts").await,
+        60
+    );
+    // The crash: the rows committed, their mappings and the folder's new sync state did not.
+    exec(&rig.state, "DELETE FROM ms_item_map").await;
+    exec(
+        &rig.state,
+        &format!(
+            "UPDATE ms_folder_state SET sync_state = '{}' WHERE mailbox = 'user1@example.com' AND folder_key = 'contacts'",
+            old_state[0].as_deref().unwrap_or_default()
+        ),
+    )
+    .await;
+    // After the restart the same changes are read again: each is linked to the row that
+    // carries its Exchange id, and the stamps (50 or more waiting) go out in one batch.
+    rig.sync(U, "contacts").await;
+    assert_eq!(
+        count(&rig.db, "SELECT COUNT(*) FROM crm_contacts").await,
+        60,
+        "no second row"
+    );
+    assert_eq!(
+        count(&rig.state, "SELECT COUNT(*) FROM ms_item_map").await,
+        60
+    );
+    let items = stamped(&rig).await;
+    assert_eq!(items.len(), 60, "no copy in Exchange");
+    let rows = crm_ids(&rig).await;
+    for (surname, stamp) in items {
+        assert_eq!(stamp, rows.get(&surname).copied(), "the stamp of {surname}");
+    }
+    rig.finish().await;
+}
