@@ -721,6 +721,23 @@ async fn conflicts_failures_and_retry_through_the_api_and_ctl() {
             }
         }
     }
+    // Filters no record can match are refused by name, not answered by the database (a NUL
+    // byte made PostgreSQL fail the query: 503) or with an empty list.
+    for (path, starts) in [
+        ("/api/v1/conflicts?mailbox=a%00b", "mailbox: "),
+        ("/api/v1/failures?mailbox=%07", "mailbox: "),
+        (
+            "/api/v1/mailboxes?state=bogus",
+            "state: \"bogus\" is not a state",
+        ),
+    ] {
+        let (status, body) = rig.get(path, Some(TOKEN)).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(
+            json(&body)["error"].as_str().unwrap().starts_with(starts),
+            "{path}: {body}"
+        );
+    }
     let (status, body) = rig.get("/api/v1/conflicts?limit=9999", Some(TOKEN)).await;
     assert_eq!(
         (status, json(&body)["error"].clone()),
@@ -938,6 +955,27 @@ async fn held_deletes_show_and_are_decided_through_the_breaker() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 400, "a scope needs an area");
+    let resp = rig
+        .http
+        .post(format!(
+            "{}/api/v1/mailboxes/user3@example.com/deletes/approve",
+            rig.base
+        ))
+        .bearer_auth(TOKEN)
+        .body("{\"area\": \"nope\"}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            resp.status().as_u16(),
+            resp.json::<Value>().await.unwrap()["error"].clone()
+        ),
+        (
+            400,
+            Value::from("area: \"nope\" is not an area (contacts, calendar, tasks, mail)")
+        )
+    );
     // The same decisions from the command line: the API's words in the path, what was done
     // in the answer.
     let ctl_args = |rest: &[&str]| {

@@ -243,6 +243,14 @@ async fn decisions_keep_newer_edits_and_survive_a_failed_step() {
     rig.user_deletes(U, &ids(&new), false).await;
     assert_eq!(rig.sync(U, "contacts").await.held, 29);
     rig.decide(U, Decision::Reject).await;
+    // A second, contradicting decision does not overturn the first before it is carried out.
+    assert_eq!(
+        rig.state
+            .decide_held(U, None, None, Decision::Approve)
+            .await
+            .unwrap(),
+        0
+    );
     rig.sim_post(
         "faults",
         serde_json::json!({"operation": "CreateItem", "error_code": "ErrorServerBusy", "back_off_ms": 10, "count": 1}),
@@ -262,6 +270,75 @@ async fn decisions_keep_newer_edits_and_survive_a_failed_step() {
         count(&rig.db, "SELECT COUNT(*) FROM crm_contacts").await,
         30
     );
+    rig.finish().await;
+}
+
+/// Items the user moves back from Deleted Items (restored) find their CRM rows again: a few
+/// whose deletes passed come back as rows once each, and many whose deletes were held
+/// relink to their held rows instead of being imported a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_restored_from_deleted_items_find_their_rows() {
+    let rig = contacts_rig().await;
+    crm_contacts(&rig, 30, "r", Some(1)).await;
+    rig.sync(U, "contacts").await;
+    let items = rig.items(U, DistinguishedFolder::Contacts).await;
+    // All 30 into Deleted Items: held. Moved back: the same 30 rows, nothing held.
+    rig.user_deletes(U, &ids(&items), false).await;
+    assert_eq!(rig.sync(U, "contacts").await.held, 30);
+    let bin = ids(&rig.items(U, DistinguishedFolder::DeletedItems).await);
+    assert_eq!(bin.len(), 30);
+    let op = ews::ops::MoveItem {
+        ids: bin,
+        to: FolderRef::well_known(DistinguishedFolder::Contacts),
+    };
+    for r in rig
+        .client
+        .call(&ews::Target::impersonating(U), &op)
+        .await
+        .unwrap()
+        .output
+    {
+        r.unwrap();
+    }
+    rig.sync(U, "contacts").await;
+    rig.sync(U, "contacts").await;
+    assert_eq!(
+        count(&rig.db, "SELECT COUNT(*) FROM crm_contacts").await,
+        30,
+        "no row imported twice"
+    );
+    assert_eq!(rig.items(U, DistinguishedFolder::Contacts).await.len(), 30);
+    assert_eq!(count(&rig.db, "SELECT COUNT(*) FROM ms_item_map").await, 30);
+    assert!(
+        rig.held(U).await.is_empty(),
+        "{:?}",
+        rig.held(U).await.len()
+    );
+
+    // 3 into Deleted Items: their deletes pass. Moved back: a row each again, once.
+    let items = rig.items(U, DistinguishedFolder::Contacts).await;
+    rig.user_deletes(U, &ids(&items[..3]), false).await;
+    assert_eq!(rig.sync(U, "contacts").await.held, 0);
+    assert_eq!(
+        count(&rig.db, "SELECT COUNT(*) FROM crm_contacts").await,
+        27
+    );
+    let op = ews::ops::MoveItem {
+        ids: ids(&rig.items(U, DistinguishedFolder::DeletedItems).await),
+        to: FolderRef::well_known(DistinguishedFolder::Contacts),
+    };
+    rig.client
+        .call(&ews::Target::impersonating(U), &op)
+        .await
+        .unwrap();
+    rig.sync(U, "contacts").await;
+    rig.sync(U, "contacts").await;
+    assert_eq!(
+        count(&rig.db, "SELECT COUNT(*) FROM crm_contacts").await,
+        30
+    );
+    assert_eq!(rig.items(U, DistinguishedFolder::Contacts).await.len(), 30);
+    assert_eq!(count(&rig.db, "SELECT COUNT(*) FROM ms_item_map").await, 30);
     rig.finish().await;
 }
 

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
-use mailsync_actors::{Action, Command, CommandError, MailboxSnapshot};
+use mailsync_actors::{Action, Command, CommandError, MailboxSnapshot, MailboxState};
 use serde::{Deserialize, Serialize};
 
 use super::held::HeldGroup;
@@ -42,6 +42,40 @@ pub struct MailboxFilter {
     pub limit: Option<usize>,
     /// Page number, from 1 (console paging).
     pub page: Option<usize>,
+}
+
+impl MailboxFilter {
+    /// What is wrong with the filter, if anything: a state no mailbox can be in would match
+    /// nothing and look like an empty service.
+    pub fn check(&self) -> Result<(), String> {
+        match self.state.as_deref().map(str::trim) {
+            None | Some("" | "held" | "error") => Ok(()),
+            Some(s) if MailboxState::ALL.iter().any(|m| m.as_str() == s) => Ok(()),
+            Some(s) => Err(format!(
+                "state: {s:?} is not a state ({}, held or error)",
+                MailboxState::ALL
+                    .iter()
+                    .map(|m| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+}
+
+/// The `mailbox` parameter of the log queries: trimmed, lower case, `None` when empty. Text
+/// no address can hold (control characters, which PostgreSQL refuses in a query) is an
+/// error naming the parameter, not a database failure.
+pub(crate) fn mailbox_param(raw: Option<&str>) -> Result<Option<String>, String> {
+    let Some(m) = raw.map(str::trim).filter(|m| !m.is_empty()) else {
+        return Ok(None);
+    };
+    if m.chars().any(char::is_control) {
+        return Err(format!(
+            "mailbox: {m:?} is not an address (control characters)"
+        ));
+    }
+    Ok(Some(m.to_lowercase()))
 }
 
 /// The snapshots that pass `filter`, in address order.
@@ -207,12 +241,7 @@ impl ConflictParams {
     /// The store query these parameters ask for, or what is wrong with them.
     pub(crate) fn query(&self, now: DateTime<Utc>) -> Result<ConflictQuery, String> {
         Ok(ConflictQuery {
-            mailbox: self
-                .mailbox
-                .as_deref()
-                .map(str::trim)
-                .filter(|m| !m.is_empty())
-                .map(str::to_lowercase),
+            mailbox: mailbox_param(self.mailbox.as_deref())?,
             since: match self.since.as_deref().map(str::trim) {
                 None | Some("") => None,
                 Some(s) => Some(parse_since(s, now)?),
@@ -331,12 +360,10 @@ pub(crate) async fn failures(
         Ok(l) => l,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    let mailbox = params
-        .mailbox
-        .as_deref()
-        .map(str::trim)
-        .filter(|m| !m.is_empty())
-        .map(str::to_lowercase);
+    let mailbox = match mailbox_param(params.mailbox.as_deref()) {
+        Ok(m) => m,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
     match db
         .failure_page(mailbox.as_deref(), params.before, limit)
         .await

@@ -238,6 +238,9 @@ pub(crate) async fn mailboxes(
     if let Some(denied) = authorize(&req, &state) {
         return denied;
     }
+    if let Err(e) = filter.check() {
+        return problem(&e);
+    }
     let held = match held_map(&state, None).await {
         Ok(h) => h,
         Err(e) => return e,
@@ -725,12 +728,10 @@ pub(crate) async fn failures(
     let Some(db) = &state.store else {
         return problem("this service has no state store to read the failure log from");
     };
-    let mailbox = params
-        .mailbox
-        .as_deref()
-        .map(str::trim)
-        .unwrap_or_default()
-        .to_lowercase();
+    let mailbox = match api::mailbox_param(params.mailbox.as_deref()) {
+        Ok(m) => m.unwrap_or_default(),
+        Err(e) => return problem(&e),
+    };
     let mut h =
         String::from("<h2>Parked failures</h2><form class=\"filters\" data-view=\"/failures\">");
     let _ = write!(

@@ -200,6 +200,16 @@ pub(crate) async fn decide(
     if body.scope.is_some() && body.area.is_none() {
         return error(StatusCode::BAD_REQUEST, "scope needs an area");
     }
+    if let Some(a) = body
+        .area
+        .as_deref()
+        .filter(|a| !["contacts", "calendar", "tasks", "mail"].contains(a))
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("area: {a:?} is not an area (contacts, calendar, tasks, mail)"),
+        );
+    }
     match gate
         .decide(&smtp, decision, body.area.as_deref(), body.scope.as_deref())
         .await

@@ -357,6 +357,9 @@ async fn list(
     if let Some(denied) = authorize(&req, &state) {
         return denied;
     }
+    if let Err(e) = query.check() {
+        return error(StatusCode::BAD_REQUEST, e);
+    }
     let board = &state.handle.board;
     let states: serde_json::Map<String, serde_json::Value> = board
         .states()

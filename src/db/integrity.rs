@@ -369,7 +369,9 @@ impl Db {
     }
 
     /// Records an administrator's decision on the held deletes of a mailbox (optionally of one
-    /// table and scope); returns how many entries it covers.
+    /// table and scope) that have none yet: a decision stands until its step carries it out,
+    /// so a second, contradicting one (two administrators, a double click) cannot turn an
+    /// approval into a rejection halfway. Returns how many entries it covers.
     pub async fn decide_held(
         &self,
         mailbox: &str,
@@ -377,7 +379,7 @@ impl Db {
         scope: Option<&str>,
         decision: Decision,
     ) -> Result<u64, DbError> {
-        let sql = "UPDATE ms_held SET decision = $1 WHERE mailbox = $2 AND ($3 OR crm_table = $4) AND ($5 OR scope = $6)";
+        let sql = "UPDATE ms_held SET decision = $1 WHERE decision IS NULL AND mailbox = $2 AND ($3 OR crm_table = $4) AND ($5 OR scope = $6)";
         on_db!(
             self,
             sql,

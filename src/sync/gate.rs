@@ -143,15 +143,21 @@ impl DeleteGate for StoreGate {
                 DeleteDecision::Approve => Decision::Approve,
                 DeleteDecision::Reject => Decision::Reject,
             };
+            let mut decided = 0;
             for table in tables {
-                state
+                decided += state
                     .decide_held(&mailbox, table, scope.as_deref(), verdict)
                     .await
                     .map_err(|e| DecideError::Failed(e.to_string()))?;
             }
+            if decided == 0 {
+                return Err(DecideError::NothingHeld(format!(
+                    "the held deletes of {mailbox} already have a decision, which is being carried out"
+                )));
+            }
             let outcome = DecideOutcome {
                 groups: matching.len(),
-                items: matching.iter().map(|g| g.count).sum(),
+                items: decided,
             };
             // The mailbox's next step carries the decision out; run it now.
             let sent = handle

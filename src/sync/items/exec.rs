@@ -441,21 +441,18 @@ impl ItemStep<'_> {
                     .engine
                     .find_stamped(self.setup, self.ctx, &folder_ref, self.table, &ids)
                     .await?;
-                // An item already mapped to another row is that row's, whatever its stamp
-                // says: a row restored from Exchange gets a new id while its item keeps the
-                // old one in its stamp, and the database may hand that old id out again.
+                // An item another CRM row already holds (its `ews_id`) is that row's,
+                // whatever its stamp says: a row restored from Exchange gets a new id while its
+                // item keeps the old one in its stamp, and the database may hand that old id
+                // out again. Linking it would fail on the unique `ews_id` every time.
                 let found_ids: Vec<String> = found.values().map(|i| i.id.clone()).collect();
-                let mapped = self
+                let held_by = self
                     .engine
-                    .state
-                    .mappings_by_ews(self.smtp(), &found_ids)
+                    .crm
+                    .ids_by_ews_ids(self.table, &found_ids)
                     .await
                     .map_err(db_error)?;
-                found.retain(|crm_id, item| {
-                    mapped
-                        .get(&item.id)
-                        .is_none_or(|m| m.crm_table != self.table || m.crm_id == *crm_id)
-                });
+                found.retain(|crm_id, item| held_by.get(&item.id).is_none_or(|row| row == crm_id));
                 found
             } else {
                 HashMap::new()

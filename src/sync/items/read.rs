@@ -323,12 +323,12 @@ impl ItemStep<'_> {
         for m in by_crm.values().chain(by_ews.values()) {
             ctx.maps.insert(m.crm_id, m.clone());
         }
-        let held: HashSet<i64> = state
+        let held: HashMap<i64, HeldSide> = state
             .held(self.smtp(), Some(self.table))
             .await
             .map_err(db_error)?
             .into_iter()
-            .map(|h| h.crm_id)
+            .map(|h| (h.crm_id, h.side))
             .collect();
         let ambiguous: HashSet<(HeldSide, String)> = match self.mode {
             Mode::Initial {
@@ -436,6 +436,7 @@ impl ItemStep<'_> {
         }
         // The CRM side of every pair that has a row.
         let mut out = Vec::with_capacity(pairs.len() + loose.len());
+        let mut returned = Vec::new();
         for (crm_id, mut p) in pairs {
             p.crm = match ctx.rows.get(&crm_id) {
                 // A row whose version is below the one recorded is not the mapped row: its id
@@ -473,8 +474,28 @@ impl ItemStep<'_> {
                 },
                 None => Side::Gone,
             };
-            p.held = held.contains(&crm_id);
+            // A record whose delete from Exchange is held but whose item this step sees in
+            // the folder again (moved back from Deleted Items: found by its id or its stamp)
+            // is no longer deleted: the hold is released, whatever was decided, and the pair
+            // syncs as usual.
+            let back = held.get(&crm_id) == Some(&HeldSide::Crm) && matches!(p.ews, Side::Here(_));
+            if back {
+                returned.push(crm_id);
+            }
+            p.held = held.contains_key(&crm_id) && !back;
             out.push(p);
+        }
+        if !returned.is_empty() {
+            tracing::info!(
+                mailbox = self.smtp(),
+                table = self.table,
+                count = returned.len(),
+                "held deletes whose items came back are released"
+            );
+            state
+                .release_held(self.smtp(), self.table, &returned)
+                .await
+                .map_err(db_error)?;
         }
         out.extend(loose);
         Ok(out)
