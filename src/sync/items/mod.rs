@@ -8,6 +8,7 @@
 //! folder's new sync state.
 
 pub(crate) mod exec;
+mod held;
 pub mod plan;
 pub(crate) mod read;
 mod stamp;
