@@ -491,4 +491,66 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(3)).await;
         assert_eq!(ctx.progress.idle(), Duration::from_secs(3));
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_share_divides_rate_and_slots_in_place() {
+        let t = throttle(10.0, 10, 6);
+        // Three instances: each 10/3 requests per second, burst 3, two slots.
+        t.set_share(3);
+        assert_eq!(t.share(), (3, 2));
+        let start = Instant::now();
+        let mut permits = Vec::new();
+        for _ in 0..2 {
+            permits.push(t.acquire().await);
+        }
+        drop(permits);
+        for _ in 0..2 {
+            drop(t.acquire().await);
+        }
+        // Burst 3, then one every 0.3 s: the fourth request waits 0.3 s.
+        assert_eq!(start.elapsed(), Duration::from_millis(300));
+        let a = t.acquire().await;
+        let _b = t.acquire().await;
+        let t2 = t.clone();
+        let third = tokio::spawn(async move { drop(t2.acquire().await) });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(
+            !third.is_finished(),
+            "a third request ran on a share of two slots"
+        );
+        drop(a);
+        third.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shrinking_share_retires_slots_as_requests_finish() {
+        let t = throttle(1000.0, 1000, 4);
+        let mut permits = Vec::new();
+        for _ in 0..4 {
+            permits.push(t.acquire().await);
+        }
+        // Two instances now: all four slots are in use, two are owed back.
+        t.set_share(2);
+        assert_eq!(t.share(), (2, 2));
+        drop(permits.pop());
+        drop(permits.pop());
+        let t2 = t.clone();
+        let next = tokio::spawn(async move { drop(t2.acquire().await) });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(
+            !next.is_finished(),
+            "two requests still run: the share is full"
+        );
+        drop(permits.pop());
+        next.await.unwrap();
+        drop(permits);
+        // Alone again: four slots.
+        t.set_share(1);
+        assert_eq!(t.share(), (1, 4));
+        let mut four = Vec::new();
+        for _ in 0..4 {
+            four.push(t.acquire().await);
+        }
+        assert_eq!(four.len(), 4);
+    }
 }

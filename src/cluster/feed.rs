@@ -33,7 +33,9 @@ const LOOK: Duration = Duration::from_millis(500);
 pub struct ClusterFeed {
     feed: Feed,
     cluster: Cluster,
-    listener: std::sync::Arc<tokio::sync::Mutex<Option<PgListener>>>,
+    /// What the listener task heard: folders, or `None` after a (re)connect. The task owns
+    /// the LISTEN connection, so no wait here can cancel a notification half read.
+    heard: std::sync::Arc<tokio::sync::Mutex<Option<Heard>>>,
     /// This instance was the reader at the last look (so becoming it is noticed once).
     reading: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
@@ -73,7 +75,7 @@ impl ClusterFeed {
         ClusterFeed {
             feed,
             cluster,
-            listener: Default::default(),
+            heard: Default::default(),
             reading: Default::default(),
         }
     }
@@ -103,27 +105,17 @@ impl ClusterFeed {
     }
 
     /// As a follower: the folders of owned mailboxes the reader notified, waiting up to
-    /// [`LOOK`]. After a (re)connect, every owned folder with queued rows.
+    /// [`LOOK`]. After a (re)connect of the listener, every owned folder with queued rows.
     async fn follow(&self) -> Result<Vec<(MailboxId, FolderId)>, SyncError> {
-        let mut guard = self.listener.lock().await;
-        if guard.is_none() {
-            let mut l = PgListener::connect_with(self.cluster.store().pool())
-                .await
-                .map_err(transient)?;
-            l.listen(CHANNEL).await.map_err(transient)?;
-            *guard = Some(l);
-            return self.queued().await;
-        }
-        let listener = guard.as_mut().expect("set above");
-        match tokio::time::timeout(LOOK, listener.try_recv()).await {
+        let mut guard = self.heard.lock().await;
+        let heard = guard.get_or_insert_with(|| listen(self.cluster.store().pool().clone()));
+        match tokio::time::timeout(LOOK, heard.recv()).await {
             Err(_) => Ok(Vec::new()),
-            Ok(Ok(Some(n))) => Ok(self.mine(parse(n.payload()))),
-            // The connection was lost (sqlx reconnects on the next call): anything sent
-            // meanwhile is in ms_pending.
-            Ok(Ok(None)) => self.queued().await,
-            Ok(Err(e)) => {
+            Ok(Some(Some(folders))) => Ok(self.mine(folders)),
+            Ok(Some(None)) => self.queued().await,
+            Ok(None) => {
                 *guard = None;
-                Err(transient(e))
+                Err(transient("the cluster's notification listener stopped"))
             }
         }
     }
@@ -146,6 +138,58 @@ impl ClusterFeed {
     }
 }
 
+type Heard = tokio::sync::mpsc::Receiver<Option<Vec<(MailboxId, FolderId)>>>;
+
+/// The LISTEN task: forwards each notification's folders, and `None` after every (re)connect
+/// (anything sent while it was away is in ms_pending). Ends when the feed is dropped.
+fn listen(pool: sqlx::PgPool) -> Heard {
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    tokio::spawn(async move {
+        let mut failures = 0u32;
+        loop {
+            let connected = async {
+                let mut l = PgListener::connect_with(&pool).await?;
+                l.listen(CHANNEL).await?;
+                Ok::<_, sqlx::Error>(l)
+            }
+            .await;
+            let mut listener = match connected {
+                Ok(l) => l,
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(error = %e, "cluster: cannot listen for queued CRM changes; retrying");
+                    tokio::time::sleep(Duration::from_millis(500) * failures.min(20)).await;
+                    continue;
+                }
+            };
+            failures = 0;
+            if tx.send(None).await.is_err() {
+                return;
+            }
+            loop {
+                match listener.try_recv().await {
+                    Ok(Some(n)) => {
+                        if tx.send(Some(parse(n.payload()))).await.is_err() {
+                            return;
+                        }
+                    }
+                    // Reconnected by sqlx: tell the follower to look at the queue.
+                    Ok(None) => {
+                        if tx.send(None).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cluster: the notification listener failed; reconnecting");
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    rx
+}
+
 impl CrmPort for ClusterFeed {
     fn next_changes(&self) -> BoxFuture<'static, Result<Vec<(MailboxId, FolderId)>, SyncError>> {
         let port = self.clone();
@@ -154,10 +198,23 @@ impl CrmPort for ClusterFeed {
             loop {
                 if port.cluster.reads_feed() {
                     if !port.reading.load(Ordering::SeqCst) {
-                        port.feed
-                            .start_at_end_if_new()
-                            .await
-                            .map_err(crate::sync::core::db_error)?;
+                        // Only the cluster's very first reader starts at the end of the log:
+                        // a cursor at the log's start (nothing was there) is a position to
+                        // keep, not a new feed, or a new reader would skip what its
+                        // predecessor never read.
+                        let positioned: bool = sqlx::query_scalar(
+                            "SELECT EXISTS (SELECT 1 FROM ms_cursor WHERE name = $1)",
+                        )
+                        .bind(crate::sync::feed::CURSOR)
+                        .fetch_one(port.cluster.store().pool())
+                        .await
+                        .map_err(transient)?;
+                        if !positioned {
+                            port.feed
+                                .start_at_end_if_new()
+                                .await
+                                .map_err(crate::sync::core::db_error)?;
+                        }
                         port.reading.store(true, Ordering::SeqCst);
                         // The previous reader may have died between queueing a batch and
                         // its NOTIFY: what it queued for mailboxes here is woken now.
