@@ -121,6 +121,7 @@ struct Run {
     requests: BTreeMap<String, u64>,
     cpu_mailsync: f64,
     cpu_sim: f64,
+    cpu_postgres: f64,
 }
 
 impl Run {
@@ -141,6 +142,7 @@ impl Run {
             "requests_by_operation": self.requests,
             "cpu_seconds_mailsync": round(self.cpu_mailsync, 2),
             "cpu_seconds_simulator": round(self.cpu_sim, 2),
+            "cpu_seconds_postgres_backends": round(self.cpu_postgres, 2),
         })
     }
 }
@@ -160,16 +162,41 @@ struct Bench {
     url: String,
     base: String,
     sim_pid: String,
+    /// The bench database's name and a pool on the server's `postgres` database, to find
+    /// the backends serving the bench (their CPU is PostgreSQL's share of the work).
+    dbname: String,
+    admin: sqlx::PgPool,
 }
 
 impl Bench {
+    /// CPU seconds of the PostgreSQL backends connected to the bench database, by pid.
+    async fn postgres_cpu(&self) -> BTreeMap<i32, f64> {
+        let pids: Vec<(i32,)> =
+            sqlx::query_as("SELECT pid FROM pg_stat_activity WHERE datname = $1")
+                .bind(&self.dbname)
+                .fetch_all(&self.admin)
+                .await
+                .unwrap_or_default();
+        pids.into_iter()
+            .map(|(p,)| (p, cpu_seconds(&p.to_string())))
+            .collect()
+    }
+
     async fn measure<F: std::future::Future<Output = u64>>(&self, work: F) -> Run {
         let before = requests(&self.http, &self.base).await;
+        let pg = self.postgres_cpu().await;
         let (cpu_me, cpu_sim) = (cpu_seconds("self"), cpu_seconds(&self.sim_pid));
         let started = Instant::now();
         let items = work.await;
         let seconds = started.elapsed().as_secs_f64();
         let (cpu_me2, cpu_sim2) = (cpu_seconds("self"), cpu_seconds(&self.sim_pid));
+        // Backends that appeared meanwhile count from zero.
+        let cpu_postgres = self
+            .postgres_cpu()
+            .await
+            .iter()
+            .map(|(pid, c)| c - pg.get(pid).copied().unwrap_or(0.0))
+            .sum();
         let after = requests(&self.http, &self.base).await;
         Run {
             items,
@@ -177,6 +204,7 @@ impl Bench {
             requests: by_operation(&before, &after),
             cpu_mailsync: cpu_me2 - cpu_me,
             cpu_sim: cpu_sim2 - cpu_sim,
+            cpu_postgres,
         }
     }
 
@@ -444,7 +472,8 @@ fn main() {
             ThrottleSettings { requests_per_second: 1000.0, burst: 1000, max_concurrent: 27 },
             telemetry.runtime.clone(),
         );
-        let bench = Bench { db, engine, throttle, http: reqwest::Client::new(), client, url, base, sim_pid };
+        let admin_pool = sqlx::PgPool::connect(&admin_url).await.expect("PostgreSQL for the bench");
+        let bench = Bench { db, engine, throttle, http: reqwest::Client::new(), client, url, base, sim_pid, dbname: name.clone(), admin: admin_pool };
 
         let mut summary = Vec::new();
         for (a, area) in areas.iter().enumerate() {
@@ -477,6 +506,8 @@ fn main() {
                 "crm_to_exchange": c2e.json(),
                 "exchange_to_crm": e2c.json(),
                 "left_unstamped": unstamped,
+                // Other work on the machine (1-minute load average when the area finished).
+                "load_average": std::fs::read_to_string("/proc/loadavg").ok().and_then(|l| l.split_whitespace().next().and_then(|v| v.parse::<f64>().ok())),
             });
             let mut line = format!(
                 "{:<9} C→E {:>6.0} items/s {:.4} req/item | E→C {:>6.0} items/s {:.4} req/item",

@@ -3,8 +3,14 @@
 //!
 //! ```sh
 //! cargo run --release --example sync_bench -- [--mailboxes 1000] [--contacts 100] \
-//!     [--rate 20] [--seconds 30] [--database postgres://postgres@127.0.0.1:5432/postgres]
+//!     [--rate 20] [--seconds 30] [--database postgres://postgres@127.0.0.1:5432/postgres] \
+//!     [--initial-by-run]
 //! ```
+//!
+//! `--initial-by-run`: no initial sync beforehand; every mailbox holds `--contacts` contacts in
+//! the CRM and as many other ones in Exchange, and `mailsync run` starts with
+//! `initial_sync = "crm-to-exchange"`, copying each side's to the other; the figure is the time
+//! until every mailbox is synced both ways and ready.
 //!
 //! A fresh database `mailsync_bench_<pid>` is created on the server of `--database` and
 //! dropped at the end. Prints one JSON object.
@@ -107,6 +113,7 @@ fn main() {
     let rate: u64 = arg("--rate", "20").parse().unwrap();
     let seconds: u64 = arg("--seconds", "30").parse().unwrap();
     let admin_url = arg("--database", "postgres://postgres@127.0.0.1:5432/postgres");
+    let by_run = std::env::args().any(|a| a == "--initial-by-run");
     // Logs (stderr) only when asked for: MAILSYNC_BENCH_LOG=info.
     if let Ok(level) = std::env::var("MAILSYNC_BENCH_LOG") {
         mailsync::logging::init(mailsync::config::LogFormat::Text, &level);
@@ -137,8 +144,9 @@ fn main() {
         let mut config = format!(
             "[admin]\nlisten = \"127.0.0.1:0\"\n[database]\nurl = \"{db_url}\"\nmax_connections = 20\n[state]\nurl = \"{db_url}\"\nmax_connections = 20\n[[tenants]]\nid = \"1\"\nname = \"Bench\"\n\
              [[servers]]\nname = \"sim\"\news_url = \"{}\"\nallow_http = true\nauth = \"basic\"\nservice_account = {{ username = \"svc\", password = \"secret\" }}\n\
-             throttle = {{ requests_per_second = 5000, burst = 5000, max_concurrent_requests = 64 }}\n[mailbox_defaults]\nareas = [\"contacts\"]\n",
-            sim.ews_url()
+             throttle = {{ requests_per_second = 5000, burst = 5000, max_concurrent_requests = 64 }}\n[mailbox_defaults]\nareas = [\"contacts\"]\n{}",
+            sim.ews_url(),
+            if by_run { "initial_sync = \"crm-to-exchange\"\n" } else { "" }
         );
         for i in 1..=mailboxes {
             config.push_str(&format!("[[mailboxes]]\nsmtp = \"user{i}@example.com\"\noperator = \"{i}\"\nserver = \"sim\"\ntenant = \"1\"\n"));
@@ -148,36 +156,64 @@ fn main() {
         let cfg = mailsync::config::load(&path, &ProcessEnv).unwrap();
         let http = reqwest::Client::new();
 
-        // Initial sync of every mailbox, 32 at a time.
         let telemetry = Telemetry::new();
-        let built = mailsync::service::build(&cfg, &db, &telemetry).await.unwrap();
-        let engine = Engine::new(db.clone(), db.clone(), true, telemetry.service.clone());
-        engine.set_mailboxes(built.setups);
-        let throttle = mailsync_actors::Throttle::new("sim".into(), built.servers[0].throttle, telemetry.runtime.clone());
-        let before = requests(&http, &sim.base_url()).await;
-        let started = Instant::now();
-        let specs = built.mailboxes.clone();
-        let results: Vec<_> = stream::iter(specs)
-            .map(|spec| {
-                let (engine, throttle) = (engine.clone(), throttle.clone());
-                async move { engine.initial_sync(&spec, Direction::CrmToExchange, throttle, false, &|_, _, _| {}).await }
-            })
-            .buffer_unordered(32)
-            .collect()
-            .await;
-        let initial_seconds = started.elapsed().as_secs_f64();
-        assert!(results.iter().all(Result::is_ok), "initial sync failed: {:?}", results.iter().find(|r| r.is_err()));
-        let items = scalar(&db, "SELECT COUNT(*) FROM ms_item_map").await as f64;
-        let after = requests(&http, &sim.base_url()).await;
-        let initial_requests = delta(&before, &after, &[]) as f64;
-        let initial_by_op = by_operation(&before, &after);
+        let mut initial_seconds = 0.0;
+        let mut items = 0.0;
+        let mut initial_requests = 0.0;
+        let mut initial_by_op = BTreeMap::new();
+        if by_run {
+            // As many other contacts in each Exchange mailbox as in its CRM.
+            let now = chrono::Utc::now();
+            for i in 1..=mailboxes {
+                let mb = sim.sim.store.mailbox(&format!("user{i}@example.com")).unwrap();
+                let mut m = mb.lock();
+                let folder = m.distinguished["contacts"];
+                for c in 0..contacts {
+                    let props = vec![
+                        ews_sim::xml::Node::leaf("GivenName", &format!("Outlook{c}")),
+                        ews_sim::xml::Node::leaf("Surname", &format!("User{i}-{c}")),
+                    ];
+                    m.create_item(folder, "Contact", props, now).unwrap();
+                }
+                m.pending_events.clear();
+            }
+        } else {
+            // Initial sync of every mailbox, 32 at a time.
+            let built = mailsync::service::build(&cfg, &db, &telemetry).await.unwrap();
+            let engine = Engine::new(db.clone(), db.clone(), true, telemetry.service.clone());
+            engine.set_mailboxes(built.setups);
+            let throttle = mailsync_actors::Throttle::new("sim".into(), built.servers[0].throttle, telemetry.runtime.clone());
+            let before = requests(&http, &sim.base_url()).await;
+            let started = Instant::now();
+            let specs = built.mailboxes.clone();
+            let results: Vec<_> = stream::iter(specs)
+                .map(|spec| {
+                    let (engine, throttle) = (engine.clone(), throttle.clone());
+                    async move { engine.initial_sync(&spec, Direction::CrmToExchange, throttle, false, &|_, _, _| {}).await }
+                })
+                .buffer_unordered(32)
+                .collect()
+                .await;
+            initial_seconds = started.elapsed().as_secs_f64();
+            assert!(results.iter().all(Result::is_ok), "initial sync failed: {:?}", results.iter().find(|r| r.is_err()));
+            items = scalar(&db, "SELECT COUNT(*) FROM ms_item_map").await as f64;
+            let after = requests(&http, &sim.base_url()).await;
+            initial_requests = delta(&before, &after, &[]) as f64;
+            initial_by_op = by_operation(&before, &after);
+        }
 
         // The service, then a steady change load both ways.
+        let before_run = requests(&http, &sim.base_url()).await;
         let service = mailsync::service::start(&cfg, path.clone()).await.unwrap();
         let board = service.handle.board.clone();
         let ready_start = Instant::now();
         let mut last_report = Instant::now();
-        while !(board.ready() && board.len() == mailboxes) {
+        let expected = (2 * mailboxes * contacts) as i64;
+        loop {
+            let ready = board.ready() && board.len() == mailboxes;
+            if ready && (!by_run || scalar(&db, "SELECT COUNT(*) FROM ms_item_map").await >= expected) {
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
             if last_report.elapsed() > Duration::from_secs(10) {
                 last_report = Instant::now();
@@ -186,6 +222,14 @@ fn main() {
             }
         }
         let ready_seconds = ready_start.elapsed().as_secs_f64();
+        if by_run {
+            initial_seconds = ready_seconds;
+            items = scalar(&db, "SELECT COUNT(*) FROM ms_item_map").await as f64;
+            assert_eq!(scalar(&db, "SELECT COUNT(*) FROM crm_contacts").await, expected, "every contact once in the CRM");
+            let after = requests(&http, &sim.base_url()).await;
+            initial_requests = delta(&before_run, &after, &["GetStreamingEvents"]) as f64;
+            initial_by_op = by_operation(&before_run, &after);
+        }
         tokio::time::sleep(Duration::from_secs(3)).await;
         let rss_idle = status_mb("VmRSS:");
         let mut cfg_client = ews::ClientConfig::new(url::Url::parse(&sim.ews_url()).unwrap(), ews::Auth::Basic { username: "svc".into(), password: "secret".into() });
@@ -262,6 +306,7 @@ fn main() {
             "{}",
             serde_json::json!({
                 "mailboxes": mailboxes,
+                "initial_sync_by_run": by_run,
                 "items_initial": items,
                 "initial_sync_seconds": (initial_seconds * 100.0).round() / 100.0,
                 "initial_sync_items_per_second": (items / initial_seconds).round(),

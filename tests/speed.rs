@@ -339,3 +339,104 @@ async fn a_crash_before_the_deferred_stamp_loses_nothing_and_duplicates_nothing(
     }
     rig.finish().await;
 }
+
+fn contact_row(id: i64, version: i64, surname: &str) -> mailsync::db::rows::CrmRow {
+    mailsync::db::rows::CrmRow::Contact(mailsync::db::rows::ContactRow {
+        id,
+        tenant_id: 1,
+        owner_id: Some(1),
+        given_name: Some("Kim".into()),
+        surname: Some(surname.into()),
+        company: None,
+        job_title: None,
+        email: [None, None, None],
+        phones: [None, None, None],
+        address: [None, None, None, None],
+        notes: None,
+        categories: vec!["CRM".into()],
+        ews_id: None,
+        version,
+    })
+}
+
+/// A chunk of writes in one transaction, an outcome per row in the order given: new rows
+/// written, an item a row already carries named (nothing inserted), an update over a changed
+/// version refused (nothing written), the rest landed.
+async fn bulk_save_outcomes(postgres: bool) {
+    use mailsync::db::write::{ExchangeWrite, Saved};
+    let Some(rig) = rig(postgres, false).await else {
+        return;
+    };
+    let db = &rig.db;
+    let (old, _) = db
+        .save_from_exchange(&contact_row(0, 0, "alt"), "E-OLD=", None)
+        .await
+        .unwrap();
+    let (kept, kept_version) = db
+        .save_from_exchange(&contact_row(0, 0, "bleibt"), "E-KEPT=", None)
+        .await
+        .unwrap();
+    // Changed in the CRM after it was read at its version.
+    exec(
+        db,
+        &format!("UPDATE crm_contacts SET job_title = 'ERP' WHERE id = {kept}"),
+    )
+    .await;
+    let write = |row, ews: &str| ExchangeWrite {
+        row,
+        ews_id: ews.into(),
+        mapping: None,
+    };
+    let mut writes = vec![write(contact_row(0, 0, "neu0"), "E-0=")];
+    writes.push(write(contact_row(0, 0, "doppelt"), "E-OLD="));
+    writes.push(write(
+        contact_row(kept, kept_version, "überschrieben"),
+        "E-KEPT=",
+    ));
+    writes
+        .extend((1..150).map(|i| write(contact_row(0, 0, &format!("neu{i}")), &format!("E-{i}="))));
+    let saved = db.save_many_from_exchange(&writes).await.unwrap();
+    assert_eq!(saved.len(), writes.len());
+    assert!(matches!(saved[0], Saved::Written(..)));
+    assert!(matches!(saved[1], Saved::Duplicate(id, _) if id == old));
+    assert_eq!(saved[2], Saved::Stale);
+    for (w, s) in writes.iter().zip(&saved).skip(3) {
+        let Saved::Written(id, _) = s else {
+            panic!("{s:?}")
+        };
+        assert_eq!(
+            db.row_by_ews_id("crm_contacts", &w.ews_id)
+                .await
+                .unwrap()
+                .map(|r| r.0),
+            Some(*id),
+            "the outcome of {} is its own row",
+            w.ews_id
+        );
+    }
+    assert_eq!(count(db, "SELECT COUNT(*) FROM crm_contacts").await, 152);
+    assert_eq!(
+        count(db, &format!("SELECT COUNT(*) FROM crm_contacts WHERE id = {kept} AND surname = 'bleibt' AND job_title = 'ERP'")).await,
+        1,
+        "the CRM's change is not overwritten"
+    );
+    assert_eq!(
+        count(
+            db,
+            "SELECT COUNT(*) FROM crm_contacts WHERE surname = 'doppelt'"
+        )
+        .await,
+        0
+    );
+    rig.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_save_gives_each_row_its_own_outcome() {
+    bulk_save_outcomes(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_save_gives_each_row_its_own_outcome_on_postgres() {
+    bulk_save_outcomes(true).await;
+}

@@ -99,6 +99,42 @@ impl Db {
         Ok(out)
     }
 
+    /// Appointments of an operator carrying any of these iCalendar UIDs, oldest first per UID
+    /// (one query per 500 UIDs instead of one per UID).
+    pub async fn appointments_by_uids(
+        &self,
+        owner_id: i64,
+        uids: &[String],
+    ) -> Result<HashMap<String, Vec<i64>>, DbError> {
+        let mut out: HashMap<String, Vec<i64>> = HashMap::new();
+        for chunk in uids.chunks(500) {
+            let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!(
+                "SELECT uid, id FROM crm_appointments WHERE owner_id = $1 AND uid IN ({}) ORDER BY id",
+                list.join(", ")
+            );
+            let found: Vec<(String, i64)> = on_db!(
+                self,
+                &sql,
+                "finding appointments by UID",
+                |x| chunk.iter().fold(x.bind(owner_id), |x, u| x.bind(u)),
+                fetch_all,
+                |rows| rows
+                    .iter()
+                    .map(|r| Ok((
+                        super::rows::TextColumn::text(r, "uid")?.unwrap_or_default(),
+                        r.try_get::<i64, _>(1)?
+                    )))
+                    .collect::<Result<Vec<_>, sqlx::Error>>()
+            )?
+            .map_err(q("finding appointments by UID"))?;
+            for (uid, id) in found {
+                out.entry(uid).or_default().push(id);
+            }
+        }
+        Ok(out)
+    }
+
     /// The mappings of a mailbox and table that no stored sync state covers yet.
     pub async fn unverified_of(
         &self,

@@ -300,24 +300,6 @@ impl Db {
         }
     }
 
-    /// Appointments of an operator carrying the iCalendar UID `uid` (an invitation's
-    /// identity, the same in every calendar that holds it), oldest first.
-    pub async fn appointments_by_uid(&self, owner_id: i64, uid: &str) -> Result<Vec<i64>, DbError> {
-        let sql = "SELECT id FROM crm_appointments WHERE owner_id = $1 AND uid = $2 ORDER BY id";
-        on_db!(
-            self,
-            sql,
-            "finding appointments by UID",
-            |x| x.bind(owner_id).bind(uid),
-            fetch_all,
-            |rows| rows
-                .iter()
-                .map(|r| r.try_get::<i64, _>(0))
-                .collect::<Result<Vec<_>, _>>()
-        )?
-        .map_err(q("finding appointments by UID"))
-    }
-
     /// Deletes a CRM row (deleted in Exchange); false if it was already gone.
     /// In a cluster the delete checks the mailbox's fence in the same transaction.
     pub async fn delete_crm_row(&self, table: &str, id: i64) -> Result<bool, DbError> {

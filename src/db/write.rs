@@ -405,7 +405,7 @@ fn insert_statement(table: &str, names: &[&str], rows: usize) -> String {
 /// changed row (over its version), then the mappings. Returns the outcome of each write in
 /// `todo` (indexes into `writes`).
 macro_rules! save_many_in_tx {
-    ($pool:expr, $placeholders:expr, $categories:expr, $writes:expr, $todo:expr, $table:expr) => {{
+    ($pool:expr, $placeholders:expr, $categories:expr, $mappings:expr, $writes:expr, $todo:expr, $table:expr) => {{
         let writes: &[ExchangeWrite] = $writes;
         let mut saved: Vec<(usize, Saved)> = Vec::with_capacity($todo.len());
         let mut tx = $pool.begin().await.map_err(q("starting a transaction"))?;
@@ -462,25 +462,20 @@ macro_rules! save_many_in_tx {
                 done.map_or(Saved::Stale, |(id, v)| Saved::Written(id, v)),
             ));
         }
-        let mapping_sql = $placeholders(MAPPING_UPSERT);
-        for (i, s) in &saved {
-            let (Some(m), Saved::Written(id, version)) = (&writes[*i].mapping, s) else {
-                continue;
-            };
-            sqlx::query(&mapping_sql)
-                .bind(&m.mailbox)
-                .bind($table)
-                .bind(*id)
-                .bind(&writes[*i].ews_id)
-                .bind(&m.change_key)
-                .bind(*version)
-                .bind(m.fields.to_string())
-                .bind(m.stamped)
-                .bind(m.unverified)
-                .execute(&mut *tx)
-                .await
-                .map_err(q("storing an item mapping"))?;
-        }
+        let mappings: Vec<ItemMapping> = saved
+            .iter()
+            .filter_map(|(i, s)| match (&writes[*i].mapping, s) {
+                (Some(m), Saved::Written(id, version)) => Some(ItemMapping {
+                    crm_table: $table.to_string(),
+                    crm_id: *id,
+                    ews_item_id: writes[*i].ews_id.clone(),
+                    crm_version: Some(*version),
+                    ..m.clone()
+                }),
+                _ => None,
+            })
+            .collect();
+        $mappings(&mut *tx, &mappings).await?;
         tx.commit().await.map_err(q("committing a CRM write"))?;
         Ok::<_, DbError>(saved)
     }};
@@ -536,6 +531,7 @@ impl Db {
                 p,
                 |s: &str| s.to_string(),
                 |c: &Vec<String>| c.clone(),
+                pg_mappings,
                 writes,
                 todo,
                 table
@@ -544,6 +540,7 @@ impl Db {
                 p,
                 sqlite_placeholders,
                 |c: &Vec<String>| serde_json::Value::from(c.clone()).to_string(),
+                sqlite_mappings,
                 writes,
                 todo,
                 table
@@ -637,4 +634,55 @@ async fn mysql_save_many(
     }
     tx.commit().await.map_err(q("committing a CRM write"))?;
     Ok(saved)
+}
+
+/// The mappings of a bulk save, in its transaction: one statement on PostgreSQL.
+async fn pg_mappings(tx: &mut sqlx::PgConnection, all: &[ItemMapping]) -> Result<(), DbError> {
+    if all.is_empty() {
+        return Ok(());
+    }
+    let bulk = "INSERT INTO ms_item_map (mailbox, crm_table, crm_id, ews_item_id, change_key, crm_version, fields, stamped, unverified) \
+        SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::bool[], $9::bool[]) \
+        ON CONFLICT (mailbox, crm_table, crm_id) DO UPDATE SET \
+        ews_item_id = excluded.ews_item_id, change_key = excluded.change_key, crm_version = excluded.crm_version, \
+        fields = excluded.fields, stamped = excluded.stamped, unverified = excluded.unverified, updated_at = now()";
+    let col = |f: fn(&ItemMapping) -> String| all.iter().map(f).collect::<Vec<_>>();
+    sqlx::query(bulk)
+        .bind(col(|m| m.mailbox.clone()))
+        .bind(col(|m| m.crm_table.clone()))
+        .bind(all.iter().map(|m| m.crm_id).collect::<Vec<_>>())
+        .bind(col(|m| m.ews_item_id.clone()))
+        .bind(all.iter().map(|m| m.change_key.clone()).collect::<Vec<_>>())
+        .bind(all.iter().map(|m| m.crm_version).collect::<Vec<_>>())
+        .bind(col(|m| m.fields.to_string()))
+        .bind(all.iter().map(|m| m.stamped).collect::<Vec<_>>())
+        .bind(all.iter().map(|m| m.unverified).collect::<Vec<_>>())
+        .execute(tx)
+        .await
+        .map(|_| ())
+        .map_err(q("storing an item mapping"))
+}
+
+/// The mappings of a bulk save, in its transaction: a statement per mapping on SQLite.
+async fn sqlite_mappings(
+    tx: &mut sqlx::SqliteConnection,
+    all: &[ItemMapping],
+) -> Result<(), DbError> {
+    let sql = sqlite_placeholders(MAPPING_UPSERT);
+    for m in all {
+        sqlx::query(&sql)
+            .bind(&m.mailbox)
+            .bind(&m.crm_table)
+            .bind(m.crm_id)
+            .bind(&m.ews_item_id)
+            .bind(&m.change_key)
+            .bind(m.crm_version)
+            .bind(m.fields.to_string())
+            .bind(m.stamped)
+            .bind(m.unverified)
+            .execute(&mut *tx)
+            .await
+            .map_err(q("storing an item mapping"))?;
+    }
+    Ok(())
 }

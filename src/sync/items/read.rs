@@ -288,17 +288,13 @@ impl ItemStep<'_> {
             .map_err(db_error)?;
         let mut by_uid: HashMap<String, Vec<i64>> = HashMap::new();
         if self.area == Area::Calendar {
-            for s in &unmapped {
-                if let Some(uid) = &s.uid {
-                    if !by_uid.contains_key(uid) {
-                        let ids = crm
-                            .appointments_by_uid(self.owner.operator_id, uid)
-                            .await
-                            .map_err(db_error)?;
-                        by_uid.insert(uid.clone(), ids);
-                    }
-                }
-            }
+            let mut uids: Vec<String> = unmapped.iter().filter_map(|s| s.uid.clone()).collect();
+            uids.sort_unstable();
+            uids.dedup();
+            by_uid = crm
+                .appointments_by_uids(self.owner.operator_id, &uids)
+                .await
+                .map_err(db_error)?;
         }
         // Every row any pair may need, in one read; and their mappings.
         let mut row_ids: Vec<i64> = queued.to_vec();
