@@ -67,6 +67,11 @@ impl Rig {
 
     /// Starts instance `name` (its admin API on a free port).
     fn start(&self, name: &str) -> Service {
+        self.start_as(name, name)
+    }
+
+    /// Starts an instance named `name` from the configuration file `file`.toml.
+    fn start_as(&self, file: &str, name: &str) -> Service {
         let port = free_port();
         let mut boxes = String::new();
         for n in 1..=self.mailboxes {
@@ -75,7 +80,7 @@ impl Rig {
                 1000 + n
             ));
         }
-        let config = self.dir.path().join(format!("{name}.toml"));
+        let config = self.dir.path().join(format!("{file}.toml"));
         std::fs::write(
             &config,
             format!(
@@ -544,4 +549,43 @@ async fn the_feed_moves_with_its_reader_and_every_change_arrives_once() {
     );
     alive.stop().await;
     rig.finish().await;
+}
+
+/// A reader that positioned the feed on an empty change log (a fresh installation) and died
+/// before reading the first change: the next reader (another instance, or a restart) read
+/// that change, it did not start "at the end" again and skip it.
+#[tokio::test]
+async fn the_next_reader_reads_what_was_logged_after_an_empty_start() {
+    use mailsync::sync::feed::{Feed, Routes};
+    let Some((db_name, url)) = common::postgres_db("clusterfeed").await else {
+        return;
+    };
+    let db = Db::connect(&url, 2).await.unwrap();
+    db.migrate(MigrationSet::Crm).await.unwrap();
+    db.migrate(MigrationSet::State).await.unwrap();
+    // Tenants are not captured: the log is still empty.
+    exec(
+        &db,
+        "INSERT INTO crm_tenants (id, name) VALUES (1, 'Muster GmbH')",
+    )
+    .await;
+    let feed = || {
+        Feed::new(
+            db.clone(),
+            db.clone(),
+            Routes::default(),
+            Duration::from_millis(20),
+        )
+    };
+    let first = feed();
+    first.start_at_end_if_new().await.unwrap();
+    exec(&db, "INSERT INTO crm_operators (id, tenant_id, personnel_no, display_name, email) VALUES (1, 1, '1001', 'Op 1', 'user1@example.com')").await;
+    let next = feed();
+    next.start_at_end_if_new().await.unwrap();
+    assert!(
+        next.poll_once().await.unwrap().is_some(),
+        "the change logged after the first reader's start was skipped"
+    );
+    db.close().await;
+    common::drop_postgres(&db_name).await;
 }
