@@ -589,3 +589,45 @@ async fn the_next_reader_reads_what_was_logged_after_an_empty_start() {
     db.close().await;
     common::drop_postgres(&db_name).await;
 }
+
+/// A copied configuration: a second instance under the name of a running one refuses to
+/// start, naming the name and the running one, and takes nothing; a restart under the name
+/// of a killed instance (its heartbeat stopped) starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_instance_under_a_running_name_refuses_to_start() {
+    let Some(rig) = Rig::new(2).await else {
+        return;
+    };
+    let mut a = rig.start("a");
+    every_mailbox_once(&rig, &[&a], Duration::from_secs(60)).await;
+    let mut copy = rig.start_as("a-copy", "a");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = copy.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the copy still runs:\n{}",
+            copy.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!status.success(), "{}", copy.log_text());
+    assert!(
+        copy.log_text()
+            .contains("is already used by a running instance (id a#"),
+        "{}",
+        copy.log_text()
+    );
+    let owners = rig.owners().await;
+    assert_eq!(owners.len(), 2, "{owners:?}");
+    assert!(owners.values().all(|n| n == "a"), "{owners:?}");
+    assert_eq!(running(&a).await.len(), 2);
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    let again = rig.start_as("a-again", "a");
+    every_mailbox_once(&rig, &[&again], Duration::from_secs(60)).await;
+    again.stop().await;
+    rig.finish().await;
+}
