@@ -631,3 +631,42 @@ async fn a_second_instance_under_a_running_name_refuses_to_start() {
     again.stop().await;
     rig.finish().await;
 }
+
+/// The feed's reader does not keep a LISTEN session it never reads (its own NOTIFYs would
+/// pile up there and pin PostgreSQL's notification queue): with two instances, only the
+/// follower listens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_followers_listen_for_the_readers_notifications() {
+    let Some(rig) = Rig::new(2).await else {
+        return;
+    };
+    let a = rig.start("a");
+    let b = rig.start("b");
+    every_mailbox_once(&rig, &[&a, &b], Duration::from_secs(60)).await;
+    eventually("a feed reader", Duration::from_secs(3 * LEASE), || async {
+        cluster_view(&a).await["feed"]["owner"].is_string()
+    })
+    .await;
+    let Db::Postgres(p) = &rig.db else {
+        unreachable!()
+    };
+    let listening = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
+             AND query LIKE 'LISTEN%mailsync_pending%'",
+        )
+        .bind(&rig.db_name)
+        .fetch_one(p)
+        .await
+        .unwrap()
+    };
+    eventually(
+        "one listening session (the follower's)",
+        Duration::from_secs(10 * LEASE),
+        || async { listening().await == 1 },
+    )
+    .await;
+    a.stop().await;
+    b.stop().await;
+    rig.finish().await;
+}

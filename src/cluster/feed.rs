@@ -154,6 +154,11 @@ impl CrmPort for ClusterFeed {
             loop {
                 if port.cluster.reads_feed() {
                     if !port.reading.load(Ordering::SeqCst) {
+                        // A reader does not listen: nobody would read what its listener is
+                        // sent (its own NOTIFYs too), and a listening session that falls
+                        // behind keeps PostgreSQL's notification queue from being freed until
+                        // every NOTIFY of the server fails. Dropping it unlistens.
+                        *port.listener.lock().await = None;
                         port.feed
                             .start_at_end_if_new()
                             .await
