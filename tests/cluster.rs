@@ -67,6 +67,11 @@ impl Rig {
 
     /// Starts instance `name` (its admin API on a free port).
     fn start(&self, name: &str) -> Service {
+        self.start_as(name, name)
+    }
+
+    /// Starts an instance named `name` from the configuration file `file`.toml.
+    fn start_as(&self, file: &str, name: &str) -> Service {
         let port = free_port();
         let mut boxes = String::new();
         for n in 1..=self.mailboxes {
@@ -75,7 +80,7 @@ impl Rig {
                 1000 + n
             ));
         }
-        let config = self.dir.path().join(format!("{name}.toml"));
+        let config = self.dir.path().join(format!("{file}.toml"));
         std::fs::write(
             &config,
             format!(
@@ -559,5 +564,125 @@ async fn the_feed_moves_with_its_reader_and_every_change_arrives_once() {
         if reader == "a" { "b" } else { "a" }
     );
     alive.stop().await;
+    rig.finish().await;
+}
+
+/// A reader that positioned the feed on an empty change log (a fresh installation) and died
+/// before reading the first change: the next reader (another instance, or a restart) read
+/// that change, it did not start "at the end" again and skip it.
+#[tokio::test]
+async fn the_next_reader_reads_what_was_logged_after_an_empty_start() {
+    use mailsync::sync::feed::{Feed, Routes};
+    let Some((db_name, url)) = common::postgres_db("clusterfeed").await else {
+        return;
+    };
+    let db = Db::connect(&url, 2).await.unwrap();
+    db.migrate(MigrationSet::Crm).await.unwrap();
+    db.migrate(MigrationSet::State).await.unwrap();
+    // Tenants are not captured: the log is still empty.
+    exec(
+        &db,
+        "INSERT INTO crm_tenants (id, name) VALUES (1, 'Muster GmbH')",
+    )
+    .await;
+    let feed = || {
+        Feed::new(
+            db.clone(),
+            db.clone(),
+            Routes::default(),
+            Duration::from_millis(20),
+        )
+    };
+    let first = feed();
+    first.start_at_end_if_new().await.unwrap();
+    exec(&db, "INSERT INTO crm_operators (id, tenant_id, personnel_no, display_name, email) VALUES (1, 1, '1001', 'Op 1', 'user1@example.com')").await;
+    let next = feed();
+    next.start_at_end_if_new().await.unwrap();
+    assert!(
+        next.poll_once().await.unwrap().is_some(),
+        "the change logged after the first reader's start was skipped"
+    );
+    db.close().await;
+    common::drop_postgres(&db_name).await;
+}
+
+/// A copied configuration: a second instance under the name of a running one refuses to
+/// start, naming the name and the running one, and takes nothing; a restart under the name
+/// of a killed instance (its heartbeat stopped) starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_instance_under_a_running_name_refuses_to_start() {
+    let Some(rig) = Rig::new(2).await else {
+        return;
+    };
+    let mut a = rig.start("a");
+    every_mailbox_once(&rig, &[&a], Duration::from_secs(60)).await;
+    let mut copy = rig.start_as("a-copy", "a");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = copy.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the copy still runs:\n{}",
+            copy.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!status.success(), "{}", copy.log_text());
+    assert!(
+        copy.log_text()
+            .contains("is already used by a running instance (id a#"),
+        "{}",
+        copy.log_text()
+    );
+    let owners = rig.owners().await;
+    assert_eq!(owners.len(), 2, "{owners:?}");
+    assert!(owners.values().all(|n| n == "a"), "{owners:?}");
+    assert_eq!(running(&a).await.len(), 2);
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    let again = rig.start_as("a-again", "a");
+    every_mailbox_once(&rig, &[&again], Duration::from_secs(60)).await;
+    again.stop().await;
+    rig.finish().await;
+}
+
+/// The feed's reader does not keep a LISTEN session it never reads (its own NOTIFYs would
+/// pile up there and pin PostgreSQL's notification queue): with two instances, only the
+/// follower listens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_followers_listen_for_the_readers_notifications() {
+    let Some(rig) = Rig::new(2).await else {
+        return;
+    };
+    let a = rig.start("a");
+    let b = rig.start("b");
+    every_mailbox_once(&rig, &[&a, &b], Duration::from_secs(60)).await;
+    eventually("a feed reader", Duration::from_secs(3 * LEASE), || async {
+        cluster_view(&a).await["feed"]["owner"].is_string()
+    })
+    .await;
+    let Db::Postgres(p) = &rig.db else {
+        unreachable!()
+    };
+    let listening = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
+             AND query LIKE 'LISTEN%mailsync_pending%'",
+        )
+        .bind(&rig.db_name)
+        .fetch_one(p)
+        .await
+        .unwrap()
+    };
+    eventually(
+        "one listening session (the follower's)",
+        Duration::from_secs(10 * LEASE),
+        || async { listening().await == 1 },
+    )
+    .await;
+    a.stop().await;
+    b.stop().await;
     rig.finish().await;
 }

@@ -198,6 +198,11 @@ impl CrmPort for ClusterFeed {
             loop {
                 if port.cluster.reads_feed() {
                     if !port.reading.load(Ordering::SeqCst) {
+                        // A reader does not listen: nobody would read what its listener is
+                        // sent (its own NOTIFYs too), and a listening session that falls
+                        // behind keeps PostgreSQL's notification queue from being freed until
+                        // every NOTIFY of the server fails. Dropping it unlistens.
+                        *port.listener.lock().await = None;
                         // Only the cluster's very first reader starts at the end of the log:
                         // a cursor at the log's start (nothing was there) is a position to
                         // keep, not a new feed, or a new reader would skip what its

@@ -123,6 +123,35 @@ struct Inner {
     on_members: OnceLock<Box<dyn Fn(usize) + Send + Sync>>,
 }
 
+/// Refuses to join while another running instance has this instance's name (a copied
+/// configuration): peers, the admin API and the 409s could not tell the two apart. A row of
+/// the same name with a fresh heartbeat may be this instance's own predecessor, killed a
+/// moment ago and restarted (systemd, Kubernetes): it is running only if its heartbeat
+/// moves within one and a half heartbeat periods (a third of the lease each).
+async fn refuse_a_running_namesake(
+    store: &Store,
+    me: &Identity,
+    lease: Duration,
+) -> anyhow::Result<()> {
+    let before = store.namesakes(&me.name, &me.id).await?;
+    if before.is_empty() {
+        return Ok(());
+    }
+    tokio::time::sleep(lease / 2).await;
+    let after = store.namesakes(&me.name, &me.id).await?;
+    let running = after
+        .iter()
+        .find(|(id, _, beat)| before.iter().any(|(i, _, b)| i == id && beat > b));
+    if let Some((id, url, _)) = running {
+        anyhow::bail!(
+            "cluster.instance {:?} is already used by a running instance (id {id}, admin {url}); \
+             give every instance its own name (or leave cluster.instance out: host name and pid)",
+            me.name
+        );
+    }
+    Ok(())
+}
+
 /// The cluster membership of this instance; cheap to clone.
 #[derive(Clone)]
 pub struct Cluster(Arc<Inner>);
@@ -140,12 +169,14 @@ impl Cluster {
         let Db::Postgres(pool) = state else {
             anyhow::bail!("[cluster] needs a PostgreSQL state store");
         };
+        let store = Store::new(pool.clone(), cfg.lease);
+        refuse_a_running_namesake(&store, &me, cfg.lease).await?;
         fence::prepare(crm).await?;
         let (stop, _) = tokio::sync::watch::channel(false);
         Ok(Cluster(Arc::new(Inner {
             me,
             lease: cfg.lease,
-            store: Store::new(pool.clone(), cfg.lease),
+            store,
             crm: crm.clone(),
             metrics,
             owned: RwLock::new(BTreeMap::new()),

@@ -229,6 +229,26 @@ impl Store {
         .map_err(q("reading a lease"))
     }
 
+    /// Other instances registered under `name` whose heartbeat is within a lease and that
+    /// are not stopping: (id, admin url, heartbeat as seconds since the epoch).
+    pub async fn namesakes(
+        &self,
+        name: &str,
+        me: &str,
+    ) -> Result<Vec<(String, String, f64)>, DbError> {
+        sqlx::query_as(
+            "SELECT id, admin_url, EXTRACT(EPOCH FROM heartbeat)::float8 FROM ms_instance \
+             WHERE name = $1 AND id <> $2 AND NOT stopping \
+             AND heartbeat > now() - make_interval(secs => $3) ORDER BY id",
+        )
+        .bind(name)
+        .bind(me)
+        .bind(self.lease_seconds)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("reading the instances of the same name"))
+    }
+
     /// The pool, for the feed's notifications.
     pub fn pool(&self) -> &PgPool {
         &self.pool

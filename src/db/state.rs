@@ -146,6 +146,19 @@ impl Db {
         )
     }
 
+    /// Whether the cursor named `name` was ever stored (a stored cursor at the start of an
+    /// empty log is still a position: what is logged after it must be read, not skipped).
+    pub async fn cursor_exists(&self, name: &str) -> Result<bool, DbError> {
+        on_db!(
+            self,
+            "SELECT name FROM ms_cursor WHERE name = $1",
+            "reading a cursor",
+            |x| x.bind(name),
+            fetch_optional,
+            |row| row.is_some()
+        )
+    }
+
     /// Moves the cursor to `to`, and only forward: a replayed or late batch cannot move it
     /// back. Call it after the changes up to `to` are applied (at-least-once delivery).
     pub async fn advance_cursor(&self, name: &str, to: Cursor) -> Result<(), DbError> {

@@ -81,7 +81,10 @@ impl Feed {
     /// steps, which reconcile from their stored state), unless it already has a position.
     pub async fn start_at_end_if_new(&self) -> Result<(), DbError> {
         let inner = &self.0;
-        if inner.state.cursor(CURSOR).await? != Default::default() {
+        // Only a cursor never stored is new: one stored at the start of a log that was empty
+        // then (a fresh installation) is a position, and a second start (a restart, or the
+        // next reader of a cluster) must read what was logged since, not skip it.
+        if inner.state.cursor_exists(CURSOR).await? {
             return Ok(());
         }
         let mut last = Default::default();
