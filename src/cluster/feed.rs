@@ -201,8 +201,10 @@ impl CrmPort for ClusterFeed {
                         // A reader does not listen: nobody would read what its listener is
                         // sent (its own NOTIFYs too), and a listening session that falls
                         // behind keeps PostgreSQL's notification queue from being freed until
-                        // every NOTIFY of the server fails. Dropping it unlistens.
-                        *port.listener.lock().await = None;
+                        // every NOTIFY of the server fails. Dropping the receiver ends the
+                        // listener task at its next notification (its send fails), which
+                        // drops the connection and so unlistens.
+                        *port.heard.lock().await = None;
                         // Only the cluster's very first reader starts at the end of the log:
                         // a cursor at the log's start (nothing was there) is a position to
                         // keep, not a new feed, or a new reader would skip what its
