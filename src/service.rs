@@ -432,7 +432,7 @@ impl Service {
             state,
             same_db,
             maintenance,
-            cluster,
+            mut cluster,
             ..
         } = self;
         let notifier = Arc::new(Notifier::from_env(&ProcessEnv));
@@ -474,9 +474,16 @@ impl Service {
         notifier.stopping();
         // A cluster member hands over: peers stop counting it, its mailboxes stop, then
         // every lease is released so the others take over at their next tick.
-        if let Some((c, membership)) = &cluster {
+        if let Some((c, membership)) = cluster.as_mut() {
             c.begin_leaving().await;
-            membership.abort();
+            // The loop ends after the tick in flight: an aborted tick could still land its
+            // heartbeat after `leave` removed this instance's row, and the row stayed.
+            if tokio::time::timeout(std::time::Duration::from_secs(10), &mut *membership)
+                .await
+                .is_err()
+            {
+                membership.abort();
+            }
         }
         let _ = handle.addr.send(mailsync_actors::Shutdown).await;
         if let Some((c, _)) = &cluster {

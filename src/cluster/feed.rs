@@ -167,7 +167,12 @@ fn listen(pool: sqlx::PgPool) -> Heard {
                 return;
             }
             loop {
-                match listener.try_recv().await {
+                // The reader drops the receiver: end at once, which unlistens.
+                let next = tokio::select! {
+                    _ = tx.closed() => return,
+                    next = listener.try_recv() => next,
+                };
+                match next {
                     Ok(Some(n)) => {
                         if tx.send(Some(parse(n.payload()))).await.is_err() {
                             return;
@@ -202,8 +207,7 @@ impl CrmPort for ClusterFeed {
                         // sent (its own NOTIFYs too), and a listening session that falls
                         // behind keeps PostgreSQL's notification queue from being freed until
                         // every NOTIFY of the server fails. Dropping the receiver ends the
-                        // listener task at its next notification (its send fails), which
-                        // drops the connection and so unlistens.
+                        // listener task, which drops the connection and so unlistens.
                         *port.heard.lock().await = None;
                         // Only the cluster's very first reader starts at the end of the log:
                         // a cursor at the log's start (nothing was there) is a position to
