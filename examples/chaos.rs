@@ -8,12 +8,13 @@
 //! exits non-zero unless all are 0.
 //!
 //! ```sh
+//! cargo build --release --bin mailsync
 //! cargo run --release --example chaos -- --mailboxes 50 --minutes 5 \
 //!     [--rate 6] [--kills 12] [--seed N] [--settle-seconds 300]
 //! ```
 //!
-//! It builds the `mailsync` binary of its own profile first (`cargo build [--release] --bin
-//! mailsync --example chaos`). The scenario is shared with tests/chaos.rs (tests/chaos_scenario/).
+//! It runs target/<its profile>/mailsync and refuses one older than the sources. The scenario
+//! is shared with tests/chaos.rs (tests/chaos_scenario/).
 
 #[path = "bench_util/mod.rs"]
 mod bench_util;
@@ -23,9 +24,9 @@ mod chaos_scenario;
 use bench_util::arg;
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 fn serve_sim(mailboxes: usize) {
     let rt = tokio::runtime::Runtime::new().expect("a runtime");
@@ -47,19 +48,33 @@ fn serve_sim(mailboxes: usize) {
     });
 }
 
-/// Builds `mailsync` in this example's profile and returns its path. Built together with
-/// this example, so its dependencies are the ones just built for it (with the dev-dependencies'
-/// features), not a second build.
-fn mailsync_binary() -> PathBuf {
-    let release = !cfg!(debug_assertions);
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--bin", "mailsync", "--example", "chaos"]);
-    if release {
-        cmd.arg("--release");
+/// The newest modification time of the files under `dir`.
+fn newest(dir: &Path) -> SystemTime {
+    let mut out = SystemTime::UNIX_EPOCH;
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let t = if path.is_dir() {
+            newest(&path)
+        } else {
+            entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or(SystemTime::UNIX_EPOCH)
+        };
+        out = out.max(t);
     }
-    let status = cmd.status().expect("cargo build --bin mailsync");
-    assert!(status.success(), "cargo build --bin mailsync failed");
+    out
+}
+
+/// The `mailsync` binary of this example's profile (target/<profile>/mailsync), refused when
+/// missing or older than the sources. It is not built from here: a build of another target
+/// set may unify dependency features differently and rebuild this very program while it runs.
+fn mailsync_binary() -> PathBuf {
+    let profile = if cfg!(debug_assertions) {
+        ""
+    } else {
+        " --release"
+    };
     // target/<profile>/examples/chaos -> target/<profile>/mailsync
     let exe = std::env::current_exe().expect("this program");
     let bin = exe
@@ -67,8 +82,27 @@ fn mailsync_binary() -> PathBuf {
         .and_then(|p| p.parent())
         .expect("target/<profile>")
         .join("mailsync");
-    assert!(bin.exists(), "no {}", bin.display());
-    bin
+    let built = std::fs::metadata(&bin).and_then(|m| m.modified());
+    let sources = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let changed = ["src", "actors/src", "ews/src"]
+        .iter()
+        .map(|d| newest(&sources.join(d)))
+        .max()
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    match built {
+        Ok(t) if t >= changed => bin,
+        Ok(_) => {
+            eprintln!(
+                "{} is older than the sources: cargo build{profile} --bin mailsync",
+                bin.display()
+            );
+            std::process::exit(2);
+        }
+        Err(_) => {
+            eprintln!("no {}: cargo build{profile} --bin mailsync", bin.display());
+            std::process::exit(2);
+        }
+    }
 }
 
 fn main() {
