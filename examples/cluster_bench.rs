@@ -168,18 +168,25 @@ async fn main() {
     let started = Instant::now();
     loop {
         let owned = owners(&db).await.len();
+        // Ready: every instance has finished the first steps of the mailboxes on its board,
+        // and the boards together hold every mailbox (an instance that has taken leases but
+        // not yet started those mailboxes answers ready with fewer on its board). A change
+        // made before a mailbox's first step is part of its baseline (`initial_sync = none`)
+        // and is not synced, so the writer must not start earlier.
         let mut ready = 0;
+        let mut on_boards = 0;
         for a in &admins {
-            if http
-                .get(format!("{a}/readyz"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                ready += 1;
+            if let Ok(r) = http.get(format!("{a}/readyz")).send().await {
+                let ok = r.status().is_success();
+                if let Ok(v) = r.json::<serde_json::Value>().await {
+                    on_boards += v["mailboxes"].as_u64().unwrap_or(0) as usize;
+                }
+                if ok {
+                    ready += 1;
+                }
             }
         }
-        if owned == mailboxes && ready == instances {
+        if owned == mailboxes && ready == instances && on_boards == mailboxes {
             break;
         }
         assert!(
@@ -245,6 +252,33 @@ async fn main() {
     while seen.len() < inserted.len() && Instant::now() < deadline {
         look(&db, &inserted, &mut seen).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Changes that never arrived: where each one is stuck (a loss must be visible).
+    let missing: Vec<i64> = inserted
+        .keys()
+        .filter(|id| !seen.contains_key(*id))
+        .copied()
+        .collect();
+    if !missing.is_empty() {
+        let stuck: Vec<(i64, String, bool, bool)> = sqlx::query_as(
+            "SELECT c.id, 'user' || c.owner_id || '@example.com', \
+             EXISTS (SELECT 1 FROM ms_pending p WHERE p.crm_table = 'crm_contacts' AND p.crm_id = c.id), \
+             c.ews_id IS NOT NULL \
+             FROM crm_contacts c WHERE c.id = ANY($1) ORDER BY c.id",
+        )
+        .bind(&missing)
+        .fetch_all(pool(&db))
+        .await
+        .unwrap();
+        let owners_now = owners(&db).await;
+        println!("NOT ARRIVED: {} changes", missing.len());
+        for (id, mailbox, pending, ews) in stuck.iter().take(40) {
+            println!(
+                "  row {id} of {mailbox}: was the killed instance's {}, owner now {:?}, queued {pending}, ews_id set {ews}",
+                of_victim.contains(mailbox),
+                owners_now.get(mailbox)
+            );
+        }
     }
     let mut all: Vec<Duration> = seen.values().copied().collect();
     all.sort();
