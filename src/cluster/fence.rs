@@ -40,6 +40,14 @@ pub fn current() -> Option<Fence> {
     CURRENT.try_with(Clone::clone).ok()
 }
 
+/// Ok when the epoch found is still the fence's token, the typed refusal otherwise.
+fn verdict(fence: &Fence, found: Option<i64>) -> Result<(), DbError> {
+    match found {
+        Some(e) if e == fence.token => Ok(()),
+        other => Err(refused(fence, other)),
+    }
+}
+
 fn refused(fence: &Fence, found: Option<i64>) -> DbError {
     DbError::Fenced {
         what: "checking the mailbox's fence in the business database",
@@ -71,10 +79,7 @@ impl Fenced for sqlx::PgConnection {
                     .fetch_optional(&mut *self)
                     .await
                     .map_err(q("checking the mailbox's fence"))?;
-            match found {
-                Some(e) if e == fence.token => Ok(()),
-                other => Err(refused(&fence, other)),
-            }
+            verdict(&fence, found)
         })
     }
 }
@@ -91,10 +96,7 @@ impl Fenced for sqlx::SqliteConnection {
                     .fetch_optional(&mut *self)
                     .await
                     .map_err(q("checking the mailbox's fence"))?;
-            match found {
-                Some(e) if e == fence.token => Ok(()),
-                other => Err(refused(&fence, other)),
-            }
+            verdict(&fence, found)
         })
     }
 }
@@ -112,10 +114,7 @@ impl Fenced for sqlx::MySqlConnection {
             .fetch_optional(&mut *self)
             .await
             .map_err(q("checking the mailbox's fence"))?;
-            match found {
-                Some(e) if e == fence.token => Ok(()),
-                other => Err(refused(&fence, other)),
-            }
+            verdict(&fence, found)
         })
     }
 }

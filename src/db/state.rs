@@ -251,28 +251,7 @@ impl Db {
         }
         match self {
             // One statement for the whole batch on PostgreSQL.
-            Db::Postgres(p) if all.len() > 1 => {
-                let bulk = "INSERT INTO ms_item_map (mailbox, crm_table, crm_id, ews_item_id, change_key, crm_version, fields, stamped, unverified) \
-                   SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::bool[], $9::bool[]) \
-                   ON CONFLICT (mailbox, crm_table, crm_id) DO UPDATE SET \
-                   ews_item_id = excluded.ews_item_id, change_key = excluded.change_key, crm_version = excluded.crm_version, \
-                   fields = excluded.fields, stamped = excluded.stamped, unverified = excluded.unverified, updated_at = now()";
-                let col = |f: fn(&ItemMapping) -> String| all.iter().map(f).collect::<Vec<_>>();
-                sqlx::query(bulk)
-                    .bind(col(|m| m.mailbox.clone()))
-                    .bind(col(|m| m.crm_table.clone()))
-                    .bind(all.iter().map(|m| m.crm_id).collect::<Vec<_>>())
-                    .bind(col(|m| m.ews_item_id.clone()))
-                    .bind(all.iter().map(|m| m.change_key.clone()).collect::<Vec<_>>())
-                    .bind(all.iter().map(|m| m.crm_version).collect::<Vec<_>>())
-                    .bind(col(|m| m.fields.to_string()))
-                    .bind(all.iter().map(|m| m.stamped).collect::<Vec<_>>())
-                    .bind(all.iter().map(|m| m.unverified).collect::<Vec<_>>())
-                    .execute(p)
-                    .await
-                    .map(|_| ())
-                    .map_err(q(what))
-            }
+            Db::Postgres(p) if all.len() > 1 => pg_put_mappings(p, all).await,
             Db::Postgres(p) => in_tx!(p, sql),
             Db::Sqlite(p) => in_tx!(p, &sqlite_placeholders(sql)),
             Db::MySql(_) => Err(DbError::Url(super::STATE_NOT_MYSQL.into())),
@@ -628,4 +607,32 @@ where
         stamped: r.try_get(7).map_err(q("decoding an item mapping"))?,
         unverified: r.try_get(8).map_err(q("decoding an item mapping"))?,
     })
+}
+
+/// Stores many mappings in one statement on PostgreSQL (`unnest` of one array per column),
+/// with the pool or inside a caller's transaction (the bulk save of CRM rows).
+pub(crate) async fn pg_put_mappings<'e>(
+    conn: impl sqlx::PgExecutor<'e>,
+    all: &[ItemMapping],
+) -> Result<(), DbError> {
+    let bulk = "INSERT INTO ms_item_map (mailbox, crm_table, crm_id, ews_item_id, change_key, crm_version, fields, stamped, unverified) \
+        SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::bool[], $9::bool[]) \
+        ON CONFLICT (mailbox, crm_table, crm_id) DO UPDATE SET \
+        ews_item_id = excluded.ews_item_id, change_key = excluded.change_key, crm_version = excluded.crm_version, \
+        fields = excluded.fields, stamped = excluded.stamped, unverified = excluded.unverified, updated_at = now()";
+    let col = |f: fn(&ItemMapping) -> String| all.iter().map(f).collect::<Vec<_>>();
+    sqlx::query(bulk)
+        .bind(col(|m| m.mailbox.clone()))
+        .bind(col(|m| m.crm_table.clone()))
+        .bind(all.iter().map(|m| m.crm_id).collect::<Vec<_>>())
+        .bind(col(|m| m.ews_item_id.clone()))
+        .bind(all.iter().map(|m| m.change_key.clone()).collect::<Vec<_>>())
+        .bind(all.iter().map(|m| m.crm_version).collect::<Vec<_>>())
+        .bind(col(|m| m.fields.to_string()))
+        .bind(all.iter().map(|m| m.stamped).collect::<Vec<_>>())
+        .bind(all.iter().map(|m| m.unverified).collect::<Vec<_>>())
+        .execute(conn)
+        .await
+        .map(|_| ())
+        .map_err(q("storing an item mapping"))
 }

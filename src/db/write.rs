@@ -641,26 +641,7 @@ async fn pg_mappings(tx: &mut sqlx::PgConnection, all: &[ItemMapping]) -> Result
     if all.is_empty() {
         return Ok(());
     }
-    let bulk = "INSERT INTO ms_item_map (mailbox, crm_table, crm_id, ews_item_id, change_key, crm_version, fields, stamped, unverified) \
-        SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::bool[], $9::bool[]) \
-        ON CONFLICT (mailbox, crm_table, crm_id) DO UPDATE SET \
-        ews_item_id = excluded.ews_item_id, change_key = excluded.change_key, crm_version = excluded.crm_version, \
-        fields = excluded.fields, stamped = excluded.stamped, unverified = excluded.unverified, updated_at = now()";
-    let col = |f: fn(&ItemMapping) -> String| all.iter().map(f).collect::<Vec<_>>();
-    sqlx::query(bulk)
-        .bind(col(|m| m.mailbox.clone()))
-        .bind(col(|m| m.crm_table.clone()))
-        .bind(all.iter().map(|m| m.crm_id).collect::<Vec<_>>())
-        .bind(col(|m| m.ews_item_id.clone()))
-        .bind(all.iter().map(|m| m.change_key.clone()).collect::<Vec<_>>())
-        .bind(all.iter().map(|m| m.crm_version).collect::<Vec<_>>())
-        .bind(col(|m| m.fields.to_string()))
-        .bind(all.iter().map(|m| m.stamped).collect::<Vec<_>>())
-        .bind(all.iter().map(|m| m.unverified).collect::<Vec<_>>())
-        .execute(tx)
-        .await
-        .map(|_| ())
-        .map_err(q("storing an item mapping"))
+    super::state::pg_put_mappings(tx, all).await
 }
 
 /// The mappings of a bulk save, in its transaction: a statement per mapping on SQLite.
