@@ -16,6 +16,56 @@ use crate::sync::core::{db_error, sync_error, ItemOutcome};
 use crate::sync::events::{Action, Direction};
 
 impl MailStep<'_> {
+    /// The breaker on a deleted folder: its `mails` messages would all go from the other side
+    /// with it (that side of the folder left empty), so the delete is held for an
+    /// administrator's decision — emitted, recorded, counted. False when it may go on.
+    pub(super) async fn hold_folder_delete(
+        &mut self,
+        m: &crate::db::state::ItemMapping,
+        mails: u64,
+        side: Side,
+        reason: &'static str,
+    ) -> Result<bool, SyncError> {
+        if crate::sync::breaker::check(mails, mails, self.setup.breaker, false).is_none() {
+            return Ok(false);
+        }
+        let name = m
+            .fields
+            .get("name")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_owned();
+        crate::sync::events::DeletesHeld {
+            mailbox: self.smtp(),
+            area: "mail",
+            scope: &name,
+            side: match side {
+                Side::Crm => "crm",
+                Side::Exchange => "exchange",
+            },
+            count: mails as usize,
+            of: mails,
+            reason,
+        }
+        .emit();
+        self.engine
+            .state
+            .hold(&[Held {
+                mailbox: self.smtp().to_owned(),
+                crm_table: FOLDERS.to_owned(),
+                scope: name.clone(),
+                side,
+                crm_id: m.crm_id,
+                ews_item_id: m.ews_item_id.clone(),
+                title: format!("folder {name} with {mails} messages"),
+                decision: None,
+            }])
+            .await
+            .map_err(db_error)?;
+        self.held += mails;
+        Ok(true)
+    }
+
     /// Carries out the decided held deletes of the mailbox's mail.
     pub(super) async fn settle_held(&mut self, roles: &Roles) -> Result<(), SyncError> {
         for table in [FOLDERS, MAILS] {

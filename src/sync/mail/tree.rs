@@ -210,40 +210,15 @@ impl MailStep<'_> {
                     // Its messages would all go from the CRM with it: the breaker holds that
                     // (the side would be left empty) until an administrator decides.
                     let mails = self.mails_in_tree(m.crm_id).await?;
-                    if crate::sync::breaker::check(mails, mails, self.setup.breaker, false)
-                        .is_some()
+                    if self
+                        .hold_folder_delete(
+                            &m,
+                            mails,
+                            crate::db::integrity::Side::Crm,
+                            "the folder was deleted in Exchange with its messages",
+                        )
+                        .await?
                     {
-                        let name = m
-                            .fields
-                            .get("name")
-                            .and_then(|v| v.as_str())
-                            .unwrap_or_default()
-                            .to_owned();
-                        crate::sync::events::DeletesHeld {
-                            mailbox: self.smtp(),
-                            area: "mail",
-                            scope: &name,
-                            side: "crm",
-                            count: mails as usize,
-                            of: mails,
-                            reason: "the folder was deleted in Exchange with its messages",
-                        }
-                        .emit();
-                        self.engine
-                            .state
-                            .hold(&[crate::db::integrity::Held {
-                                mailbox: self.smtp().to_owned(),
-                                crm_table: FOLDERS.to_owned(),
-                                scope: name.clone(),
-                                side: crate::db::integrity::Side::Crm,
-                                crm_id: m.crm_id,
-                                ews_item_id: id.id.clone(),
-                                title: format!("folder {name} with {mails} messages"),
-                                decision: None,
-                            }])
-                            .await
-                            .map_err(db_error)?;
-                        self.held += mails;
                         return Ok(true);
                     }
                     self.forget_folder_tree(m.crm_id).await?;

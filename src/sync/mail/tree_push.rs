@@ -64,40 +64,15 @@ impl MailStep<'_> {
                             .iter()
                             .filter(|x| base_i64(x, "folder") == Some(crm_id))
                             .count() as u64;
-                        if crate::sync::breaker::check(mails, mails, self.setup.breaker, false)
-                            .is_some()
+                        if self
+                            .hold_folder_delete(
+                                &m,
+                                mails,
+                                crate::db::integrity::Side::Exchange,
+                                "the folder was deleted in the CRM with its mails",
+                            )
+                            .await?
                         {
-                            let name = m
-                                .fields
-                                .get("name")
-                                .and_then(|v| v.as_str())
-                                .unwrap_or_default()
-                                .to_owned();
-                            crate::sync::events::DeletesHeld {
-                                mailbox: self.smtp(),
-                                area: "mail",
-                                scope: &name,
-                                side: "exchange",
-                                count: mails as usize,
-                                of: mails,
-                                reason: "the folder was deleted in the CRM with its mails",
-                            }
-                            .emit();
-                            self.engine
-                                .state
-                                .hold(&[crate::db::integrity::Held {
-                                    mailbox: self.smtp().to_owned(),
-                                    crm_table: FOLDERS.to_owned(),
-                                    scope: name.clone(),
-                                    side: crate::db::integrity::Side::Exchange,
-                                    crm_id,
-                                    ews_item_id: m.ews_item_id.clone(),
-                                    title: format!("folder {name} with {mails} messages"),
-                                    decision: None,
-                                }])
-                                .await
-                                .map_err(db_error)?;
-                            self.held += mails;
                             done.push((crm_id, token));
                             continue;
                         }
