@@ -209,23 +209,12 @@ impl CrmPort for ClusterFeed {
                         // every NOTIFY of the server fails. Dropping the receiver ends the
                         // listener task, which drops the connection and so unlistens.
                         *port.heard.lock().await = None;
-                        // Only the cluster's very first reader starts at the end of the log:
-                        // a cursor at the log's start (nothing was there) is a position to
-                        // keep, not a new feed, or a new reader would skip what its
-                        // predecessor never read.
-                        let positioned: bool = sqlx::query_scalar(
-                            "SELECT EXISTS (SELECT 1 FROM ms_cursor WHERE name = $1)",
-                        )
-                        .bind(crate::sync::feed::CURSOR)
-                        .fetch_one(port.cluster.store().pool())
-                        .await
-                        .map_err(transient)?;
-                        if !positioned {
-                            port.feed
-                                .start_at_end_if_new()
-                                .await
-                                .map_err(crate::sync::core::db_error)?;
-                        }
+                        // Only the cluster's very first reader starts at the end of the log
+                        // (a stored cursor is a position, see `start_at_end_if_new`).
+                        port.feed
+                            .start_at_end_if_new()
+                            .await
+                            .map_err(crate::sync::core::db_error)?;
                         port.reading.store(true, Ordering::SeqCst);
                         // The previous reader may have died between queueing a batch and
                         // its NOTIFY: what it queued for mailboxes here is woken now.

@@ -95,7 +95,9 @@ impl Store {
     }
 
     /// Takes the leases of `keys` that are free (never held, released, or expired) for `me`;
-    /// returns those taken with their new epochs. Taking one over waits for the writes in
+    /// returns those taken with their new epochs. Nothing is taken once `me` is stopping or
+    /// gone, so a tick still in flight during a graceful stop cannot take a lease after
+    /// `leave` released them. Taking one over waits for the writes in
     /// flight that locked it (the fence), so none of the old holder's lands after.
     pub async fn acquire(&self, me: &str, keys: &[String]) -> Result<Vec<(String, i64)>, DbError> {
         if keys.is_empty() {
@@ -104,6 +106,7 @@ impl Store {
         sqlx::query_as(
             "INSERT INTO ms_lease (mailbox, owner, epoch, expires_at) \
              SELECT k, $1, 1, now() + make_interval(secs => $3) FROM unnest($2::text[]) AS k \
+             WHERE EXISTS (SELECT 1 FROM ms_instance WHERE id = $1 AND NOT stopping) \
              ON CONFLICT (mailbox) DO UPDATE SET owner = EXCLUDED.owner, \
                epoch = ms_lease.epoch + 1, expires_at = EXCLUDED.expires_at \
              WHERE ms_lease.owner = '' OR ms_lease.expires_at < now() \
