@@ -384,6 +384,7 @@ async fn three_instances_share_sixty_mailboxes_and_take_over_a_dead_ones() {
         .map(|(m, _)| m)
         .collect();
     assert!(!of_c.is_empty());
+    let c_log = c.log.clone();
     c.stop().await;
     assert_eq!(
         count(
@@ -392,7 +393,8 @@ async fn three_instances_share_sixty_mailboxes_and_take_over_a_dead_ones() {
         )
         .await,
         0,
-        "c left leases behind"
+        "c left leases behind; its log:\n{}",
+        std::fs::read_to_string(&c_log).unwrap_or_default()
     );
     assert_eq!(
         count(&rig.db, "SELECT COUNT(*) FROM ms_instance WHERE name = 'c'").await,

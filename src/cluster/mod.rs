@@ -119,6 +119,9 @@ struct Inner {
     live: RwLock<Vec<String>>,
     /// Ends the loop.
     stop: tokio::sync::watch::Sender<bool>,
+    /// A graceful stop began: no tick registers this instance again or takes a lease, so
+    /// nothing a tick still in flight sends can undo [`Cluster::leave`].
+    leaving: AtomicBool,
     /// Called with the number of live instances when it changes (the EWS budget share).
     on_members: OnceLock<Box<dyn Fn(usize) + Send + Sync>>,
 }
@@ -187,6 +190,7 @@ impl Cluster {
             renewed_at: Mutex::new(Instant::now()),
             live: RwLock::new(Vec::new()),
             stop,
+            leaving: AtomicBool::new(false),
             on_members: OnceLock::new(),
         })))
     }
@@ -289,6 +293,7 @@ impl Cluster {
     /// The beginning of a graceful stop: the loop ends and peers stop counting this
     /// instance as live; its leases stay held until [`Cluster::leave`].
     pub async fn begin_leaving(&self) {
+        self.0.leaving.store(true, Ordering::SeqCst);
         let _ = self.0.stop.send(true);
         if let Err(e) = self.0.store.mark_stopping(&self.0.me.id).await {
             tracing::warn!(error = %e, "could not mark this instance as stopping");
@@ -296,14 +301,29 @@ impl Cluster {
     }
 
     /// The end of a graceful stop, once the mailboxes stopped: every lease released at once.
+    /// A failure (the state store busy or briefly away) is retried for a few seconds before
+    /// the leases are left to expire, since peers then wait a whole lease for them.
     pub async fn leave(&self) {
+        self.0.leaving.store(true, Ordering::SeqCst);
         self.0.owned.write().clear();
         self.0.feed.store(false, Ordering::SeqCst);
-        match self.0.store.leave(&self.0.me.id).await {
-            Ok(()) => {
-                tracing::info!(instance = %self.0.me.name, "left the cluster; leases released")
+        let mut attempt = 1;
+        loop {
+            match self.0.store.leave(&self.0.me.id).await {
+                Ok(()) => {
+                    tracing::info!(instance = %self.0.me.name, "left the cluster; leases released");
+                    return;
+                }
+                Err(e) if attempt < 5 => {
+                    tracing::warn!(error = %e, attempt, "could not release the leases; trying again");
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "could not release the leases; they expire");
+                    return;
+                }
             }
-            Err(e) => tracing::warn!(error = %e, "could not release the leases; they expire"),
         }
     }
 
@@ -373,6 +393,9 @@ impl Cluster {
     async fn tick(&self, acquire: bool) -> anyhow::Result<()> {
         let inner = &*self.0;
         let me = inner.me.id.as_str();
+        if inner.leaving.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         // Renew first: what was taken over while this instance was away stops before
         // anything else happens here.
         let renewed: HashMap<String, i64> = inner.store.renew(me).await?.into_iter().collect();
@@ -404,7 +427,7 @@ impl Cluster {
         }
         inner
             .store
-            .heartbeat(me, &inner.me.name, &inner.me.admin_url)
+            .heartbeat(me, &inner.me.name, &inner.me.admin_url, &inner.leaving)
             .await?;
         let mut live = inner.store.live().await?;
         if !live.iter().any(|i| i == me) {
@@ -467,7 +490,7 @@ impl Cluster {
             );
             inner.store.release(me, &release).await?;
         }
-        if acquire {
+        if acquire && !inner.leaving.load(Ordering::SeqCst) {
             self.acquire(&wanted).await?;
         }
         inner

@@ -53,8 +53,28 @@ impl Store {
         }
     }
 
-    /// Registers or refreshes this instance.
-    pub async fn heartbeat(&self, id: &str, name: &str, admin_url: &str) -> Result<(), DbError> {
+    /// Refreshes this instance's heartbeat, registering it when its row is missing (the first
+    /// tick, or a row forgotten after an hour's pause) unless `leaving` is set: a heartbeat
+    /// that lands after a graceful stop's [`Store::leave`] must not bring the row back, or
+    /// the stopped instance would pass for live (and able to take leases) until it expired.
+    pub async fn heartbeat(
+        &self,
+        id: &str,
+        name: &str,
+        admin_url: &str,
+        leaving: &std::sync::atomic::AtomicBool,
+    ) -> Result<(), DbError> {
+        let updated =
+            sqlx::query("UPDATE ms_instance SET heartbeat = now(), admin_url = $2 WHERE id = $1")
+                .bind(id)
+                .bind(admin_url)
+                .execute(&self.pool)
+                .await
+                .map_err(q("sending the cluster heartbeat"))?
+                .rows_affected();
+        if updated > 0 || leaving.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
         sqlx::query(
             "INSERT INTO ms_instance (id, name, admin_url) VALUES ($1, $2, $3) \
              ON CONFLICT (id) DO UPDATE SET heartbeat = now(), admin_url = EXCLUDED.admin_url",
@@ -64,7 +84,7 @@ impl Store {
         .bind(admin_url)
         .execute(&self.pool)
         .await
-        .map_err(q("sending the cluster heartbeat"))?;
+        .map_err(q("registering this instance in the cluster"))?;
         Ok(())
     }
 
