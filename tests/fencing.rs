@@ -8,7 +8,7 @@
 mod common;
 use common::{count, eventually, exec};
 
-use mailsync::cluster::fence::{self, Fence, Fenced};
+use mailsync::cluster::fence::{self, CrmWrite, Fence};
 use mailsync::db::rows::{ContactRow, CrmRow};
 use mailsync::db::state::ItemMapping;
 use mailsync::db::{Db, DbError, MigrationSet};
@@ -95,6 +95,99 @@ async fn late_writes_are_refused(crm: &Db) {
         message.contains("fenced") && message.contains(MAILBOX),
         "{message}"
     );
+    // Every other kind of CRM write a step makes is refused alike, and changes nothing.
+    let folder = fence::scope(
+        fenced(new),
+        crm.insert_mail_folder(1, None, "Projekte", None, "F1"),
+    )
+    .await
+    .expect("the new owner's folder")
+    .0;
+    let refusals = [
+        (
+            "a bulk import",
+            fence::scope(
+                fenced(old),
+                crm.save_many_from_exchange(&[mailsync::db::write::ExchangeWrite {
+                    row: contact("Late bulk", "AAA5"),
+                    ews_id: "AAA5".into(),
+                    mapping: None,
+                }]),
+            )
+            .await
+            .map(drop),
+        ),
+        (
+            "an Exchange id",
+            fence::scope(
+                fenced(old),
+                crm.set_ews_ids("crm_contacts", &[(kept, "LATE".into())]),
+            )
+            .await
+            .map(drop),
+        ),
+        (
+            "a new folder",
+            fence::scope(
+                fenced(old),
+                crm.insert_mail_folder(1, None, "Late", None, "F2"),
+            )
+            .await
+            .map(drop),
+        ),
+        (
+            "a renamed folder",
+            fence::scope(
+                fenced(old),
+                crm.update_mail_folder(folder, "Late", None, "F1"),
+            )
+            .await
+            .map(drop),
+        ),
+        (
+            "a deleted folder",
+            fence::scope(fenced(old), crm.delete_mail_folder(folder))
+                .await
+                .map(drop),
+        ),
+        (
+            "a moved mail",
+            fence::scope(fenced(old), crm.update_mail(1, 1, folder, true, "M1"))
+                .await
+                .map(drop),
+        ),
+        (
+            "a sent mail",
+            fence::scope(fenced(old), crm.finish_outbox(1, Ok(())))
+                .await
+                .map(drop),
+        ),
+    ];
+    for (what, outcome) in refusals {
+        assert!(
+            matches!(outcome, Err(DbError::Fenced { .. })),
+            "{what}: {outcome:?}"
+        );
+    }
+    assert_eq!(
+        count(
+            crm,
+            "SELECT COUNT(*) FROM crm_contacts WHERE surname = 'Late bulk' OR ews_id = 'LATE'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(
+            crm,
+            &format!(
+                "SELECT COUNT(*) FROM crm_mail_folders WHERE name = 'Projekte' AND id = {folder}"
+            )
+        )
+        .await,
+        1,
+        "the refused folder writes changed nothing"
+    );
 
     fence::scope(
         fenced(new),
@@ -152,7 +245,7 @@ async fn a_takeover_waits_for_the_old_owners_write_in_flight_on_postgresql() {
         unreachable!()
     };
     let mut tx = pool.begin().await.unwrap();
-    fence::scope(fenced(old), tx.check_fence()).await.unwrap();
+    let _mark = fence::scope(fenced(old), tx.begin_write()).await.unwrap();
     let bumping = tokio::spawn({
         let crm = crm.clone();
         async move { fence::bump(&crm, MAILBOX).await.unwrap() }

@@ -10,6 +10,17 @@
 //!
 //! The token travels with the step as a task-local ([`scope`]), so the write functions need
 //! no new parameter; outside a cluster no token is set and nothing is checked.
+//!
+//! The same transactions mark their origin: the mailbox a step writes for ([`origin_scope`],
+//! set in and outside a cluster) goes into `crm_changes.origin` of every change the
+//! transaction makes (migrations */crm/1003_change_origin.sql), so the change feed does not
+//! queue a step's own writes back to the mailbox that made them. PostgreSQL: the
+//! transaction-local setting `mailsync.origin`, read by the capture trigger. MariaDB/MySQL: the
+//! session variable `@mailsync_origin`, set at the start of every write transaction and
+//! cleared at its end. SQLite (one writer at a time): the transaction takes the write lock
+//! first, notes the last `seq` of the log, and before commit marks every change after it —
+//! no other writer can have logged one in between. A write whose marking is missed is only
+//! queued once more (an empty step), never lost.
 
 use std::future::Future;
 
@@ -28,16 +39,30 @@ pub struct Fence {
 
 tokio::task_local! {
     static CURRENT: Fence;
+    static ORIGIN: String;
 }
 
-/// Runs `fut` with `fence` as the token every CRM write inside checks.
+/// Runs `fut` with `fence` as the token every CRM write inside checks (and its mailbox as
+/// their origin).
 pub async fn scope<F: Future>(fence: Fence, fut: F) -> F::Output {
-    CURRENT.scope(fence, fut).await
+    let mailbox = fence.mailbox.clone();
+    ORIGIN.scope(mailbox, CURRENT.scope(fence, fut)).await
+}
+
+/// Runs `fut` with `mailbox` as the origin of every CRM write inside, checking no fence
+/// (outside a cluster).
+pub async fn origin_scope<F: Future>(mailbox: String, fut: F) -> F::Output {
+    ORIGIN.scope(mailbox, fut).await
 }
 
 /// The token of the step running on this task, if any.
 pub fn current() -> Option<Fence> {
     CURRENT.try_with(Clone::clone).ok()
+}
+
+/// The mailbox the step running on this task writes for, if any.
+pub fn origin() -> Option<String> {
+    ORIGIN.try_with(Clone::clone).ok()
 }
 
 /// Ok when the epoch found is still the fence's token, the typed refusal otherwise.
@@ -60,61 +85,147 @@ fn refused(fence: &Fence, found: Option<i64>) -> DbError {
     }
 }
 
-/// A connection a CRM write transaction runs on, checkable against the current fence.
-pub trait Fenced {
-    /// Within the caller's transaction: Ok when no fence is set or the mailbox's epoch is
-    /// still the token; [`DbError::Fenced`] otherwise.
-    fn check_fence(&mut self) -> BoxFuture<'_, Result<(), DbError>>;
+/// What [`CrmWrite::begin_write`] noted for [`CrmWrite::end_write`].
+#[derive(Debug, Clone, Default)]
+#[must_use = "end_write takes it right before the commit"]
+pub struct WriteMark {
+    /// The mailbox the transaction writes for.
+    origin: Option<String>,
+    /// SQLite: the last `seq` of the log once the transaction held the write lock.
+    after: Option<i64>,
 }
 
-impl Fenced for sqlx::PgConnection {
-    fn check_fence(&mut self) -> BoxFuture<'_, Result<(), DbError>> {
+/// A connection a CRM write transaction of a step runs on: [`CrmWrite::begin_write`] right
+/// after `BEGIN`, [`CrmWrite::end_write`] right before `COMMIT`.
+pub trait CrmWrite {
+    /// Within the caller's transaction: refuses with [`DbError::Fenced`] when a fence is set
+    /// and the mailbox's epoch is no longer its token, and marks the transaction's origin.
+    fn begin_write(&mut self) -> BoxFuture<'_, Result<WriteMark, DbError>>;
+    /// Finishes the origin's marking (SQLite marks the log here; MariaDB/MySQL clear the
+    /// session variable).
+    fn end_write(&mut self, mark: WriteMark) -> BoxFuture<'_, Result<(), DbError>>;
+}
+
+const MARKING: &str = "marking the origin of a CRM write";
+
+impl CrmWrite for sqlx::PgConnection {
+    fn begin_write(&mut self) -> BoxFuture<'_, Result<WriteMark, DbError>> {
         Box::pin(async move {
-            let Some(fence) = current() else {
-                return Ok(());
-            };
-            let found: Option<i64> =
-                sqlx::query_scalar("SELECT epoch FROM ms_fence WHERE mailbox = $1 FOR SHARE")
-                    .bind(&fence.mailbox)
-                    .fetch_optional(&mut *self)
+            let origin = origin();
+            if let Some(o) = &origin {
+                sqlx::query("SELECT set_config('mailsync.origin', $1, true)")
+                    .bind(o)
+                    .execute(&mut *self)
                     .await
-                    .map_err(q("checking the mailbox's fence"))?;
-            verdict(&fence, found)
+                    .map_err(q(MARKING))?;
+            }
+            if let Some(fence) = current() {
+                let found: Option<i64> =
+                    sqlx::query_scalar("SELECT epoch FROM ms_fence WHERE mailbox = $1 FOR SHARE")
+                        .bind(&fence.mailbox)
+                        .fetch_optional(&mut *self)
+                        .await
+                        .map_err(q("checking the mailbox's fence"))?;
+                verdict(&fence, found)?;
+            }
+            Ok(WriteMark {
+                origin,
+                after: None,
+            })
+        })
+    }
+
+    fn end_write(&mut self, _mark: WriteMark) -> BoxFuture<'_, Result<(), DbError>> {
+        // The setting is the transaction's own: it ends with it.
+        Box::pin(async { Ok(()) })
+    }
+}
+
+impl CrmWrite for sqlx::SqliteConnection {
+    fn begin_write(&mut self) -> BoxFuture<'_, Result<WriteMark, DbError>> {
+        Box::pin(async move {
+            let origin = origin();
+            let mut after = None;
+            if origin.is_some() {
+                // A write first, so the transaction holds the write lock (waiting for it
+                // under the busy timeout) before it reads anything: from here on no other
+                // writer can log a change until this one commits.
+                sqlx::query("UPDATE crm_changes SET origin = NULL WHERE seq = -1")
+                    .execute(&mut *self)
+                    .await
+                    .map_err(q(MARKING))?;
+                after = Some(
+                    sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM crm_changes")
+                        .fetch_one(&mut *self)
+                        .await
+                        .map_err(q(MARKING))?,
+                );
+            }
+            if let Some(fence) = current() {
+                let found: Option<i64> =
+                    sqlx::query_scalar("SELECT epoch FROM ms_fence WHERE mailbox = ?1")
+                        .bind(&fence.mailbox)
+                        .fetch_optional(&mut *self)
+                        .await
+                        .map_err(q("checking the mailbox's fence"))?;
+                verdict(&fence, found)?;
+            }
+            Ok(WriteMark { origin, after })
+        })
+    }
+
+    fn end_write(&mut self, mark: WriteMark) -> BoxFuture<'_, Result<(), DbError>> {
+        Box::pin(async move {
+            if let (Some(origin), Some(after)) = (mark.origin, mark.after) {
+                sqlx::query("UPDATE crm_changes SET origin = ?1 WHERE seq > ?2")
+                    .bind(origin)
+                    .bind(after)
+                    .execute(&mut *self)
+                    .await
+                    .map_err(q(MARKING))?;
+            }
+            Ok(())
         })
     }
 }
 
-impl Fenced for sqlx::SqliteConnection {
-    fn check_fence(&mut self) -> BoxFuture<'_, Result<(), DbError>> {
+impl CrmWrite for sqlx::MySqlConnection {
+    fn begin_write(&mut self) -> BoxFuture<'_, Result<WriteMark, DbError>> {
         Box::pin(async move {
-            let Some(fence) = current() else {
-                return Ok(());
-            };
-            let found: Option<i64> =
-                sqlx::query_scalar("SELECT epoch FROM ms_fence WHERE mailbox = ?1")
-                    .bind(&fence.mailbox)
-                    .fetch_optional(&mut *self)
-                    .await
-                    .map_err(q("checking the mailbox's fence"))?;
-            verdict(&fence, found)
+            // Set (or cleared) at every write: the variable outlives the transaction on a
+            // pooled connection.
+            let origin = origin();
+            sqlx::query("SET @mailsync_origin = ?")
+                .bind(origin.clone())
+                .execute(&mut *self)
+                .await
+                .map_err(q(MARKING))?;
+            if let Some(fence) = current() {
+                let found: Option<i64> = sqlx::query_scalar(
+                    "SELECT epoch FROM ms_fence WHERE mailbox = ? LOCK IN SHARE MODE",
+                )
+                .bind(&fence.mailbox)
+                .fetch_optional(&mut *self)
+                .await
+                .map_err(q("checking the mailbox's fence"))?;
+                verdict(&fence, found)?;
+            }
+            Ok(WriteMark {
+                origin,
+                after: None,
+            })
         })
     }
-}
 
-impl Fenced for sqlx::MySqlConnection {
-    fn check_fence(&mut self) -> BoxFuture<'_, Result<(), DbError>> {
+    fn end_write(&mut self, mark: WriteMark) -> BoxFuture<'_, Result<(), DbError>> {
         Box::pin(async move {
-            let Some(fence) = current() else {
-                return Ok(());
-            };
-            let found: Option<i64> = sqlx::query_scalar(
-                "SELECT epoch FROM ms_fence WHERE mailbox = ? LOCK IN SHARE MODE",
-            )
-            .bind(&fence.mailbox)
-            .fetch_optional(&mut *self)
-            .await
-            .map_err(q("checking the mailbox's fence"))?;
-            verdict(&fence, found)
+            if mark.origin.is_some() {
+                sqlx::query("SET @mailsync_origin = NULL")
+                    .execute(&mut *self)
+                    .await
+                    .map_err(q(MARKING))?;
+            }
+            Ok(())
         })
     }
 }

@@ -53,6 +53,8 @@ pub struct Change {
     pub owner_id: Option<i64>,
     /// The row's tenant, where the table has one.
     pub tenant_id: Option<i64>,
+    /// The mailbox whose sync step wrote it; `None` for every other writer (users, the ERP).
+    pub origin: Option<String>,
 }
 
 /// The PostgreSQL read of the change log. Only changes of transactions older than the oldest
@@ -71,7 +73,7 @@ const PG_CHANGES_AFTER: &str = "WITH snap AS MATERIALIZED (SELECT pg_current_sna
           SELECT backend_xid::text::bigint FROM pg_stat_activity \
           WHERE backend_xid IS NOT NULL AND datname IS DISTINCT FROM current_database())), \
        (SELECT pg_snapshot_xmax(s)::text::bigint FROM snap)) AS h) \
-     SELECT seq, txid, table_name, row_id, op::text AS op, owner_id, tenant_id FROM crm_changes, horizon \
+     SELECT seq, txid, table_name, row_id, op::text AS op, owner_id, tenant_id, origin FROM crm_changes, horizon \
      WHERE txid < horizon.h AND (txid, seq) > ($1, $2) \
      ORDER BY txid, seq LIMIT $3";
 
@@ -94,7 +96,7 @@ impl Db {
             .map(|r| change(&r))
             .collect::<Result<Vec<_>, _>>(),
             Db::Sqlite(p) => sqlx::query(
-                "SELECT seq, 0 AS txid, table_name, row_id, op, owner_id, tenant_id FROM crm_changes WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                "SELECT seq, 0 AS txid, table_name, row_id, op, owner_id, tenant_id, origin FROM crm_changes WHERE seq > ?1 ORDER BY seq LIMIT ?2",
             )
             .bind(after.seq)
             .bind(limit)
@@ -107,7 +109,7 @@ impl Db {
             Db::MySql(p) => {
                 self.stamp_changes(STAMP_BATCH).await?;
                 sqlx::query(
-                    "SELECT seq, CAST(0 AS SIGNED) AS txid, table_name, row_id, op, owner_id, tenant_id \
+                    "SELECT seq, CAST(0 AS SIGNED) AS txid, table_name, row_id, op, owner_id, tenant_id, origin \
                      FROM crm_changes WHERE seq > ? ORDER BY seq LIMIT ?",
                 )
                 .bind(after.seq)
@@ -222,6 +224,7 @@ where
     i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     Option<i64>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<String>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
     let op: String = r.try_get("op")?;
     let op = match op.trim() {
@@ -244,6 +247,7 @@ where
         op,
         owner_id: r.try_get("owner_id")?,
         tenant_id: r.try_get("tenant_id")?,
+        origin: r.try_get("origin")?,
     })
 }
 

@@ -8,6 +8,7 @@ use sqlx::Row;
 use super::mysql::{self, MyQuery};
 use super::rows::TextColumn;
 use super::{q, sqlite_placeholders, Db, DbError};
+use crate::cluster::fence::CrmWrite;
 
 /// A CRM mail folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,22 +188,7 @@ impl Db {
     ) -> Result<(i64, i64), DbError> {
         let sql = "INSERT INTO crm_mail_folders (owner_id, parent_id, name, role, ews_id) \
                    VALUES ($1, $2, $3, $4, $5) RETURNING id, version";
-        if let Db::MySql(p) = self {
-            let write = MyQuery::new(sql.trim_end_matches(" RETURNING id, version"))
-                .bind(owner_id)
-                .bind(parent_id)
-                .bind(name)
-                .bind(role)
-                .bind(ews_id);
-            return mysql::write_one(p, write, "crm_mail_folders", None)
-                .await
-                .map_err(q("creating a mail folder"))?
-                .ok_or_else(|| DbError::Stale {
-                    table: "crm_mail_folders",
-                    id: 0,
-                });
-        }
-        on_db!(
+        on_db_write!(
             self,
             sql,
             "creating a mail folder",
@@ -215,7 +201,21 @@ impl Db {
             fetch_one,
             |r| r
                 .try_get::<i64, _>(0)
-                .and_then(|id| Ok((id, r.try_get::<i64, _>(1)?)))
+                .and_then(|id| Ok((id, r.try_get::<i64, _>(1)?))),
+            mysql
+                | conn
+                | async {
+                    let write = MyQuery::new(sql.trim_end_matches(" RETURNING id, version"))
+                        .bind(owner_id)
+                        .bind(parent_id)
+                        .bind(name)
+                        .bind(role)
+                        .bind(ews_id);
+                    // An insert always answers a row.
+                    mysql::write_one(conn, write, "crm_mail_folders", None)
+                        .await
+                        .map(|r| r.ok_or(sqlx::Error::RowNotFound))
+                }
         )?
         .map_err(q("creating a mail folder"))
     }
@@ -230,37 +230,48 @@ impl Db {
         ews_id: &str,
     ) -> Result<Option<i64>, DbError> {
         let sql = "UPDATE crm_mail_folders SET name = $2, parent_id = $3, ews_id = $4 WHERE id = $1 RETURNING version";
-        if let Db::MySql(p) = self {
-            let write = MyQuery::new(sql.trim_end_matches(" RETURNING version"))
-                .bind(id)
-                .bind(name)
-                .bind(parent_id)
-                .bind(ews_id);
-            return Ok(mysql::write_one(p, write, "crm_mail_folders", Some(id))
-                .await
-                .map_err(q("updating a mail folder"))?
-                .map(|(_, v)| v));
-        }
-        on_db!(
+        on_db_write!(
             self,
             sql,
             "updating a mail folder",
             |x| x.bind(id).bind(name).bind(parent_id).bind(ews_id),
             fetch_optional,
-            |r| r.map(|r| r.try_get::<i64, _>(0)).transpose()
+            |r| r.map(|r| r.try_get::<i64, _>(0)).transpose(),
+            mysql
+                | conn
+                | async {
+                    let write = MyQuery::new(sql.trim_end_matches(" RETURNING version"))
+                        .bind(id)
+                        .bind(name)
+                        .bind(parent_id)
+                        .bind(ews_id);
+                    mysql::write_one(conn, write, "crm_mail_folders", Some(id))
+                        .await
+                        .map(|r| Ok(r.map(|(_, v)| v)))
+                }
         )?
         .map_err(q("updating a mail folder"))
     }
 
     /// Deletes a mail folder; its subfolders and mails go with it (ON DELETE CASCADE).
     pub async fn delete_mail_folder(&self, id: i64) -> Result<bool, DbError> {
-        on_db!(
+        const SQL: &str = "DELETE FROM crm_mail_folders WHERE id = $1";
+        on_db_write!(
             self,
-            "DELETE FROM crm_mail_folders WHERE id = $1",
+            SQL,
             "deleting a mail folder",
             |x| x.bind(id),
             execute,
-            |r| r.rows_affected() > 0
+            |r| r.rows_affected() > 0,
+            mysql
+                | conn
+                | async {
+                    MyQuery::new(SQL)
+                        .bind(id)
+                        .execute_on(conn)
+                        .await
+                        .map(|r| r.rows_affected() > 0)
+                }
         )
     }
 
@@ -393,7 +404,7 @@ impl Db {
         macro_rules! in_tx {
             ($pool:expr, $sql:expr) => {{
                 let mut tx = $pool.begin().await.map_err(q("starting a transaction"))?;
-                crate::cluster::fence::Fenced::check_fence(&mut *tx).await?;
+                let mark = CrmWrite::begin_write(&mut *tx).await?;
                 let mut out = Vec::with_capacity(mails.len());
                 for m in mails {
                     let r = sqlx::query($sql)
@@ -416,6 +427,7 @@ impl Db {
                         r.try_get::<i64, _>(1).map_err(q(what))?,
                     ));
                 }
+                CrmWrite::end_write(&mut *tx, mark).await?;
                 tx.commit().await.map_err(q(what))?;
                 Ok(out)
             }};
@@ -427,7 +439,7 @@ impl Db {
             Db::MySql(p) => {
                 let (sql, _) = mysql::placeholders(sql.trim_end_matches(" RETURNING id, version"));
                 let mut tx = p.begin().await.map_err(q("starting a transaction"))?;
-                crate::cluster::fence::Fenced::check_fence(&mut *tx).await?;
+                let mark = CrmWrite::begin_write(&mut *tx).await?;
                 let mut ids = Vec::with_capacity(mails.len());
                 for m in mails {
                     let done = sqlx::query(&sql)
@@ -464,6 +476,7 @@ impl Db {
                         out.push((*id, versions.get(id).copied().unwrap_or(1)));
                     }
                 }
+                CrmWrite::end_write(&mut *tx, mark).await?;
                 tx.commit().await.map_err(q(what))?;
                 Ok(out)
             }
@@ -483,19 +496,7 @@ impl Db {
     ) -> Result<Option<i64>, DbError> {
         let sql = "UPDATE crm_mails SET folder_id = $3, is_read = $4, ews_id = $5 \
                    WHERE id = $1 AND version = $2 RETURNING version";
-        if let Db::MySql(p) = self {
-            let write = MyQuery::new(sql.trim_end_matches(" RETURNING version"))
-                .bind(id)
-                .bind(read_version)
-                .bind(folder_id)
-                .bind(is_read)
-                .bind(ews_id);
-            return Ok(mysql::write_one(p, write, "crm_mails", Some(id))
-                .await
-                .map_err(q("updating a mail"))?
-                .map(|(_, v)| v));
-        }
-        on_db!(
+        on_db_write!(
             self,
             sql,
             "updating a mail",
@@ -506,7 +507,20 @@ impl Db {
                 .bind(is_read)
                 .bind(ews_id),
             fetch_optional,
-            |r| r.map(|r| r.try_get::<i64, _>(0)).transpose()
+            |r| r.map(|r| r.try_get::<i64, _>(0)).transpose(),
+            mysql
+                | conn
+                | async {
+                    let write = MyQuery::new(sql.trim_end_matches(" RETURNING version"))
+                        .bind(id)
+                        .bind(read_version)
+                        .bind(folder_id)
+                        .bind(is_read)
+                        .bind(ews_id);
+                    mysql::write_one(conn, write, "crm_mails", Some(id))
+                        .await
+                        .map(|r| Ok(r.map(|(_, v)| v)))
+                }
         )?
         .map_err(q("updating a mail"))
     }
@@ -554,15 +568,27 @@ impl Db {
             Ok(()) => ("sent", None),
             Err(e) => ("failed", Some(e)),
         };
-        on_db!(
-            self,
-            "UPDATE crm_outbox SET state = $2, error = $3, \
+        const SQL: &str = "UPDATE crm_outbox SET state = $2, error = $3, \
              sent_at = CASE WHEN $2 = 'sent' THEN now() ELSE sent_at END \
-             WHERE id = $1 AND state = 'pending'",
+             WHERE id = $1 AND state = 'pending'";
+        on_db_write!(
+            self,
+            SQL,
             "recording a sent mail",
-            |x| x.bind(id).bind(state).bind(error),
+            |x| x.bind(id).bind(state).bind(error.clone()),
             execute,
-            |_r| ()
+            |_r| (),
+            mysql
+                | conn
+                | async {
+                    MyQuery::new(SQL)
+                        .bind(id)
+                        .bind(state)
+                        .bind(error.clone())
+                        .execute_on(conn)
+                        .await
+                        .map(drop)
+                }
         )
     }
 }

@@ -35,6 +35,67 @@ macro_rules! on_db {
     };
 }
 
+/// [`on_db!`] for a CRM write a step makes: the statement runs in a transaction that checks the
+/// mailbox's fence and marks the write's origin (src/cluster/fence.rs). MySQL has no
+/// RETURNING for UPDATE, so its arm is the caller's: `mysql |conn| EXPR`, run on the
+/// transaction's connection, gives what `$convert` gives on the other backends (as a
+/// `Result<_, sqlx::Error>`).
+macro_rules! on_db_write {
+    ($db:expr, $sql:expr, $what:expr, |$query:ident| $build:expr, $finish:ident, |$out:ident| $convert:expr, mysql |$conn:ident| $my:expr) => {{
+        use $crate::cluster::fence::CrmWrite;
+        let what = $what;
+        match $db {
+            $crate::db::Db::Postgres(p) => {
+                let mut tx = p
+                    .begin()
+                    .await
+                    .map_err($crate::db::q("starting a transaction"))?;
+                let mark = tx.begin_write().await?;
+                let $query = sqlx::query($sql);
+                let $out = $build
+                    .$finish(&mut *tx)
+                    .await
+                    .map_err($crate::db::q(what))?;
+                let out = $convert;
+                tx.end_write(mark).await?;
+                tx.commit().await.map_err($crate::db::q(what))?;
+                Ok::<_, $crate::db::DbError>(out)
+            }
+            $crate::db::Db::Sqlite(p) => {
+                let sql = $crate::db::sqlite_placeholders($sql);
+                let mut tx = p
+                    .begin()
+                    .await
+                    .map_err($crate::db::q("starting a transaction"))?;
+                let mark = tx.begin_write().await?;
+                let $query = sqlx::query(&sql);
+                let $out = $build
+                    .$finish(&mut *tx)
+                    .await
+                    .map_err($crate::db::q(what))?;
+                let out = $convert;
+                tx.end_write(mark).await?;
+                tx.commit().await.map_err($crate::db::q(what))?;
+                Ok(out)
+            }
+            $crate::db::Db::MySql(p) => {
+                let mut tx = p
+                    .begin()
+                    .await
+                    .map_err($crate::db::q("starting a transaction"))?;
+                let mark = tx.begin_write().await?;
+                let out = {
+                    let $conn: &mut sqlx::MySqlConnection = &mut *tx;
+                    $my.await.map_err($crate::db::q(what))?
+                };
+                tx.end_write(mark).await?;
+                tx.commit().await.map_err($crate::db::q(what))?;
+                Ok(out)
+            }
+        }
+    }};
+}
+
 /// `$1` → `?1`, and `now()` → SQLite's ISO timestamp.
 pub(crate) fn sqlite_placeholders(sql: &str) -> String {
     sql.replace('$', "?")

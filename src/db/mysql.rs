@@ -173,17 +173,16 @@ impl MyQuery {
 
 /// MySQL has no RETURNING for UPDATE (MariaDB has it for INSERT only, MySQL not at all): runs
 /// an INSERT (`update_id` None) or an UPDATE of row `update_id` of `table` and reads the row's
-/// version in the same transaction — the write keeps the row locked until commit, so that is
-/// the version this write made, not a later one. Returns (id, version), or `None` when the
+/// version, on the caller's transaction — the write keeps the row locked until commit, so that
+/// is the version this write made, not a later one. Returns (id, version), or `None` when the
 /// UPDATE matched no row.
 pub(crate) async fn write_one(
-    pool: &MySqlPool,
+    conn: &mut sqlx::MySqlConnection,
     write: MyQuery,
     table: &str,
     update_id: Option<i64>,
 ) -> Result<Option<(i64, i64)>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let done = write.execute_on(&mut tx).await?;
+    let done = write.execute_on(&mut *conn).await?;
     let id = match update_id {
         // An AUTO_INCREMENT BIGINT: always within i64.
         None => done.last_insert_id() as i64,
@@ -192,9 +191,8 @@ pub(crate) async fn write_one(
     };
     let version: i64 = sqlx::query_scalar(&format!("SELECT version FROM {table} WHERE id = ?"))
         .bind(id)
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut *conn)
         .await?;
-    tx.commit().await?;
     Ok(Some((id, version)))
 }
 

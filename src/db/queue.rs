@@ -5,6 +5,7 @@
 use sqlx::Row;
 
 use super::{q, sqlite_placeholders, Db, DbError};
+use crate::cluster::fence::CrmWrite;
 
 /// An operator (ERP user) of the CRM.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -227,6 +228,7 @@ impl Db {
         macro_rules! in_tx {
             ($pool:expr, $sql:expr) => {{
                 let mut tx = $pool.begin().await.map_err(q("starting a transaction"))?;
+                let mark = tx.begin_write().await?;
                 let mut versions = Vec::with_capacity(rows.len());
                 for (id, ews_id) in rows {
                     let v: Option<(i64,)> = sqlx::query_as($sql)
@@ -237,6 +239,7 @@ impl Db {
                         .map_err(q(what))?;
                     versions.push(v.map(|v| v.0));
                 }
+                tx.end_write(mark).await?;
                 tx.commit().await.map_err(q(what))?;
                 Ok(versions)
             }};
@@ -252,14 +255,18 @@ impl Db {
                 );
                 let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
                 let ews: Vec<&str> = rows.iter().map(|(_, e)| e.as_str()).collect();
+                let mut tx = p.begin().await.map_err(q("starting a transaction"))?;
+                let mark = tx.begin_write().await?;
                 let written: std::collections::HashMap<i64, i64> = sqlx::query_as(&bulk)
                     .bind(&ids)
                     .bind(&ews)
-                    .fetch_all(p)
+                    .fetch_all(&mut *tx)
                     .await
                     .map_err(q(what))?
                     .into_iter()
                     .collect();
+                tx.end_write(mark).await?;
+                tx.commit().await.map_err(q(what))?;
                 Ok(ids.iter().map(|id| written.get(id).copied()).collect())
             }
             Db::Sqlite(p) => in_tx!(p, &sqlite_placeholders(&sql)),
@@ -267,6 +274,7 @@ impl Db {
             // in one transaction.
             Db::MySql(p) => {
                 let mut tx = p.begin().await.map_err(q("starting a transaction"))?;
+                let mark = tx.begin_write().await?;
                 let mut written: std::collections::HashMap<i64, i64> = Default::default();
                 for chunk in rows.chunks(500) {
                     let cases: String = chunk.iter().map(|_| " WHEN ? THEN ?").collect();
@@ -291,6 +299,7 @@ impl Db {
                         .map_err(q(what))?;
                     written.extend(versions);
                 }
+                tx.end_write(mark).await?;
                 tx.commit().await.map_err(q(what))?;
                 Ok(rows
                     .iter()
@@ -303,18 +312,18 @@ impl Db {
     /// Deletes a CRM row (deleted in Exchange); false if it was already gone.
     /// In a cluster the delete checks the mailbox's fence in the same transaction.
     pub async fn delete_crm_row(&self, table: &str, id: i64) -> Result<bool, DbError> {
-        use crate::cluster::fence::Fenced;
         let table = checked(table)?;
         let what = "deleting a CRM row";
         macro_rules! in_tx {
             ($pool:expr, $sql:expr) => {{
                 let mut tx = $pool.begin().await.map_err(q("starting a transaction"))?;
-                tx.check_fence().await?;
+                let mark = tx.begin_write().await?;
                 let done = sqlx::query($sql)
                     .bind(id)
                     .execute(&mut *tx)
                     .await
                     .map_err(q(what))?;
+                tx.end_write(mark).await?;
                 tx.commit().await.map_err(q(what))?;
                 Ok(done.rows_affected() > 0)
             }};

@@ -19,6 +19,7 @@ use sqlx::Row;
 use super::rows::CrmRow;
 use super::state::ItemMapping;
 use super::{q, sqlite_placeholders, Db, DbError};
+use crate::cluster::fence::CrmWrite;
 
 /// What the row statement's failure is called (told apart from the mapping's).
 const WRITING_ROW: &str = "writing a CRM row";
@@ -62,7 +63,7 @@ macro_rules! bind_values {
 macro_rules! write_in_tx {
     ($pool:expr, $sql:expr, $mapping_sql:expr, $categories:expr, $values:expr, $mapping:expr, $table:expr, $id:expr, $ews:expr) => {{
         let mut tx = $pool.begin().await.map_err(q("starting a transaction"))?;
-        crate::cluster::fence::Fenced::check_fence(&mut *tx).await?;
+        let mark = CrmWrite::begin_write(&mut *tx).await?;
         let query = bind_values!(sqlx::query_as::<_, (i64, i64)>($sql), &$values, $categories);
         let (new_id, version) = query
             .fetch_optional(&mut *tx)
@@ -87,6 +88,7 @@ macro_rules! write_in_tx {
                 .await
                 .map_err(q("storing an item mapping"))?;
         }
+        CrmWrite::end_write(&mut *tx, mark).await?;
         tx.commit().await.map_err(q("committing a CRM write"))?;
         Ok((new_id, version))
     }};
@@ -323,7 +325,7 @@ impl Db {
                 // the same transaction.
                 let sql = mysql_statement(&sql);
                 let mut tx = p.begin().await.map_err(q("starting a transaction"))?;
-                crate::cluster::fence::Fenced::check_fence(&mut *tx).await?;
+                let mark = CrmWrite::begin_write(&mut *tx).await?;
                 let query = bind_values!(sqlx::query(&sql), &values, |c: &Vec<String>| {
                     serde_json::Value::from(c.clone()).to_string()
                 });
@@ -342,6 +344,7 @@ impl Db {
                         .fetch_one(&mut *tx)
                         .await
                         .map_err(q(WRITING_ROW))?;
+                CrmWrite::end_write(&mut *tx, mark).await?;
                 tx.commit().await.map_err(q("committing a CRM write"))?;
                 Ok((new_id, version))
             }
@@ -409,6 +412,7 @@ macro_rules! save_many_in_tx {
         let writes: &[ExchangeWrite] = $writes;
         let mut saved: Vec<(usize, Saved)> = Vec::with_capacity($todo.len());
         let mut tx = $pool.begin().await.map_err(q("starting a transaction"))?;
+        let mark = CrmWrite::begin_write(&mut *tx).await?;
         let (inserts, updates): (Vec<usize>, Vec<usize>) = $todo
             .iter()
             .copied()
@@ -476,6 +480,7 @@ macro_rules! save_many_in_tx {
             })
             .collect();
         $mappings(&mut *tx, &mappings).await?;
+        CrmWrite::end_write(&mut *tx, mark).await?;
         tx.commit().await.map_err(q("committing a CRM write"))?;
         Ok::<_, DbError>(saved)
     }};
@@ -603,6 +608,7 @@ async fn mysql_save_many(
     }
     let categories = |c: &Vec<String>| serde_json::Value::from(c.clone()).to_string();
     let mut tx = p.begin().await.map_err(q("starting a transaction"))?;
+    let mark = CrmWrite::begin_write(&mut *tx).await?;
     let mut saved = Vec::with_capacity(todo.len());
     for i in todo {
         let w = &writes[*i];
@@ -632,6 +638,7 @@ async fn mysql_save_many(
             .map_err(q(WRITING_ROW))?;
         saved.push((*i, Saved::Written(new_id, version)));
     }
+    CrmWrite::end_write(&mut *tx, mark).await?;
     tx.commit().await.map_err(q("committing a CRM write"))?;
     Ok(saved)
 }

@@ -49,15 +49,16 @@ impl Engine {
         let _ = self.cluster.set(cluster);
     }
 
-    /// Runs `fut` for `mailbox` under its fence; in a cluster, a mailbox this instance does
-    /// not own (any more) runs nothing.
+    /// Runs `fut` for `mailbox` under its fence, its CRM writes marked as the mailbox's own
+    /// (the change feed does not queue them back to it); in a cluster, a mailbox this
+    /// instance does not own (any more) runs nothing.
     async fn fenced<T>(
         self,
         mailbox: &str,
         fut: impl std::future::Future<Output = Result<T, SyncError>>,
     ) -> Result<T, SyncError> {
         let Some(cluster) = self.cluster.get() else {
-            return fut.await;
+            return crate::cluster::fence::origin_scope(mailbox.to_owned(), fut).await;
         };
         match cluster.fence(mailbox) {
             Some(fence) => crate::cluster::fence::scope(fence, fut).await,

@@ -4,7 +4,10 @@
 //! owner's; for a shared contact every mailbox of its tenant with contacts; and every mailbox
 //! that holds a mapping of the row, so a row that moved to another owner or was deleted
 //! leaves the mailbox it was in), queues the rows for them (ms_pending), and only then moves
-//! the cursor: a crash repeats a batch, it never loses one.
+//! the cursor: a crash repeats a batch, it never loses one. A change a mailbox's own step made
+//! (`origin`, src/cluster/fence.rs) is not queued back to that mailbox — its step already
+//! stored what it wrote — so an import of 100,000 rows does not come back as 100,000 steps'
+//! worth of work ahead of the users' next changes.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -151,15 +154,26 @@ impl Feed {
                     _ => {}
                 }
                 targets.retain(|m| routes.areas.get(m).is_some_and(|a| a.contains(&area)));
+                // A mailbox's own write (its step stored the row's new version in the
+                // mapping) is not queued back to it; every other mailbox still gets it.
+                let own = |m: &str| {
+                    c.origin
+                        .as_deref()
+                        .is_some_and(|o| o.eq_ignore_ascii_case(m))
+                };
                 for mailbox in targets {
-                    queue.insert((mailbox.to_string(), c.table.clone(), c.row_id));
+                    if !own(&mailbox) {
+                        queue.insert((mailbox.to_string(), c.table.clone(), c.row_id));
+                    }
                 }
                 for mailbox in mapped
                     .get(&(c.table.clone(), c.row_id))
                     .into_iter()
                     .flatten()
                 {
-                    queue.insert((mailbox.clone(), c.table.clone(), c.row_id));
+                    if !own(mailbox) {
+                        queue.insert((mailbox.clone(), c.table.clone(), c.row_id));
+                    }
                 }
             }
         }
