@@ -154,9 +154,9 @@ async fn migrations_from_empty_then_rerun_and_sharing_one_database() {
         let crm = t.db.migrate(MigrationSet::Crm).await.unwrap();
         // MariaDB's schema has the unique ews_id indexes from its first migration.
         let expected: &[&str] = if kind == "mariadb" {
-            &["1001 reference schema"]
+            &["1001 reference schema", "1003 change origin"]
         } else {
-            &["1001 reference schema", "1002 unique ews ids"]
+            &["1001 reference schema", "1002 unique ews ids", "1003 change origin"]
         };
         assert_eq!(
             (crm.applied, crm.already, crm.resolved),
@@ -672,7 +672,7 @@ fn migrate_command_applies_then_reports_up_to_date() {
     );
     assert!(
         out.contains("business database sqlite:")
-            && out.contains("applied 1001 reference schema, 1002 unique ews ids"),
+            && out.contains("applied 1001 reference schema, 1002 unique ews ids, 1003 change origin"),
         "{out}"
     );
     assert!(
@@ -687,7 +687,7 @@ fn migrate_command_applies_then_reports_up_to_date() {
     let lines: Vec<&str> = out.lines().collect();
     assert!(
         lines[0].starts_with("business database sqlite:")
-            && lines[0].ends_with("up to date (2 migrations applied before)"),
+            && lines[0].ends_with("up to date (3 migrations applied before)"),
         "{out}"
     );
     assert!(
@@ -1322,7 +1322,7 @@ async fn duplicate_ews_ids_are_resolved_and_reported_before_the_unique_index() {
         let report = db.migrate(MigrationSet::Crm).await.unwrap();
         assert_eq!(
             report.applied,
-            vec!["1002 unique ews ids".to_string()],
+            vec!["1002 unique ews ids".to_string(), "1003 change origin".to_string()],
             "{kind:?}"
         );
         let resolved: Vec<(&str, &str, i64, Vec<i64>)> = report
@@ -1428,7 +1428,7 @@ async fn the_migrate_command_reports_resolved_duplicates() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("applied 1002 unique ews ids\n  resolved duplicate: crm_tasks: Exchange item AAMk-t was on rows 4 and 9: kept on row 4 (the oldest), cleared on 9"),
+        stdout.contains("applied 1002 unique ews ids, 1003 change origin\n  resolved duplicate: crm_tasks: Exchange item AAMk-t was on rows 4 and 9: kept on row 4 (the oldest), cleared on 9"),
         "{stdout}"
     );
 }
@@ -1733,7 +1733,7 @@ async fn the_migrate_command_on_mariadb() {
     assert!(first.status.success(), "{out}{err}");
     assert!(
         out.contains(&format!(
-            "business database {url}: applied 1001 reference schema\n"
+            "business database {url}: applied 1001 reference schema, 1003 change origin\n"
         )),
         "{out}"
     );
@@ -1746,7 +1746,7 @@ async fn the_migrate_command_on_mariadb() {
     let out = String::from_utf8_lossy(&second.stdout);
     assert!(
         out.contains(&format!(
-            "business database {url}: up to date (1 migration applied before)"
+            "business database {url}: up to date (2 migrations applied before)"
         )),
         "{out}"
     );
