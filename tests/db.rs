@@ -156,7 +156,11 @@ async fn migrations_from_empty_then_rerun_and_sharing_one_database() {
         let expected: &[&str] = if kind == "mariadb" {
             &["1001 reference schema", "1003 change origin"]
         } else {
-            &["1001 reference schema", "1002 unique ews ids", "1003 change origin"]
+            &[
+                "1001 reference schema",
+                "1002 unique ews ids",
+                "1003 change origin",
+            ]
         };
         assert_eq!(
             (crm.applied, crm.already, crm.resolved),
@@ -672,7 +676,8 @@ fn migrate_command_applies_then_reports_up_to_date() {
     );
     assert!(
         out.contains("business database sqlite:")
-            && out.contains("applied 1001 reference schema, 1002 unique ews ids, 1003 change origin"),
+            && out
+                .contains("applied 1001 reference schema, 1002 unique ews ids, 1003 change origin"),
         "{out}"
     );
     assert!(
@@ -1322,7 +1327,10 @@ async fn duplicate_ews_ids_are_resolved_and_reported_before_the_unique_index() {
         let report = db.migrate(MigrationSet::Crm).await.unwrap();
         assert_eq!(
             report.applied,
-            vec!["1002 unique ews ids".to_string(), "1003 change origin".to_string()],
+            vec![
+                "1002 unique ews ids".to_string(),
+                "1003 change origin".to_string()
+            ],
             "{kind:?}"
         );
         let resolved: Vec<(&str, &str, i64, Vec<i64>)> = report

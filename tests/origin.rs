@@ -100,12 +100,25 @@ async fn steps_mark_their_writes(crm: &Db) {
     .await
     .unwrap()
     .0;
-    fence::origin_scope(
+    let renamed = fence::origin_scope(
         USER1.into(),
         crm.update_mail_folder(folder, "Projekte 2", None, "F1"),
     )
     .await
     .unwrap();
+    // The version a write answers is the row's (the mapping stores it; SQLite's trigger bump
+    // runs after RETURNING, so the statement bumps it itself).
+    assert_eq!(
+        renamed,
+        Some(
+            count(
+                crm,
+                &format!("SELECT version FROM crm_mail_folders WHERE id = {folder}")
+            )
+            .await
+        )
+    );
+    assert_eq!(renamed, Some(2));
     fence::origin_scope(USER1.into(), crm.delete_mail_folder(folder))
         .await
         .unwrap();

@@ -229,7 +229,10 @@ impl Db {
         parent_id: Option<i64>,
         ews_id: &str,
     ) -> Result<Option<i64>, DbError> {
-        let sql = "UPDATE crm_mail_folders SET name = $2, parent_id = $3, ews_id = $4 WHERE id = $1 RETURNING version";
+        // The version is bumped here, not left to the trigger: SQLite's bump is a nested update
+        // after the statement, so RETURNING would answer the version before it.
+        let sql = "UPDATE crm_mail_folders SET name = $2, parent_id = $3, ews_id = $4, version = version + 1 \
+                   WHERE id = $1 RETURNING version";
         on_db_write!(
             self,
             sql,
@@ -494,7 +497,8 @@ impl Db {
         is_read: bool,
         ews_id: &str,
     ) -> Result<Option<i64>, DbError> {
-        let sql = "UPDATE crm_mails SET folder_id = $3, is_read = $4, ews_id = $5 \
+        // The version is bumped here (see update_mail_folder).
+        let sql = "UPDATE crm_mails SET folder_id = $3, is_read = $4, ews_id = $5, version = version + 1 \
                    WHERE id = $1 AND version = $2 RETURNING version";
         on_db_write!(
             self,
