@@ -297,8 +297,24 @@ impl Engine {
     /// where both sides hold a record, copied where one does. Resumable: a restart after a
     /// crash links what was already written. `progress(area, done, total)` is called as the
     /// work advances. `separate_ambiguous`: ambiguous first-contact matches are synced as
-    /// separate records instead of being left alone.
+    /// separate records instead of being left alone. Its CRM writes are the mailbox's own
+    /// (the change feed does not queue them back to it).
     pub async fn initial_sync(
+        &self,
+        spec: &MailboxSpec,
+        direction: Direction,
+        throttle: mailsync_actors::Throttle,
+        separate_ambiguous: bool,
+        progress: &(dyn Fn(&str, u64, u64) + Send + Sync),
+    ) -> Result<Vec<AreaSummary>, SyncError> {
+        crate::cluster::fence::origin_scope(
+            spec.smtp.to_string(),
+            self.initial_sync_unscoped(spec, direction, throttle, separate_ambiguous, progress),
+        )
+        .await
+    }
+
+    async fn initial_sync_unscoped(
         &self,
         spec: &MailboxSpec,
         direction: Direction,
