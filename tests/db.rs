@@ -190,7 +190,8 @@ async fn migrations_from_empty_then_rerun_and_sharing_one_database() {
                 "2002 pending".to_string(),
                 "2003 conflict values retention".to_string(),
                 "2010 integrity".to_string(),
-                "2020 cluster".to_string()
+                "2020 cluster".to_string(),
+                "2030 item map by row".to_string()
             ],
             "{kind}"
         );
@@ -683,7 +684,7 @@ fn migrate_command_applies_then_reports_up_to_date() {
     assert!(
         out.contains("state store sqlite:")
             && out.contains(
-                "applied 2001 state store, 2002 pending, 2003 conflict values retention, 2010 integrity, 2020 cluster"
+                "applied 2001 state store, 2002 pending, 2003 conflict values retention, 2010 integrity, 2020 cluster, 2030 item map by row"
             ),
         "{out}"
     );
@@ -697,7 +698,7 @@ fn migrate_command_applies_then_reports_up_to_date() {
     );
     assert!(
         lines[1].starts_with("state store sqlite:")
-            && lines[1].ends_with("up to date (5 migrations applied before)"),
+            && lines[1].ends_with("up to date (6 migrations applied before)"),
         "{out}"
     );
 
