@@ -208,13 +208,9 @@ impl CrmPort for ClusterFeed {
                         // behind keeps PostgreSQL's notification queue from being freed until
                         // every NOTIFY of the server fails. Dropping the receiver ends the
                         // listener task, which drops the connection and so unlistens.
+                        // The feed has its position: the cluster stored it (if it had none)
+                        // before it said this instance reads (`Cluster::acquire`).
                         *port.heard.lock().await = None;
-                        // Only the cluster's very first reader starts at the end of the log
-                        // (a stored cursor is a position, see `start_at_end_if_new`).
-                        port.feed
-                            .start_at_end_if_new()
-                            .await
-                            .map_err(crate::sync::core::db_error)?;
                         port.reading.store(true, Ordering::SeqCst);
                         // The previous reader may have died between queueing a batch and
                         // its NOTIFY: what it queued for mailboxes here is woken now.
