@@ -743,6 +743,99 @@ async fn a_member_is_ready_once_the_mailboxes_it_owns_took_their_first_step() {
     rig.finish().await;
 }
 
+/// The state store unreachable for longer than a lease (a PostgreSQL failover, say): the
+/// instance stops its mailboxes by itself, and its leases outlive the gap (nobody took them;
+/// its first renewal afterwards makes them fresh again). Then each of them must either run
+/// here again or, when another instance should own it now, be handed over; neither may stay
+/// renewed for ever by an instance that does not run it. Here the other instance is a row
+/// with a heartbeat the test keeps fresh, so that it is live at a's first tick back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_state_store_was_away_a_lease_is_run_again_or_handed_over() {
+    use sqlx::Connection;
+    let Some(rig) = Rig::new(2).await else {
+        return;
+    };
+    let mut a = rig.start("a");
+    every_mailbox_once(&rig, &[&a], Duration::from_secs(60)).await;
+    // The test's own session survives the gap; everything else of the database is cut off.
+    let mut keep = sqlx::PgConnection::connect(&rig.url).await.unwrap();
+    let db = &rig.db_name;
+    common::postgres_admin(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS false")).await;
+    let mine: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut keep)
+        .await
+        .unwrap();
+    common::postgres_admin(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = '{db}' AND pid <> {mine}"
+    ))
+    .await;
+    eventually(
+        "a stops its mailboxes for want of renewals",
+        Duration::from_secs(60),
+        || async {
+            a.log_text()
+                .contains("no lease renewal for a whole lease; stopping every mailbox here")
+        },
+    )
+    .await;
+    // Another instance joins meanwhile and should own user1 now.
+    let a_id: String = sqlx::query_scalar("SELECT id FROM ms_instance WHERE name = 'a'")
+        .fetch_one(&mut keep)
+        .await
+        .unwrap();
+    let (z_id, live) = (0..)
+        .map(|n| {
+            let z = format!("z#{n}");
+            let mut live = vec![a_id.clone(), z.clone()];
+            live.sort();
+            (z, live)
+        })
+        .find(|(z, live)| {
+            mailsync::cluster::rendezvous::owner("user1@example.com", live) == Some(z.as_str())
+        })
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO ms_instance (id, name, heartbeat) VALUES ($1, 'z', now() + interval '1 hour')",
+    )
+    .bind(&z_id)
+    .execute(&mut keep)
+    .await
+    .unwrap();
+    common::postgres_admin(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true")).await;
+    let of_a: BTreeSet<String> = (1..=rig.mailboxes)
+        .map(|n| format!("user{n}@example.com"))
+        .filter(|m| mailsync::cluster::rendezvous::owner(m, &live) == Some(a_id.as_str()))
+        .collect();
+    eventually(
+        "a runs what it should own again and hands user1 over",
+        Duration::from_secs(30),
+        || async {
+            let held: BTreeMap<String, String> = rig
+                .owners()
+                .await
+                .into_iter()
+                .filter(|(_, o)| o == "a")
+                .collect();
+            !held.contains_key("user1@example.com")
+                && held.keys().cloned().collect::<BTreeSet<_>>() == of_a
+                && running(&a).await == of_a
+        },
+    )
+    .await;
+    // The other instance leaves again: a takes everything.
+    sqlx::query("DELETE FROM ms_instance WHERE id = $1")
+        .bind(&z_id)
+        .execute(&mut keep)
+        .await
+        .unwrap();
+    every_mailbox_once(&rig, &[&a], Duration::from_secs(30)).await;
+    a.ready(Duration::from_secs(30)).await;
+    keep.close().await.unwrap();
+    a.stop().await;
+    rig.finish().await;
+}
+
 /// A reader that positioned the feed on an empty change log (a fresh installation) and died
 /// before reading the first change: the next reader (another instance, or a restart) read
 /// that change, it did not start "at the end" again and skip it.
