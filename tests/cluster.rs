@@ -779,6 +779,7 @@ async fn after_the_state_store_was_away_a_lease_is_run_again_or_handed_over() {
         },
     )
     .await;
+    assert_eq!(readyz(&a).await.0, 503, "ready while it runs nothing");
     // Another instance joins meanwhile and should own user1 now.
     let a_id: String = sqlx::query_scalar("SELECT id FROM ms_instance WHERE name = 'a'")
         .fetch_one(&mut keep)

@@ -412,17 +412,19 @@ impl Cluster {
         if self.0.renewed_at.lock().elapsed() < self.0.lease {
             return;
         }
+        // Not ready until an acquiring tick has taken its share again.
+        self.0.acquired.store(false, Ordering::SeqCst);
         let had = self.0.owned.read().len();
         if had == 0 && !self.reads_feed() {
             return;
         }
+        self.0.owned.write().clear();
+        self.0.feed.store(false, Ordering::SeqCst);
+        self.0.metrics.feed_reader.set(0);
         tracing::error!(
             mailboxes = had,
             "cluster: no lease renewal for a whole lease; stopping every mailbox here"
         );
-        self.0.owned.write().clear();
-        self.0.feed.store(false, Ordering::SeqCst);
-        self.0.metrics.feed_reader.set(0);
         self.apply_owned().await;
     }
 
