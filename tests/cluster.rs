@@ -743,6 +743,104 @@ async fn a_member_is_ready_once_the_mailboxes_it_owns_took_their_first_step() {
     rig.finish().await;
 }
 
+/// The reader killed after it queued a batch and moved the cursor, before its NOTIFY: the
+/// next reader wakes what is queued at every instance, not only at itself, so a mailbox of a
+/// third instance (whose listener never reconnected) gets the change at once instead of at
+/// its next safety read, hours later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_reader_wakes_what_its_predecessor_queued_for_every_instance() {
+    use sqlx::Connection;
+    // Twenty mailboxes: the third instance owns none with a chance of 1 in 3300.
+    let Some(rig) = Rig::new(20).await else {
+        return;
+    };
+    let mut a = rig.start("a");
+    let mut b = rig.start("b");
+    let mut c = rig.start("c");
+    every_mailbox_once(&rig, &[&a, &b, &c], Duration::from_secs(120)).await;
+    for s in [&mut a, &mut b, &mut c] {
+        s.ready(Duration::from_secs(60)).await;
+    }
+    eventually("a feed reader", Duration::from_secs(3 * LEASE), || async {
+        cluster_view(&a).await["feed"]["owner"].is_string()
+    })
+    .await;
+    let reader = cluster_view(&a).await["feed"]["owner"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let Db::Postgres(p) = &rig.db else {
+        unreachable!()
+    };
+    let ids: BTreeMap<String, String> = sqlx::query_as("SELECT id, name FROM ms_instance")
+        .fetch_all(p)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    let rest: Vec<String> = ids
+        .iter()
+        .filter(|(_, n)| **n != reader)
+        .map(|(i, _)| i.clone())
+        .collect();
+    let next = &ids[mailsync::cluster::rendezvous::owner("@crm-feed", &rest).unwrap()];
+    let third = ids
+        .values()
+        .find(|n| **n != reader && *n != next)
+        .unwrap()
+        .clone();
+    let owners = rig.owners().await;
+    let (mailbox, _) = owners
+        .iter()
+        .find(|(_, o)| **o == third)
+        .unwrap_or_else(|| panic!("{third} owns nothing: {owners:?}"));
+    let n = number(mailbox);
+    // What a reader leaves that died after moving the cursor: the row queued, no NOTIFY.
+    // The change log's capture is off for this session, so no reader ever reads it.
+    let mut quiet = sqlx::PgConnection::connect(&rig.url).await.unwrap();
+    sqlx::query("SET session_replication_role = replica")
+        .execute(&mut quiet)
+        .await
+        .unwrap();
+    let id: i64 = sqlx::query_scalar(&format!("INSERT INTO crm_contacts (tenant_id, owner_id, given_name, surname) VALUES (1, {n}, 'Karl', 'Unheard') RETURNING id"))
+        .fetch_one(&mut quiet)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO ms_pending (mailbox, crm_table, crm_id) VALUES ($1, 'crm_contacts', $2)",
+    )
+    .bind(mailbox)
+    .bind(id)
+    .execute(&mut quiet)
+    .await
+    .unwrap();
+    quiet.close().await.unwrap();
+    let (mut dead, alive): (Service, Vec<Service>) = match reader.as_str() {
+        "a" => (a, vec![b, c]),
+        "b" => (b, vec![a, c]),
+        _ => (c, vec![a, b]),
+    };
+    dead.child.kill().unwrap();
+    dead.child.wait().unwrap();
+    let client = sim_client(&rig.sim);
+    eventually(
+        &format!("the queued change in {mailbox} at {third}, woken by the next reader {next}"),
+        Duration::from_secs(3 * LEASE + 20),
+        || async {
+            common::exchange_contacts(&client, mailbox)
+                .await
+                .iter()
+                .any(|(s, _)| s == "Unheard")
+        },
+    )
+    .await;
+    converged(&rig, n).await;
+    for s in alive {
+        s.stop().await;
+    }
+    rig.finish().await;
+}
+
 /// The state store unreachable for longer than a lease (a PostgreSQL failover, say): the
 /// instance stops its mailboxes by itself, and its leases outlive the gap (nobody took them;
 /// its first renewal afterwards makes them fresh again). Then each of them must either run
