@@ -217,13 +217,14 @@ impl CrmPort for ClusterFeed {
                         // The feed has its position: the cluster stored it (if it had none)
                         // before it said this instance reads (`Cluster::acquire`).
                         *port.heard.lock().await = None;
-                        port.reading.store(true, Ordering::SeqCst);
                         // The previous reader may have died between queueing a batch and
                         // its NOTIFY: what it queued is woken now, here and at the other
                         // instances (whose listeners did not reconnect, so nothing else
-                        // makes them look at the queue).
+                        // makes them look at the queue). Only once that went through is this
+                        // instance reading: a failure here repeats it at the next call.
                         let queued = port.queued().await?;
                         port.notify(&queued).await?;
+                        port.reading.store(true, Ordering::SeqCst);
                         let mine = port.mine(queued);
                         if !mine.is_empty() {
                             return Ok(mine);
