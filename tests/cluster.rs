@@ -4,6 +4,10 @@
 //! over at once (its leases released, not left to expire); an instance paused with SIGSTOP
 //! loses its mailboxes, stops them when it wakes (its late writes would be refused by the
 //! fence, tests/fencing.rs) and rejoins, while a change made meanwhile arrives exactly once.
+//! The change feed: no mailbox starts before it has a position, and a reader's death (before
+//! it positioned the feed, or before its NOTIFY) loses no change. A member is ready only once
+//! the mailboxes it owns took their first steps, and after the state store was away for a
+//! lease every lease is run again or handed over.
 
 mod common;
 use common::{count, eventually, exec, free_port, sim_client, Service};
