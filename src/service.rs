@@ -306,15 +306,17 @@ pub async fn start(cfg: &Config, path: PathBuf) -> anyhow::Result<Service> {
     );
     let cluster = match (&cfg.cluster, identity) {
         (Some(c), Some(me)) => {
-            let cluster = Cluster::new(me, c, &state, &crm, telemetry.cluster.clone())
-                .await
-                .context("joining the cluster")?;
+            let cluster =
+                Cluster::new(me, c, &state, &crm, feed.clone(), telemetry.cluster.clone())
+                    .await
+                    .context("joining the cluster")?;
             engine.fenced_by(cluster.clone());
             tracing::info!(instance = %cluster.me().name, id = %cluster.me().id, admin_url = %cluster.me().admin_url, lease_s = c.lease.as_secs(), "cluster member");
             Some(cluster)
         }
         _ => {
-            // In a cluster the feed's reader positions it when it takes the feed's lease.
+            // In a cluster the feed's reader positions it when it takes the feed's lease, and
+            // no mailbox is taken before (`Cluster::acquire`).
             feed.start_at_end_if_new()
                 .await
                 .context("positioning the CRM change feed")?;
@@ -440,6 +442,7 @@ impl Service {
         let announcing = tokio::spawn(announce(
             notifier.clone(),
             handle.clone(),
+            cluster.as_ref().map(|(c, _)| c.clone()),
             sdnotify::watchdog_interval(&ProcessEnv),
             notify_stopped,
         ));
@@ -503,10 +506,12 @@ impl Service {
 /// Tells systemd how the start goes (`STATUS=`), when it is done (`READY=1`), and that the
 /// service is alive (`WATCHDOG=1`, only while the supervisor runs, so a wedged process is
 /// restarted), until `stop` turns true. The registry has no readiness event, so it is
-/// looked at four times a second.
+/// looked at four times a second. A cluster member is ready as its `/readyz` says: once its
+/// first acquiring tick is done and every mailbox it owns took its first step.
 async fn announce(
     notifier: Arc<Notifier>,
     handle: SupervisorHandle,
+    cluster: Option<Cluster>,
     watchdog: Option<std::time::Duration>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -536,7 +541,7 @@ async fn announce(
             _ = look.tick(), if !ready => {
                 let board = &handle.board;
                 let done = board.snapshots().iter().filter(|s| s.first_step_done).count();
-                if board.ready() {
+                if board.ready() && cluster.as_ref().is_none_or(|c| c.readiness().ready()) {
                     ready = true;
                     notifier.ready(&format!("{} mailboxes syncing", board.len()));
                 } else {

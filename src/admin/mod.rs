@@ -256,9 +256,21 @@ async fn readyz(state: web::Data<AdminState>) -> HttpResponse {
         .iter()
         .filter(|s| !s.first_step_done)
         .count();
-    let body =
-        serde_json::json!({ "ready": waiting == 0, "mailboxes": board.len(), "waiting": waiting });
-    if waiting == 0 {
+    // A cluster member's board starts empty and fills as the membership loop leases
+    // mailboxes: it is ready only once it took what it should own and each of those took its
+    // first step.
+    let cluster = state.cluster.as_ref().map(|c| c.readiness());
+    let ready = waiting == 0 && cluster.is_none_or(|r| r.ready());
+    let mut body =
+        serde_json::json!({ "ready": ready, "mailboxes": board.len(), "waiting": waiting });
+    if let Some(r) = cluster {
+        body["cluster"] = serde_json::json!({
+            "acquired": r.acquired,
+            "owned": r.owned,
+            "waiting": r.waiting,
+        });
+    }
+    if ready {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)

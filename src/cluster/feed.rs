@@ -6,10 +6,11 @@
 //! the shared cursor (a write the state store's fence refuses to anyone but the lease holder),
 //! and then wakes the owners with a NOTIFY on the state store (`mailsync_pending`, payload
 //! lines `mailbox<TAB>folder`). Every other instance LISTENs and triggers the folders of
-//! the mailboxes it owns; after (re)connecting its listener, and on becoming the reader (its
-//! predecessor may have died between queueing and notifying), it triggers every owned folder
-//! with queued rows, so a missed notification costs nothing. A mailbox that moves reads its
-//! queue in its first steps at the new owner.
+//! the mailboxes it owns; after (re)connecting its listener it triggers every owned folder
+//! with queued rows, and on becoming the reader (its predecessor may have died between
+//! queueing and notifying) it wakes every folder with queued rows, its own and, by a NOTIFY,
+//! the other instances', so a missed notification costs nothing. A mailbox that moves reads
+//! its queue in its first steps at the new owner.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -85,8 +86,14 @@ impl ClusterFeed {
         let Some(folders) = self.feed.poll_once().await? else {
             return Ok(None);
         };
+        self.notify(&folders).await?;
+        Ok(Some(self.mine(folders)))
+    }
+
+    /// Wakes the owners of `folders` on the other instances.
+    async fn notify(&self, folders: &[(MailboxId, FolderId)]) -> Result<(), SyncError> {
         let pool = self.cluster.store().pool();
-        for payload in payloads(&folders) {
+        for payload in payloads(folders) {
             sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(CHANNEL)
                 .bind(payload)
@@ -94,7 +101,7 @@ impl ClusterFeed {
                 .await
                 .map_err(transient)?;
         }
-        Ok(Some(self.mine(folders)))
+        Ok(())
     }
 
     fn mine(&self, folders: Vec<(MailboxId, FolderId)>) -> Vec<(MailboxId, FolderId)> {
@@ -112,7 +119,7 @@ impl ClusterFeed {
         match tokio::time::timeout(LOOK, heard.recv()).await {
             Err(_) => Ok(Vec::new()),
             Ok(Some(Some(folders))) => Ok(self.mine(folders)),
-            Ok(Some(None)) => self.queued().await,
+            Ok(Some(None)) => Ok(self.mine(self.queued().await?)),
             Ok(None) => {
                 *guard = None;
                 Err(transient("the cluster's notification listener stopped"))
@@ -120,7 +127,7 @@ impl ClusterFeed {
         }
     }
 
-    /// Every owned mailbox's folders with rows in ms_pending.
+    /// The folders of every mailbox (wherever it runs) with rows in ms_pending.
     async fn queued(&self) -> Result<Vec<(MailboxId, FolderId)>, SyncError> {
         let rows: Vec<(String, String)> =
             sqlx::query_as("SELECT DISTINCT mailbox, crm_table FROM ms_pending")
@@ -129,7 +136,6 @@ impl ClusterFeed {
                 .map_err(transient)?;
         let folders: BTreeSet<(MailboxId, FolderId)> = rows
             .into_iter()
-            .filter(|(m, _)| self.cluster.owns(m))
             .filter_map(|(m, t)| {
                 crate::sync::feed::folder_of_table(&t).map(|f| (MailboxId::from(m), f))
             })
@@ -208,19 +214,20 @@ impl CrmPort for ClusterFeed {
                         // behind keeps PostgreSQL's notification queue from being freed until
                         // every NOTIFY of the server fails. Dropping the receiver ends the
                         // listener task, which drops the connection and so unlistens.
+                        // The feed has its position: the cluster stored it (if it had none)
+                        // before it said this instance reads (`Cluster::acquire`).
                         *port.heard.lock().await = None;
-                        // Only the cluster's very first reader starts at the end of the log
-                        // (a stored cursor is a position, see `start_at_end_if_new`).
-                        port.feed
-                            .start_at_end_if_new()
-                            .await
-                            .map_err(crate::sync::core::db_error)?;
-                        port.reading.store(true, Ordering::SeqCst);
                         // The previous reader may have died between queueing a batch and
-                        // its NOTIFY: what it queued for mailboxes here is woken now.
+                        // its NOTIFY: what it queued is woken now, here and at the other
+                        // instances (whose listeners did not reconnect, so nothing else
+                        // makes them look at the queue). Only once that went through is this
+                        // instance reading: a failure here repeats it at the next call.
                         let queued = port.queued().await?;
-                        if !queued.is_empty() {
-                            return Ok(queued);
+                        port.notify(&queued).await?;
+                        port.reading.store(true, Ordering::SeqCst);
+                        let mine = port.mine(queued);
+                        if !mine.is_empty() {
+                            return Ok(mine);
                         }
                     }
                     match port.read().await? {

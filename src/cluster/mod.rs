@@ -10,7 +10,9 @@
 //! mailbox's fence epoch is bumped, [`fence`]), then starts it. The supervisor runs exactly
 //! the mailboxes this instance holds: the loop sends it a `Reload` with them.
 //!
-//! The CRM change feed is read by the holder of the `@crm-feed` lease ([`feed`]).
+//! The CRM change feed is read by the holder of the `@crm-feed` lease ([`feed`]). No mailbox
+//! is taken anywhere before the feed has a position: the reader that finds none stores the end
+//! of the log in the tick that takes the feed's lease, before it sets out to read.
 //! A graceful stop marks the instance stopping, stops its mailboxes, then releases every
 //! lease and removes its row, so the others take over at their next tick.
 
@@ -33,6 +35,7 @@ pub use metrics::ClusterMetrics;
 
 use crate::config::ClusterConfig;
 use crate::db::{Db, DbError};
+use crate::sync::feed::Feed;
 use fence::Fence;
 use store::Store;
 
@@ -108,6 +111,16 @@ struct Inner {
     owned: RwLock<BTreeMap<String, i64>>,
     /// This instance holds the change feed's lease.
     feed: AtomicBool,
+    /// The CRM change feed, which this instance positions when it takes the feed's lease and
+    /// finds no stored cursor (see [`Cluster::acquire`]).
+    change_feed: Feed,
+    /// An acquiring tick ran to its end (nothing held back for the feed's position): what
+    /// this instance owns is what it should own, so readiness can be judged (see
+    /// [`Cluster::readiness`]).
+    acquired: AtomicBool,
+    /// The feed's cursor is known to be stored: mailboxes may be taken. A stored cursor is
+    /// never removed, so once seen it is not looked up again.
+    positioned: AtomicBool,
     configured: RwLock<Configured>,
     supervisor: OnceLock<SupervisorHandle>,
     /// One `Reload` at a time (the loop and a configuration reload).
@@ -155,6 +168,26 @@ async fn refuse_a_running_namesake(
     Ok(())
 }
 
+/// How far a cluster member is from ready (`/readyz`, systemd's `READY=1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Readiness {
+    /// An acquiring tick of the membership loop ran to its end: until then this instance
+    /// has not taken what it should own, and an empty board proves nothing.
+    pub acquired: bool,
+    /// Mailboxes this instance owns.
+    pub owned: usize,
+    /// Owned mailboxes that have not finished a first step on the supervisor's board yet
+    /// (or are not on it yet).
+    pub waiting: usize,
+}
+
+impl Readiness {
+    /// Ready: the first acquiring tick is done and every owned mailbox took its first step.
+    pub fn ready(&self) -> bool {
+        self.acquired && self.waiting == 0
+    }
+}
+
 /// The cluster membership of this instance; cheap to clone.
 #[derive(Clone)]
 pub struct Cluster(Arc<Inner>);
@@ -167,6 +200,7 @@ impl Cluster {
         cfg: &ClusterConfig,
         state: &Db,
         crm: &Db,
+        change_feed: Feed,
         metrics: ClusterMetrics,
     ) -> anyhow::Result<Self> {
         let Db::Postgres(pool) = state else {
@@ -184,6 +218,9 @@ impl Cluster {
             metrics,
             owned: RwLock::new(BTreeMap::new()),
             feed: AtomicBool::new(false),
+            change_feed,
+            positioned: AtomicBool::new(false),
+            acquired: AtomicBool::new(false),
             configured: RwLock::new(Configured::default()),
             supervisor: OnceLock::new(),
             applying: tokio::sync::Mutex::new(()),
@@ -251,6 +288,26 @@ impl Cluster {
     /// Whether this instance reads the CRM change feed now.
     pub fn reads_feed(&self) -> bool {
         self.0.feed.load(Ordering::SeqCst)
+    }
+
+    /// Whether this member is ready: see [`Readiness`]. A mailbox just leased is owned before
+    /// the supervisor has it, so it counts as waiting until its first step is on the board.
+    pub fn readiness(&self) -> Readiness {
+        let owned: Vec<String> = self.0.owned.read().keys().cloned().collect();
+        let board = self.0.supervisor.get().map(|h| &h.board);
+        let waiting = owned
+            .iter()
+            .filter(|m| {
+                !board
+                    .and_then(|b| b.snapshot(m))
+                    .is_some_and(|s| s.first_step_done)
+            })
+            .count();
+        Readiness {
+            acquired: self.0.acquired.load(Ordering::SeqCst),
+            owned: owned.len(),
+            waiting,
+        }
     }
 
     /// The instance holding `mailbox`'s live lease: (name, admin url), if any.
@@ -375,17 +432,19 @@ impl Cluster {
         if self.0.renewed_at.lock().elapsed() < self.0.lease {
             return;
         }
+        // Not ready until an acquiring tick has taken its share again.
+        self.0.acquired.store(false, Ordering::SeqCst);
         let had = self.0.owned.read().len();
         if had == 0 && !self.reads_feed() {
             return;
         }
+        self.0.owned.write().clear();
+        self.0.feed.store(false, Ordering::SeqCst);
+        self.0.metrics.feed_reader.set(0);
         tracing::error!(
             mailboxes = had,
             "cluster: no lease renewal for a whole lease; stopping every mailbox here"
         );
-        self.0.owned.write().clear();
-        self.0.feed.store(false, Ordering::SeqCst);
-        self.0.metrics.feed_reader.set(0);
         self.apply_owned().await;
     }
 
@@ -456,15 +515,16 @@ impl Cluster {
             .filter(|k| rendezvous::owner(k, &live) == Some(me))
             .collect();
         // Release what another live instance should own (or is no longer configured):
-        // stop it first, then give the lease up.
-        let mut release: Vec<String> = inner
-            .owned
-            .read()
+        // stop it first, then give the lease up. Every lease held is looked at, not only what
+        // runs here: one a failed release or start left held would otherwise be renewed for
+        // ever, run by nobody.
+        let release: Vec<String> = renewed
             .keys()
             .filter(|k| !wanted.contains(k))
             .cloned()
             .collect();
-        if !release.is_empty() {
+        let stop = release.iter().any(|k| inner.owned.read().contains_key(k));
+        if stop {
             let run: BTreeSet<String> = inner
                 .owned
                 .read()
@@ -478,10 +538,9 @@ impl Cluster {
                 owned.remove(k);
             }
         }
-        if self.reads_feed() && !wanted.iter().any(|k| *k == FEED_KEY) {
+        if release.iter().any(|k| k == FEED_KEY) {
             inner.feed.store(false, Ordering::SeqCst);
             inner.metrics.feed_reader.set(0);
-            release.push(FEED_KEY.to_owned());
         }
         if !release.is_empty() {
             tracing::info!(
@@ -490,8 +549,8 @@ impl Cluster {
             );
             inner.store.release(me, &release).await?;
         }
-        if acquire && !inner.leaving.load(Ordering::SeqCst) {
-            self.acquire(&wanted).await?;
+        if acquire && !inner.leaving.load(Ordering::SeqCst) && self.acquire(&wanted).await? {
+            inner.acquired.store(true, Ordering::SeqCst);
         }
         inner
             .metrics
@@ -501,11 +560,20 @@ impl Cluster {
         Ok(())
     }
 
-    /// Takes the free leases of `wanted` not held yet and starts those mailboxes.
-    async fn acquire(&self, wanted: &BTreeSet<&String>) -> anyhow::Result<()> {
+    /// Takes the free leases of `wanted` not held yet and starts those mailboxes; returns
+    /// false when the mailboxes had to wait for the change feed's position.
+    ///
+    /// A first step reconciles everything logged before it, so the cluster's very first reader
+    /// may start the feed at the end of the log, but only if that end is fixed before any
+    /// first step reads the CRM: a change made after a first step and before the position is
+    /// stored would lie behind the cursor and never be queued (a reader killed before it
+    /// stored one left exactly that to its successor). So no mailbox is taken while the feed
+    /// has no position, and the instance that takes the feed's lease stores one before it
+    /// starts anything.
+    async fn acquire(&self, wanted: &BTreeSet<&String>) -> anyhow::Result<bool> {
         let inner = &*self.0;
         let me = inner.me.id.as_str();
-        let take: Vec<String> = {
+        let mut take: Vec<String> = {
             let owned = inner.owned.read();
             wanted
                 .iter()
@@ -520,20 +588,33 @@ impl Cluster {
                 .collect()
         };
         if take.is_empty() {
-            return Ok(());
+            return Ok(true);
+        }
+        if !self.feed_positioned().await? {
+            if let Some(i) = take.iter().position(|k| k == FEED_KEY) {
+                let feed = take.remove(i);
+                for (_, epoch) in inner.store.acquire(me, &[feed]).await? {
+                    self.start_reading(epoch).await;
+                }
+            }
+            if !self.feed_positioned().await? {
+                tracing::info!(
+                    mailboxes = take.len(),
+                    "cluster: the CRM change feed has no position yet; no mailbox is taken until its reader stores one"
+                );
+                return Ok(false);
+            }
         }
         let got = inner.store.acquire(me, &take).await?;
         let mut started = 0usize;
         let mut failed = Vec::new();
         for (key, epoch) in got {
+            if key == FEED_KEY {
+                self.start_reading(epoch).await;
+                continue;
+            }
             if epoch > 1 {
                 inner.metrics.takeovers.inc();
-            }
-            if key == FEED_KEY {
-                inner.feed.store(true, Ordering::SeqCst);
-                inner.metrics.feed_reader.set(1);
-                tracing::info!(epoch, "cluster: this instance reads the CRM change feed");
-                continue;
             }
             match fence::bump(&inner.crm, &key).await {
                 Ok(token) => {
@@ -553,6 +634,36 @@ impl Cluster {
             tracing::info!(mailboxes = started, "cluster: leases acquired");
             self.apply_owned().await;
         }
-        Ok(())
+        Ok(true)
+    }
+
+    /// Whether the change feed's cursor is stored (looked up until it is).
+    async fn feed_positioned(&self) -> Result<bool, DbError> {
+        let inner = &*self.0;
+        if inner.positioned.load(Ordering::SeqCst) {
+            return Ok(true);
+        }
+        let stored = inner.change_feed.has_position().await?;
+        inner.positioned.store(stored, Ordering::SeqCst);
+        Ok(stored)
+    }
+
+    /// Becomes the reader of the change feed whose lease this instance just took at `epoch`:
+    /// stores the feed's first position if it has none, then the feed port reads. When the
+    /// position cannot be stored this instance keeps the lease without reading; the next
+    /// tick takes it again and retries.
+    async fn start_reading(&self, epoch: i64) {
+        let inner = &*self.0;
+        if let Err(e) = inner.change_feed.start_at_end_if_new().await {
+            tracing::warn!(error = %e, "cluster: cannot position the CRM change feed; retrying at the next tick");
+            return;
+        }
+        inner.positioned.store(true, Ordering::SeqCst);
+        if epoch > 1 {
+            inner.metrics.takeovers.inc();
+        }
+        inner.feed.store(true, Ordering::SeqCst);
+        inner.metrics.feed_reader.set(1);
+        tracing::info!(epoch, "cluster: this instance reads the CRM change feed");
     }
 }

@@ -114,7 +114,10 @@ impl Store {
         .map_err(q("renewing the leases"))
     }
 
-    /// Takes the leases of `keys` that are free (never held, released, or expired) for `me`;
+    /// Takes the leases of `keys` that are free (never held, released, or expired) for `me`,
+    /// or held by `me` already (a lease kept while what it covers does not run here: after a
+    /// failed start, or a stop for want of renewals that the next renewal outlived; taking it
+    /// again gives it a new epoch, so it runs again instead of staying held by nobody's work);
     /// returns those taken with their new epochs. Nothing is taken once `me` is stopping or
     /// gone, so a tick still in flight during a graceful stop cannot take a lease after
     /// `leave` released them. Taking one over waits for the writes in
@@ -129,7 +132,7 @@ impl Store {
              WHERE EXISTS (SELECT 1 FROM ms_instance WHERE id = $1 AND NOT stopping) \
              ON CONFLICT (mailbox) DO UPDATE SET owner = EXCLUDED.owner, \
                epoch = ms_lease.epoch + 1, expires_at = EXCLUDED.expires_at \
-             WHERE ms_lease.owner = '' OR ms_lease.expires_at < now() \
+             WHERE ms_lease.owner = '' OR ms_lease.expires_at < now() OR ms_lease.owner = $1 \
              RETURNING mailbox, epoch",
         )
         .bind(me)

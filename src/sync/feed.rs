@@ -80,14 +80,22 @@ impl Feed {
         *self.0.routes.write() = routes;
     }
 
-    /// Starts the feed at the end of the log (everything before is covered by the first
-    /// steps, which reconcile from their stored state), unless it already has a position.
+    /// Whether the feed has a position: its cursor was stored once. Only a cursor never
+    /// stored is new: one stored at the start of a log that was empty then (a fresh
+    /// installation) is a position, and a second start (a restart, or the next reader of a
+    /// cluster) must read what was logged since, not skip it.
+    pub async fn has_position(&self) -> Result<bool, DbError> {
+        self.0.state.cursor_exists(CURSOR).await
+    }
+
+    /// Starts the feed at the end of the log unless it already has a position
+    /// ([`Feed::has_position`]). Everything before is covered by the first steps, which
+    /// reconcile from their stored state, so it must be called before any mailbox's first
+    /// step reads the CRM (a single instance: before its supervisor starts; a cluster: no
+    /// mailbox is taken before the feed has a position).
     pub async fn start_at_end_if_new(&self) -> Result<(), DbError> {
         let inner = &self.0;
-        // Only a cursor never stored is new: one stored at the start of a log that was empty
-        // then (a fresh installation) is a position, and a second start (a restart, or the
-        // next reader of a cluster) must read what was logged since, not skip it.
-        if inner.state.cursor_exists(CURSOR).await? {
+        if self.has_position().await? {
             return Ok(());
         }
         let mut last = Default::default();

@@ -121,6 +121,19 @@ pub async fn postgres_db(prefix: &str) -> Option<(String, String)> {
     Some((name, url))
 }
 
+/// Runs `sql` on the server's `postgres` database (what cannot run inside the test's own
+/// database, e.g. `ALTER DATABASE … ALLOW_CONNECTIONS`).
+pub async fn postgres_admin(sql: &str) {
+    use sqlx::Connection;
+    let mut admin = sqlx::PgConnection::connect(PG_ADMIN)
+        .await
+        .expect("connecting to PostgreSQL's postgres database");
+    sqlx::query(sql)
+        .execute(&mut admin)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
 /// Drops a database made by [`postgres_db`].
 pub async fn drop_postgres(name: &str) {
     use sqlx::Connection;
