@@ -283,16 +283,7 @@ impl ChangeSignal {
     pub async fn wait(&mut self, max: Duration) -> bool {
         match self {
             ChangeSignal::Listen(l) => {
-                let woke = matches!(tokio::time::timeout(max, l.recv()).await, Ok(Ok(_)));
-                // What else arrived meanwhile is covered by the read that follows: one read
-                // per wake-up, not one per committed transaction of a burst.
-                while woke {
-                    match l.try_recv().await {
-                        Ok(Some(_)) => continue,
-                        _ => break,
-                    }
-                }
-                woke
+                matches!(tokio::time::timeout(max, l.recv()).await, Ok(Ok(_)))
             }
             ChangeSignal::Poll(every) => {
                 tokio::time::sleep((*every).min(max)).await;
