@@ -5,7 +5,6 @@
 //! ([`logging`]) and, as the issues land, the adapters that implement the ports of
 //! `mailsync-actors` with the `ews` client and sqlx. Layout and invariants: docs/ARCHITECTURE.md.
 
-
 /// mimalloc instead of the system allocator: the sync path allocates many small strings and
 /// maps per item, and glibc's malloc and free were over a third of mailsync's CPU samples in
 /// the initial-sync bench (perf, examples/speed_bench).
