@@ -6,34 +6,13 @@ use common::exec;
 
 use std::time::Duration;
 
-use mailsync::cluster::fence;
 use mailsync::config::Area;
 use mailsync::db::changes::ChangeSignal;
-use mailsync::db::rows::{ContactRow, CrmRow};
 use mailsync::db::{Db, MigrationSet};
 use mailsync::sync::feed::{Feed, Routes};
 use mailsync_actors::CrmPort;
 
 const USER1: &str = "user1@example.com";
-
-fn contact(id: i64, version: i64, owner: Option<i64>, surname: &str, ews: &str) -> CrmRow {
-    CrmRow::Contact(ContactRow {
-        id,
-        tenant_id: 1,
-        owner_id: owner,
-        given_name: Some("Eva".into()),
-        surname: Some(surname.into()),
-        company: None,
-        job_title: None,
-        email: [None, None, None],
-        phones: [None, None, None],
-        address: [None, None, None, None],
-        notes: None,
-        categories: vec![],
-        ews_id: Some(ews.into()),
-        version,
-    })
-}
 
 fn routes_user1(areas: &[Area]) -> Routes {
     Routes {
@@ -68,6 +47,7 @@ async fn pg_change_signal_wait_returns_after_one_notification() {
     )
     .await;
     let r = tokio::time::timeout(Duration::from_secs(10), sig.wait(Duration::from_secs(2))).await;
+    drop(sig);
     crm.close().await;
     common::drop_postgres(&name).await;
     assert!(
