@@ -12,6 +12,7 @@ use std::time::Duration;
 use mailsync::cluster::fence::{self, CrmWrite};
 use mailsync::config::Area;
 use mailsync::db::rows::{ContactRow, CrmRow};
+use mailsync::db::state::ItemMapping;
 use mailsync::db::write::ExchangeWrite;
 use mailsync::db::{Db, MigrationSet};
 use mailsync::sync::feed::{Feed, Routes};
@@ -243,7 +244,8 @@ async fn a_steps_writes_carry_its_mailbox_on_sqlite() {
     crm.close().await;
 }
 
-/// The feed queues a shared contact a step of user1 imported to user2 only, and a user's
+/// The feed queues a shared contact a step of user1 imported (and mapped) to user2 only, a
+/// write of user1's step that user1's mapping does not hold to user1 as well, and a user's
 /// change to both.
 #[tokio::test]
 async fn the_feed_does_not_queue_a_mailboxs_own_write_back_to_it() {
@@ -265,15 +267,35 @@ async fn the_feed_does_not_queue_a_mailboxs_own_write_back_to_it() {
     let feed = Feed::new(db.clone(), db.clone(), routes, Duration::from_millis(20));
     feed.start_at_end_if_new().await.unwrap();
 
+    // As a step writes: the row and user1's mapping (with the version written) together.
+    let mapping = |ews: &str| ItemMapping {
+        mailbox: USER1.into(),
+        crm_table: "crm_contacts".into(),
+        crm_id: 0,
+        ews_item_id: ews.into(),
+        change_key: None,
+        crm_version: None,
+        fields: serde_json::json!({}),
+        stamped: true,
+        unverified: false,
+    };
     let (shared, _) = fence::origin_scope(
         USER1.into(),
-        db.save_from_exchange(&contact(None, "Shared", "S1"), "S1", None),
+        db.save_from_exchange(&contact(None, "Shared", "S1"), "S1", Some(&mapping("S1"))),
     )
     .await
     .unwrap();
     let (own, _) = fence::origin_scope(
         USER1.into(),
-        db.save_from_exchange(&contact(Some(1), "Own", "O1"), "O1", None),
+        db.save_from_exchange(&contact(Some(1), "Own", "O1"), "O1", Some(&mapping("O1"))),
+    )
+    .await
+    .unwrap();
+    // A write of user1's step that its mapping does not hold (as a CRM trigger's would be)
+    // is queued to user1 all the same.
+    let (unmapped, _) = fence::origin_scope(
+        USER1.into(),
+        db.save_from_exchange(&contact(Some(1), "Unmapped", "U1"), "U1", None),
     )
     .await
     .unwrap();
@@ -283,7 +305,7 @@ async fn the_feed_does_not_queue_a_mailboxs_own_write_back_to_it() {
         async move { db.pending(m, "crm_contacts", 100).await.unwrap() }
     };
     let ids = |v: Vec<(i64, i64)>| v.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
-    assert_eq!(ids(queued(USER1).await), Vec::<i64>::new());
+    assert_eq!(ids(queued(USER1).await), vec![unmapped]);
     assert_eq!(ids(queued(USER2).await), vec![shared]);
 
     // A user edits both rows: both mailboxes get the shared one, user1 its own.
@@ -293,7 +315,7 @@ async fn the_feed_does_not_queue_a_mailboxs_own_write_back_to_it() {
     )
     .await;
     while feed.poll_once().await.unwrap().is_some() {}
-    let mut expected = vec![shared, own];
+    let mut expected = vec![shared, own, unmapped];
     expected.sort();
     assert_eq!(ids(queued(USER1).await), expected);
     assert_eq!(ids(queued(USER2).await), vec![shared]);

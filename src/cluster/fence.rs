@@ -17,7 +17,8 @@
 //! queue a step's own writes back to the mailbox that made them. PostgreSQL: the
 //! transaction-local setting `mailsync.origin`, read by the capture trigger. MariaDB/MySQL: the
 //! session variable `@mailsync_origin`, set at the start of every write transaction and
-//! cleared at its end. SQLite (one writer at a time): the transaction takes the write lock
+//! cleared at its end — and whenever a connection goes back to the pool, so a write that
+//! failed in between leaves no marked connection behind (src/db/mod.rs). SQLite (one writer at a time): the transaction takes the write lock
 //! first, notes the last `seq` of the log, and before commit marks every change after it —
 //! no other writer can have logged one in between. A write whose marking is missed is only
 //! queued once more (an empty step), never lost.

@@ -394,6 +394,17 @@ impl Db {
                     .timezone(Some("+00:00".to_string()));
                 let pool = MySqlPoolOptions::new()
                     .max_connections(max_connections)
+                    // A step's write marks its changes through the session variable
+                    // @mailsync_origin (src/cluster/fence.rs); a write that fails before it
+                    // clears it must not hand a marked connection to the next user of the pool.
+                    .after_release(|conn, _| {
+                        Box::pin(async move {
+                            sqlx::query("SET @mailsync_origin = NULL")
+                                .execute(&mut *conn)
+                                .await?;
+                            Ok(true)
+                        })
+                    })
                     .connect_with(opts)
                     .await
                     .map_err(connect_err)?;

@@ -124,16 +124,17 @@ impl Db {
     }
 
     /// Which mailboxes hold a mapping for these rows (a row that moved to another owner, or
-    /// was deleted, must leave the mailbox it was in).
+    /// was deleted, must leave the mailbox it was in): (mailbox, row id, the CRM version the
+    /// mapping holds).
     pub async fn mapped_mailboxes(
         &self,
         table: &str,
         ids: &[i64],
-    ) -> Result<Vec<(String, i64)>, DbError> {
+    ) -> Result<Vec<(String, i64, Option<i64>)>, DbError> {
         let mut out = Vec::new();
         for chunk in ids.chunks(500) {
             let sql = format!(
-                "SELECT mailbox, crm_id FROM ms_item_map WHERE crm_table = $1 AND crm_id IN ({})",
+                "SELECT mailbox, crm_id, crm_version FROM ms_item_map WHERE crm_table = $1 AND crm_id IN ({})",
                 placeholders(2, chunk.len())
             );
             let rows = on_db!(
@@ -144,10 +145,46 @@ impl Db {
                 fetch_all,
                 |rows| rows
                     .iter()
-                    .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<i64, _>(1)?)))
+                    .map(|r| {
+                        Ok((
+                            r.try_get::<String, _>(0)?,
+                            r.try_get::<i64, _>(1)?,
+                            r.try_get::<Option<i64>, _>(2)?,
+                        ))
+                    })
                     .collect::<Result<Vec<_>, sqlx::Error>>()
             )?
             .map_err(q("reading mappings of changed rows"))?;
+            out.extend(rows);
+        }
+        Ok(out)
+    }
+
+    /// The current versions of these rows of a synced table (rows that are gone are absent).
+    pub async fn row_versions(
+        &self,
+        table: &str,
+        ids: &[i64],
+    ) -> Result<std::collections::HashMap<i64, i64>, DbError> {
+        let table = checked(table)?;
+        let mut out = std::collections::HashMap::new();
+        for chunk in ids.chunks(500) {
+            let sql = format!(
+                "SELECT id, version FROM {table} WHERE id IN ({})",
+                placeholders(1, chunk.len())
+            );
+            let rows = on_db!(
+                self,
+                &sql,
+                "reading the versions of changed rows",
+                |x| chunk.iter().fold(x, |x, id| x.bind(*id)),
+                fetch_all,
+                |rows| rows
+                    .iter()
+                    .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<i64, _>(1)?)))
+                    .collect::<Result<Vec<_>, sqlx::Error>>()
+            )?
+            .map_err(q("reading the versions of changed rows"))?;
             out.extend(rows);
         }
         Ok(out)

@@ -5,9 +5,10 @@
 //! that holds a mapping of the row, so a row that moved to another owner or was deleted
 //! leaves the mailbox it was in), queues the rows for them (ms_pending), and only then moves
 //! the cursor: a crash repeats a batch, it never loses one. A change a mailbox's own step made
-//! (`origin`, src/cluster/fence.rs) is not queued back to that mailbox — its step already
-//! stored what it wrote — so an import of 100,000 rows does not come back as 100,000 steps'
-//! worth of work ahead of the users' next changes.
+//! (`origin`, src/cluster/fence.rs) is not queued back to that mailbox when the mailbox's
+//! mapping already holds the row's current version — its step stored what it wrote — so an
+//! import of 100,000 rows does not come back as 100,000 steps' worth of work ahead of the
+//! users' next changes.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -128,9 +129,11 @@ impl Feed {
                 by_table.entry(c.table.as_str()).or_default().push(c.row_id);
             }
         }
-        let mut mapped: HashMap<(String, i64), Vec<String>> = HashMap::new();
+        let mut mapped: HashMap<(String, i64), Vec<(String, Option<i64>)>> = HashMap::new();
+        // The rows' current versions, read only where a change has an origin.
+        let mut current: HashMap<(String, i64), i64> = HashMap::new();
         for (table, ids) in &by_table {
-            for (mailbox, id) in inner
+            for (mailbox, id, version) in inner
                 .state
                 .mapped_mailboxes(table, ids)
                 .await
@@ -139,7 +142,22 @@ impl Feed {
                 mapped
                     .entry(((*table).to_owned(), id))
                     .or_default()
-                    .push(mailbox);
+                    .push((mailbox, version));
+            }
+            let own: Vec<i64> = changes
+                .iter()
+                .filter(|c| c.table == *table && c.origin.is_some())
+                .map(|c| c.row_id)
+                .collect();
+            if !own.is_empty() {
+                for (id, version) in inner
+                    .crm
+                    .row_versions(table, &own)
+                    .await
+                    .map_err(db_error)?
+                {
+                    current.insert(((*table).to_owned(), id), version);
+                }
             }
         }
         let mut queue: BTreeSet<(String, String, i64)> = BTreeSet::new();
@@ -162,23 +180,34 @@ impl Feed {
                     _ => {}
                 }
                 targets.retain(|m| routes.areas.get(m).is_some_and(|a| a.contains(&area)));
-                // A mailbox's own write (its step stored the row's new version in the
-                // mapping) is not queued back to it; every other mailbox still gets it.
+                // A mailbox's own write is not queued back to it when its mapping already
+                // holds the row as it is now (the step stored the version it wrote); every
+                // other mailbox still gets it. A change the write caused that the step did
+                // not store — a CRM trigger's or a cascade's, in the same transaction and so
+                // with the same origin — finds no mapping, an older version or no row, and
+                // is queued.
+                let key = (c.table.clone(), c.row_id);
+                let known = |m: &str| {
+                    mapped.get(&key).is_some_and(|v| {
+                        v.iter().any(|(mb, version)| {
+                            mb.eq_ignore_ascii_case(m)
+                                && version.is_some()
+                                && *version == current.get(&key).copied()
+                        })
+                    })
+                };
                 let own = |m: &str| {
                     c.origin
                         .as_deref()
                         .is_some_and(|o| o.eq_ignore_ascii_case(m))
+                        && known(m)
                 };
                 for mailbox in targets {
                     if !own(&mailbox) {
                         queue.insert((mailbox.to_string(), c.table.clone(), c.row_id));
                     }
                 }
-                for mailbox in mapped
-                    .get(&(c.table.clone(), c.row_id))
-                    .into_iter()
-                    .flatten()
-                {
+                for (mailbox, _) in mapped.get(&key).into_iter().flatten() {
                     if !own(mailbox) {
                         queue.insert((mailbox.clone(), c.table.clone(), c.row_id));
                     }

@@ -1,4 +1,8 @@
-//! Outside probe of wave 3: origin marking. Each test names the defect it reproduces.
+//! The edges of origin marking (src/cluster/fence.rs, src/sync/feed.rs): a change the business
+//! database makes in reaction to a step's write (a CRM trigger, a cascade) carries the step's
+//! origin but still reaches the step's own mailbox, because that mailbox's mapping does not
+//! hold it; and on MariaDB a step's write that fails leaves no marked connection in the pool.
+//! Found by an outside review.
 
 mod common;
 use common::exec;
@@ -44,14 +48,12 @@ async fn origins_of_surname(crm: &Db, surname: &str) -> Vec<Option<String>> {
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// D2: the origin marks the whole transaction, not the rows the step wrote. A change the
+// The origin marks the whole transaction, not the rows the step wrote. A change the
 // business database makes in reaction to the step's write (a CRM trigger; on PostgreSQL and
 // SQLite also an ON DELETE CASCADE) is logged with the step's mailbox as origin, so the feed
 // never queues it to that mailbox although its step never stored (or even knew) it. Here a
 // CRM trigger creates a follow-up task for every new contact: the task of user1 never
 // reaches user1's queue.
-// ---------------------------------------------------------------------------------------
 
 async fn side_effect_of_a_steps_write_reaches_its_mailbox(db: &Db, trigger: &[&str]) {
     db.migrate(MigrationSet::Crm).await.unwrap();
@@ -130,12 +132,10 @@ async fn a_crm_side_effect_of_a_steps_write_reaches_its_mailbox_on_postgresql() 
     common::drop_postgres(&name).await;
 }
 
-// ---------------------------------------------------------------------------------------
-// D3: MariaDB: @mailsync_origin stays set on the pooled connection when a step's write
+// MariaDB: @mailsync_origin stays set on the pooled connection when a step's write
 // fails between begin_write and end_write (here the ordinary optimistic refusal
 // DbError::Stale; equally a fence refusal, a duplicate, a deadlock). The next write on that
 // connection that does not itself go through begin_write is marked with the mailbox.
-// ---------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_a_failed_step_write_leaves_no_origin_on_the_pooled_connection() {
@@ -153,7 +153,11 @@ async fn mariadb_a_failed_step_write_leaves_no_origin_on_the_pooled_connection()
     .await;
     let id = common::count(&crm, "SELECT id FROM crm_contacts WHERE surname = 'Row'").await;
     // The step read the row at version 1; a user changed it since (version 2): Stale.
-    exec(&crm, &format!("UPDATE crm_contacts SET notes = 'u' WHERE id = {id}")).await;
+    exec(
+        &crm,
+        &format!("UPDATE crm_contacts SET notes = 'u' WHERE id = {id}"),
+    )
+    .await;
     let r = fence::origin_scope(
         USER1.into(),
         crm.save_from_exchange(&contact(id, 1, "Row", "E1"), "E1", None),
@@ -168,5 +172,9 @@ async fn mariadb_a_failed_step_write_leaves_no_origin_on_the_pooled_connection()
     let after = origins_of_surname(&crm, "After").await;
     crm.close().await;
     common::drop_mariadb(&name).await;
-    assert_eq!(after, vec![None], "a write outside any step carries no origin");
+    assert_eq!(
+        after,
+        vec![None],
+        "a write outside any step carries no origin"
+    );
 }

@@ -1,5 +1,6 @@
-//! Outside probe of wave 3 (origin marking, fencing, change signal). Each test names the
-//! defect it reproduces; they fail on the code they were written against.
+//! The PostgreSQL change signal and the feed over it: `ChangeSignal::wait` returns after a
+//! notification (it once waited for the next one too, and the feed hung after its first
+//! wake-up), and the feed delivers a change made while it waits. Found by an outside review.
 
 mod common;
 use common::exec;
@@ -24,11 +25,9 @@ fn routes_user1(areas: &[Area]) -> Routes {
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// D1: PostgreSQL ChangeSignal::wait never returns after a notification (the "drain" loop
+// Guards against ChangeSignal::wait never returning after a notification (a "drain" loop
 // calls PgListener::try_recv, which WAITS for the next notification; it is not a
 // non-blocking poll — that is next_buffered()). The feed's next_changes then hangs.
-// ---------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_change_signal_wait_returns_after_one_notification() {
