@@ -49,6 +49,10 @@ struct Inner {
 #[derive(Clone)]
 pub struct Feed(Arc<Inner>);
 
+/// Per changed row (table, id): the mailboxes mapping it, with the CRM version each mapping
+/// holds.
+type Mapped = HashMap<(String, i64), Vec<(String, Option<i64>)>>;
+
 fn area_of_table(table: &str) -> Option<Area> {
     match table {
         "crm_contacts" => Some(Area::Contacts),
@@ -129,7 +133,7 @@ impl Feed {
                 by_table.entry(c.table.as_str()).or_default().push(c.row_id);
             }
         }
-        let mut mapped: HashMap<(String, i64), Vec<(String, Option<i64>)>> = HashMap::new();
+        let mut mapped: Mapped = HashMap::new();
         // The rows' current versions, read only where a change has an origin.
         let mut current: HashMap<(String, i64), i64> = HashMap::new();
         for (table, ids) in &by_table {
