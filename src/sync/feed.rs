@@ -154,13 +154,19 @@ impl Feed {
                 .map(|c| c.row_id)
                 .collect();
             if !own.is_empty() {
-                for (id, version) in inner
-                    .crm
-                    .row_versions(table, &own)
-                    .await
-                    .map_err(db_error)?
-                {
-                    current.insert(((*table).to_owned(), id), version);
+                // Screening is an optimisation: if the versions cannot be read, every own
+                // change is queued (an empty step each), and the feed goes on.
+                match inner.crm.row_versions(table, &own).await {
+                    Ok(versions) => {
+                        for (id, version) in versions {
+                            current.insert(((*table).to_owned(), id), version);
+                        }
+                    }
+                    Err(e) => tracing::warn!(
+                        table,
+                        error = %e,
+                        "change feed: cannot read the changed rows' versions; queueing this batch's own changes too"
+                    ),
                 }
             }
         }
