@@ -9,29 +9,14 @@ mod common;
 use common::{count, eventually, exec};
 
 use mailsync::cluster::fence::{self, CrmWrite, Fence};
-use mailsync::db::rows::{ContactRow, CrmRow};
+use mailsync::db::rows::CrmRow;
 use mailsync::db::state::ItemMapping;
 use mailsync::db::{Db, DbError, MigrationSet};
 
 const MAILBOX: &str = "user1@example.com";
 
 fn contact(surname: &str, ews: &str) -> CrmRow {
-    CrmRow::Contact(ContactRow {
-        id: 0,
-        tenant_id: 1,
-        owner_id: Some(1),
-        given_name: Some("Eva".into()),
-        surname: Some(surname.into()),
-        company: None,
-        job_title: None,
-        email: [None, None, None],
-        phones: [None, None, None],
-        address: [None, None, None, None],
-        notes: None,
-        categories: vec![],
-        ews_id: Some(ews.into()),
-        version: 0,
-    })
+    common::contact_row(0, 0, Some(1), surname, ews)
 }
 
 fn fenced(token: i64) -> Fence {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use mailsync::cluster::fence::{self, CrmWrite};
 use mailsync::config::Area;
-use mailsync::db::rows::{ContactRow, CrmRow};
+use mailsync::db::rows::CrmRow;
 use mailsync::db::state::ItemMapping;
 use mailsync::db::write::ExchangeWrite;
 use mailsync::db::{Db, MigrationSet};
@@ -21,22 +21,7 @@ const USER1: &str = "user1@example.com";
 const USER2: &str = "user2@example.com";
 
 fn contact(owner: Option<i64>, surname: &str, ews: &str) -> CrmRow {
-    CrmRow::Contact(ContactRow {
-        id: 0,
-        tenant_id: 1,
-        owner_id: owner,
-        given_name: Some("Eva".into()),
-        surname: Some(surname.into()),
-        company: None,
-        job_title: None,
-        email: [None, None, None],
-        phones: [None, None, None],
-        address: [None, None, None, None],
-        notes: None,
-        categories: vec![],
-        ews_id: Some(ews.into()),
-        version: 0,
-    })
+    common::contact_row(0, 0, owner, surname, ews)
 }
 
 /// The origins logged for the contact rows of `surname`, in log order ("-" for none).
@@ -152,37 +137,28 @@ async fn steps_mark_their_writes(crm: &Db) {
             exec(&crm, "INSERT INTO crm_contacts (tenant_id, owner_id, surname) VALUES (1, 1, 'Meanwhile')").await;
         }
     };
+    // A step's write transaction on PostgreSQL or MariaDB, with a user's write committing
+    // while it is open.
+    macro_rules! step_beside_a_user {
+        ($pool:expr) => {{
+            let mut tx = $pool.begin().await.unwrap();
+            let mark = fence::origin_scope(USER1.into(), tx.begin_write())
+                .await
+                .unwrap();
+            sqlx::query(
+                "INSERT INTO crm_contacts (tenant_id, owner_id, surname) VALUES (1, 1, 'Step')",
+            )
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+            user_write.await;
+            tx.end_write(mark).await.unwrap();
+            tx.commit().await.unwrap();
+        }};
+    }
     match crm {
-        Db::Postgres(p) => {
-            let mut tx = p.begin().await.unwrap();
-            let mark = fence::origin_scope(USER1.into(), tx.begin_write())
-                .await
-                .unwrap();
-            sqlx::query(
-                "INSERT INTO crm_contacts (tenant_id, owner_id, surname) VALUES (1, 1, 'Step')",
-            )
-            .execute(&mut *tx)
-            .await
-            .unwrap();
-            user_write.await;
-            tx.end_write(mark).await.unwrap();
-            tx.commit().await.unwrap();
-        }
-        Db::MySql(p) => {
-            let mut tx = p.begin().await.unwrap();
-            let mark = fence::origin_scope(USER1.into(), tx.begin_write())
-                .await
-                .unwrap();
-            sqlx::query(
-                "INSERT INTO crm_contacts (tenant_id, owner_id, surname) VALUES (1, 1, 'Step')",
-            )
-            .execute(&mut *tx)
-            .await
-            .unwrap();
-            user_write.await;
-            tx.end_write(mark).await.unwrap();
-            tx.commit().await.unwrap();
-        }
+        Db::Postgres(p) => step_beside_a_user!(p),
+        Db::MySql(p) => step_beside_a_user!(p),
         Db::Sqlite(p) => {
             // One writer at a time: the step holds the lock from its first statement, so the
             // user's write waits for its commit and is logged after the marked range.

@@ -11,29 +11,14 @@ use std::time::Duration;
 
 use mailsync::cluster::fence;
 use mailsync::config::Area;
-use mailsync::db::rows::{ContactRow, CrmRow};
+use mailsync::db::rows::CrmRow;
 use mailsync::db::{Db, DbError, MigrationSet};
 use mailsync::sync::feed::{Feed, Routes};
 
 const USER1: &str = "user1@example.com";
 
 fn contact(id: i64, version: i64, surname: &str, ews: &str) -> CrmRow {
-    CrmRow::Contact(ContactRow {
-        id,
-        tenant_id: 1,
-        owner_id: Some(1),
-        given_name: Some("Eva".into()),
-        surname: Some(surname.into()),
-        company: None,
-        job_title: None,
-        email: [None, None, None],
-        phones: [None, None, None],
-        address: [None, None, None, None],
-        notes: None,
-        categories: vec![],
-        ews_id: Some(ews.into()),
-        version,
-    })
+    common::contact_row(id, version, Some(1), surname, ews)
 }
 
 async fn origins_of_surname(crm: &Db, surname: &str) -> Vec<Option<String>> {

@@ -86,6 +86,22 @@ fn refused(fence: &Fence, found: Option<i64>) -> DbError {
     }
 }
 
+/// Within the caller's transaction on `$conn`: when the step on this task carries a fence,
+/// reads the mailbox's epoch with the backend's locking read `$sql` and refuses unless it is
+/// still the token.
+macro_rules! check_fence {
+    ($conn:expr, $sql:expr) => {
+        if let Some(fence) = current() {
+            let found: Option<i64> = sqlx::query_scalar($sql)
+                .bind(&fence.mailbox)
+                .fetch_optional(&mut *$conn)
+                .await
+                .map_err(q("checking the mailbox's fence"))?;
+            verdict(&fence, found)?;
+        }
+    };
+}
+
 /// What [`CrmWrite::begin_write`] noted for [`CrmWrite::end_write`].
 #[derive(Debug, Clone, Default)]
 #[must_use = "end_write takes it right before the commit"]
@@ -120,15 +136,10 @@ impl CrmWrite for sqlx::PgConnection {
                     .await
                     .map_err(q(MARKING))?;
             }
-            if let Some(fence) = current() {
-                let found: Option<i64> =
-                    sqlx::query_scalar("SELECT epoch FROM ms_fence WHERE mailbox = $1 FOR SHARE")
-                        .bind(&fence.mailbox)
-                        .fetch_optional(&mut *self)
-                        .await
-                        .map_err(q("checking the mailbox's fence"))?;
-                verdict(&fence, found)?;
-            }
+            check_fence!(
+                self,
+                "SELECT epoch FROM ms_fence WHERE mailbox = $1 FOR SHARE"
+            );
             Ok(WriteMark {
                 origin,
                 after: None,
@@ -162,15 +173,7 @@ impl CrmWrite for sqlx::SqliteConnection {
                         .map_err(q(MARKING))?,
                 );
             }
-            if let Some(fence) = current() {
-                let found: Option<i64> =
-                    sqlx::query_scalar("SELECT epoch FROM ms_fence WHERE mailbox = ?1")
-                        .bind(&fence.mailbox)
-                        .fetch_optional(&mut *self)
-                        .await
-                        .map_err(q("checking the mailbox's fence"))?;
-                verdict(&fence, found)?;
-            }
+            check_fence!(self, "SELECT epoch FROM ms_fence WHERE mailbox = ?1");
             Ok(WriteMark { origin, after })
         })
     }
@@ -201,16 +204,10 @@ impl CrmWrite for sqlx::MySqlConnection {
                 .execute(&mut *self)
                 .await
                 .map_err(q(MARKING))?;
-            if let Some(fence) = current() {
-                let found: Option<i64> = sqlx::query_scalar(
-                    "SELECT epoch FROM ms_fence WHERE mailbox = ? LOCK IN SHARE MODE",
-                )
-                .bind(&fence.mailbox)
-                .fetch_optional(&mut *self)
-                .await
-                .map_err(q("checking the mailbox's fence"))?;
-                verdict(&fence, found)?;
-            }
+            check_fence!(
+                self,
+                "SELECT epoch FROM ms_fence WHERE mailbox = ? LOCK IN SHARE MODE"
+            );
             Ok(WriteMark {
                 origin,
                 after: None,

@@ -9,6 +9,27 @@ use sqlx::Row;
 use super::changes::Cursor;
 use super::{q, sqlite_placeholders, Db, DbError};
 
+/// [`MAPPING_UPSERT`] for each mapping of `$all`, on `$conn`.
+macro_rules! upsert_each {
+    ($conn:expr, $sql:expr, $all:expr) => {
+        for m in $all {
+            sqlx::query($sql)
+                .bind(&m.mailbox)
+                .bind(&m.crm_table)
+                .bind(m.crm_id)
+                .bind(&m.ews_item_id)
+                .bind(&m.change_key)
+                .bind(m.crm_version)
+                .bind(m.fields.to_string())
+                .bind(m.stamped)
+                .bind(m.unverified)
+                .execute(&mut *$conn)
+                .await
+                .map_err(q("storing an item mapping"))?;
+        }
+    };
+}
+
 /// The EWS sync state of one folder of one mailbox.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct FolderState {
@@ -223,37 +244,20 @@ impl Db {
 
     /// Stores many mappings in one transaction.
     pub async fn put_mappings(&self, all: &[ItemMapping]) -> Result<(), DbError> {
-        let sql = "INSERT INTO ms_item_map (mailbox, crm_table, crm_id, ews_item_id, change_key, crm_version, fields, stamped, unverified) \
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (mailbox, crm_table, crm_id) DO UPDATE SET \
-                   ews_item_id = excluded.ews_item_id, change_key = excluded.change_key, crm_version = excluded.crm_version, \
-                   fields = excluded.fields, stamped = excluded.stamped, unverified = excluded.unverified, updated_at = now()";
         let what = "storing an item mapping";
-        macro_rules! in_tx {
-            ($pool:expr, $sql:expr) => {{
-                let mut tx = $pool.begin().await.map_err(q("starting a transaction"))?;
-                for m in all {
-                    sqlx::query($sql)
-                        .bind(&m.mailbox)
-                        .bind(&m.crm_table)
-                        .bind(m.crm_id)
-                        .bind(&m.ews_item_id)
-                        .bind(&m.change_key)
-                        .bind(m.crm_version)
-                        .bind(m.fields.to_string())
-                        .bind(m.stamped)
-                        .bind(m.unverified)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(q(what))?;
-                }
-                tx.commit().await.map_err(q(what))
-            }};
-        }
         match self {
             // One statement for the whole batch on PostgreSQL.
             Db::Postgres(p) if all.len() > 1 => pg_put_mappings(p, all).await,
-            Db::Postgres(p) => in_tx!(p, sql),
-            Db::Sqlite(p) => in_tx!(p, &sqlite_placeholders(sql)),
+            Db::Postgres(p) => {
+                let mut tx = p.begin().await.map_err(q("starting a transaction"))?;
+                upsert_each!(&mut *tx, MAPPING_UPSERT, all);
+                tx.commit().await.map_err(q(what))
+            }
+            Db::Sqlite(p) => {
+                let mut tx = p.begin().await.map_err(q("starting a transaction"))?;
+                sqlite_put_mappings(&mut tx, all).await?;
+                tx.commit().await.map_err(q(what))
+            }
             Db::MySql(_) => Err(DbError::Url(super::STATE_NOT_MYSQL.into())),
         }
     }
@@ -607,6 +611,23 @@ where
         stamped: r.try_get(7).map_err(q("decoding an item mapping"))?,
         unverified: r.try_get(8).map_err(q("decoding an item mapping"))?,
     })
+}
+
+/// Stores or replaces one mapping ($N placeholders; SQLite takes it through
+/// [`sqlite_placeholders`]).
+pub(crate) const MAPPING_UPSERT: &str = "INSERT INTO ms_item_map (mailbox, crm_table, crm_id, ews_item_id, change_key, crm_version, fields, stamped, unverified) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (mailbox, crm_table, crm_id) DO UPDATE SET \
+     ews_item_id = excluded.ews_item_id, change_key = excluded.change_key, crm_version = excluded.crm_version, \
+     fields = excluded.fields, stamped = excluded.stamped, unverified = excluded.unverified, updated_at = now()";
+
+/// The mappings on SQLite, a statement each, in the caller's transaction.
+pub(crate) async fn sqlite_put_mappings(
+    tx: &mut sqlx::SqliteConnection,
+    all: &[ItemMapping],
+) -> Result<(), DbError> {
+    let sql = sqlite_placeholders(MAPPING_UPSERT);
+    upsert_each!(tx, &sql, all);
+    Ok(())
 }
 
 /// Stores many mappings in one statement on PostgreSQL (`unnest` of one array per column),

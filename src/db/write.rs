@@ -94,10 +94,7 @@ macro_rules! write_in_tx {
     }};
 }
 
-const MAPPING_UPSERT: &str = "INSERT INTO ms_item_map (mailbox, crm_table, crm_id, ews_item_id, change_key, crm_version, fields, stamped, unverified) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (mailbox, crm_table, crm_id) DO UPDATE SET \
-     ews_item_id = excluded.ews_item_id, change_key = excluded.change_key, crm_version = excluded.crm_version, \
-     fields = excluded.fields, stamped = excluded.stamped, unverified = excluded.unverified, updated_at = now()";
+use super::state::MAPPING_UPSERT;
 
 /// The columns and values of a row, without id and version (those the database owns).
 fn columns(row: &CrmRow, ews_item_id: &str) -> (&'static str, Vec<(&'static str, Value)>) {
@@ -545,7 +542,7 @@ impl Db {
                 p,
                 sqlite_placeholders,
                 |c: &Vec<String>| serde_json::Value::from(c.clone()).to_string(),
-                sqlite_mappings,
+                super::state::sqlite_put_mappings,
                 writes,
                 todo,
                 table
@@ -649,28 +646,4 @@ async fn pg_mappings(tx: &mut sqlx::PgConnection, all: &[ItemMapping]) -> Result
         return Ok(());
     }
     super::state::pg_put_mappings(tx, all).await
-}
-
-/// The mappings of a bulk save, in its transaction: a statement per mapping on SQLite.
-async fn sqlite_mappings(
-    tx: &mut sqlx::SqliteConnection,
-    all: &[ItemMapping],
-) -> Result<(), DbError> {
-    let sql = sqlite_placeholders(MAPPING_UPSERT);
-    for m in all {
-        sqlx::query(&sql)
-            .bind(&m.mailbox)
-            .bind(&m.crm_table)
-            .bind(m.crm_id)
-            .bind(&m.ews_item_id)
-            .bind(&m.change_key)
-            .bind(m.crm_version)
-            .bind(m.fields.to_string())
-            .bind(m.stamped)
-            .bind(m.unverified)
-            .execute(&mut *tx)
-            .await
-            .map_err(q("storing an item mapping"))?;
-    }
-    Ok(())
 }

@@ -518,3 +518,30 @@ pub async fn exchange_contacts(client: &ews::Client, mailbox: &str) -> Vec<(Stri
         }
     }
 }
+
+/// A contact row from Exchange as the write tests use it: tenant 1, given name Eva, the
+/// Exchange id `ews`; `id` 0 inserts, anything else updates over `version`.
+pub fn contact_row(
+    id: i64,
+    version: i64,
+    owner: Option<i64>,
+    surname: &str,
+    ews: &str,
+) -> mailsync::db::rows::CrmRow {
+    mailsync::db::rows::CrmRow::Contact(mailsync::db::rows::ContactRow {
+        id,
+        tenant_id: 1,
+        owner_id: owner,
+        given_name: Some("Eva".into()),
+        surname: Some(surname.into()),
+        company: None,
+        job_title: None,
+        email: [None, None, None],
+        phones: [None, None, None],
+        address: [None, None, None, None],
+        notes: None,
+        categories: vec![],
+        ews_id: Some(ews.into()),
+        version,
+    })
+}
