@@ -2,6 +2,7 @@
 //! and the tenant/operators most tests start from.
 #![allow(dead_code)]
 
+pub mod backends;
 pub mod cluster;
 pub mod rig;
 
