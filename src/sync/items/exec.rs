@@ -374,6 +374,11 @@ impl ItemStep<'_> {
                 }
             }
             let mut failed = None;
+            // The batch that landed last is recorded while the next CreateItem is on the wire
+            // (the database and Exchange work side by side). A crash or a failed record in
+            // between leaves created, stamped items without a mapping — the same as a crash
+            // right after a CreateItem: the next listing or stamp search links them.
+            let mut landed: Vec<usize> = Vec::new();
             for chunk in create.chunks(ITEM_BATCH) {
                 let mut made_now: Vec<usize> = Vec::new();
                 let op = CreateItem {
@@ -381,7 +386,17 @@ impl ItemStep<'_> {
                     items: chunk.iter().map(|(_, item)| item.clone()).collect(),
                     disposition: None,
                 };
-                let results = match self.engine.call(self.setup, self.ctx, &op).await {
+                let (results, recorded) = futures_util::future::join(
+                    self.engine.call(self.setup, self.ctx, &op),
+                    self.record_batch(slots, &landed),
+                )
+                .await;
+                recorded?;
+                if !landed.is_empty() {
+                    landed.clear();
+                    self.ctx.progress();
+                }
+                let results = match results {
                     Ok(r) => r,
                     Err(e) => {
                         failed = Some(e);
@@ -423,10 +438,11 @@ impl ItemStep<'_> {
                         }
                     }
                 }
-                // Each batch is recorded as it lands (progress that survives a kill).
-                self.record_batch(slots, &made_now).await?;
-                self.ctx.progress();
+                // Each batch is recorded as it lands (progress that survives a kill), with the
+                // next request.
+                landed = made_now;
             }
+            self.record_batch(slots, &landed).await?;
             // Items the stamp search found are recorded too.
             let found: Vec<usize> = slots
                 .iter()
@@ -445,7 +461,7 @@ impl ItemStep<'_> {
 
     /// Records created items: their Exchange ids on the rows (one statement), then their
     /// mappings with the rows' versions after that write, so the write is our own.
-    async fn record_batch(&mut self, slots: &mut [Slot], made: &[usize]) -> Result<(), SyncError> {
+    async fn record_batch(&self, slots: &mut [Slot], made: &[usize]) -> Result<(), SyncError> {
         let rows: Vec<(i64, String)> = made
             .iter()
             .filter_map(|i| Some((slots[*i].d.crm_id?, slots[*i].ews.as_ref()?.id.clone())))
