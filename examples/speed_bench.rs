@@ -7,8 +7,12 @@
 //! ```sh
 //! cargo run --release --example speed_bench -- [--mailboxes 5] [--items 1000] \
 //!     [--areas contacts,calendar,tasks] [--database postgres://postgres@127.0.0.1:5432/postgres] \
-//!     [--no-exchangelib] [--python python3]
+//!     [--no-exchangelib] [--python python3] [--repeat 1]
 //! ```
+//!
+//! `--repeat N` measures every area N times (fresh mailboxes and rows each round, mailsync and
+//! exchangelib alternating as in one round) and prints the median of each figure and of the
+//! ratios: on a shared machine a single round can catch either side in a slow moment.
 //!
 //! The simulator (throttling off) runs as a child process (this program with `--serve-sim`),
 //! so the CPU seconds of mailsync and of the simulator are reported apart. A fresh database
@@ -408,6 +412,8 @@ fn main() {
     let admin_url = arg("--database", "postgres://postgres@127.0.0.1:5432/postgres");
     let python = arg("--python", "python3");
     let with_exchangelib = !args.iter().any(|a| a == "--no-exchangelib");
+    let repeat: usize = arg("--repeat", "1").parse().expect("--repeat N");
+    assert!(repeat >= 1, "--repeat must be at least 1");
     let areas: Vec<Area> = arg("--areas", "contacts,calendar,tasks")
         .split(',')
         .map(|a| match a {
@@ -417,8 +423,8 @@ fn main() {
             other => panic!("--areas: {other:?} is not contacts, calendar or tasks"),
         })
         .collect();
-    // Per area three sets of mailboxes: CRM → Exchange, Exchange → CRM, exchangelib.
-    let total = areas.len() * 3 * mailboxes;
+    // Per area and round three sets of mailboxes: CRM → Exchange, Exchange → CRM, exchangelib.
+    let total = areas.len() * repeat * 3 * mailboxes;
     let mut child = Command::new(std::env::current_exe().expect("this program"))
         .args(["--serve-sim", &total.to_string()])
         .stdin(Stdio::piped())
@@ -455,14 +461,16 @@ fn main() {
         );
         cfg.allow_http = true;
         let client = Arc::new(ews::Client::new(cfg).expect("a client"));
-        let sets = |a: usize, k: usize| -> Vec<usize> {
-            let first = (a * 3 + k) * mailboxes + 1;
+        let sets = |a: usize, r: usize, k: usize| -> Vec<usize> {
+            let first = ((a * repeat + r) * 3 + k) * mailboxes + 1;
             (first..first + mailboxes).collect()
         };
         let mut setups = Vec::new();
         for (a, area) in areas.iter().enumerate() {
-            for u in sets(a, 0).into_iter().chain(sets(a, 1)) {
-                setups.push(setup(&client, u, *area));
+            for r in 0..repeat {
+                for u in sets(a, r, 0).into_iter().chain(sets(a, r, 1)) {
+                    setups.push(setup(&client, u, *area));
+                }
             }
         }
         let engine = Engine::new(db.clone(), db.clone(), true, telemetry.service.clone());
@@ -478,67 +486,94 @@ fn main() {
         let mut summary = Vec::new();
         for (a, area) in areas.iter().enumerate() {
             let table = mailsync::sync::fields::table(*area);
-            let (to_ex, to_crm, peers) = (sets(a, 0), sets(a, 1), sets(a, 2));
             let n = (items * mailboxes) as u64;
+            let in_list = |users: &[usize]| users.iter().map(|u| format!("'user{u}@example.com'")).collect::<Vec<_>>().join(",");
+            // Per round: mailsync C→E, E→C, exchangelib write, read (items/s).
+            let mut rounds: Vec<[f64; 4]> = Vec::new();
+            let mut per_item = (Vec::new(), Vec::new());
+            for r in 0..repeat {
+                let (to_ex, to_crm, peers) = (sets(a, r, 0), sets(a, r, 1), sets(a, r, 2));
+                exec(&bench.db, &seed_sql(*area, &to_ex, items)).await;
+                let c2e = bench.measure(async {
+                    bench.initial(&to_ex, Direction::CrmToExchange).await;
+                    n
+                }).await;
+                let mapped = scalar(&bench.db, &format!("SELECT count(*) FROM ms_item_map WHERE crm_table = '{table}' AND mailbox IN ({})", in_list(&to_ex))).await;
+                assert_eq!(mapped as u64, n, "every {table} row mapped after CRM → Exchange");
 
-            exec(&bench.db, &seed_sql(*area, &to_ex, items)).await;
-            let c2e = bench.measure(async {
-                bench.initial(&to_ex, Direction::CrmToExchange).await;
-                n
-            }).await;
-            let mapped = scalar(&bench.db, &format!("SELECT count(*) FROM ms_item_map WHERE crm_table = '{table}'")).await;
-            assert_eq!(mapped as u64, n, "every {table} row mapped after CRM → Exchange");
+                join_all(to_crm.iter().map(|u| bench.fill_exchange(*area, *u, items))).await;
+                let e2c = bench.measure(async {
+                    bench.initial(&to_crm, Direction::ExchangeToCrm).await;
+                    n
+                }).await;
+                let imported = scalar(&bench.db, &format!("SELECT count(*) FROM {table} WHERE owner_id IN ({})",
+                    to_crm.iter().map(|u| u.to_string()).collect::<Vec<_>>().join(","))).await;
+                assert_eq!(imported as u64, n, "every item in {table} once after Exchange → CRM");
+                let unstamped = scalar(&bench.db, &format!("SELECT count(*) FROM ms_item_map WHERE crm_table = '{table}' AND NOT stamped AND mailbox IN ({})", in_list(&to_crm))).await;
 
-            join_all(to_crm.iter().map(|u| bench.fill_exchange(*area, *u, items))).await;
-            let e2c = bench.measure(async {
-                bench.initial(&to_crm, Direction::ExchangeToCrm).await;
-                n
-            }).await;
-            let imported = scalar(&bench.db, &format!("SELECT count(*) FROM {table} WHERE owner_id IN ({})",
-                to_crm.iter().map(|u| u.to_string()).collect::<Vec<_>>().join(","))).await;
-            assert_eq!(imported as u64, n, "every item in {table} once after Exchange → CRM");
-            let unstamped = scalar(&bench.db, &format!("SELECT count(*) FROM ms_item_map WHERE crm_table = '{table}' AND NOT stamped")).await;
-
-            let mut out = serde_json::json!({
-                "area": area.as_str(),
-                "mailboxes": mailboxes,
-                "items_per_mailbox": items,
-                "crm_to_exchange": c2e.json(),
-                "exchange_to_crm": e2c.json(),
-                "left_unstamped": unstamped,
-                // Other work on the machine (1-minute load average when the area finished).
-                "load_average": std::fs::read_to_string("/proc/loadavg").ok().and_then(|l| l.split_whitespace().next().and_then(|v| v.parse::<f64>().ok())),
-            });
-            let mut line = format!(
-                "{:<9} C→E {:>6.0} items/s {:.4} req/item | E→C {:>6.0} items/s {:.4} req/item",
-                area.as_str(), c2e.rate(), c2e.per_item(), e2c.rate(), e2c.per_item()
-            );
-            if with_exchangelib {
-                let before = requests(&bench.http, &bench.base).await;
-                match bench.exchangelib(&python, *area, &peers, items).await {
-                    Ok((write, read, runs)) => {
-                        let after = requests(&bench.http, &bench.base).await;
-                        let reqs: u64 = by_operation(&before, &after).values().sum();
-                        out["exchangelib"] = serde_json::json!({
-                            "bulk_create_items_per_second": write.round(),
-                            "find_get_items_per_second": read.round(),
-                            "requests_per_item_write_and_read": round(reqs as f64 / n as f64, 4),
-                            "runs": runs,
-                        });
-                        out["ratio_crm_to_exchange"] = round(c2e.rate() / write, 2).into();
-                        out["ratio_exchange_to_crm"] = round(e2c.rate() / read, 2).into();
-                        line.push_str(&format!(
-                            " | exchangelib write {write:>5.0}/s read {read:>5.0}/s | ratio C→E {:.2}× E→C {:.2}×",
-                            c2e.rate() / write, e2c.rate() / read
-                        ));
-                    }
-                    Err(e) => {
-                        out["exchangelib"] = serde_json::json!({ "error": e });
-                        line.push_str(" | exchangelib failed");
+                let mut out = serde_json::json!({
+                    "area": area.as_str(),
+                    "round": r + 1,
+                    "mailboxes": mailboxes,
+                    "items_per_mailbox": items,
+                    "crm_to_exchange": c2e.json(),
+                    "exchange_to_crm": e2c.json(),
+                    "left_unstamped": unstamped,
+                    // Other work on the machine (1-minute load average when the round finished).
+                    "load_average": std::fs::read_to_string("/proc/loadavg").ok().and_then(|l| l.split_whitespace().next().and_then(|v| v.parse::<f64>().ok())),
+                });
+                let mut rates = [c2e.rate(), e2c.rate(), f64::NAN, f64::NAN];
+                per_item.0.push(c2e.per_item());
+                per_item.1.push(e2c.per_item());
+                if with_exchangelib {
+                    let before = requests(&bench.http, &bench.base).await;
+                    match bench.exchangelib(&python, *area, &peers, items).await {
+                        Ok((write, read, runs)) => {
+                            let after = requests(&bench.http, &bench.base).await;
+                            let reqs: u64 = by_operation(&before, &after).values().sum();
+                            out["exchangelib"] = serde_json::json!({
+                                "bulk_create_items_per_second": write.round(),
+                                "find_get_items_per_second": read.round(),
+                                "requests_per_item_write_and_read": round(reqs as f64 / n as f64, 4),
+                                "runs": runs,
+                            });
+                            out["ratio_crm_to_exchange"] = round(c2e.rate() / write, 2).into();
+                            out["ratio_exchange_to_crm"] = round(e2c.rate() / read, 2).into();
+                            rates[2] = write;
+                            rates[3] = read;
+                        }
+                        Err(e) => out["exchangelib"] = serde_json::json!({ "error": e }),
                     }
                 }
+                println!("{out}");
+                rounds.push(rates);
             }
-            println!("{out}");
+            let median = |f: &dyn Fn(&[f64; 4]) -> f64| -> f64 {
+                let mut v: Vec<f64> = rounds.iter().map(f).filter(|x| x.is_finite()).collect();
+                v.sort_by(f64::total_cmp);
+                match v.len() {
+                    0 => f64::NAN,
+                    l if l % 2 == 1 => v[l / 2],
+                    l => (v[l / 2 - 1] + v[l / 2]) / 2.0,
+                }
+            };
+            let mid = |v: &mut Vec<f64>| { v.sort_by(f64::total_cmp); v[v.len() / 2] };
+            let label = if repeat > 1 { format!(" (median of {repeat})") } else { String::new() };
+            let mut line = format!(
+                "{:<9} C→E {:>6.0} items/s {:.4} req/item | E→C {:>6.0} items/s {:.4} req/item",
+                area.as_str(), median(&|r| r[0]), mid(&mut per_item.0), median(&|r| r[1]), mid(&mut per_item.1)
+            );
+            if with_exchangelib {
+                if rounds.iter().any(|r| r[2].is_finite()) {
+                    line.push_str(&format!(
+                        " | exchangelib write {:>5.0}/s read {:>5.0}/s | ratio C→E {:.2}× E→C {:.2}×",
+                        median(&|r| r[2]), median(&|r| r[3]), median(&|r| r[0] / r[2]), median(&|r| r[1] / r[3])
+                    ));
+                } else {
+                    line.push_str(" | exchangelib failed");
+                }
+            }
+            line.push_str(&label);
             summary.push(line);
         }
         for line in summary {
