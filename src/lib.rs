@@ -7,7 +7,9 @@
 
 /// mimalloc instead of the system allocator: the sync path allocates many small strings and
 /// maps per item, and glibc's malloc and free were over a third of mailsync's CPU samples in
-/// the initial-sync bench (perf, examples/speed_bench).
+/// the initial-sync bench (perf, examples/speed_bench). Built without transparent huge pages
+/// (Cargo.toml): a sync service works in bursts, and each burst paid for zeroing fresh 2 MiB
+/// pages in the kernel.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
