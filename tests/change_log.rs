@@ -103,9 +103,21 @@ async fn statements_over_many_rows_log_every_row() {
         let start = db.changes_after(Cursor::default(), 100).await.unwrap();
         let cursor = start.last().unwrap().cursor;
         exec(db, "INSERT INTO crm_contacts (id, tenant_id, owner_id, surname) VALUES (1, 10, 1, 'a'), (2, 10, NULL, 'b'), (3, 10, 2, 'c')").await;
-        exec(db, "UPDATE crm_contacts SET city = 'Köln' WHERE id IN (1, 3)").await;
-        exec(db, "UPDATE crm_contacts SET city = 'nowhere' WHERE id > 100").await;
-        exec(db, "INSERT INTO crm_mail_folders (id, owner_id, name) VALUES (1, 1, 'top'), (2, 1, 'sub')").await;
+        exec(
+            db,
+            "UPDATE crm_contacts SET city = 'Köln' WHERE id IN (1, 3)",
+        )
+        .await;
+        exec(
+            db,
+            "UPDATE crm_contacts SET city = 'nowhere' WHERE id > 100",
+        )
+        .await;
+        exec(
+            db,
+            "INSERT INTO crm_mail_folders (id, owner_id, name) VALUES (1, 1, 'top'), (2, 1, 'sub')",
+        )
+        .await;
         exec(db, "UPDATE crm_mail_folders SET parent_id = 1 WHERE id = 2").await;
         exec(db, "INSERT INTO crm_mails (id, owner_id, folder_id, subject) VALUES (1, 1, 2, 'in sub'), (2, 1, 1, 'in top')").await;
         exec(db, "DELETE FROM crm_mail_folders WHERE id = 1").await;

@@ -158,6 +158,11 @@ fn migrate_command_applies_then_reports_up_to_date() {
 
 /// A business database at migration 1001 only (before the unique ews_id indexes).
 async fn at_1001(db: &Db) {
+    up_to(db, 1001).await
+}
+
+/// A business database migrated up to `last` (inclusive).
+async fn up_to(db: &Db, last: i64) {
     let dir = match db {
         Db::Postgres(_) => "migrations/postgres/crm",
         Db::Sqlite(_) => "migrations/sqlite/crm",
@@ -169,7 +174,7 @@ async fn at_1001(db: &Db) {
     migrator.migrations = migrator
         .migrations
         .iter()
-        .filter(|m| m.version == 1001)
+        .filter(|m| m.version <= last)
         .cloned()
         .collect::<Vec<_>>()
         .into();
@@ -385,4 +390,93 @@ async fn the_migrate_command_on_mariadb() {
         "{err}"
     );
     common::drop_mariadb(&name).await;
+}
+
+/// Migration 1004 (PostgreSQL: capture by statement) replaces each reference capture trigger
+/// that is there and enabled as usual; it leaves a table without the reference trigger (an
+/// integration's own capture) and one whose trigger fires on replicas (logical replication
+/// runs row triggers only) as they are, and keeps a disabled capture disabled. Every table's
+/// changes are logged afterwards as before.
+#[tokio::test]
+async fn capture_by_statement_replaces_only_the_reference_triggers() {
+    let Some(t) = postgres().await else { return };
+    let db = &t.db;
+    up_to(db, 1003).await;
+    exec(db, "DROP TRIGGER crm_tasks_capture ON crm_tasks").await;
+    exec(db, "CREATE TRIGGER erp_capture AFTER INSERT OR UPDATE OR DELETE ON crm_tasks FOR EACH ROW EXECUTE FUNCTION crm_capture()").await;
+    exec(
+        db,
+        "ALTER TABLE crm_mails ENABLE ALWAYS TRIGGER crm_mails_capture",
+    )
+    .await;
+    exec(
+        db,
+        "ALTER TABLE crm_outbox DISABLE TRIGGER crm_outbox_capture",
+    )
+    .await;
+    let report = db.migrate(MigrationSet::Crm).await.unwrap();
+    assert_eq!(
+        report.applied,
+        vec!["1004 capture by statement".to_string()]
+    );
+    let triggers = |table: &str| {
+        format!("SELECT COUNT(*) FROM pg_trigger WHERE tgrelid = '{table}'::regclass AND NOT tgisinternal AND tgname LIKE '%capture%'")
+    };
+    let statement_triggers = |table: &str, enabled: &str| {
+        format!("SELECT COUNT(*) FROM pg_trigger WHERE tgrelid = '{table}'::regclass AND tgname LIKE '{table}_capture_%' AND tgenabled = '{enabled}' AND (tgtype & 1) = 0")
+    };
+    assert_eq!(
+        scalar(db, &statement_triggers("crm_contacts", "O")).await,
+        3
+    );
+    assert_eq!(
+        scalar(db, &triggers("crm_contacts")).await,
+        3,
+        "the row trigger is gone"
+    );
+    assert_eq!(
+        scalar(db, &triggers("crm_tasks")).await,
+        1,
+        "the ERP's own capture alone"
+    );
+    assert_eq!(
+        scalar(db, "SELECT COUNT(*) FROM pg_trigger WHERE tgname = 'crm_mails_capture' AND tgenabled = 'A'").await,
+        1,
+        "a capture that fires on replicas stays a row trigger"
+    );
+    assert_eq!(scalar(db, &statement_triggers("crm_outbox", "D")).await, 3);
+    seed(db).await;
+    exec(db, "INSERT INTO crm_contacts (id, tenant_id, owner_id, surname) VALUES (1, 10, 1, 'a'), (2, 10, 1, 'b')").await;
+    exec(
+        db,
+        "INSERT INTO crm_tasks (id, tenant_id, owner_id, subject) VALUES (1, 10, 1, 't')",
+    )
+    .await;
+    exec(
+        db,
+        "INSERT INTO crm_mail_folders (id, owner_id, name) VALUES (1, 1, 'f')",
+    )
+    .await;
+    exec(
+        db,
+        "INSERT INTO crm_mails (id, owner_id, folder_id, subject) VALUES (1, 1, 1, 'm')",
+    )
+    .await;
+    exec(db, "INSERT INTO crm_outbox (owner_id, sender, recipients, mime) VALUES (1, 'a@example.com', 'b@example.com', 'x')").await;
+    let logged =
+        |table: &str| format!("SELECT COUNT(*) FROM crm_changes WHERE table_name = '{table}'");
+    assert_eq!(scalar(db, &logged("crm_contacts")).await, 2);
+    assert_eq!(
+        scalar(db, &logged("crm_tasks")).await,
+        1,
+        "once, by the ERP's trigger"
+    );
+    assert_eq!(scalar(db, &logged("crm_mail_folders")).await, 1);
+    assert_eq!(scalar(db, &logged("crm_mails")).await, 1);
+    assert_eq!(
+        scalar(db, &logged("crm_outbox")).await,
+        0,
+        "capture stays disabled"
+    );
+    t.drop_db().await;
 }

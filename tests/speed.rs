@@ -340,6 +340,142 @@ async fn a_crash_before_the_deferred_stamp_loses_nothing_and_duplicates_nothing(
     rig.finish().await;
 }
 
+/// CRM → Exchange records a landed CreateItem batch while the next one is on the wire. When a
+/// record fails (here: the database refuses the `ews_id` writes), the step stops with that
+/// error after taking in what the request beside it created; those items carry their stamps,
+/// so the next start links them instead of creating them twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_record_between_create_batches_duplicates_nothing() {
+    let Some(rig) = Rig::new(RigOptions {
+        areas: vec![Area::Contacts],
+        leading: Leading::Crm,
+        postgres: true,
+        ..RigOptions::default()
+    })
+    .await
+    else {
+        return;
+    };
+    const N: i64 = 250;
+    exec(
+        &rig.db,
+        &format!("INSERT INTO crm_contacts (tenant_id, owner_id, given_name, surname) SELECT 1, 1, 'Kim', 'r' || lpad(g::text, 3, '0') FROM generate_series(1, {N}) g"),
+    )
+    .await;
+    exec(&rig.db, "CREATE FUNCTION refuse_ews_id() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'no ews_id today'; END $$").await;
+    exec(&rig.db, "CREATE TRIGGER refuse_ews_id BEFORE UPDATE OF ews_id ON crm_contacts FOR EACH ROW EXECUTE FUNCTION refuse_ews_id()").await;
+    let spec = MailboxSpec {
+        smtp: U.into(),
+        server: "ex1".into(),
+        fingerprint: 0,
+    };
+    let first = rig
+        .engine
+        .initial_sync(
+            &spec,
+            Direction::CrmToExchange,
+            rig.throttle.clone(),
+            false,
+            &|_, _, _| {},
+        )
+        .await;
+    let err = format!("{:?}", first.expect_err("the record was refused"));
+    assert!(err.contains("no ews_id today"), "{err}");
+    let created = stamped(&rig).await.len();
+    assert!(
+        created >= 200,
+        "the first batch and the one on the wire beside its record were created: {created}"
+    );
+    assert_eq!(count(&rig.db, "SELECT COUNT(*) FROM ms_item_map").await, 0);
+    exec(&rig.db, "DROP TRIGGER refuse_ews_id ON crm_contacts").await;
+    rig.engine
+        .initial_sync(
+            &spec,
+            Direction::CrmToExchange,
+            rig.throttle.clone(),
+            false,
+            &|_, _, _| {},
+        )
+        .await
+        .expect("the second start");
+    let items = stamped(&rig).await;
+    assert_eq!(items.len() as i64, N, "every row once in Exchange");
+    let rows = crm_ids(&rig).await;
+    for (surname, stamp) in &items {
+        assert_eq!(*stamp, rows.get(surname).copied(), "the stamp of {surname}");
+    }
+    // Each row mapped to the item that carries its stamp (a row linked by its stamp keeps
+    // `ews_id` empty, as after a crash between CreateItem and its record).
+    assert_eq!(rows.len() as i64, N);
+    for id in rows.values() {
+        assert_eq!(
+            count(
+                &rig.db,
+                &format!("SELECT COUNT(*) FROM ms_item_map WHERE crm_id = {id}")
+            )
+            .await,
+            1,
+            "row {id} mapped once"
+        );
+    }
+    rig.finish().await;
+}
+
+/// A folder this process found free of unrecorded creates is searched for stamps again once
+/// its mailbox is opened anew (a cluster hands a mailbox back and forth: meanwhile another
+/// owner may have created items it never recorded). Here the other owner's item for row B
+/// is in Exchange, unseen by any pull; after the reopen, a CRM-only step (no SyncFolderItems)
+/// links B to it instead of creating a second one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reopened_mailbox_searches_for_stamps_before_it_creates() {
+    let rig = Rig::new(RigOptions {
+        areas: vec![Area::Contacts],
+        leading: Leading::Crm,
+        ..RigOptions::default()
+    })
+    .await
+    .unwrap();
+    rig.open(U).await;
+    exec(&rig.db, "INSERT INTO crm_contacts (id, tenant_id, owner_id, given_name, surname) VALUES (1, 1, 1, 'Kim', 'A')").await;
+    rig.sync(U, "contacts").await;
+    assert_eq!(stamped(&rig).await, vec![("A".to_string(), Some(1))]);
+    // Another owner's create for row B that it never recorded.
+    exec(&rig.db, "INSERT INTO crm_contacts (id, tenant_id, owner_id, given_name, surname) VALUES (2, 1, 1, 'Kim', 'B')").await;
+    let fields: mailsync::sync::fields::Fields = [
+        ("given_name".to_string(), Some("Kim".to_string())),
+        ("surname".to_string(), Some("B".to_string())),
+    ]
+    .into_iter()
+    .collect();
+    let orphan = mailsync::sync::fields::to_item(
+        Area::Contacts,
+        &fields,
+        &mailsync::sync::fields::crm_stamp("crm_contacts", 2),
+    )
+    .unwrap();
+    rig.user_creates(U, contacts_folder(), vec![orphan]).await;
+    rig.open(U).await;
+    rig.feed.poll_once().await.unwrap();
+    rig.step_for(U, "contacts", mailsync_actors::Cause::Crm)
+        .await;
+    let mut items = stamped(&rig).await;
+    items.sort();
+    assert_eq!(
+        items,
+        vec![("A".to_string(), Some(1)), ("B".to_string(), Some(2))],
+        "B linked to the other owner's item, not created twice"
+    );
+    assert_eq!(
+        count(
+            &rig.state,
+            "SELECT COUNT(*) FROM ms_item_map WHERE crm_id = 2"
+        )
+        .await,
+        1
+    );
+    rig.finish().await;
+}
+
 fn contact_row(id: i64, version: i64, surname: &str) -> mailsync::db::rows::CrmRow {
     mailsync::db::rows::CrmRow::Contact(mailsync::db::rows::ContactRow {
         id,

@@ -44,6 +44,11 @@ impl Inner {
         ctx: StepContext,
     ) -> Result<Vec<FolderId>, SyncError> {
         let setup = self.setup(&spec.smtp)?;
+        // Folders this process once found free of unrecorded creates may have been written by
+        // another owner since (a cluster hands mailboxes around): searched again for stamps.
+        self.clean
+            .lock()
+            .retain(|(mailbox, _, _)| *mailbox != setup.smtp);
         self.resolve_owner(&setup).await?;
         let mut folders = Vec::new();
         for (area, _) in setup.areas.iter().filter(|(a, _)| **a != Area::Mail) {

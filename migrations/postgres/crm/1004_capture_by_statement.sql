@@ -5,6 +5,8 @@
 -- to_jsonb 100 times: the row trigger was about half of the cost of a bulk update (bench/README,
 -- issue 14). Cascaded deletes (mail folders, their mails) run statements of their own, so
 -- their rows are logged as before. Transition tables allow one event per trigger, hence three.
+-- The set of entries a transaction logs is the same; their order within the transaction is
+-- not (rows of one statement are logged by id, after the writes their own triggers made).
 CREATE FUNCTION crm_capture_rows() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     mark TEXT := NULLIF(current_setting('mailsync.origin', true), '');
@@ -43,9 +45,17 @@ BEGIN
 END
 $$;
 
+-- Each reference trigger crm_<table>_capture is replaced by crm_<table>_capture_insert, _update
+-- and _delete, enabled as it was (an integration that disabled capture keeps it disabled).
+-- Left as it is, with a notice: a table without the reference trigger (an integration's own
+-- capture: replacing it would log every change twice) and a table whose trigger fires on
+-- replicas (ENABLE ALWAYS / REPLICA: logical replication's apply runs row triggers only, so a
+-- subscriber must keep capturing by row).
 DO $$
 DECLARE
     t RECORD;
+    state "char";
+    name TEXT;
 BEGIN
     FOR t IN SELECT * FROM (VALUES
         ('crm_operators', 'tenant'),
@@ -54,20 +64,32 @@ BEGIN
         ('crm_tasks', 'owner_tenant'),
         ('crm_mail_folders', 'owner'),
         ('crm_mails', 'owner'),
-        ('crm_outbox', 'owner')) AS v(name, routing)
+        ('crm_outbox', 'owner')) AS v(tab, routing)
     LOOP
-        EXECUTE format('DROP TRIGGER %I ON %I', t.name || '_capture', t.name);
-        EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %I REFERENCING NEW TABLE AS new_rows '
-                       'FOR EACH STATEMENT EXECUTE FUNCTION crm_capture_rows(%L)',
-                       t.name || '_capture_insert', t.name, t.routing);
-        EXECUTE format('CREATE TRIGGER %I AFTER UPDATE ON %I REFERENCING NEW TABLE AS new_rows '
-                       'FOR EACH STATEMENT EXECUTE FUNCTION crm_capture_rows(%L)',
-                       t.name || '_capture_update', t.name, t.routing);
-        EXECUTE format('CREATE TRIGGER %I AFTER DELETE ON %I REFERENCING OLD TABLE AS old_rows '
-                       'FOR EACH STATEMENT EXECUTE FUNCTION crm_capture_rows(%L)',
-                       t.name || '_capture_delete', t.name, t.routing);
+        SELECT tg.tgenabled INTO state FROM pg_trigger tg
+        WHERE tg.tgrelid = to_regclass(t.tab) AND tg.tgname = t.tab || '_capture';
+        IF NOT FOUND THEN
+            RAISE NOTICE '%: no trigger %_capture (a capture of its own?); left as it is', t.tab, t.tab;
+            CONTINUE;
+        END IF;
+        IF state IN ('A', 'R') THEN
+            RAISE NOTICE '%: %_capture fires on replicas; kept as a row trigger', t.tab, t.tab;
+            CONTINUE;
+        END IF;
+        EXECUTE format('DROP TRIGGER %I ON %I', t.tab || '_capture', t.tab);
+        FOREACH name IN ARRAY ARRAY['insert', 'update', 'delete'] LOOP
+            EXECUTE format('CREATE TRIGGER %I AFTER %s ON %I REFERENCING %s TABLE AS %I '
+                           'FOR EACH STATEMENT EXECUTE FUNCTION crm_capture_rows(%L)',
+                           t.tab || '_capture_' || name, upper(name), t.tab,
+                           CASE name WHEN 'delete' THEN 'OLD' ELSE 'NEW' END,
+                           CASE name WHEN 'delete' THEN 'old_rows' ELSE 'new_rows' END,
+                           t.routing);
+            IF state = 'D' THEN
+                EXECUTE format('ALTER TABLE %I DISABLE TRIGGER %I', t.tab, t.tab || '_capture_' || name);
+            END IF;
+        END LOOP;
     END LOOP;
 END
 $$;
 
--- The row trigger's function stays for integrations that attached it to tables of their own.
+-- The row trigger's function stays: tables left as they were above still use it.

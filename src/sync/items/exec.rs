@@ -377,7 +377,10 @@ impl ItemStep<'_> {
             // The batch that landed last is recorded while the next CreateItem is on the wire
             // (the database and Exchange work side by side). A crash or a failed record in
             // between leaves created, stamped items without a mapping — the same as a crash
-            // right after a CreateItem: the next listing or stamp search links them.
+            // right after a CreateItem: the next listing or stamp search links them. Not in a
+            // cluster: there a refused (fenced) record must stop the mailbox before another
+            // CreateItem goes out, as every other write path does.
+            let pipelined = crate::cluster::fence::current().is_none();
             let mut landed: Vec<usize> = Vec::new();
             for chunk in create.chunks(ITEM_BATCH) {
                 let mut made_now: Vec<usize> = Vec::new();
@@ -391,14 +394,16 @@ impl ItemStep<'_> {
                     self.record_batch(slots, &landed),
                 )
                 .await;
-                recorded?;
-                if !landed.is_empty() {
+                if recorded.is_ok() && !landed.is_empty() {
                     landed.clear();
                     self.ctx.progress();
                 }
+                // What this request created is taken in (ids, counts, refusals parked) even
+                // when the record beside it failed: those items stay findable by their stamps.
                 let results = match results {
                     Ok(r) => r,
                     Err(e) => {
+                        recorded?;
                         failed = Some(e);
                         break;
                     }
@@ -438,9 +443,15 @@ impl ItemStep<'_> {
                         }
                     }
                 }
-                // Each batch is recorded as it lands (progress that survives a kill), with the
-                // next request.
-                landed = made_now;
+                recorded?;
+                // Each batch is recorded as it lands (progress that survives a kill): with
+                // the next request, or at once in a cluster.
+                if pipelined {
+                    landed = made_now;
+                } else {
+                    self.record_batch(slots, &made_now).await?;
+                    self.ctx.progress();
+                }
             }
             self.record_batch(slots, &landed).await?;
             // Items the stamp search found are recorded too.
