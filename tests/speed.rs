@@ -476,6 +476,58 @@ async fn a_reopened_mailbox_searches_for_stamps_before_it_creates() {
     rig.finish().await;
 }
 
+/// A first contact reads each folder's own scope only (the own folder the operator's rows, the
+/// shared folder the tenant's rows without an owner): every contact lands in its folder once,
+/// nothing of another operator or tenant comes along, and a second start links all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_contact_puts_own_and_shared_contacts_each_in_its_folder_once() {
+    let rig = Rig::new(RigOptions {
+        areas: vec![Area::Contacts],
+        leading: Leading::Crm,
+        ..RigOptions::default()
+    })
+    .await
+    .unwrap();
+    exec(&rig.db, "INSERT INTO crm_contacts (tenant_id, owner_id, surname) VALUES (1, 1, 'own1'), (1, 1, 'own2'), (1, 1, 'own3'), (1, NULL, 'shared1'), (1, NULL, 'shared2'), (2, 2, 'other operator'), (2, NULL, 'other tenant')").await;
+    let spec = MailboxSpec {
+        smtp: U.into(),
+        server: "ex1".into(),
+        fingerprint: 0,
+    };
+    for _ in 0..2 {
+        rig.engine
+            .initial_sync(
+                &spec,
+                Direction::CrmToExchange,
+                rig.throttle.clone(),
+                false,
+                &|_, _, _| {},
+            )
+            .await
+            .expect("the initial sync");
+        let mut own: Vec<String> = stamped(&rig).await.into_iter().map(|(s, _)| s).collect();
+        own.sort();
+        assert_eq!(own, ["own1", "own2", "own3"]);
+        let shared_folder = rig.shared_folder(U).await;
+        let mut shared: Vec<String> = rig
+            .items_in(U, shared_folder)
+            .await
+            .iter()
+            .map(|i| match i {
+                Item::Contact(c) => c.surname.clone().unwrap_or_default(),
+                other => panic!("not a contact: {other:?}"),
+            })
+            .collect();
+        shared.sort();
+        assert_eq!(shared, ["shared1", "shared2"]);
+        assert_eq!(
+            count(&rig.state, "SELECT COUNT(*) FROM ms_item_map").await,
+            5
+        );
+    }
+    rig.finish().await;
+}
+
 fn contact_row(id: i64, version: i64, surname: &str) -> mailsync::db::rows::CrmRow {
     mailsync::db::rows::CrmRow::Contact(mailsync::db::rows::ContactRow {
         id,

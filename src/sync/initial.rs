@@ -155,10 +155,19 @@ impl ItemStep<'_> {
                 change_key: None,
             })
             .collect();
+        // The rows read here are the pairs' rows: the assembly below does not read them again.
+        let mut ctx = Context::default();
         let crm_ids: Vec<i64> = {
-            let all = self.ids_in_scope().await?;
-            let mut ctx = Context::default();
-            // The rows of the folder's own scope (own or shared) only.
+            // The rows of the folder's own scope only: the own folder's rows are the
+            // operator's, the shared folder's the tenant's without an owner (reading both for
+            // each folder read every contact twice).
+            let owner = (!shared).then_some(self.owner.operator_id);
+            let all = self
+                .engine
+                .crm
+                .ids_in_scope(self.table, owner, self.owner.tenant_id)
+                .await
+                .map_err(db_error)?;
             let rows = self
                 .engine
                 .crm
@@ -180,7 +189,6 @@ impl ItemStep<'_> {
         progress(0, total);
         let (seen, _missing) = self.fetch(&ids, shared).await?;
         self.seen += seen.len() as u64 + crm_ids.len() as u64;
-        let mut ctx = Context::default();
         let open = self.unverified_open(shared, &page.reported).await?;
         let mut pairs = self.assemble(seen, &[], &crm_ids, &mut ctx).await?;
         self.match_first_contact(&mut pairs, &ctx, separate, shared)

@@ -304,7 +304,14 @@ impl ItemStep<'_> {
         row_ids.extend(by_uid.values().flatten().copied());
         row_ids.sort_unstable();
         row_ids.dedup();
-        for (id, row) in crm.crm_rows(self.table, &row_ids).await.map_err(db_error)? {
+        // Rows the caller read already (a first contact reads its scope first) are not read
+        // again.
+        let unread: Vec<i64> = row_ids
+            .iter()
+            .copied()
+            .filter(|id| !ctx.rows.contains_key(id))
+            .collect();
+        for (id, row) in crm.crm_rows(self.table, &unread).await.map_err(db_error)? {
             match row {
                 Ok(r) => {
                     ctx.rows.insert(id, r);
