@@ -1876,3 +1876,58 @@ async fn a_mail_deleted_in_outlook_right_after_we_wrote_it_is_not_lost() {
     assert_eq!(count(&rig.db, "SELECT count(*) FROM crm_mails").await, 2);
     rig.finish().await;
 }
+
+/// Whether a mail folder's last round finished clean is kept per folder: folder B's round
+/// fails after its CreateItem (the CRM refuses the Exchange id), folder A's next round is
+/// clean — B's next round still searches for stamps and links its message instead of
+/// creating it a second time.
+#[tokio::test]
+async fn a_failed_round_in_one_mail_folder_is_searched_again_after_another_is_clean() {
+    let rig = Rig::sqlite(Options::default()).await;
+    let a = rig.crm_folder("Projekte A", None, None).await;
+    let b = rig.crm_folder("Projekte B", None, None).await;
+    rig.sync().await;
+    exec(
+        &rig.db,
+        "CREATE TRIGGER failpoint BEFORE UPDATE OF ews_id ON crm_mails \
+         BEGIN SELECT RAISE(ABORT, 'failpoint: the Exchange id refused'); END",
+    )
+    .await;
+    rig.crm_mail(b, &mime(41, "b", DATE), false, SENT).await;
+    while rig.feed.poll_once().await.unwrap().is_some() {}
+    let mut causes = Causes::default();
+    causes.insert(Cause::Crm);
+    let failed = rig
+        .engine
+        .sync_folder(StepRequest {
+            mailbox: USER.into(),
+            folder: "mail".into(),
+            full_resync: false,
+            causes,
+            ctx: StepContext::new(rig.throttle.clone()),
+        })
+        .await;
+    let err = format!("{:?}", failed.expect_err("the record was refused"));
+    assert!(err.contains("failpoint"), "{err}");
+    let ex = rig.exchange_folders().await;
+    assert_eq!(rig.exchange_mails(&ex["Projekte B"]).await.len(), 1);
+    exec(&rig.db, "DROP TRIGGER failpoint").await;
+    // A's round (the lower folder id goes first) finishes clean, then B's.
+    rig.crm_mail(a, &mime(42, "a", DATE), false, SENT).await;
+    rig.sync_with(Cause::Crm).await;
+    assert_eq!(rig.exchange_mails(&ex["Projekte A"]).await.len(), 1);
+    assert_eq!(
+        rig.exchange_mails(&ex["Projekte B"]).await.len(),
+        1,
+        "B's message linked, not created twice"
+    );
+    assert_eq!(
+        count(
+            &rig.state,
+            "SELECT count(*) FROM ms_item_map WHERE crm_table = 'crm_mails'"
+        )
+        .await,
+        2
+    );
+    rig.finish().await;
+}

@@ -78,7 +78,9 @@ pub struct Inner {
     /// the next round skips the stamp search (one FindItem per isolated CRM create). Empty
     /// after a start, and a folder leaves it while a round runs, so a crash or a failed round
     /// is always followed by a search.
-    pub clean: Mutex<HashSet<(String, &'static str, bool)>>,
+    /// Keys: (mailbox, table, shared folder) of contacts, calendar and tasks; (mailbox,
+    /// "crm_mails:" + the Exchange folder id, false) of each mail folder.
+    pub clean: Mutex<HashSet<(String, String, bool)>>,
     /// Exchange item id → the ChangeKey our last write of it returned. The notification of
     /// our own write carries that ChangeKey and wakes no folder (it would only cost a
     /// SyncFolderItems that finds the echo). An event that comes before its entry is

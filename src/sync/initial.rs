@@ -155,7 +155,10 @@ impl ItemStep<'_> {
                 change_key: None,
             })
             .collect();
-        // The rows read here are the pairs' rows: the assembly below does not read them again.
+        progress(0, ids.len() as u64);
+        let (seen, _missing) = self.fetch(&ids, shared).await?;
+        // The rows are read after the items (as late as before, so a CRM edit meanwhile is
+        // seen), and the assembly below does not read them again.
         let mut ctx = Context::default();
         let crm_ids: Vec<i64> = {
             // The rows of the folder's own scope only: the own folder's rows are the
@@ -187,7 +190,6 @@ impl ItemStep<'_> {
         };
         let total = ids.len() as u64 + crm_ids.len() as u64;
         progress(0, total);
-        let (seen, _missing) = self.fetch(&ids, shared).await?;
         self.seen += seen.len() as u64 + crm_ids.len() as u64;
         let open = self.unverified_open(shared, &page.reported).await?;
         let mut pairs = self.assemble(seen, &[], &crm_ids, &mut ctx).await?;

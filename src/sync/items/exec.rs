@@ -326,7 +326,7 @@ impl ItemStep<'_> {
             });
             // Items a crash (or a failed round) left in Exchange after CreateItem but before
             // the mapping: linked, not created twice.
-            let key = (self.smtp().to_owned(), self.table, shared);
+            let key = (self.smtp().to_owned(), self.table.to_owned(), shared);
             let verify = !self.engine.clean.lock().remove(&key) && !self.listed_all;
             let mut existing = if verify {
                 let ids: Vec<i64> = todo.iter().filter_map(|i| slots[*i].d.crm_id).collect();

@@ -260,8 +260,13 @@ impl MailStep<'_> {
     ) -> Result<(), SyncError> {
         // Rows that already are in Exchange (a crash after CreateItem, or imported earlier and
         // the mapping lost) are linked: by the stamp, searched unless this folder's last round
-        // finished clean.
-        let clean_key = (self.smtp().to_owned(), MAILS, false);
+        // finished clean (each folder on its own: one folder's clean round says nothing of
+        // another's).
+        let clean_key = (
+            self.smtp().to_owned(),
+            format!("{MAILS}:{}", folder.ews_id),
+            false,
+        );
         let verify = !self.engine.clean.lock().remove(&clean_key);
         let mut existing = if verify {
             let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
