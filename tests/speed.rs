@@ -528,69 +528,6 @@ async fn a_first_contact_puts_own_and_shared_contacts_each_in_its_folder_once() 
     rig.finish().await;
 }
 
-/// After a start, the folder's first step reads it through from its stored state: an item a
-/// crash left unrecorded (here: another owner's create for row B) is linked by that read,
-/// and the folder's next CRM create costs one CreateItem — no stamp search (FindItem).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_a_start_the_first_read_links_leftovers_and_creates_need_no_search() {
-    let rig = Rig::new(RigOptions {
-        areas: vec![Area::Contacts],
-        leading: Leading::Crm,
-        ..RigOptions::default()
-    })
-    .await
-    .unwrap();
-    rig.open(U).await;
-    exec(&rig.db, "INSERT INTO crm_contacts (id, tenant_id, owner_id, given_name, surname) VALUES (1, 1, 1, 'Kim', 'A')").await;
-    rig.sync(U, "contacts").await;
-    exec(&rig.db, "INSERT INTO crm_contacts (id, tenant_id, owner_id, given_name, surname) VALUES (2, 1, 1, 'Kim', 'B')").await;
-    let fields: mailsync::sync::fields::Fields = [
-        ("given_name".to_string(), Some("Kim".to_string())),
-        ("surname".to_string(), Some("B".to_string())),
-    ]
-    .into_iter()
-    .collect();
-    let orphan = mailsync::sync::fields::to_item(
-        Area::Contacts,
-        &fields,
-        &mailsync::sync::fields::crm_stamp("crm_contacts", 2),
-    )
-    .unwrap();
-    rig.user_creates(U, contacts_folder(), vec![orphan]).await;
-    // The restart: opened anew, the first step reads the folder through.
-    rig.open(U).await;
-    rig.step_for(U, "contacts", mailsync_actors::Cause::Start)
-        .await;
-    assert_eq!(
-        count(
-            &rig.state,
-            "SELECT COUNT(*) FROM ms_item_map WHERE crm_id = 2"
-        )
-        .await,
-        1,
-        "B linked to its item by the read"
-    );
-    let finds = rig.requests("FindItem").await;
-    let creates = rig.requests("CreateItem").await;
-    exec(&rig.db, "INSERT INTO crm_contacts (id, tenant_id, owner_id, given_name, surname) VALUES (3, 1, 1, 'Kim', 'C')").await;
-    rig.feed.poll_once().await.unwrap();
-    rig.step_for(U, "contacts", mailsync_actors::Cause::Crm)
-        .await;
-    assert_eq!(rig.requests("FindItem").await, finds, "no stamp search");
-    assert_eq!(rig.requests("CreateItem").await, creates + 1);
-    let mut items = stamped(&rig).await;
-    items.sort();
-    assert_eq!(
-        items,
-        vec![
-            ("A".to_string(), Some(1)),
-            ("B".to_string(), Some(2)),
-            ("C".to_string(), Some(3))
-        ]
-    );
-    rig.finish().await;
-}
-
 fn contact_row(id: i64, version: i64, surname: &str) -> mailsync::db::rows::CrmRow {
     mailsync::db::rows::CrmRow::Contact(mailsync::db::rows::ContactRow {
         id,

@@ -545,7 +545,6 @@ impl ItemStep<'_> {
             page = self.read_page(shared, folder, from, true).await?;
             more |= !page.complete;
         }
-        let read_through = pull && page.complete;
         if !extra.is_empty() {
             let (seen, missing) = self.fetch(&extra, shared).await?;
             page.seen.extend(seen);
@@ -593,16 +592,6 @@ impl ItemStep<'_> {
                 .clear_pending(self.smtp(), self.table, &done)
                 .await
                 .map_err(db_error)?;
-        }
-        // A complete read of the own folder since its stored state saw every item a crash or a
-        // failed round left unrecorded (they were created after that state) and linked it by
-        // its stamp: the folder's next creates need no stamp search, as after a clean round.
-        // Not the shared folder: its own actor reads it while this one creates there.
-        if read_through && !shared && !self.dry_run {
-            self.engine
-                .clean
-                .lock()
-                .insert((self.smtp().to_owned(), self.table.to_owned(), false));
         }
         Ok(more)
     }
