@@ -506,3 +506,49 @@ async fn a_failure_between_a_row_and_its_mapping_never_makes_a_second_row() {
 async fn a_failure_between_a_row_and_its_mapping_never_makes_a_second_row_on_postgres() {
     no_second_row_after_a_failure_between_row_and_mapping(true).await;
 }
+
+/// A contact that becomes the tenant's shared one moves from the own folder to the shared
+/// folder (its old item deleted, a new one created). When the CreateItem fails after the
+/// delete, the next steps must finish the move: the row is never taken for one the user
+/// deleted in Outlook.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_to_the_shared_folder_that_fails_halfway_deletes_no_row() {
+    let rig = rig(Leading::Crm).await;
+    exec(
+        &rig.db,
+        "INSERT INTO crm_contacts (id, tenant_id, owner_id, surname) VALUES (7, 1, 1, 'Wandert')",
+    )
+    .await;
+    rig.sync(U, "contacts").await;
+    assert_eq!(rig.items(U, DistinguishedFolder::Contacts).await.len(), 1);
+    exec(
+        &rig.db,
+        "UPDATE crm_contacts SET owner_id = NULL WHERE id = 7",
+    )
+    .await;
+    rig.sim_post(
+        "faults",
+        serde_json::json!({"operation": "CreateItem", "error_code": "ErrorServerBusy", "back_off_ms": 10, "count": 1}),
+    )
+    .await;
+    rig.feed.poll_once().await.unwrap();
+    let failed = rig.try_step(U, "contacts", Cause::Crm, false).await;
+    assert!(
+        matches!(failed, Err(SyncError::Throttled { .. })),
+        "the CreateItem was refused: {failed:?}"
+    );
+    for _ in 0..3 {
+        rig.sync(U, "contacts").await;
+        rig.sync(U, "contacts/shared").await;
+    }
+    assert_eq!(
+        count(&rig.db, "SELECT COUNT(*) FROM crm_contacts WHERE id = 7").await,
+        1,
+        "the row is still there"
+    );
+    assert!(rig.items(U, DistinguishedFolder::Contacts).await.is_empty());
+    let shared = rig.shared_folder(U).await;
+    let in_shared = rig.items_in(U, shared).await;
+    assert_eq!(in_shared.len(), 1, "{in_shared:?}");
+    rig.finish().await;
+}
