@@ -151,6 +151,17 @@ impl Run {
     }
 }
 
+/// The median of the finite values (NaN when there is none).
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.filter(|x| x.is_finite()).collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        l if l % 2 == 1 => v[l / 2],
+        l => (v[l / 2 - 1] + v[l / 2]) / 2.0,
+    }
+}
+
 fn round(v: f64, digits: i32) -> f64 {
     let f = 10f64.powi(digits);
     (v * f).round() / f
@@ -548,26 +559,17 @@ fn main() {
                 println!("{out}");
                 rounds.push(rates);
             }
-            let median = |f: &dyn Fn(&[f64; 4]) -> f64| -> f64 {
-                let mut v: Vec<f64> = rounds.iter().map(f).filter(|x| x.is_finite()).collect();
-                v.sort_by(f64::total_cmp);
-                match v.len() {
-                    0 => f64::NAN,
-                    l if l % 2 == 1 => v[l / 2],
-                    l => (v[l / 2 - 1] + v[l / 2]) / 2.0,
-                }
-            };
-            let mid = |v: &mut Vec<f64>| { v.sort_by(f64::total_cmp); v[v.len() / 2] };
+            let of = |f: &dyn Fn(&[f64; 4]) -> f64| median(rounds.iter().map(f));
             let label = if repeat > 1 { format!(" (median of {repeat})") } else { String::new() };
             let mut line = format!(
                 "{:<9} C→E {:>6.0} items/s {:.4} req/item | E→C {:>6.0} items/s {:.4} req/item",
-                area.as_str(), median(&|r| r[0]), mid(&mut per_item.0), median(&|r| r[1]), mid(&mut per_item.1)
+                area.as_str(), of(&|r| r[0]), median(per_item.0.iter().copied()), of(&|r| r[1]), median(per_item.1.iter().copied())
             );
             if with_exchangelib {
                 if rounds.iter().any(|r| r[2].is_finite()) {
                     line.push_str(&format!(
                         " | exchangelib write {:>5.0}/s read {:>5.0}/s | ratio C→E {:.2}× E→C {:.2}×",
-                        median(&|r| r[2]), median(&|r| r[3]), median(&|r| r[0] / r[2]), median(&|r| r[1] / r[3])
+                        of(&|r| r[2]), of(&|r| r[3]), of(&|r| r[0] / r[2]), of(&|r| r[1] / r[3])
                     ));
                 } else {
                     line.push_str(" | exchangelib failed");

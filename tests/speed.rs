@@ -96,20 +96,21 @@ async fn crm_ids(rig: &Rig) -> std::collections::HashMap<String, i64> {
         .collect()
 }
 
-async fn import(rig: &Rig) {
+/// The initial sync of the test mailbox in one direction.
+async fn initial(rig: &Rig, direction: Direction) -> Result<(), mailsync_actors::SyncError> {
     let spec = MailboxSpec {
         smtp: U.into(),
         server: "ex1".into(),
         fingerprint: 0,
     };
     rig.engine
-        .initial_sync(
-            &spec,
-            Direction::ExchangeToCrm,
-            rig.throttle.clone(),
-            false,
-            &|_, _, _| {},
-        )
+        .initial_sync(&spec, direction, rig.throttle.clone(), false, &|_, _, _| {})
+        .await
+        .map(|_| ())
+}
+
+async fn import(rig: &Rig) {
+    initial(rig, Direction::ExchangeToCrm)
         .await
         .expect("the import");
 }
@@ -364,21 +365,7 @@ async fn a_failed_record_between_create_batches_duplicates_nothing() {
     .await;
     exec(&rig.db, "CREATE FUNCTION refuse_ews_id() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'no ews_id today'; END $$").await;
     exec(&rig.db, "CREATE TRIGGER refuse_ews_id BEFORE UPDATE OF ews_id ON crm_contacts FOR EACH ROW EXECUTE FUNCTION refuse_ews_id()").await;
-    let spec = MailboxSpec {
-        smtp: U.into(),
-        server: "ex1".into(),
-        fingerprint: 0,
-    };
-    let first = rig
-        .engine
-        .initial_sync(
-            &spec,
-            Direction::CrmToExchange,
-            rig.throttle.clone(),
-            false,
-            &|_, _, _| {},
-        )
-        .await;
+    let first = initial(&rig, Direction::CrmToExchange).await;
     let err = format!("{:?}", first.expect_err("the record was refused"));
     assert!(err.contains("no ews_id today"), "{err}");
     let created = stamped(&rig).await.len();
@@ -388,14 +375,7 @@ async fn a_failed_record_between_create_batches_duplicates_nothing() {
     );
     assert_eq!(count(&rig.db, "SELECT COUNT(*) FROM ms_item_map").await, 0);
     exec(&rig.db, "DROP TRIGGER refuse_ews_id ON crm_contacts").await;
-    rig.engine
-        .initial_sync(
-            &spec,
-            Direction::CrmToExchange,
-            rig.throttle.clone(),
-            false,
-            &|_, _, _| {},
-        )
+    initial(&rig, Direction::CrmToExchange)
         .await
         .expect("the second start");
     let items = stamped(&rig).await;
@@ -489,20 +469,8 @@ async fn a_first_contact_puts_own_and_shared_contacts_each_in_its_folder_once() 
     .await
     .unwrap();
     exec(&rig.db, "INSERT INTO crm_contacts (tenant_id, owner_id, surname) VALUES (1, 1, 'own1'), (1, 1, 'own2'), (1, 1, 'own3'), (1, NULL, 'shared1'), (1, NULL, 'shared2'), (2, 2, 'other operator'), (2, NULL, 'other tenant')").await;
-    let spec = MailboxSpec {
-        smtp: U.into(),
-        server: "ex1".into(),
-        fingerprint: 0,
-    };
     for _ in 0..2 {
-        rig.engine
-            .initial_sync(
-                &spec,
-                Direction::CrmToExchange,
-                rig.throttle.clone(),
-                false,
-                &|_, _, _| {},
-            )
+        initial(&rig, Direction::CrmToExchange)
             .await
             .expect("the initial sync");
         let mut own: Vec<String> = stamped(&rig).await.into_iter().map(|(s, _)| s).collect();
